@@ -1,0 +1,307 @@
+"""The continual learner: one Perceiver IO structure, shared masked weights, per-task everything else.
+
+Tasks are numbered from 0 in the API; in the owner index task ``i`` is ``i + 1`` (0 = free).
+Per task the learner keeps its own copy of every tensor that is not a masked core weight (adapter,
+latents, biases, norms, decoder query, head), its pick mask (Piggyback / CPG) and the feed-forward
+widths it was learned at. Running task ``i`` means calling the network with exactly those tensors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .adapters import ImageAdapterConfig, TextAdapterConfig
+from .masks import MaskedLayer, binarize, effective_weight, init_uniform_
+from .perceiver import ENCODER_KV, PerceiverClassifier, PerceiverConfig, join_kv, split_kv
+
+METHODS = ("packnet", "piggyback", "cpg")
+HEAD_NAMES = ("query", "head.weight", "head.bias")
+
+
+@dataclass
+class TaskRecord:
+    name: str
+    num_classes: int
+    ff_widths: dict[str, int]
+    events: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PickOptions:
+    """Piggyback-style real-valued mask scores, binarised at ``threshold``."""
+
+    threshold: float = 5e-3
+    init_score: float = 1e-2
+
+
+def _ff_groups(net: PerceiverClassifier) -> dict[str, tuple[str, str]]:
+    """Every GEGLU feed-forward of the core: group name -> (in-layer weight, out-layer weight)."""
+    groups = {}
+    for name, module in net.named_modules():
+        if name.startswith("core.") and name.endswith(".fn.net") and isinstance(module, nn.Sequential):
+            groups[name] = (f"{name}.0.weight", f"{name}.2.weight")
+    return groups
+
+
+def config_from_dict(data: dict) -> PerceiverConfig:
+    data = dict(data)
+    data["image"] = ImageAdapterConfig(**data.get("image", {}))
+    data["text"] = TextAdapterConfig(**data.get("text", {}))
+    return PerceiverConfig(**data)
+
+
+class ContinualLearner:
+    def __init__(self, cfg: PerceiverConfig, modality: str, method: str, seed: int = 0,
+                 pick: PickOptions = PickOptions()):
+        if method not in METHODS:
+            raise ValueError(f"unknown continual-learning method {method!r}; choose one of {list(METHODS)}")
+        self.cfg, self.modality, self.method, self.seed, self.pick = cfg, modality, method, seed, pick
+        torch.manual_seed(seed)
+        self.net = PerceiverClassifier(cfg, modality)
+        self.net.requires_grad_(False)
+        ff = _ff_groups(self.net)
+        roles = {w_in: (g, "in") for g, (w_in, _) in ff.items()} | {w_out: (g, "out") for g, (_, w_out) in ff.items()}
+        self.layers: dict[str, MaskedLayer] = {}
+        self._init_params: dict[str, Tensor] = {}
+        for name, p in self.net.named_parameters():
+            if name.startswith("core.") and name != "core.latents" and p.ndim == 2:
+                group, role = roles.get(name, (None, None))
+                self.layers[name] = MaskedLayer(name, nn.Parameter(p.detach().clone()),
+                                                torch.zeros(p.shape, dtype=torch.int16), group, role)
+            else:
+                self._init_params[name] = p.detach().clone()
+        self.ff_groups = ff
+        self.tasks: list[TaskRecord] = []
+        self.task_params: list[dict[str, Tensor]] = []
+        self.pick_masks: list[dict[str, Tensor]] = []
+        self.borrowed_kv: dict[int, Tensor] = {}
+        self.scores: dict[str, nn.Parameter] = {}
+        self.active: int | None = None
+
+    # ---------------------------------------------------------------- task lifecycle
+
+    def _generator(self, task: int, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + task * 1009 + salt)
+
+    def ff_widths(self) -> dict[str, int]:
+        return {g: self.layers[w_in].width() for g, (w_in, _) in self.ff_groups.items()}
+
+    def begin_task(self, name: str, num_classes: int) -> int:
+        if self.active is not None:
+            raise RuntimeError(f"task {self.tasks[self.active].name!r} is still being learned")
+        if num_classes < 2:
+            raise ValueError(f"task {name!r} needs at least 2 classes, got {num_classes}")
+        i = len(self.tasks)
+        gen = self._generator(i, 0)
+        source = self._init_params if i == 0 else self.task_params[i - 1]
+        params = {n: t.detach().clone() for n, t in source.items() if n not in HEAD_NAMES}
+        q = self.cfg.queries_dim
+        params["query"] = torch.randn(1, q, generator=gen)
+        params["head.weight"] = init_uniform_(torch.empty(num_classes, q), q, gen)
+        params["head.bias"] = init_uniform_(torch.empty(num_classes), q, gen)
+        self.task_params.append({n: t.requires_grad_(True) for n, t in params.items()})
+        self.pick_masks.append({})
+        self.tasks.append(TaskRecord(name, num_classes, self.ff_widths()))
+        self.active = i
+        self._claim_weights(i, gen)
+        return i
+
+    def _claim_weights(self, i: int, gen: torch.Generator) -> None:
+        owner = i + 1
+        claims_free = self.method in ("packnet", "cpg") or i == 0
+        with torch.no_grad():
+            for layer in self.layers.values():
+                if claims_free:
+                    free = layer.owner == 0
+                    if i > 0 and bool(free.any()):
+                        fresh = init_uniform_(torch.empty(layer.weight.shape), layer.weight.shape[1], gen)
+                        layer.weight[free] = fresh[free]
+                    layer.owner[free] = owner
+                if i > 0 and self.method in ("piggyback", "cpg"):
+                    shape = layer.weight.shape
+                    self.scores[layer.name] = nn.Parameter(torch.full(shape, self.pick.init_score))
+
+    def end_task(self) -> None:
+        i = self._require_active()
+        self.pick_masks[i] = {n: (s.detach() > self.pick.threshold) for n, s in self.scores.items()}
+        self.scores = {}
+        self.task_params[i] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[i].items()}
+        for layer in self.layers.values():
+            layer.weight.requires_grad_(False)
+        self.active = None
+
+    def _require_active(self) -> int:
+        if self.active is None:
+            raise RuntimeError("no task is being learned")
+        return self.active
+
+    def grow(self, units: int) -> dict[str, tuple[int, int]]:
+        """Add ``units`` hidden units to every feed-forward, owned by the task being learned."""
+        i = self._require_active()
+        gen = self._generator(i, 100 + len(self.tasks[i].events))
+        owner = i + 1
+        grown = {}
+        for group, (w_in, w_out) in self.ff_groups.items():
+            lin_in, lin_out = self.layers[w_in], self.layers[w_out]
+            h = lin_in.width()
+            fan_in = lin_in.weight.shape[1]
+            new_rows = init_uniform_(torch.empty(2, units, fan_in), fan_in, gen)
+            new_cols = init_uniform_(torch.empty(lin_out.weight.shape[0], units), h + units, gen)
+            w = lin_in.weight.detach()
+            lin_in.weight = nn.Parameter(torch.cat([w[:h], new_rows[0], w[h:], new_rows[1]]))
+            o = lin_in.owner
+            fill = torch.full((units, fan_in), owner, dtype=o.dtype)
+            lin_in.owner = torch.cat([o[:h], fill, o[h:], fill])
+            lin_out.weight = nn.Parameter(torch.cat([lin_out.weight.detach(), new_cols], dim=1))
+            lin_out.owner = torch.cat([lin_out.owner, torch.full((lin_out.owner.shape[0], units), owner, dtype=o.dtype)], dim=1)
+            bias_name = w_in.replace(".weight", ".bias")
+            b = self.task_params[i][bias_name].detach()
+            self.task_params[i][bias_name] = torch.cat([b[:h], torch.zeros(units), b[h:], torch.zeros(units)]).requires_grad_(True)
+            for name in (w_in, w_out):
+                if name in self.scores:  # keep pick scores aligned; new weights are the task's own anyway
+                    s = self.scores[name].detach()
+                    pad = torch.full_like(s[:units] if name == w_in else s[:, :units], self.pick.init_score)
+                    if name == w_in:
+                        s = torch.cat([s[:h], pad, s[h:], pad])
+                    else:
+                        s = torch.cat([s, torch.full((s.shape[0], units), self.pick.init_score)], dim=1)
+                    self.scores[name] = nn.Parameter(s)
+            grown[group] = (h, h + units)
+        self.tasks[i].ff_widths = self.ff_widths()
+        return grown
+
+    # ---------------------------------------------------------------- running a task
+
+    def params_for(self, task: int) -> dict[str, Tensor]:
+        if not 0 <= task < len(self.tasks):
+            raise IndexError(f"no task {task}; learned tasks: {[t.name for t in self.tasks]}")
+        record = self.tasks[task]
+        train = task == self.active and torch.is_grad_enabled()
+        params = dict(self.task_params[task])
+        for name, layer in self.layers.items():
+            width = record.ff_widths.get(layer.ff_group) if layer.ff_group else None
+            weight, owner = layer.sliced(width)
+            pick = self._pick(task, name, train)
+            params[name] = effective_weight(weight, owner, task + 1, train=train, pick=pick)
+        if task in self.borrowed_kv:
+            params[ENCODER_KV] = self.borrowed_kv[task]
+        return params
+
+    def _pick(self, task: int, name: str, train: bool) -> Tensor | None:
+        if task == self.active and name in self.scores:
+            scores = self.scores[name]
+            return binarize(scores, self.pick.threshold) if train else scores.detach() > self.pick.threshold
+        return self.pick_masks[task].get(name)
+
+    def logits(self, inputs: Tensor, task: int) -> Tensor:
+        return functional_call(self.net, self.params_for(task), (inputs,))
+
+    def trainable(self) -> tuple[list[Tensor], list[Tensor]]:
+        """(weights and per-task tensors, pick scores) that training the active task may change."""
+        i = self._require_active()
+        owner = i + 1
+        weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
+        return weights + list(self.task_params[i].values()), list(self.scores.values())
+
+    def owned_fraction(self, task: int) -> float:
+        owned = sum(int((l.owner == task + 1).sum()) for l in self.layers.values())
+        return owned / sum(l.owner.numel() for l in self.layers.values())
+
+    def free_fraction(self) -> float:
+        free = sum(int((l.owner == 0).sum()) for l in self.layers.values())
+        return free / sum(l.owner.numel() for l in self.layers.values())
+
+    # ---------------------------------------------------------------- KV contract
+
+    def extract_kv(self, task: int | None = None) -> dict[str, Tensor]:
+        """The encoder cross-attention K and V as ``task`` (default: the last learned) runs them."""
+        task = len(self.tasks) - 1 if task is None else task
+        with torch.no_grad():
+            return {n: t.clone() for n, t in split_kv(self.params_for(task)[ENCODER_KV]).items()}
+
+    def load_kv(self, task: int, kv: dict[str, Tensor]) -> None:
+        """Make ``task`` run with a borrowed K and V (frozen); no other task changes."""
+        fused = join_kv(kv)
+        expected = self.layers[ENCODER_KV].weight.shape
+        if fused.shape != expected:
+            raise ValueError(f"borrowed KV has shape {tuple(fused.shape)}, this model needs {tuple(expected)}")
+        if not bool(torch.isfinite(fused).all()):
+            raise ValueError("borrowed KV contains NaN or Inf")
+        if not 0 <= task < len(self.tasks):
+            raise IndexError(f"no task {task}")
+        self.borrowed_kv[task] = fused.detach().to(self.layers[ENCODER_KV].weight.dtype).clone()
+
+    # ---------------------------------------------------------------- snapshots and (de)serialisation
+
+    def snapshot(self) -> dict[str, dict[str, Tensor]]:
+        i = self._require_active()
+        return {
+            "weights": {n: l.weight.detach().clone() for n, l in self.layers.items()},
+            "owners": {n: l.owner.clone() for n, l in self.layers.items()},
+            "task": {n: t.detach().clone() for n, t in self.task_params[i].items()},
+            "scores": {n: s.detach().clone() for n, s in self.scores.items()},
+        }
+
+    def restore(self, snap: dict[str, dict[str, Tensor]]) -> None:
+        i = self._require_active()
+        with torch.no_grad():
+            for n, layer in self.layers.items():
+                layer.weight.copy_(snap["weights"][n])
+                layer.owner.copy_(snap["owners"][n])
+            for n, t in self.task_params[i].items():
+                t.copy_(snap["task"][n])
+            for n, s in self.scores.items():
+                s.copy_(snap["scores"][n])
+
+    def metadata(self) -> dict:
+        return {
+            "model": dataclasses.asdict(self.cfg),
+            "modality": self.modality,
+            "method": self.method,
+            "seed": self.seed,
+            "pick": dataclasses.asdict(self.pick),
+            "tasks": [dataclasses.asdict(t) for t in self.tasks],
+        }
+
+    def shared_tensors(self) -> dict[str, Tensor]:
+        out = {}
+        for n, layer in self.layers.items():
+            out[n] = layer.weight.detach().contiguous()
+            out[f"{n}::owner"] = layer.owner.contiguous()
+        return out
+
+    def task_tensors(self, task: int) -> dict[str, Tensor]:
+        out = {n: t.detach().contiguous() for n, t in self.task_params[task].items()}
+        out |= {f"pick::{n}": m.contiguous() for n, m in self.pick_masks[task].items()}
+        if task in self.borrowed_kv:
+            out["borrowed::" + ENCODER_KV] = self.borrowed_kv[task].contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, meta: dict, shared: dict[str, Tensor], per_task: list[dict[str, Tensor]]) -> "ContinualLearner":
+        learner = cls(config_from_dict(meta["model"]), meta["modality"], meta["method"], meta["seed"],
+                      PickOptions(**meta["pick"]))
+        for n, layer in learner.layers.items():
+            if n not in shared or f"{n}::owner" not in shared:
+                raise KeyError(f"checkpoint lacks shared weight {n!r}")
+            layer.weight = nn.Parameter(shared[n].clone(), requires_grad=False)
+            layer.owner = shared[f"{n}::owner"].clone()
+        if len(per_task) != len(meta["tasks"]):
+            raise ValueError(f"checkpoint lists {len(meta['tasks'])} tasks but holds tensors for {len(per_task)}")
+        for record, tensors in zip(meta["tasks"], per_task):
+            learner.tasks.append(TaskRecord(**record))
+            params, picks = {}, {}
+            for n, t in tensors.items():
+                if n.startswith("pick::"):
+                    picks[n.removeprefix("pick::")] = t.clone()
+                elif n.startswith("borrowed::"):
+                    learner.borrowed_kv[len(learner.tasks) - 1] = t.clone()
+                else:
+                    params[n] = t.clone()
+            learner.task_params.append(params)
+            learner.pick_masks.append(picks)
+        return learner

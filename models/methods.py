@@ -1,0 +1,145 @@
+"""How each continual-learning method learns one task on top of the shared learner.
+
+- PackNet: train on the free weights (older ones frozen), free the lowest-magnitude share of the new
+  weights, retrain the rest.
+- Piggyback: task 0 trains the dense weights; every later task only learns a binary mask over them
+  (plus its own head, norms, biases...).
+- CPG: pick (a piggyback mask over older tasks' weights) while training the free weights; grow the
+  feed-forwards when the accuracy goal is missed; compact by gradual magnitude pruning (cubic schedule)
+  to the largest sparsity whose validation accuracy stays within ``tolerance`` of the dense one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .learner import ContinualLearner, PickOptions, TaskRecord
+from .masks import magnitude_prune
+from .training import Progress, Split, TrainOptions, evaluate, fit
+
+
+@dataclass(frozen=True)
+class PackNetOptions:
+    prune_ratio: float = 0.5
+    retrain_epochs: int = 5
+
+
+@dataclass(frozen=True)
+class CPGOptions:
+    max_sparsity: float = 0.75
+    prune_steps: int = 3
+    step_epochs: int = 3
+    tolerance: float = 0.02
+    accuracy_goal: float | None = None  # validation accuracy below which the network grows
+    grow_units: int = 32
+    max_grow: int = 2
+    grow_epochs: int = 10
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "packnet"
+    packnet: PackNetOptions = field(default_factory=PackNetOptions)
+    piggyback: PickOptions = field(default_factory=PickOptions)
+    cpg: CPGOptions = field(default_factory=CPGOptions)
+
+
+@dataclass
+class TaskData:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def learn_task(learner: ContinualLearner, data: TaskData, method: MethodConfig, opts: TrainOptions,
+               progress: Progress | None = None) -> TaskRecord:
+    i = learner.begin_task(data.name, data.num_classes)
+    gen = torch.Generator().manual_seed(learner.seed * 7919 + i)
+    fit(learner, i, data.train, opts.epochs, opts, gen, "train", progress)
+    record = learner.tasks[i]
+    if method.name == "packnet":
+        _packnet_prune(learner, i, data, method.packnet, opts, gen, progress)
+    elif method.name == "cpg":
+        _cpg_grow(learner, i, data, method.cpg, opts, gen, progress)
+        _cpg_compact(learner, i, data, method.cpg, opts, gen, progress)
+    record.events.append({
+        "event": "learned",
+        "val_accuracy": evaluate(learner, i, data.val, opts.eval_batch_size),
+        "owned_fraction": learner.owned_fraction(i),
+        "free_fraction": learner.free_fraction(),
+    })
+    learner.end_task()
+    return record
+
+
+def _prune_to(learner: ContinualLearner, i: int, targets: dict[str, int]) -> int:
+    """Free weights of task ``i`` until each layer holds ``targets[name]`` of them."""
+    freed = 0
+    for name, layer in learner.layers.items():
+        held = int((layer.owner == i + 1).sum())
+        freed += magnitude_prune(layer, i + 1, held - targets[name])
+    return freed
+
+
+def _held(learner: ContinualLearner, i: int) -> dict[str, int]:
+    return {n: int((l.owner == i + 1).sum()) for n, l in learner.layers.items()}
+
+
+def _packnet_prune(learner, i, data, opts: PackNetOptions, train: TrainOptions, gen, progress) -> None:
+    held = _held(learner, i)
+    freed = _prune_to(learner, i, {n: h - math.floor(h * opts.prune_ratio) for n, h in held.items()})
+    fit(learner, i, data.train, opts.retrain_epochs, train, gen, "retrain", progress)
+    learner.tasks[i].events.append({"event": "prune", "ratio": opts.prune_ratio, "freed": freed})
+
+
+def _cpg_grow(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress) -> None:
+    record = learner.tasks[i]
+    val = evaluate(learner, i, data.val, train.eval_batch_size)
+    grows = 0
+    while opts.accuracy_goal is not None and val < opts.accuracy_goal and grows < opts.max_grow:
+        before = sum(l.weight.numel() for l in learner.layers.values())
+        widths = learner.grow(opts.grow_units)
+        fit(learner, i, data.train, opts.grow_epochs, train, gen, f"grow{grows + 1}", progress)
+        after_val = evaluate(learner, i, data.val, train.eval_batch_size)
+        record.events.append({
+            "event": "grow",
+            "goal": opts.accuracy_goal,
+            "val_before": val,
+            "val_after": after_val,
+            "ff_widths": {g: list(w) for g, w in widths.items()},
+            "weights_added": sum(l.weight.numel() for l in learner.layers.values()) - before,
+        })
+        val, grows = after_val, grows + 1
+    if opts.accuracy_goal is not None and val < opts.accuracy_goal:
+        record.events.append({"event": "goal_missed", "goal": opts.accuracy_goal, "val_accuracy": val})
+
+
+def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress) -> None:
+    dense_val = evaluate(learner, i, data.val, train.eval_batch_size)
+    floor = dense_val - opts.tolerance
+    start = _held(learner, i)
+    accepted, accepted_val, snap = 0.0, dense_val, learner.snapshot()
+    for k in range(1, opts.prune_steps + 1):
+        sparsity = opts.max_sparsity * (1.0 - (1.0 - k / opts.prune_steps) ** 3)
+        _prune_to(learner, i, {n: h - math.floor(h * sparsity) for n, h in start.items()})
+        fit(learner, i, data.train, opts.step_epochs, train, gen, f"compact{k}", progress)
+        val = evaluate(learner, i, data.val, train.eval_batch_size)
+        if val < floor:
+            learner.restore(snap)
+            break
+        accepted, accepted_val, snap = sparsity, val, learner.snapshot()
+    learner.tasks[i].events.append({
+        "event": "compact",
+        "sparsity": accepted,
+        "dense_val": dense_val,
+        "val_accuracy": accepted_val,
+        "floor": floor,
+    })

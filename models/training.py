@@ -1,0 +1,79 @@
+"""Plain supervised loops over in-memory tensors: fit one task, predict, score."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .learner import ContinualLearner
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    mask_lr: float = 5e-4
+    eval_batch_size: int = 256
+
+
+@dataclass
+class Split:
+    inputs: Tensor  # images (N, C, H, W) float in [0, 1] or byte ids (N, L) long
+    labels: Tensor  # (N,) long, 0..num_classes-1
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+# progress(phase, step, total, loss): called once per epoch
+Progress = Callable[[str, int, int, float], None]
+
+
+def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: TrainOptions,
+        generator: torch.Generator, phase: str = "train", progress: Progress | None = None) -> float:
+    """Train the active task for ``epochs``; returns the mean loss of the last epoch."""
+    if task != learner.active:
+        raise RuntimeError(f"task {task} is not the task being learned")
+    params, scores = learner.trainable()
+    groups = [{"params": params, "lr": opts.lr}]
+    if scores:
+        groups.append({"params": scores, "lr": opts.mask_lr})
+    # No weight decay: a frozen weight gets an exact zero gradient, and Adam then leaves it untouched.
+    optimizer = torch.optim.Adam(groups)
+    n = len(data)
+    last = float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        total, seen = 0.0, 0
+        for start in range(0, n, opts.batch_size):
+            idx = order[start : start + opts.batch_size]
+            loss = F.cross_entropy(learner.logits(data.inputs[idx], task), data.labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        last = total / max(seen, 1)
+        if progress:
+            progress(phase, epoch + 1, epochs, last)
+    return last
+
+
+@torch.no_grad()
+def predict(learner: ContinualLearner, task: int, inputs: Tensor, batch_size: int = 256) -> Tensor:
+    chunks = [learner.logits(inputs[s : s + batch_size], task) for s in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(chunks) if chunks else torch.empty(0, learner.tasks[task].num_classes)
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    if labels.numel() == 0:
+        raise ValueError("cannot score an empty split")
+    return float((logits.argmax(dim=1) == labels).float().mean())
+
+
+def evaluate(learner: ContinualLearner, task: int, data: Split, batch_size: int = 256) -> float:
+    return accuracy(predict(learner, task, data.inputs, batch_size), data.labels)

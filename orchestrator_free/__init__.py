@@ -1,0 +1,1 @@
+"""Membership (seeds, gossip, heartbeats) and backbone selection (KV + DDV)."""

@@ -1,0 +1,1 @@
+"""Wire contract (crossback.v1): generated gRPC code lives here."""

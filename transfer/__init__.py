@@ -1,0 +1,1 @@
+"""Transfer strategies behind one interface: crossback, mergenet, mona, freqkd."""
