@@ -1,0 +1,44 @@
+"""The two data sources that ship with crossback: paired emoji (image + text) and sklearn digits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, DataError, Item
+
+EMOJI_FILE = Path(__file__).parent / "bundled" / "emoji.npz"
+
+
+def load_emoji(path: Path = EMOJI_FILE) -> Catalog:
+    """Noto emoji, labelled Unicode group -> subgroup; image view = renders, text view = CLDR names."""
+    if not path.exists():
+        raise DataError(f"bundled emoji data {path} is missing; rebuild it with python -m crossback.data.build_emoji")
+    with np.load(path, allow_pickle=False) as z:
+        images, sample_item, sample_name = z["images"], z["sample_item"], z["sample_name"]
+        groups, subgroups, names = z["item_group"], z["item_subgroup"], z["item_name"]
+        meta = json.loads(str(z["meta_json"]))
+    per_item_images: list[list[np.ndarray]] = [[] for _ in range(len(groups))]
+    per_item_names: list[list[str]] = [[] for _ in range(len(groups))]
+    for img, idx, name in zip(images, sample_item, sample_name):
+        per_item_images[idx].append(img)
+        per_item_names[idx].append(str(name))
+    items = [
+        Item(f"emoji-{i:04d}", str(groups[i]), str(subgroups[i]), tuple(per_item_images[i]), tuple(per_item_names[i]))
+        for i in range(len(groups))
+    ]
+    return Catalog("emoji", items, {"meta": meta, "item_names": [str(n) for n in names]})
+
+
+def load_digits() -> Catalog:
+    """scikit-learn's 8x8 handwritten digits (image only); one superclass, classes '0'..'9'."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()
+    pixels = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    items = [
+        Item(f"digit-{i:04d}", "digits", str(int(t)), (pixels[i],))
+        for i, t in enumerate(digits.target)
+    ]
+    return Catalog("digits", items)

@@ -1,0 +1,174 @@
+"""Task streams: which classes a task holds, deterministic splits by item, tensors for one modality."""
+from __future__ import annotations
+
+import difflib
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from crossback.models.adapters import encode_utf8
+from crossback.models.methods import TaskData
+from crossback.models.training import Split
+
+from .catalog import Catalog, DataError, ImageRef, Item
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task is a superclass (all of its classes big enough to split) or an explicit class list."""
+
+    name: str
+    superclass: str | None = None
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    train: float = 0.6
+    val: float = 0.2
+    test: float = 0.2
+    min_items_per_class: int = 4
+    max_items_per_class: int | None = None
+
+    def __post_init__(self):
+        for name in ("train", "val", "test"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise DataError(f"split.{name} must lie in (0, 1), got {getattr(self, name)}")
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise DataError(f"split fractions must sum to 1, got {self.train + self.val + self.test}")
+        if self.min_items_per_class < 3:
+            raise DataError("split.min_items_per_class must be at least 3 (one item per split)")
+
+
+@dataclass(frozen=True)
+class View:
+    """How items become tensors: which modality, image size and channels, text length."""
+
+    modality: str
+    image_size: int = 32
+    channels: int = 3
+    text_max_length: int = 64
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {close}?" if close else ""
+
+
+def _usable(items: list[Item], view: View) -> list[Item]:
+    attr = "images" if view.modality == "image" else "texts"
+    return [i for i in items if getattr(i, attr)]
+
+
+def resolve_classes(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View) -> tuple[list[str], list[str]]:
+    """(classes of the task, classes of its superclass dropped as too small to split)."""
+    by_class = catalog.by_class()
+    counts = {c: len(_usable(items, view)) for c, items in by_class.items()}
+    if spec.classes is not None:
+        for c in spec.classes:
+            if c not in by_class:
+                raise DataError(f"task {spec.name!r} names unknown class {c!r} in {catalog.name}{_suggest(c, list(by_class))}")
+            if counts[c] == 0:
+                raise DataError(f"task {spec.name!r}: class {c!r} has no items with a {view.modality} view")
+            if counts[c] < split.min_items_per_class:
+                raise DataError(f"task {spec.name!r}: class {c!r} has {counts[c]} items, fewer than "
+                                f"min_items_per_class={split.min_items_per_class}")
+        classes, dropped = list(spec.classes), []
+    else:
+        supers = catalog.superclasses()
+        sup = spec.superclass if spec.superclass is not None else spec.name
+        if sup not in supers:
+            raise DataError(f"task {spec.name!r} names unknown superclass {sup!r} in {catalog.name}{_suggest(sup, list(supers))}")
+        classes = [c for c in supers[sup] if counts[c] >= split.min_items_per_class]
+        dropped = [c for c in supers[sup] if counts[c] < split.min_items_per_class]
+    if len(classes) < 2:
+        raise DataError(f"task {spec.name!r} has {len(classes)} class(es) with at least "
+                        f"{split.min_items_per_class} {view.modality} items; a task needs 2")
+    return classes, dropped
+
+
+def split_items(items: list[Item], split: SplitSpec, seed: int, label: str) -> dict[str, list[Item]]:
+    """Deterministic per-class split by item: same items, seed and fractions give the same split."""
+    ordered = sorted(items, key=lambda it: it.item_id)
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(label.encode()))
+    fixed = [it for it in ordered if it.fixed_split is not None]
+    if split.max_items_per_class is not None and len(ordered) > split.max_items_per_class:
+        ordered = sorted(rng.sample(ordered, split.max_items_per_class), key=lambda it: it.item_id)
+        fixed = [it for it in ordered if it.fixed_split is not None]
+    if fixed and len(fixed) == len(ordered):
+        parts = {name: [it for it in ordered if it.fixed_split == name] for name in ("train", "val", "test")}
+        if not parts["val"]:  # carve validation out of the dataset's own training items
+            pool = parts["train"][:]
+            rng.shuffle(pool)
+            n_val = max(1, round(len(pool) * split.val / (split.train + split.val)))
+            parts["val"], parts["train"] = sorted(pool[:n_val], key=lambda i: i.item_id), sorted(pool[n_val:], key=lambda i: i.item_id)
+        empty = [name for name, part in parts.items() if not part]
+        if empty:
+            raise DataError(f"class {label!r}: the dataset's own split leaves {empty} empty")
+        return parts
+    shuffled = ordered[:]
+    rng.shuffle(shuffled)
+    n = len(shuffled)
+    n_test = max(1, round(n * split.test))
+    n_val = max(1, round(n * split.val))
+    if n - n_test - n_val < 1:
+        raise DataError(f"class {label!r} has {n} items, too few to split")
+    return {"test": shuffled[:n_test], "val": shuffled[n_test : n_test + n_val], "train": shuffled[n_test + n_val :]}
+
+
+def load_image(ref: ImageRef, view: View) -> np.ndarray:
+    mode = "L" if view.channels == 1 else "RGB"
+    try:
+        image = Image.fromarray(ref) if isinstance(ref, np.ndarray) else Image.open(ref)
+        image = image.convert(mode)
+    except (OSError, UnidentifiedImageError, ValueError, TypeError) as exc:
+        where = ref if isinstance(ref, Path) else "array"
+        raise DataError(f"cannot read image {where}: {exc}") from exc
+    if image.size != (view.image_size, view.image_size):
+        image = image.resize((view.image_size, view.image_size), Image.Resampling.BILINEAR)
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def to_split(items: list[Item], labels: list[int], view: View) -> Split:
+    if view.modality == "image":
+        arrays, ys = [], []
+        for item, y in zip(items, labels):
+            for ref in item.images:
+                arrays.append(load_image(ref, view))
+                ys.append(y)
+        inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+    else:
+        texts, ys = [], []
+        for item, y in zip(items, labels):
+            texts.extend(item.texts)
+            ys.extend([y] * len(item.texts))
+        inputs, _ = encode_utf8(texts, view.text_max_length)
+    return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long))
+
+
+def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int) -> tuple[TaskData, dict]:
+    """The task's tensors and a description (classes, dropped classes, item and sample counts)."""
+    if not catalog.has_view(view.modality):
+        raise DataError(f"dataset {catalog.name} has no {view.modality} view")
+    classes, dropped = resolve_classes(catalog, spec, split, view)
+    by_class = catalog.by_class()
+    parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
+    for y, c in enumerate(classes):
+        for name, chosen in split_items(_usable(by_class[c], view), split, seed, c).items():
+            parts[name][0].extend(chosen)
+            parts[name][1].extend([y] * len(chosen))
+    tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
+    info = {
+        "name": spec.name,
+        "classes": classes,
+        "dropped_classes": dropped,
+        "items": {name: len(items) for name, (items, _) in parts.items()},
+        "samples": {name: len(t) for name, t in tensors.items()},
+    }
+    return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"]), info

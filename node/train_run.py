@@ -1,0 +1,146 @@
+"""`crossback train`: one device's task sequence, in-process, resumable from its checkpoints."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from crossback.data.sources import load_catalog
+from crossback.data.tasks import build_task
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import TaskData, learn_task
+from crossback.models.metrics import summarize
+from crossback.models.training import evaluate
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .config import ConfigError, RunConfig, config_to_dict, parse_config
+
+CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"
+
+
+def new_learner(cfg: RunConfig) -> ContinualLearner:
+    return ContinualLearner(cfg.model, cfg.data.modality, cfg.method.name, cfg.seed, cfg.method.piggyback)
+
+
+def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
+    """Build every task's splits up front, so bad data fails before any training or checkpoint."""
+    catalog = load_catalog(cfg.data.source, cfg.data.root)
+    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), cfg.seed) for spec in cfg.tasks]
+    return [d for d, _ in built], [info for _, info in built]
+
+
+def _check_resume(out: Path, cfg: RunConfig) -> None:
+    """A run folder resumes only the run that made it: same settings, same leading tasks."""
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    new = config_to_dict(cfg)
+    changed = sorted(k for k in set(old) | set(new) if k != "tasks" and old.get(k) != new.get(k))
+    if changed:
+        raise ConfigError(f"{out} was started with different settings ({', '.join(changed)}); use a new --out")
+    shared = min(len(old["tasks"]), len(new["tasks"]))
+    if old["tasks"][:shared] != new["tasks"][:shared]:
+        raise ConfigError(f"{out} was started with tasks {[t['name'] for t in old['tasks']]}; "
+                          "the config may only append tasks")
+
+
+def _progress_bar(task: str, index: int, total_tasks: int, enabled: bool):
+    bar = tqdm(desc=f"task {index + 1}/{total_tasks} {task}", unit="ep", file=sys.stderr,
+               disable=not enabled, leave=True, dynamic_ncols=True)
+
+    def update(phase: str, epoch: int, epochs: int, loss: float) -> None:
+        bar.set_postfix_str(f"{phase} {epoch}/{epochs} loss {loss:.3f}")
+        bar.update(1)
+
+    return bar, update
+
+
+def scratch_accuracy(cfg: RunConfig, data: TaskData) -> float:
+    """Test accuracy of the same method and seed trained on this task alone."""
+    learner = new_learner(cfg)
+    learn_task(learner, data, cfg.method, cfg.train)
+    return evaluate(learner, 0, data.test, cfg.train.eval_batch_size)
+
+
+def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict], rows: list[list[float]],
+                    scratch: list[float] | None, seconds: float) -> dict:
+    T = len(cfg.tasks)
+    done = len(rows)
+    matrix = [row + [None] * (T - len(row)) for row in rows]
+    summary = summarize([r[:done] for r in matrix], scratch[:done] if scratch is not None else None) if done else {}
+    payload = {
+        "method": cfg.method.name,
+        "modality": cfg.data.modality,
+        "source": cfg.data.source,
+        "seed": cfg.seed,
+        "tasks": [{"name": i["name"], "num_classes": len(i["classes"]), "classes": i["classes"],
+                   "dropped_classes": i["dropped_classes"], "samples": i["samples"]} for i in infos],
+        "finished_tasks": done,
+        "accuracy_matrix": matrix,
+        "chance": [1.0 / len(i["classes"]) for i in infos],
+        "average_accuracy": summary.get("average_accuracy"),
+        "bwt": summary.get("bwt"),
+        "forgetting": summary.get("forgetting"),
+        "forward_transfer": summary.get("forward_transfer"),
+        "scratch_accuracy": scratch,
+        "task_events": [t.events for t in learner.tasks],
+        "parameters": {"shared": sum(l.weight.numel() for l in learner.layers.values()),
+                       "free_fraction": learner.free_fraction()},
+        "seconds": seconds,
+    }
+    return payload
+
+
+def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    _check_resume(out, cfg)
+    tasks, infos = prepare_tasks(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / CONFIG_FILE, config_to_dict(cfg))
+    ckpt_root = out / CHECKPOINTS
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        learner, state = load_checkpoint(latest)
+        rows, scratch, seconds = state["accuracy_matrix"], state.get("scratch_accuracy"), state["seconds"]
+        log(f"resuming from {latest} ({len(learner.tasks)} finished task(s))")
+    else:
+        learner, rows, scratch, seconds = new_learner(cfg), [], ([] if cfg.eval.scratch_baseline else None), 0.0
+    metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
+    for i in range(len(learner.tasks), len(tasks)):
+        started = time.perf_counter()
+        data = tasks[i]
+        bar, update = _progress_bar(data.name, i, len(tasks), progress)
+        learn_task(learner, data, cfg.method, cfg.train, update)
+        bar.total = bar.n
+        bar.close()
+        rows.append([evaluate(learner, j, tasks[j].test, cfg.train.eval_batch_size) for j in range(i + 1)])
+        if scratch is not None:
+            scratch.append(scratch_accuracy(cfg, data))
+        seconds += time.perf_counter() - started
+        save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows, "scratch_accuracy": scratch, "seconds": seconds})
+        metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
+        write_json_atomic(out / METRICS_FILE, metrics)
+        log(f"task {i + 1}/{len(tasks)} {data.name!r}: " + ", ".join(f"{a:.3f}" for a in rows[-1]))
+    return metrics
+
+
+def evaluate_run(out: Path) -> tuple[list[float], list[float]]:
+    """Reload the latest checkpoint of a run and re-score every task on its test split.
+
+    Returns (recomputed, reported) test accuracies of the last finished row.
+    """
+    out = Path(out)
+    cfg = parse_config(json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")), str(out / CONFIG_FILE))
+    latest = latest_checkpoint(out / CHECKPOINTS)
+    if latest is None:
+        raise FileNotFoundError(f"{out / CHECKPOINTS} holds no finished checkpoint")
+    learner, state = load_checkpoint(latest)
+    tasks, _ = prepare_tasks(cfg)
+    recomputed = [evaluate(learner, j, tasks[j].test, cfg.train.eval_batch_size) for j in range(len(learner.tasks))]
+    return recomputed, state["accuracy_matrix"][-1]
