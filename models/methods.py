@@ -126,6 +126,10 @@ def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, p
     dense_val = evaluate(learner, i, data.val, train.eval_batch_size)
     floor = dense_val - opts.tolerance
     start = _held(learner, i)
+    if not any(start.values()):  # nothing of its own to compact: the task lives on its pick mask
+        learner.tasks[i].events.append({"event": "compact", "sparsity": None, "dense_val": dense_val,
+                                        "val_accuracy": dense_val, "floor": floor, "reason": "no own weights"})
+        return
     accepted, accepted_val, snap = 0.0, dense_val, learner.snapshot()
     for k in range(1, opts.prune_steps + 1):
         sparsity = opts.max_sparsity * (1.0 - (1.0 - k / opts.prune_steps) ** 3)

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from crossback.data.sources import load_catalog
+from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+from crossback.models.adapters import ImageAdapterConfig, TextAdapterConfig
+from crossback.models.perceiver import PerceiverConfig
+
+
+def tiny_config(channels: int = 1, patch: int = 2) -> PerceiverConfig:
+    return PerceiverConfig(token_dim=32, num_latents=8, latent_dim=32, depth=1, cross_heads=1, cross_dim_head=16,
+                           latent_heads=2, latent_dim_head=16, queries_dim=32,
+                           image=ImageAdapterConfig(channels=channels, patch_size=patch),
+                           text=TextAdapterConfig(max_length=40))
+
+
+@pytest.fixture(scope="session")
+def digits_tasks():
+    """Three real tasks from scikit-learn's digits, 8x8 grey."""
+    catalog = load_catalog("digits")
+    view = View("image", image_size=8, channels=1)
+    specs = [TaskSpec("a", classes=("0", "1", "2")), TaskSpec("b", classes=("3", "4", "5")),
+             TaskSpec("c", classes=("6", "7", "8", "9"))]
+    return [build_task(catalog, s, SplitSpec(), view, seed=0)[0] for s in specs]
+
+
+@pytest.fixture(scope="session")
+def emoji_catalog():
+    return load_catalog("emoji")

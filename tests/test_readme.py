@@ -1,0 +1,28 @@
+"""The README's two set-up commands are what users and CI actually run."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"^    (python3 -m venv .+)$", (ROOT / "README.md").read_text(), flags=re.M)
+
+
+def test_readme_opens_with_two_setup_commands_that_install_torch_first():
+    commands = readme_commands()
+    assert len(commands) == 2
+    for cmd in commands:
+        installs = [m.start() for m in re.finditer(r"pip install", cmd)]
+        assert cmd.find("pip install torch==2.13.0") == installs[0]
+    assert "crossback train --config examples/" in commands[0]
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    assert readme_commands()[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_main_job_config_exists():
+    config = re.search(r"--config (\S+)", readme_commands()[0]).group(1)
+    assert (ROOT / config).is_file()
