@@ -142,7 +142,7 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
             for ref in item.images:
                 arrays.append(load_image(ref, view))
                 ys.append(y)
-        inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+        inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8; the adapter scales it
     else:
         texts, ys = [], []
         for item, y in zip(items, labels):

@@ -41,7 +41,10 @@ def fourier_positions(h: int, w: int, num_bands: int, max_freq: float, device=No
 
 
 class ImageAdapter(nn.Module):
-    """Non-overlapping patches, linearly embedded, plus embedded 2-D Fourier positions."""
+    """Non-overlapping patches, linearly embedded, plus embedded 2-D Fourier positions.
+
+    Takes (B, C, H, W) pixels as uint8 or as floats in [0, 1]; H and W need not divide by the patch
+    size (the border is zero-padded)."""
 
     def __init__(self, cfg: ImageAdapterConfig, token_dim: int):
         super().__init__()
@@ -52,6 +55,8 @@ class ImageAdapter(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, None]:
         if images.ndim != 4 or images.shape[1] != self.cfg.channels:
             raise ValueError(f"expected images (B, {self.cfg.channels}, H, W), got {tuple(images.shape)}")
+        if images.dtype == torch.uint8:  # datasets keep pixels as bytes; 4x less memory than floats
+            images = images.float() / 255.0
         p = self.cfg.patch_size
         pad_h, pad_w = (-images.shape[2]) % p, (-images.shape[3]) % p
         x = F.pad(images * 2.0 - 1.0, (0, pad_w, 0, pad_h))

@@ -161,15 +161,15 @@ class ContinualLearner:
             bias_name = w_in.replace(".weight", ".bias")
             b = self.task_params[i][bias_name].detach()
             self.task_params[i][bias_name] = torch.cat([b[:h], torch.zeros(units), b[h:], torch.zeros(units)]).requires_grad_(True)
-            for name in (w_in, w_out):
-                if name in self.scores:  # keep pick scores aligned; new weights are the task's own anyway
-                    s = self.scores[name].detach()
-                    pad = torch.full_like(s[:units] if name == w_in else s[:, :units], self.pick.init_score)
-                    if name == w_in:
-                        s = torch.cat([s[:h], pad, s[h:], pad])
-                    else:
-                        s = torch.cat([s, torch.full((s.shape[0], units), self.pick.init_score)], dim=1)
-                    self.scores[name] = nn.Parameter(s)
+            # keep pick scores shaped like their weights; the new weights are the task's own anyway
+            if w_in in self.scores:
+                s = self.scores[w_in].detach()
+                pad = torch.full((units, fan_in), self.pick.init_score)
+                self.scores[w_in] = nn.Parameter(torch.cat([s[:h], pad, s[h:], pad]))
+            if w_out in self.scores:
+                s = self.scores[w_out].detach()
+                pad = torch.full((s.shape[0], units), self.pick.init_score)
+                self.scores[w_out] = nn.Parameter(torch.cat([s, pad], dim=1))
             grown[group] = (h, h + units)
         self.tasks[i].ff_widths = self.ff_widths()
         return grown

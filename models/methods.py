@@ -6,7 +6,8 @@
   (plus its own head, norms, biases...).
 - CPG: pick (a piggyback mask over older tasks' weights) while training the free weights; grow the
   feed-forwards when the accuracy goal is missed; compact by gradual magnitude pruning (cubic schedule)
-  to the largest sparsity whose validation accuracy stays within ``tolerance`` of the dense one.
+  to the largest sparsity whose validation accuracy still meets the goal (or, without a goal or when
+  the goal stayed out of reach, stays within ``tolerance`` of the dense accuracy).
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ def _cpg_grow(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, prog
 
 def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress) -> None:
     dense_val = evaluate(learner, i, data.val, train.eval_batch_size)
-    floor = dense_val - opts.tolerance
+    goal = opts.accuracy_goal
+    floor = goal if goal is not None and dense_val >= goal else dense_val - opts.tolerance
     start = _held(learner, i)
     if not any(start.values()):  # nothing of its own to compact: the task lives on its pick mask
         learner.tasks[i].events.append({"event": "compact", "sparsity": None, "dense_val": dense_val,

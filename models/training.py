@@ -22,7 +22,7 @@ class TrainOptions:
 
 @dataclass
 class Split:
-    inputs: Tensor  # images (N, C, H, W) float in [0, 1] or byte ids (N, L) long
+    inputs: Tensor  # images (N, C, H, W) uint8 (or float in [0, 1]), or byte ids (N, L) long
     labels: Tensor  # (N,) long, 0..num_classes-1
 
     def __len__(self) -> int:

@@ -94,6 +94,7 @@ def test_cpg_does_not_grow_when_goal_is_met(digits_tasks):
     assert not any(e["event"] == "grow" for e in learner.tasks[0].events)
     compact = next(e for e in learner.tasks[0].events if e["event"] == "compact")
     assert compact["sparsity"] == pytest.approx(0.75)  # a single cubic step goes straight to max_sparsity
+    assert compact["floor"] == 0.05  # the goal was met, so compaction keeps meeting it
 
 
 def test_cpg_compaction_frees_weights_for_later_tasks(digits_tasks):
