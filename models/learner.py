@@ -60,8 +60,9 @@ class ContinualLearner:
         if method not in METHODS:
             raise ValueError(f"unknown continual-learning method {method!r}; choose one of {list(METHODS)}")
         self.cfg, self.modality, self.method, self.seed, self.pick = cfg, modality, method, seed, pick
-        torch.manual_seed(seed)
-        self.net = PerceiverClassifier(cfg, modality)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.net = PerceiverClassifier(cfg, modality)
         self.net.requires_grad_(False)
         ff = _ff_groups(self.net)
         roles = {w_in: (g, "in") for g, (w_in, _) in ff.items()} | {w_out: (g, "out") for g, (_, w_out) in ff.items()}

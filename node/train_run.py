@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
@@ -97,7 +96,6 @@ def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict]
 
 
 def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
-    torch.manual_seed(cfg.seed)
     out = Path(out)
     _check_resume(out, cfg)
     tasks, infos = prepare_tasks(cfg)

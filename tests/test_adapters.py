@@ -1,7 +1,7 @@
 import torch
 
-from crossback.models.adapters import (CLS_ID, PAD_ID, SEP_ID, ImageAdapter, ImageAdapterConfig, TextAdapter,
-                                       TextAdapterConfig, encode_utf8, fourier_positions)
+from crossback.models.adapters import (CLS_ID, PAD_ID, SEP_ID, ImageAdapter, ImageAdapterConfig,
+                                       encode_utf8, fourier_positions)
 from crossback.models.learner import ContinualLearner
 
 from conftest import tiny_config

@@ -112,3 +112,22 @@ def test_same_seed_same_numbers(digits_tasks):
     _, a = run_sequence(method, digits_tasks[:2], seed=3)
     _, b = run_sequence(method, digits_tasks[:2], seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_every_parameter_is_either_masked_and_shared_or_kept_per_task():
+    learner = ContinualLearner(tiny_config(), "image", "packnet")
+    learner.begin_task("t", 3)
+    names = {n for n, _ in learner.net.named_parameters()}
+    per_task, shared = set(learner.task_params[0]), set(learner.layers)
+    assert per_task | shared == names and not per_task & shared
+    assert {"core.latents", "query", "head.weight", "head.bias"} <= per_task
+    assert any(n.startswith("adapter.") for n in per_task) and any(n.endswith("norm.weight") for n in per_task)
+    assert all(learner.layers[n].weight.ndim == 2 for n in shared)
+
+
+def test_construction_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ContinualLearner(tiny_config(), "image", "cpg", seed=9)
+    assert torch.equal(torch.rand(3), expected)
