@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import grpc
+
 from crossback.data.catalog import DataError
 
 from .checkpoint import CheckpointError
@@ -31,6 +33,51 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if recomputed == reported else 1
 
 
+def _node(args: argparse.Namespace) -> int:
+    from .node_config import load_node_config
+    from .process import Node, install_signal_handlers
+
+    flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
+             "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
+             "log_dir": args.log_dir}
+    node = Node(load_node_config(args.config, flags), console=sys.stderr)
+    install_signal_handlers(node)
+    return node.run()
+
+
+def _peers(args: argparse.Namespace) -> int:
+    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.proto.v1 import peer_pb2 as pb
+
+    client = PeerClient(args.target, "crossback-cli", CallPolicy(timeout=args.timeout, attempts=2))
+    try:
+        info = client.get_info()
+        view = client.exchange_peers(pb.PeerList(protocol=pb.PROTOCOL_VERSION_1))
+    finally:
+        client.close()
+    print(f"{info.node_id} ({info.address}) sees {len(view.peers)} peer(s):")
+    print(f"  {'peer':<20} {'address':<24} {'state':<6} snapshot")
+    for p in view.peers:
+        print(f"  {p.node_id:<20} {p.address:<24} {'alive' if p.alive else 'dead':<6} {p.snapshot_version}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+
+    client = PeerClient(args.target, "crossback-cli", CallPolicy(timeout=args.timeout, attempts=2))
+    try:
+        info = client.get_info()
+    finally:
+        client.close()
+    print(f"node      {info.node_id} at {info.address}")
+    print(f"modality  {info.modality} (C = {info.token_dim}), method {info.method}")
+    print(f"kv        " + ", ".join(f"{s.name} {list(s.dims)}" for s in info.kv_shapes))
+    print(f"snapshot  version {info.snapshot_version}; finished tasks: {', '.join(info.finished_tasks) or '(none)'}")
+    print(f"serves    {', '.join(info.payload_kinds)}; software {info.software_version}, protocol v{info.protocol}")
+    return 0
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
@@ -46,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="reload a run's latest checkpoint and re-score its tasks")
     ev.add_argument("run_dir", type=Path)
     ev.set_defaults(func=_evaluate)
+    node = sub.add_parser("node", help="run one swarm node (gRPC server + its own task loop)")
+    node.add_argument("--config", required=True, type=Path, help="YAML: run config plus a node: section")
+    node.add_argument("--node-id")
+    node.add_argument("--listen", help="host:port to bind (port 0 picks a free one)")
+    node.add_argument("--advertise", help="host:port peers should dial")
+    node.add_argument("--seed-peers", help="comma-separated host:port list")
+    node.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    node.add_argument("--state-dir")
+    node.add_argument("--log-dir")
+    node.set_defaults(func=_node)
+    for name, fn, text in (("peers", _peers, "a live node's view of the swarm"),
+                           ("status", _status, "a live node's info and finished tasks")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--target", required=True, help="host:port of the node")
+        p.add_argument("--timeout", type=float, default=5.0)
+        p.set_defaults(func=fn)
     return parser
 
 
@@ -56,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except grpc.RpcError as exc:
+        print(f"crossback {args.command}: {getattr(args, 'target', 'peer')}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted; the last finished task's checkpoint is intact", file=sys.stderr)
         return 130

@@ -1,0 +1,185 @@
+"""`crossback node`: one device as one OS process.
+
+It serves peers (from its published snapshot), keeps membership by gossip, and runs its own task
+sequence, checkpointing and re-publishing after every finished task. Killed at any point, it restarts
+from its state dir with every finished task intact.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from crossback.models.methods import learn_task
+from crossback.models.perceiver import kv_shapes
+from crossback.models.training import evaluate
+from crossback.orchestrator_free.gossip import GossipLoop
+from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import ConfigError, RunConfig
+from .events import EventLog
+from .server import NodeIdentity, PeerServicer, peer_entries, software_version, start_server
+from .snapshot import Snapshot
+from .train_run import new_learner, prepare_tasks
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str = ""
+    listen: str = "127.0.0.1:0"
+    advertise: str | None = None  # host:port peers should dial; default: the listen address
+    seed_peers: tuple[str, ...] = ()
+    device: str = "auto"
+    state_dir: str = "state"
+    log_dir: str = "logs"
+    heartbeat_interval: float = 1.0  # seconds between gossip rounds
+    failure_timeout: float = 5.0  # silence after which a peer is dead
+    rpc_timeout: float = 5.0
+    rpc_attempts: int = 3
+    max_message_bytes: int = 4 << 20
+    exit_when_done: bool = False  # default: keep serving peers after the last task
+
+    def validate(self) -> None:
+        if not self.node_id:
+            raise ConfigError("node.node_id: required (config, --node-id or CROSSBACK_NODE_ID)")
+        for key in ("heartbeat_interval", "failure_timeout", "rpc_timeout"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"node.{key}: must be positive")
+        if self.failure_timeout <= self.heartbeat_interval:
+            raise ConfigError("node.failure_timeout: must exceed node.heartbeat_interval")
+        if self.rpc_attempts < 1:
+            raise ConfigError("node.rpc_attempts: must be at least 1")
+        for key, value in (("listen", self.listen), ("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
+            if value is not None and not _is_host_port(value):
+                raise ConfigError(f"node.{key}: {value!r} is not host:port")
+        resolve_device(self.device)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSettings
+    run: RunConfig = field(repr=False, default=None)
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise ConfigError(f"node.device: {name!r} is not cuda:N")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"node.device: {name!r} requested but CUDA is not available here")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"node.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device(name)
+    raise ConfigError(f"node.device: {name!r} is not auto, cpu, cuda or cuda:N")
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig, console=None):
+        self.cfg, self.settings, self.run_cfg = cfg, cfg.node, cfg.run
+        s = self.settings
+        self.state_dir, self.log_dir = Path(s.state_dir), Path(s.log_dir)
+        self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console)
+        self._snapshot: Snapshot | None = None
+        self._stop = threading.Event()
+        self.device = resolve_device(s.device)
+
+    # ------------------------------------------------------------ snapshot
+
+    def snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def publish(self, folder: Path) -> None:
+        snap = Snapshot.from_checkpoint(folder)  # a fresh copy: peers never see the training learner
+        self._snapshot = snap
+        self.events.emit("snapshot_published", version=snap.version, tasks=snap.finished_tasks)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        s, run = self.settings, self.run_cfg
+        tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
+        identity = NodeIdentity(s.node_id, "", run.data.modality, run.method.name, run.model.token_dim,
+                                kv_shapes(run.model))
+        membership = Membership(s.node_id, "", list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
+        servicer = PeerServicer(identity, self.snapshot, membership, self.events)
+        server, port, health = start_server(servicer, s.listen, max_message_bytes=s.max_message_bytes)
+        host = s.listen.rpartition(":")[0]
+        address = s.advertise or f"{host}:{port}"
+        identity.address = membership.address = address
+        membership.seeds = [a for a in membership.seeds if a != address]
+        self.events.emit("node_started", address=address, listen=f"{host}:{port}", pid=os.getpid(),
+                         modality=run.data.modality, method=run.method.name, device=str(self.device),
+                         software=software_version(), seeds=list(s.seed_peers))
+        on_payload = lambda kind, peer, nbytes: self.events.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
+        gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
+                                   backoff_max=s.heartbeat_interval / 4)
+        gossip_clients = ClientPool(lambda a: PeerClient(a, s.node_id, gossip_policy, on_payload))
+        gossip = GossipLoop(membership, gossip_clients, servicer.self_entry, lambda: peer_entries(membership),
+                            s.heartbeat_interval)
+        gossip.start()
+        try:
+            self._learn(tasks, infos)
+            if not s.exit_when_done:
+                self.events.emit("serving", address=address, snapshot_version=self._snapshot.version if self._snapshot else 0)
+                while not self._stop.wait(0.2):
+                    pass
+        finally:
+            health.enter_graceful_shutdown()
+            gossip.stop()
+            gossip_clients.close()
+            server.stop(grace=1.0).wait(5)
+            self.events.emit("node_stopped")
+            self.events.close()
+        return 0
+
+    def _learn(self, tasks, infos) -> None:
+        ckpt_root = self.state_dir / "checkpoints"
+        latest = latest_checkpoint(ckpt_root)
+        if latest is not None:
+            learner, state = load_checkpoint(latest)
+            names = [t.name for t in learner.tasks]
+            if names != [t.name for t in tasks[: len(names)]]:
+                raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
+            rows = state.get("accuracy_matrix", [])
+            self.publish(latest)
+            self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
+        else:
+            learner, rows = new_learner(self.run_cfg), []
+        for i in range(len(learner.tasks), len(tasks)):
+            if self._stop.is_set():
+                return
+            data = tasks[i]
+            self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
+            started = time.perf_counter()
+            learn_task(learner, data, self.run_cfg.method, self.run_cfg.train)
+            rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
+            folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
+            self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
+                             accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3))
+            self.publish(folder)
+        self.events.emit("tasks_done", finished=len(learner.tasks))
+
+
+def install_signal_handlers(node: Node) -> None:
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)

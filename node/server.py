@@ -1,0 +1,152 @@
+"""The peer service a node serves, from its published snapshot only, plus gRPC health."""
+from __future__ import annotations
+
+from concurrent import futures
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv
+from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.transport import MAX_MESSAGE_BYTES, PROTOCOL, channel_options
+from crossback.orchestrator_free.wire import WireError, decode, encode_all
+from crossback.proto.v1 import peer_pb2 as pb
+from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
+
+from .events import EventLog
+from .snapshot import Snapshot
+
+SERVICE_NAME = "crossback.v1.PeerService"
+PAYLOAD_KINDS = ("kv", "ddv")
+KV_SOURCE_NAMES = {pb.KV_SOURCE_SELF: "self", pb.KV_SOURCE_INLINE: "inline"}
+
+
+def software_version() -> str:
+    try:
+        return version("crossback")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class NodeIdentity:
+    node_id: str
+    address: str
+    modality: str
+    method: str
+    token_dim: int
+    kv_shapes: dict[str, tuple[int, int]]
+
+
+class PeerServicer(pb_grpc.PeerServiceServicer):
+    def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
+                 events: EventLog):
+        self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
+
+    # -------------------------------------------------------------- helpers
+
+    def _check_protocol(self, protocol: int, context) -> None:
+        if protocol != PROTOCOL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"unsupported protocol version {protocol}; {self.identity.node_id} speaks {PROTOCOL}")
+
+    def _require_snapshot(self, context) -> Snapshot:
+        snap = self.snapshot()
+        if snap is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} has no finished task yet")
+        return snap
+
+    def _sent(self, kind: str, peer: str, nbytes: int) -> None:
+        self.events.emit("payload_sent", kind=kind, peer=peer or "?", bytes=nbytes)
+
+    def self_entry(self) -> pb.PeerEntry:
+        snap = self.snapshot()
+        return pb.PeerEntry(node_id=self.identity.node_id, address=self.identity.address, alive=True,
+                            snapshot_version=snap.version if snap else 0)
+
+    # -------------------------------------------------------------- rpcs
+
+    def GetInfo(self, request, context):
+        self._check_protocol(request.protocol, context)
+        snap = self.snapshot()
+        ident = self.identity
+        info = pb.NodeInfo(
+            node_id=ident.node_id, address=ident.address, modality=ident.modality, token_dim=ident.token_dim,
+            kv_shapes=[pb.TensorShape(name=n, dims=list(s)) for n, s in ident.kv_shapes.items()],
+            finished_tasks=snap.finished_tasks if snap else [], snapshot_version=snap.version if snap else 0,
+            software_version=software_version(), protocol=PROTOCOL, payload_kinds=list(PAYLOAD_KINDS),
+            method=ident.method)
+        self._sent("info", request.caller_id, info.ByteSize())
+        return info
+
+    def ExchangePeers(self, request, context):
+        self._check_protocol(request.protocol, context)
+        sender = request.sender
+        if sender.node_id:
+            self.membership.heard_from(sender.node_id, sender.address, sender.snapshot_version)
+        for entry in request.peers:
+            self.membership.learn(entry.node_id, entry.address)
+        reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=peer_entries(self.membership))
+        self._sent("membership", sender.node_id, reply.ByteSize())
+        return reply
+
+    def FetchKV(self, request, context):
+        self._check_protocol(request.protocol, context)
+        snap = self._require_snapshot(context)
+        if snap.version < request.min_snapshot_version:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"snapshot {snap.version} is older than the requested {request.min_snapshot_version}")
+        chunks = encode_all(snap.kv, snap.version)
+        self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
+        yield from chunks
+
+    def ProbeDDV(self, request, context):
+        self._check_protocol(request.protocol, context)
+        snap = self._require_snapshot(context)
+        s = request.spec
+        if s.kv_source not in KV_SOURCE_NAMES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: unknown kv_source {s.kv_source}")
+        spec = ProbeSpec(seed=s.seed, pair_count=s.pair_count, token_count=s.token_count,
+                         perturbation=s.perturbation, kv_source=KV_SOURCE_NAMES[s.kv_source])
+        try:
+            spec.validate()
+            if spec.kv_source == "inline":
+                kv = decode(request.kv, expected=self.identity.kv_shapes, max_total_bytes=MAX_MESSAGE_BYTES)
+            elif request.kv:
+                raise WireError("kv tensors sent with kv_source self")
+            else:
+                kv = snap.kv
+        except ProbeSpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: {exc}")
+        except WireError as exc:
+            context.abort(getattr(grpc.StatusCode, exc.status), f"probe kv: {exc}")
+        vector = ddv(snap.learner, snap.task, kv, spec)
+        reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,
+                                 ddv=vector.tolist(), token_dim=self.identity.token_dim)
+        self._sent("ddv", request.caller_id, reply.ByteSize())
+        return reply
+
+
+def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
+    return [pb.PeerEntry(node_id=p.node_id, address=p.address, alive=p.alive, snapshot_version=p.snapshot_version)
+            for p in membership.peers()]
+
+
+def start_server(servicer: PeerServicer, listen: str, workers: int = 8,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """Start serving on ``listen`` (``host:0`` picks a free port); returns (server, port, health)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(max_message_bytes),
+                         maximum_concurrent_rpcs=4 * workers)
+    pb_grpc.add_PeerServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer

@@ -1,0 +1,76 @@
+"""DDV probes (ModelDiff's decision distance vectors) in token space.
+
+Both sides generate the same probe pairs from a shared spec, so no data is needed or sent:
+``x_j ~ N(0, 1)`` of shape (token_count, C) and ``x'_j = x_j + perturbation * n_j``. A model's response
+``attnRep(M, kv)`` is its (task's) latents attending to the probe tokens through its encoder
+cross-attention with the key/value projections ``kv``; the DDV holds, per pair, the cosine distance
+between the responses to ``x_j`` and ``x'_j``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch import Tensor
+from torch.func import functional_call
+
+from crossback.models.learner import ContinualLearner
+from crossback.models.perceiver import join_kv
+
+CROSS_ATTN = "core.cross_attend_block.cross_attn"
+KV_SOURCES = ("self", "inline")
+MAX_PAIRS, MAX_TOKENS = 512, 1024
+
+
+class ProbeSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    seed: int = 0
+    pair_count: int = 32
+    token_count: int = 16
+    perturbation: float = 0.1
+    kv_source: str = "self"
+
+    def validate(self) -> "ProbeSpec":
+        if not 1 <= self.pair_count <= MAX_PAIRS:
+            raise ProbeSpecError(f"pair_count {self.pair_count} outside 1..{MAX_PAIRS}")
+        if not 1 <= self.token_count <= MAX_TOKENS:
+            raise ProbeSpecError(f"token_count {self.token_count} outside 1..{MAX_TOKENS}")
+        if not (math.isfinite(self.perturbation) and 0.0 < self.perturbation <= 10.0):
+            raise ProbeSpecError(f"perturbation {self.perturbation} outside (0, 10]")
+        if self.kv_source not in KV_SOURCES:
+            raise ProbeSpecError(f"kv_source {self.kv_source!r} not one of {list(KV_SOURCES)}")
+        if not 0 <= self.seed < 2**63:
+            raise ProbeSpecError(f"seed {self.seed} must be a non-negative 63-bit integer")
+        return self
+
+
+def probe_pairs(spec: ProbeSpec, token_dim: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(spec.seed)
+    x = torch.randn(spec.pair_count, spec.token_count, token_dim, generator=gen)
+    noise = torch.randn(spec.pair_count, spec.token_count, token_dim, generator=gen)
+    return x, x + spec.perturbation * noise
+
+
+@torch.no_grad()
+def attn_rep(learner: ContinualLearner, task: int, kv: dict[str, Tensor], tokens: Tensor) -> Tensor:
+    """(batch, num_latents * latent_dim): the task's latents cross-attending to ``tokens`` through ``kv``."""
+    params = learner.params_for(task)
+    prefix = CROSS_ATTN + "."
+    sub = {n[len(prefix):]: t for n, t in params.items() if n.startswith(prefix)}
+    sub["fn.to_kv.weight"] = join_kv(kv)
+    latents = repeat(params["core.latents"], "n d -> b n d", b=tokens.shape[0])
+    module = learner.net.get_submodule(CROSS_ATTN)
+    out = functional_call(module, sub, (latents,), {"context": tokens})
+    return out.flatten(1)
+
+
+def ddv(learner: ContinualLearner, task: int, kv: dict[str, Tensor], spec: ProbeSpec) -> Tensor:
+    x, x_prime = probe_pairs(spec.validate(), learner.cfg.token_dim)
+    a, b = attn_rep(learner, task, kv, x), attn_rep(learner, task, kv, x_prime)
+    return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)

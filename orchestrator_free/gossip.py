@@ -1,0 +1,57 @@
+"""The membership loop: every interval, exchange peer lists with every known peer and seed (in parallel,
+each call under its deadline), then run the failure detector. Runs in its own thread."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import grpc
+
+from crossback.proto.v1 import peer_pb2 as pb
+
+from .membership import Membership
+from .transport import PROTOCOL, ClientPool
+
+
+class GossipLoop:
+    def __init__(self, membership: Membership, clients: ClientPool, self_entry: Callable[[], pb.PeerEntry],
+                 peer_entries: Callable[[], list[pb.PeerEntry]], interval: float, on_error=lambda *a: None):
+        self.membership, self.clients = membership, clients
+        self.self_entry, self.peer_entries, self.interval, self.on_error = self_entry, peer_entries, interval, on_error
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gossip")
+        self._thread = threading.Thread(target=self._run, name="gossip", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def round(self) -> None:
+        message = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=self.peer_entries())
+        list(self._pool.map(lambda address: self._exchange(address, message), self.membership.targets()))
+        self.membership.check_failures()
+
+    def _exchange(self, address: str, message: pb.PeerList) -> None:
+        try:
+            reply = self.clients.get(address).exchange_peers(message)
+        except grpc.RpcError as exc:
+            self.on_error(address, exc)
+            return
+        if reply.sender.node_id:
+            self.membership.heard_from(reply.sender.node_id, reply.sender.address or address,
+                                       reply.sender.snapshot_version)
+        for entry in reply.peers:
+            self.membership.learn(entry.node_id, entry.address)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.round()
+            except Exception as exc:  # the loop must outlive any single bad round
+                self.on_error("round", exc)
+            self._stop.wait(self.interval)

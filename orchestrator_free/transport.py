@@ -1,0 +1,104 @@
+"""Calling peers: one place for channels, deadlines, message limits and jittered retries (tenacity)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from crossback.proto.v1 import peer_pb2 as pb
+from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
+
+from .ddv import ProbeSpec
+from .wire import decode, encode_all
+
+PROTOCOL = pb.PROTOCOL_VERSION_1
+MAX_MESSAGE_BYTES = 4 << 20
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+KV_SOURCES = {"self": pb.KV_SOURCE_SELF, "inline": pb.KV_SOURCE_INLINE}
+
+
+def channel_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    timeout: float = 5.0  # deadline of every call, seconds
+    attempts: int = 3
+    backoff_max: float = 1.0
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT
+
+
+class PeerClient:
+    """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends."""
+
+    def __init__(self, address: str, caller_id: str, policy: CallPolicy = CallPolicy(),
+                 on_payload: Callable[[str, str, int], None] | None = None):
+        self.address, self.caller_id, self.policy = address, caller_id, policy
+        self.on_payload = on_payload or (lambda kind, peer, nbytes: None)
+        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._stub = pb_grpc.PeerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, fn: Callable[[], object]):
+        retrying = Retrying(stop=stop_after_attempt(self.policy.attempts),
+                            wait=wait_random_exponential(multiplier=0.05, max=self.policy.backoff_max),
+                            retry=retry_if_exception(_transient), reraise=True)
+        return retrying(fn)
+
+    def get_info(self) -> pb.NodeInfo:
+        req = pb.InfoRequest(protocol=PROTOCOL, caller_id=self.caller_id)
+        self.on_payload("info_request", self.address, req.ByteSize())
+        return self._call(lambda: self._stub.GetInfo(req, timeout=self.policy.timeout))
+
+    def exchange_peers(self, peers: pb.PeerList) -> pb.PeerList:
+        self.on_payload("membership", self.address, peers.ByteSize())
+        return self._call(lambda: self._stub.ExchangePeers(peers, timeout=self.policy.timeout))
+
+    def fetch_kv(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0):
+        """(tensors, snapshot_version) of the peer's published KV, verified."""
+        req = pb.KVRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version)
+        self.on_payload("kv_request", self.address, req.ByteSize())
+
+        def fetch():
+            chunks = list(self._stub.FetchKV(req, timeout=self.policy.timeout))
+            versions = {c.snapshot_version for c in chunks}
+            return decode(chunks, expected), (versions.pop() if len(versions) == 1 else -1)
+
+        return self._call(fetch)
+
+    def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
+        req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
+            seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,
+            perturbation=spec.perturbation, kv_source=KV_SOURCES[spec.kv_source]))
+        if inline_kv is not None:
+            req.kv.extend(encode_all(inline_kv))
+        self.on_payload("probe_spec" if inline_kv is None else "probe_spec+kv", self.address, req.ByteSize())
+        return self._call(lambda: self._stub.ProbeDDV(req, timeout=self.policy.timeout))
+
+
+class ClientPool:
+    """One client per peer address, created on demand, closed together."""
+
+    def __init__(self, factory: Callable[[str], PeerClient]):
+        self._factory, self._clients, self._lock = factory, {}, threading.Lock()
+
+    def get(self, address: str) -> PeerClient:
+        with self._lock:
+            if address not in self._clients:
+                self._clients[address] = self._factory(address)
+            return self._clients[address]
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,1 @@
+"""crossback.v1 wire contract: peer.proto and its generated Python modules."""

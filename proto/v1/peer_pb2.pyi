@@ -1,0 +1,156 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ProtocolVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_VERSION_UNSPECIFIED: _ClassVar[ProtocolVersion]
+    PROTOCOL_VERSION_1: _ClassVar[ProtocolVersion]
+
+class KVSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_SOURCE_UNSPECIFIED: _ClassVar[KVSource]
+    KV_SOURCE_SELF: _ClassVar[KVSource]
+    KV_SOURCE_INLINE: _ClassVar[KVSource]
+PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
+PROTOCOL_VERSION_1: ProtocolVersion
+KV_SOURCE_UNSPECIFIED: KVSource
+KV_SOURCE_SELF: KVSource
+KV_SOURCE_INLINE: KVSource
+
+class InfoRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ...) -> None: ...
+
+class TensorShape(_message.Message):
+    __slots__ = ("name", "dims")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dims: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "address", "modality", "token_dim", "kv_shapes", "finished_tasks", "snapshot_version", "software_version", "protocol", "payload_kinds", "method")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    KV_SHAPES_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_KINDS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    modality: str
+    token_dim: int
+    kv_shapes: _containers.RepeatedCompositeFieldContainer[TensorShape]
+    finished_tasks: _containers.RepeatedScalarFieldContainer[str]
+    snapshot_version: int
+    software_version: str
+    protocol: ProtocolVersion
+    payload_kinds: _containers.RepeatedScalarFieldContainer[str]
+    method: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., modality: _Optional[str] = ..., token_dim: _Optional[int] = ..., kv_shapes: _Optional[_Iterable[_Union[TensorShape, _Mapping]]] = ..., finished_tasks: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[int] = ..., software_version: _Optional[str] = ..., protocol: _Optional[_Union[ProtocolVersion, str]] = ..., payload_kinds: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ...) -> None: ...
+
+class PeerEntry(_message.Message):
+    __slots__ = ("node_id", "address", "alive", "snapshot_version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    alive: bool
+    snapshot_version: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., alive: _Optional[bool] = ..., snapshot_version: _Optional[int] = ...) -> None: ...
+
+class PeerList(_message.Message):
+    __slots__ = ("protocol", "sender", "peers")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    sender: PeerEntry
+    peers: _containers.RepeatedCompositeFieldContainer[PeerEntry]
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., sender: _Optional[_Union[PeerEntry, _Mapping]] = ..., peers: _Optional[_Iterable[_Union[PeerEntry, _Mapping]]] = ...) -> None: ...
+
+class KVRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ...) -> None: ...
+
+class TensorChunk(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "sha256", "total_bytes", "offset", "data", "snapshot_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    sha256: bytes
+    total_bytes: int
+    offset: int
+    data: bytes
+    snapshot_version: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., sha256: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., snapshot_version: _Optional[int] = ...) -> None: ...
+
+class ProbeSpec(_message.Message):
+    __slots__ = ("seed", "pair_count", "token_count", "perturbation", "kv_source")
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PAIR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PERTURBATION_FIELD_NUMBER: _ClassVar[int]
+    KV_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    pair_count: int
+    token_count: int
+    perturbation: float
+    kv_source: KVSource
+    def __init__(self, seed: _Optional[int] = ..., pair_count: _Optional[int] = ..., token_count: _Optional[int] = ..., perturbation: _Optional[float] = ..., kv_source: _Optional[_Union[KVSource, str]] = ...) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "spec", "kv")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    KV_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    spec: ProbeSpec
+    kv: _containers.RepeatedCompositeFieldContainer[TensorChunk]
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., spec: _Optional[_Union[ProbeSpec, _Mapping]] = ..., kv: _Optional[_Iterable[_Union[TensorChunk, _Mapping]]] = ...) -> None: ...
+
+class ProbeResponse(_message.Message):
+    __slots__ = ("node_id", "snapshot_version", "ddv", "token_dim")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DDV_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_DIM_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    snapshot_version: int
+    ddv: _containers.RepeatedScalarFieldContainer[float]
+    token_dim: int
+    def __init__(self, node_id: _Optional[str] = ..., snapshot_version: _Optional[int] = ..., ddv: _Optional[_Iterable[float]] = ..., token_dim: _Optional[int] = ...) -> None: ...
