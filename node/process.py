@@ -90,6 +90,10 @@ def resolve_device(name: str) -> torch.device:
     raise ConfigError(f"node.device: {name!r} is not auto, cpu, cuda or cuda:N")
 
 
+class Interrupted(Exception):
+    """Raised inside the task loop when the node is asked to stop; the task in progress is dropped."""
+
+
 class Node:
     def __init__(self, cfg: NodeConfig, console=None):
         self.cfg, self.settings, self.run_cfg = cfg, cfg.node, cfg.run
@@ -115,6 +119,10 @@ class Node:
     def request_stop(self, *_args) -> None:
         self._stop.set()
 
+    def _check_stop(self, *_progress) -> None:
+        if self._stop.is_set():
+            raise Interrupted()
+
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
         tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
@@ -139,7 +147,7 @@ class Node:
         gossip.start()
         try:
             self._learn(tasks, infos)
-            if not s.exit_when_done:
+            if not s.exit_when_done and not self._stop.is_set():
                 self.events.emit("serving", address=address, snapshot_version=self._snapshot.version if self._snapshot else 0)
                 while not self._stop.wait(0.2):
                     pass
@@ -171,7 +179,11 @@ class Node:
             data = tasks[i]
             self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
             started = time.perf_counter()
-            learn_task(learner, data, self.run_cfg.method, self.run_cfg.train)
+            try:
+                learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop)
+            except Interrupted:
+                self.events.emit("task_interrupted", task=data.name, index=i)
+                return
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],

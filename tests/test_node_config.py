@@ -63,3 +63,57 @@ def test_bad_node_config_exits_nonzero_naming_the_key(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "node.hearbeat_interval" in proc.stderr and "heartbeat_interval" in proc.stderr
+
+
+def _node_cmd(path, tmp_path):
+    return [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path),
+            "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "logs")]
+
+
+def test_node_killed_mid_task_resumes_and_continues(tmp_path):
+    import os
+    import signal
+
+    from test_node_integration import wait_for
+
+    cfg = {**CONFIG, "train": {"epochs": 40, "batch_size": 16},
+           "node": {**CONFIG["node"], "node_id": "k", "exit_when_done": True}}
+    path = tmp_path / "k.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "logs" / "k.jsonl"
+    proc = subprocess.Popen(_node_cmd(path, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: [e for e in read_events(log) if e["event"] == "task_started" and e["task"] == "b"], 120)
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of learning task b
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = len(read_events(log))
+    done = subprocess.run(_node_cmd(path, tmp_path), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    after = read_events(log)[before:]
+    resumed = next(e for e in after if e["event"] == "resumed")
+    assert resumed["finished_tasks"] == ["a"]
+    assert [e["task"] for e in after if e["event"] == "task_finished"] == ["b"]
+
+
+def test_sigterm_mid_task_stops_promptly_without_a_partial_checkpoint(tmp_path):
+    import signal
+    import time
+
+    from test_node_integration import wait_for
+
+    cfg = {**CONFIG, "train": {"epochs": 400, "batch_size": 16}, "node": {**CONFIG["node"], "node_id": "t"}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "logs" / "t.jsonl"
+    proc = subprocess.Popen(_node_cmd(path, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: [e for e in read_events(log) if e["event"] == "task_started"], 120)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - sent < 15
+    names = [e["event"] for e in read_events(log)]
+    assert "task_interrupted" in names and names[-1] == "node_stopped"
+    assert not (tmp_path / "state" / "checkpoints").exists() or not any((tmp_path / "state" / "checkpoints").iterdir())
