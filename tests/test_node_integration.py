@@ -201,7 +201,7 @@ def test_sigkilled_node_is_reported_dead_then_readmitted_with_its_tasks(swarm):
     for watcher in (a, c):
         dead = wait_for(lambda w=watcher: [e for e in w.events("peer_dead") if e["peer"] == "b" and e["ts"] >= killed_at],
                         4 * TIMEOUT)
-        assert dead[0]["ts"] - killed_at <= TIMEOUT + 3 * HEARTBEAT + 1.0  # within the configured timeout
+        assert dead[0]["ts"] - killed_at <= TIMEOUT + 2.0  # the timeout plus detection granularity (heartbeat, deadline)
         assert "b" not in alive_view(watcher.address)
     b.start()  # same state dir, a fresh ephemeral port
     resumed = wait_for(lambda: b.events("resumed", since_start=True), 60)[0]
