@@ -72,7 +72,7 @@ def _status(args: argparse.Namespace) -> int:
         client.close()
     print(f"node      {info.node_id} at {info.address}")
     print(f"modality  {info.modality} (C = {info.token_dim}), method {info.method}")
-    print(f"kv        " + ", ".join(f"{s.name} {list(s.dims)}" for s in info.kv_shapes))
+    print("kv        " + ", ".join(f"{s.name} {list(s.dims)}" for s in info.kv_shapes))
     print(f"snapshot  version {info.snapshot_version}; finished tasks: {', '.join(info.finished_tasks) or '(none)'}")
     print(f"serves    {', '.join(info.payload_kinds)}; software {info.software_version}, protocol v{info.protocol}")
     return 0

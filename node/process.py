@@ -25,7 +25,7 @@ from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerCl
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig
 from .events import EventLog
-from .server import NodeIdentity, PeerServicer, peer_entries, software_version, start_server
+from .server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .train_run import new_learner, prepare_tasks
 
@@ -65,7 +65,7 @@ class NodeSettings:
 @dataclass(frozen=True)
 class NodeConfig:
     node: NodeSettings
-    run: RunConfig = field(repr=False, default=None)
+    run: RunConfig = field(repr=False)
 
 
 def _is_host_port(value: str) -> bool:
@@ -125,16 +125,15 @@ class Node:
 
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
-        tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
-        identity = NodeIdentity(s.node_id, "", run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model))
-        membership = Membership(s.node_id, "", list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
-        servicer = PeerServicer(identity, self.snapshot, membership, self.events)
-        server, port, health = start_server(servicer, s.listen, max_message_bytes=s.max_message_bytes)
+        tasks, _ = prepare_tasks(run)  # bad data fails before the node binds a port
+        server, port = bind(s.listen, max_message_bytes=s.max_message_bytes)
         host = s.listen.rpartition(":")[0]
         address = s.advertise or f"{host}:{port}"
-        identity.address = membership.address = address
-        membership.seeds = [a for a in membership.seeds if a != address]
+        identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
+                                kv_shapes(run.model))
+        membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
+        servicer = PeerServicer(identity, self.snapshot, membership, self.events)
+        health = serve(server, servicer)
         self.events.emit("node_started", address=address, listen=f"{host}:{port}", pid=os.getpid(),
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
@@ -146,7 +145,7 @@ class Node:
                             s.heartbeat_interval)
         gossip.start()
         try:
-            self._learn(tasks, infos)
+            self._learn(tasks)
             if not s.exit_when_done and not self._stop.is_set():
                 self.events.emit("serving", address=address, snapshot_version=self._snapshot.version if self._snapshot else 0)
                 while not self._stop.wait(0.2):
@@ -160,7 +159,7 @@ class Node:
             self.events.close()
         return 0
 
-    def _learn(self, tasks, infos) -> None:
+    def _learn(self, tasks) -> None:
         ckpt_root = self.state_dir / "checkpoints"
         latest = latest_checkpoint(ckpt_root)
         if latest is not None:

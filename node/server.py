@@ -135,18 +135,22 @@ def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
             for p in membership.peers()]
 
 
-def start_server(servicer: PeerServicer, listen: str, workers: int = 8,
-                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """Start serving on ``listen`` (``host:0`` picks a free port); returns (server, port, health)."""
+def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int]:
+    """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(max_message_bytes),
                          maximum_concurrent_rpcs=4 * workers)
-    pb_grpc.add_PeerServiceServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
+    return server, port
+
+
+def serve(server: grpc.Server, servicer: PeerServicer) -> health.HealthServicer:
+    """Start serving the peer service and gRPC health (SERVING) on a bound server."""
+    pb_grpc.add_PeerServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    return health_servicer
