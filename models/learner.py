@@ -79,7 +79,10 @@ class ContinualLearner:
         self.tasks: list[TaskRecord] = []
         self.task_params: list[dict[str, Tensor]] = []
         self.pick_masks: list[dict[str, Tensor]] = []
-        self.borrowed_kv: dict[int, Tensor] = {}
+        self.borrowed_kv: dict[int, Tensor] = {}  # task -> a peer's fused K/V it runs with (frozen)
+        self.kv_masks: dict[int, Tensor] = {}  # task -> its learned binary mask over the borrowed K/V
+        self.kv_scores: nn.Parameter | None = None  # real-valued mask scores while adapting
+        self.adapting = False
         self.scores: dict[str, nn.Parameter] = {}
         self.active: int | None = None
 
@@ -189,8 +192,18 @@ class ContinualLearner:
             pick = self._pick(task, name, train)
             params[name] = effective_weight(weight, owner, task + 1, train=train, pick=pick)
         if task in self.borrowed_kv:
-            params[ENCODER_KV] = self.borrowed_kv[task]
+            params[ENCODER_KV] = self._borrowed_weight(task, train)
         return params
+
+    def _borrowed_weight(self, task: int, train: bool) -> Tensor:
+        borrowed = self.borrowed_kv[task]
+        if task == self.active and self.kv_scores is not None:
+            if train:
+                return borrowed * binarize(self.kv_scores, self.pick.threshold)
+            return torch.where(self.kv_scores.detach() > self.pick.threshold, borrowed, torch.zeros(()))
+        if task in self.kv_masks:
+            return torch.where(self.kv_masks[task], borrowed, torch.zeros(()))
+        return borrowed
 
     def _pick(self, task: int, name: str, train: bool) -> Tensor | None:
         if task == self.active and name in self.scores:
@@ -204,6 +217,8 @@ class ContinualLearner:
     def trainable(self) -> tuple[list[Tensor], list[Tensor]]:
         """(weights and per-task tensors, pick scores) that training the active task may change."""
         i = self._require_active()
+        if self.adapting:  # shared weights stay as they are; only the task's own tensors and KV mask move
+            return list(self.task_params[i].values()), [self.kv_scores] if self.kv_scores is not None else []
         owner = i + 1
         weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
         return weights + list(self.task_params[i].values()), list(self.scores.values())
@@ -235,6 +250,42 @@ class ContinualLearner:
         if not 0 <= task < len(self.tasks):
             raise IndexError(f"no task {task}")
         self.borrowed_kv[task] = fused.detach().to(self.layers[ENCODER_KV].weight.dtype).clone()
+        self.kv_masks.pop(task, None)
+
+    # ---------------------------------------------------------------- adaptation of a learned task
+
+    def begin_adaptation(self, task: int, kv: dict[str, Tensor] | None = None) -> None:
+        """Reopen a learned task to adapt its own tensors, optionally on a peer's K/V under a new
+        piggyback mask (CrossBack's transfer). Shared weights stay frozen, so other tasks never change."""
+        if self.active is not None:
+            raise RuntimeError("finish the task being learned before adapting one")
+        if kv is not None:
+            self.load_kv(task, kv)
+            self.kv_masks.pop(task, None)
+            self.kv_scores = nn.Parameter(torch.full(self.borrowed_kv[task].shape, self.pick.init_score))
+        self.task_params[task] = {n: t.detach().clone().requires_grad_(True) for n, t in self.task_params[task].items()}
+        self.active, self.adapting = task, True
+
+    def end_adaptation(self) -> None:
+        task = self._require_active()
+        if self.kv_scores is not None:
+            self.kv_masks[task] = self.kv_scores.detach() > self.pick.threshold
+            self.kv_scores = None
+        self.task_params[task] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[task].items()}
+        self.active, self.adapting = None, False
+
+    def task_state(self, task: int) -> dict:
+        """Everything that distinguishes one way of finishing ``task`` from another (for comparing arms)."""
+        return {"params": {n: t.detach().clone() for n, t in self.task_params[task].items()},
+                "borrowed": self.borrowed_kv.get(task), "kv_mask": self.kv_masks.get(task)}
+
+    def set_task_state(self, task: int, state: dict) -> None:
+        self.task_params[task] = {n: t.clone() for n, t in state["params"].items()}
+        for store, key in ((self.borrowed_kv, "borrowed"), (self.kv_masks, "kv_mask")):
+            if state[key] is None:
+                store.pop(task, None)
+            else:
+                store[task] = state[key]
 
     # ---------------------------------------------------------------- snapshots and (de)serialisation
 
@@ -280,6 +331,8 @@ class ContinualLearner:
         out |= {f"pick::{n}": m.contiguous() for n, m in self.pick_masks[task].items()}
         if task in self.borrowed_kv:
             out["borrowed::" + ENCODER_KV] = self.borrowed_kv[task].contiguous()
+        if task in self.kv_masks:
+            out["kvmask::" + ENCODER_KV] = self.kv_masks[task].contiguous()
         return out
 
     @classmethod
@@ -301,6 +354,8 @@ class ContinualLearner:
                     picks[n.removeprefix("pick::")] = t.clone()
                 elif n.startswith("borrowed::"):
                     learner.borrowed_kv[len(learner.tasks) - 1] = t.clone()
+                elif n.startswith("kvmask::"):
+                    learner.kv_masks[len(learner.tasks) - 1] = t.clone()
                 else:
                     params[n] = t.clone()
             learner.task_params.append(params)

@@ -78,6 +78,30 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, timeout=args.timeout,
+                       log=lambda m: print(m, file=sys.stderr))
+    acc = summary["accuracy"]
+    print(f"{len(summary['nodes'])} nodes, {summary['compared_tasks']} task(s) with candidates, "
+          f"{summary['seconds']:.0f}s")
+    print("mean test accuracy  " + "  ".join(f"{k} {_fmt_acc(v)}" for k, v in acc.items()))
+    print(f"wrote {Path(args.out) / 'summary.json'} and summary.png; inspect with: crossback selections {args.out}")
+    return 0
+
+
+def _selections(args: argparse.Namespace) -> int:
+    from .selections import render_table, selection_rows
+
+    print(render_table(selection_rows(args.run_dir)))
+    return 0
+
+
+def _fmt_acc(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
@@ -103,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--state-dir")
     node.add_argument("--log-dir")
     node.set_defaults(func=_node)
+    demo = sub.add_parser("demo", help="run a local swarm of node processes on the bundled emoji data")
+    demo.add_argument("--out", required=True, type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--nodes", type=int, default=4)
+    demo.add_argument("--epochs", type=int, default=30, help="local epochs per task")
+    demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
+    demo.set_defaults(func=_demo)
+    sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
+    sel.add_argument("run_dir", type=Path)
+    sel.set_defaults(func=_selections)
     for name, fn, text in (("peers", _peers, "a live node's view of the swarm"),
                            ("status", _status, "a live node's info and finished tasks")):
         p = sub.add_parser(name, help=text)
@@ -116,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TimeoutError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from crossback.orchestrator_free.ddv import ProbeSpecError
+from crossback.orchestrator_free.selection import SelectionConfig
+from crossback.transfer.crossback import STRATEGIES
+
 from .config import ConfigError, _build, parse_config
 from .process import NodeConfig, NodeSettings
 
@@ -40,8 +44,18 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     node_section = data.pop("node", {}) or {}
+    transfer_section = data.pop("transfer", {}) or {}
     try:
         settings = _build(NodeSettings, node_section, "node")
+        strategy = transfer_section.pop("strategy", "crossback") if isinstance(transfer_section, dict) else None
+        selection = _build(SelectionConfig, transfer_section, "transfer")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"transfer.strategy: {strategy!r} is not one of {sorted(STRATEGIES)}")
+        if selection.scope not in ("cross", "intra"):
+            raise ConfigError(f"transfer.scope: {selection.scope!r} is not cross or intra")
+        selection.probe.validate()
+    except ProbeSpecError as exc:
+        raise ConfigError(f"{path}: transfer.probe: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     overrides = {}
@@ -56,4 +70,4 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
         settings.validate()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return NodeConfig(settings, parse_config(data, str(path)))
+    return NodeConfig(settings, parse_config(data, str(path)), selection, strategy)

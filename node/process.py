@@ -18,8 +18,11 @@ import torch
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
+from crossback.orchestrator_free.backbone import transfer_step
 from crossback.orchestrator_free.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.selection import SelectionConfig
+from crossback.transfer.crossback import STRATEGIES
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -45,6 +48,7 @@ class NodeSettings:
     rpc_attempts: int = 3
     max_message_bytes: int = 4 << 20
     exit_when_done: bool = False  # default: keep serving peers after the last task
+    threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
         if not self.node_id:
@@ -66,6 +70,8 @@ class NodeSettings:
 class NodeConfig:
     node: NodeSettings
     run: RunConfig = field(repr=False)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    strategy: str = "crossback"
 
 
 def _is_host_port(value: str) -> bool:
@@ -103,6 +109,8 @@ class Node:
         self._snapshot: Snapshot | None = None
         self._stop = threading.Event()
         self.device = resolve_device(s.device)
+        if s.threads > 0:
+            torch.set_num_threads(s.threads)
 
     # ------------------------------------------------------------ snapshot
 
@@ -144,6 +152,9 @@ class Node:
         gossip = GossipLoop(membership, gossip_clients, servicer.self_entry, lambda: peer_entries(membership),
                             s.heartbeat_interval)
         gossip.start()
+        call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
+        self._peer_clients = ClientPool(lambda a: PeerClient(a, s.node_id, call_policy, on_payload))
+        self._membership = membership
         try:
             self._learn(tasks)
             if not s.exit_when_done and not self._stop.is_set():
@@ -154,6 +165,7 @@ class Node:
             health.enter_graceful_shutdown()
             gossip.stop()
             gossip_clients.close()
+            self._peer_clients.close()
             server.stop(grace=1.0).wait(5)
             self.events.emit("node_stopped")
             self.events.close()
@@ -183,6 +195,10 @@ class Node:
             except Interrupted:
                 self.events.emit("task_interrupted", task=data.name, index=i)
                 return
+            if self.cfg.selection.enabled:
+                peers = [(p.node_id, p.address) for p in self._membership.alive()]
+                transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
+                              STRATEGIES[self.cfg.strategy](), self.run_cfg.train, self.run_cfg.seed, self.events.emit)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],

@@ -32,6 +32,7 @@ CONFIG = {
     "method": {"name": "packnet"},
     "train": {"epochs": 2, "batch_size": 64},
     "node": {"heartbeat_interval": HEARTBEAT, "failure_timeout": TIMEOUT, "rpc_timeout": 2.0},
+    "transfer": {"adapt_epochs": 1, "probe": {"pair_count": 8, "token_count": 4}},
 }
 
 
@@ -126,10 +127,10 @@ def test_ddv_probe_is_deterministic_and_sized(swarm):
     spec = ProbeSpec(seed=7, pair_count=12, token_count=5, perturbation=0.2)
     r1, r2 = client(swarm["b"].address).probe_ddv(spec), client(swarm["b"].address).probe_ddv(spec)
     assert len(r1.ddv) == 12 and list(r1.ddv) == list(r2.ddv) and r1.node_id == "b"
-    kv, _ = client(swarm["a"].address).fetch_kv()
+    foreign = {n: torch.randn(16, 32, generator=torch.Generator().manual_seed(5)) for n in ("cross_attn.key", "cross_attn.value")}
     inline = client(swarm["b"].address).probe_ddv(ProbeSpec(seed=7, pair_count=12, token_count=5,
-                                                            perturbation=0.2, kv_source="inline"), inline_kv=kv)
-    assert len(inline.ddv) == 12 and list(inline.ddv) != list(r1.ddv)  # b's model, a's KV
+                                                            perturbation=0.2, kv_source="inline"), inline_kv=foreign)
+    assert len(inline.ddv) == 12 and list(inline.ddv) != list(r1.ddv)  # b's model, a K/V it never had
 
 
 def raw_stub(address: str):

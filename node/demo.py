@@ -1,0 +1,170 @@
+"""`crossback demo`: a local swarm of real node processes on loopback, on the bundled emoji data.
+
+Half the nodes see images, half see the same emoji's names; each learns three Unicode groups in its
+own order, arranged so that most image tasks have a text node learning the same group and vice versa.
+Every node selects a backbone per task among the peers that finished one, and reports none / random /
+selected accuracies. Writes DIR/summary.json, DIR/summary.png, DIR/logs/, DIR/state/, DIR/configs/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from .events import read_events
+from .selections import selection_rows
+
+GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects", "Symbols"]
+DEMO_MODEL = {"token_dim": 64, "num_latents": 24, "latent_dim": 64, "depth": 2, "cross_dim_head": 64,
+              "latent_heads": 4, "latent_dim_head": 16, "queries_dim": 64}
+
+
+def node_plan(n: int) -> list[dict]:
+    """Node i: image if i is even, text if odd; pair (2k, 2k+1) shares groups in rotated orders."""
+    plan = []
+    for i in range(n):
+        k = i // 2
+        groups = [GROUPS[(k + j) % len(GROUPS)] for j in range(3)]
+        if i % 2:  # the text twin learns the same groups, starting one step later
+            groups = groups[1:] + groups[:1]
+        plan.append({"node_id": f"{'img' if i % 2 == 0 else 'txt'}-{k}", "modality": "image" if i % 2 == 0 else "text",
+                     "tasks": groups})
+    return plan
+
+
+def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int) -> dict:
+    return {
+        "seed": seed,
+        "data": {"source": "emoji", "modality": entry["modality"]},
+        "tasks": entry["tasks"],
+        "model": {**DEMO_MODEL, "text": {"max_length": 48}},
+        "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
+        "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
+        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "probe": {"seed": seed, "pair_count": 32,
+                                                                             "token_count": 16}},
+    }
+
+
+def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, deadline: float) -> dict:
+    while time.monotonic() < deadline:
+        hits = [e for e in read_events(log) if e["event"] == event]
+        if hits:
+            return hits[-1]
+        if proc.poll() is not None:
+            raise RuntimeError(f"node process {proc.args[-1]} exited with {proc.returncode} before {event}; see {log}")
+        time.sleep(0.2)
+    raise TimeoutError(f"no {event} in {log} in time")
+
+
+def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
+             timeout: float = 280.0, log=print) -> dict:
+    if nodes < 2:
+        raise ValueError("a swarm needs at least 2 nodes")
+    out = Path(out)
+    started = time.monotonic()
+    deadline = started + timeout
+    plan = node_plan(nodes)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs, addresses = {}, []
+    try:
+        for entry in plan:
+            cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
+            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs), sort_keys=False))
+            args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path),
+                    "--listen", "127.0.0.1:0", "--state-dir", str(out / "state" / entry["node_id"]),
+                    "--log-dir", str(out / "logs")]
+            if addresses:
+                args += ["--seed-peers", ",".join(addresses)]
+            log_path = out / "logs" / f"{entry['node_id']}.jsonl"
+            with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
+                proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console)
+            procs[entry["node_id"]] = (proc, log_path)
+            addresses.append(_wait_for_event(log_path, "node_started", procs[entry["node_id"]][0], deadline)["address"])
+            log(f"started {entry['node_id']} ({entry['modality']}) at {addresses[-1]}: {', '.join(entry['tasks'])}")
+        for node_id, (proc, log_path) in procs.items():
+            done = _wait_for_event(log_path, "tasks_done", proc, deadline)
+            log(f"{node_id} finished {done['finished']} task(s)")
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    summary = summarize(out, plan, time.monotonic() - started)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_summary(summary, out / "summary.png")
+    return summary
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
+    rows = selection_rows(out)
+    payloads: dict[str, int] = defaultdict(int)
+    for path in sorted((out / "logs").glob("*.jsonl")):
+        for e in read_events(path):
+            if e["event"] == "payload_sent":
+                payloads[e["kind"]] += int(e["bytes"])
+    compared = [r for r in rows if r["selected"] is not None]
+    return {
+        "nodes": plan,
+        "selections": [{"node": r["node"], "task": r["task"], "chosen": r["chosen"],
+                        "chosen_modality": r["chosen_modality"], "score": r["score"], "margin": r["margin"],
+                        "candidates": [{"peer": c["peer"], "modality": c["modality"], "score": c["score"],
+                                        "cos": c["cos"], "euc": c["euc"], "error": c["error"]} for c in r["candidates"]]}
+                       for r in rows],
+        "accuracy": {arm: _mean([r[arm] for r in compared]) for arm in ("none", "random", "selected")},
+        "compared_tasks": len(compared),
+        "per_task": [{k: r[k] for k in ("node", "task", "index", "chosen", "none", "random", "selected")} for r in rows],
+        "payloads": dict(sorted(payloads.items())),
+        "seconds": round(seconds, 2),
+    }
+
+
+def plot_summary(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["per_task"] if r["selected"] is not None]
+    nodes = [n["node_id"] for n in summary["nodes"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
+    width = 0.27
+    for k, arm in enumerate(("none", "random", "selected")):
+        left.bar([i + (k - 1) * width for i in range(len(rows))], [r[arm] for r in rows], width, label=arm)
+    left.set_xticks(range(len(rows)), [f"{r['node']}\n{r['task'][:14]}" for r in rows], fontsize=7)
+    left.set_ylabel("test accuracy")
+    left.set_title("accuracy per arm, per node and task")
+    left.legend()
+    counts = [[0] * len(nodes) for _ in nodes]
+    for s in summary["selections"]:
+        if s["chosen"] in nodes:
+            counts[nodes.index(s["node"])][nodes.index(s["chosen"])] += 1
+    right.imshow(counts, cmap="Blues")
+    right.set_xticks(range(len(nodes)), nodes, rotation=45)
+    right.set_yticks(range(len(nodes)), nodes)
+    right.set_xlabel("chosen backbone")
+    right.set_ylabel("selecting node")
+    right.set_title("who selected whom")
+    for i, row in enumerate(counts):
+        for j, c in enumerate(row):
+            right.text(j, i, str(c), ha="center", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,133 @@
+"""Backbone selection without an orchestrator (Algorithm 1 of CrossBack, steps 2-4).
+
+For every alive candidate (compatible KV shapes, a finished task, within ``scope``), in parallel and
+under one deadline: fetch its published K/V, compute the local DDV ``a = DDV(attnRep(M_loc, KV_k))``,
+and ask the peer for ``b = DDV(attnRep(M_k, KV_k))`` on the identical probes.
+
+Score (larger is better), documented once here:
+
+    cos   = cosine(z(a), z(b))                      shape agreement of the z-scored DDVs, in [-1, 1]
+    euc   = ||a - b||_2 / (||a||_2 + ||b||_2)       scale disagreement of the raw DDVs, in [0, 1]
+    score = cos - euc_weight * euc
+
+(z-scoring removes the common offset that makes raw all-positive DDVs look alike; after it the
+Euclidean distance would only restate the cosine, so it is taken on the raw vectors.) Ties break by
+peer id. Failed or late peers are skipped and reported; with no candidate there is no backbone.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+from torch import Tensor
+
+from crossback.models.learner import ContinualLearner
+
+from .ddv import ProbeSpec, ddv
+from .transport import PeerClient
+from .wire import WireError
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    enabled: bool = True
+    scope: str = "cross"  # cross: any modality; intra: same modality only
+    deadline: float = 30.0  # seconds for probing all candidates
+    euc_weight: float = 0.5
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    adapt_epochs: int = 10
+    oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
+
+
+@dataclass
+class Candidate:
+    peer: str
+    address: str
+    modality: str = "?"
+    cos: float | None = None
+    euc: float | None = None
+    score: float | None = None
+    latency: float | None = None
+    bytes: int = 0
+    snapshot_version: int = 0
+    error: str | None = None
+    kv: dict[str, Tensor] | None = field(default=None, repr=False)
+
+    def public(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "kv"}
+
+
+def zscore(v: Tensor) -> Tensor:
+    std = v.std(unbiased=False)
+    return (v - v.mean()) / std if float(std) > 0 else torch.zeros_like(v)
+
+
+def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, float]:
+    a, b = a.double(), b.double()
+    za, zb = zscore(a), zscore(b)
+    denom = float(za.norm() * zb.norm())
+    cos = float(za @ zb) / denom if denom > 0 else 0.0
+    scale = float(a.norm() + b.norm())
+    euc = float((a - b).norm()) / scale if scale > 0 else 0.0
+    return cos, euc, cos - euc_weight * euc
+
+
+def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
+               expected: dict[str, tuple[int, int]], cfg: SelectionConfig) -> Candidate:
+    started = time.perf_counter()
+    try:
+        info = client.get_info()
+        cand.modality, cand.snapshot_version = info.modality, info.snapshot_version
+        shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
+        if shapes != expected:
+            cand.error = f"skipped: KV shapes {shapes} do not fit {expected}"
+        elif info.snapshot_version < 1:
+            cand.error = "skipped: no finished task yet"
+        elif cfg.scope == "intra" and info.modality != learner.modality:
+            cand.error = f"skipped: modality {info.modality} outside scope intra"
+        else:
+            kv, version = client.fetch_kv(expected=expected, min_version=1)
+            reply = client.probe_ddv(cfg.probe)
+            local = ddv(learner, task, kv, cfg.probe)
+            remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
+            if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
+                raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
+            cand.cos, cand.euc, cand.score = score_ddvs(local, remote, cfg.euc_weight)
+            cand.kv, cand.snapshot_version = kv, version
+            cand.bytes = sum(t.numel() * t.element_size() for t in kv.values()) + reply.ByteSize()
+    except grpc.RpcError as exc:
+        cand.error = f"{exc.code().name}: {exc.details()}"
+    except (WireError, ValueError) as exc:
+        cand.error = f"bad payload: {exc}"
+    cand.latency = round(time.perf_counter() - started, 4)
+    return cand
+
+
+def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
+                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]]) -> list[Candidate]:
+    """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``."""
+    cands = [Candidate(p, a) for p, a in peers]
+    if not cands:
+        return []
+    pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
+    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg): c for c in cands}
+    _, late = wait(futures, timeout=cfg.deadline)
+    for f in late:
+        f.cancel()
+        futures[f].error = f"no answer within the {cfg.deadline}s deadline"
+        futures[f].score = None
+    pool.shutdown(wait=False, cancel_futures=True)  # a hung peer must not hold the task loop
+    return sorted(cands, key=lambda c: c.peer)
+
+
+def choose(cands: list[Candidate]) -> tuple[Candidate | None, str]:
+    scored = [c for c in cands if c.score is not None and c.error is None]
+    if not scored:
+        return None, "no candidate answered" if cands else "no eligible peer"
+    best = sorted(scored, key=lambda c: (-c.score, c.peer))[0]
+    runner = [c for c in scored if c is not best]
+    margin = best.score - max(c.score for c in runner) if runner else None
+    return best, f"highest score {best.score:.4f}" + (f", margin {margin:.4f}" if margin is not None else ", only candidate")

@@ -1,0 +1,28 @@
+"""The transfer-strategy interface: what a strategy needs from a peer and how it finishes a task with it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import TaskData
+from crossback.models.training import TrainOptions
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    epochs: int = 10
+    train: TrainOptions = TrainOptions()
+
+
+class TransferStrategy(Protocol):
+    name: str
+    needs: frozenset[str]  # payload kinds it asks a peer for, e.g. {"kv"}
+
+    def adapt(self, learner: ContinualLearner, task: int, data: TaskData, payload: dict | None,
+              opts: AdaptOptions, generator: torch.Generator) -> dict:
+        """Finish ``task`` (already learned locally) with the peer's ``payload`` (None: no peer).
+        Changes only that task's stored state; returns facts worth logging."""
+        ...
