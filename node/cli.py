@@ -81,8 +81,8 @@ def _status(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, timeout=args.timeout,
-                       log=lambda m: print(m, file=sys.stderr))
+    summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
+                       timeout=args.timeout, log=lambda m: print(m, file=sys.stderr))
     acc = summary["accuracy"]
     print(f"{len(summary['nodes'])} nodes, {summary['compared_tasks']} task(s) with candidates, "
           f"{summary['seconds']:.0f}s")
@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--nodes", type=int, default=4)
     demo.add_argument("--epochs", type=int, default=30, help="local epochs per task")
+    demo.add_argument("--adapt-epochs", type=int, default=8, help="epochs of each transfer arm")
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.set_defaults(func=_demo)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")

@@ -26,7 +26,7 @@ def selection_rows(run_dir: Path) -> list[dict]:
             rows.append({
                 "node": sel["node"], "task": sel["task"], "index": sel["index"], "chosen": sel["chosen"],
                 "chosen_modality": sel["chosen_modality"], "score": sel["score"], "margin": sel["margin"],
-                "reason": sel["reason"], "candidates": sel["candidates"],
+                "reason": sel["reason"], "candidates": sel["candidates"], "skipped": sel.get("skipped", []),
                 "none": acc.get("none"), "random": acc.get("random"), "selected": acc.get("selected"),
                 "oracle": acc.get("oracle"),
             })

@@ -19,7 +19,7 @@ from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
 from crossback.transfer.base import AdaptOptions, TransferStrategy
 
-from .selection import Candidate, SelectionConfig, choose, probe_candidates
+from .selection import SKIPPED, Candidate, SelectionConfig, choose, probe_candidates
 
 
 def _arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
@@ -34,11 +34,14 @@ def _arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Transfe
 def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id: str, peers: list[tuple[str, str]],
                   clients, cfg: SelectionConfig, strategy: TransferStrategy, train_opts, seed: int, emit) -> dict:
     started = time.perf_counter()
-    cands = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg))
+    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg))
+    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
+    cands = [c for c in probed if c not in skipped]
     chosen, reason = choose(cands)
     scored = [c for c in cands if c.score is not None and c.error is None]
     runner_up = max((c.score for c in scored if c is not chosen), default=None)
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
+         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in skipped],
          chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
          score=chosen.score if chosen else None,
          margin=(chosen.score - runner_up) if chosen and runner_up is not None else None, reason=reason,
@@ -55,9 +58,9 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
         if cfg.oracle:
             tried = [_arm(learner, task, data, strategy, base, c, opts, arm_seed) for c in scored]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"]))
-    kept = arms["selected"] if "selected" in arms else arms["none"]
-    learner.set_task_state(task, kept["state"])
+    keep = cfg.keep if cfg.keep in arms else "none"
+    learner.set_task_state(task, arms[keep]["state"])
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
-    emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept="selected" if chosen else "none",
+    emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=keep,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()})
     return {"chosen": chosen, "candidates": cands, "arms": summary}

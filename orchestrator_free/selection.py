@@ -31,6 +31,9 @@ from .transport import PeerClient
 from .wire import WireError
 
 
+SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     enabled: bool = True
@@ -40,6 +43,7 @@ class SelectionConfig:
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     adapt_epochs: int = 10
     oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
+    keep: str = "selected"  # the arm the task keeps: selected (the method) | none | random (for comparisons)
 
 
 @dataclass
@@ -83,11 +87,11 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
         cand.modality, cand.snapshot_version = info.modality, info.snapshot_version
         shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
         if shapes != expected:
-            cand.error = f"skipped: KV shapes {shapes} do not fit {expected}"
+            cand.error = f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
         elif info.snapshot_version < 1:
-            cand.error = "skipped: no finished task yet"
+            cand.error = f"{SKIPPED} no finished task yet"
         elif cfg.scope == "intra" and info.modality != learner.modality:
-            cand.error = f"skipped: modality {info.modality} outside scope intra"
+            cand.error = f"{SKIPPED} modality {info.modality} outside scope intra"
         else:
             kv, version = client.fetch_kv(expected=expected, min_version=1)
             reply = client.probe_ddv(cfg.probe)

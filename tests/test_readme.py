@@ -15,7 +15,7 @@ def test_readme_opens_with_two_setup_commands_that_install_torch_first():
     for cmd in commands:
         installs = [m.start() for m in re.finditer(r"pip install", cmd)]
         assert cmd.find("pip install torch==2.13.0") == installs[0]
-    assert "crossback train --config examples/" in commands[0]
+    assert "crossback demo --out" in commands[0]
     assert "pytest" in commands[1]
 
 
@@ -23,6 +23,8 @@ def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_main_job_config_exists():
-    config = re.search(r"--config (\S+)", readme_commands()[0]).group(1)
-    assert (ROOT / config).is_file()
+def test_readme_examples_exist():
+    text = (ROOT / "README.md").read_text()
+    for config in re.findall(r"`(\w+\.yaml)`", text):
+        if config not in ("node.yaml",):
+            assert (ROOT / "examples" / config).is_file(), config

@@ -1,0 +1,72 @@
+"""`crossback demo`: a real 4-process swarm on loopback, end to end, and the privacy contract."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from crossback.node.events import read_events
+
+# What may leave a node: KV projections, DDV answers, membership and info (and the small requests for them).
+ALLOWED_PAYLOADS = {"kv", "ddv", "membership", "info", "info_request", "kv_request", "probe_spec"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "demo", "--out", str(out), "--nodes", "4",
+                           "--epochs", "3", "--adapt-epochs", "1", "--seed", "0", "--timeout", "240"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text()), proc
+
+
+def test_summary_reports_the_three_arms(demo):
+    out, summary, proc = demo
+    assert {n["modality"] for n in summary["nodes"]} == {"image", "text"} and len(summary["nodes"]) == 4
+    assert all(len(n["tasks"]) >= 3 for n in summary["nodes"])
+    assert summary["compared_tasks"] > 0
+    for arm in ("none", "random", "selected"):
+        assert 0.0 <= summary["accuracy"][arm] <= 1.0
+    assert summary["seconds"] > 0 and (out / "summary.png").stat().st_size > 10_000
+    assert "mean test accuracy" in proc.stdout
+
+
+def test_parallel_superclasses_across_modalities(demo):
+    _, summary, _ = demo
+    image = {t for n in summary["nodes"] if n["modality"] == "image" for t in n["tasks"]}
+    text = {t for n in summary["nodes"] if n["modality"] == "text" for t in n["tasks"]}
+    assert image == text
+
+
+def test_selections_list_candidates_with_finite_scores_and_cross_modal_picks(demo):
+    _, summary, _ = demo
+    modality = {n["node_id"]: n["modality"] for n in summary["nodes"]}
+    later = [s for s in summary["selections"] if s["chosen"] is not None]
+    assert later
+    for s in later:
+        peers = {c["peer"] for c in s["candidates"]}
+        assert s["node"] not in peers and s["chosen"] in peers
+        assert all(math.isfinite(c["score"]) for c in s["candidates"] if c["error"] is None)
+        best = max(c["score"] for c in s["candidates"] if c["error"] is None)
+        assert next(c for c in s["candidates"] if c["peer"] == s["chosen"])["score"] == best
+    assert any(modality[s["chosen"]] != modality[s["node"]] for s in later), "no cross-modal pick"
+
+
+def test_only_kv_and_ddv_left_any_node(demo):
+    out, summary, _ = demo
+    kinds = set()
+    for log in (out / "logs").glob("*.jsonl"):
+        kinds |= {e["kind"] for e in read_events(log) if e["event"] == "payload_sent"}
+    assert kinds <= ALLOWED_PAYLOADS, kinds - ALLOWED_PAYLOADS
+    assert {"kv", "ddv"} <= kinds and set(summary["payloads"]) == kinds
+
+
+def test_selections_command_renders_every_node_and_task(demo):
+    out, summary, _ = demo
+    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "selections", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    body = proc.stdout.splitlines()[2:]
+    assert len(body) == len(summary["selections"]) == sum(len(n["tasks"]) for n in summary["nodes"])

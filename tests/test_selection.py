@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from crossback.orchestrator_free.selection import Candidate, choose, score_ddvs, zscore
+
+
+def test_identical_ddvs_score_highest():
+    a = torch.rand(32, generator=torch.Generator().manual_seed(0))
+    cos, euc, score = score_ddvs(a, a, euc_weight=0.5)
+    assert cos == pytest.approx(1.0) and euc == 0.0 and score == pytest.approx(1.0)
+
+
+def test_z_scoring_removes_the_common_offset_raw_distances_share():
+    g = torch.Generator().manual_seed(1)
+    a, b = 5.0 + torch.rand(64, generator=g), 5.0 + torch.rand(64, generator=g)
+    raw_cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    cos, _, _ = score_ddvs(a, b, 0.5)
+    assert raw_cos > 0.99 and abs(cos) < 0.5  # unrelated vectors look alike only before z-scoring
+
+
+def test_scale_disagreement_lowers_the_score():
+    a = torch.rand(16, generator=torch.Generator().manual_seed(2))
+    same_shape_other_scale = score_ddvs(a, 3 * a, 0.5)
+    assert same_shape_other_scale[0] == pytest.approx(1.0) and same_shape_other_scale[1] == pytest.approx(0.5)
+    assert same_shape_other_scale[2] < score_ddvs(a, a, 0.5)[2]
+
+
+def test_zscore_of_a_constant_is_zero():
+    assert torch.equal(zscore(torch.full((4,), 3.0)), torch.zeros(4))
+
+
+def test_choose_is_argmax_of_score_with_deterministic_ties():
+    cands = [Candidate("c", "h:3", score=0.4), Candidate("b", "h:2", score=0.9), Candidate("a", "h:1", score=0.9),
+             Candidate("d", "h:4", score=2.0, error="UNAVAILABLE: gone")]
+    chosen, reason = choose(cands)
+    assert chosen.peer == "a" and "margin 0.0000" in reason  # tie broken by peer id; failed peer ignored
+
+
+def test_choose_without_candidates():
+    assert choose([]) == (None, "no eligible peer")
+    assert choose([Candidate("a", "h:1", error="DEADLINE_EXCEEDED")])[0] is None

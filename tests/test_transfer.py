@@ -1,0 +1,67 @@
+"""CrossBack transfer inside one learner: borrowed K/V under a new mask, nothing else changes."""
+import pytest
+import torch
+
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.models.perceiver import ENCODER_KV
+from crossback.models.training import TrainOptions, predict
+from crossback.node.checkpoint import load_checkpoint, save_checkpoint
+from crossback.transfer.base import AdaptOptions
+from crossback.transfer.crossback import CrossBackTransfer, InjectionError
+
+from conftest import tiny_config
+
+OPTS = TrainOptions(epochs=2, batch_size=64, lr=2e-3, mask_lr=5e-3)
+
+
+@pytest.fixture()
+def two_learners(digits_tasks):
+    method = MethodConfig(name="packnet", packnet=PackNetOptions(0.5, 1))
+    local, peer = ContinualLearner(tiny_config(), "image", "packnet", seed=0), ContinualLearner(tiny_config(), "image", "packnet", seed=5)
+    for data in digits_tasks[:2]:
+        learn_task(local, data, method, OPTS)
+    learn_task(peer, digits_tasks[2], method, OPTS)
+    return local, peer
+
+
+def test_borrowed_kv_runs_under_a_learned_mask_and_changes_only_that_task(two_learners, digits_tasks):
+    local, peer = two_learners
+    task0_before = predict(local, 0, digits_tasks[0].test.inputs)
+    task1_before = predict(local, 1, digits_tasks[1].test.inputs)
+    shared_before = {n: l.weight.detach().clone() for n, l in local.layers.items()}
+    facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(3, OPTS),
+                                      torch.Generator().manual_seed(0))
+    assert facts["kv_changed_fraction"] > 0.5 and 0.0 < facts["kv_mask_kept"] <= 1.0
+    assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0_before)
+    assert not torch.equal(predict(local, 1, digits_tasks[1].test.inputs), task1_before)
+    assert all(torch.equal(l.weight.detach(), shared_before[n]) for n, l in local.layers.items())
+    with torch.no_grad():
+        running = local.params_for(1)[ENCODER_KV]
+    borrowed = local.borrowed_kv[1]
+    assert torch.equal(running, torch.where(local.kv_masks[1], borrowed, torch.zeros(())))
+
+
+def test_borrowed_kv_and_mask_survive_a_checkpoint(two_learners, digits_tasks, tmp_path):
+    local, peer = two_learners
+    CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(2, OPTS),
+                              torch.Generator().manual_seed(0))
+    expected = predict(local, 1, digits_tasks[1].test.inputs)
+    restored, _ = load_checkpoint(save_checkpoint(tmp_path, local, {}))
+    assert torch.equal(restored.kv_masks[1], local.kv_masks[1])
+    assert torch.equal(predict(restored, 1, digits_tasks[1].test.inputs), expected)
+
+
+def test_injecting_the_local_kv_is_refused(two_learners, digits_tasks):
+    local, _ = two_learners
+    with pytest.raises(InjectionError, match="nothing was transferred"):
+        CrossBackTransfer().adapt(local, 1, digits_tasks[1], local.extract_kv(1), AdaptOptions(1, OPTS),
+                                  torch.Generator().manual_seed(0))
+    assert local.active is None  # the task was closed again
+
+
+def test_no_payload_is_the_plain_adaptation_baseline(two_learners, digits_tasks):
+    local, _ = two_learners
+    facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], None, AdaptOptions(1, OPTS),
+                                      torch.Generator().manual_seed(0))
+    assert facts == {} and 1 not in local.borrowed_kv
