@@ -91,6 +91,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _swarm(args: argparse.Namespace) -> int:
+    from .swarm import compare, load_swarm_config, render
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers") from None
+    arms = [a.strip() for a in args.compare.split(",") if a.strip()]
+    result = compare(load_swarm_config(args.config), arms, seeds, args.out, log=lambda m: print(m, file=sys.stderr))
+    print(render(result))
+    print(f"wrote {Path(args.out) / 'comparison.json'}")
+    return 0
+
+
 def _selections(args: argparse.Namespace) -> int:
     from .selections import render_table, selection_rows
 
@@ -135,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adapt-epochs", type=int, default=8, help="epochs of each transfer arm")
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.set_defaults(func=_demo)
+    swarm = sub.add_parser("swarm", help="run the demo swarm once per kept arm and seed; mean ± std table")
+    swarm.add_argument("--config", required=True, type=Path, help="YAML: nodes, epochs, adapt_epochs, timeout")
+    swarm.add_argument("--compare", default="none,random,selected", help="arms, e.g. none,random,selected,oracle")
+    swarm.add_argument("--seeds", default="0,1,2")
+    swarm.add_argument("--out", required=True, type=Path)
+    swarm.set_defaults(func=_swarm)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.set_defaults(func=_selections)

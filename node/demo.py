@@ -39,7 +39,7 @@ def node_plan(n: int) -> list[dict]:
     return plan
 
 
-def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int) -> dict:
+def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected") -> dict:
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"]},
@@ -48,8 +48,8 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int) -> dict:
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
-        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "probe": {"seed": seed, "pair_count": 32,
-                                                                             "token_count": 16}},
+        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "keep": keep, "oracle": keep == "oracle",
+                     "probe": {"seed": seed, "pair_count": 32, "token_count": 16}},
     }
 
 
@@ -65,7 +65,7 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, deadline: flo
 
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
-             timeout: float = 280.0, log=print) -> dict:
+             timeout: float = 280.0, log=print, keep: str = "selected") -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -79,7 +79,8 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     try:
         for entry in plan:
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
-            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs), sort_keys=False))
+            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep),
+                                               sort_keys=False))
             args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path),
                     "--listen", "127.0.0.1:0", "--state-dir", str(out / "state" / entry["node_id"]),
                     "--log-dir", str(out / "logs")]
@@ -121,6 +122,11 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
             if e["event"] == "payload_sent":
                 payloads[e["kind"]] += int(e["bytes"])
     compared = [r for r in rows if r["selected"] is not None]
+    final = {}
+    for path in sorted((out / "logs").glob("*.jsonl")):
+        finished = [e for e in read_events(path) if e["event"] == "task_finished"]
+        if finished:
+            final[finished[-1]["node"]] = finished[-1]["accuracies"]
     return {
         "nodes": plan,
         "selections": [{"node": r["node"], "task": r["task"], "chosen": r["chosen"],
@@ -131,6 +137,8 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
         "accuracy": {arm: _mean([r[arm] for r in compared]) for arm in ("none", "random", "selected")},
         "compared_tasks": len(compared),
         "per_task": [{k: r[k] for k in ("node", "task", "index", "chosen", "none", "random", "selected")} for r in rows],
+        "final_accuracy": final,  # per node: test accuracy of every task after its last one
+        "average_accuracy": _mean([sum(a) / len(a) for a in final.values()]),
         "payloads": dict(sorted(payloads.items())),
         "seconds": round(seconds, 2),
     }

@@ -51,8 +51,10 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
         selection = _build(SelectionConfig, transfer_section, "transfer")
         if strategy not in STRATEGIES:
             raise ConfigError(f"transfer.strategy: {strategy!r} is not one of {sorted(STRATEGIES)}")
-        if selection.keep not in ("selected", "none", "random"):
-            raise ConfigError(f"transfer.keep: {selection.keep!r} is not selected, none or random")
+        if selection.keep not in ("selected", "none", "random", "oracle"):
+            raise ConfigError(f"transfer.keep: {selection.keep!r} is not selected, none, random or oracle")
+        if selection.keep == "oracle" and not selection.oracle:
+            raise ConfigError("transfer.keep: oracle needs transfer.oracle: true")
         if selection.scope not in ("cross", "intra"):
             raise ConfigError(f"transfer.scope: {selection.scope!r} is not cross or intra")
         selection.probe.validate()

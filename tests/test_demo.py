@@ -70,3 +70,27 @@ def test_selections_command_renders_every_node_and_task(demo):
     assert proc.returncode == 0
     body = proc.stdout.splitlines()[2:]
     assert len(body) == len(summary["selections"]) == sum(len(n["tasks"]) for n in summary["nodes"])
+
+
+def test_swarm_compare_runs_each_arm_per_seed(tmp_path):
+    cfg = tmp_path / "swarm.yaml"
+    cfg.write_text("nodes: 2\nepochs: 2\nadapt_epochs: 1\ntimeout: 120\n")
+    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
+                           "none,selected", "--seeds", "0", "--out", str(tmp_path / "cmp")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert set(result["table"]) == {"none", "selected"} and len(result["runs"]) == 2
+    assert all(0.0 <= row["mean"] <= 1.0 and row["seeds"] == 1 for row in result["table"].values())
+    kept = {e["kept"] for e in read_events(tmp_path / "cmp" / "seed-0" / "keep-none" / "logs" / "img-0.jsonl")
+            if e["event"] == "transfer_done"}
+    assert kept == {"none"}
+    assert "selected" in proc.stdout and "mean" in proc.stdout
+
+
+def test_swarm_compare_rejects_unknown_arms(tmp_path):
+    cfg = tmp_path / "swarm.yaml"
+    cfg.write_text("nodes: 2\n")
+    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
+                           "none,best", "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown arm(s) ['best']" in proc.stderr
