@@ -79,7 +79,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         (inner, _ellipsis) = typing.get_args(tp)
         return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return from_mapping(tp, value, path)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
@@ -102,10 +102,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def _task(value: Any, path: str) -> TaskSpec:
     if isinstance(value, str):
         return TaskSpec(value)
-    return _build(TaskSpec, value, path)
+    return from_mapping(TaskSpec, value, path)
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
+def from_mapping(cls: type, data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -162,7 +162,7 @@ def _check(cfg: RunConfig) -> None:
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
     try:
-        cfg = _build(RunConfig, data, "")
+        cfg = from_mapping(RunConfig, data, "")
         _check(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

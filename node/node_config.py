@@ -12,9 +12,9 @@ import yaml
 
 from crossback.orchestrator_free.ddv import ProbeSpecError
 from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.crossback import STRATEGIES
+from crossback.transfer.registry import STRATEGIES
 
-from .config import ConfigError, _build, parse_config
+from .config import ConfigError, from_mapping, parse_config
 from .process import NodeConfig, NodeSettings
 
 ENV = {
@@ -46,9 +46,9 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     node_section = data.pop("node", {}) or {}
     transfer_section = data.pop("transfer", {}) or {}
     try:
-        settings = _build(NodeSettings, node_section, "node")
+        settings = from_mapping(NodeSettings, node_section, "node")
         strategy = transfer_section.pop("strategy", "crossback") if isinstance(transfer_section, dict) else None
-        selection = _build(SelectionConfig, transfer_section, "transfer")
+        selection = from_mapping(SelectionConfig, transfer_section, "transfer")
         if strategy not in STRATEGIES:
             raise ConfigError(f"transfer.strategy: {strategy!r} is not one of {sorted(STRATEGIES)}")
         if selection.keep not in ("selected", "none", "random", "oracle"):

@@ -22,7 +22,7 @@ from crossback.orchestrator_free.backbone import transfer_step
 from crossback.orchestrator_free.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.crossback import STRATEGIES
+from crossback.transfer.registry import STRATEGIES
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, _build
+from .config import ConfigError, from_mapping
 from .demo import run_demo
 
 ARMS = ("none", "random", "selected", "oracle")
@@ -33,7 +33,7 @@ def load_swarm_config(path: Path) -> SwarmConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read swarm config: {exc}") from exc
     try:
-        cfg = _build(SwarmConfig, data, "")
+        cfg = from_mapping(SwarmConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if cfg.nodes < 2:

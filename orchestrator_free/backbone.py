@@ -17,15 +17,21 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
-from crossback.transfer.base import AdaptOptions, TransferStrategy
+from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .selection import SKIPPED, Candidate, SelectionConfig, choose, probe_candidates
 
 
 def _arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
-         cand: Candidate | None, opts: AdaptOptions, seed: int) -> dict:
+         cand: Candidate | None, opts: AdaptOptions, seed: int) -> dict | None:
+    """Finish the task one way from ``base``; None when the borrowed weights could not be injected."""
     learner.set_task_state(task, base)
-    facts = strategy.adapt(learner, task, data, cand.kv if cand else None, opts, torch.Generator().manual_seed(seed))
+    try:
+        facts = strategy.adapt(learner, task, data, cand.kv if cand else None, opts, torch.Generator().manual_seed(seed))
+    except InjectionError as exc:
+        learner.set_task_state(task, base)
+        cand.error = f"injection failed: {exc}"
+        return None
     return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None,
             "val": evaluate(learner, task, data.val), "test": evaluate(learner, task, data.test),
             "facts": facts, "state": learner.task_state(task)}
@@ -56,8 +62,9 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
         arms["random"] = _arm(learner, task, data, strategy, base, rng.choice(scored), opts, arm_seed)
         arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, arm_seed)
         if cfg.oracle:
-            tried = [_arm(learner, task, data, strategy, base, c, opts, arm_seed) for c in scored]
-            arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"]))
+            tried = [a for c in scored if (a := _arm(learner, task, data, strategy, base, c, opts, arm_seed))]
+            arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
+    arms = {name: arm for name, arm in arms.items() if arm is not None}
     keep = cfg.keep if cfg.keep in arms else "none"
     learner.set_task_state(task, arms[keep]["state"])
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}

@@ -11,6 +11,10 @@ from crossback.models.methods import TaskData
 from crossback.models.training import TrainOptions
 
 
+class InjectionError(RuntimeError):
+    """The borrowed weights did not reach the model (or equal what it already had)."""
+
+
 @dataclass(frozen=True)
 class AdaptOptions:
     epochs: int = 10

@@ -8,11 +8,7 @@ import torch
 from crossback.models.perceiver import ENCODER_KV
 from crossback.models.training import fit
 
-from .base import AdaptOptions
-
-
-class InjectionError(RuntimeError):
-    """The borrowed weights did not reach the model."""
+from .base import AdaptOptions, InjectionError
 
 
 class CrossBackTransfer:
@@ -42,6 +38,3 @@ class CrossBackTransfer:
         if task in learner.kv_masks:
             facts["kv_mask_kept"] = float(learner.kv_masks[task].float().mean())
         return facts
-
-
-STRATEGIES = {"crossback": CrossBackTransfer}
