@@ -39,7 +39,8 @@ def node_plan(n: int) -> list[dict]:
     return plan
 
 
-def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected") -> dict:
+def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
+                oracle: bool = False) -> dict:
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"]},
@@ -48,7 +49,7 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
-        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "keep": keep, "oracle": keep == "oracle",
+        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "keep": keep, "oracle": oracle or keep == "oracle",
                      "probe": {"seed": seed, "pair_count": 32, "token_count": 16}},
     }
 
@@ -65,7 +66,7 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, deadline: flo
 
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
-             timeout: float = 280.0, log=print, keep: str = "selected") -> dict:
+             timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False) -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -79,7 +80,7 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     try:
         for entry in plan:
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
-            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep),
+            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle),
                                                sort_keys=False))
             args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path),
                     "--listen", "127.0.0.1:0", "--state-dir", str(out / "state" / entry["node_id"]),
@@ -129,6 +130,7 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
             final[finished[-1]["node"]] = finished[-1]["accuracies"]
     return {
         "nodes": plan,
+        "oracle": _mean([r["oracle"] for r in compared if r["oracle"] is not None]),
         "selections": [{"node": r["node"], "task": r["task"], "chosen": r["chosen"],
                         "chosen_modality": r["chosen_modality"], "score": r["score"], "margin": r["margin"],
                         "candidates": [{"peer": c["peer"], "modality": c["modality"], "score": c["score"],

@@ -56,6 +56,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     opts = AdaptOptions(cfg.adapt_epochs, train_opts)
     arm_seed = seed * 7919 + task
     base = learner.task_state(task)
+    oracle_tried = None
     arms = {"none": _arm(learner, task, data, strategy, base, None, opts, arm_seed)}
     if scored:
         rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
@@ -64,10 +65,13 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
         if cfg.oracle:
             tried = [a for c in scored if (a := _arm(learner, task, data, strategy, base, c, opts, arm_seed))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
+            oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in scored if c.peer == a["peer"]),
+                             "val": a["val"], "test": a["test"]} for a in tried]
     arms = {name: arm for name, arm in arms.items() if arm is not None}
     keep = cfg.keep if cfg.keep in arms else "none"
     learner.set_task_state(task, arms[keep]["state"])
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=keep,
-         arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()})
+         arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
+         **({"oracle_tried": oracle_tried} if oracle_tried is not None else {}))
     return {"chosen": chosen, "candidates": cands, "arms": summary}
