@@ -82,7 +82,7 @@ class ContinualLearner:
         self.borrowed_kv: dict[int, Tensor] = {}  # task -> a peer's fused K/V it runs with (frozen)
         self.kv_masks: dict[int, Tensor] = {}  # task -> its learned binary mask over the borrowed K/V
         self.kv_scores: nn.Parameter | None = None  # real-valued mask scores while adapting
-        self.adapting = False
+        self.adapting = self.adapt_own = False
         self.scores: dict[str, nn.Parameter] = {}
         self.active: int | None = None
 
@@ -217,8 +217,10 @@ class ContinualLearner:
     def trainable(self) -> tuple[list[Tensor], list[Tensor]]:
         """(weights and per-task tensors, pick scores) that training the active task may change."""
         i = self._require_active()
-        if self.adapting:  # shared weights stay as they are; only the task's own tensors and KV mask move
-            return list(self.task_params[i].values()), [self.kv_scores] if self.kv_scores is not None else []
+        if self.adapting:  # the task's own tensors and KV mask move; shared weights only if it owns them
+            owned = [l.weight.requires_grad_(True) for l in self.layers.values()
+                     if self.adapt_own and bool((l.owner == i + 1).any())]
+            return owned + list(self.task_params[i].values()), [self.kv_scores] if self.kv_scores is not None else []
         owner = i + 1
         weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
         return weights + list(self.task_params[i].values()), list(self.scores.values())
@@ -254,11 +256,16 @@ class ContinualLearner:
 
     # ---------------------------------------------------------------- adaptation of a learned task
 
-    def begin_adaptation(self, task: int, kv: dict[str, Tensor] | None = None) -> None:
+    def begin_adaptation(self, task: int, kv: dict[str, Tensor] | None = None, own_weights: bool = False) -> None:
         """Reopen a learned task to adapt its own tensors, optionally on a peer's K/V under a new
-        piggyback mask (CrossBack's transfer). Shared weights stay frozen, so other tasks never change."""
+        piggyback mask (CrossBack's transfer). Older tasks' weights stay frozen, so no other task
+        changes; ``own_weights`` also retrains the shared weights this task owns (only for the newest
+        task, whose weights no other task sees yet)."""
         if self.active is not None:
             raise RuntimeError("finish the task being learned before adapting one")
+        if own_weights and task != len(self.tasks) - 1:
+            raise RuntimeError(f"task {task}'s weights are already used by newer tasks; cannot retrain them")
+        self.adapt_own = own_weights
         if kv is not None:
             self.load_kv(task, kv)
             self.kv_masks.pop(task, None)
@@ -272,15 +279,21 @@ class ContinualLearner:
             self.kv_masks[task] = self.kv_scores.detach() > self.pick.threshold
             self.kv_scores = None
         self.task_params[task] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[task].items()}
-        self.active, self.adapting = None, False
+        for layer in self.layers.values():
+            layer.weight.requires_grad_(False)
+        self.active, self.adapting, self.adapt_own = None, False, False
 
     def task_state(self, task: int) -> dict:
         """Everything that distinguishes one way of finishing ``task`` from another (for comparing arms)."""
         return {"params": {n: t.detach().clone() for n, t in self.task_params[task].items()},
+                "owned": {n: l.weight.detach()[l.owner == task + 1].clone() for n, l in self.layers.items()},
                 "borrowed": self.borrowed_kv.get(task), "kv_mask": self.kv_masks.get(task)}
 
     def set_task_state(self, task: int, state: dict) -> None:
         self.task_params[task] = {n: t.clone() for n, t in state["params"].items()}
+        with torch.no_grad():
+            for n, layer in self.layers.items():
+                layer.weight[layer.owner == task + 1] = state["owned"][n]
         for store, key in ((self.borrowed_kv, "borrowed"), (self.kv_masks, "kv_mask")):
             if state[key] is None:
                 store.pop(task, None)

@@ -82,7 +82,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
-                       timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle)
+                       timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
+                       adapt_own_weights=args.adapt_own_weights)
     acc = summary["accuracy"]
     print(f"{len(summary['nodes'])} nodes, {summary['compared_tasks']} task(s) with candidates, "
           f"{summary['seconds']:.0f}s")
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30, help="local epochs per task")
     demo.add_argument("--adapt-epochs", type=int, default=8, help="epochs of each transfer arm")
     demo.add_argument("--oracle", action="store_true", help="also try every candidate (evaluation only)")
+    demo.add_argument("--adapt-own-weights", action="store_true", help="arms also retrain the task's own weights")
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.set_defaults(func=_demo)
     swarm = sub.add_parser("swarm", help="run the demo swarm once per kept arm and seed; mean ± std table")

@@ -40,7 +40,7 @@ def node_plan(n: int) -> list[dict]:
 
 
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
-                oracle: bool = False) -> dict:
+                oracle: bool = False, adapt_own_weights: bool = False) -> dict:
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"]},
@@ -50,6 +50,7 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
         "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "keep": keep, "oracle": oracle or keep == "oracle",
+                     "adapt_own_weights": adapt_own_weights,
                      "probe": {"seed": seed, "pair_count": 32, "token_count": 16}},
     }
 
@@ -66,7 +67,8 @@ def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, deadline: flo
 
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
-             timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False) -> dict:
+             timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False,
+             adapt_own_weights: bool = False) -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -80,7 +82,8 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     try:
         for entry in plan:
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
-            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle),
+            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle,
+                                                           adapt_own_weights),
                                                sort_keys=False))
             args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path),
                     "--listen", "127.0.0.1:0", "--state-dir", str(out / "state" / entry["node_id"]),

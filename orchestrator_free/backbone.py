@@ -53,7 +53,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
          margin=(chosen.score - runner_up) if chosen and runner_up is not None else None, reason=reason,
          scope=cfg.scope, seconds=round(time.perf_counter() - started, 4),
          bytes=sum(c.bytes for c in cands))
-    opts = AdaptOptions(cfg.adapt_epochs, train_opts)
+    opts = AdaptOptions(cfg.adapt_epochs, train_opts, cfg.adapt_own_weights)
     arm_seed = seed * 7919 + task
     base = learner.task_state(task)
     oracle_tried = None

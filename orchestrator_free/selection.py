@@ -42,6 +42,7 @@ class SelectionConfig:
     euc_weight: float = 0.5
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     adapt_epochs: int = 10
+    adapt_own_weights: bool = False  # arms also retrain the weights the new task owns
     oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
     keep: str = "selected"  # the arm the task keeps: selected (the method) | none | random (for comparisons)
 

@@ -65,3 +65,23 @@ def test_no_payload_is_the_plain_adaptation_baseline(two_learners, digits_tasks)
     facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], None, AdaptOptions(1, OPTS),
                                       torch.Generator().manual_seed(0))
     assert facts == {} and 1 not in local.borrowed_kv
+
+
+def test_adapting_own_weights_moves_only_the_newest_tasks_weights(two_learners, digits_tasks):
+    local, peer = two_learners
+    task0_before = predict(local, 0, digits_tasks[0].test.inputs)
+    before = {n: (l.weight.detach().clone(), l.owner.clone()) for n, l in local.layers.items()}
+    base = local.task_state(1)
+    CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(2, OPTS, own_weights=True),
+                              torch.Generator().manual_seed(0))
+    moved = False
+    for n, l in local.layers.items():
+        w, owner = before[n]
+        assert torch.equal(l.weight.detach()[owner != 2], w[owner != 2]), n  # nobody else's weights move
+        moved |= not torch.equal(l.weight.detach()[owner == 2], w[owner == 2])
+    assert moved
+    assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0_before)
+    local.set_task_state(1, base)  # arms restore the owned weights too
+    assert all(torch.equal(l.weight.detach(), before[n][0]) for n, l in local.layers.items())
+    with pytest.raises(RuntimeError, match="newer tasks"):
+        local.begin_adaptation(0, None, own_weights=True)

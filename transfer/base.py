@@ -19,6 +19,7 @@ class InjectionError(RuntimeError):
 class AdaptOptions:
     epochs: int = 10
     train: TrainOptions = TrainOptions()
+    own_weights: bool = False  # also retrain the shared weights the task owns
 
 
 class TransferStrategy(Protocol):

@@ -18,7 +18,7 @@ class CrossBackTransfer:
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
         with torch.no_grad():
             local = learner.params_for(task)[ENCODER_KV].clone()
-        learner.begin_adaptation(task, payload)
+        learner.begin_adaptation(task, payload, opts.own_weights)
         facts = {}
         try:
             if payload is not None:
