@@ -83,8 +83,27 @@ class ContinualLearner:
         self.kv_masks: dict[int, Tensor] = {}  # task -> its learned binary mask over the borrowed K/V
         self.kv_scores: nn.Parameter | None = None  # real-valued mask scores while adapting
         self.adapting = self.adapt_own = False
+        self.device = torch.device("cpu")
         self.scores: dict[str, nn.Parameter] = {}
         self.active: int | None = None
+
+    def to(self, device: str | torch.device) -> "ContinualLearner":
+        """Move every tensor the learner runs with to ``device`` (training and inference follow).
+        Call it between tasks, not while one is being learned or adapted."""
+        if self.active is not None:
+            raise RuntimeError("move the learner between tasks, not while one is being learned")
+        device = torch.device(device)
+        mv = lambda d: {n: t.to(device) for n, t in d.items()}
+        self.net.to(device)
+        for layer in self.layers.values():
+            layer.weight = nn.Parameter(layer.weight.detach().to(device), requires_grad=layer.weight.requires_grad)
+            layer.owner = layer.owner.to(device)
+        self._init_params = mv(self._init_params)
+        self.task_params = [mv(p) for p in self.task_params]
+        self.pick_masks = [mv(p) for p in self.pick_masks]
+        self.borrowed_kv, self.kv_masks, self.scores = mv(self.borrowed_kv), mv(self.kv_masks), {}
+        self.device = device
+        return self
 
     # ---------------------------------------------------------------- task lifecycle
 
@@ -107,7 +126,7 @@ class ContinualLearner:
         params["query"] = torch.randn(1, q, generator=gen)
         params["head.weight"] = init_uniform_(torch.empty(num_classes, q), q, gen)
         params["head.bias"] = init_uniform_(torch.empty(num_classes), q, gen)
-        self.task_params.append({n: t.requires_grad_(True) for n, t in params.items()})
+        self.task_params.append({n: t.to(self.device).requires_grad_(True) for n, t in params.items()})
         self.pick_masks.append({})
         self.tasks.append(TaskRecord(name, num_classes, self.ff_widths()))
         self.active = i
@@ -123,11 +142,11 @@ class ContinualLearner:
                     free = layer.owner == 0
                     if i > 0 and bool(free.any()):
                         fresh = init_uniform_(torch.empty(layer.weight.shape), layer.weight.shape[1], gen)
-                        layer.weight[free] = fresh[free]
+                        layer.weight[free] = fresh.to(self.device)[free]
                     layer.owner[free] = owner
                 if i > 0 and self.method in ("piggyback", "cpg"):
                     shape = layer.weight.shape
-                    self.scores[layer.name] = nn.Parameter(torch.full(shape, self.pick.init_score))
+                    self.scores[layer.name] = nn.Parameter(torch.full(shape, self.pick.init_score, device=self.device))
 
     def end_task(self) -> None:
         i = self._require_active()
@@ -153,26 +172,28 @@ class ContinualLearner:
             lin_in, lin_out = self.layers[w_in], self.layers[w_out]
             h = lin_in.width()
             fan_in = lin_in.weight.shape[1]
-            new_rows = init_uniform_(torch.empty(2, units, fan_in), fan_in, gen)
-            new_cols = init_uniform_(torch.empty(lin_out.weight.shape[0], units), h + units, gen)
+            new_rows = init_uniform_(torch.empty(2, units, fan_in), fan_in, gen).to(self.device)
+            new_cols = init_uniform_(torch.empty(lin_out.weight.shape[0], units), h + units, gen).to(self.device)
             w = lin_in.weight.detach()
             lin_in.weight = nn.Parameter(torch.cat([w[:h], new_rows[0], w[h:], new_rows[1]]))
             o = lin_in.owner
-            fill = torch.full((units, fan_in), owner, dtype=o.dtype)
+            fill = torch.full((units, fan_in), owner, dtype=o.dtype, device=self.device)
             lin_in.owner = torch.cat([o[:h], fill, o[h:], fill])
             lin_out.weight = nn.Parameter(torch.cat([lin_out.weight.detach(), new_cols], dim=1))
-            lin_out.owner = torch.cat([lin_out.owner, torch.full((lin_out.owner.shape[0], units), owner, dtype=o.dtype)], dim=1)
+            lin_out.owner = torch.cat([lin_out.owner, torch.full((lin_out.owner.shape[0], units), owner, dtype=o.dtype,
+                                                                 device=self.device)], dim=1)
             bias_name = w_in.replace(".weight", ".bias")
             b = self.task_params[i][bias_name].detach()
-            self.task_params[i][bias_name] = torch.cat([b[:h], torch.zeros(units), b[h:], torch.zeros(units)]).requires_grad_(True)
+            zeros = torch.zeros(units, device=self.device)
+            self.task_params[i][bias_name] = torch.cat([b[:h], zeros, b[h:], zeros]).requires_grad_(True)
             # keep pick scores shaped like their weights; the new weights are the task's own anyway
             if w_in in self.scores:
                 s = self.scores[w_in].detach()
-                pad = torch.full((units, fan_in), self.pick.init_score)
+                pad = torch.full((units, fan_in), self.pick.init_score, device=self.device)
                 self.scores[w_in] = nn.Parameter(torch.cat([s[:h], pad, s[h:], pad]))
             if w_out in self.scores:
                 s = self.scores[w_out].detach()
-                pad = torch.full((s.shape[0], units), self.pick.init_score)
+                pad = torch.full((s.shape[0], units), self.pick.init_score, device=self.device)
                 self.scores[w_out] = nn.Parameter(torch.cat([s, pad], dim=1))
             grown[group] = (h, h + units)
         self.tasks[i].ff_widths = self.ff_widths()
@@ -239,7 +260,7 @@ class ContinualLearner:
         """The encoder cross-attention K and V as ``task`` (default: the last learned) runs them."""
         task = len(self.tasks) - 1 if task is None else task
         with torch.no_grad():
-            return {n: t.clone() for n, t in split_kv(self.params_for(task)[ENCODER_KV]).items()}
+            return {n: t.cpu().clone() for n, t in split_kv(self.params_for(task)[ENCODER_KV]).items()}
 
     def load_kv(self, task: int, kv: dict[str, Tensor]) -> None:
         """Make ``task`` run with a borrowed K and V (frozen); no other task changes."""
@@ -251,7 +272,7 @@ class ContinualLearner:
             raise ValueError("borrowed KV contains NaN or Inf")
         if not 0 <= task < len(self.tasks):
             raise IndexError(f"no task {task}")
-        self.borrowed_kv[task] = fused.detach().to(self.layers[ENCODER_KV].weight.dtype).clone()
+        self.borrowed_kv[task] = fused.detach().to(self.device, self.layers[ENCODER_KV].weight.dtype).clone()
         self.kv_masks.pop(task, None)
 
     # ---------------------------------------------------------------- adaptation of a learned task
@@ -269,7 +290,7 @@ class ContinualLearner:
         if kv is not None:
             self.load_kv(task, kv)
             self.kv_masks.pop(task, None)
-            self.kv_scores = nn.Parameter(torch.full(self.borrowed_kv[task].shape, self.pick.init_score))
+            self.kv_scores = nn.Parameter(torch.full(self.borrowed_kv[task].shape, self.pick.init_score, device=self.device))
         self.task_params[task] = {n: t.detach().clone().requires_grad_(True) for n, t in self.task_params[task].items()}
         self.active, self.adapting = task, True
 
@@ -335,17 +356,17 @@ class ContinualLearner:
     def shared_tensors(self) -> dict[str, Tensor]:
         out = {}
         for n, layer in self.layers.items():
-            out[n] = layer.weight.detach().contiguous()
-            out[f"{n}::owner"] = layer.owner.contiguous()
+            out[n] = layer.weight.detach().cpu().contiguous()
+            out[f"{n}::owner"] = layer.owner.cpu().contiguous()
         return out
 
     def task_tensors(self, task: int) -> dict[str, Tensor]:
-        out = {n: t.detach().contiguous() for n, t in self.task_params[task].items()}
-        out |= {f"pick::{n}": m.contiguous() for n, m in self.pick_masks[task].items()}
+        out = {n: t.detach().cpu().contiguous() for n, t in self.task_params[task].items()}
+        out |= {f"pick::{n}": m.cpu().contiguous() for n, m in self.pick_masks[task].items()}
         if task in self.borrowed_kv:
-            out["borrowed::" + ENCODER_KV] = self.borrowed_kv[task].contiguous()
+            out["borrowed::" + ENCODER_KV] = self.borrowed_kv[task].cpu().contiguous()
         if task in self.kv_masks:
-            out["kvmask::" + ENCODER_KV] = self.kv_masks[task].contiguous()
+            out["kvmask::" + ENCODER_KV] = self.kv_masks[task].cpu().contiguous()
         return out
 
     @classmethod

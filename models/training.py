@@ -51,7 +51,8 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
         total, seen = 0.0, 0
         for start in range(0, n, opts.batch_size):
             idx = order[start : start + opts.batch_size]
-            loss = F.cross_entropy(learner.logits(data.inputs[idx], task), data.labels[idx])
+            x, y = data.inputs[idx].to(learner.device), data.labels[idx].to(learner.device)
+            loss = F.cross_entropy(learner.logits(x, task), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -65,7 +66,8 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
 
 @torch.no_grad()
 def predict(learner: ContinualLearner, task: int, inputs: Tensor, batch_size: int = 256) -> Tensor:
-    chunks = [learner.logits(inputs[s : s + batch_size], task) for s in range(0, inputs.shape[0], batch_size)]
+    chunks = [learner.logits(inputs[s : s + batch_size].to(learner.device), task).cpu()
+              for s in range(0, inputs.shape[0], batch_size)]
     return torch.cat(chunks) if chunks else torch.empty(0, learner.tasks[task].num_classes)
 
 

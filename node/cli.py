@@ -17,7 +17,8 @@ def _train(args: argparse.Namespace) -> int:
     from .train_run import run_training
 
     cfg = load_config(args.config)
-    metrics = run_training(cfg, args.out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    metrics = run_training(cfg, args.out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+                           device=args.device)
     print(f"average accuracy {metrics['average_accuracy']:.3f}  bwt {_fmt(metrics['bwt'])}  "
           f"forgetting {_fmt(metrics['forgetting'])}  ({metrics['seconds']:.1f}s)")
     print(f"wrote {Path(args.out) / 'metrics.json'}")
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, type=Path, help="YAML run config (see examples/)")
     train.add_argument("--out", required=True, type=Path, help="run folder; re-running resumes it")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, MPS, CPU)")
     train.set_defaults(func=_train)
     ev = sub.add_parser("evaluate", help="reload a run's latest checkpoint and re-score its tasks")
     ev.add_argument("run_dir", type=Path)
@@ -139,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--listen", help="host:port to bind (port 0 picks a free one)")
     node.add_argument("--advertise", help="host:port peers should dial")
     node.add_argument("--seed-peers", help="comma-separated host:port list")
-    node.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    node.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     node.add_argument("--state-dir")
     node.add_argument("--log-dir")
     node.set_defaults(func=_node)

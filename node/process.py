@@ -27,6 +27,7 @@ from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerCl
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig
+from .devices import device_name, resolve_device
 from .events import EventLog
 from .server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
@@ -79,23 +80,6 @@ def _is_host_port(value: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        index = name.partition(":")[2]
-        if index and not index.isdigit():
-            raise ConfigError(f"node.device: {name!r} is not cuda:N")
-        if not torch.cuda.is_available():
-            raise ConfigError(f"node.device: {name!r} requested but CUDA is not available here")
-        if index and int(index) >= torch.cuda.device_count():
-            raise ConfigError(f"node.device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
-        return torch.device(name)
-    raise ConfigError(f"node.device: {name!r} is not auto, cpu, cuda or cuda:N")
-
-
 class Interrupted(Exception):
     """Raised inside the task loop when the node is asked to stop; the task in progress is dropped."""
 
@@ -144,6 +128,7 @@ class Node:
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, listen=f"{host}:{port}", pid=os.getpid(),
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
+                         device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
         on_payload = lambda kind, peer, nbytes: self.events.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
         gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
@@ -176,6 +161,7 @@ class Node:
         latest = latest_checkpoint(ckpt_root)
         if latest is not None:
             learner, state = load_checkpoint(latest)
+            learner.to(self.device)
             names = [t.name for t in learner.tasks]
             if names != [t.name for t in tasks[: len(names)]]:
                 raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
@@ -183,7 +169,7 @@ class Node:
             self.publish(latest)
             self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
         else:
-            learner, rows = new_learner(self.run_cfg), []
+            learner, rows = new_learner(self.run_cfg).to(self.device), []
         for i in range(len(learner.tasks), len(tasks)):
             if self._stop.is_set():
                 return

@@ -17,6 +17,7 @@ from crossback.models.training import evaluate
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, RunConfig, config_to_dict, parse_config
+from .devices import resolve_device
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"
 
@@ -95,8 +96,9 @@ def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict]
     return payload
 
 
-def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print) -> dict:
+def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, device: str = "cpu") -> dict:
     out = Path(out)
+    target = resolve_device(device, "--device")
     _check_resume(out, cfg)
     tasks, infos = prepare_tasks(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,10 +107,11 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print) ->
     latest = latest_checkpoint(ckpt_root)
     if latest is not None:
         learner, state = load_checkpoint(latest)
+        learner.to(target)
         rows, scratch, seconds = state["accuracy_matrix"], state.get("scratch_accuracy"), state["seconds"]
         log(f"resuming from {latest} ({len(learner.tasks)} finished task(s))")
     else:
-        learner, rows, scratch, seconds = new_learner(cfg), [], ([] if cfg.eval.scratch_baseline else None), 0.0
+        learner, rows, scratch, seconds = new_learner(cfg).to(target), [], ([] if cfg.eval.scratch_baseline else None), 0.0
     metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
     for i in range(len(learner.tasks), len(tasks)):
         started = time.perf_counter()

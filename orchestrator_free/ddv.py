@@ -63,7 +63,8 @@ def attn_rep(learner: ContinualLearner, task: int, kv: dict[str, Tensor], tokens
     params = learner.params_for(task)
     prefix = CROSS_ATTN + "."
     sub = {n[len(prefix):]: t for n, t in params.items() if n.startswith(prefix)}
-    sub["fn.to_kv.weight"] = join_kv(kv)
+    sub["fn.to_kv.weight"] = join_kv(kv).to(learner.device)
+    tokens = tokens.to(learner.device)
     latents = repeat(params["core.latents"], "n d -> b n d", b=tokens.shape[0])
     module = learner.net.get_submodule(CROSS_ATTN)
     out = functional_call(module, sub, (latents,), {"context": tokens})
@@ -73,4 +74,4 @@ def attn_rep(learner: ContinualLearner, task: int, kv: dict[str, Tensor], tokens
 def ddv(learner: ContinualLearner, task: int, kv: dict[str, Tensor], spec: ProbeSpec) -> Tensor:
     x, x_prime = probe_pairs(spec.validate(), learner.cfg.token_dim)
     a, b = attn_rep(learner, task, kv, x), attn_rep(learner, task, kv, x_prime)
-    return 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)
+    return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).cpu()

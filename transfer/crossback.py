@@ -24,7 +24,7 @@ class CrossBackTransfer:
             if payload is not None:
                 with torch.no_grad():
                     running = learner.params_for(task)[ENCODER_KV]
-                expected = torch.cat([payload["cross_attn.key"], payload["cross_attn.value"]])
+                expected = torch.cat([payload["cross_attn.key"], payload["cross_attn.value"]]).to(running.device)
                 if not torch.equal(running, expected):
                     raise InjectionError("the task does not run with the borrowed K/V")
                 changed = float((running != local).float().mean())
