@@ -115,6 +115,17 @@ def _selections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="crossback.v1.PeerService"), timeout=args.timeout)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.target}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _fmt_acc(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
@@ -164,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.set_defaults(func=_selections)
-    for name, fn, text in (("peers", _peers, "a live node's view of the swarm"),
+    for name, fn, text in (("health", _health, "gRPC health of a node (exit 0 when SERVING)"),
+                           ("peers", _peers, "a live node's view of the swarm"),
                            ("status", _status, "a live node's info and finished tasks")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--target", required=True, help="host:port of the node")

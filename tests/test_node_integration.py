@@ -222,5 +222,7 @@ def test_cli_peers_and_status_against_a_live_node(swarm):
     assert status.returncode == 0 and "finished tasks: a, b" in status.stdout and "cross_attn.key [16, 32]" in status.stdout
     peers = run("peers", "--target", swarm["c"].address)
     assert peers.returncode == 0 and " a " in peers.stdout and "alive" in peers.stdout
+    health = run("health", "--target", swarm["b"].address)
+    assert health.returncode == 0 and "SERVING" in health.stdout
     dead = run("status", "--target", "127.0.0.1:1", "--timeout", "1")
     assert dead.returncode == 3 and "UNAVAILABLE" in dead.stderr
