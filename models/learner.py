@@ -246,13 +246,15 @@ class ContinualLearner:
         weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
         return weights + list(self.task_params[i].values()), list(self.scores.values())
 
+    def _share_of_owner(self, owner: int) -> float:
+        held = sum(int((l.owner == owner).sum()) for l in self.layers.values())
+        return held / sum(l.owner.numel() for l in self.layers.values())
+
     def owned_fraction(self, task: int) -> float:
-        owned = sum(int((l.owner == task + 1).sum()) for l in self.layers.values())
-        return owned / sum(l.owner.numel() for l in self.layers.values())
+        return self._share_of_owner(task + 1)
 
     def free_fraction(self) -> float:
-        free = sum(int((l.owner == 0).sum()) for l in self.layers.values())
-        return free / sum(l.owner.numel() for l in self.layers.values())
+        return self._share_of_owner(0)
 
     # ---------------------------------------------------------------- KV contract
 

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.transport import MAX_MESSAGE_BYTES, PROTOCOL, channel_options
+from crossback.orchestrator_free.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
 from crossback.orchestrator_free.wire import WireError, decode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ from .snapshot import Snapshot
 
 SERVICE_NAME = "crossback.v1.PeerService"
 PAYLOAD_KINDS = ("kv", "ddv")
-KV_SOURCE_NAMES = {pb.KV_SOURCE_SELF: "self", pb.KV_SOURCE_INLINE: "inline"}
+KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 
 
 def software_version() -> str:
@@ -31,7 +31,7 @@ def software_version() -> str:
         return "unknown"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NodeIdentity:
     node_id: str
     address: str

@@ -17,7 +17,7 @@ from .wire import decode, encode_all
 PROTOCOL = pb.PROTOCOL_VERSION_1
 MAX_MESSAGE_BYTES = 4 << 20
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-KV_SOURCES = {"self": pb.KV_SOURCE_SELF, "inline": pb.KV_SOURCE_INLINE}
+KV_SOURCES = {"self": pb.KV_SOURCE_SELF, "inline": pb.KV_SOURCE_INLINE}  # ProbeSpec.kv_source <-> wire enum
 
 
 def channel_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
