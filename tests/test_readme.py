@@ -6,7 +6,11 @@ ROOT = Path(__file__).parent.parent
 
 
 def readme_commands() -> list[str]:
-    return re.findall(r"^    (python3 -m venv .+)$", (ROOT / "README.md").read_text(), flags=re.M)
+    """The venv commands of the README's set-up section (later sections have their own, e.g. Jetson)."""
+    text = (ROOT / "README.md").read_text()
+    setup = text[text.index("## Set up"):]
+    setup = setup[: setup.index("\n## ", 1)]
+    return re.findall(r"^    (python3 -m venv .+)$", setup, flags=re.M)
 
 
 def test_readme_opens_with_two_setup_commands_that_install_torch_first():

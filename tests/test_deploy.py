@@ -1,0 +1,130 @@
+"""The README's deployment commands, run as written: `crossback up` starts a local swarm, and the
+documented laptop command starts a node that joins it and picks a backbone from its nodes.
+
+Only what cannot be fixed in a shared CI machine is changed: free ports instead of 50051.., the run
+folder and the laptop's state/log dirs under tmp, and fewer epochs for the swarm.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crossback.node.events import read_events
+
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+CLI = [sys.executable, "-m", "crossback.node.cli"]
+
+
+def documented(prefix: str) -> list[str]:
+    lines = re.findall(rf"^    ({re.escape(prefix)}.*)$", README, flags=re.M)
+    assert lines, f"README has no command starting with {prefix!r}"
+    return shlex.split(lines[0])
+
+
+def free_port_block(n: int) -> int:
+    rng = random.Random(os.getpid())
+    for _ in range(50):
+        base = rng.randrange(20000, 60000)
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    pytest.skip("no block of free loopback ports")
+
+
+def events(log: Path, name: str) -> list[dict]:
+    return [e for e in read_events(log) if e["event"] == name]
+
+
+def wait_for(predicate, timeout: float, what: str, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        for p in procs:
+            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout}s")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 40) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
+    up_cmd = documented("crossback up ")
+    laptop_cmd = documented("crossback node --config examples/swarm/laptop.yaml")
+    seed = laptop_cmd[laptop_cmd.index("--seed-peers") + 1]
+    assert seed == "127.0.0.1:50051", "the laptop section's local example seeds the first `crossback up` node"
+    port = free_port_block(4)
+    run_dir = tmp_path / "swarm"
+    up_args = [a if a != up_cmd[up_cmd.index("--out") + 1] else str(run_dir) for a in up_cmd[1:]]
+    up = subprocess.Popen(CLI + up_args + ["--port", str(port), "--epochs", "3", "--adapt-epochs", "1"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    laptop = None
+    swarm_logs = [run_dir / "logs" / f"{n}.jsonl" for n in ("img-0", "txt-0", "img-1", "txt-1")]
+    try:
+        for log in swarm_logs:  # a swarm node is a candidate once it has finished a task
+            wait_for(lambda log=log: events(log, "task_finished"), 90, f"first task of {log.stem}", [up])
+        env = {**os.environ, "CROSSBACK_LISTEN": "0.0.0.0:0", "CROSSBACK_STATE_DIR": str(tmp_path / "laptop" / "state"),
+               "CROSSBACK_LOG_DIR": str(tmp_path / "laptop" / "logs"), "OMP_NUM_THREADS": "1"}
+        laptop_args = [f"127.0.0.1:{port}" if a == seed else a for a in laptop_cmd[1:]]
+        laptop = subprocess.Popen(CLI + laptop_args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        laptop_log = tmp_path / "laptop" / "logs" / "laptop-0.jsonl"
+
+        (started,) = wait_for(lambda: events(laptop_log, "node_started"), 60, "laptop start", [laptop])
+        assert started["listen"].startswith("0.0.0.0:")
+        assert started["address"] == f"127.0.0.1:{started['listen'].rpartition(':')[2]}"
+        assert started["advertised_from"] == f"route to seed 127.0.0.1:{port}"
+
+        swarm_ids = {log.stem for log in swarm_logs}
+        wait_for(lambda: {e["peer"] for e in events(laptop_log, "peer_joined")} >= swarm_ids, 30,
+                 "laptop learns every swarm node", [laptop])
+        for log in swarm_logs:
+            wait_for(lambda log=log: any(e["peer"] == "laptop-0" for e in events(log, "peer_joined")), 30,
+                     f"{log.stem} learns of laptop-0", [up])
+
+        sel = wait_for(lambda: events(laptop_log, "backbone_selected"), 120, "laptop's first selection", [laptop])[0]
+        answered = [c for c in sel["candidates"] if c["error"] is None]
+        assert answered and {c["peer"] for c in answered} <= swarm_ids
+        assert all(math.isfinite(c["score"]) for c in answered)
+        assert sel["chosen"] == sorted(answered, key=lambda c: (-c["score"], c["peer"]))[0]["peer"]
+        assert sel["bytes"] > 0
+
+        peers = subprocess.run(CLI + ["peers", "--target", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+        assert peers.returncode == 0 and re.search(r"laptop-0\s+127\.0\.0\.1:\d+\s+alive", peers.stdout), peers.stdout
+    finally:
+        if laptop is not None:
+            stop(laptop)
+        rc = stop(up, signal.SIGINT)
+    assert rc == 0, "crossback up did not stop cleanly on Ctrl-C"
+    for log in swarm_logs:  # every node of the swarm was stopped, not orphaned
+        assert events(log, "node_stopped"), log.stem
