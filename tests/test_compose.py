@@ -68,6 +68,21 @@ def test_public_override_publishes_each_node_and_advertises_that_port():
     assert len(published) == len(services) == 4
 
 
+@needs_compose
+def test_gpu_override_reserves_a_gpu_for_img_0_only():
+    proc = compose(["docker-compose.yml", "docker-compose.gpu.yml"], "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    for name, service in services.items():
+        reservations = (service.get("deploy") or {}).get("resources", {}).get("reservations") or {}
+        if name == "img-0":
+            (device,) = reservations["devices"]
+            assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+            assert service["environment"]["CROSSBACK_DEVICE"] == "cuda"
+        else:
+            assert not reservations.get("devices") and "CROSSBACK_DEVICE" not in service["environment"], name
+
+
 def compose_configs() -> list[Path]:
     text = (ROOT / "docker-compose.yml").read_text()
     return [ROOT / m for m in re.findall(r"/app/(examples/\S+?\.yaml)", text)]
