@@ -15,6 +15,21 @@ def tiny_config(channels: int = 1, patch: int = 2) -> PerceiverConfig:
                            text=TextAdapterConfig(max_length=40))
 
 
+def tiny_node_config(seed: int, tasks: list[dict], heartbeat: float, failure_timeout: float) -> dict:
+    """A node config (run config + node + transfer sections) that learns digits tasks in about a second each."""
+    return {
+        "seed": seed,
+        "data": {"source": "digits", "modality": "image", "image_size": 8},
+        "tasks": tasks,
+        "model": {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
+                  "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}},
+        "method": {"name": "packnet"},
+        "train": {"epochs": 2, "batch_size": 64},
+        "node": {"heartbeat_interval": heartbeat, "failure_timeout": failure_timeout, "rpc_timeout": 2.0},
+        "transfer": {"adapt_epochs": 1, "probe": {"pair_count": 8, "token_count": 4}},
+    }
+
+
 @pytest.fixture(scope="session")
 def digits_tasks():
     """Three real tasks from scikit-learn's digits, 8x8 grey."""

@@ -57,13 +57,13 @@ def events(log: Path, name: str) -> list[dict]:
 
 
 def wait_for(predicate, timeout: float, what: str, procs=()):
+    """Poll ``predicate`` until truthy; fail early if one of ``procs`` (Popen objects) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
-        if value:
+        if value := predicate():
             return value
-        for p in procs:
-            assert p.poll() is None, f"{p.args} exited with {p.returncode} while waiting for {what}"
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, f"{dead[0].args} exited with {dead[0].returncode} while waiting for {what}"
         time.sleep(0.2)
     raise AssertionError(f"{what}: not within {timeout}s")
 

@@ -24,19 +24,12 @@ import yaml
 
 from crossback.node.events import read_events
 
+from conftest import tiny_node_config
+
 SUBNET = "10.213.0"
 PORT = 50051
 HEARTBEAT, FAILURE_TIMEOUT = 0.25, 2.0
-CONFIG = {
-    "data": {"source": "digits", "modality": "image", "image_size": 8},
-    "tasks": [{"name": "low", "classes": ["0", "1", "2"]}, {"name": "high", "classes": ["7", "8", "9"]}],
-    "model": {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
-              "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}},
-    "method": {"name": "packnet"},
-    "train": {"epochs": 2, "batch_size": 64},
-    "node": {"heartbeat_interval": HEARTBEAT, "failure_timeout": FAILURE_TIMEOUT, "rpc_timeout": 2.0, "threads": 1},
-    "transfer": {"adapt_epochs": 1, "deadline": 20.0, "probe": {"pair_count": 8, "token_count": 4}},
-}
+TASKS = [{"name": "low", "classes": ["0", "1", "2"]}, {"name": "high", "classes": ["7", "8", "9"]}]
 PREFIX = "cbt"  # namespaces are named cbt-<pid>-<token>-<role>; see _remove_orphans
 
 
@@ -152,7 +145,10 @@ class NsNode:
         self.address = f"{self.ip}:{PORT}"
         self.log = root / "logs" / f"{role}.jsonl"
         cfg = root / f"{role}.yaml"
-        cfg.write_text(yaml.safe_dump({**CONFIG, "seed": seed}))
+        config = tiny_node_config(seed, TASKS, HEARTBEAT, FAILURE_TIMEOUT)
+        config["node"]["threads"] = 1
+        config["transfer"]["deadline"] = 20.0
+        cfg.write_text(yaml.safe_dump(config))
         args = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg),
                 "--node-id", role, "--listen", self.address, "--state-dir", str(root / "state" / role),
                 "--log-dir", str(root / "logs")]
@@ -171,13 +167,13 @@ class NsNode:
 
 
 def wait_for(predicate, timeout: float, what: str, nodes=()):
+    """Poll ``predicate`` until truthy; fail early if one of ``nodes`` died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
-        if value:
+        if value := predicate():
             return value
-        for n in nodes:
-            assert n.proc.poll() is None, f"{n.role} exited with {n.proc.returncode} while waiting for {what}"
+        dead = [n.role for n in nodes if n.proc.poll() is not None]
+        assert not dead, f"node {dead[0]} exited while waiting for {what}"
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {timeout}s")
 

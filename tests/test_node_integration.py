@@ -14,6 +14,8 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from conftest import tiny_node_config
+
 from crossback.node.checkpoint import latest_checkpoint, load_checkpoint
 from crossback.node.events import read_events
 from crossback.orchestrator_free.ddv import ProbeSpec
@@ -23,17 +25,8 @@ from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 HEARTBEAT, TIMEOUT = 0.25, 2.0
-CONFIG = {
-    "seed": 0,
-    "data": {"source": "digits", "modality": "image", "image_size": 8},
-    "tasks": [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}],
-    "model": {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
-              "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}},
-    "method": {"name": "packnet"},
-    "train": {"epochs": 2, "batch_size": 64},
-    "node": {"heartbeat_interval": HEARTBEAT, "failure_timeout": TIMEOUT, "rpc_timeout": 2.0},
-    "transfer": {"adapt_epochs": 1, "probe": {"pair_count": 8, "token_count": 4}},
-}
+CONFIG = tiny_node_config(0, [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}],
+                          HEARTBEAT, TIMEOUT)
 
 
 class NodeProc:
