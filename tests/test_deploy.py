@@ -128,3 +128,20 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
     assert rc == 0, "crossback up did not stop cleanly on Ctrl-C"
     for log in swarm_logs:  # every node of the swarm was stopped, not orphaned
         assert events(log, "node_stopped"), log.stem
+
+
+def test_up_refuses_a_busy_port_and_a_wildcard_without_advertise_host(tmp_path):
+    import threading
+
+    from crossback.node.config import ConfigError
+    from crossback.node.local_swarm import run_up
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"--port: 127\.0\.0\.1:{port} is not free"):
+            run_up(tmp_path / "a", threading.Event(), nodes=2, port=port)
+    with pytest.raises(ConfigError, match="--advertise-host"):
+        run_up(tmp_path / "b", threading.Event(), host="0.0.0.0", port=port)
+    assert not (tmp_path / "a" / "logs").exists() and not (tmp_path / "b").exists()  # refused before starting anything
