@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TimeoutError) as exc:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TimeoutError, ChildProcessError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

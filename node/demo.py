@@ -77,7 +77,7 @@ def wait_for_event(proc: subprocess.Popen, log: Path, event: str, deadline: floa
         if hits:
             return hits[-1]
         if proc.poll() is not None:
-            raise RuntimeError(f"node process {log.stem} exited with {proc.returncode} before {event}; see {log}")
+            raise ChildProcessError(f"node process {log.stem} exited with {proc.returncode} before {event}; see {log}")
         time.sleep(0.2)
     raise TimeoutError(f"no {event} in {log} in time")
 
