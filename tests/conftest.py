@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from crossback.data.sources import load_catalog
@@ -13,6 +15,18 @@ def tiny_config(channels: int = 1, patch: int = 2) -> PerceiverConfig:
                            latent_heads=2, latent_dim_head=16, queries_dim=32,
                            image=ImageAdapterConfig(channels=channels, patch_size=patch),
                            text=TextAdapterConfig(max_length=40))
+
+
+def wait_for(predicate, timeout: float, what: str = "condition", procs=(), step: float = 0.1):
+    """Poll ``predicate`` until truthy and return its value; fail early if a process in ``procs`` exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        dead = [p for p in procs if p.poll() is not None]
+        assert not dead, f"{dead[0].args} exited with {dead[0].returncode} while waiting for {what}"
+        time.sleep(step)
+    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def tiny_node_config(seed: int, tasks: list[dict], heartbeat: float, failure_timeout: float) -> dict:

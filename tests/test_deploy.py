@@ -15,12 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from crossback.node.events import read_events
+
+from conftest import wait_for
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -54,18 +55,6 @@ def free_port_block(n: int) -> int:
 
 def events(log: Path, name: str) -> list[dict]:
     return [e for e in read_events(log) if e["event"] == name]
-
-
-def wait_for(predicate, timeout: float, what: str, procs=()):
-    """Poll ``predicate`` until truthy; fail early if one of ``procs`` (Popen objects) has exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        dead = [p for p in procs if p.poll() is not None]
-        assert not dead, f"{dead[0].args} exited with {dead[0].returncode} while waiting for {what}"
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s")
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 40) -> int:

@@ -24,7 +24,7 @@ import yaml
 
 from crossback.node.events import read_events
 
-from conftest import tiny_node_config
+from conftest import tiny_node_config, wait_for
 
 SUBNET = "10.213.0"
 PORT = 50051
@@ -166,16 +166,8 @@ class NsNode:
                               capture_output=True, text=True, timeout=30)
 
 
-def wait_for(predicate, timeout: float, what: str, nodes=()):
-    """Poll ``predicate`` until truthy; fail early if one of ``nodes`` died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        dead = [n.role for n in nodes if n.proc.poll() is not None]
-        assert not dead, f"node {dead[0]} exited while waiting for {what}"
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s")
+def running(nodes: dict) -> list[subprocess.Popen]:
+    return [n.proc for n in nodes.values()]
 
 
 def peers_of(node: NsNode, event: str) -> set[str]:
@@ -195,7 +187,7 @@ def test_nodes_in_separate_namespaces_discover_select_and_survive_a_cut_link(swi
     nodes: dict[str, NsNode] = {}
     try:
         a = nodes["a"] = NsNode(switch, tmp_path, "a", [], seed=0)
-        wait_for(lambda: a.events("tasks_done"), 60, "a learns its tasks alone", [a])
+        wait_for(lambda: a.events("tasks_done"), 60, "a learns its tasks alone", [a.proc])
         b = nodes["b"] = NsNode(switch, tmp_path, "b", [a.address], seed=1)
         c = nodes["c"] = NsNode(switch, tmp_path, "c", [a.address], seed=2)
         assert len({n.ip for n in nodes.values()}) == 3 and len({n.ns for n in nodes.values()}) == 3
@@ -204,24 +196,24 @@ def test_nodes_in_separate_namespaces_discover_select_and_survive_a_cut_link(swi
         for n in nodes.values():
             others = set(nodes) - {n.role}
             wait_for(lambda n=n, others=others: peers_of(n, "peer_joined") >= others, 30, f"{n.role} discovers {others}",
-                     nodes.values())
+                     running(nodes))
         joined = {e["peer"]: e["address"] for e in b.events("peer_joined")}
         assert joined["c"] == c.address and joined["a"] == a.address
 
         # selection across namespaces: K/V fetched and DDVs probed over the veth links
         for n in (b, c):
             sel = wait_for(lambda n=n: cross_namespace_selection(n, set(nodes) - {n.role}), 60,
-                           f"{n.role} selects a backbone in another namespace", nodes.values())
+                           f"{n.role} selects a backbone in another namespace", running(nodes))
             assert sel["bytes"] > 0
         for n in nodes.values():
-            wait_for(lambda n=n: n.events("tasks_done"), 60, f"{n.role} finishes", nodes.values())
+            wait_for(lambda n=n: n.events("tasks_done"), 60, f"{n.role} finishes", running(nodes))
 
         # pull c's cable at the switch: both sides declare the other dead, nobody crashes
         switch.cable("c", up=False)
         cut = time.monotonic()
         for n, gone in ((a, {"c"}), (b, {"c"}), (c, {"a", "b"})):
             wait_for(lambda n=n, gone=gone: peers_of(n, "peer_dead") >= gone, FAILURE_TIMEOUT + 10,
-                     f"{n.role} reports {gone} dead", nodes.values())
+                     f"{n.role} reports {gone} dead", running(nodes))
         detected = time.monotonic() - cut
         time.sleep(max(0.0, cut + 3 * FAILURE_TIMEOUT - time.monotonic()))  # stay cut over many gossip rounds
         health = c.cli("health", "--target", c.address)
@@ -232,7 +224,7 @@ def test_nodes_in_separate_namespaces_discover_select_and_survive_a_cut_link(swi
         plugged = time.monotonic()
         for n, back in ((a, {"c"}), (b, {"c"}), (c, {"a", "b"})):
             wait_for(lambda n=n, back=back: peers_of(n, "peer_returned") >= back, 60,
-                     f"{n.role} sees {back} return", nodes.values())
+                     f"{n.role} sees {back} return", running(nodes))
         recovered = time.monotonic() - plugged
         view = a.cli("peers", "--target", a.address)
         assert view.returncode == 0, view.stderr
@@ -240,8 +232,8 @@ def test_nodes_in_separate_namespaces_discover_select_and_survive_a_cut_link(swi
 
         # a newcomer seeded only with the node that was cut off finds the swarm and selects from it
         d = nodes["d"] = NsNode(switch, tmp_path, "d", [c.address], seed=3)
-        wait_for(lambda: peers_of(d, "peer_joined") >= {"a", "b", "c"}, 30, "d discovers the swarm through c", nodes.values())
-        sel = wait_for(lambda: cross_namespace_selection(d, {"a", "b", "c"}), 60, "d selects a backbone", nodes.values())
+        wait_for(lambda: peers_of(d, "peer_joined") >= {"a", "b", "c"}, 30, "d discovers the swarm through c", running(nodes))
+        sel = wait_for(lambda: cross_namespace_selection(d, {"a", "b", "c"}), 60, "d selects a backbone", running(nodes))
         assert {cand["peer"] for cand in sel["candidates"] if cand["error"] is None} == {"a", "b", "c"}
         for n in nodes.values():
             assert n.proc.poll() is None, f"{n.role} died"

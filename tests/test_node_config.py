@@ -74,7 +74,7 @@ def test_node_killed_mid_task_resumes_and_continues(tmp_path):
     import os
     import signal
 
-    from test_node_integration import wait_for
+    from conftest import wait_for
 
     cfg = {**CONFIG, "train": {"epochs": 40, "batch_size": 16},
            "node": {**CONFIG["node"], "node_id": "k", "exit_when_done": True}}
@@ -102,7 +102,7 @@ def test_sigterm_mid_task_stops_promptly_without_a_partial_checkpoint(tmp_path):
     import signal
     import time
 
-    from test_node_integration import wait_for
+    from conftest import wait_for
 
     cfg = {**CONFIG, "train": {"epochs": 400, "batch_size": 16}, "node": {**CONFIG["node"], "node_id": "t"}}
     path = tmp_path / "t.yaml"

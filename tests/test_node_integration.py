@@ -14,7 +14,7 @@ import torch
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import tiny_node_config
+from conftest import tiny_node_config, wait_for
 
 from crossback.node.checkpoint import latest_checkpoint, load_checkpoint
 from crossback.node.events import read_events
@@ -63,16 +63,6 @@ class NodeProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def client(address: str) -> PeerClient:
