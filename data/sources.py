@@ -21,6 +21,7 @@ def load_catalog(source: str, root: str | Path | None = None) -> Catalog:
             raise DataError(f"data.root is required for source {source!r}")
         root = Path(root)
         if not root.exists():
-            raise DataError(f"data.root {root} does not exist")
+            raise DataError(f"data.root {root} does not exist (a relative data.root is resolved against the "
+                            "config file's folder)")
         return ON_DISK[source](root)
     raise DataError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}")

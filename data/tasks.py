@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from crossback.models.adapters import encode_utf8
+from crossback.models.bounds import bounded, check_bounds
 from crossback.models.methods import TaskData
 from crossback.models.training import Split
 
@@ -29,20 +30,19 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class SplitSpec:
-    train: float = 0.6
-    val: float = 0.2
-    test: float = 0.2
-    min_items_per_class: int = 4
-    max_items_per_class: int | None = None
+    train: float = bounded(0.6, gt=0.0, lt=1.0)
+    val: float = bounded(0.2, gt=0.0, lt=1.0)
+    test: float = bounded(0.2, gt=0.0, lt=1.0)
+    min_items_per_class: int = bounded(4, ge=3)  # one item per split at least
+    max_items_per_class: int | None = bounded(None, ge=3)
 
     def __post_init__(self):
-        for name in ("train", "val", "test"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise DataError(f"split.{name} must lie in (0, 1), got {getattr(self, name)}")
+        try:
+            check_bounds(self, "split")
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
         if abs(self.train + self.val + self.test - 1.0) > 1e-6:
             raise DataError(f"split fractions must sum to 1, got {self.train + self.val + self.test}")
-        if self.min_items_per_class < 3:
-            raise DataError("split.min_items_per_class must be at least 3 (one item per split)")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .bounds import bounded
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -19,15 +21,15 @@ BYTE_VOCAB = 256 + BYTE_OFFSET
 
 @dataclass(frozen=True)
 class ImageAdapterConfig:
-    channels: int = 3
-    patch_size: int = 4
-    num_freq_bands: int = 6
-    max_freq: float = 16.0
+    channels: int = bounded(3, ge=1, le=64)
+    patch_size: int = bounded(4, ge=1, le=256)
+    num_freq_bands: int = bounded(6, ge=1, le=64)
+    max_freq: float = bounded(16.0, gt=0.0)
 
 
 @dataclass(frozen=True)
 class TextAdapterConfig:
-    max_length: int = 64
+    max_length: int = bounded(64, ge=3, le=65536)  # [CLS] + bytes + [SEP]
 
 
 def fourier_positions(h: int, w: int, num_bands: int, max_freq: float, device=None) -> Tensor:

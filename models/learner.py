@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .adapters import ImageAdapterConfig, TextAdapterConfig
+from .bounds import bounded
 from .masks import MaskedLayer, binarize, effective_weight, init_uniform_
 from .perceiver import ENCODER_KV, PerceiverClassifier, PerceiverConfig, join_kv, split_kv
 
@@ -32,10 +33,17 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class PickOptions:
-    """Piggyback-style real-valued mask scores, binarised at ``threshold``."""
+    """Piggyback-style real-valued mask scores, binarised at ``threshold``. A new mask starts with every
+    score at ``init_score``, so the threshold must lie below it: otherwise the mask starts all-zero and
+    masks away everything it covers (a borrowed K/V included)."""
 
-    threshold: float = 5e-3
-    init_score: float = 1e-2
+    threshold: float = bounded(5e-3, gt=0.0, lt=1e3)
+    init_score: float = bounded(1e-2, gt=0.0, lt=1e3)
+
+    def __post_init__(self):
+        if self.threshold >= self.init_score:
+            raise ValueError(f"threshold {self.threshold} must be below init_score {self.init_score}: a new mask "
+                             "would start all-zero and mask away every weight it covers")
 
 
 def _ff_groups(net: PerceiverClassifier) -> dict[str, tuple[str, str]]:

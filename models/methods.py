@@ -16,32 +16,33 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .learner import ContinualLearner, PickOptions, TaskRecord
+from .bounds import bounded
+from .learner import METHODS, ContinualLearner, PickOptions, TaskRecord
 from .masks import magnitude_prune
 from .training import Progress, Split, TrainOptions, evaluate, fit
 
 
 @dataclass(frozen=True)
 class PackNetOptions:
-    prune_ratio: float = 0.5
-    retrain_epochs: int = 5
+    prune_ratio: float = bounded(0.5, ge=0.0, lt=1.0)
+    retrain_epochs: int = bounded(5, ge=0, le=100_000)
 
 
 @dataclass(frozen=True)
 class CPGOptions:
-    max_sparsity: float = 0.75
-    prune_steps: int = 3
-    step_epochs: int = 3
-    tolerance: float = 0.02
-    accuracy_goal: float | None = None  # validation accuracy below which the network grows
-    grow_units: int = 32
-    max_grow: int = 2
-    grow_epochs: int = 10
+    max_sparsity: float = bounded(0.75, ge=0.0, lt=1.0)
+    prune_steps: int = bounded(3, ge=1, le=1000)
+    step_epochs: int = bounded(3, ge=0, le=100_000)
+    tolerance: float = bounded(0.02, ge=0.0, le=1.0)
+    accuracy_goal: float | None = bounded(None, gt=0.0, le=1.0)  # validation accuracy below which the network grows
+    grow_units: int = bounded(32, ge=1, le=65536)
+    max_grow: int = bounded(2, ge=0, le=100)
+    grow_epochs: int = bounded(10, ge=0, le=100_000)
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "packnet"
+    name: str = bounded("packnet", choices=METHODS)
     packnet: PackNetOptions = field(default_factory=PackNetOptions)
     piggyback: PickOptions = field(default_factory=PickOptions)
     cpg: CPGOptions = field(default_factory=CPGOptions)

@@ -20,6 +20,7 @@ from perceiver_pytorch.perceiver_io import PerceiverIO
 from torch import Tensor, nn
 
 from .adapters import ImageAdapterConfig, TextAdapterConfig, build_adapter
+from .bounds import bounded
 
 KEY, VALUE = "cross_attn.key", "cross_attn.value"
 KV_NAMES = (KEY, VALUE)
@@ -28,15 +29,15 @@ ENCODER_KV = "core.cross_attend_block.cross_attn.fn.to_kv.weight"
 
 @dataclass(frozen=True)
 class PerceiverConfig:
-    token_dim: int = 64  # C, the swarm-wide token width
-    num_latents: int = 32
-    latent_dim: int = 64
-    depth: int = 2
-    cross_heads: int = 1
-    cross_dim_head: int = 64  # with cross_heads, sets d of the KV contract
-    latent_heads: int = 4
-    latent_dim_head: int = 16
-    queries_dim: int = 64
+    token_dim: int = bounded(64, ge=1, le=65536)  # C, the swarm-wide token width
+    num_latents: int = bounded(32, ge=1, le=65536)
+    latent_dim: int = bounded(64, ge=1, le=65536)
+    depth: int = bounded(2, ge=1, le=65536)
+    cross_heads: int = bounded(1, ge=1, le=65536)
+    cross_dim_head: int = bounded(64, ge=1, le=65536)  # with cross_heads, sets d of the KV contract
+    latent_heads: int = bounded(4, ge=1, le=65536)
+    latent_dim_head: int = bounded(16, ge=1, le=65536)
+    queries_dim: int = bounded(64, ge=1, le=65536)
     image: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
     text: TextAdapterConfig = field(default_factory=TextAdapterConfig)
 

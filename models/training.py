@@ -8,16 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .bounds import bounded
 from .learner import ContinualLearner
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    mask_lr: float = 5e-4
-    eval_batch_size: int = 256
+    epochs: int = bounded(20, ge=1, le=100_000)
+    batch_size: int = bounded(32, ge=1, le=1_000_000)
+    lr: float = bounded(1e-3, gt=0.0, le=10.0)
+    mask_lr: float = bounded(5e-4, gt=0.0, le=10.0)
+    eval_batch_size: int = bounded(256, ge=1, le=1_000_000)
 
 
 @dataclass

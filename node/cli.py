@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=30, help="local epochs per task")
     demo.add_argument("--adapt-epochs", type=int, default=8, help="epochs of each transfer arm")
     demo.add_argument("--oracle", action="store_true", help="also try every candidate (evaluation only)")
-    demo.add_argument("--adapt-own-weights", action="store_true", help="arms also retrain the task's own weights")
+    demo.add_argument("--adapt-own-weights", action=argparse.BooleanOptionalAction, default=True,
+                      help="arms also retrain the task's own shared weights (default: on, as the paper does)")
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.set_defaults(func=_demo)
     up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")

@@ -1,6 +1,9 @@
 """Run configuration: YAML validated strictly into frozen dataclasses.
 
-Every unknown key is an error naming its dotted path (with a suggestion); every value is type-checked.
+The dataclasses are the one schema: their types, their declared bounds (``crossback.models.bounds``)
+and their ``__post_init__`` rules for settings that constrain each other. Every unknown key is an error
+naming its dotted path, with a suggestion or the place where that key belongs; every value is
+type-checked and range-checked, and every float must be finite.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import yaml
 
 from crossback.data.sources import SOURCES
 from crossback.data.tasks import SplitSpec, TaskSpec, View
-from crossback.models.learner import METHODS
+from crossback.models.bounds import bounded, field_violation
 from crossback.models.methods import MethodConfig
 from crossback.models.perceiver import PerceiverConfig
 from crossback.models.training import TrainOptions
@@ -30,10 +33,10 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "emoji"
-    root: str | None = None
-    modality: str = "image"
-    image_size: int = 32
+    source: str = bounded("emoji", choices=SOURCES)
+    root: str | None = None  # a relative root is resolved against the config file's folder
+    modality: str = bounded("image", choices=MODALITIES)
+    image_size: int = bounded(32, ge=1, le=65536)
     split: SplitSpec = field(default_factory=SplitSpec)
 
 
@@ -45,7 +48,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     tasks: tuple[TaskSpec, ...]
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=2**31)
     data: DataConfig = field(default_factory=DataConfig)
     model: PerceiverConfig = field(default_factory=PerceiverConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -60,7 +63,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, path: str) -> Any:
+def _convert(value: Any, tp: Any, path: str, homes=None, moved=None) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -69,7 +72,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, arg, path)
+                return _convert(value, arg, path, homes, moved)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {tp}")
@@ -77,9 +80,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
         (inner, _ellipsis) = typing.get_args(tp)
-        return tuple(_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(v, inner, f"{path}[{i}]", homes, moved) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, path)
+        return from_mapping(tp, value, path, homes, moved)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
@@ -105,7 +108,40 @@ def _task(value: Any, path: str) -> TaskSpec:
     return from_mapping(TaskSpec, value, path)
 
 
-def from_mapping(cls: type, data: Any, path: str) -> Any:
+def key_paths(roots: dict[str, type]) -> dict[str, list[str]]:
+    """Every key of a schema by its last name -> the dotted paths where it is valid."""
+    homes: dict[str, list[str]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            path = f"{prefix}.{f.name}" if prefix else f.name
+            homes.setdefault(f.name, []).append(path)
+            inner = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(a)]
+            for sub in inner:
+                walk(sub, path)
+
+    for prefix, cls in roots.items():
+        walk(cls, prefix)
+    return homes
+
+
+def _unknown_key(key: str, where: str, known: list[str], homes: dict[str, list[str]] | None,
+                 moved: dict[str, str] | None) -> ConfigError:
+    if moved and where in moved:
+        return ConfigError(f"key {where!r} has moved: write it as {moved[where]!r}")
+    elsewhere = [p for p in (homes or {}).get(str(key), []) if p != where]
+    if elsewhere:
+        return ConfigError(f"key {where!r} is misplaced: it belongs at {' or '.join(repr(p) for p in elsewhere)}")
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+    return ConfigError(f"unknown key {where!r}{hint}")
+
+
+def from_mapping(cls: type, data: Any, path: str, homes: dict[str, list[str]] | None = None,
+                 moved: dict[str, str] | None = None) -> Any:
+    """Build ``cls`` from a mapping, strictly. ``homes`` (see ``key_paths``) lets an unknown key say where
+    it belongs; ``moved`` maps old dotted keys to their new place."""
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -114,15 +150,16 @@ def from_mapping(cls: type, data: Any, path: str) -> Any:
     for key, value in data.items():
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
-            raise ConfigError(f"unknown key {where!r}{hint}")
+            raise _unknown_key(key, where, list(fields), homes, moved)
         if cls is RunConfig and key == "tasks":
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"{where}: expected a non-empty list of tasks")
             kwargs[key] = tuple(_task(v, f"{where}[{i}]") for i, v in enumerate(value))
         else:
-            kwargs[key] = _convert(value, hints[key], where)
+            kwargs[key] = _convert(value, hints[key], where, homes, moved)
+            problem = field_violation(fields[key], kwargs[key])
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -138,21 +175,7 @@ def _check(cfg: RunConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
 
-    need(cfg.data.source in SOURCES, "data.source", f"{cfg.data.source!r} is not one of {list(SOURCES)}")
-    need(cfg.data.modality in MODALITIES, "data.modality", f"{cfg.data.modality!r} is not one of {list(MODALITIES)}")
     need(cfg.data.image_size >= cfg.model.image.patch_size, "data.image_size", "must be at least model.image.patch_size")
-    need(cfg.method.name in METHODS, "method.name", f"{cfg.method.name!r} is not one of {list(METHODS)}")
-    need(0.0 <= cfg.method.packnet.prune_ratio < 1.0, "method.packnet.prune_ratio", "must lie in [0, 1)")
-    need(0.0 <= cfg.method.cpg.max_sparsity < 1.0, "method.cpg.max_sparsity", "must lie in [0, 1)")
-    goal = cfg.method.cpg.accuracy_goal
-    need(goal is None or 0.0 < goal <= 1.0, "method.cpg.accuracy_goal", "must lie in (0, 1]")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        need(getattr(cfg.train, key) >= 1, f"train.{key}", "must be at least 1")
-    for key in ("lr", "mask_lr"):
-        need(getattr(cfg.train, key) > 0, f"train.{key}", "must be positive")
-    for key in ("token_dim", "num_latents", "latent_dim", "depth", "cross_heads", "cross_dim_head",
-                "latent_heads", "latent_dim_head", "queries_dim"):
-        need(getattr(cfg.model, key) >= 1, f"model.{key}", "must be at least 1")
     names = [t.name for t in cfg.tasks]
     dup = sorted({n for n in names if names.count(n) > 1})
     need(not dup, "tasks", f"task names must be unique, repeated: {dup}")
@@ -160,12 +183,23 @@ def _check(cfg: RunConfig) -> None:
         need(not (t.superclass and t.classes), f"tasks[{i}]", "give either superclass or classes, not both")
 
 
-def parse_config(data: Any, source: str = "config") -> RunConfig:
+RUN_SECTIONS = {"": RunConfig}
+
+
+def parse_config(data: Any, source: str = "config", base_dir: Path | None = None,
+                 homes: dict[str, list[str]] | None = None) -> RunConfig:
+    """Validate a run config. A relative ``data.root`` is resolved against ``base_dir`` (the config
+    file's folder), so a config means the same wherever it is run from."""
     try:
-        cfg = from_mapping(RunConfig, data, "")
+        cfg = from_mapping(RunConfig, data, "", homes if homes is not None else key_paths(RUN_SECTIONS))
         _check(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.data.root is not None:
+        root = Path(cfg.data.root).expanduser()
+        if not root.is_absolute() and base_dir is not None:
+            root = (base_dir / root).resolve()
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
     return cfg
 
 
@@ -179,7 +213,7 @@ def load_config(path: str | Path) -> RunConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, str(path))
+    return parse_config(data if data is not None else {}, str(path), path.parent)
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -40,7 +40,7 @@ def node_plan(n: int) -> list[dict]:
 
 
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
-                oracle: bool = False, adapt_own_weights: bool = False) -> dict:
+                oracle: bool = False, adapt_own_weights: bool = True, probe_seed: int = 0) -> dict:
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"]},
@@ -49,9 +49,9 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
-        "transfer": {"scope": "cross", "adapt_epochs": adapt_epochs, "keep": keep, "oracle": oracle or keep == "oracle",
-                     "adapt_own_weights": adapt_own_weights,
-                     "probe": {"seed": seed, "pair_count": 32, "token_count": 16}},
+        "selection": {"scope": "cross", "probe": {"seed": probe_seed, "pair_count": 32, "token_count": 16}},
+        "adaptation": {"epochs": adapt_epochs, "own_weights": adapt_own_weights},
+        "experiment": {"keep": keep, "oracle": oracle or keep == "oracle"},
     }
 
 
@@ -98,7 +98,7 @@ def stop_nodes(procs) -> None:
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
              timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False,
-             adapt_own_weights: bool = False) -> dict:
+             adapt_own_weights: bool = True) -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -112,7 +112,7 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
         for entry in plan:
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
             cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle,
-                                                           adapt_own_weights),
+                                                           adapt_own_weights, probe_seed=seed),
                                                sort_keys=False))
             with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
                 procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses, console)

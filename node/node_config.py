@@ -1,4 +1,10 @@
-"""A node's config file: the run config (data, tasks, model, method, train) plus a ``node:`` section.
+"""A node's config file: the run config (data, tasks, model, method, train) plus the node's sections.
+
+- ``node:`` the process (identity, addresses, gossip, timeouts, device, folders);
+- ``selection:`` whom to borrow from (score, scope, deadline, probe);
+- ``transfer:`` how to borrow (the strategy);
+- ``adaptation:`` the budget every arm finishes a task with;
+- ``experiment:`` comparison settings that are not part of the method (oracle, which arm to keep).
 
 Precedence: command-line flags, then ``CROSSBACK_*`` environment variables, then the file.
 """
@@ -10,11 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from crossback.orchestrator_free.ddv import ProbeSpecError
+from crossback.orchestrator_free.backbone import ExperimentConfig
 from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.registry import STRATEGIES
+from crossback.transfer.base import AdaptationConfig
+from crossback.transfer.registry import TransferConfig
 
-from .config import ConfigError, from_mapping, parse_config
+from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config
 from .process import NodeConfig, NodeSettings
 
 ENV = {
@@ -26,6 +33,12 @@ ENV = {
     "state_dir": "CROSSBACK_STATE_DIR",
     "log_dir": "CROSSBACK_LOG_DIR",
 }
+SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
+            "adaptation": AdaptationConfig, "experiment": ExperimentConfig}
+# keys of the old mixed ``transfer:`` section, and where they live now
+MOVED = {"transfer.adapt_epochs": "adaptation.epochs", "transfer.adapt_own_weights": "adaptation.own_weights",
+         **{f"transfer.{k}": f"selection.{k}" for k in ("enabled", "scope", "deadline", "euc_weight", "probe")},
+         **{f"transfer.{k}": f"experiment.{k}" for k in ("oracle", "keep")}}
 
 
 def _split_peers(value: str) -> tuple[str, ...]:
@@ -43,25 +56,14 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    node_section = data.pop("node", {}) or {}
-    transfer_section = data.pop("transfer", {}) or {}
+    homes = key_paths({**RUN_SECTIONS, **SECTIONS})
+    sections = {}
     try:
-        settings = from_mapping(NodeSettings, node_section, "node")
-        strategy = transfer_section.pop("strategy", "crossback") if isinstance(transfer_section, dict) else None
-        selection = from_mapping(SelectionConfig, transfer_section, "transfer")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"transfer.strategy: {strategy!r} is not one of {sorted(STRATEGIES)}")
-        if selection.keep not in ("selected", "none", "random", "oracle"):
-            raise ConfigError(f"transfer.keep: {selection.keep!r} is not selected, none, random or oracle")
-        if selection.keep == "oracle" and not selection.oracle:
-            raise ConfigError("transfer.keep: oracle needs transfer.oracle: true")
-        if selection.scope not in ("cross", "intra"):
-            raise ConfigError(f"transfer.scope: {selection.scope!r} is not cross or intra")
-        selection.probe.validate()
-    except ProbeSpecError as exc:
-        raise ConfigError(f"{path}: transfer.probe: {exc}") from None
+        for name, cls in SECTIONS.items():
+            sections[name] = from_mapping(cls, data.pop(name, None) or {}, name, homes, MOVED)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    run = parse_config(data, str(path), path.parent, homes)
     overrides = {}
     for key, var in ENV.items():
         if environ.get(var):
@@ -69,9 +71,9 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     for key, value in (flags or {}).items():
         if value is not None:
             overrides[key] = _split_peers(value) if key == "seed_peers" and isinstance(value, str) else value
-    settings = dataclasses.replace(settings, **overrides)
+    settings = dataclasses.replace(sections.pop("node"), **overrides)
     try:
         settings.validate()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return NodeConfig(settings, parse_config(data, str(path)), selection, strategy)
+    return NodeConfig(settings, run, **sections)

@@ -18,11 +18,13 @@ import torch
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
-from crossback.orchestrator_free.backbone import transfer_step
+from crossback.models.bounds import bounded, check_bounds
+from crossback.orchestrator_free.backbone import ExperimentConfig, transfer_step
 from crossback.orchestrator_free.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.registry import STRATEGIES
+from crossback.transfer.base import AdaptationConfig, AdaptOptions
+from crossback.transfer.registry import STRATEGIES, TransferConfig
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
@@ -44,20 +46,23 @@ class NodeSettings:
     device: str = "auto"
     state_dir: str = "state"
     log_dir: str = "logs"
-    heartbeat_interval: float = 1.0  # seconds between gossip rounds
-    failure_timeout: float = 5.0  # silence after which a peer is dead
-    rpc_timeout: float = 5.0
-    rpc_attempts: int = 3
-    max_message_bytes: int = 4 << 20
+    heartbeat_interval: float = bounded(1.0, gt=0.0, le=3600.0)  # seconds between gossip rounds
+    failure_timeout: float = bounded(5.0, gt=0.0, le=86400.0)  # silence after which a peer is dead
+    rpc_timeout: float = bounded(5.0, gt=0.0, le=3600.0)
+    rpc_attempts: int = bounded(3, ge=1, le=20)
+    # a KV chunk is up to 1 MiB, so a smaller limit could not carry one
+    max_message_bytes: int = bounded(4 << 20, ge=2 << 20, le=1 << 30)
     exit_when_done: bool = False  # default: keep serving peers after the last task
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = bounded(0, ge=0, le=4096)  # torch CPU threads; 0 = torch's default
 
     def validate(self) -> None:
+        """Rules that can only be checked once flags and environment are applied."""
         if not self.node_id:
             raise ConfigError("node.node_id: required (config, --node-id or CROSSBACK_NODE_ID)")
-        for key in ("heartbeat_interval", "failure_timeout", "rpc_timeout"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"node.{key}: must be positive")
+        try:
+            check_bounds(self, "node")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.failure_timeout <= self.heartbeat_interval:
             raise ConfigError("node.failure_timeout: must exceed node.heartbeat_interval")
         if self.rpc_attempts < 1:
@@ -73,7 +78,9 @@ class NodeConfig:
     node: NodeSettings
     run: RunConfig = field(repr=False)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    strategy: str = "crossback"
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
 
 def _is_host_port(value: str) -> bool:
@@ -186,7 +193,9 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              STRATEGIES[self.cfg.strategy](), self.run_cfg.train, self.run_cfg.seed, self.events.emit)
+                              STRATEGIES[self.cfg.transfer.strategy](),
+                              AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
+                              self.events.emit, self.cfg.experiment)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],

@@ -16,6 +16,7 @@ from einops import repeat
 from torch import Tensor
 from torch.func import functional_call
 
+from crossback.models.bounds import bounded, check_bounds
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import join_kv
 
@@ -30,23 +31,18 @@ class ProbeSpecError(ValueError):
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    seed: int = 0
-    pair_count: int = 32
-    token_count: int = 16
-    perturbation: float = 0.1
-    kv_source: str = "self"
+    seed: int = bounded(0, ge=0, lt=2**63)
+    pair_count: int = bounded(32, ge=1, le=MAX_PAIRS)
+    token_count: int = bounded(16, ge=1, le=MAX_TOKENS)
+    perturbation: float = bounded(0.1, gt=0.0, le=10.0)
+    kv_source: str = bounded("self", choices=KV_SOURCES)
 
     def validate(self) -> "ProbeSpec":
-        if not 1 <= self.pair_count <= MAX_PAIRS:
-            raise ProbeSpecError(f"pair_count {self.pair_count} outside 1..{MAX_PAIRS}")
-        if not 1 <= self.token_count <= MAX_TOKENS:
-            raise ProbeSpecError(f"token_count {self.token_count} outside 1..{MAX_TOKENS}")
-        if not (math.isfinite(self.perturbation) and 0.0 < self.perturbation <= 10.0):
-            raise ProbeSpecError(f"perturbation {self.perturbation} outside (0, 10]")
-        if self.kv_source not in KV_SOURCES:
-            raise ProbeSpecError(f"kv_source {self.kv_source!r} not one of {list(KV_SOURCES)}")
-        if not 0 <= self.seed < 2**63:
-            raise ProbeSpecError(f"seed {self.seed} must be a non-negative 63-bit integer")
+        """The same bounds a config file is held to, for a spec that arrived over the wire."""
+        try:
+            check_bounds(self)
+        except ValueError as exc:
+            raise ProbeSpecError(str(exc)) from None
         return self
 
 

@@ -24,9 +24,11 @@ import grpc
 import torch
 from torch import Tensor
 
+from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 
 from .ddv import ProbeSpec, ddv
+from .scores import SCORES
 from .transport import PeerClient
 from .wire import WireError
 
@@ -37,14 +39,11 @@ SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 @dataclass(frozen=True)
 class SelectionConfig:
     enabled: bool = True
-    scope: str = "cross"  # cross: any modality; intra: same modality only
-    deadline: float = 30.0  # seconds for probing all candidates
-    euc_weight: float = 0.5
+    score: str = bounded("ddv", choices=SCORES)  # which scoring function ranks the candidates (see .scores)
+    scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
+    deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for probing all candidates
+    euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)
     probe: ProbeSpec = field(default_factory=ProbeSpec)
-    adapt_epochs: int = 10
-    adapt_own_weights: bool = False  # arms also retrain the weights the new task owns
-    oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
-    keep: str = "selected"  # the arm the task keeps: selected (the method) | none | random (for comparisons)
 
 
 @dataclass
@@ -59,6 +58,7 @@ class Candidate:
     bytes: int = 0
     snapshot_version: int = 0
     error: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # every scoring function's value
     kv: dict[str, Tensor] | None = field(default=None, repr=False)
 
     def public(self) -> dict:

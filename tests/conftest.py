@@ -40,7 +40,8 @@ def tiny_node_config(seed: int, tasks: list[dict], heartbeat: float, failure_tim
         "method": {"name": "packnet"},
         "train": {"epochs": 2, "batch_size": 64},
         "node": {"heartbeat_interval": heartbeat, "failure_timeout": failure_timeout, "rpc_timeout": 2.0},
-        "transfer": {"adapt_epochs": 1, "probe": {"pair_count": 8, "token_count": 4}},
+        "selection": {"probe": {"pair_count": 8, "token_count": 4}},
+        "adaptation": {"epochs": 1},
     }
 
 

@@ -147,7 +147,7 @@ class NsNode:
         cfg = root / f"{role}.yaml"
         config = tiny_node_config(seed, TASKS, HEARTBEAT, FAILURE_TIMEOUT)
         config["node"]["threads"] = 1
-        config["transfer"]["deadline"] = 20.0
+        config["selection"]["deadline"] = 20.0
         cfg.write_text(yaml.safe_dump(config))
         args = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg),
                 "--node-id", role, "--listen", self.address, "--state-dir", str(root / "state" / role),

@@ -7,7 +7,7 @@ from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
 from crossback.models.perceiver import ENCODER_KV
 from crossback.models.training import TrainOptions, predict
 from crossback.node.checkpoint import load_checkpoint, save_checkpoint
-from crossback.transfer.base import AdaptOptions
+from crossback.transfer.base import AdaptationConfig, AdaptOptions
 from crossback.transfer.crossback import CrossBackTransfer, InjectionError
 
 from conftest import tiny_config
@@ -30,7 +30,7 @@ def test_borrowed_kv_runs_under_a_learned_mask_and_changes_only_that_task(two_le
     task0_before = predict(local, 0, digits_tasks[0].test.inputs)
     task1_before = predict(local, 1, digits_tasks[1].test.inputs)
     shared_before = {n: l.weight.detach().clone() for n, l in local.layers.items()}
-    facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(3, OPTS),
+    facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(3, OPTS, own_weights=False),
                                       torch.Generator().manual_seed(0))
     assert facts["kv_changed_fraction"] > 0.5 and 0.0 < facts["kv_mask_kept"] <= 1.0
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0_before)
@@ -85,3 +85,8 @@ def test_adapting_own_weights_moves_only_the_newest_tasks_weights(two_learners, 
     assert all(torch.equal(l.weight.detach(), before[n][0]) for n, l in local.layers.items())
     with pytest.raises(RuntimeError, match="newer tasks"):
         local.begin_adaptation(0, None, own_weights=True)
+
+
+def test_arms_retrain_the_tasks_own_weights_by_default():
+    assert AdaptOptions().own_weights and AdaptationConfig().own_weights
+    assert AdaptOptions.from_config(AdaptationConfig(epochs=3, own_weights=False), OPTS) == AdaptOptions(3, OPTS, False)

@@ -6,6 +6,7 @@ from typing import Protocol
 
 import torch
 
+from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.training import TrainOptions
@@ -16,10 +17,23 @@ class InjectionError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class AdaptationConfig:
+    """How every arm finishes a task (the ``adaptation:`` section): the same budget for all of them."""
+
+    epochs: int = bounded(10, ge=0, le=100_000)
+    # also retrain the shared weights the task owns, as the paper's CL.train_with_mask does
+    own_weights: bool = True
+
+
+@dataclass(frozen=True)
 class AdaptOptions:
     epochs: int = 10
     train: TrainOptions = TrainOptions()
-    own_weights: bool = False  # also retrain the shared weights the task owns
+    own_weights: bool = True  # also retrain the shared weights the task owns
+
+    @classmethod
+    def from_config(cls, cfg: AdaptationConfig, train: TrainOptions) -> "AdaptOptions":
+        return cls(cfg.epochs, train, cfg.own_weights)
 
 
 class TransferStrategy(Protocol):
