@@ -152,8 +152,12 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
     return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long))
 
 
-def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int) -> tuple[TaskData, dict]:
-    """The task's tensors and a description (classes, dropped classes, item and sample counts)."""
+def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
+               shots: int | None = None) -> tuple[TaskData, dict]:
+    """The task's tensors and a description (classes, dropped classes, item and sample counts).
+
+    ``shots`` keeps only that many (seeded, random) items per class in train and in val, for a
+    data-starved learner; the test split is untouched, so it is the same as without ``shots``."""
     if not catalog.has_view(view.modality):
         raise DataError(f"dataset {catalog.name} has no {view.modality} view")
     classes, dropped = resolve_classes(catalog, spec, split, view)
@@ -161,14 +165,28 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for y, c in enumerate(classes):
         for name, chosen in split_items(_usable(by_class[c], view), split, seed, c).items():
+            if shots is not None and name != "test":
+                chosen = chosen[:shots]
             parts[name][0].extend(chosen)
             parts[name][1].extend([y] * len(chosen))
     tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
+    test_labels = tensors["test"].labels
     info = {
         "name": spec.name,
         "classes": classes,
         "dropped_classes": dropped,
         "items": {name: len(items) for name, (items, _) in parts.items()},
         "samples": {name: len(t) for name, t in tensors.items()},
+        # accuracy of always answering the most frequent class (1/K only holds for balanced classes)
+        "majority": float(test_labels.bincount().max()) / len(test_labels) if len(test_labels) else None,
     }
     return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"]), info
+
+
+MIN_TEST_ITEMS = 20
+
+
+def data_warnings(infos: list[dict], min_test: int = MIN_TEST_ITEMS) -> list[str]:
+    """What makes a task's numbers noisy: too few test samples to tell a few points apart."""
+    return [f"task {i['name']!r}: its test split has only {i['samples']['test']} samples (< {min_test}); "
+            "its accuracy moves in steps of several points" for i in infos if i["samples"]["test"] < min_test]

@@ -8,6 +8,7 @@ widths it was learned at. Running task ``i`` means calling the network with exac
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -94,6 +95,9 @@ class ContinualLearner:
         self.device = torch.device("cpu")
         self.scores: dict[str, nn.Parameter] = {}
         self.active: int | None = None
+        # functional_call swaps tensors into the shared modules while it runs, so two threads calling
+        # it on one learner (parallel DDV probes, a server answering several peers) would mix tensors
+        self._call_lock = threading.RLock()
 
     def to(self, device: str | torch.device) -> "ContinualLearner":
         """Move every tensor the learner runs with to ``device`` (training and inference follow).
@@ -240,8 +244,13 @@ class ContinualLearner:
             return binarize(scores, self.pick.threshold) if train else scores.detach() > self.pick.threshold
         return self.pick_masks[task].get(name)
 
+    def call(self, module: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict | None = None):
+        """``functional_call`` on one of this learner's modules, serialised across threads."""
+        with self._call_lock:
+            return functional_call(module, params, args, kwargs or {})
+
     def logits(self, inputs: Tensor, task: int) -> Tensor:
-        return functional_call(self.net, self.params_for(task), (inputs,))
+        return self.call(self.net, self.params_for(task), (inputs,))
 
     def trainable(self) -> tuple[list[Tensor], list[Tensor]]:
         """(weights and per-task tensors, pick scores) that training the active task may change."""

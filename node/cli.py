@@ -122,6 +122,28 @@ def _swarm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_transfer(args: argparse.Namespace) -> int:
+    import shlex
+
+    from crossback.bench.config import load_bench_config
+    from crossback.bench.report import analyse, write_report
+    from crossback.bench.runner import run_bench
+
+    cfg, _ = load_bench_config(args.config, quick=args.quick)
+    seeds = args.seeds if args.seeds is not None else cfg.seeds
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be at least 1, got {seeds}")
+    records = run_bench(cfg, args.out, seeds, progress=not args.no_progress)
+    result = analyse(records, cfg.bootstrap)
+    command = "crossback bench transfer " + " ".join(
+        shlex.quote(a) for a in ["--config", str(args.config), "--seeds", str(seeds), "--out", str(args.out)]
+        + (["--quick"] if args.quick else []))
+    write_report(result, records, Path(args.out), f"Transfer benchmark: {cfg.regime}", command)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"wrote {Path(args.out) / 'results.json'}, results.md and results.png")
+    return 0
+
+
 def _selections(args: argparse.Namespace) -> int:
     from .selections import render_table, selection_rows
 
@@ -197,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument("--seeds", default="0,1,2")
     swarm.add_argument("--out", required=True, type=Path)
     swarm.set_defaults(func=_swarm)
+    bench = sub.add_parser("bench", help="paired, seeded benchmarks").add_subparsers(dest="bench", required=True)
+    bt = bench.add_parser("transfer", help="every transfer arm of every receiver task from the same M_loc, over seeds")
+    bt.add_argument("--config", required=True, type=Path, help="bench YAML (see benchmarks/transfer/)")
+    bt.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the config's seeds)")
+    bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
+    bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
+    bt.add_argument("--no-progress", action="store_true")
+    bt.set_defaults(func=_bench_transfer)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.set_defaults(func=_selections)

@@ -80,6 +80,10 @@ def _convert(value: Any, tp: Any, path: str, homes=None, moved=None) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
         (inner, _ellipsis) = typing.get_args(tp)
+        if inner is TaskSpec:
+            if not value:
+                raise ConfigError(f"{path}: expected a non-empty list of tasks")
+            return tuple(_task(v, f"{path}[{i}]", homes, moved) for i, v in enumerate(value))
         return tuple(_convert(v, inner, f"{path}[{i}]", homes, moved) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, path, homes, moved)
@@ -102,10 +106,10 @@ def _convert(value: Any, tp: Any, path: str, homes=None, moved=None) -> Any:
     raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
 
 
-def _task(value: Any, path: str) -> TaskSpec:
+def _task(value: Any, path: str, homes=None, moved=None) -> TaskSpec:
     if isinstance(value, str):
         return TaskSpec(value)
-    return from_mapping(TaskSpec, value, path)
+    return from_mapping(TaskSpec, value, path, homes, moved)
 
 
 def key_paths(roots: dict[str, type]) -> dict[str, list[str]]:
@@ -151,15 +155,10 @@ def from_mapping(cls: type, data: Any, path: str, homes: dict[str, list[str]] | 
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
             raise _unknown_key(key, where, list(fields), homes, moved)
-        if cls is RunConfig and key == "tasks":
-            if not isinstance(value, list) or not value:
-                raise ConfigError(f"{where}: expected a non-empty list of tasks")
-            kwargs[key] = tuple(_task(v, f"{where}[{i}]") for i, v in enumerate(value))
-        else:
-            kwargs[key] = _convert(value, hints[key], where, homes, moved)
-            problem = field_violation(fields[key], kwargs[key])
-            if problem:
-                raise ConfigError(f"{where}: {problem}")
+        kwargs[key] = _convert(value, hints[key], where, homes, moved)
+        problem = field_violation(fields[key], kwargs[key])
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -28,8 +28,10 @@ from crossback.transfer.registry import STRATEGIES, TransferConfig
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig
+from crossback.data.tasks import data_warnings
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .events import EventLog
 from .server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
@@ -125,7 +127,7 @@ class Node:
 
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
-        tasks, _ = prepare_tasks(run)  # bad data fails before the node binds a port
+        tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
         server, port = bind(s.listen, max_message_bytes=s.max_message_bytes)
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
@@ -139,6 +141,8 @@ class Node:
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
+        for warning in data_warnings(infos):
+            self.events.emit("data_warning", warning=warning)
         on_payload = lambda kind, peer, nbytes: self.events.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
         gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
                                    backoff_max=s.heartbeat_interval / 4)
@@ -167,6 +171,8 @@ class Node:
 
     def _learn(self, tasks) -> None:
         ckpt_root = self.state_dir / "checkpoints"
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # config.json beside the checkpoints: crossback evaluate
+        write_json_atomic(self.state_dir / "config.json", config_to_dict(self.run_cfg))
         latest = latest_checkpoint(ckpt_root)
         if latest is not None:
             learner, state = load_checkpoint(latest)

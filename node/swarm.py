@@ -1,30 +1,36 @@
-"""`crossback swarm --compare`: the same swarm run once per kept arm and seed, so claims rest on seeds.
+"""`crossback swarm --compare`: the demo swarm once per seed, arms compared per task, paired.
 
-Each run is a full demo swarm whose nodes keep one arm (none / random / selected / oracle) for every
-task; the table reports the mean ± std over seeds of the swarm's final average accuracy (mean over
-nodes of their last accuracy-matrix row).
+Every node already runs every arm (none / random / selected, and oracle with it) from the same M_loc
+with the same seed and budget for each of its tasks, so the comparison is made *inside* each task:
+the difference of an arm to ``none`` per (node, task, seed), with a bootstrap CI over those units.
+(Separate whole-swarm runs per arm would compare different candidates, since who has finished what
+depends on timing.)
 """
 from __future__ import annotations
 
 import json
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from crossback.bench.stats import summary as paired_summary
+from crossback.models.bounds import bounded
+
 from .config import ConfigError, from_mapping
 from .demo import run_demo
+from .selections import selection_rows
 
 ARMS = ("none", "random", "selected", "oracle")
 
 
 @dataclass(frozen=True)
 class SwarmConfig:
-    nodes: int = 4
-    epochs: int = 30
-    adapt_epochs: int = 8
-    timeout: float = 280.0
+    nodes: int = bounded(4, ge=2, le=64)
+    epochs: int = bounded(30, ge=1, le=100_000)
+    adapt_epochs: int = bounded(8, ge=0, le=100_000)
+    timeout: float = bounded(280.0, gt=0.0, le=86_400.0)
+    resamples: int = bounded(10_000, ge=100, le=1_000_000)  # bootstrap resamples of the paired CIs
 
 
 def load_swarm_config(path: Path) -> SwarmConfig:
@@ -33,39 +39,43 @@ def load_swarm_config(path: Path) -> SwarmConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read swarm config: {exc}") from exc
     try:
-        cfg = from_mapping(SwarmConfig, data, "")
+        return from_mapping(SwarmConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if cfg.nodes < 2:
-        raise ConfigError(f"{path}: nodes: a swarm needs at least 2")
-    return cfg
 
 
 def compare(cfg: SwarmConfig, arms: list[str], seeds: list[int], out: Path, log=print) -> dict:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"--compare: unknown arm(s) {unknown}; choose from {list(ARMS)}")
-    runs = []
+    units = []
     for seed in seeds:
-        for arm in arms:
-            run_dir = Path(out) / f"seed-{seed}" / f"keep-{arm}"
-            summary = run_demo(run_dir, seed=seed, nodes=cfg.nodes, epochs=cfg.epochs, adapt_epochs=cfg.adapt_epochs,
-                               timeout=cfg.timeout, log=lambda m: None, keep=arm)
-            runs.append({"seed": seed, "arm": arm, "average_accuracy": summary["average_accuracy"],
-                         "run_dir": str(run_dir)})
-            log(f"seed {seed} keep {arm}: average accuracy {summary['average_accuracy']:.3f}")
+        run_dir = Path(out) / f"seed-{seed}"
+        summary = run_demo(run_dir, seed=seed, nodes=cfg.nodes, epochs=cfg.epochs, adapt_epochs=cfg.adapt_epochs,
+                           timeout=cfg.timeout, log=lambda m: None, oracle="oracle" in arms)
+        rows = [r for r in selection_rows(run_dir) if r["none"] is not None]
+        units += [{"seed": seed, "node": r["node"], "task": r["task"], **{a: r[a] for a in ARMS if r.get(a) is not None}}
+                  for r in rows]
+        log(f"seed {seed}: {len(rows)} task(s) compared, swarm average accuracy {summary['average_accuracy']:.3f}")
     table = {}
     for arm in arms:
-        values = [r["average_accuracy"] for r in runs if r["arm"] == arm]
-        table[arm] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "seeds": len(values)}
-    result = {"config": vars(cfg), "seeds": seeds, "runs": runs, "table": table}
+        pairs = [(u[arm], u["none"]) for u in units if arm in u]
+        table[arm] = {"accuracy": sum(a for a, _ in pairs) / len(pairs) if pairs else None,
+                      "vs_none": paired_summary([a - b for a, b in pairs], cfg.resamples, 0.95) if arm != "none" else None,
+                      "units": len(pairs)}
+    result = {"config": vars(cfg), "seeds": seeds, "units": units, "table": table}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def render(result: dict) -> str:
-    lines = [f"{'arm':<10} {'mean':>7} {'std':>7} seeds", "-" * 32]
+    lines = [f"{'arm':<10} {'accuracy':>8}  {'paired diff to none [95% CI]':<30} {'win/loss':>8} units",
+             "-" * 66]
     for arm, row in result["table"].items():
-        lines.append(f"{arm:<10} {row['mean']:>7.3f} {row['std']:>7.3f} {row['seeds']:>5}")
+        acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+        d = row["vs_none"]
+        diff = "-" if not d or not d["n"] else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+        wl = "-" if not d or not d["n"] else f"{d['wins']}/{d['losses']}"
+        lines.append(f"{arm:<10} {acc:>8}  {diff:<30} {wl:>8} {row['units']:>5}")
     return "\n".join(lines)

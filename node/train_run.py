@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import build_task
+from crossback.data.tasks import build_task, data_warnings
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData, learn_task
 from crossback.models.metrics import summarize
@@ -34,9 +34,10 @@ def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:
-    """A run folder resumes only the run that made it: same settings, same leading tasks."""
+    """A run folder resumes only the run that made it: same settings, same leading tasks. A folder
+    without a finished checkpoint (a first run interrupted early) holds nothing to protect."""
     path = out / CONFIG_FILE
-    if not path.exists():
+    if not path.exists() or latest_checkpoint(out / CHECKPOINTS) is None:
         return
     old = json.loads(path.read_text(encoding="utf-8"))
     new = config_to_dict(cfg)
@@ -83,6 +84,8 @@ def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict]
         "finished_tasks": done,
         "accuracy_matrix": matrix,
         "chance": [1.0 / len(i["classes"]) for i in infos],
+        "majority": [i["majority"] for i in infos],
+        "warnings": data_warnings(infos),
         "average_accuracy": summary.get("average_accuracy"),
         "bwt": summary.get("bwt"),
         "forgetting": summary.get("forgetting"),
@@ -101,6 +104,8 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
     target = resolve_device(device, "--device")
     _check_resume(out, cfg)
     tasks, infos = prepare_tasks(cfg)
+    for warning in data_warnings(infos):
+        log(f"warning: {warning}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(cfg))
     ckpt_root = out / CHECKPOINTS
@@ -132,11 +137,14 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
 
 
 def evaluate_run(out: Path) -> tuple[list[float], list[float]]:
-    """Reload the latest checkpoint of a run and re-score every task on its test split.
+    """Reload the latest checkpoint of a run folder (``crossback train --out``) or of a node's state
+    folder (``node.state_dir``: the same layout) and re-score every task on its test split.
 
     Returns (recomputed, reported) test accuracies of the last finished row.
     """
     out = Path(out)
+    if not (out / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: give a crossback train --out folder or a node's state_dir")
     cfg = parse_config(json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")), str(out / CONFIG_FILE))
     latest = latest_checkpoint(out / CHECKPOINTS)
     if latest is None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from einops import repeat
 from torch import Tensor
-from torch.func import functional_call
 
 from crossback.models.bounds import bounded, check_bounds
 from crossback.models.learner import ContinualLearner
@@ -63,7 +62,7 @@ def attn_rep(learner: ContinualLearner, task: int, kv: dict[str, Tensor], tokens
     tokens = tokens.to(learner.device)
     latents = repeat(params["core.latents"], "n d -> b n d", b=tokens.shape[0])
     module = learner.net.get_submodule(CROSS_ATTN)
-    out = functional_call(module, sub, (latents,), {"context": tokens})
+    out = learner.call(module, sub, (latents,), {"context": tokens})
     return out.flatten(1)
 
 

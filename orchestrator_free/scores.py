@@ -16,7 +16,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
@@ -33,7 +32,7 @@ def local_loss(learner: ContinualLearner, task: int, data: TaskData, kv: dict, b
     for s in range(0, len(data.val), batch_size):
         x = data.val.inputs[s : s + batch_size].to(learner.device)
         y = data.val.labels[s : s + batch_size].to(learner.device)
-        total += float(F.cross_entropy(functional_call(learner.net, params, (x,)), y, reduction="sum"))
+        total += float(F.cross_entropy(learner.call(learner.net, params, (x,)), y, reduction="sum"))
         n += len(y)
     return -total / max(n, 1)
 

@@ -72,20 +72,22 @@ def test_selections_command_renders_every_node_and_task(demo):
     assert len(body) == len(summary["selections"]) == sum(len(n["tasks"]) for n in summary["nodes"])
 
 
-def test_swarm_compare_runs_each_arm_per_seed(tmp_path):
+def test_swarm_compare_pairs_arms_within_each_task(tmp_path):
     cfg = tmp_path / "swarm.yaml"
-    cfg.write_text("nodes: 2\nepochs: 2\nadapt_epochs: 1\ntimeout: 120\n")
+    cfg.write_text("nodes: 2\nepochs: 2\nadapt_epochs: 1\ntimeout: 120\nresamples: 200\n")
     proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
                            "none,selected", "--seeds", "0", "--out", str(tmp_path / "cmp")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert set(result["table"]) == {"none", "selected"} and len(result["runs"]) == 2
-    assert all(0.0 <= row["mean"] <= 1.0 and row["seeds"] == 1 for row in result["table"].values())
-    kept = {e["kept"] for e in read_events(tmp_path / "cmp" / "seed-0" / "keep-none" / "logs" / "img-0.jsonl")
-            if e["event"] == "transfer_done"}
-    assert kept == {"none"}
-    assert "selected" in proc.stdout and "mean" in proc.stdout
+    assert set(result["table"]) == {"none", "selected"}
+    compared = [u for u in result["units"] if "selected" in u]
+    assert compared and result["table"]["selected"]["units"] == len(compared)
+    diffs = [u["selected"] - u["none"] for u in compared]  # one swarm run: both arms from the same M_loc
+    row = result["table"]["selected"]["vs_none"]
+    assert row["mean"] == pytest.approx(sum(diffs) / len(diffs)) and row["lo"] <= row["mean"] <= row["hi"]
+    assert result["table"]["none"]["vs_none"] is None
+    assert "paired diff to none" in proc.stdout
 
 
 def test_swarm_compare_rejects_unknown_arms(tmp_path):

@@ -56,6 +56,11 @@ def test_node_with_unreachable_seeds_runs_its_tasks_alone(tmp_path):
     names = [e["event"] for e in events]
     assert names.count("task_finished") == 2 and "tasks_done" in names and "peer_joined" not in names
     assert (tmp_path / "state" / "checkpoints" / "task-002" / "learner.json").is_file()
+    # a node's state folder is a run folder: crossback evaluate re-scores what the node reported
+    ev = subprocess.run([sys.executable, "-m", "crossback.node.cli", "evaluate", str(tmp_path / "state")],
+                        capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert ev.stdout.count(" ok") == 2 and "MISMATCH" not in ev.stdout
 
 
 def test_bad_node_config_exits_nonzero_naming_the_key(tmp_path):
@@ -117,3 +122,35 @@ def test_sigterm_mid_task_stops_promptly_without_a_partial_checkpoint(tmp_path):
     names = [e["event"] for e in read_events(log)]
     assert "task_interrupted" in names and names[-1] == "node_stopped"
     assert not (tmp_path / "state" / "checkpoints").exists() or not any((tmp_path / "state" / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"selection": {"deadline": -1.0}}, "selection.deadline: must be greater than 0.0"),
+    ({"selection": {"euc_weight": float("nan")}}, "selection.euc_weight: nan is not a finite number"),
+    ({"selection": {"score": "vibes"}}, "selection.score: 'vibes' is not one of"),
+    ({"adaptation": {"epochs": -2}}, "adaptation.epochs: must be at least 0"),
+    ({"experiment": {"keep": "oracle"}}, "experiment: keep: oracle needs experiment.oracle: true"),
+    ({"transfer": {"strategy": "magic"}}, "transfer.strategy: 'magic' is not one of"),
+    ({"transfer": {"adapt_epochs": 3}}, "key 'transfer.adapt_epochs' has moved: write it as 'adaptation.epochs'"),
+    ({"transfer": {"scope": "intra"}}, "key 'transfer.scope' has moved: write it as 'selection.scope'"),
+    ({"node": {**CONFIG["node"], "node_id": "x", "max_message_bytes": 100}}, "node.max_message_bytes: must be at least"),
+    ({"node": {**CONFIG["node"], "node_id": "x", "rpc_attempts": 0}}, "node.rpc_attempts: must be at least 1"),
+    ({"split": {"train": 0.5}}, "key 'split' is misplaced: it belongs at 'data.split'"),
+    ({"scope": "cross"}, "key 'scope' is misplaced: it belongs at 'selection.scope'"),
+])
+def test_node_sections_are_range_checked_and_name_their_key(tmp_path, extra, needle):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "node": {**CONFIG["node"], "node_id": "x"}, **extra}))
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        load_node_config(path, {}, {})
+
+
+def test_node_sections_parse_into_their_own_settings(tmp_path):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "node": {**CONFIG["node"], "node_id": "x"},
+                                    "selection": {"score": "local_loss", "scope": "intra"},
+                                    "adaptation": {"epochs": 4}, "experiment": {"oracle": True, "keep": "oracle"}}))
+    cfg = load_node_config(path, {}, {})
+    assert cfg.selection.score == "local_loss" and cfg.selection.scope == "intra"
+    assert cfg.adaptation.epochs == 4 and cfg.adaptation.own_weights is True  # the paper's default
+    assert cfg.experiment.keep == "oracle" and cfg.transfer.strategy == "crossback"

@@ -39,3 +39,24 @@ def test_choose_is_argmax_of_score_with_deterministic_ties():
 def test_choose_without_candidates():
     assert choose([]) == (None, "no eligible peer")
     assert choose([Candidate("a", "h:1", error="DEADLINE_EXCEEDED")])[0] is None
+
+
+def test_ddvs_computed_from_many_threads_equal_sequential_ones(digits_tasks):
+    """functional_call swaps tensors into shared modules: parallel probes must not see each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import tiny_config
+    from crossback.models.learner import ContinualLearner
+    from crossback.models.methods import MethodConfig, learn_task
+    from crossback.models.training import TrainOptions
+    from crossback.orchestrator_free.ddv import ProbeSpec, ddv
+
+    learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
+    learn_task(learner, digits_tasks[0], MethodConfig(), TrainOptions(epochs=1, batch_size=64))
+    g = torch.Generator().manual_seed(0)
+    kvs = [{n: torch.randn(t.shape, generator=g) for n, t in learner.extract_kv(0).items()} for _ in range(6)]
+    spec = ProbeSpec(pair_count=64, token_count=32)
+    sequential = [ddv(learner, 0, kv, spec) for kv in kvs]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(lambda kv: ddv(learner, 0, kv, spec), kvs * 4))
+    assert all(torch.equal(p, sequential[i % 6]) for i, p in enumerate(parallel))

@@ -52,6 +52,7 @@ def test_train_writes_metrics_and_checkpoints_that_reproduce(tmp_path):
     for j in range(3):  # PackNet: each column constant below the diagonal
         assert len({R[i][j] for i in range(j, 3)}) == 1
     assert m["bwt"] == 0.0 and m["forgetting"] == 0.0 and m["seconds"] > 0
+    assert all(1 / 3 <= maj < 1 for maj in m["majority"]) and m["warnings"] == []  # digits test splits hold ~100
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["task-001", "task-002", "task-003"]
     assert {p.name for p in (out / "checkpoints" / "task-003").iterdir()} == {
         "learner.json", "shared.safetensors", "task-000.safetensors", "task-001.safetensors", "task-002.safetensors"}
@@ -77,6 +78,24 @@ def test_changed_settings_refuse_to_resume(tmp_path):
     crossback("train", "--config", write_config(tmp_path / "a.yaml", TASKS[:1]), "--out", out, "--no-progress")
     proc = crossback("train", "--config", write_config(tmp_path / "b.yaml", TASKS[:1], epochs=4), "--out", out, check=False)
     assert proc.returncode != 0 and "different settings (train)" in proc.stderr
+
+
+def test_an_interrupted_first_run_does_not_lock_its_folder(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"seed": 0, "tasks": [{"name": "old"}], "train": {"epochs": 99}}))
+    proc = crossback("train", "--config", write_config(tmp_path / "a.yaml", TASKS[:1]), "--out", out, "--no-progress")
+    assert proc.returncode == 0 and json.loads((out / "config.json").read_text())["tasks"][0]["name"] == "a"
+
+
+def test_a_tiny_test_split_is_warned_about(tmp_path):
+    cfg = write_config(tmp_path / "tiny.yaml", [{"name": "a", "classes": ["0", "1"]}])
+    data = yaml.safe_load(cfg.read_text())
+    data["data"]["split"] = {"max_items_per_class": 20}  # 4 test items per class
+    cfg.write_text(yaml.safe_dump(data))
+    proc = crossback("train", "--config", cfg, "--out", tmp_path / "run", "--no-progress")
+    assert "warning: task 'a': its test split has only 8 samples" in proc.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
 
 
 @pytest.mark.parametrize("mutate, needle", [

@@ -1,0 +1,155 @@
+"""The transfer benchmark's config: a regime is a set of donor and receiver nodes on shared data splits.
+
+```yaml
+regime: starved                 # a label: symmetric | starved | heterogeneous | your own
+seeds: 5                        # default for --seeds
+split: {train: 0.5, val: 0.1, test: 0.4, min_items_per_class: 20}   # one item split for every node
+model: {...}                    # every node's model unless the node overrides some keys
+method: {...}                   # continual-learning method of every node
+train: {...}                    # local learning
+receiver_epochs: 60             # local epochs of receivers (default: train.epochs)
+selection: {...}                # as a node's selection: section (score = the one the node ranks by)
+adaptation: {epochs: 10, own_weights: true}   # every arm's budget
+control: true                   # add an untrained donor (never learned anything) as a control
+bootstrap: {resamples: 10000, confidence: 0.95}
+nodes:
+  - {name: d-low, role: donor, source: digits, modality: image, tasks: [...]}
+  - {name: r-low, role: receiver, source: digits, modality: image, tasks: [...], shots: [2, 5, 10]}
+quick: {seeds: 2, train: {epochs: 5}}     # overrides applied by --quick
+```
+
+Roles: a ``donor`` learns its tasks on all its training items and is served as a published snapshot; a
+``receiver`` learns its tasks with only ``shots`` items per class (each k a separate run; no shots:
+all items) and runs every arm; ``both`` is a receiver whose locally learned snapshot also serves the
+others (the symmetric swarm). All nodes split items with the same seed, so no node ever trained on
+an item that is in anyone's test split.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from crossback.data.sources import SOURCES
+from crossback.data.tasks import SplitSpec, TaskSpec, View
+from crossback.models.bounds import bounded
+from crossback.models.methods import MethodConfig
+from crossback.models.perceiver import PerceiverConfig
+from crossback.models.training import TrainOptions
+from crossback.node.config import MODALITIES, ConfigError, from_mapping, key_paths
+from crossback.orchestrator_free.selection import SelectionConfig
+from crossback.transfer.base import AdaptationConfig
+
+ROLES = ("donor", "receiver", "both")
+
+
+@dataclass(frozen=True)
+class BenchNode:
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    role: str = bounded("receiver", choices=ROLES)
+    source: str = bounded("emoji", choices=SOURCES)
+    root: str | None = None
+    modality: str = bounded("image", choices=MODALITIES)
+    image_size: int = bounded(32, ge=1, le=65536)
+    shots: tuple[int, ...] = ()  # receivers: items per class in train and val, one run per value
+    model: PerceiverConfig = field(default_factory=PerceiverConfig)
+
+    def __post_init__(self):
+        if any(k < 1 for k in self.shots):
+            raise ValueError(f"node {self.name!r}: shots must be at least 1, got {list(self.shots)}")
+        if self.shots and self.role == "donor":
+            raise ValueError(f"node {self.name!r}: a donor learns on all its data; shots are for receivers")
+
+    @property
+    def receives(self) -> bool:
+        return self.role in ("receiver", "both")
+
+    @property
+    def serves(self) -> bool:
+        return self.role in ("donor", "both")
+
+    def view(self) -> View:
+        return View(self.modality, self.image_size, self.model.image.channels, self.model.text.max_length)
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    resamples: int = bounded(10_000, ge=100, le=1_000_000)
+    confidence: float = bounded(0.95, gt=0.5, lt=1.0)
+    seed: int = bounded(0, ge=0)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    nodes: tuple[BenchNode, ...]
+    regime: str = "custom"
+    seeds: int = bounded(5, ge=1, le=1000)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    # local epochs of a receiver's task (default: train.epochs); few items per class need more passes
+    receiver_epochs: int | None = bounded(None, ge=1, le=100_000)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
+    control: bool = True
+    min_test_items: int = bounded(20, ge=0)  # a receiver task with a smaller test split is reported
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+
+    def __post_init__(self):
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"nodes: names must be unique, got {names}")
+        if not any(n.receives for n in self.nodes):
+            raise ValueError("nodes: at least one node must be a receiver (role receiver or both)")
+        if not any(n.serves for n in self.nodes) and not self.control:
+            raise ValueError("nodes: no donor and no control: nothing to borrow from")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def parse_bench_config(data: dict, source: str = "bench config", quick: bool = False,
+                       base_dir: Path | None = None) -> BenchConfig:
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError("expected a mapping at the top level")
+        data = dict(data)
+        overrides = data.pop("quick", None) or {}
+        if quick:
+            data = _merge(data, overrides)
+        model = data.pop("model", None) or {}
+        raw_nodes = data.pop("nodes", None)
+        if not isinstance(raw_nodes, list) or not raw_nodes:
+            raise ConfigError("nodes: expected a non-empty list of nodes")
+        nodes = []
+        for i, raw in enumerate(raw_nodes):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"nodes[{i}]: expected a mapping")
+            raw = {**raw, "model": _merge(model, raw.get("model") or {})}
+            if base_dir is not None and raw.get("root") and not Path(raw["root"]).is_absolute():
+                raw["root"] = str((base_dir / raw["root"]).resolve())
+            nodes.append(raw)
+        return from_mapping(BenchConfig, {**data, "nodes": nodes}, "", key_paths({"": BenchConfig}))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_bench_config(path: str | Path, quick: bool = False) -> tuple[BenchConfig, dict]:
+    """(config, the raw mapping it came from)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read bench config: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    return parse_bench_config(data, str(path), quick, path.parent), data

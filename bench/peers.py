@@ -1,0 +1,65 @@
+"""Donors for the benchmark: published snapshots served by the node's own gRPC peer service, in-process.
+
+The receiver selects through exactly the client, wire and servicer a node uses; only the processes
+(and so their timing) are gone: every donor's snapshot is fixed before any receiver starts.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from crossback.models.learner import ContinualLearner
+from crossback.models.perceiver import kv_shapes
+from crossback.node.checkpoint import latest_checkpoint, save_checkpoint
+from crossback.node.events import EventLog
+from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
+from crossback.node.snapshot import Snapshot
+from crossback.orchestrator_free.membership import Membership
+
+
+def publish(learner: ContinualLearner, folder: Path) -> Snapshot:
+    """Checkpoint ``learner`` under ``folder`` (once) and reload it as the snapshot peers see."""
+    latest = latest_checkpoint(folder)
+    if latest is None or len(Snapshot.from_checkpoint(latest).finished_tasks) != len(learner.tasks):
+        latest = save_checkpoint(folder, learner, {})
+    return Snapshot.from_checkpoint(latest)
+
+
+def load_published(folder: Path, tasks: int) -> Snapshot | None:
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        return None
+    snap = Snapshot.from_checkpoint(latest)
+    return snap if snap.version == tasks else None
+
+
+def untrained_learner(like: ContinualLearner, seed: int) -> ContinualLearner:
+    """A control donor with ``like``'s shapes that never learned anything: one task, zero steps."""
+    control = ContinualLearner(like.cfg, like.modality, like.method, seed, like.pick)
+    control.begin_task("untrained", 2)
+    control.end_task()
+    return control
+
+
+@contextmanager
+def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path):
+    """Serve each ``name -> snapshot`` on its own loopback port; yields ``name -> address``."""
+    servers, logs, addresses = [], [], {}
+    try:
+        for name, snap in snapshots.items():
+            server, port = bind("127.0.0.1:0", workers=4)
+            address = f"127.0.0.1:{port}"
+            learner = snap.learner
+            identity = NodeIdentity(name, address, learner.modality, learner.method, learner.cfg.token_dim,
+                                    kv_shapes(learner.cfg))
+            events = EventLog(name, log_dir / f"{name}.jsonl", console=None)
+            logs.append(events)
+            serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events))
+            servers.append(server)
+            addresses[name] = address
+        yield addresses
+    finally:
+        for server in servers:
+            server.stop(grace=None)
+        for events in logs:
+            events.close()

@@ -1,0 +1,225 @@
+"""From task records to the benchmark's claims: arms, paired differences to ``none``, score quality.
+
+Arms per unit (test accuracy; every one adapted from the same M_loc, same seed, same budget):
+
+- ``none``: adapted on the task's own K/V;
+- ``untrained``: on the K/V of a donor that never learned anything (the control that separates
+  knowledge from the effect of any foreign matrix);
+- ``random``: the expected value of a uniformly drawn trained candidate (the mean over them, which
+  has the same mean as one seeded draw and less noise);
+- ``selected:<score>``: the trained candidate ranked first by that scoring function (ties by peer id);
+- ``kept``: what the node ends with (``selected`` by the configured score, only if its validation
+  accuracy reaches ``none``'s);
+- ``oracle``: the best trained candidate on test, in hindsight (evaluation only).
+
+Score quality, per scoring function: the within-unit Spearman between score and realised gain over
+all adapted candidates (the control included), regret = oracle - selected, and how often the score
+ranks the untrained control above every trained donor.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from crossback.orchestrator_free.scores import SCORES
+
+from .stats import spearman, summary
+
+ARM_ORDER = ("none", "untrained", "random", *(f"selected:{s}" for s in SCORES), "kept", "oracle")
+
+
+def _adapted(rec: dict) -> list[dict]:
+    return [c for c in rec["candidates"] if c.get("error") is None and "test" in c]
+
+
+def _pick(cands: list[dict], score: str) -> dict | None:
+    ranked = [c for c in cands if score in c["scores"]]
+    return min(ranked, key=lambda c: (-c["scores"][score], c["peer"])) if ranked else None
+
+
+def unit_arms(rec: dict) -> dict[str, float]:
+    adapted = _adapted(rec)
+    trained = [c for c in adapted if not c["control"]]
+    arms = {"none": rec["none"]["test"], "kept": rec["kept_test"]}
+    control = [c for c in adapted if c["control"]]
+    if control:
+        arms["untrained"] = control[0]["test"]
+    if trained:
+        arms["random"] = sum(c["test"] for c in trained) / len(trained)
+        arms["oracle"] = max(c["test"] for c in trained)
+        for score in SCORES:
+            if (chosen := _pick(trained, score)) is not None:
+                arms[f"selected:{score}"] = chosen["test"]
+    return arms
+
+
+def unit_group(rec: dict) -> str:
+    return f"k={rec['shots']}" if rec["shots"] is not None else "k=all"
+
+
+def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
+    per_unit = [unit_arms(r) for r in records]
+    table = {}
+    for arm in ARM_ORDER:
+        pairs = [(u[arm], u["none"]) for u in per_unit if arm in u]
+        if not pairs:
+            continue
+        vs_control = [u[arm] - u["untrained"] for u in per_unit if arm in u and "untrained" in u]
+        table[arm] = {"accuracy": sum(a for a, _ in pairs) / len(pairs),
+                      "vs_none": summary([a - b for a, b in pairs], **boot),
+                      "vs_untrained": summary(vs_control, **boot) if arm not in ("none", "untrained") else None}
+    return table
+
+
+def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
+    out = {}
+    for score in SCORES:
+        rhos, regrets, control_first, best_picked = [], [], 0, 0
+        units = 0
+        for rec in records:
+            adapted = [c for c in _adapted(rec) if score in c["scores"]]
+            trained = [c for c in adapted if not c["control"]]
+            if not trained:
+                continue
+            units += 1
+            none = rec["none"]["test"]
+            rho = spearman([c["scores"][score] for c in adapted], [c["test"] - none for c in adapted])
+            if rho is not None:
+                rhos.append(rho)
+            chosen = _pick(trained, score)
+            best = max(c["test"] for c in trained)
+            regrets.append(best - chosen["test"])
+            best_picked += chosen["test"] >= best
+            top = _pick(adapted, score)
+            control_first += bool(top and top["control"] and len(adapted) > len(trained))
+        if units:
+            out[score] = {"units": units, "spearman": summary(rhos, **boot), "regret": summary(regrets, **boot),
+                          "picked_best": best_picked / units, "ranked_control_first": control_first / units}
+    return out
+
+
+def analyse(records: list[dict], cfg_boot) -> dict:
+    boot = {"resamples": cfg_boot.resamples, "confidence": cfg_boot.confidence, "seed": cfg_boot.seed}
+    groups = {"all": records}
+    for rec in records:
+        groups.setdefault(unit_group(rec), []).append(rec)
+    return {
+        "units": len(records),
+        "seeds": sorted({r["seed"] for r in records}),
+        "confidence": cfg_boot.confidence,
+        "groups": {name: {"units": len(rs), "arms": arm_table(rs, boot), "scores": score_table(rs, boot),
+                          "test_items": {"min": min(r["samples"]["test"] for r in rs),
+                                         "median": sorted(r["samples"]["test"] for r in rs)[len(rs) // 2]}}
+                   for name, rs in groups.items()},
+        "skipped": sorted({f"{c['peer']}: {c['error']}" for r in records for c in r["candidates"] if c.get("error")}),
+        "warnings": sorted({f"{r['receiver']}/{r['task']}: {w}" for r in records for w in r["warnings"]}),
+    }
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
+
+
+def _ci(s: dict | None) -> str:
+    if not s or not s["n"]:
+        return "-"
+    return f"{_pct(s['mean'])} [{_pct(s['lo'])}, {_pct(s['hi'])}]"
+
+
+def markdown(result: dict, title: str, command: str) -> str:
+    conf = int(round(100 * result["confidence"]))
+    lines = [f"# {title}", "", f"`{command}`", "",
+             f"{result['units']} units (receiver tasks x shots x seeds), seeds {result['seeds']}. "
+             f"Accuracies are test accuracies; differences are paired per unit, in points, with {conf} % "
+             "percentile-bootstrap CIs over units.", ""]
+    for name, group in result["groups"].items():
+        lines += [f"## {name} ({group['units']} units; test items per task: min {group['test_items']['min']}, "
+                  f"median {group['test_items']['median']})", "",
+                  "| arm | accuracy | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] |",
+                  "|---|---:|---:|---:|---:|"]
+        for arm, row in group["arms"].items():
+            d = row["vs_none"]
+            lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
+                         f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} |")
+        if group["scores"]:
+            lines += ["", "| score | Spearman(score, gain) [CI] | regret vs oracle [CI] | picked the best | "
+                          "ranked the untrained control first |", "|---|---:|---:|---:|---:|"]
+            for score, row in group["scores"].items():
+                rho = row["spearman"]
+                rho_txt = f"{rho['mean']:+.2f} [{rho['lo']:+.2f}, {rho['hi']:+.2f}] (n={rho['n']})" if rho["n"] else "-"
+                lines.append(f"| {score} | {rho_txt} | {_ci(row['regret'])} | {row['picked_best']:.0%} | "
+                             f"{row['ranked_control_first']:.0%} |")
+        lines.append("")
+    if result["skipped"]:
+        lines += ["Candidates skipped or failed:", ""] + [f"- {s}" for s in result["skipped"]] + [""]
+    if result["warnings"]:
+        lines += ["Warnings:", ""] + [f"- {w}" for w in result["warnings"]] + [""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(result["groups"].items())
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.5 + 0.35 * sum(len(g["arms"]) for _, g in groups) / 1.5 + 2))
+    left, right = axes
+    y, labels = 0, []
+    for gi, (name, group) in enumerate(groups):
+        for arm, row in group["arms"].items():
+            if arm == "none":
+                continue
+            d = row["vs_none"]
+            left.errorbar(100 * d["mean"], y, xerr=[[100 * (d["mean"] - d["lo"])], [100 * (d["hi"] - d["mean"])]],
+                          fmt="o", color=f"C{gi}", capsize=3)
+            labels.append(f"{name}  {arm}")
+            y += 1
+        y += 0.5
+    left.set_yticks(_positions(groups), labels, fontsize=7)
+    left.axvline(0.0, color="grey", lw=1)
+    left.invert_yaxis()
+    left.set_xlabel("paired Δ test accuracy vs none (points), 95 % bootstrap CI")
+    left.set_title("what borrowing is worth")
+    for si, score in enumerate(SCORES):
+        xs, ys = [], []
+        for rec in records:
+            for c in _adapted(rec):
+                if score in c["scores"]:
+                    xs.append(_rank(c, rec, score))
+                    ys.append(100 * (c["test"] - rec["none"]["test"]))
+        right.scatter([x + 0.08 * (si - 1) for x in xs], ys, s=9, alpha=0.5, label=score)
+    right.axhline(0.0, color="grey", lw=1)
+    right.set_xlabel("candidate's rank within its unit by score (0 = top)")
+    right.set_ylabel("realised gain vs none (points)")
+    right.set_title("does the score rank the gain?")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _positions(groups) -> list[float]:
+    pos, y = [], 0.0
+    for _, group in groups:
+        for arm in group["arms"]:
+            if arm != "none":
+                pos.append(y)
+                y += 1
+        y += 0.5
+    return pos
+
+
+def _rank(cand: dict, rec: dict, score: str) -> int:
+    ordered = sorted((c for c in _adapted(rec) if score in c["scores"]), key=lambda c: (-c["scores"][score], c["peer"]))
+    return next(i for i, c in enumerate(ordered) if c["peer"] == cand["peer"])
+
+
+def write_report(result: dict, records: list[dict], out: Path, title: str, command: str) -> None:
+    per_unit = [{k: r[k] for k in ("seed", "receiver", "shots", "task", "chosen", "kept")} | {"arms": unit_arms(r)}
+                for r in records]
+    (out / "results.json").write_text(json.dumps({"command": command, **result, "per_unit": per_unit}, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(result, title, command))
+    plot(result, records, out / "results.png")

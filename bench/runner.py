@@ -1,0 +1,196 @@
+"""`crossback bench transfer`: every arm of every receiver task, from the same M_loc, over seeds.
+
+Per seed: donors learn their tasks on all their training items and are published as snapshots served
+by the node's own peer service (in-process, loopback); an untrained control donor per modality is
+served beside them. Each receiver (and each of its ``shots``) then learns its tasks one by one, exactly
+as a node does: local learning (M_loc), selection through ``probe_candidates`` and the scoring
+functions, and every candidate adapted from M_loc with ``run_arm`` under the same seed and budget as
+``none``; the task keeps what the node would keep (``decide_keep``). One JSON file per (seed,
+receiver, shots) makes the run resumable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from crossback.data.sources import load_catalog
+from crossback.data.tasks import build_task
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import learn_task
+from crossback.models.perceiver import kv_shapes
+from crossback.node.checkpoint import write_json_atomic
+from crossback.node.config import ConfigError
+from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
+from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.selection import Candidate, choose, probe_candidates
+from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+from crossback.transfer.base import AdaptOptions, InjectionError
+from crossback.transfer.registry import STRATEGIES
+
+from .config import BenchConfig, BenchNode
+from .peers import load_published, publish, serve_snapshots, untrained_learner
+
+CONTROL = "untrained"
+CONFIG_FILE = "config.json"
+
+
+def node_seed(seed: int, index: int) -> int:
+    return seed * 1000 + index
+
+
+def _train_opts(cfg: BenchConfig, node: BenchNode, receiving: bool):
+    epochs = cfg.receiver_epochs if receiving and cfg.receiver_epochs else cfg.train.epochs
+    return dataclasses.replace(cfg.train, epochs=epochs)
+
+
+def _learner(cfg: BenchConfig, node: BenchNode, seed: int) -> ContinualLearner:
+    return ContinualLearner(node.model, node.modality, cfg.method.name, seed, cfg.method.piggyback)
+
+
+def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, catalogs: dict):
+    key = (node.source, node.root)
+    if key not in catalogs:
+        catalogs[key] = load_catalog(node.source, node.root)
+    return [build_task(catalogs[key], spec, cfg.split, node.view(), seed, shots) for spec in node.tasks]
+
+
+def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
+    """name -> published snapshot of every serving node, plus one untrained control per receiver modality."""
+    snaps = {}
+    for index, node in enumerate(cfg.nodes):
+        if not node.serves:
+            continue
+        folder = root / "donors" / node.name
+        snap = load_published(folder, len(node.tasks))
+        if snap is None:
+            learner = _learner(cfg, node, node_seed(seed, index))
+            for data, _ in _tasks(cfg, node, seed, None, catalogs):
+                learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
+            snap = publish(learner, folder)
+        snaps[node.name] = snap
+    if cfg.control:
+        for node in cfg.nodes:
+            name = f"{CONTROL}-{node.modality}"
+            if node.receives and name not in snaps:
+                like = _learner(cfg, node, 0)
+                snaps[name] = publish(untrained_learner(like, node_seed(seed, 999)), root / "donors" / name)
+    return snaps
+
+
+def _arm_record(arm: dict | None) -> dict:
+    return {"val": arm["val"], "test": arm["test"], "facts": arm["facts"]} if arm else {}
+
+
+def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, addresses: dict[str, str],
+                 catalogs: dict) -> list[dict]:
+    """One receiver's task sequence with every arm; one record per task."""
+    node = cfg.nodes[index]
+    learner = _learner(cfg, node, node_seed(seed, index))
+    train = _train_opts(cfg, node, receiving=True)
+    opts = AdaptOptions.from_config(cfg.adaptation, train)
+    strategy = STRATEGIES["crossback"]()
+    control = f"{CONTROL}-{node.modality}"
+    peers = [(name, addr) for name, addr in addresses.items()
+             if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
+    clients = ClientPool(lambda a: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
+    records = []
+    try:
+        for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
+            learn_task(learner, data, cfg.method, train)
+            probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg))
+            usable = [c for c in probed if c.error is None and c.kv is not None]
+            apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
+            base, s = learner.task_state(i), arm_seed(seed, i)
+            none = run_arm(learner, i, data, strategy, base, None, opts, s)
+            arms: dict[str, dict] = {}
+            for c in usable:
+                try:
+                    arms[c.peer] = run_arm(learner, i, data, strategy, base, c.kv, opts, s)
+                except InjectionError as exc:
+                    c.error = f"injection failed: {exc}"
+            trained = [c for c in usable if c.peer != control and c.peer in arms]
+            chosen, _ = choose(trained)
+            decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
+            kept, why = decide_keep(decision, "selected")
+            learner.set_task_state(i, decision[kept]["state"])
+            records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why))
+    finally:
+        clients.close()
+    return records
+
+
+def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why):
+    warnings = []
+    if info["samples"]["test"] < cfg.min_test_items:
+        warnings.append(f"test split has {info['samples']['test']} items (< {cfg.min_test_items}): noisy")
+    return {
+        "seed": seed, "receiver": node.name, "modality": node.modality, "shots": shots, "task": info["name"],
+        "index": i, "classes": len(info["classes"]), "samples": info["samples"], "warnings": warnings,
+        "none": _arm_record(none),
+        "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == control,
+                        "error": c.error, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
+                        "bytes": c.bytes, **_arm_record(arms.get(c.peer))} for c in probed],
+        "chosen": chosen.peer if chosen else None, "kept": kept, "keep_reason": why,
+        "kept_test": (arms[chosen.peer] if kept == "selected" else none)["test"],
+    }
+
+
+def unit_path(out: Path, seed: int, node: BenchNode, shots: int | None) -> Path:
+    return out / f"seed-{seed}" / "units" / f"{node.name}-k{shots if shots is not None else 'all'}.json"
+
+
+def _check_resume(out: Path, cfg: BenchConfig) -> None:
+    """A folder resumes only the config that made it (the seed count may grow)."""
+    mine = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(cfg), default=str)).items() if k != "seeds"}
+    path = out / CONFIG_FILE
+    if path.exists() and any(out.glob("seed-*/units/*.json")):
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+        if changed:
+            raise ConfigError(f"{out} holds results of a different bench config ({', '.join(changed)}); use a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, mine)
+
+
+def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) -> list[dict]:
+    """Run (or resume) every unit; returns every task record."""
+    out = Path(out)
+    _check_resume(out, cfg)
+    groups = [(i, k) for i, n in enumerate(cfg.nodes) if n.receives for k in (n.shots or (None,))]
+    catalogs: dict = {}
+    bar = tqdm(total=seeds * len(groups), desc="bench transfer", unit="run", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for seed in range(seeds):
+            todo = [(i, k) for i, k in groups if not unit_path(out, seed, cfg.nodes[i], k).exists()]
+            bar.update(len(groups) - len(todo))
+            if not todo:
+                continue
+            bar.set_postfix_str(f"seed {seed}: donors")
+            snaps = _donors(cfg, seed, out / f"seed-{seed}", catalogs)
+            with serve_snapshots(snaps, out / f"seed-{seed}" / "logs") as addresses:
+                for i, k in todo:
+                    bar.set_postfix_str(f"seed {seed}: {cfg.nodes[i].name} k={k if k is not None else 'all'}")
+                    records = run_receiver(cfg, i, k, seed, addresses, catalogs)
+                    path = unit_path(out, seed, cfg.nodes[i], k)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_json_atomic(path, records)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return load_records(out, seeds, cfg)
+
+
+def load_records(out: Path, seeds: int, cfg: BenchConfig) -> list[dict]:
+    records = []
+    for seed in range(seeds):
+        for i, node in enumerate(cfg.nodes):
+            for k in (node.shots or (None,)) if node.receives else ():
+                path = unit_path(out, seed, node, k)
+                if path.exists():
+                    records.extend(json.loads(path.read_text(encoding="utf-8")))
+    return records

@@ -1,0 +1,148 @@
+"""The transfer benchmark: every arm from the same M_loc, the untrained control, paired CIs, resumable."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from crossback.bench.config import parse_bench_config
+from crossback.bench.report import analyse, unit_arms
+from crossback.bench.runner import run_bench
+from crossback.bench.stats import bootstrap_ci, spearman, summary
+from crossback.node.config import ConfigError
+from crossback.orchestrator_free.backbone import decide_keep
+
+TINY = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16, "latent_heads": 2,
+        "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}}
+LOW = {"name": "digits-0-2", "classes": ["0", "1", "2"]}
+HIGH = {"name": "digits-3-5", "classes": ["3", "4", "5"]}
+DIGITS = {"source": "digits", "image_size": 8}
+
+
+def bench_dict(**over) -> dict:
+    cfg = {"regime": "test", "seeds": 1, "split": {"train": 0.5, "val": 0.1, "test": 0.4},
+           "model": TINY, "train": {"epochs": 2, "batch_size": 64, "lr": 0.003}, "receiver_epochs": 3,
+           "adaptation": {"epochs": 1}, "selection": {"probe": {"pair_count": 8, "token_count": 4}},
+           "bootstrap": {"resamples": 500},
+           "nodes": [{"name": "low", "role": "donor", **DIGITS, "tasks": [LOW]},
+                     {"name": "high", "role": "donor", **DIGITS, "tasks": [HIGH]},
+                     {"name": "wide", "role": "donor", **DIGITS, "model": {"token_dim": 48}, "tasks": [LOW]},
+                     {"name": "rx", "role": "receiver", **DIGITS, "shots": [3], "tasks": [LOW, HIGH]}],
+           "quick": {"receiver_epochs": 1}}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cfg = parse_bench_config(bench_dict())
+    records = run_bench(cfg, out, seeds=1, progress=False)
+    return cfg, out, records
+
+
+def test_every_arm_starts_from_the_same_local_model_with_the_control_beside_the_donors(bench_run):
+    cfg, out, records = bench_run
+    assert [(r["receiver"], r["shots"], r["task"]) for r in records] == [("rx", 3, "digits-0-2"), ("rx", 3, "digits-3-5")]
+    for rec in records:
+        assert rec["samples"]["train"] == rec["samples"]["val"] == 3 * 3  # k items per class in train and val
+        assert rec["samples"]["test"] > 100  # the full test split
+        peers = {c["peer"]: c for c in rec["candidates"]}
+        assert set(peers) == {"low", "high", "wide", "untrained-image"}
+        assert peers["untrained-image"]["control"] and not peers["low"]["control"]
+        assert peers["wide"]["error"].startswith("skipped:") and "test" not in peers["wide"]  # other token width
+        for name in ("low", "high", "untrained-image"):
+            c = peers[name]
+            assert c["error"] is None and 0.0 <= c["test"] <= 1.0
+            assert set(c["scores"]) == {"ddv", "ddv_cos", "local_loss"}
+            assert c["facts"]["kv_changed_fraction"] > 0.5  # the borrowed K/V really ran
+        arms = unit_arms(rec)
+        assert set(arms) == {"none", "untrained", "random", "selected:ddv", "selected:ddv_cos", "selected:local_loss",
+                             "kept", "oracle"}
+        assert arms["oracle"] == max(peers[n]["test"] for n in ("low", "high"))
+        assert arms["random"] == pytest.approx((peers["low"]["test"] + peers["high"]["test"]) / 2)
+        assert rec["kept"] in ("selected", "none") and rec["keep_reason"]
+
+
+def test_report_pairs_each_arm_with_none_and_the_control(bench_run):
+    cfg, out, records = bench_run
+    result = analyse(records, cfg.bootstrap)
+    table = result["groups"]["all"]["arms"]
+    diffs = [unit_arms(r)["oracle"] - unit_arms(r)["none"] for r in records]
+    assert table["oracle"]["vs_none"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    assert table["oracle"]["vs_none"]["n"] == 2 and table["untrained"]["vs_untrained"] is None
+    vs_control = [unit_arms(r)["oracle"] - unit_arms(r)["untrained"] for r in records]
+    assert table["oracle"]["vs_untrained"]["mean"] == pytest.approx(sum(vs_control) / 2)
+    assert set(result["groups"]) == {"all", "k=3"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss"}
+    assert any("wide" in s and "KV shapes" in s for s in result["skipped"])
+
+
+def test_rerun_resumes_and_a_fresh_run_reproduces_the_numbers(bench_run, tmp_path):
+    cfg, out, records = bench_run
+    units = sorted(out.glob("seed-*/units/*.json"))
+    stamps = [p.stat().st_mtime_ns for p in units]
+    assert run_bench(cfg, out, seeds=1, progress=False) == records
+    assert [p.stat().st_mtime_ns for p in units] == stamps  # nothing was recomputed
+    fresh = run_bench(cfg, tmp_path / "again", seeds=1, progress=False)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "candidates"} | {"candidates": [
+        {k: v for k, v in c.items() if k != "latency"} for c in r["candidates"]]} for r in rs]
+    assert strip(fresh) == strip(records)
+    other = parse_bench_config(bench_dict(adaptation={"epochs": 2}))
+    with pytest.raises(ConfigError, match="different bench config"):
+        run_bench(other, out, seeds=1, progress=False)
+
+
+def test_cli_writes_results_table_and_plot(tmp_path):
+    cfg = tmp_path / "bench.yaml"
+    data = bench_dict()
+    data["nodes"] = [n for n in data["nodes"] if n["name"] != "wide"]
+    cfg.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "bench", "transfer", "--config", str(cfg),
+                           "--seeds", "1", "--out", str(tmp_path / "out"), "--quick", "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert result["command"].endswith("--seeds 1 --out " + str(tmp_path / "out") + " --quick")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| untrained |" in md and "| selected:ddv |" in md and "Spearman" in md
+    assert (tmp_path / "out" / "results.png").stat().st_size > 10_000
+    assert len(result["per_unit"]) == 2
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"nodes": [{"name": "rx", "tasks": [LOW], "shots": [0]}]}, "shots must be at least 1"),
+    ({"nodes": [{"name": "d", "role": "donor", "tasks": [LOW]}]}, "at least one node must be a receiver"),
+    ({"nodes": [{"name": "rx", "role": "boss", "tasks": [LOW]}]}, r"nodes\[0\].role: 'boss' is not one of"),
+    ({"adaptation": {"epochs": -1}}, "adaptation.epochs: must be at least 0"),
+    ({"seeds": 0}, "seeds: must be at least 1"),
+    ({"epochs": 3}, "key 'epochs' is misplaced: it belongs at 'train.epochs' or 'adaptation.epochs'"),
+])
+def test_bad_bench_configs_name_their_key(over, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_bench_config(bench_dict(**over), "b.yaml")
+
+
+def test_quick_overrides_apply_only_with_quick():
+    assert parse_bench_config(bench_dict()).receiver_epochs == 3
+    assert parse_bench_config(bench_dict(), quick=True).receiver_epochs == 1
+
+
+def test_bootstrap_ci_and_spearman():
+    assert bootstrap_ci([0.5] * 5, 200, 0.95) == (0.5, 0.5)
+    lo, hi = bootstrap_ci([0.0, 0.1, 0.2, 0.3, 0.4], 2000, 0.95, seed=1)
+    assert lo < 0.2 < hi and lo >= 0.0 and hi <= 0.4
+    assert bootstrap_ci([0.0, 0.1, 0.2, 0.3, 0.4], 2000, 0.95, seed=1) == (lo, hi)  # seeded
+    s = summary([0.1, -0.2, 0.0, 0.3], 500, 0.9)
+    assert (s["wins"], s["losses"], s["ties"], s["n"]) == (2, 1, 1, 4)
+    assert spearman([1, 2, 3], [0.1, 0.2, 0.3]) == pytest.approx(1.0)
+    assert spearman([1, 2], [0.1, 0.2]) is None and spearman([1, 1, 1], [0.1, 0.2, 0.3]) is None
+
+
+def test_a_borrowed_arm_is_kept_only_if_it_matches_none_on_validation():
+    arms = {"none": {"val": 0.6}, "selected": {"val": 0.55}}
+    kept, why = decide_keep(arms, "selected")
+    assert kept == "none" and "would degrade" in why
+    assert decide_keep({"none": {"val": 0.6}, "selected": {"val": 0.6}}, "selected")[0] == "selected"
+    assert decide_keep({"none": {"val": 0.6}}, "selected") == ("none", "no selected arm (no usable candidate)")
