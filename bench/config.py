@@ -30,15 +30,13 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from crossback.data.sources import SOURCES
 from crossback.data.tasks import SplitSpec, TaskSpec, View
 from crossback.models.bounds import bounded
 from crossback.models.methods import MethodConfig
 from crossback.models.perceiver import PerceiverConfig
 from crossback.models.training import TrainOptions
-from crossback.node.config import MODALITIES, ConfigError, from_mapping, key_paths
+from crossback.node.config import MODALITIES, ConfigError, from_mapping, key_paths, read_yaml
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig
 
@@ -146,10 +144,5 @@ def parse_bench_config(data: dict, source: str = "bench config", quick: bool = F
 def load_bench_config(path: str | Path, quick: bool = False) -> tuple[BenchConfig, dict]:
     """(config, the raw mapping it came from)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read bench config: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    data = read_yaml(path, "bench config")
     return parse_bench_config(data, str(path), quick, path.parent), data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import kv_shapes
@@ -17,25 +18,20 @@ from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
 
 
-def publish(learner: ContinualLearner, folder: Path) -> Snapshot:
-    """Checkpoint ``learner`` under ``folder`` (once) and reload it as the snapshot peers see."""
+def published(folder: Path, tasks: int, build: Callable[[], ContinualLearner]) -> Snapshot:
+    """The snapshot peers see of the learner ``build`` makes, checkpointed under ``folder``; a checkpoint
+    already there with ``tasks`` finished tasks is reused (a resumed run)."""
     latest = latest_checkpoint(folder)
-    if latest is None or len(Snapshot.from_checkpoint(latest).finished_tasks) != len(learner.tasks):
-        latest = save_checkpoint(folder, learner, {})
-    return Snapshot.from_checkpoint(latest)
+    if latest is not None:
+        snap = Snapshot.from_checkpoint(latest)
+        if snap.version == tasks:
+            return snap
+    return Snapshot.from_checkpoint(save_checkpoint(folder, build(), {}))
 
 
-def load_published(folder: Path, tasks: int) -> Snapshot | None:
-    latest = latest_checkpoint(folder)
-    if latest is None:
-        return None
-    snap = Snapshot.from_checkpoint(latest)
-    return snap if snap.version == tasks else None
-
-
-def untrained_learner(like: ContinualLearner, seed: int) -> ContinualLearner:
-    """A control donor with ``like``'s shapes that never learned anything: one task, zero steps."""
-    control = ContinualLearner(like.cfg, like.modality, like.method, seed, like.pick)
+def untrained_learner(control: ContinualLearner) -> ContinualLearner:
+    """Turn a fresh learner into a control donor that never learned anything: one task, zero steps
+    (it can be served like any snapshot; its K/V is its random initialisation)."""
     control.begin_task("untrained", 2)
     control.end_task()
     return control

@@ -32,7 +32,7 @@ from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.transfer.registry import STRATEGIES
 
 from .config import BenchConfig, BenchNode
-from .peers import load_published, publish, serve_snapshots, untrained_learner
+from .peers import published, serve_snapshots, untrained_learner
 
 CONTROL = "untrained"
 CONFIG_FILE = "config.json"
@@ -60,24 +60,20 @@ def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, cata
 
 def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
     """name -> published snapshot of every serving node, plus one untrained control per receiver modality."""
-    snaps = {}
-    for index, node in enumerate(cfg.nodes):
-        if not node.serves:
-            continue
-        folder = root / "donors" / node.name
-        snap = load_published(folder, len(node.tasks))
-        if snap is None:
-            learner = _learner(cfg, node, node_seed(seed, index))
-            for data, _ in _tasks(cfg, node, seed, None, catalogs):
-                learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
-            snap = publish(learner, folder)
-        snaps[node.name] = snap
+    def learned(index: int, node: BenchNode) -> ContinualLearner:
+        learner = _learner(cfg, node, node_seed(seed, index))
+        for data, _ in _tasks(cfg, node, seed, None, catalogs):
+            learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
+        return learner
+
+    snaps = {node.name: published(root / "donors" / node.name, len(node.tasks), lambda i=i, n=node: learned(i, n))
+             for i, node in enumerate(cfg.nodes) if node.serves}
     if cfg.control:
         for node in cfg.nodes:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
-                like = _learner(cfg, node, 0)
-                snaps[name] = publish(untrained_learner(like, node_seed(seed, 999)), root / "donors" / name)
+                snaps[name] = published(root / "donors" / name, 1,
+                                        lambda n=node: untrained_learner(_learner(cfg, n, node_seed(seed, 999))))
     return snaps
 
 

@@ -202,17 +202,22 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
     return cfg
 
 
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """A YAML file's content ({} when empty); unreadable files and bad YAML name the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    return parse_config(data if data is not None else {}, str(path), path.parent)
+    return {} if data is None else data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    return parse_config(read_yaml(path), str(path), path.parent)
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

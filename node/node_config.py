@@ -14,14 +14,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-import yaml
-
 from crossback.orchestrator_free.backbone import ExperimentConfig
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig
 from crossback.transfer.registry import TransferConfig
 
-from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config
+from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config, read_yaml
 from .process import NodeConfig, NodeSettings
 
 ENV = {
@@ -48,12 +46,7 @@ def _split_peers(value: str) -> tuple[str, ...]:
 def load_node_config(path: str | Path, flags: dict | None = None, environ: dict | None = None) -> NodeConfig:
     path = Path(path)
     environ = os.environ if environ is None else environ
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     homes = key_paths({**RUN_SECTIONS, **SECTIONS})

@@ -12,12 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from crossback.bench.stats import summary as paired_summary
 from crossback.models.bounds import bounded
 
-from .config import ConfigError, from_mapping
+from .config import ConfigError, from_mapping, read_yaml
 from .demo import run_demo
 from .selections import selection_rows
 
@@ -34,10 +32,7 @@ class SwarmConfig:
 
 
 def load_swarm_config(path: Path) -> SwarmConfig:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read swarm config: {exc}") from exc
+    data = read_yaml(path, "swarm config")
     try:
         return from_mapping(SwarmConfig, data, "")
     except ConfigError as exc:

@@ -32,3 +32,12 @@ def test_readme_examples_exist():
     for config in re.findall(r"`(\w+\.yaml)`", text):
         if config not in ("node.yaml",):
             assert (ROOT / "examples" / config).is_file(), config
+
+
+def test_readme_worth_section_is_rendered_from_the_committed_bench_results():
+    from crossback.bench.readme import BEGIN, END, render
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index(BEGIN) + len(BEGIN) + 1 : text.index(END)]
+    assert block == render()
+    assert (ROOT / "benchmarks" / "results" / "starved.json").is_file()

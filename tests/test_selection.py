@@ -60,3 +60,32 @@ def test_ddvs_computed_from_many_threads_equal_sequential_ones(digits_tasks):
     with ThreadPoolExecutor(6) as pool:
         parallel = list(pool.map(lambda kv: ddv(learner, 0, kv, spec), kvs * 4))
     assert all(torch.equal(p, sequential[i % 6]) for i, p in enumerate(parallel))
+
+
+def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_tasks):
+    import torch.nn.functional as F
+
+    from conftest import tiny_config
+    from crossback.models.learner import ContinualLearner
+    from crossback.models.methods import MethodConfig, learn_task
+    from crossback.models.training import TrainOptions, predict
+    from crossback.orchestrator_free.scores import apply_score
+
+    learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
+    data = digits_tasks[0]
+    learn_task(learner, data, MethodConfig(), TrainOptions(epochs=1, batch_size=64))
+    own = Candidate("own", "h:1", cos=0.5, euc=0.2, kv=learner.extract_kv(0))
+    g = torch.Generator().manual_seed(3)
+    other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv={n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()})
+    failed = Candidate("gone", "h:3", error="UNAVAILABLE: down")
+    apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5)
+    expected = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
+    assert own.scores["local_loss"] == pytest.approx(expected, rel=1e-5) and own.score == own.scores["local_loss"]
+    assert own.scores["ddv"] == pytest.approx(0.5 - 0.5 * 0.2) and own.scores["ddv_cos"] == 0.5
+    learner.load_kv(0, other.kv)  # the same task, run on the other K/V
+    expected_other = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
+    learner.borrowed_kv.pop(0)
+    assert other.score == pytest.approx(expected_other, rel=1e-5) and other.score != own.score
+    assert failed.scores == {} and failed.score is None
+    with pytest.raises(ValueError, match="unknown selection score"):
+        apply_score("vibes", [own], learner, 0, data, 0.5)

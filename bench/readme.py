@@ -1,0 +1,86 @@
+"""The README's "what it is worth" block, rendered from the committed benchmark results.
+
+    python -m crossback.bench.readme            # rewrite the block between the bench markers
+    python -m crossback.bench.readme --check    # exit 1 if the README and the results disagree
+
+Results live in ``benchmarks/results/<regime>.json`` (copied from a run's ``results.json``, whose
+``command`` made them); a test keeps the README in step with them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .report import _ci
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+REGIMES = ("starved", "symmetric", "heterogeneous")
+ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "kept", "oracle")
+
+
+def render_regime(name: str, result: dict) -> list[str]:
+    group = result["groups"]["all"]
+    lines = [f"*{name}* — {group['units']} units, seeds {result['seeds']}; `{result['command']}`",
+             "(full tables: `benchmarks/results/" + name + ".md`).", "",
+             "| arm | accuracy | Δ vs none, points [95 % CI] | wins / losses | Δ vs untrained [CI] |",
+             "|---|---:|---:|---:|---:|",
+             f"| none | {group['arms']['none']['accuracy']:.3f} | - | - | - |"]
+    for arm in ROWS:
+        row = group["arms"].get(arm)
+        if row:
+            d = row["vs_none"]
+            lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d)} | {d['wins']} / {d['losses']} | "
+                         f"{_ci(row['vs_untrained'])} |")
+    per_k = [(g, r["arms"]) for g, r in result["groups"].items() if g != "all"]
+    if len(per_k) > 1:
+        lines += ["", "By items per class: " + "; ".join(
+            f"{g}: selected:ddv {_ci(a.get('selected:ddv', {}).get('vs_none'))}, oracle {_ci(a.get('oracle', {}).get('vs_none'))}"
+            for g, a in per_k) + "."]
+    scores = group["scores"]
+    if scores:
+        lines += ["", "Scores: " + "; ".join(
+            f"`{s}` Spearman with gain {r['spearman']['mean']:+.2f} [{r['spearman']['lo']:+.2f}, {r['spearman']['hi']:+.2f}], "
+            f"regret {_ci(r['regret'])}, picked the best {r['picked_best']:.0%}, ranked the untrained control first "
+            f"{r['ranked_control_first']:.0%}" for s, r in scores.items() if r["spearman"]["n"]) + "."]
+    if result.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(result["skipped"]) + "."]
+    return lines + [""]
+
+
+def render() -> str:
+    lines = []
+    for name in REGIMES:
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            lines += render_regime(name, json.loads(path.read_text(encoding="utf-8")))
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_block(readme: str, block: str) -> str:
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{block}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    new = replace_block(text, render())
+    if args.check:
+        if new != text:
+            print("README.md's bench block is stale: run python -m crossback.bench.readme", file=sys.stderr)
+            return 1
+        return 0
+    readme.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
