@@ -104,6 +104,9 @@ def analyse(records: list[dict], cfg_boot) -> dict:
     groups = {"all": records}
     for rec in records:
         groups.setdefault(unit_group(rec), []).append(rec)
+    if len({r["receiver"] for r in records}) > 1:
+        for rec in records:
+            groups.setdefault(f"receiver {rec['receiver']}", []).append(rec)
     return {
         "units": len(records),
         "seeds": sorted({r["seed"] for r in records}),

@@ -78,7 +78,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
 
 
 def _arm_record(arm: dict | None) -> dict:
-    return {"val": arm["val"], "test": arm["test"], "facts": arm["facts"]} if arm else {}
+    return {k: arm[k] for k in ("val", "val_loss", "test", "facts")} if arm else {}
 
 
 def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, addresses: dict[str, str],

@@ -15,12 +15,13 @@ import zlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import kv_shapes
-from crossback.models.training import evaluate
+from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .scores import apply_score
@@ -44,16 +45,17 @@ class ExperimentConfig:
 
 def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
             payload: dict | None, opts: AdaptOptions, seed: int) -> dict:
-    """Finish the task one way from ``base``: {val, test, facts, state}. Raises InjectionError (with the
-    task's state restored) when the borrowed weights could not be injected."""
+    """Finish the task one way from ``base``: {val, val_loss, test, facts, state}. Raises InjectionError
+    (with the task's state restored) when the borrowed weights could not be injected."""
     learner.set_task_state(task, base)
     try:
         facts = strategy.adapt(learner, task, data, payload, opts, torch.Generator().manual_seed(seed))
     except InjectionError:
         learner.set_task_state(task, base)
         raise
-    return {"val": evaluate(learner, task, data.val), "test": evaluate(learner, task, data.test),
-            "facts": facts, "state": learner.task_state(task)}
+    logits = predict(learner, task, data.val.inputs)
+    return {"val": accuracy(logits, data.val.labels), "val_loss": float(F.cross_entropy(logits, data.val.labels)),
+            "test": evaluate(learner, task, data.test), "facts": facts, "state": learner.task_state(task)}
 
 
 def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed) -> dict | None:
@@ -66,15 +68,23 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
 
 
 def decide_keep(arms: dict[str, dict], preferred: str) -> tuple[str, str]:
-    """The arm the task keeps, and why. A borrowed arm must reach ``none``'s validation accuracy."""
+    """The arm the task keeps, and why. A borrowed arm must reach ``none``'s validation accuracy; on a
+    tie (common with a few validation items) it must also not raise the validation loss."""
     if preferred not in arms:
         return "none", f"no {preferred} arm (no usable candidate)"
     if preferred == "none":
         return "none", "configured to keep none"
-    got, base = arms[preferred]["val"], arms["none"]["val"]
-    if got >= base:
-        return preferred, f"{preferred} validation accuracy {got:.4f} >= none's {base:.4f}"
-    return "none", f"{preferred} validation accuracy {got:.4f} < none's {base:.4f}: borrowing would degrade the task"
+    arm, base = arms[preferred], arms["none"]
+    got, ref = arm["val"], base["val"]
+    if got > ref:
+        return preferred, f"{preferred} validation accuracy {got:.4f} > none's {ref:.4f}"
+    if got < ref:
+        return "none", f"{preferred} validation accuracy {got:.4f} < none's {ref:.4f}: borrowing would degrade the task"
+    loss, ref_loss = arm.get("val_loss", 0.0), base.get("val_loss", 0.0)
+    if loss <= ref_loss:
+        return preferred, f"{preferred} ties none's validation accuracy {got:.4f} at a validation loss {loss:.4f} <= {ref_loss:.4f}"
+    return "none", (f"{preferred} ties none's validation accuracy {got:.4f} but its validation loss {loss:.4f} > "
+                    f"{ref_loss:.4f}: no evidence that borrowing helps")
 
 
 def arm_seed(seed: int, task: int) -> int:

@@ -141,8 +141,22 @@ def test_bootstrap_ci_and_spearman():
 
 
 def test_a_borrowed_arm_is_kept_only_if_it_matches_none_on_validation():
-    arms = {"none": {"val": 0.6}, "selected": {"val": 0.55}}
-    kept, why = decide_keep(arms, "selected")
+    none = {"val": 0.6, "val_loss": 1.0}
+    kept, why = decide_keep({"none": none, "selected": {"val": 0.55, "val_loss": 0.5}}, "selected")
     assert kept == "none" and "would degrade" in why
-    assert decide_keep({"none": {"val": 0.6}, "selected": {"val": 0.6}}, "selected")[0] == "selected"
-    assert decide_keep({"none": {"val": 0.6}}, "selected") == ("none", "no selected arm (no usable candidate)")
+    assert decide_keep({"none": none, "selected": {"val": 0.7, "val_loss": 2.0}}, "selected")[0] == "selected"
+    # a tie in accuracy (a handful of validation items) is decided by the validation loss
+    assert decide_keep({"none": none, "selected": {"val": 0.6, "val_loss": 0.9}}, "selected")[0] == "selected"
+    kept, why = decide_keep({"none": none, "selected": {"val": 0.6, "val_loss": 1.1}}, "selected")
+    assert kept == "none" and "no evidence" in why
+    assert decide_keep({"none": none}, "selected") == ("none", "no selected arm (no usable candidate)")
+    assert decide_keep({"none": none, "selected": {"val": 0.9, "val_loss": 0.1}}, "none")[0] == "none"
+
+
+def test_the_node_keeps_none_when_the_borrowed_arm_loses_on_validation(bench_run):
+    _, _, records = bench_run
+    for rec in records:
+        chosen = next(c for c in rec["candidates"] if c["peer"] == rec["chosen"])
+        assert (rec["kept"] == "selected") == (chosen["val"] > rec["none"]["val"] or (
+            chosen["val"] == rec["none"]["val"] and chosen["val_loss"] <= rec["none"]["val_loss"]))
+        assert rec["kept_test"] == (chosen["test"] if rec["kept"] == "selected" else rec["none"]["test"])
