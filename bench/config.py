@@ -93,6 +93,8 @@ class BenchConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     control: bool = True
+    # torch CPU threads: float sums, and so the numbers, depend on the thread count; 1 reproduces anywhere
+    threads: int = bounded(1, ge=1, le=4096)
     min_test_items: int = bounded(20, ge=0)  # a receiver task with a smaller test split is reported
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
 

@@ -37,7 +37,7 @@ def render_regime(name: str, result: dict) -> list[str]:
                          f"{_ci(row['vs_untrained'])} |")
     per_k = [(g, r["arms"]) for g, r in result["groups"].items() if g != "all"]
     if len(per_k) > 1:
-        lines += ["", "By items per class: " + "; ".join(
+        lines += ["", "By group: " + "; ".join(
             f"{g}: selected:ddv {_ci(a.get('selected:ddv', {}).get('vs_none'))}, oracle {_ci(a.get('oracle', {}).get('vs_none'))}"
             for g, a in per_k) + "."]
     scores = group["scores"]

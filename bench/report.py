@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from crossback.orchestrator_free.scores import SCORES
@@ -99,14 +100,22 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
     return out
 
 
+def environment(threads: int) -> dict:
+    import platform
+
+    import torch
+
+    return {"torch": torch.__version__, "threads": threads, "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+
+
 def analyse(records: list[dict], cfg_boot) -> dict:
     boot = {"resamples": cfg_boot.resamples, "confidence": cfg_boot.confidence, "seed": cfg_boot.seed}
     groups = {"all": records}
-    for rec in records:
-        groups.setdefault(unit_group(rec), []).append(rec)
-    if len({r["receiver"] for r in records}) > 1:
-        for rec in records:
-            groups.setdefault(f"receiver {rec['receiver']}", []).append(rec)
+    for key in (unit_group, lambda r: f"receiver {r['receiver']}"):
+        if len({key(r) for r in records}) > 1:  # a breakdown with one value would repeat "all"
+            for rec in records:
+                groups.setdefault(key(rec), []).append(rec)
     return {
         "units": len(records),
         "seeds": sorted({r["seed"] for r in records}),
@@ -135,7 +144,11 @@ def markdown(result: dict, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"`{command}`", "",
              f"{result['units']} units (receiver tasks x shots x seeds), seeds {result['seeds']}. "
              f"Accuracies are test accuracies; differences are paired per unit, in points, with {conf} % "
-             "percentile-bootstrap CIs over units.", ""]
+             "percentile-bootstrap CIs over units."]
+    if "environment" in result:
+        env = result["environment"]
+        lines.append(f"torch {env['torch']}, {env['threads']} thread(s), Python {env['python']}, {env['machine']}.")
+    lines.append("")
     for name, group in result["groups"].items():
         lines += [f"## {name} ({group['units']} units; test items per task: min {group['test_items']['min']}, "
                   f"median {group['test_items']['median']})", "",

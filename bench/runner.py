@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
@@ -158,6 +159,7 @@ def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) ->
     _check_resume(out, cfg)
     groups = [(i, k) for i, n in enumerate(cfg.nodes) if n.receives for k in (n.shots or (None,))]
     catalogs: dict = {}
+    torch.set_num_threads(cfg.threads)
     bar = tqdm(total=seeds * len(groups), desc="bench transfer", unit="run", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     try:

@@ -126,7 +126,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     import shlex
 
     from crossback.bench.config import load_bench_config
-    from crossback.bench.report import analyse, write_report
+    from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
 
     cfg, _ = load_bench_config(args.config, quick=args.quick)
@@ -134,7 +134,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     if seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {seeds}")
     records = run_bench(cfg, args.out, seeds, progress=not args.no_progress)
-    result = analyse(records, cfg.bootstrap)
+    result = {**analyse(records, cfg.bootstrap), "environment": environment(cfg.threads)}
     command = "crossback bench transfer " + " ".join(
         shlex.quote(a) for a in ["--config", str(args.config), "--seeds", str(seeds), "--out", str(args.out)]
         + (["--quick"] if args.quick else []))
