@@ -11,6 +11,7 @@ COPY data data
 COPY node node
 COPY orchestrator_free orchestrator_free
 COPY transfer transfer
+COPY bench bench
 COPY examples examples
 RUN pip install .
 EXPOSE 50051

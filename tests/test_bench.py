@@ -75,7 +75,7 @@ def test_report_pairs_each_arm_with_none_and_the_control(bench_run):
     assert table["oracle"]["vs_none"]["n"] == 2 and table["untrained"]["vs_untrained"] is None
     vs_control = [unit_arms(r)["oracle"] - unit_arms(r)["untrained"] for r in records]
     assert table["oracle"]["vs_untrained"]["mean"] == pytest.approx(sum(vs_control) / 2)
-    assert set(result["groups"]) == {"all", "k=3"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss"}
+    assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss"}
     assert any("wide" in s and "KV shapes" in s for s in result["skipped"])
 
 
