@@ -26,7 +26,7 @@ def render_regime(name: str, result: dict) -> list[str]:
     group = result["groups"]["all"]
     lines = [f"*{name}* — {group['units']} units, seeds {result['seeds']}; `{result['command']}`",
              "(full tables: `benchmarks/results/" + name + ".md`).", "",
-             "| arm | accuracy | Δ vs none, points [95 % CI] | wins / losses | Δ vs untrained [CI] |",
+             "| arm | accuracy | Δ vs none, points [95 % CI over tasks × seeds] (over seeds) | wins / losses | Δ vs untrained |",
              "|---|---:|---:|---:|---:|",
              f"| none | {group['arms']['none']['accuracy']:.3f} | - | - | - |"]
     for arm in ROWS:

@@ -59,17 +59,23 @@ def unit_group(rec: dict) -> str:
     return f"k={rec['shots']}" if rec["shots"] is not None else "k=all"
 
 
+def stratum(rec: dict) -> str:
+    """What stays fixed across seeds: the receiver, its k and the task."""
+    return f"{rec['receiver']}/k={rec['shots']}/{rec['task']}"
+
+
 def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
-    per_unit = [unit_arms(r) for r in records]
+    per_unit = [(unit_arms(r), stratum(r)) for r in records]
     table = {}
     for arm in ARM_ORDER:
-        pairs = [(u[arm], u["none"]) for u in per_unit if arm in u]
+        pairs = [(u[arm], u["none"], s) for u, s in per_unit if arm in u]
         if not pairs:
             continue
-        vs_control = [u[arm] - u["untrained"] for u in per_unit if arm in u and "untrained" in u]
-        table[arm] = {"accuracy": sum(a for a, _ in pairs) / len(pairs),
-                      "vs_none": summary([a - b for a, b in pairs], **boot),
-                      "vs_untrained": summary(vs_control, **boot) if arm not in ("none", "untrained") else None}
+        control = [(u[arm] - u["untrained"], s) for u, s in per_unit if arm in u and "untrained" in u]
+        table[arm] = {"accuracy": sum(a for a, _, _ in pairs) / len(pairs),
+                      "vs_none": summary([a - b for a, b, _ in pairs], **boot, strata=[s for _, _, s in pairs]),
+                      "vs_untrained": summary([d for d, _ in control], **boot, strata=[s for _, s in control])
+                      if arm not in ("none", "untrained") else None}
     return table
 
 
@@ -136,7 +142,8 @@ def _pct(x: float) -> str:
 def _ci(s: dict | None) -> str:
     if not s or not s["n"]:
         return "-"
-    return f"{_pct(s['mean'])} [{_pct(s['lo'])}, {_pct(s['hi'])}]"
+    seeds = f" ({_pct(s['seeds_lo'])}, {_pct(s['seeds_hi'])})" if "seeds_lo" in s else ""
+    return f"{_pct(s['mean'])} [{_pct(s['lo'])}, {_pct(s['hi'])}]{seeds}"
 
 
 def markdown(result: dict, title: str, command: str) -> str:
@@ -144,7 +151,7 @@ def markdown(result: dict, title: str, command: str) -> str:
     lines = [f"# {title}", "", f"`{command}`", "",
              f"{result['units']} units (receiver tasks x shots x seeds), seeds {result['seeds']}. "
              f"Accuracies are test accuracies; differences are paired per unit, in points, with {conf} % "
-             "percentile-bootstrap CIs over units."]
+             "percentile-bootstrap CIs: [over units, i.e. tasks x seeds] (over seeds, tasks fixed)."]
     if "environment" in result:
         env = result["environment"]
         lines.append(f"torch {env['torch']}, {env['threads']} thread(s), Python {env['python']}, {env['machine']}.")

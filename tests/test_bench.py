@@ -129,6 +129,14 @@ def test_quick_overrides_apply_only_with_quick():
     assert parse_bench_config(bench_dict(), quick=True).receiver_epochs == 1
 
 
+def test_ci_over_seeds_keeps_the_tasks_fixed():
+    # two tasks that differ a lot, each perfectly stable across seeds
+    values, strata = [-0.3] * 5 + [0.0] * 5, ["digits"] * 5 + ["emoji"] * 5
+    s = summary(values, 2000, 0.95, strata=strata)
+    assert s["seeds_lo"] == pytest.approx(-0.15) and s["seeds_hi"] == pytest.approx(-0.15)
+    assert s["lo"] < -0.2 and s["hi"] > -0.1  # over units, the spread between tasks widens it
+
+
 def test_bootstrap_ci_and_spearman():
     assert bootstrap_ci([0.5] * 5, 200, 0.95) == (0.5, 0.5)
     lo, hi = bootstrap_ci([0.0, 0.1, 0.2, 0.3, 0.4], 2000, 0.95, seed=1)
