@@ -9,6 +9,7 @@ method: {...}                   # continual-learning method of every node
 train: {...}                    # local learning
 receiver_epochs: 60             # local epochs of receivers (default: train.epochs)
 selection: {...}                # as a node's selection: section (score = the one the node ranks by)
+transfer: {strategy: crossback} # as a node's transfer: section
 adaptation: {epochs: 10, own_weights: true}   # every arm's budget
 control: true                   # add an untrained donor (never learned anything) as a control
 bootstrap: {resamples: 10000, confidence: 0.95}
@@ -39,6 +40,7 @@ from crossback.models.training import TrainOptions
 from crossback.node.config import MODALITIES, ConfigError, from_mapping, key_paths, read_yaml
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig
+from crossback.transfer.registry import TransferConfig
 
 ROLES = ("donor", "receiver", "both")
 
@@ -91,6 +93,7 @@ class BenchConfig:
     # local epochs of a receiver's task (default: train.epochs); few items per class need more passes
     receiver_epochs: int | None = bounded(None, ge=1, le=100_000)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     control: bool = True
     # torch CPU threads: float sums, and so the numbers, depend on the thread count; 1 reproduces anywhere

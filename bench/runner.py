@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import build_task
+from crossback.data.tasks import build_task, data_warnings
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
@@ -89,7 +89,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     learner = _learner(cfg, node, node_seed(seed, index))
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = STRATEGIES["crossback"]()
+    strategy = STRATEGIES[cfg.transfer.strategy]()
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
@@ -121,9 +121,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
 
 
 def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why):
-    warnings = []
-    if info["samples"]["test"] < cfg.min_test_items:
-        warnings.append(f"test split has {info['samples']['test']} items (< {cfg.min_test_items}): noisy")
+    warnings = data_warnings([info], cfg.min_test_items)
     return {
         "seed": seed, "receiver": node.name, "modality": node.modality, "shots": shots, "task": info["name"],
         "index": i, "classes": len(info["classes"]), "samples": info["samples"], "warnings": warnings,
