@@ -99,7 +99,7 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
             regrets.append(best - chosen["test"])
             best_picked += chosen["test"] >= best
             top = _pick(adapted, score)
-            control_first += bool(top and top["control"] and len(adapted) > len(trained))
+            control_first += top["control"]
         if units:
             out[score] = {"units": units, "spearman": summary(rhos, **boot), "regret": summary(regrets, **boot),
                           "picked_best": best_picked / units, "ranked_control_first": control_first / units}
