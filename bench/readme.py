@@ -18,7 +18,7 @@ from .report import _ci
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-REGIMES = ("starved", "symmetric", "heterogeneous")
+REGIMES = ("starved", "starved_shared_init", "symmetric", "heterogeneous")
 ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "kept", "oracle")
 
 

@@ -43,6 +43,10 @@ def node_seed(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
+def _init_seed(cfg: BenchConfig, seed: int, index: int) -> int:
+    return node_seed(seed, 0) if cfg.shared_init else node_seed(seed, index)
+
+
 def _train_opts(cfg: BenchConfig, node: BenchNode, receiving: bool):
     epochs = cfg.receiver_epochs if receiving and cfg.receiver_epochs else cfg.train.epochs
     return dataclasses.replace(cfg.train, epochs=epochs)
@@ -62,7 +66,7 @@ def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, cata
 def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
     """name -> published snapshot of every serving node, plus one untrained control per receiver modality."""
     def learned(index: int, node: BenchNode) -> ContinualLearner:
-        learner = _learner(cfg, node, node_seed(seed, index))
+        learner = _learner(cfg, node, _init_seed(cfg, seed, index))
         for data, _ in _tasks(cfg, node, seed, None, catalogs):
             learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
         return learner
@@ -74,7 +78,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
                 snaps[name] = published(root / "donors" / name, 1,
-                                        lambda n=node: untrained_learner(_learner(cfg, n, node_seed(seed, 999))))
+                                        lambda n=node: untrained_learner(_learner(cfg, n, _init_seed(cfg, seed, 999))))
     return snaps
 
 
@@ -86,7 +90,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                  catalogs: dict) -> list[dict]:
     """One receiver's task sequence with every arm; one record per task."""
     node = cfg.nodes[index]
-    learner = _learner(cfg, node, node_seed(seed, index))
+    learner = _learner(cfg, node, _init_seed(cfg, seed, index))
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
     strategy = STRATEGIES[cfg.transfer.strategy]()

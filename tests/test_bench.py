@@ -168,3 +168,15 @@ def test_the_node_keeps_none_when_the_borrowed_arm_loses_on_validation(bench_run
         assert (rec["kept"] == "selected") == (chosen["val"] > rec["none"]["val"] or (
             chosen["val"] == rec["none"]["val"] and chosen["val_loss"] <= rec["none"]["val_loss"]))
         assert rec["kept_test"] == (chosen["test"] if rec["kept"] == "selected" else rec["none"]["test"])
+
+
+def test_shared_init_gives_every_node_the_same_starting_kv():
+    import torch
+
+    from crossback.bench.runner import _init_seed, _learner
+    from crossback.models.perceiver import ENCODER_KV
+
+    for shared, same in ((True, True), (False, False)):
+        cfg = parse_bench_config(bench_dict(shared_init=shared))
+        a, b = (_learner(cfg, cfg.nodes[i], _init_seed(cfg, 3, i)).layers[ENCODER_KV].weight for i in (0, 3))
+        assert torch.equal(a, b) == same
