@@ -96,9 +96,9 @@ class BenchConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     control: bool = True
-    # every node initialises its network from the same seed (a shared token basis, like a swarm genesis);
-    # off: each node its own initialisation, as independently started devices have today
-    shared_init: bool = False
+    # every node of one seed initialises from one swarm genesis (crossback.orchestrator_free.genesis);
+    # off: each node its own initialisation, as independently started devices have
+    genesis: bool = False
     # torch CPU threads: float sums, and so the numbers, depend on the thread count; 1 reproduces anywhere
     threads: int = bounded(1, ge=1, le=4096)
     min_test_items: int = bounded(20, ge=0)  # a receiver task with a smaller test split is reported

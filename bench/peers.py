@@ -13,8 +13,9 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import kv_shapes
 from crossback.node.checkpoint import latest_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
-from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
+from crossback.node.server import PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
+from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
 
 
@@ -47,7 +48,7 @@ def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path):
             address = f"127.0.0.1:{port}"
             learner = snap.learner
             identity = NodeIdentity(name, address, learner.modality, learner.method, learner.cfg.token_dim,
-                                    kv_shapes(learner.cfg))
+                                    kv_shapes(learner.cfg), PAYLOAD_KINDS, genesis_id(learner.genesis, learner.cfg))
             events = EventLog(name, log_dir / f"{name}.jsonl", console=None)
             logs.append(events)
             serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events))

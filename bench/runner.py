@@ -30,7 +30,8 @@ from crossback.orchestrator_free.scores import apply_score
 from crossback.orchestrator_free.selection import Candidate, choose, probe_candidates
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
-from crossback.transfer.registry import STRATEGIES
+from crossback.orchestrator_free.genesis import genesis_id
+from crossback.transfer.registry import make_strategy
 
 from .config import BenchConfig, BenchNode
 from .peers import published, serve_snapshots, untrained_learner
@@ -43,8 +44,9 @@ def node_seed(seed: int, index: int) -> int:
     return seed * 1000 + index
 
 
-def _init_seed(cfg: BenchConfig, seed: int, index: int) -> int:
-    return node_seed(seed, 0) if cfg.shared_init else node_seed(seed, index)
+def _genesis(cfg: BenchConfig, seed: int) -> int | None:
+    """With ``genesis: true`` every node of one seed starts from one swarm genesis (the seed's own)."""
+    return node_seed(seed, 0) if cfg.genesis else None
 
 
 def _train_opts(cfg: BenchConfig, node: BenchNode, receiving: bool):
@@ -52,8 +54,9 @@ def _train_opts(cfg: BenchConfig, node: BenchNode, receiving: bool):
     return dataclasses.replace(cfg.train, epochs=epochs)
 
 
-def _learner(cfg: BenchConfig, node: BenchNode, seed: int) -> ContinualLearner:
-    return ContinualLearner(node.model, node.modality, cfg.method.name, seed, cfg.method.piggyback)
+def _learner(cfg: BenchConfig, node: BenchNode, seed: int, index: int) -> ContinualLearner:
+    return ContinualLearner(node.model, node.modality, cfg.method.name, node_seed(seed, index), cfg.method.piggyback,
+                            _genesis(cfg, seed))
 
 
 def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, catalogs: dict):
@@ -66,7 +69,7 @@ def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, cata
 def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
     """name -> published snapshot of every serving node, plus one untrained control per receiver modality."""
     def learned(index: int, node: BenchNode) -> ContinualLearner:
-        learner = _learner(cfg, node, _init_seed(cfg, seed, index))
+        learner = _learner(cfg, node, seed, index)
         for data, _ in _tasks(cfg, node, seed, None, catalogs):
             learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
         return learner
@@ -78,7 +81,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
                 snaps[name] = published(root / "donors" / name, 1,
-                                        lambda n=node: untrained_learner(_learner(cfg, n, _init_seed(cfg, seed, 999))))
+                                        lambda n=node: untrained_learner(_learner(cfg, n, seed, 999)))
     return snaps
 
 
@@ -90,10 +93,11 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                  catalogs: dict) -> list[dict]:
     """One receiver's task sequence with every arm; one record per task."""
     node = cfg.nodes[index]
-    learner = _learner(cfg, node, _init_seed(cfg, seed, index))
+    learner = _learner(cfg, node, seed, index)
+    genesis = genesis_id(_genesis(cfg, seed), node.model)
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = STRATEGIES[cfg.transfer.strategy]()
+    strategy = make_strategy(cfg.transfer)
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
@@ -102,15 +106,16 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     try:
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
-            probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg))
-            usable = [c for c in probed if c.error is None and c.kv is not None]
+            probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
+                                      strategy.borrow, genesis)
+            usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
             base, s = learner.task_state(i), arm_seed(seed, i)
             none = run_arm(learner, i, data, strategy, base, None, opts, s)
             arms: dict[str, dict] = {}
             for c in usable:
                 try:
-                    arms[c.peer] = run_arm(learner, i, data, strategy, base, c.kv, opts, s)
+                    arms[c.peer] = run_arm(learner, i, data, strategy, base, c.parts, opts, s)
                 except InjectionError as exc:
                     c.error = f"injection failed: {exc}"
             trained = [c for c in usable if c.peer != control and c.peer in arms]

@@ -16,9 +16,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .adapters import ImageAdapterConfig, TextAdapterConfig
+from .borrowed import check_parts, kv_parts
 from .bounds import bounded
 from .masks import MaskedLayer, binarize, effective_weight, init_uniform_
-from .perceiver import ENCODER_KV, PerceiverClassifier, PerceiverConfig, join_kv, split_kv
+from .perceiver import ENCODER_KV, KEY, PerceiverClassifier, PerceiverConfig, split_kv
 
 METHODS = ("packnet", "piggyback", "cpg")
 HEAD_NAMES = ("query", "head.weight", "head.bias")
@@ -65,13 +66,18 @@ def config_from_dict(data: dict) -> PerceiverConfig:
 
 class ContinualLearner:
     def __init__(self, cfg: PerceiverConfig, modality: str, method: str, seed: int = 0,
-                 pick: PickOptions = PickOptions()):
+                 pick: PickOptions = PickOptions(), genesis: int | None = None):
+        """``seed`` drives everything this node does (heads, batches, growth) and, without a
+        ``genesis``, its initial weights. With a swarm ``genesis`` the initial weights come from it
+        alone: every node of the swarm starts from one core, and nodes of one modality (and adapter
+        shape) from one adapter, so their tokens share a basis."""
         if method not in METHODS:
             raise ValueError(f"unknown continual-learning method {method!r}; choose one of {list(METHODS)}")
         self.cfg, self.modality, self.method, self.seed, self.pick = cfg, modality, method, seed, pick
+        self.genesis = genesis
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-            torch.manual_seed(seed)
-            self.net = PerceiverClassifier(cfg, modality)
+            torch.manual_seed(seed if genesis is None else genesis)
+            self.net = PerceiverClassifier(cfg, modality, None if genesis is None else genesis + 1)
         self.net.requires_grad_(False)
         ff = _ff_groups(self.net)
         roles = {w_in: (g, "in") for g, (w_in, _) in ff.items()} | {w_out: (g, "out") for g, (_, w_out) in ff.items()}
@@ -88,9 +94,10 @@ class ContinualLearner:
         self.tasks: list[TaskRecord] = []
         self.task_params: list[dict[str, Tensor]] = []
         self.pick_masks: list[dict[str, Tensor]] = []
-        self.borrowed_kv: dict[int, Tensor] = {}  # task -> a peer's fused K/V it runs with (frozen)
-        self.kv_masks: dict[int, Tensor] = {}  # task -> its learned binary mask over the borrowed K/V
-        self.kv_scores: nn.Parameter | None = None  # real-valued mask scores while adapting
+        # task -> {shared-weight name -> a peer's weight it runs with (frozen)}; see .borrowed
+        self.borrowed: dict[int, dict[str, Tensor]] = {}
+        self.borrow_masks: dict[int, dict[str, Tensor]] = {}  # task -> its learned binary masks over them
+        self.borrow_scores: dict[str, nn.Parameter] = {}  # real-valued mask scores while adapting
         self.adapting = self.adapt_own = False
         self.device = torch.device("cpu")
         self.scores: dict[str, nn.Parameter] = {}
@@ -113,7 +120,9 @@ class ContinualLearner:
         self._init_params = mv(self._init_params)
         self.task_params = [mv(p) for p in self.task_params]
         self.pick_masks = [mv(p) for p in self.pick_masks]
-        self.borrowed_kv, self.kv_masks, self.scores = mv(self.borrowed_kv), mv(self.kv_masks), {}
+        self.borrowed = {t: mv(d) for t, d in self.borrowed.items()}
+        self.borrow_masks = {t: mv(d) for t, d in self.borrow_masks.items()}
+        self.scores, self.borrow_scores = {}, {}
         self.device = device
         return self
 
@@ -224,19 +233,19 @@ class ContinualLearner:
             weight, owner = layer.sliced(width)
             pick = self._pick(task, name, train)
             params[name] = effective_weight(weight, owner, task + 1, train=train, pick=pick)
-        if task in self.borrowed_kv:
-            params[ENCODER_KV] = self._borrowed_weight(task, train)
+        for name in self.borrowed.get(task, {}):
+            params[name] = self._borrowed_weight(task, name, train)
         return params
 
-    def _borrowed_weight(self, task: int, train: bool) -> Tensor:
-        borrowed = self.borrowed_kv[task]
-        if task == self.active and self.kv_scores is not None:
+    def _borrowed_weight(self, task: int, name: str, train: bool) -> Tensor:
+        borrowed = self.borrowed[task][name]
+        if task == self.active and name in self.borrow_scores:
+            scores = self.borrow_scores[name]
             if train:
-                return borrowed * binarize(self.kv_scores, self.pick.threshold)
-            return torch.where(self.kv_scores.detach() > self.pick.threshold, borrowed, torch.zeros(()))
-        if task in self.kv_masks:
-            return torch.where(self.kv_masks[task], borrowed, torch.zeros(()))
-        return borrowed
+                return borrowed * binarize(scores, self.pick.threshold)
+            return torch.where(scores.detach() > self.pick.threshold, borrowed, torch.zeros(()))
+        mask = self.borrow_masks.get(task, {}).get(name)
+        return borrowed if mask is None else torch.where(mask, borrowed, torch.zeros(()))
 
     def _pick(self, task: int, name: str, train: bool) -> Tensor | None:
         if task == self.active and name in self.scores:
@@ -258,7 +267,7 @@ class ContinualLearner:
         if self.adapting:  # the task's own tensors and KV mask move; shared weights only if it owns them
             owned = [l.weight.requires_grad_(True) for l in self.layers.values()
                      if self.adapt_own and bool((l.owner == i + 1).any())]
-            return owned + list(self.task_params[i].values()), [self.kv_scores] if self.kv_scores is not None else []
+            return owned + list(self.task_params[i].values()), list(self.borrow_scores.values())
         owner = i + 1
         weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
         return weights + list(self.task_params[i].values()), list(self.scores.values())
@@ -283,41 +292,62 @@ class ContinualLearner:
 
     def load_kv(self, task: int, kv: dict[str, Tensor]) -> None:
         """Make ``task`` run with a borrowed K and V (frozen); no other task changes."""
-        fused = join_kv(kv)
-        expected = self.layers[ENCODER_KV].weight.shape
-        if fused.shape != expected:
-            raise ValueError(f"borrowed KV has shape {tuple(fused.shape)}, this model needs {tuple(expected)}")
-        if not bool(torch.isfinite(fused).all()):
-            raise ValueError("borrowed KV contains NaN or Inf")
+        self.load_parts(task, kv_parts(kv))
+
+    def part_shapes(self, task: int | None = None) -> dict[str, tuple[int, ...]]:
+        """Every tensor name ``task`` (default: the last) runs with -> its shape: what a part must fit."""
+        task = len(self.tasks) - 1 if task is None else task
+        with torch.no_grad():
+            return {n: tuple(t.shape) for n, t in self.params_for(task).items()}
+
+    def extract_parts(self, names, task: int | None = None) -> dict[str, Tensor]:
+        """The tensors ``names`` as ``task`` (default: the last learned) runs them: what a peer borrows."""
+        task = len(self.tasks) - 1 if task is None else task
+        with torch.no_grad():
+            params = self.params_for(task)
+            return {n: params[n].detach().cpu().clone() for n in names}
+
+    def load_parts(self, task: int, parts: dict[str, Tensor]) -> None:
+        """Make ``task`` run with a peer's tensors: shared-weight matrices frozen (under a mask the
+        adaptation learns), per-task tensors as the task's own new values. No other task changes."""
         if not 0 <= task < len(self.tasks):
             raise IndexError(f"no task {task}")
-        self.borrowed_kv[task] = fused.detach().to(self.device, self.layers[ENCODER_KV].weight.dtype).clone()
-        self.kv_masks.pop(task, None)
+        check_parts(parts, self.part_shapes(task))
+        weights = {}
+        for name, t in parts.items():
+            if name in self.layers:
+                weights[name] = t.detach().to(self.device, self.layers[name].weight.dtype).clone()
+            else:
+                own = self.task_params[task][name]
+                self.task_params[task][name] = t.detach().to(self.device, own.dtype).clone().requires_grad_(own.requires_grad)
+        self.borrowed[task] = weights
+        self.borrow_masks.pop(task, None)
 
     # ---------------------------------------------------------------- adaptation of a learned task
 
-    def begin_adaptation(self, task: int, kv: dict[str, Tensor] | None = None, own_weights: bool = False) -> None:
-        """Reopen a learned task to adapt its own tensors, optionally on a peer's K/V under a new
-        piggyback mask (CrossBack's transfer). Older tasks' weights stay frozen, so no other task
-        changes; ``own_weights`` also retrains the shared weights this task owns (only for the newest
-        task, whose weights no other task sees yet)."""
+    def begin_adaptation(self, task: int, parts: dict[str, Tensor] | None = None, own_weights: bool = False) -> None:
+        """Reopen a learned task to adapt its own tensors, optionally on a peer's parts (see
+        ``load_parts``) under new piggyback masks (CrossBack's transfer). Older tasks' weights stay
+        frozen, so no other task changes; ``own_weights`` also retrains the shared weights this task
+        owns (only for the newest task, whose weights no other task sees yet). ``parts`` in the K/V
+        wire form (``cross_attn.key`` / ``cross_attn.value``) are accepted too."""
         if self.active is not None:
             raise RuntimeError("finish the task being learned before adapting one")
         if own_weights and task != len(self.tasks) - 1:
             raise RuntimeError(f"task {task}'s weights are already used by newer tasks; cannot retrain them")
         self.adapt_own = own_weights
-        if kv is not None:
-            self.load_kv(task, kv)
-            self.kv_masks.pop(task, None)
-            self.kv_scores = nn.Parameter(torch.full(self.borrowed_kv[task].shape, self.pick.init_score, device=self.device))
+        if parts is not None:
+            self.load_parts(task, kv_parts(parts) if KEY in parts else parts)
+            self.borrow_scores = {n: nn.Parameter(torch.full(w.shape, self.pick.init_score, device=self.device))
+                                  for n, w in self.borrowed[task].items()}
         self.task_params[task] = {n: t.detach().clone().requires_grad_(True) for n, t in self.task_params[task].items()}
         self.active, self.adapting = task, True
 
     def end_adaptation(self) -> None:
         task = self._require_active()
-        if self.kv_scores is not None:
-            self.kv_masks[task] = self.kv_scores.detach() > self.pick.threshold
-            self.kv_scores = None
+        if self.borrow_scores:
+            self.borrow_masks[task] = {n: s.detach() > self.pick.threshold for n, s in self.borrow_scores.items()}
+            self.borrow_scores = {}
         self.task_params[task] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[task].items()}
         for layer in self.layers.values():
             layer.weight.requires_grad_(False)
@@ -327,14 +357,14 @@ class ContinualLearner:
         """Everything that distinguishes one way of finishing ``task`` from another (for comparing arms)."""
         return {"params": {n: t.detach().clone() for n, t in self.task_params[task].items()},
                 "owned": {n: l.weight.detach()[l.owner == task + 1].clone() for n, l in self.layers.items()},
-                "borrowed": self.borrowed_kv.get(task), "kv_mask": self.kv_masks.get(task)}
+                "borrowed": self.borrowed.get(task), "masks": self.borrow_masks.get(task)}
 
     def set_task_state(self, task: int, state: dict) -> None:
         self.task_params[task] = {n: t.clone() for n, t in state["params"].items()}
         with torch.no_grad():
             for n, layer in self.layers.items():
                 layer.weight[layer.owner == task + 1] = state["owned"][n]
-        for store, key in ((self.borrowed_kv, "borrowed"), (self.kv_masks, "kv_mask")):
+        for store, key in ((self.borrowed, "borrowed"), (self.borrow_masks, "masks")):
             if state[key] is None:
                 store.pop(task, None)
             else:
@@ -368,6 +398,7 @@ class ContinualLearner:
             "modality": self.modality,
             "method": self.method,
             "seed": self.seed,
+            "genesis": self.genesis,
             "pick": dataclasses.asdict(self.pick),
             "tasks": [dataclasses.asdict(t) for t in self.tasks],
         }
@@ -382,16 +413,14 @@ class ContinualLearner:
     def task_tensors(self, task: int) -> dict[str, Tensor]:
         out = {n: t.detach().cpu().contiguous() for n, t in self.task_params[task].items()}
         out |= {f"pick::{n}": m.cpu().contiguous() for n, m in self.pick_masks[task].items()}
-        if task in self.borrowed_kv:
-            out["borrowed::" + ENCODER_KV] = self.borrowed_kv[task].cpu().contiguous()
-        if task in self.kv_masks:
-            out["kvmask::" + ENCODER_KV] = self.kv_masks[task].cpu().contiguous()
+        out |= {f"borrowed::{n}": w.cpu().contiguous() for n, w in self.borrowed.get(task, {}).items()}
+        out |= {f"bmask::{n}": m.cpu().contiguous() for n, m in self.borrow_masks.get(task, {}).items()}
         return out
 
     @classmethod
     def from_tensors(cls, meta: dict, shared: dict[str, Tensor], per_task: list[dict[str, Tensor]]) -> "ContinualLearner":
         learner = cls(config_from_dict(meta["model"]), meta["modality"], meta["method"], meta["seed"],
-                      PickOptions(**meta["pick"]))
+                      PickOptions(**meta["pick"]), meta.get("genesis"))
         for n, layer in learner.layers.items():
             if n not in shared or f"{n}::owner" not in shared:
                 raise KeyError(f"checkpoint lacks shared weight {n!r}")
@@ -406,9 +435,10 @@ class ContinualLearner:
                 if n.startswith("pick::"):
                     picks[n.removeprefix("pick::")] = t.clone()
                 elif n.startswith("borrowed::"):
-                    learner.borrowed_kv[len(learner.tasks) - 1] = t.clone()
-                elif n.startswith("kvmask::"):
-                    learner.kv_masks[len(learner.tasks) - 1] = t.clone()
+                    learner.borrowed.setdefault(len(learner.tasks) - 1, {})[n.removeprefix("borrowed::")] = t.clone()
+                elif n.startswith(("bmask::", "kvmask::")):  # kvmask: checkpoints from before block/backbone
+                    name = n.split("::", 1)[1]
+                    learner.borrow_masks.setdefault(len(learner.tasks) - 1, {})[name] = t.clone()
                 else:
                     params[n] = t.clone()
             learner.task_params.append(params)

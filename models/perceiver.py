@@ -49,10 +49,14 @@ class PerceiverConfig:
 class PerceiverClassifier(nn.Module):
     """adapter -> Perceiver IO (one encoder cross-attention, latent blocks) -> one query -> head."""
 
-    def __init__(self, cfg: PerceiverConfig, modality: str):
+    def __init__(self, cfg: PerceiverConfig, modality: str, core_seed: int | None = None):
+        """``core_seed``: reseed the global RNG before drawing the core, so the core's initial weights
+        depend on that seed and its shape only, not on the modality's adapter (a swarm genesis)."""
         super().__init__()
         self.cfg, self.modality = cfg, modality
         self.adapter = build_adapter(modality, cfg.image, cfg.text, cfg.token_dim)
+        if core_seed is not None:
+            torch.manual_seed(core_seed)
         self.core = PerceiverIO(
             depth=cfg.depth,
             dim=cfg.token_dim,
@@ -69,10 +73,11 @@ class PerceiverClassifier(nn.Module):
         self.query = nn.Parameter(torch.randn(1, cfg.queries_dim))
         self.head = nn.Linear(cfg.queries_dim, 2)
 
-    def forward(self, inputs: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor, features: bool = False) -> Tensor:
+        """Logits, or with ``features`` the decoded query the head reads (b, queries_dim)."""
         tokens, mask = self.adapter(inputs)
-        decoded = self.core(tokens, mask=mask, queries=self.query)  # b 1 queries_dim
-        return self.head(decoded[:, 0])
+        decoded = self.core(tokens, mask=mask, queries=self.query)[:, 0]  # b queries_dim
+        return decoded if features else self.head(decoded)
 
 
 def split_kv(fused: Tensor) -> dict[str, Tensor]:

@@ -4,7 +4,8 @@
 - ``selection:`` whom to borrow from (score, scope, deadline, probe);
 - ``transfer:`` how to borrow (the strategy);
 - ``adaptation:`` the budget every arm finishes a task with;
-- ``experiment:`` comparison settings that are not part of the method (oracle, which arm to keep).
+- ``experiment:`` comparison settings that are not part of the method (oracle, which arm to keep);
+- ``swarm:`` what every node of one swarm agrees on (the genesis seed its network starts from).
 
 Precedence: command-line flags, then ``CROSSBACK_*`` environment variables, then the file.
 """
@@ -15,6 +16,7 @@ import os
 from pathlib import Path
 
 from crossback.orchestrator_free.backbone import ExperimentConfig
+from crossback.orchestrator_free.genesis import SwarmSettings
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig
 from crossback.transfer.registry import TransferConfig
@@ -32,7 +34,7 @@ ENV = {
     "log_dir": "CROSSBACK_LOG_DIR",
 }
 SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
-            "adaptation": AdaptationConfig, "experiment": ExperimentConfig}
+            "adaptation": AdaptationConfig, "experiment": ExperimentConfig, "swarm": SwarmSettings}
 # keys of the old mixed ``transfer:`` section, and where they live now
 MOVED = {"transfer.adapt_epochs": "adaptation.epochs", "transfer.adapt_own_weights": "adaptation.own_weights",
          **{f"transfer.{k}": f"selection.{k}" for k in ("enabled", "scope", "deadline", "euc_weight", "probe")},

@@ -24,7 +24,8 @@ from crossback.orchestrator_free.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig, AdaptOptions
-from crossback.transfer.registry import STRATEGIES, TransferConfig
+from crossback.orchestrator_free.genesis import SwarmSettings, genesis_id
+from crossback.transfer.registry import TransferConfig, make_strategy
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
@@ -34,7 +35,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wri
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .events import EventLog
-from .server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
+from .server import DEFAULT_SERVE, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .train_run import new_learner, prepare_tasks
 
@@ -56,6 +57,7 @@ class NodeSettings:
     max_message_bytes: int = bounded(4 << 20, ge=2 << 20, le=1 << 30)
     exit_when_done: bool = False  # default: keep serving peers after the last task
     threads: int = bounded(0, ge=0, le=4096)  # torch CPU threads; 0 = torch's default
+    serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds handed to peers: kv, ddv, block, backbone
 
     def validate(self) -> None:
         """Rules that can only be checked once flags and environment are applied."""
@@ -67,6 +69,9 @@ class NodeSettings:
             raise ConfigError(str(exc)) from None
         if self.failure_timeout <= self.heartbeat_interval:
             raise ConfigError("node.failure_timeout: must exceed node.heartbeat_interval")
+        unknown = [k for k in self.serve if k not in PAYLOAD_KINDS]
+        if unknown:
+            raise ConfigError(f"node.serve: unknown payload kinds {unknown}; choose from {list(PAYLOAD_KINDS)}")
         if self.rpc_attempts < 1:
             raise ConfigError("node.rpc_attempts: must be at least 1")
         for key, value in (("listen", self.listen), ("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
@@ -83,6 +88,11 @@ class NodeConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    swarm: SwarmSettings = field(default_factory=SwarmSettings)
+
+    @property
+    def genesis(self) -> str:
+        return genesis_id(self.swarm.genesis, self.run.model)
 
 
 def _is_host_port(value: str) -> bool:
@@ -132,7 +142,7 @@ class Node:
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model))
+                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
         servicer = PeerServicer(identity, self.snapshot, membership, self.events)
         health = serve(server, servicer)
@@ -177,6 +187,10 @@ class Node:
         if latest is not None:
             learner, state = load_checkpoint(latest)
             learner.to(self.device)
+            genesis = self.cfg.swarm.genesis
+            if learner.genesis != genesis:
+                raise ConfigError(f"{self.state_dir} was initialised from swarm.genesis {learner.genesis}, not "
+                                  f"{genesis}: it belongs to another swarm; use a new state dir")
             names = [t.name for t in learner.tasks]
             if names != [t.name for t in tasks[: len(names)]]:
                 raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
@@ -184,7 +198,7 @@ class Node:
             self.publish(latest)
             self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
         else:
-            learner, rows = new_learner(self.run_cfg).to(self.device), []
+            learner, rows = new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
         for i in range(len(learner.tasks), len(tasks)):
             if self._stop.is_set():
                 return
@@ -199,9 +213,9 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              STRATEGIES[self.cfg.transfer.strategy](),
+                              make_strategy(self.cfg.transfer),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
-                              self.events.emit, self.cfg.experiment)
+                              self.events.emit, self.cfg.experiment, self.cfg.genesis)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],

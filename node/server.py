@@ -20,7 +20,9 @@ from .events import EventLog
 from .snapshot import Snapshot
 
 SERVICE_NAME = "crossback.v1.PeerService"
-PAYLOAD_KINDS = ("kv", "ddv")
+# what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts
+PAYLOAD_KINDS = ("kv", "ddv", "block", "backbone")
+DEFAULT_SERVE = ("kv", "ddv")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 
 
@@ -39,6 +41,8 @@ class NodeIdentity:
     method: str
     token_dim: int
     kv_shapes: dict[str, tuple[int, int]]
+    serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds this node hands out
+    genesis: str = ""  # genesis id (crossback.orchestrator_free.genesis), "" for none
 
 
 class PeerServicer(pb_grpc.PeerServiceServicer):
@@ -59,6 +63,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} has no finished task yet")
         return snap
 
+    def _require_serving(self, kind: str, context) -> None:
+        if kind not in self.identity.serve:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{self.identity.node_id} does not serve payload kind {kind!r} (serves {list(self.identity.serve)})")
+
     def _sent(self, kind: str, peer: str, nbytes: int) -> None:
         self.events.emit("payload_sent", kind=kind, peer=peer or "?", bytes=nbytes)
 
@@ -77,8 +86,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             node_id=ident.node_id, address=ident.address, modality=ident.modality, token_dim=ident.token_dim,
             kv_shapes=[pb.TensorShape(name=n, dims=list(s)) for n, s in ident.kv_shapes.items()],
             finished_tasks=snap.finished_tasks if snap else [], snapshot_version=snap.version if snap else 0,
-            software_version=software_version(), protocol=PROTOCOL, payload_kinds=list(PAYLOAD_KINDS),
-            method=ident.method)
+            software_version=software_version(), protocol=PROTOCOL, payload_kinds=list(ident.serve),
+            method=ident.method, genesis=ident.genesis,
+            origins=[pb.TensorOrigin(name=n, node_id=o) for n, o in sorted((snap.origins() if snap else {}).items())])
         self._sent("info", request.caller_id, info.ByteSize())
         return info
 
@@ -95,6 +105,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     def FetchKV(self, request, context):
         self._check_protocol(request.protocol, context)
+        self._require_serving("kv", context)
         snap = self._require_snapshot(context)
         if snap.version < request.min_snapshot_version:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
@@ -103,8 +114,23 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
 
+    def FetchPayload(self, request, context):
+        self._check_protocol(request.protocol, context)
+        if request.kind not in PAYLOAD_KINDS or request.kind == "ddv":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"unknown payload kind {request.kind[:64]!r}; tensor kinds: kv, block, backbone")
+        self._require_serving(request.kind, context)
+        snap = self._require_snapshot(context)
+        if snap.version < request.min_snapshot_version:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"snapshot {snap.version} is older than the requested {request.min_snapshot_version}")
+        chunks = encode_all(snap.parts(request.kind), snap.version)
+        self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
+        yield from chunks
+
     def ProbeDDV(self, request, context):
         self._check_protocol(request.protocol, context)
+        self._require_serving("ddv", context)
         snap = self._require_snapshot(context)
         s = request.spec
         if s.kv_source not in KV_SOURCE_NAMES:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from crossback.models.borrowed import BORROWED_EVENT, part_names
 from crossback.models.learner import ContinualLearner
 
 from .checkpoint import load_checkpoint
@@ -24,6 +25,15 @@ class Snapshot:
     @property
     def finished_tasks(self) -> list[str]:
         return [t.name for t in self.learner.tasks]
+
+    def parts(self, kind: str) -> dict[str, Tensor]:
+        """Payload ``kind`` as the last finished task runs it (see crossback.models.borrowed)."""
+        return self.learner.extract_parts(part_names(kind, self.learner.part_shapes(self.task)), self.task)
+
+    def origins(self) -> dict[str, str]:
+        """Tensor name -> the node that learned it, for the tensors the last task borrowed."""
+        events = [e for e in self.learner.tasks[self.task].events if e.get("event") == BORROWED_EVENT]
+        return dict(events[-1]["origins"]) if events else {}
 
     @classmethod
     def from_checkpoint(cls, folder: Path) -> "Snapshot":

@@ -22,8 +22,9 @@ from .devices import resolve_device
 CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"
 
 
-def new_learner(cfg: RunConfig) -> ContinualLearner:
-    return ContinualLearner(cfg.model, cfg.data.modality, cfg.method.name, cfg.seed, cfg.method.piggyback)
+def new_learner(cfg: RunConfig, genesis: int | None = None) -> ContinualLearner:
+    """``genesis``: a swarm genesis seed (default: the run's own seed initialises the network)."""
+    return ContinualLearner(cfg.model, cfg.data.modality, cfg.method.name, cfg.seed, cfg.method.piggyback, genesis)
 
 
 def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:

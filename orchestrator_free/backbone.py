@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from crossback.models.borrowed import BORROWED_EVENT
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
@@ -60,11 +61,12 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
 
 def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed) -> dict | None:
     try:
-        arm = run_arm(learner, task, data, strategy, base, cand.kv if cand else None, opts, seed)
+        arm = run_arm(learner, task, data, strategy, base, cand.parts if cand else None, opts, seed)
     except InjectionError as exc:
         cand.error = f"injection failed: {exc}"
         return None
-    return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None, **arm}
+    return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None,
+            "origin": cand.origin if cand else None, **arm}
 
 
 def decide_keep(arms: dict[str, dict], preferred: str) -> tuple[str, str]:
@@ -91,11 +93,17 @@ def arm_seed(seed: int, task: int) -> int:
     return seed * 7919 + task
 
 
+def record_provenance(learner: ContinualLearner, task: int, cand: Candidate, kind: str) -> None:
+    """Remember whose parts ``task`` now runs on, so re-serving them names the original learner."""
+    learner.tasks[task].events.append({"event": BORROWED_EVENT, "peer": cand.peer, "kind": kind,
+                                       "origin": cand.origin, "origins": dict(cand.origins)})
+
+
 def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id: str, peers: list[tuple[str, str]],
                   clients, cfg: SelectionConfig, strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
-                  experiment: ExperimentConfig = ExperimentConfig()) -> dict:
+                  experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
     started = time.perf_counter()
-    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg))
+    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis)
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
     apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)
@@ -105,6 +113,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
          skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in skipped],
          chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
+         chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow,
          score=chosen.score if chosen else None, score_name=cfg.score,
          margin=(chosen.score - runner_up) if chosen and runner_up is not None else None, reason=reason,
          scope=cfg.scope, seconds=round(time.perf_counter() - started, 4),
@@ -125,6 +134,8 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     arms = {name: arm for name, arm in arms.items() if arm is not None}
     kept, why = decide_keep(arms, experiment.keep)
     learner.set_task_state(task, arms[kept]["state"])
+    if kept != "none":
+        record_provenance(learner, task, next(c for c in scored if c.peer == arms[kept]["peer"]), strategy.borrow)
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},

@@ -4,11 +4,15 @@
   (see ``selection``); the peer answers half of it.
 - ``ddv_cos``: the cosine part alone (``euc_weight = 0``).
 - ``local_loss``: minus the receiver's mean cross-entropy on its own *validation* split when the task
-  runs through the candidate's K/V, before any adaptation (a LEEP-like local transferability proxy:
-  nothing leaves the receiver, nothing is trained).
+  runs through the candidate's parts, before any adaptation (nothing leaves the receiver, nothing is
+  trained).
+- ``logme``: LogME (You et al., 2021), the log marginal evidence per item of a Bayesian linear model
+  from the features the head reads — the task run through the candidate's parts — to the one-hot
+  labels of the receiver's own train and validation items, averaged over classes. It asks "how
+  linearly separable do the borrowed parts make *my* items", needs no training and no peer data.
 
-Every candidate gets every score (they are cheap); the node's ``selection.score`` decides which one
-``choose`` ranks by, and the benchmark reports each one's Spearman with the realised gain.
+Every candidate gets every score it can (they are cheap); the node's ``selection.score`` decides
+which one ``choose`` ranks by, and the benchmark reports each one's Spearman with the realised gain.
 """
 from __future__ import annotations
 
@@ -19,15 +23,22 @@ import torch.nn.functional as F
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.models.perceiver import ENCODER_KV, join_kv
+from crossback.models.training import Split
 
-SCORES = ("ddv", "ddv_cos", "local_loss")
+SCORES = ("ddv", "ddv_cos", "local_loss", "logme")
+DDV_SCORES = ("ddv", "ddv_cos")
+
+
+def _with_parts(learner: ContinualLearner, task: int, parts: dict) -> dict:
+    params = dict(learner.params_for(task))
+    for name, t in parts.items():
+        params[name] = t.to(learner.device, params[name].dtype)
+    return params
 
 
 @torch.no_grad()
-def local_loss(learner: ContinualLearner, task: int, data: TaskData, kv: dict, batch_size: int = 256) -> float:
-    params = dict(learner.params_for(task))
-    params[ENCODER_KV] = join_kv(kv).to(learner.device, params[ENCODER_KV].dtype)
+def local_loss(learner: ContinualLearner, task: int, data: TaskData, parts: dict, batch_size: int = 256) -> float:
+    params = _with_parts(learner, task, parts)
     total, n = 0.0, 0
     for s in range(0, len(data.val), batch_size):
         x = data.val.inputs[s : s + batch_size].to(learner.device)
@@ -37,11 +48,58 @@ def local_loss(learner: ContinualLearner, task: int, data: TaskData, kv: dict, b
     return -total / max(n, 1)
 
 
+@torch.no_grad()
+def features(learner: ContinualLearner, task: int, split: Split, parts: dict | None = None,
+             batch_size: int = 256) -> torch.Tensor:
+    """The head's input for every item of ``split``, the task run through ``parts`` (default: its own)."""
+    params = _with_parts(learner, task, parts or {})
+    out = [learner.call(learner.net, params, (split.inputs[s : s + batch_size].to(learner.device),), {"features": True})
+           for s in range(0, len(split), batch_size)]
+    return torch.cat(out).cpu()
+
+
+def logme_evidence(f: torch.Tensor, labels: torch.Tensor, num_classes: int, iters: int = 20) -> float:
+    """Mean over classes of the per-item log evidence of y_k ~ N(f w, 1/beta), w ~ N(0, 1/alpha), with
+    alpha and beta at their evidence-maximising fixed point (LogME's algorithm 2)."""
+    f = f.double()
+    n, d = f.shape
+    u, s, _ = torch.linalg.svd(f, full_matrices=False)
+    sigma = s**2
+    total = 0.0
+    for k in range(num_classes):
+        y = (labels == k).double()
+        x2 = (u.T @ y) ** 2
+        rest = float(y @ y - x2.sum())  # the part of y outside the features' span
+        alpha, beta = 1.0, 1.0
+        for _ in range(iters):
+            t = alpha / beta
+            gamma = float((sigma / (sigma + t)).sum())
+            m2 = float((sigma * x2 / (sigma + t) ** 2).sum())
+            res2 = float((x2 / (1 + sigma / t) ** 2).sum()) + rest
+            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            if abs(alpha / beta - t) / t <= 1e-3:
+                break
+        t = alpha / beta
+        m2 = float((sigma * x2 / (sigma + t) ** 2).sum())
+        res2 = float((x2 / (1 + sigma / t) ** 2).sum()) + rest
+        logdet = float(torch.log(alpha + beta * sigma).sum()) + (d - len(sigma)) * math.log(alpha)
+        evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
+                    - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2)
+        total += evidence / n
+    return total / num_classes
+
+
+def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | None) -> float:
+    items = Split(torch.cat([data.train.inputs, data.val.inputs]), torch.cat([data.train.labels, data.val.labels]))
+    return logme_evidence(features(learner, task, items, parts), items.labels, data.num_classes)
+
+
 def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float) -> dict[str, float]:
-    if cand.cos is None or cand.kv is None:
+    if cand.parts is None:
         return {}
-    out = {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos,
-           "local_loss": local_loss(learner, task, data, cand.kv)}
+    out = {"local_loss": local_loss(learner, task, data, cand.parts), "logme": logme(learner, task, data, cand.parts)}
+    if cand.cos is not None:
+        out |= {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos}
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
@@ -50,6 +108,6 @@ def apply_score(name: str, cands: list, learner: ContinualLearner, task: int, da
     if name not in SCORES:
         raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
     for cand in cands:
-        if cand.error is None and cand.kv is not None:
+        if cand.error is None and cand.parts is not None:
             cand.scores = candidate_scores(cand, learner, task, data, euc_weight)
             cand.score = cand.scores.get(name)

@@ -24,16 +24,18 @@ import grpc
 import torch
 from torch import Tensor
 
+from crossback.models.borrowed import kv_parts, part_names
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 
 from .ddv import ProbeSpec, ddv
-from .scores import SCORES
+from .scores import DDV_SCORES, SCORES
 from .transport import PeerClient
 from .wire import WireError
 
 
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
+MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,14 @@ class Candidate:
     snapshot_version: int = 0
     error: str | None = None
     scores: dict[str, float] = field(default_factory=dict)  # every scoring function's value
+    genesis: str = ""
+    origin: str | None = None  # the node that learned most of what would be borrowed (provenance)
     kv: dict[str, Tensor] | None = field(default=None, repr=False)
+    parts: dict[str, Tensor] | None = field(default=None, repr=False)  # what the strategy borrows
+    origins: dict[str, str] = field(default_factory=dict, repr=False)  # part name -> its learner
 
     def public(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k != "kv"}
+        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins")}
 
 
 def zscore(v: Tensor) -> Tensor:
@@ -80,29 +86,63 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
     return cos, euc, cos - euc_weight * euc
 
 
+def _origins(info, peer: str) -> dict[str, str]:
+    entries = list(info.origins)
+    if len(entries) > MAX_ORIGINS or any(len(o.name) > MAX_NAME or len(o.node_id) > MAX_NAME or not o.node_id
+                                         for o in entries):
+        raise WireError(f"peer {peer[:MAX_NAME]!r} advertises malformed provenance")
+    return {o.name: o.node_id for o in entries}
+
+
+def _dominant(origins: dict[str, str], parts: dict[str, Tensor]) -> str:
+    weight: dict[str, int] = {}
+    for name, t in parts.items():
+        weight[origins[name]] = weight.get(origins[name], 0) + t.numel()
+    return sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
-               expected: dict[str, tuple[int, int]], cfg: SelectionConfig) -> Candidate:
+               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str) -> Candidate:
     started = time.perf_counter()
     try:
         info = client.get_info()
-        cand.modality, cand.snapshot_version = info.modality, info.snapshot_version
+        cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
-        if shapes != expected:
+        served = set(info.payload_kinds)
+        needs = {borrow} | ({"kv", "ddv"} if cfg.score in DDV_SCORES else set())
+        if genesis and info.genesis != genesis:
+            cand.error = f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
+        elif shapes != expected:
             cand.error = f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
         elif info.snapshot_version < 1:
             cand.error = f"{SKIPPED} no finished task yet"
         elif cfg.scope == "intra" and info.modality != learner.modality:
             cand.error = f"{SKIPPED} modality {info.modality} outside scope intra"
+        elif not needs <= served:
+            cand.error = f"{SKIPPED} does not serve {sorted(needs - served)} (serves {sorted(served)})"
         else:
-            kv, version = client.fetch_kv(expected=expected, min_version=1)
-            reply = client.probe_ddv(cfg.probe)
-            local = ddv(learner, task, kv, cfg.probe)
-            remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
-            if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
-                raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
-            cand.cos, cand.euc, cand.score = score_ddvs(local, remote, cfg.euc_weight)
-            cand.kv, cand.snapshot_version = kv, version
-            cand.bytes = sum(t.numel() * t.element_size() for t in kv.values()) + reply.ByteSize()
+            nbytes = 0
+            if {"kv", "ddv"} <= served:
+                kv, version = client.fetch_kv(expected=expected, min_version=1)
+                reply = client.probe_ddv(cfg.probe)
+                local = ddv(learner, task, kv, cfg.probe)
+                remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
+                if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
+                    raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
+                cand.cos, cand.euc, cand.score = score_ddvs(local, remote, cfg.euc_weight)
+                cand.kv, cand.snapshot_version = kv, version
+                nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply.ByteSize()
+            if borrow == "kv" and cand.kv is not None:
+                cand.parts = kv_parts(cand.kv)
+            else:
+                own = learner.part_shapes(task)
+                want = {n: own[n] for n in part_names(borrow, own)}
+                cand.parts, cand.snapshot_version = client.fetch_payload(borrow, expected=want, min_version=1)
+                nbytes += sum(t.numel() * t.element_size() for t in cand.parts.values())
+            advertised = _origins(info, cand.peer)
+            cand.origins = {n: advertised.get(n, cand.peer) for n in cand.parts}
+            cand.origin = _dominant(cand.origins, cand.parts)
+            cand.bytes = nbytes
     except grpc.RpcError as exc:
         cand.error = f"{exc.code().name}: {exc.details()}"
     except (WireError, ValueError) as exc:
@@ -112,13 +152,17 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
 
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
-                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]]) -> list[Candidate]:
-    """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``."""
+                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
+                     genesis: str = "") -> list[Candidate]:
+    """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``: its info, its
+    DDV answer (when it serves K/V and DDV) and the parts ``borrow`` names. With a ``genesis`` id, peers
+    of another genesis are skipped."""
     cands = [Candidate(p, a) for p, a in peers]
     if not cands:
         return []
     pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
-    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg): c for c in cands}
+    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis): c
+               for c in cands}
     _, late = wait(futures, timeout=cfg.deadline)
     for f in late:
         f.cancel()

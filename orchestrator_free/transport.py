@@ -75,6 +75,25 @@ class PeerClient:
 
         return self._call(fetch)
 
+    def fetch_payload(self, kind: str, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
+                      max_total_bytes: int = 64 << 20):
+        """(tensors by parameter name, snapshot_version) of the peer's payload ``kind``, verified."""
+        req = pb.PayloadRequest(protocol=PROTOCOL, caller_id=self.caller_id, kind=kind, min_snapshot_version=min_version)
+        self.on_payload(f"{kind}_request", self.address, req.ByteSize())
+
+        def fetch():
+            versions = set()
+
+            def chunks():  # decoded as they arrive: the size limit holds before the stream is in memory
+                for c in self._stub.FetchPayload(req, timeout=self.policy.timeout):
+                    versions.add(c.snapshot_version)
+                    yield c
+
+            tensors = decode(chunks(), expected, max_total_bytes)
+            return tensors, (versions.pop() if len(versions) == 1 else -1)
+
+        return self._call(fetch)
+
     def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
         req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,

@@ -52,7 +52,7 @@ def test_training_inference_and_transfer_run_on_the_device(device, digits_tasks,
     peer.end_task()
     CrossBackTransfer().adapt(learner, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(1, OPTS),
                               torch.Generator().manual_seed(0))
-    assert learner.borrowed_kv[1].device.type == device
+    assert all(w.device.type == device for w in learner.borrowed[1].values())
     # a checkpoint written on the device loads anywhere (here: on the CPU)
     expected = predict(learner, 1, digits_tasks[1].test.inputs)
     restored, _ = load_checkpoint(save_checkpoint(tmp_path, learner, {}))

@@ -69,14 +69,17 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     from crossback.models.learner import ContinualLearner
     from crossback.models.methods import MethodConfig, learn_task
     from crossback.models.training import TrainOptions, predict
+    from crossback.models.borrowed import kv_parts
     from crossback.orchestrator_free.scores import apply_score
 
     learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
     data = digits_tasks[0]
     learn_task(learner, data, MethodConfig(), TrainOptions(epochs=1, batch_size=64))
-    own = Candidate("own", "h:1", cos=0.5, euc=0.2, kv=learner.extract_kv(0))
+    kv = learner.extract_kv(0)
+    own = Candidate("own", "h:1", cos=0.5, euc=0.2, kv=kv, parts=kv_parts(kv))
     g = torch.Generator().manual_seed(3)
-    other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv={n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()})
+    other_kv = {n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()}
+    other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv=other_kv, parts=kv_parts(other_kv))
     failed = Candidate("gone", "h:3", error="UNAVAILABLE: down")
     apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5)
     expected = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
@@ -84,7 +87,7 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     assert own.scores["ddv"] == pytest.approx(0.5 - 0.5 * 0.2) and own.scores["ddv_cos"] == 0.5
     learner.load_kv(0, other.kv)  # the same task, run on the other K/V
     expected_other = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
-    learner.borrowed_kv.pop(0)
+    learner.borrowed.pop(0)
     assert other.score == pytest.approx(expected_other, rel=1e-5) and other.score != own.score
     assert failed.scores == {} and failed.score is None
     with pytest.raises(ValueError, match="unknown selection score"):

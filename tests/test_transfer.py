@@ -32,14 +32,14 @@ def test_borrowed_kv_runs_under_a_learned_mask_and_changes_only_that_task(two_le
     shared_before = {n: l.weight.detach().clone() for n, l in local.layers.items()}
     facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(3, OPTS, own_weights=False),
                                       torch.Generator().manual_seed(0))
-    assert facts["kv_changed_fraction"] > 0.5 and 0.0 < facts["kv_mask_kept"] <= 1.0
+    assert facts["changed_tensors"] == 1 and facts["changed_fraction"] > 0.5 and 0.0 < facts["mask_kept"] <= 1.0
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0_before)
     assert not torch.equal(predict(local, 1, digits_tasks[1].test.inputs), task1_before)
     assert all(torch.equal(l.weight.detach(), shared_before[n]) for n, l in local.layers.items())
     with torch.no_grad():
         running = local.params_for(1)[ENCODER_KV]
-    borrowed = local.borrowed_kv[1]
-    assert torch.equal(running, torch.where(local.kv_masks[1], borrowed, torch.zeros(())))
+    borrowed = local.borrowed[1][ENCODER_KV]
+    assert torch.equal(running, torch.where(local.borrow_masks[1][ENCODER_KV], borrowed, torch.zeros(())))
 
 
 def test_borrowed_kv_and_mask_survive_a_checkpoint(two_learners, digits_tasks, tmp_path):
@@ -48,7 +48,7 @@ def test_borrowed_kv_and_mask_survive_a_checkpoint(two_learners, digits_tasks, t
                               torch.Generator().manual_seed(0))
     expected = predict(local, 1, digits_tasks[1].test.inputs)
     restored, _ = load_checkpoint(save_checkpoint(tmp_path, local, {}))
-    assert torch.equal(restored.kv_masks[1], local.kv_masks[1])
+    assert torch.equal(restored.borrow_masks[1][ENCODER_KV], local.borrow_masks[1][ENCODER_KV])
     assert torch.equal(predict(restored, 1, digits_tasks[1].test.inputs), expected)
 
 
@@ -64,7 +64,7 @@ def test_no_payload_is_the_plain_adaptation_baseline(two_learners, digits_tasks)
     local, _ = two_learners
     facts = CrossBackTransfer().adapt(local, 1, digits_tasks[1], None, AdaptOptions(1, OPTS),
                                       torch.Generator().manual_seed(0))
-    assert facts == {} and 1 not in local.borrowed_kv
+    assert facts == {} and 1 not in local.borrowed
 
 
 def test_adapting_own_weights_moves_only_the_newest_tasks_weights(two_learners, digits_tasks):

@@ -1,11 +1,12 @@
-"""CrossBack transfer: run the task on the chosen peer's K and V (frozen) under a new piggyback mask,
-and adapt the task's own tensors and that mask. Without a payload it is the no-transfer baseline:
-the same adaptation on the task's own K and V, so arms differ only in what was borrowed."""
+"""CrossBack transfer: run the task on the chosen peer's parts (``borrow``: its K/V, its encoder
+cross-attention block, or its whole encoder body) under new piggyback masks, and adapt the task's own
+tensors and those masks. Without a payload it is the no-transfer baseline: the same adaptation on the
+task's own weights, so arms differ only in what was borrowed."""
 from __future__ import annotations
 
 import torch
 
-from crossback.models.perceiver import ENCODER_KV
+from crossback.models.borrowed import PART_KINDS
 from crossback.models.training import fit
 
 from .base import AdaptOptions, InjectionError
@@ -13,28 +14,43 @@ from .base import AdaptOptions, InjectionError
 
 class CrossBackTransfer:
     name = "crossback"
-    needs = frozenset({"kv"})
+
+    def __init__(self, borrow: str = "kv"):
+        if borrow not in PART_KINDS:
+            raise ValueError(f"unknown borrow level {borrow!r}; choose one of {list(PART_KINDS)}")
+        self.borrow = borrow
+        self.needs = frozenset({borrow})
 
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
         with torch.no_grad():
-            local = learner.params_for(task)[ENCODER_KV].clone()
+            local = {n: t.clone() for n, t in learner.params_for(task).items()}
         learner.begin_adaptation(task, payload, opts.own_weights)
         facts = {}
         try:
             if payload is not None:
-                with torch.no_grad():
-                    running = learner.params_for(task)[ENCODER_KV]
-                expected = torch.cat([payload["cross_attn.key"], payload["cross_attn.value"]]).to(running.device)
-                if not torch.equal(running, expected):
-                    raise InjectionError("the task does not run with the borrowed K/V")
-                changed = float((running != local).float().mean())
-                if changed == 0.0:
-                    raise InjectionError("the borrowed K/V equals the local one: nothing was transferred")
-                facts["kv_changed_fraction"] = changed
-                facts["kv_delta_norm"] = float((running - local).norm())
+                facts = _check_injected(learner, task, local)
             fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
         finally:
             learner.end_adaptation()
-        if task in learner.kv_masks:
-            facts["kv_mask_kept"] = float(learner.kv_masks[task].float().mean())
+        masks = learner.borrow_masks.get(task)
+        if masks:
+            kept = sum(int(m.sum()) for m in masks.values())
+            facts["mask_kept"] = kept / sum(m.numel() for m in masks.values())
         return facts
+
+
+def _check_injected(learner, task: int, local: dict) -> dict:
+    """Every borrowed part is what the task now runs with, and something differs from before."""
+    with torch.no_grad():
+        running = learner.params_for(task)
+    borrowed = learner.borrowed.get(task, {})
+    for name, weight in borrowed.items():
+        if not torch.equal(running[name], weight):
+            raise InjectionError(f"the task does not run with the borrowed {name}")
+    names = sorted(n for n in running if not torch.equal(running[n], local[n]))
+    if not names:
+        raise InjectionError("the borrowed parts equal the local ones: nothing was transferred")
+    changed = sum(int((running[n] != local[n]).sum()) for n in names)
+    total = sum(running[n].numel() for n in names)
+    return {"borrowed_tensors": len(borrowed), "changed_tensors": len(names), "changed_fraction": changed / total,
+            "delta_norm": float(sum(float((running[n] - local[n]).norm()) ** 2 for n in names) ** 0.5)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crossback.models.borrowed import PART_KINDS
 from crossback.models.bounds import bounded
 
 from .crossback import CrossBackTransfer
@@ -15,3 +16,9 @@ class TransferConfig:
     """The ``transfer:`` section: how a task borrows from the chosen peer."""
 
     strategy: str = bounded("crossback", choices=tuple(STRATEGIES))
+    # which of the peer's parts the task runs on (see crossback.models.borrowed)
+    borrow: str = bounded("kv", choices=PART_KINDS)
+
+
+def make_strategy(cfg: TransferConfig):
+    return STRATEGIES[cfg.strategy](borrow=cfg.borrow)

@@ -40,7 +40,7 @@ class TensorShape(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "modality", "token_dim", "kv_shapes", "finished_tasks", "snapshot_version", "software_version", "protocol", "payload_kinds", "method")
+    __slots__ = ("node_id", "address", "modality", "token_dim", "kv_shapes", "finished_tasks", "snapshot_version", "software_version", "protocol", "payload_kinds", "method", "genesis", "origins")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,8 @@ class NodeInfo(_message.Message):
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_KINDS_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    GENESIS_FIELD_NUMBER: _ClassVar[int]
+    ORIGINS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     modality: str
@@ -63,7 +65,29 @@ class NodeInfo(_message.Message):
     protocol: ProtocolVersion
     payload_kinds: _containers.RepeatedScalarFieldContainer[str]
     method: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., modality: _Optional[str] = ..., token_dim: _Optional[int] = ..., kv_shapes: _Optional[_Iterable[_Union[TensorShape, _Mapping]]] = ..., finished_tasks: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[int] = ..., software_version: _Optional[str] = ..., protocol: _Optional[_Union[ProtocolVersion, str]] = ..., payload_kinds: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ...) -> None: ...
+    genesis: str
+    origins: _containers.RepeatedCompositeFieldContainer[TensorOrigin]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., modality: _Optional[str] = ..., token_dim: _Optional[int] = ..., kv_shapes: _Optional[_Iterable[_Union[TensorShape, _Mapping]]] = ..., finished_tasks: _Optional[_Iterable[str]] = ..., snapshot_version: _Optional[int] = ..., software_version: _Optional[str] = ..., protocol: _Optional[_Union[ProtocolVersion, str]] = ..., payload_kinds: _Optional[_Iterable[str]] = ..., method: _Optional[str] = ..., genesis: _Optional[str] = ..., origins: _Optional[_Iterable[_Union[TensorOrigin, _Mapping]]] = ...) -> None: ...
+
+class TensorOrigin(_message.Message):
+    __slots__ = ("name", "node_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    node_id: str
+    def __init__(self, name: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class PayloadRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "kind", "min_snapshot_version")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    kind: str
+    min_snapshot_version: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., kind: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ...) -> None: ...
 
 class PeerEntry(_message.Message):
     __slots__ = ("node_id", "address", "alive", "snapshot_version")

@@ -54,6 +54,11 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeResponse.FromString,
                 _registered_method=True)
+        self.FetchPayload = channel.unary_stream(
+                '/crossback.v1.PeerService/FetchPayload',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -87,6 +92,14 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPayload(self, request, context):
+        """A declared payload kind of the published snapshot ("kv", "block", "backbone"), in chunks, by the
+        model's own parameter names. Refused with PERMISSION_DENIED for a kind the node does not serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ProbeDDV,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeResponse.SerializeToString,
+            ),
+            'FetchPayload': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPayload,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class PeerService:
             '/crossback.v1.PeerService/ProbeDDV',
             crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.ProbeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crossback.v1.PeerService/FetchPayload',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,

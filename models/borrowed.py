@@ -1,0 +1,60 @@
+"""Borrowed parts: weights a task runs with that another node learned.
+
+A payload kind names which of a peer's tensors a task borrows, by the receiver's own parameter names:
+
+- ``kv``: the encoder cross-attention key/value projection (the CrossBack paper's unit);
+- ``block``: the whole encoder cross-attention block (K/V, query and output projections, its
+  feed-forward, norms, biases) plus the latent array;
+- ``backbone``: the peer's encoder body, every ``core.*`` tensor (Pick-a-back); the task keeps only its
+  own adapter, query and head.
+
+Borrowed *shared-weight matrices* run frozen under the task's own binary mask (Piggyback over the
+peer's weights). Borrowed *per-task tensors* (latents, biases, norms) replace the task's own copies as
+a starting point and keep adapting with them, as Piggyback adapts biases and norms per task.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .perceiver import ENCODER_KV, join_kv, split_kv
+
+PART_KINDS = ("kv", "block", "backbone")
+BLOCK_PREFIX = "core.cross_attend_block."
+BORROWED_EVENT = "borrowed"  # task-record event: whose parts the task runs on (provenance)
+
+
+def part_names(kind: str, names) -> list[str]:
+    """The parameter names (out of ``names``) that payload ``kind`` covers, sorted."""
+    if kind == "kv":
+        picked = [n for n in names if n == ENCODER_KV]
+    elif kind == "block":
+        picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
+    elif kind == "backbone":
+        picked = [n for n in names if n.startswith("core.")]
+    else:
+        raise ValueError(f"unknown payload kind {kind!r}; choose one of {list(PART_KINDS)}")
+    return sorted(picked)
+
+
+def kv_parts(kv: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The wire form of K/V (``cross_attn.key`` / ``cross_attn.value``) as borrowed parts."""
+    return {ENCODER_KV: join_kv(kv)}
+
+
+def parts_kv(parts: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The K/V inside borrowed parts, in wire form (None if they hold none)."""
+    return split_kv(parts[ENCODER_KV]) if ENCODER_KV in parts else None
+
+
+def check_parts(parts: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Every part has a known name, the receiver's shape and finite values (ValueError naming the part)."""
+    if not parts:
+        raise ValueError("no borrowed parts")
+    for name, t in parts.items():
+        if name not in expected:
+            raise ValueError(f"borrowed part {name!r} is not a tensor of this model")
+        if tuple(t.shape) != tuple(expected[name]):
+            raise ValueError(f"borrowed part {name!r} has shape {tuple(t.shape)}, this model needs {tuple(expected[name])}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"borrowed part {name!r} contains NaN or Inf")
