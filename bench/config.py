@@ -99,6 +99,8 @@ class BenchConfig:
     # every node of one seed initialises from one swarm genesis (crossback.orchestrator_free.genesis);
     # off: each node its own initialisation, as independently started devices have
     genesis: bool = False
+    # DDV rank stability: also score every candidate with the probe seed replaced by each of these
+    stability_seeds: tuple[int, ...] = ()
     # torch CPU threads: float sums, and so the numbers, depend on the thread count; 1 reproduces anywhere
     threads: int = bounded(1, ge=1, le=4096)
     min_test_items: int = bounded(20, ge=0)  # a receiver task with a smaller test split is reported

@@ -72,7 +72,9 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
         if not pairs:
             continue
         control = [(u[arm] - u["untrained"], s) for u, s in per_unit if arm in u and "untrained" in u]
+        versus_random = [u[arm] > u["random"] for u, _ in per_unit if arm in u and "random" in u]
         table[arm] = {"accuracy": sum(a for a, _, _ in pairs) / len(pairs),
+                      "beats_random": sum(versus_random) / len(versus_random) if versus_random else None,
                       "vs_none": summary([a - b for a, b, _ in pairs], **boot, strata=[s for _, _, s in pairs]),
                       "vs_untrained": summary([d for d, _ in control], **boot, strata=[s for _, s in control])
                       if arm not in ("none", "untrained") else None}
@@ -82,7 +84,8 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
 def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
     out = {}
     for score in SCORES:
-        rhos, regrets, control_first, best_picked = [], [], 0, 0
+        rhos, regrets, random_regrets, control_first, best_picked = [], [], [], 0, 0
+        stability: dict[str, list[float]] = {}
         units = 0
         for rec in records:
             adapted = [c for c in _adapted(rec) if score in c["scores"]]
@@ -97,11 +100,19 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
             chosen = _pick(trained, score)
             best = max(c["test"] for c in trained)
             regrets.append(best - chosen["test"])
+            random_regrets.append(best - sum(c["test"] for c in trained) / len(trained))
+            for key in sorted({k for c in adapted for k in c["scores"] if k.startswith(score + "@")}):
+                pairs = [(c["scores"][score], c["scores"][key]) for c in adapted if key in c["scores"]]
+                rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+                if rho is not None:
+                    stability.setdefault(key, []).append(rho)
             best_picked += chosen["test"] >= best
             top = _pick(adapted, score)
             control_first += top["control"]
         if units:
             out[score] = {"units": units, "spearman": summary(rhos, **boot), "regret": summary(regrets, **boot),
+                          "regret_random": summary(random_regrets, **boot),
+                          **({"rank_stability": {k: summary(v, **boot) for k, v in stability.items()}} if stability else {}),
                           "picked_best": best_picked / units, "ranked_control_first": control_first / units}
     return out
 
@@ -146,6 +157,10 @@ def _ci(s: dict | None) -> str:
     return f"{_pct(s['mean'])} [{_pct(s['lo'])}, {_pct(s['hi'])}]{seeds}"
 
 
+def _rho(rho: dict) -> str:
+    return f"{rho['mean']:+.2f} [{rho['lo']:+.2f}, {rho['hi']:+.2f}] (n={rho['n']})" if rho["n"] else "-"
+
+
 def markdown(result: dict, title: str, command: str) -> str:
     conf = int(round(100 * result["confidence"]))
     lines = [f"# {title}", "", f"`{command}`", "",
@@ -159,20 +174,26 @@ def markdown(result: dict, title: str, command: str) -> str:
     for name, group in result["groups"].items():
         lines += [f"## {name} ({group['units']} units; test items per task: min {group['test_items']['min']}, "
                   f"median {group['test_items']['median']})", "",
-                  "| arm | accuracy | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| arm | accuracy | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | beats random |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for arm, row in group["arms"].items():
             d = row["vs_none"]
+            beats = row.get("beats_random")
             lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
-                         f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} |")
+                         f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
+                         f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
         if group["scores"]:
-            lines += ["", "| score | Spearman(score, gain) [CI] | regret vs oracle [CI] | picked the best | "
-                          "ranked the untrained control first |", "|---|---:|---:|---:|---:|"]
+            lines += ["", "| score | Spearman(score, gain) [CI] | regret vs oracle [CI] | random's regret [CI] | "
+                          "picked the best | ranked the untrained control first |", "|---|---:|---:|---:|---:|---:|"]
             for score, row in group["scores"].items():
-                rho = row["spearman"]
-                rho_txt = f"{rho['mean']:+.2f} [{rho['lo']:+.2f}, {rho['hi']:+.2f}] (n={rho['n']})" if rho["n"] else "-"
-                lines.append(f"| {score} | {rho_txt} | {_ci(row['regret'])} | {row['picked_best']:.0%} | "
+                lines.append(f"| {score} | {_rho(row['spearman'])} | {_ci(row['regret'])} | "
+                             f"{_ci(row.get('regret_random'))} | {row['picked_best']:.0%} | "
                              f"{row['ranked_control_first']:.0%} |")
+            stable = [(score, key, rho) for score, row in group["scores"].items()
+                      for key, rho in row.get("rank_stability", {}).items()]
+            if stable:
+                lines += ["", "Rank stability (Spearman between a unit's candidates ranked under the configured probe "
+                              "seed and under another): " + "; ".join(f"{key} {_rho(rho)}" for _, key, rho in stable)]
         lines.append("")
     if result["skipped"]:
         lines += ["Candidates skipped or failed:", ""] + [f"- {s}" for s in result["skipped"]] + [""]

@@ -27,7 +27,7 @@ from crossback.node.checkpoint import write_json_atomic
 from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, choose, probe_candidates
+from crossback.orchestrator_free.selection import Candidate, choose, ddv_score, probe_candidates
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
@@ -110,6 +110,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                                       strategy.borrow, genesis)
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
+            _stability_scores(cfg, learner, i, usable, clients)
             base, s = learner.task_state(i), arm_seed(seed, i)
             none = run_arm(learner, i, data, strategy, base, None, opts, s)
             arms: dict[str, dict] = {}
@@ -127,6 +128,16 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     finally:
         clients.close()
     return records
+
+
+def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidate], clients) -> None:
+    """``ddv@<seed>``: the DDV score under another probe seed, to measure how stable its ranking is."""
+    for seed in cfg.stability_seeds:
+        spec = dataclasses.replace(cfg.selection.probe, seed=seed)
+        for c in cands:
+            if c.kv is not None and "ddv" in c.scores:
+                (_, _, score), _ = ddv_score(clients.get(c.address), learner, task, c.kv, spec, cfg.selection.euc_weight)
+                c.scores[f"ddv@{seed}"] = score
 
 
 def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why):

@@ -5,8 +5,10 @@ A payload kind names which of a peer's tensors a task borrows, by the receiver's
 - ``kv``: the encoder cross-attention key/value projection (the CrossBack paper's unit);
 - ``block``: the whole encoder cross-attention block (K/V, query and output projections, its
   feed-forward, norms, biases) plus the latent array;
-- ``backbone``: the peer's encoder body, every ``core.*`` tensor (Pick-a-back); the task keeps only its
-  own adapter, query and head.
+- ``backbone``: the peer's encoder body (Pick-a-back): every ``core.*`` tensor except what reads the
+  modality's tokens — the encoder K/V and the context norm before it, which stay the task's own with
+  its adapter, query and head. This is what the authors' code does (it moves the local K/V into the
+  selected peer's model), and the split MoNA draws between embedder and body.
 
 Borrowed *shared-weight matrices* run frozen under the task's own binary mask (Piggyback over the
 peer's weights). Borrowed *per-task tensors* (latents, biases, norms) replace the task's own copies as
@@ -21,6 +23,9 @@ from .perceiver import ENCODER_KV, join_kv, split_kv
 
 PART_KINDS = ("kv", "block", "backbone")
 BLOCK_PREFIX = "core.cross_attend_block."
+# what reads the modality's tokens: stays the task's own under ``backbone``
+TOKEN_READERS = (ENCODER_KV, "core.cross_attend_block.cross_attn.norm_context.weight",
+                 "core.cross_attend_block.cross_attn.norm_context.bias")
 BORROWED_EVENT = "borrowed"  # task-record event: whose parts the task runs on (provenance)
 
 
@@ -31,7 +36,7 @@ def part_names(kind: str, names) -> list[str]:
     elif kind == "block":
         picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
     elif kind == "backbone":
-        picked = [n for n in names if n.startswith("core.")]
+        picked = [n for n in names if n.startswith("core.") and n not in TOKEN_READERS]
     else:
         raise ValueError(f"unknown payload kind {kind!r}; choose one of {list(PART_KINDS)}")
     return sorted(picked)

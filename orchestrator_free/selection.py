@@ -86,6 +86,17 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
     return cos, euc, cos - euc_weight * euc
 
 
+def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict[str, Tensor], spec: ProbeSpec,
+              euc_weight: float) -> tuple[tuple[float, float, float], int]:
+    """((cos, euc, score), reply bytes): the local DDV through the peer's K/V against the peer's own."""
+    reply = client.probe_ddv(spec)
+    local = ddv(learner, task, kv, spec)
+    remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
+    if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
+        raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
+    return score_ddvs(local, remote, euc_weight), reply.ByteSize()
+
+
 def _origins(info, peer: str) -> dict[str, str]:
     entries = list(info.origins)
     if len(entries) > MAX_ORIGINS or any(len(o.name) > MAX_NAME or len(o.node_id) > MAX_NAME or not o.node_id
@@ -124,14 +135,10 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
             nbytes = 0
             if {"kv", "ddv"} <= served:
                 kv, version = client.fetch_kv(expected=expected, min_version=1)
-                reply = client.probe_ddv(cfg.probe)
-                local = ddv(learner, task, kv, cfg.probe)
-                remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
-                if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
-                    raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
-                cand.cos, cand.euc, cand.score = score_ddvs(local, remote, cfg.euc_weight)
+                (cand.cos, cand.euc, cand.score), reply_bytes = ddv_score(client, learner, task, kv, cfg.probe,
+                                                                          cfg.euc_weight)
                 cand.kv, cand.snapshot_version = kv, version
-                nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply.ByteSize()
+                nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
             if borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
             else:

@@ -42,7 +42,7 @@ class CrossBackTransfer:
 def _check_injected(learner, task: int, local: dict) -> dict:
     """Every borrowed part is what the task now runs with, and something differs from before."""
     with torch.no_grad():
-        running = learner.params_for(task)
+        running = {n: t.detach() for n, t in learner.params_for(task).items()}
     borrowed = learner.borrowed.get(task, {})
     for name, weight in borrowed.items():
         if not torch.equal(running[name], weight):
