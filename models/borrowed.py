@@ -5,14 +5,16 @@ A payload kind names which of a peer's tensors a task borrows, by the receiver's
 - ``kv``: the encoder cross-attention key/value projection (the CrossBack paper's unit);
 - ``block``: the whole encoder cross-attention block (K/V, query and output projections, its
   feed-forward, norms, biases) plus the latent array;
-- ``backbone``: the peer's encoder body (Pick-a-back): every ``core.*`` tensor except what reads the
-  modality's tokens — the encoder K/V and the context norm before it, which stay the task's own with
-  its adapter, query and head. This is what the authors' code does (it moves the local K/V into the
-  selected peer's model), and the split MoNA draws between embedder and body.
+- ``backbone``: the peer's whole model but its task head and query (Pick-a-back). A receiver whose
+  adapter has the same tensors and shapes (same modality, same input layout) takes all of it, adapter
+  included; any other receiver keeps what reads its own tokens — its adapter, the encoder K/V and the
+  context norm before it — and takes the encoder body only. The latter is what the paper authors'
+  code does across modalities (it moves the local K/V into the selected peer's model), and the split
+  MoNA draws between embedder and body.
 
 Borrowed *shared-weight matrices* run frozen under the task's own binary mask (Piggyback over the
-peer's weights). Borrowed *per-task tensors* (latents, biases, norms) replace the task's own copies as
-a starting point and keep adapting with them, as Piggyback adapts biases and norms per task.
+peer's weights). Borrowed *per-task tensors* (adapter, latents, biases, norms) replace the task's own
+copies as a starting point and keep adapting with them, as Piggyback adapts biases and norms per task.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def part_names(kind: str, names) -> list[str]:
     elif kind == "block":
         picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
     elif kind == "backbone":
-        picked = [n for n in names if n.startswith("core.") and n not in TOKEN_READERS]
+        picked = [n for n in names if n.startswith(("core.", "adapter."))]
     else:
         raise ValueError(f"unknown payload kind {kind!r}; choose one of {list(PART_KINDS)}")
     return sorted(picked)
@@ -50,6 +52,23 @@ def kv_parts(kv: dict[str, Tensor]) -> dict[str, Tensor]:
 def parts_kv(parts: dict[str, Tensor]) -> dict[str, Tensor] | None:
     """The K/V inside borrowed parts, in wire form (None if they hold none)."""
     return split_kv(parts[ENCODER_KV]) if ENCODER_KV in parts else None
+
+
+def accept_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """What of a peer's payload ``kind`` this receiver (tensor shapes ``own``) runs on. Raises ValueError
+    naming the first missing or misshapen part; tensors outside the kind are ignored."""
+    wanted = part_names(kind, own)
+    if kind == "backbone":
+        adapter = [n for n in wanted if n.startswith("adapter.")]
+        fits = all(n in received and tuple(received[n].shape) == tuple(own[n]) for n in adapter)
+        if not fits:  # another modality or input layout: read our tokens ourselves
+            wanted = [n for n in wanted if not n.startswith("adapter.") and n not in TOKEN_READERS]
+    for n in wanted:
+        if n not in received:
+            raise ValueError(f"payload {kind!r} lacks {n!r}")
+        if tuple(received[n].shape) != tuple(own[n]):
+            raise ValueError(f"payload {kind!r}: {n!r} has shape {tuple(received[n].shape)}, this model needs {tuple(own[n])}")
+    return {n: received[n] for n in wanted}
 
 
 def check_parts(parts: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:

@@ -24,7 +24,7 @@ import grpc
 import torch
 from torch import Tensor
 
-from crossback.models.borrowed import kv_parts, part_names
+from crossback.models.borrowed import accept_parts, kv_parts
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 
@@ -142,10 +142,9 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
             if borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
             else:
-                own = learner.part_shapes(task)
-                want = {n: own[n] for n in part_names(borrow, own)}
-                cand.parts, cand.snapshot_version = client.fetch_payload(borrow, expected=want, min_version=1)
-                nbytes += sum(t.numel() * t.element_size() for t in cand.parts.values())
+                received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
+                nbytes += sum(t.numel() * t.element_size() for t in received.values())
+                cand.parts = accept_parts(borrow, received, learner.part_shapes(task))
             advertised = _origins(info, cand.peer)
             cand.origins = {n: advertised.get(n, cand.peer) for n in cand.parts}
             cand.origin = _dominant(cand.origins, cand.parts)

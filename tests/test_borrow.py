@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crossback.bench.peers import serve_snapshots
-from crossback.models.borrowed import PART_KINDS, part_names
+from crossback.models.borrowed import PART_KINDS, accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
@@ -55,10 +55,28 @@ def test_borrow_levels_cover_what_their_names_say():
     kv, block, body = (set(part_names(k, names)) for k in PART_KINDS)
     assert kv == {ENCODER_KV}
     assert ENCODER_KV in block and "core.latents" in block and not any(n.startswith("core.layers.") for n in block)
-    assert ENCODER_KV not in body and "core.latents" in body and any(n.startswith("core.decoder_cross_attn.") for n in body)
-    assert not any(n.startswith(("adapter.", "head.")) or n == "query" for n in block | body)
+    assert {ENCODER_KV, "core.latents", "adapter.patch_proj.weight"} <= body
+    assert any(n.startswith("core.decoder_cross_attn.") for n in body)
+    assert not any(n.startswith(("adapter.", "head.")) or n == "query" for n in block)
+    assert not any(n.startswith("head.") or n == "query" for n in body)
     with pytest.raises(ValueError, match="unknown payload kind"):
         part_names("everything", names)
+
+
+def test_a_receiver_of_another_modality_takes_the_body_and_keeps_its_own_token_readers():
+    image, text = (ContinualLearner(tiny_config(), m, "packnet", genesis=3) for m in ("image", "text"))
+    for peer in (image, text):
+        peer.begin_task("t", 2)
+        peer.end_task()
+    own = image.part_shapes(0)
+    from_text = accept_parts("backbone", text.extract_parts(part_names("backbone", text.part_shapes(0)), 0), own)
+    assert ENCODER_KV not in from_text and not any(n.startswith("adapter.") for n in from_text)
+    assert "core.latents" in from_text and "core.cross_attend_block.cross_attn.fn.to_q.weight" in from_text
+    from_image = accept_parts("backbone", image.extract_parts(part_names("backbone", own), 0), own)
+    assert ENCODER_KV in from_image and "adapter.patch_proj.weight" in from_image  # same layout: all of it
+    broken = {n: t for n, t in from_image.items() if n != "core.latents"}
+    with pytest.raises(ValueError, match="lacks 'core.latents'"):
+        accept_parts("backbone", broken, own)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +105,8 @@ def test_every_borrow_level_changes_only_the_adapted_task_and_survives_a_checkpo
         running = local.params_for(1)
     for name, weight in local.borrowed[1].items():  # shared-weight parts run frozen under the learned mask
         assert torch.equal(weight, parts[name]) and torch.equal(running[name], weight * local.borrow_masks[1][name])
-    if kind == "backbone":
-        assert ENCODER_KV not in local.borrowed[1]  # the task reads its tokens with its own K/V
+    if kind == "backbone":  # a peer of the same input layout lends its adapter too
+        assert ENCODER_KV in local.borrowed[1]
     expected = predict(local, 1, digits_tasks[1].test.inputs)
     restored, _ = load_checkpoint(save_checkpoint(tmp_path, local, {}))
     assert torch.equal(predict(restored, 1, digits_tasks[1].test.inputs), expected)
@@ -175,7 +193,7 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
         (kv_b,) = probe_candidates(b, 0, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "kv", mine)
         clients.close()
     assert via_b.error is None and via_b.origin == "A"  # the body B serves is A's
-    assert kv_b.origin == "B"  # B read its tokens with its own K/V
+    assert kv_b.origin == "A"  # same input layout: B borrowed A's K/V with the rest
 
 
 def test_logme_prefers_features_that_separate_the_classes():

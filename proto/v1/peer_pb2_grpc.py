@@ -93,8 +93,10 @@ class PeerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchPayload(self, request, context):
-        """A declared payload kind of the published snapshot ("kv", "block", "backbone"), in chunks, by the
-        model's own parameter names. Refused with PERMISSION_DENIED for a kind the node does not serve.
+        """A declared payload kind of the published snapshot, in chunks, by the model's own parameter names:
+        "kv" (encoder K/V), "block" (encoder cross-attention block + latents), "backbone" (everything but
+        the task's query and head; the adapter is only usable by a receiver with the same input layout).
+        Refused with PERMISSION_DENIED for a kind the node does not serve.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
