@@ -66,6 +66,44 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
 
 
 @torch.no_grad()
+def features(learner: ContinualLearner, task: int, inputs: Tensor, params: dict | None = None,
+             batch_size: int = 256) -> Tensor:
+    """What the task's head reads, for every input: the decoded query (N, queries_dim). ``params``: run
+    with these tensors instead of the task's own (e.g. a candidate's borrowed parts swapped in)."""
+    params = learner.params_for(task) if params is None else params
+    out = [learner.call(learner.net, params, (inputs[s : s + batch_size].to(learner.device),), {"features": True})
+           for s in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(out).cpu()
+
+
+def fit_head(learner: ContinualLearner, task: int, data: Split, steps: int = 300, lr: float = 0.05,
+             weight_decay: float = 1e-3) -> float:
+    """Linear probe: refit the head of the task being adapted, from zero, on the features its weights
+    give now (full batch, so deterministic); returns the final training loss. A head learned on one
+    body reads another body's features as noise; with a few items per class, a few epochs of joint
+    training cannot re-learn it, a convex fit on fixed features can (linear probing before fine-tuning)."""
+    if task != learner.active:
+        raise RuntimeError(f"task {task} is not the task being adapted")
+    f = features(learner, task, data.inputs).to(learner.device)
+    y = data.labels.to(learner.device)
+    head_w, head_b = learner.task_params[task]["head.weight"], learner.task_params[task]["head.bias"]
+    w = torch.zeros_like(head_w, requires_grad=True)
+    b = torch.zeros_like(head_b, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=lr)
+    loss = torch.zeros(())
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(f @ w.T + b, y) + weight_decay * (w**2).sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        head_w.copy_(w)
+        head_b.copy_(b)
+    return float(loss.detach())
+
+
+@torch.no_grad()
 def predict(learner: ContinualLearner, task: int, inputs: Tensor, batch_size: int = 256) -> Tensor:
     chunks = [learner.logits(inputs[s : s + batch_size].to(learner.device), task).cpu()
               for s in range(0, inputs.shape[0], batch_size)]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.models.training import Split
+from crossback.models.training import Split, features
 
 SCORES = ("ddv", "ddv_cos", "local_loss", "logme")
 DDV_SCORES = ("ddv", "ddv_cos")
@@ -46,16 +46,6 @@ def local_loss(learner: ContinualLearner, task: int, data: TaskData, parts: dict
         total += float(F.cross_entropy(learner.call(learner.net, params, (x,)), y, reduction="sum"))
         n += len(y)
     return -total / max(n, 1)
-
-
-@torch.no_grad()
-def features(learner: ContinualLearner, task: int, split: Split, parts: dict | None = None,
-             batch_size: int = 256) -> torch.Tensor:
-    """The head's input for every item of ``split``, the task run through ``parts`` (default: its own)."""
-    params = _with_parts(learner, task, parts or {})
-    out = [learner.call(learner.net, params, (split.inputs[s : s + batch_size].to(learner.device),), {"features": True})
-           for s in range(0, len(split), batch_size)]
-    return torch.cat(out).cpu()
 
 
 def logme_evidence(f: torch.Tensor, labels: torch.Tensor, num_classes: int, iters: int = 20) -> float:
@@ -91,7 +81,8 @@ def logme_evidence(f: torch.Tensor, labels: torch.Tensor, num_classes: int, iter
 
 def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | None) -> float:
     items = Split(torch.cat([data.train.inputs, data.val.inputs]), torch.cat([data.train.labels, data.val.labels]))
-    return logme_evidence(features(learner, task, items, parts), items.labels, data.num_classes)
+    return logme_evidence(features(learner, task, items.inputs, _with_parts(learner, task, parts or {})), items.labels,
+                          data.num_classes)
 
 
 def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float) -> dict[str, float]:

@@ -23,6 +23,9 @@ class AdaptationConfig:
     epochs: int = bounded(10, ge=0, le=100_000)
     # also retrain the shared weights the task owns, as the paper's CL.train_with_mask does
     own_weights: bool = True
+    # before adapting on borrowed parts, refit the head by a linear probe on the features they give
+    # (the task's head was learned on its own body; see crossback.models.training.fit_head)
+    head_probe: bool = True
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,11 @@ class AdaptOptions:
     epochs: int = 10
     train: TrainOptions = TrainOptions()
     own_weights: bool = True  # also retrain the shared weights the task owns
+    head_probe: bool = True  # refit the head on borrowed features before adapting
 
     @classmethod
     def from_config(cls, cfg: AdaptationConfig, train: TrainOptions) -> "AdaptOptions":
-        return cls(cfg.epochs, train, cfg.own_weights)
+        return cls(cfg.epochs, train, cfg.own_weights, cfg.head_probe)
 
 
 class TransferStrategy(Protocol):

@@ -1,13 +1,14 @@
 """CrossBack transfer: run the task on the chosen peer's parts (``borrow``: its K/V, its encoder
 cross-attention block, or its whole encoder body) under new piggyback masks, and adapt the task's own
-tensors and those masks. Without a payload it is the no-transfer baseline: the same adaptation on the
+tensors and those masks; the head is first refit by a linear probe on the borrowed features
+(``head_probe``). Without a payload it is the no-transfer baseline: the same adaptation on the
 task's own weights, so arms differ only in what was borrowed."""
 from __future__ import annotations
 
 import torch
 
 from crossback.models.borrowed import PART_KINDS
-from crossback.models.training import fit
+from crossback.models.training import fit, fit_head
 
 from .base import AdaptOptions, InjectionError
 
@@ -29,6 +30,8 @@ class CrossBackTransfer:
         try:
             if payload is not None:
                 facts = _check_injected(learner, task, local)
+                if opts.head_probe:
+                    facts["head_probe_loss"] = fit_head(learner, task, data.train)
             fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
         finally:
             learner.end_adaptation()
