@@ -72,7 +72,8 @@ class BenchNode:
         return self.role in ("donor", "both")
 
     def view(self) -> View:
-        return View(self.modality, self.image_size, self.model.image.channels, self.model.text.max_length)
+        return View(self.modality, self.image_size, self.model.image.channels, self.model.text.max_length,
+                    self.model.text.encoder)
 
 
 @dataclass(frozen=True)

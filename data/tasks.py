@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from crossback.models.adapters import encode_utf8
+from crossback.models.text_encoders import encode_texts
 from crossback.models.bounds import bounded, check_bounds
 from crossback.models.methods import TaskData
 from crossback.models.training import Split
@@ -53,6 +53,7 @@ class View:
     image_size: int = 32
     channels: int = 3
     text_max_length: int = 64
+    text_encoder: str = "bytes"  # bytes | minilm (crossback.models.text_encoders)
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -148,7 +149,7 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
         for item, y in zip(items, labels):
             texts.extend(item.texts)
             ys.extend([y] * len(item.texts))
-        inputs, _ = encode_utf8(texts, view.text_max_length)
+        inputs = encode_texts(texts, view.text_max_length, view.text_encoder)
     return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long))
 
 

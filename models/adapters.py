@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from .bounds import bounded
+from .text_encoders import MINILM_DIM, TEXT_ENCODERS
 
 import torch
 from einops import rearrange
@@ -29,7 +30,9 @@ class ImageAdapterConfig:
 
 @dataclass(frozen=True)
 class TextAdapterConfig:
-    max_length: int = bounded(64, ge=3, le=65536)  # [CLS] + bytes + [SEP]
+    max_length: int = bounded(64, ge=3, le=65536)  # [CLS] + bytes + [SEP] (or MiniLM word pieces)
+    # bytes: UTF-8 byte ids, learned embeddings; minilm: frozen MiniLM token embeddings, projected to C
+    encoder: str = bounded("bytes", choices=TEXT_ENCODERS)
 
 
 def fourier_positions(h: int, w: int, num_bands: int, max_freq: float, device=None) -> Tensor:
@@ -68,15 +71,6 @@ class ImageAdapter(nn.Module):
         return self.patch_proj(patches) + self.pos_proj(pos), None
 
 
-def encode_utf8(texts: list[str], max_length: int) -> tuple[Tensor, Tensor]:
-    """Byte-level ids as transformers' PerceiverTokenizer makes them: [CLS] bytes [SEP], padded."""
-    ids = torch.full((len(texts), max_length), PAD_ID, dtype=torch.long)
-    for row, text in enumerate(texts):
-        seq = [CLS_ID] + [b + BYTE_OFFSET for b in text.encode("utf-8")][: max_length - 2] + [SEP_ID]
-        ids[row, : len(seq)] = torch.tensor(seq)
-    return ids, ids != PAD_ID
-
-
 class TextAdapter(nn.Module):
     """UTF-8 byte embeddings plus learned positions; padding is masked out of cross-attention."""
 
@@ -93,9 +87,23 @@ class TextAdapter(nn.Module):
         return self.byte_emb(ids) + self.pos_emb(positions), ids != PAD_ID
 
 
+class MiniLMTokenAdapter(nn.Module):
+    """Frozen MiniLM token embeddings (computed with the data, see ``text_encoders``) projected to C;
+    the last input channel is the padding mask."""
+
+    def __init__(self, token_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(MINILM_DIM, token_dim)
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, Tensor]:
+        if feats.ndim != 3 or feats.shape[-1] != MINILM_DIM + 1:
+            raise ValueError(f"expected MiniLM features (B, N, {MINILM_DIM + 1}), got {tuple(feats.shape)}")
+        return self.proj(feats[..., :MINILM_DIM]), feats[..., MINILM_DIM] > 0.5
+
+
 def build_adapter(modality: str, image: ImageAdapterConfig, text: TextAdapterConfig, token_dim: int) -> nn.Module:
     if modality == "image":
         return ImageAdapter(image, token_dim)
     if modality == "text":
-        return TextAdapter(text, token_dim)
+        return MiniLMTokenAdapter(token_dim) if text.encoder == "minilm" else TextAdapter(text, token_dim)
     raise ValueError(f"unknown modality {modality!r} (expected 'image' or 'text')")

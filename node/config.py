@@ -56,7 +56,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def view(self) -> View:
-        return View(self.data.modality, self.data.image_size, self.model.image.channels, self.model.text.max_length)
+        return View(self.data.modality, self.data.image_size, self.model.image.channels, self.model.text.max_length,
+                    self.model.text.encoder)
 
 
 def _type_name(tp: Any) -> str:

@@ -1,7 +1,8 @@
 import torch
 
 from crossback.models.adapters import (CLS_ID, PAD_ID, SEP_ID, ImageAdapter, ImageAdapterConfig,
-                                       encode_utf8, fourier_positions)
+                                       fourier_positions)
+from crossback.models.text_encoders import encode_utf8
 from crossback.models.learner import ContinualLearner
 
 from conftest import tiny_config

@@ -56,7 +56,7 @@ def test_every_arm_starts_from_the_same_local_model_with_the_control_beside_the_
         for name in ("low", "high", "untrained-image"):
             c = peers[name]
             assert c["error"] is None and 0.0 <= c["test"] <= 1.0
-            assert set(c["scores"]) == {"ddv", "ddv_cos", "local_loss"}
+            assert set(c["scores"]) == {"ddv", "ddv_cos", "local_loss", "logme"}
             assert c["facts"]["kv_changed_fraction"] > 0.5  # the borrowed K/V really ran
         arms = unit_arms(rec)
         assert set(arms) == {"none", "untrained", "random", "selected:ddv", "selected:ddv_cos", "selected:local_loss",
@@ -75,7 +75,7 @@ def test_report_pairs_each_arm_with_none_and_the_control(bench_run):
     assert table["oracle"]["vs_none"]["n"] == 2 and table["untrained"]["vs_untrained"] is None
     vs_control = [unit_arms(r)["oracle"] - unit_arms(r)["untrained"] for r in records]
     assert table["oracle"]["vs_untrained"]["mean"] == pytest.approx(sum(vs_control) / 2)
-    assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss"}
+    assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss", "logme"}
     assert any("wide" in s and "KV shapes" in s for s in result["skipped"])
 
 
