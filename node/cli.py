@@ -90,6 +90,12 @@ def _demo(args: argparse.Namespace) -> int:
           f"{summary['seconds']:.0f}s")
     print("mean test accuracy  " + "  ".join(f"{k} {_fmt_acc(v)}" for k, v in acc.items())
           + (f"  oracle {_fmt_acc(summary['oracle'])}" if summary["oracle"] is not None else ""))
+    gain = summary["receiver_gain"]
+    if gain["units"]:
+        for arm in ("selected", "kept"):
+            d = gain[arm]
+            print(f"receivers, {arm} - none: {100 * d['mean']:+.1f} points [95 % CI {100 * d['lo']:+.1f}, "
+                  f"{100 * d['hi']:+.1f}] over {gain['units']} task(s); {d['wins']} wins / {d['losses']} losses")
     print(f"wrote {Path(args.out) / 'summary.json'} and summary.png; inspect with: crossback selections {args.out}")
     return 0
 

@@ -38,6 +38,11 @@ class DataConfig:
     modality: str = bounded("image", choices=MODALITIES)
     image_size: int = bounded(32, ge=1, le=65536)
     split: SplitSpec = field(default_factory=SplitSpec)
+    # seed of the item split (default: the run's seed); nodes that compare test accuracies, or whose
+    # donors must never have trained on a receiver's test items, share one
+    split_seed: int | None = bounded(None, ge=0, lt=2**31)
+    # keep only this many items per class in train and in val (a data-starved device); test is untouched
+    shots: int | None = bounded(None, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True)

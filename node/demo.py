@@ -1,9 +1,13 @@
-"""`crossback demo`: a local swarm of real node processes on loopback, on the bundled emoji data.
+"""`crossback demo`: a local swarm of real node processes on loopback, on the bundled emoji data, in
+the regime where borrowing pays (see benchmarks/results/starved_genesis-backbone.md).
 
-Half the nodes see images, half see the same emoji's names; each learns three Unicode groups in its
-own order, arranged so that most image tasks have a text node learning the same group and vice versa.
-Every node selects a backbone per task among the peers that finished one, and reports none / random /
-selected accuracies. Writes DIR/summary.json, DIR/summary.png, DIR/logs/, DIR/state/, DIR/configs/.
+Half the nodes are data-rich *donors* (every item of three Unicode groups), half data-starved
+*receivers* (the same groups from ``shots`` items per class), images and the same emoji's names
+alternating. All start from one swarm genesis, serve K/V, DDV answers and their backbone, and borrow
+a backbone ranked by LogME. Donors start first (devices that joined the swarm earlier); receivers join
+once the donors serve. Every node reports none / random / selected accuracies per task, and the
+summary the paired gain of the receivers' selected arm over none with its bootstrap CI. Writes
+DIR/summary.json, DIR/summary.png, DIR/logs/, DIR/state/, DIR/configs/.
 """
 from __future__ import annotations
 
@@ -21,35 +25,42 @@ import yaml
 from .events import read_events
 from .selections import selection_rows
 
-GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects", "Symbols"]
+GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects"]
 DEMO_MODEL = {"token_dim": 64, "num_latents": 24, "latent_dim": 64, "depth": 2, "cross_dim_head": 64,
               "latent_heads": 4, "latent_dim_head": 16, "queries_dim": 64}
+SHOTS = 5  # items per class a receiver has, in train and in val
 
 
 def node_plan(n: int) -> list[dict]:
-    """Node i: image if i is even, text if odd; pair (2k, 2k+1) shares groups in rotated orders."""
-    plan = []
+    """The first n // 2 nodes are donors, the rest receivers; modalities alternate image / text within
+    each role, and ids count per modality (4 nodes: donors img-0, txt-0; receivers img-1, txt-1)."""
+    donors, count, plan = max(1, n // 2), {"image": 0, "text": 0}, []
     for i in range(n):
-        k = i // 2
-        groups = [GROUPS[(k + j) % len(GROUPS)] for j in range(3)]
-        if i % 2:  # the text twin learns the same groups, starting one step later
-            groups = groups[1:] + groups[:1]
-        plan.append({"node_id": f"{'img' if i % 2 == 0 else 'txt'}-{k}", "modality": "image" if i % 2 == 0 else "text",
-                     "tasks": groups})
+        role, j = ("donor", i) if i < donors else ("receiver", i - donors)
+        modality = "image" if j % 2 == 0 else "text"
+        plan.append({"node_id": f"{'img' if modality == 'image' else 'txt'}-{count[modality]}", "modality": modality,
+                     "role": role, "tasks": list(GROUPS)})
+        count[modality] += 1
     return plan
 
 
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
-                oracle: bool = False, adapt_own_weights: bool = True, probe_seed: int = 0) -> dict:
+                oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0) -> dict:
+    """One node's config. ``genesis`` and the item split are swarm-wide; ``seed`` is the node's own."""
+    receiver = entry.get("role") == "receiver"
     return {
         "seed": seed,
-        "data": {"source": "emoji", "modality": entry["modality"]},
+        "data": {"source": "emoji", "modality": entry["modality"], "split_seed": genesis,
+                 **({"shots": SHOTS} if receiver else {})},
         "tasks": entry["tasks"],
         "model": {**DEMO_MODEL, "text": {"max_length": 48}},
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
-        "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1},
-        "selection": {"scope": "cross", "probe": {"seed": probe_seed, "pair_count": 32, "token_count": 16}},
+        "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
+                 "serve": ["kv", "ddv", "backbone"]},
+        "swarm": {"genesis": genesis},
+        "selection": {"scope": "cross", "score": "logme", "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
+        "transfer": {"strategy": "crossback", "borrow": "backbone"},
         "adaptation": {"epochs": adapt_epochs, "own_weights": adapt_own_weights},
         "experiment": {"keep": keep, "oracle": oracle or keep == "oracle"},
     }
@@ -109,18 +120,24 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     (out / "logs").mkdir(parents=True, exist_ok=True)
     procs, addresses = {}, []
     try:
-        for entry in plan:
-            cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
-            cfg_path.write_text(yaml.safe_dump(node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle,
-                                                           adapt_own_weights, probe_seed=seed),
-                                               sort_keys=False))
-            with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
-                procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses, console)
-            addresses.append(wait_for_event(*procs[entry["node_id"]], "node_started", deadline)["address"])
-            log(f"started {entry['node_id']} ({entry['modality']}) at {addresses[-1]}: {', '.join(entry['tasks'])}")
-        for node_id, (proc, log_path) in procs.items():
-            done = wait_for_event(proc, log_path, "tasks_done", deadline)
-            log(f"{node_id} finished {done['finished']} task(s)")
+        for role in ("donor", "receiver"):  # receivers join once the donors serve their last task
+            joined = []
+            for entry in (e for e in plan if e["role"] == role):
+                cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
+                cfg = node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle, adapt_own_weights,
+                                  genesis=seed)
+                cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+                with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
+                    procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses,
+                                                          console)
+                addresses.append(wait_for_event(*procs[entry["node_id"]], "node_started", deadline)["address"])
+                joined.append(entry["node_id"])
+                items = f"{SHOTS} items per class" if role == "receiver" else "all items"
+                log(f"started {role} {entry['node_id']} ({entry['modality']}, {items}) at {addresses[-1]}: "
+                    f"{', '.join(entry['tasks'])}")
+            for node_id in joined:
+                done = wait_for_event(*procs[node_id], "tasks_done", deadline)
+                log(f"{node_id} finished {done['finished']} task(s)")
     finally:
         stop_nodes(procs.values())
     summary = summarize(out, plan, time.monotonic() - started)
@@ -131,6 +148,18 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
+
+
+def receiver_gain(rows: list[dict], receivers: set[str], resamples: int = 10_000) -> dict:
+    """Paired test-accuracy differences to ``none`` over the receivers' tasks, with 95 % bootstrap CIs:
+    of the selected arm, and of what each task kept."""
+    from crossback.bench.stats import summary as paired
+
+    units = [r for r in rows if r["node"] in receivers and r["selected"] is not None]
+    kept = [r[r["kept"]] if r.get(r["kept"]) is not None else r["none"] for r in units]
+    return {"units": len(units),
+            "selected": paired([r["selected"] - r["none"] for r in units], resamples, 0.95),
+            "kept": paired([k - r["none"] for k, r in zip(kept, units)], resamples, 0.95)}
 
 
 def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
@@ -149,13 +178,14 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
     return {
         "nodes": plan,
         "oracle": _mean([r["oracle"] for r in compared if r["oracle"] is not None]),
-        "selections": [{"node": r["node"], "task": r["task"], "chosen": r["chosen"],
+        "selections": [{"node": r["node"], "task": r["task"], "chosen": r["chosen"], "chosen_origin": r["chosen_origin"],
                         "chosen_modality": r["chosen_modality"], "score": r["score"], "margin": r["margin"],
                         "candidates": [{"peer": c["peer"], "modality": c["modality"], "score": c["score"],
                                         "cos": c["cos"], "euc": c["euc"], "error": c["error"]} for c in r["candidates"]]}
                        for r in rows],
         "accuracy": {arm: _mean([r[arm] for r in compared]) for arm in ("none", "random", "selected")},
         "compared_tasks": len(compared),
+        "receiver_gain": receiver_gain(rows, {e["node_id"] for e in plan if e.get("role") == "receiver"}),
         "per_task": [{k: r[k] for k in ("node", "task", "index", "chosen", "none", "random", "selected")} for r in rows],
         "final_accuracy": final,  # per node: test accuracy of every task after its last one
         "average_accuracy": _mean([sum(a) / len(a) for a in final.values()]),
@@ -181,13 +211,14 @@ def plot_summary(summary: dict, path: Path) -> None:
     left.set_title("accuracy per arm, per node and task")
     left.legend()
     counts = [[0] * len(nodes) for _ in nodes]
-    for s in summary["selections"]:
-        if s["chosen"] in nodes:
-            counts[nodes.index(s["node"])][nodes.index(s["chosen"])] += 1
+    for s in summary["selections"]:  # whose knowledge: the original learner, followed through re-serving
+        source = s.get("chosen_origin") or s["chosen"]
+        if source in nodes:
+            counts[nodes.index(s["node"])][nodes.index(source)] += 1
     right.imshow(counts, cmap="Blues")
     right.set_xticks(range(len(nodes)), nodes, rotation=45)
     right.set_yticks(range(len(nodes)), nodes)
-    right.set_xlabel("chosen backbone")
+    right.set_xlabel("whose parts were borrowed (origin)")
     right.set_ylabel("selecting node")
     right.set_title("who selected whom")
     for i, row in enumerate(counts):

@@ -25,7 +25,8 @@ def selection_rows(run_dir: Path) -> list[dict]:
             acc = td.get("accuracy", {})
             rows.append({
                 "node": sel["node"], "task": sel["task"], "index": sel["index"], "chosen": sel["chosen"],
-                "chosen_modality": sel["chosen_modality"], "score": sel["score"], "margin": sel["margin"],
+                "chosen_modality": sel["chosen_modality"], "chosen_origin": sel.get("chosen_origin"),
+                "borrow": sel.get("borrow", "kv"), "score": sel["score"], "margin": sel["margin"],
                 "reason": sel["reason"], "candidates": sel["candidates"], "skipped": sel.get("skipped", []),
                 "none": acc.get("none"), "random": acc.get("random"), "selected": acc.get("selected"),
                 "oracle": acc.get("oracle"), "kept": td.get("kept"),

@@ -30,7 +30,8 @@ def new_learner(cfg: RunConfig, genesis: int | None = None) -> ContinualLearner:
 def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
     """Build every task's splits up front, so bad data fails before any training or checkpoint."""
     catalog = load_catalog(cfg.data.source, cfg.data.root)
-    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), cfg.seed) for spec in cfg.tasks]
+    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), split_seed, cfg.data.shots) for spec in cfg.tasks]
     return [d for d, _ in built], [info for _, info in built]
 
 

@@ -8,8 +8,10 @@ import pytest
 
 from crossback.node.events import read_events
 
-# What may leave a node: KV projections, DDV answers, membership and info (and the small requests for them).
-ALLOWED_PAYLOADS = {"kv", "ddv", "membership", "info", "info_request", "kv_request", "probe_spec"}
+# What may leave a node: the declared payload kinds it serves (K/V, DDV answers, its backbone), membership
+# and info, and the small requests for them.
+ALLOWED_PAYLOADS = {"kv", "ddv", "backbone", "membership", "info", "info_request", "kv_request", "probe_spec",
+                    "backbone_request"}
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +53,39 @@ def test_selections_list_candidates_with_finite_scores_and_cross_modal_picks(dem
         assert all(math.isfinite(c["score"]) for c in s["candidates"] if c["error"] is None)
         best = max(c["score"] for c in s["candidates"] if c["error"] is None)
         assert next(c for c in s["candidates"] if c["peer"] == s["chosen"])["score"] == best
-    assert any(modality[s["chosen"]] != modality[s["node"]] for s in later), "no cross-modal pick"
+    receivers = {n["node_id"] for n in summary["nodes"] if n["role"] == "receiver"}
+    for s in (s for s in summary["selections"] if s["node"] in receivers):  # donors of both modalities compete
+        assert {modality[c["peer"]] for c in s["candidates"] if c["error"] is None} == {"image", "text"}
+        assert s["chosen_origin"] == s["chosen"]  # donors learned what they serve themselves
 
 
-def test_only_kv_and_ddv_left_any_node(demo):
+def test_data_rich_donors_serve_data_starved_receivers_of_one_genesis(demo):
+    out, summary, proc = demo
+    roles = {n["node_id"]: n["role"] for n in summary["nodes"]}
+    assert sorted(roles.values()) == ["donor", "donor", "receiver", "receiver"]
+    gain = summary["receiver_gain"]
+    assert gain["units"] == 2 * len(summary["nodes"][0]["tasks"])  # every receiver task had the donors to pick from
+    for arm in ("selected", "kept"):
+        d = gain[arm]
+        assert d["lo"] <= d["mean"] <= d["hi"] and d["wins"] + d["losses"] + d["ties"] == gain["units"]
+    assert "receivers, selected - none:" in proc.stdout
+    genesis = set()
+    for path in (out / "configs").glob("*.yaml"):
+        import yaml
+
+        cfg = yaml.safe_load(path.read_text())
+        genesis.add(cfg["swarm"]["genesis"])
+        assert ("shots" in cfg["data"]) == (roles[cfg["node"]["node_id"]] == "receiver")
+    assert len(genesis) == 1
+
+
+def test_only_declared_payload_kinds_left_any_node(demo):
     out, summary, _ = demo
     kinds = set()
     for log in (out / "logs").glob("*.jsonl"):
         kinds |= {e["kind"] for e in read_events(log) if e["event"] == "payload_sent"}
     assert kinds <= ALLOWED_PAYLOADS, kinds - ALLOWED_PAYLOADS
-    assert {"kv", "ddv"} <= kinds and set(summary["payloads"]) == kinds
+    assert {"kv", "ddv", "backbone"} <= kinds and set(summary["payloads"]) == kinds
 
 
 def test_selections_command_renders_every_node_and_task(demo):
