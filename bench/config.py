@@ -19,6 +19,9 @@ nodes:
 quick: {seeds: 2, train: {epochs: 5}}     # overrides applied by --quick
 ```
 
+``base: other.yaml`` starts from another bench config and merges this file's keys over it; with
+``node_overrides: {node-name: {...}}`` a regime can change a few nodes of its base (e.g. their model).
+
 Roles: a ``donor`` learns its tasks on all its training items and is served as a published snapshot; a
 ``receiver`` learns its tasks with only ``shots`` items per class (each k a separate run; no shots:
 all items) and runs every arm; ``both`` is a receiver whose locally learned snapshot also serves the
@@ -152,8 +155,31 @@ def parse_bench_config(data: dict, source: str = "bench config", quick: bool = F
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _with_base(data, path: Path, depth: int = 0) -> dict:
+    """``base: other.yaml`` (relative to this file): that config with this one merged over it; ``node_overrides:
+    {name: {...}}`` merges into the base's nodes of that name (lists are replaced, not merged)."""
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    if depth > 4:
+        raise ConfigError(f"{path}: base: chain of more than 4 configs")
+    data = dict(data)
+    base_path = path.parent / str(data.pop("base"))
+    base = _with_base(read_yaml(base_path, "bench config"), base_path, depth + 1)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{base_path}: expected a mapping at the top level")
+    node_over = data.pop("node_overrides", None) or {}
+    merged = _merge(base, data)
+    names = [n.get("name") for n in merged.get("nodes", []) if isinstance(n, dict)]
+    unknown = sorted(set(node_over) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: node_overrides: no node named {unknown} in {base_path} (nodes: {names})")
+    merged["nodes"] = [_merge(n, node_over.get(n.get("name"), {})) if isinstance(n, dict) else n
+                       for n in merged.get("nodes", [])]
+    return merged
+
+
 def load_bench_config(path: str | Path, quick: bool = False) -> tuple[BenchConfig, dict]:
-    """(config, the raw mapping it came from)."""
+    """(config, the raw mapping it came from, after ``base:``)."""
     path = Path(path)
-    data = read_yaml(path, "bench config")
+    data = _with_base(read_yaml(path, "bench config"), path)
     return parse_bench_config(data, str(path), quick, path.parent), data

@@ -18,23 +18,26 @@ from .report import _ci
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-REGIMES = ("starved", "starved_shared_init", "symmetric", "heterogeneous")
-ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "kept", "oracle")
+REGIMES = ("starved_genesis-backbone", "starved_genesis-block", "starved_genesis-kv", "starved_genesis_minilm-backbone",
+           "starved", "symmetric", "heterogeneous")
+ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "selected:logme", "kept", "oracle")
 
 
 def render_regime(name: str, result: dict) -> list[str]:
     group = result["groups"]["all"]
     lines = [f"*{name}* — {group['units']} units, seeds {result['seeds']}; `{result['command']}`",
              "(full tables: `benchmarks/results/" + name + ".md`).", "",
-             "| arm | accuracy | Δ vs none, points [95 % CI over tasks × seeds] (over seeds) | wins / losses | Δ vs untrained |",
-             "|---|---:|---:|---:|---:|",
-             f"| none | {group['arms']['none']['accuracy']:.3f} | - | - | - |"]
+             "| arm | accuracy | Δ vs none, points [95 % CI over tasks × seeds] (over seeds) | wins / losses | Δ vs untrained "
+             "| beats random |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| none | {group['arms']['none']['accuracy']:.3f} | - | - | - | - |"]
     for arm in ROWS:
         row = group["arms"].get(arm)
         if row:
             d = row["vs_none"]
+            beats = row.get("beats_random")
             lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d)} | {d['wins']} / {d['losses']} | "
-                         f"{_ci(row['vs_untrained'])} |")
+                         f"{_ci(row['vs_untrained'])} | {'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
     per_k = [(g, r["arms"]) for g, r in result["groups"].items() if g != "all"]
     if len(per_k) > 1:
         lines += ["", "By group: " + "; ".join(
@@ -44,8 +47,13 @@ def render_regime(name: str, result: dict) -> list[str]:
     if scores:
         lines += ["", "Scores: " + "; ".join(
             f"`{s}` Spearman with gain {r['spearman']['mean']:+.2f} [{r['spearman']['lo']:+.2f}, {r['spearman']['hi']:+.2f}], "
-            f"regret {_ci(r['regret'])}, picked the best {r['picked_best']:.0%}, ranked the untrained control first "
+            f"regret {_ci(r['regret'])}" + (f" (random's {_ci(r['regret_random'])})" if "regret_random" in r else "")
+            + f", picked the best {r['picked_best']:.0%}, ranked the untrained control first "
             f"{r['ranked_control_first']:.0%}" for s, r in scores.items() if r["spearman"]["n"]) + "."]
+        stable = [f"{k} {v['mean']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}]" for r in scores.values()
+                  for k, v in r.get("rank_stability", {}).items()]
+        if stable:
+            lines += ["", "DDV rank stability under other probe seeds (Spearman): " + "; ".join(stable) + "."]
     if result.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(result["skipped"]) + "."]
     return lines + [""]

@@ -180,3 +180,19 @@ def test_genesis_gives_every_node_the_same_starting_core():
         a, b = (_learner(cfg, cfg.nodes[i], 3, i) for i in (0, 3))
         assert all(torch.equal(a.layers[n].weight, b.layers[n].weight) for n in a.layers) == same
         assert a.seed != b.seed  # their own seeds still drive everything else
+
+
+def test_a_regime_can_start_from_a_base_config_and_override_named_nodes(tmp_path):
+    import yaml
+
+    from crossback.bench.config import load_bench_config
+    from crossback.node.config import ConfigError
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(bench_dict()))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "regime": "child", "genesis": True,
+                                                         "node_overrides": {"rx": {"shots": [2, 4]}}}))
+    cfg, _ = load_bench_config(tmp_path / "child.yaml")
+    assert cfg.regime == "child" and cfg.genesis and cfg.nodes[3].shots == (2, 4) and cfg.nodes[0].name == "low"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "node_overrides": {"nobody": {}}}))
+    with pytest.raises(ConfigError, match="no node named \\['nobody'\\]"):
+        load_bench_config(tmp_path / "bad.yaml")
