@@ -154,3 +154,28 @@ def test_node_sections_parse_into_their_own_settings(tmp_path):
     assert cfg.selection.score == "local_loss" and cfg.selection.scope == "intra"
     assert cfg.adaptation.epochs == 4 and cfg.adaptation.own_weights is True  # the paper's default
     assert cfg.experiment.keep == "oracle" and cfg.transfer.strategy == "crossback"
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"node": {"node_id": "x", "serve": ["kv", "gradients"]}}, "node.serve: unknown payload kinds ['gradients']"),
+    ({"transfer": {"borrow": "everything"}}, "transfer.borrow"),
+    ({"swarm": {"genesis": -1}}, "swarm.genesis"),
+    ({"swarm": {"seed": 3}}, "'swarm.seed' is misplaced"),
+    ({"selection": {"score": "leep"}}, "selection.score"),
+    ({"data": {**CONFIG["data"], "shots": 0}}, "data.shots"),
+])
+def test_borrowing_settings_are_checked_and_name_their_key(tmp_path, extra, needle):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "node": {**CONFIG["node"], "node_id": "x"}, **extra}))
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        load_node_config(path, {}, {})
+
+
+def test_genesis_serve_and_borrow_reach_the_node(tmp_path):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "node": {**CONFIG["node"], "node_id": "x", "serve": ["kv", "backbone"]},
+                                    "swarm": {"genesis": 4}, "transfer": {"borrow": "block"},
+                                    "adaptation": {"head_probe": False}}))
+    cfg = load_node_config(path, {}, {})
+    assert cfg.node.serve == ("kv", "backbone") and cfg.transfer.borrow == "block" and not cfg.adaptation.head_probe
+    assert cfg.genesis.startswith("4:") and cfg.swarm.genesis == 4
