@@ -76,7 +76,7 @@ class BenchNode:
 
     def view(self) -> View:
         return View(self.modality, self.image_size, self.model.image.channels, self.model.text.max_length,
-                    self.model.text.encoder)
+                    self.model.text.encoder, self.model.image.encoder)
 
 
 @dataclass(frozen=True)

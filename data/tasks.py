@@ -54,6 +54,7 @@ class View:
     channels: int = 3
     text_max_length: int = 64
     text_encoder: str = "bytes"  # bytes | minilm (crossback.models.text_encoders)
+    image_encoder: str = "patches"  # patches | efficientnet (crossback.models.image_encoders)
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -144,6 +145,10 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
                 arrays.append(load_image(ref, view))
                 ys.append(y)
         inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8; the adapter scales it
+        if view.image_encoder == "efficientnet":
+            from crossback.models.image_encoders import encode_efficientnet
+
+            inputs = encode_efficientnet(inputs)
     else:
         texts, ys = [], []
         for item, y in zip(items, labels):

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 
 from .bounds import bounded
+from .image_encoders import FEATURE_DIM, FEATURE_SIZE, IMAGE_ENCODERS
 from .text_encoders import MINILM_DIM, TEXT_ENCODERS
 
 import torch
@@ -26,6 +27,8 @@ class ImageAdapterConfig:
     patch_size: int = bounded(4, ge=1, le=256)
     num_freq_bands: int = bounded(6, ge=1, le=64)
     max_freq: float = bounded(16.0, gt=0.0)
+    # patches: pixels, learned patch embedding; efficientnet: frozen EfficientNet-Lite0 features, projected to C
+    encoder: str = bounded("patches", choices=IMAGE_ENCODERS)
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,24 @@ class MiniLMTokenAdapter(nn.Module):
         return self.proj(feats[..., :MINILM_DIM]), feats[..., MINILM_DIM] > 0.5
 
 
+class ImageFeatureAdapter(nn.Module):
+    """Frozen EfficientNet-Lite0 feature-map cells (computed with the data, see ``image_encoders``)
+    projected to C, plus a learned embedding per grid position."""
+
+    def __init__(self, token_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(FEATURE_DIM, token_dim)
+        self.pos = nn.Parameter(torch.randn((FEATURE_SIZE // 16) ** 2, token_dim) * 0.02)
+
+    def forward(self, feats: Tensor) -> tuple[Tensor, None]:
+        if feats.ndim != 3 or feats.shape[1:] != self.pos.shape[:1] + (FEATURE_DIM,):
+            raise ValueError(f"expected EfficientNet features (B, {self.pos.shape[0]}, {FEATURE_DIM}), got {tuple(feats.shape)}")
+        return self.proj(feats) + self.pos, None
+
+
 def build_adapter(modality: str, image: ImageAdapterConfig, text: TextAdapterConfig, token_dim: int) -> nn.Module:
     if modality == "image":
-        return ImageAdapter(image, token_dim)
+        return ImageFeatureAdapter(token_dim) if image.encoder == "efficientnet" else ImageAdapter(image, token_dim)
     if modality == "text":
         return MiniLMTokenAdapter(token_dim) if text.encoder == "minilm" else TextAdapter(text, token_dim)
     raise ValueError(f"unknown modality {modality!r} (expected 'image' or 'text')")

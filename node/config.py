@@ -62,7 +62,7 @@ class RunConfig:
 
     def view(self) -> View:
         return View(self.data.modality, self.data.image_size, self.model.image.channels, self.model.text.max_length,
-                    self.model.text.encoder)
+                    self.model.text.encoder, self.model.image.encoder)
 
 
 def _type_name(tp: Any) -> str:
