@@ -22,7 +22,9 @@ from .snapshot import Snapshot
 SERVICE_NAME = "crossback.v1.PeerService"
 # what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts
 PAYLOAD_KINDS = ("kv", "ddv", "block", "backbone")
-DEFAULT_SERVE = ("kv", "ddv")
+# a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
+# a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason
+DEFAULT_SERVE = ("kv", "ddv", "backbone")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 
 

@@ -41,7 +41,9 @@ MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 @dataclass(frozen=True)
 class SelectionConfig:
     enabled: bool = True
-    score: str = bounded("ddv", choices=SCORES)  # which scoring function ranks the candidates (see .scores)
+    # which scoring function ranks the candidates (see .scores); logme predicted the realised gain best
+    # in the transfer benchmark (benchmarks/results/starved_genesis-*.md)
+    score: str = bounded("logme", choices=SCORES)
     scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
     deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for probing all candidates
     euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)

@@ -16,7 +16,7 @@ from .base import AdaptOptions, InjectionError
 class CrossBackTransfer:
     name = "crossback"
 
-    def __init__(self, borrow: str = "kv"):
+    def __init__(self, borrow: str = "backbone"):
         if borrow not in PART_KINDS:
             raise ValueError(f"unknown borrow level {borrow!r}; choose one of {list(PART_KINDS)}")
         self.borrow = borrow
