@@ -45,15 +45,18 @@ def node_plan(n: int) -> list[dict]:
 
 
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
-                oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0) -> dict:
-    """One node's config. ``genesis`` and the item split are swarm-wide; ``seed`` is the node's own."""
+                oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0, pretrained: bool = False) -> dict:
+    """One node's config. ``genesis`` and the item split are swarm-wide; ``seed`` is the node's own.
+    ``pretrained``: frozen MiniLM / EfficientNet-Lite0 front ends (crossback[pretrained])."""
     receiver = entry.get("role") == "receiver"
+    front = {"text": {"max_length": 16, "encoder": "minilm"}, "image": {"encoder": "efficientnet"}} if pretrained \
+        else {"text": {"max_length": 48}}
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"], "split_seed": genesis,
                  **({"shots": SHOTS} if receiver else {})},
         "tasks": entry["tasks"],
-        "model": {**DEMO_MODEL, "text": {"max_length": 48}},
+        "model": {**DEMO_MODEL, **front},
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
@@ -109,7 +112,7 @@ def stop_nodes(procs) -> None:
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
              timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False,
-             adapt_own_weights: bool = True) -> dict:
+             adapt_own_weights: bool = True, pretrained: bool = False) -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -125,7 +128,7 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
             for entry in (e for e in plan if e["role"] == role):
                 cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
                 cfg = node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle, adapt_own_weights,
-                                  genesis=seed)
+                                  genesis=seed, pretrained=pretrained)
                 cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
                 with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
                     procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses,
