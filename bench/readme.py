@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .report import _ci
+from .report import _ci, _pct
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,8 +59,31 @@ def render_regime(name: str, result: dict) -> list[str]:
     return lines + [""]
 
 
+LEVELS = ("starved_genesis-kv", "starved_genesis-block", "starved_genesis-backbone", "starved_genesis_pretrained-backbone")
+
+
+def render_levels(results: dict[str, dict], score: str = "logme") -> list[str]:
+    """One row per borrow level of the genesis starved regime: the issue-10 goal figures side by side."""
+    rows = [(n, results[n]["groups"]["all"]) for n in LEVELS if n in results]
+    if not rows:
+        return []
+    lines = [f"Borrow levels (starved regime, one genesis, selected by `{score}`; goal: Δ ≥ +5 with CI > 0, beats "
+             "random ≥ 70 %, Spearman ≥ 0.5, regret ≤ ⅓ of random's):", "",
+             "| regime | Δ vs none [CI] | beats random | Spearman(score, gain) | regret (random's) | kept Δ vs none |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, group in rows:
+        arm, sc = group["arms"][f"selected:{score}"], group["scores"][score]
+        rho = sc["spearman"]
+        lines.append(f"| {name} | {_ci(arm['vs_none'])} | {arm['beats_random']:.0%} | "
+                     f"{rho['mean']:+.2f} [{rho['lo']:+.2f}, {rho['hi']:+.2f}] | {_pct(sc['regret']['mean'])} "
+                     f"({_pct(sc['regret_random']['mean'])}) | {_ci(group['arms']['kept']['vs_none'])} |")
+    return lines + [""]
+
+
 def render() -> str:
-    lines = []
+    results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in REGIMES
+               if (RESULTS / f"{n}.json").exists()}
+    lines = render_levels(results)
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():
