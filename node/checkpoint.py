@@ -19,12 +19,11 @@ from safetensors.torch import save as st_save
 
 from crossback.models.learner import ContinualLearner
 
+from .errors import CheckpointError  # re-exported: its home for callers
+
 FORMAT = "crossback.checkpoint/1"
 NAME = re.compile(r"^task-(\d{3,})$")
 
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _write(path: Path, data: bytes) -> None:

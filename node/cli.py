@@ -7,13 +7,14 @@ from pathlib import Path
 
 import grpc
 
-from crossback.data.catalog import DataError
+from .errors import CheckpointError, ConfigError
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config
+# Only light imports up here: `health`, `peers` and `status` run as container health checks on busy
+# devices and must not pay for torch (2+ s); every command imports what it needs when it runs.
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .train_run import run_training
 
     cfg = load_config(args.config)
@@ -254,11 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _data_error() -> type[Exception]:
+    """DataError if the data package was loaded (only then can it have been raised)."""
+    module = sys.modules.get("crossback.data.catalog")
+    return module.DataError if module is not None else ConfigError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError, TimeoutError, ChildProcessError) as exc:
+    except (ConfigError, _data_error(), CheckpointError, FileNotFoundError, TimeoutError, ChildProcessError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except grpc.RpcError as exc:

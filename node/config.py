@@ -24,11 +24,10 @@ from crossback.models.methods import MethodConfig
 from crossback.models.perceiver import PerceiverConfig
 from crossback.models.training import TrainOptions
 
+from .errors import ConfigError  # noqa: E402  (re-exported: its home for callers)
+
 MODALITIES = ("image", "text")
 
-
-class ConfigError(ValueError):
-    """A config problem; the message names the file and the dotted key."""
 
 
 @dataclass(frozen=True)

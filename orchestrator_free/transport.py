@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -11,8 +11,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
-from .ddv import ProbeSpec
-from .wire import decode, encode_all
+if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/status` must not load it
+    from .ddv import ProbeSpec
 
 PROTOCOL = pb.PROTOCOL_VERSION_1
 MAX_MESSAGE_BYTES = 4 << 20
@@ -68,6 +68,8 @@ class PeerClient:
         req = pb.KVRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version)
         self.on_payload("kv_request", self.address, req.ByteSize())
 
+        from .wire import decode
+
         def fetch():
             chunks = list(self._stub.FetchKV(req, timeout=self.policy.timeout))
             versions = {c.snapshot_version for c in chunks}
@@ -78,6 +80,8 @@ class PeerClient:
     def fetch_payload(self, kind: str, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
                       max_total_bytes: int = 64 << 20):
         """(tensors by parameter name, snapshot_version) of the peer's payload ``kind``, verified."""
+        from .wire import decode
+
         req = pb.PayloadRequest(protocol=PROTOCOL, caller_id=self.caller_id, kind=kind, min_snapshot_version=min_version)
         self.on_payload(f"{kind}_request", self.address, req.ByteSize())
 
@@ -99,6 +103,8 @@ class PeerClient:
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,
             perturbation=spec.perturbation, kv_source=KV_SOURCES[spec.kv_source]))
         if inline_kv is not None:
+            from .wire import encode_all
+
             req.kv.extend(encode_all(inline_kv))
         self.on_payload("probe_spec" if inline_kv is None else "probe_spec+kv", self.address, req.ByteSize())
         return self._call(lambda: self._stub.ProbeDDV(req, timeout=self.policy.timeout))
