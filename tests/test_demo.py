@@ -121,3 +121,52 @@ def test_swarm_compare_rejects_unknown_arms(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
                            "none,best", "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown arm(s) ['best']" in proc.stderr
+
+
+LAUNCHER = """
+import sys, time, yaml
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import tiny_node_config
+from crossback.node.demo import launch_node
+out = Path({out!r})
+cfg = tiny_node_config(0, [{{"name": "a", "classes": ["0", "1"]}}], 0.5, 5.0)
+cfg["node"]["node_id"] = "orphan"
+(out / "orphan.yaml").write_text(yaml.safe_dump(cfg))
+proc, _ = launch_node(out / "orphan.yaml", out, "orphan", "127.0.0.1:0", [])
+print(proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux-only")
+def test_nodes_die_with_their_launcher_even_when_it_is_sigkilled(tmp_path):
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    script = LAUNCHER.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        node_pid = int(launcher.stdout.readline())
+        assert _running(node_pid)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _running(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(node_pid), "the node outlived its SIGKILLed launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if _running(node_pid := locals().get("node_pid", -1)) and node_pid > 0:
+            os.kill(node_pid, signal.SIGKILL)
