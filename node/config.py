@@ -24,7 +24,7 @@ from crossback.models.methods import MethodConfig
 from crossback.models.perceiver import PerceiverConfig
 from crossback.models.training import TrainOptions
 
-from .errors import ConfigError  # noqa: E402  (re-exported: its home for callers)
+from .errors import ConfigError  # re-exported: callers import it from here
 
 MODALITIES = ("image", "text")
 
