@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -58,3 +59,13 @@ def digits_tasks():
 @pytest.fixture(scope="session")
 def emoji_catalog():
     return load_catalog("emoji")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Docker end-to-end tests take minutes: a run that collects other tests too skips them, unless asked."""
+    docker_items = [item for item in items if item.get_closest_marker("docker_e2e")]
+    if docker_items and len(docker_items) < len(items) and os.environ.get("CROSSBACK_DOCKER_E2E") != "1":
+        skip = pytest.mark.skip(reason="slow Docker end-to-end test: run `pytest tests/test_docker_e2e.py` "
+                                       "or set CROSSBACK_DOCKER_E2E=1")
+        for item in docker_items:
+            item.add_marker(skip)

