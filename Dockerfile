@@ -14,28 +14,20 @@ ARG TORCH_VERSION=2.13.0
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ARG PIP_NO_INDEX=
 ENV PIP_NO_CACHE_DIR=1 PIP_FIND_LINKS=/src/wheels PATH=/opt/crossback/bin:$PATH
-RUN python -m venv /opt/crossback
-WORKDIR /src
-COPY docker/install-torch.sh docker/
-COPY wheels wheels
-# torch first, so nothing below pulls a CUDA build
-RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; sh docker/install-torch.sh
-COPY pyproject.toml README.md ./
-COPY proto proto
-COPY models models
-COPY data data
-COPY node node
-COPY orchestrator_free orchestrator_free
-COPY transfer transfer
-COPY bench bench
-RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; pip install . && python -c "import crossback.node.cli"
+# Few layers on purpose: an engine on the vfs storage driver stores every layer as a full copy.
+COPY docker/install-torch.sh /src/docker/
+COPY wheels /src/wheels
+# torch first (its own layer, kept while only crossback's sources change), so nothing below pulls a CUDA build
+RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; python -m venv /opt/crossback && sh /src/docker/install-torch.sh
+COPY . /src
+RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; pip install /src && python -c "import crossback.node.cli"
 
 # The node image: the virtual environment and the example configs, no build inputs (no wheels).
 FROM ${BASE}
 ENV PYTHONUNBUFFERED=1 PATH=/opt/crossback/bin:$PATH
 COPY --from=build /opt/crossback /opt/crossback
+COPY examples /app/examples
 WORKDIR /app
-COPY examples examples
 EXPOSE 50051
 ENTRYPOINT ["crossback"]
 CMD ["--help"]

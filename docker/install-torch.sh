@@ -8,6 +8,7 @@
 # Context paths are relative to the build context, e.g. wheels/torch-2.13.0+cpu-cp311-...whl or wheels.
 set -eu
 source=${TORCH_SOURCE:?TORCH_SOURCE is empty}
+ctx=${BUILD_CONTEXT:-/src}   # where the Dockerfiles copy wheels/
 version=${TORCH_VERSION:?TORCH_VERSION is empty}
 py=$(command -v python || command -v python3)
 case "$source" in
@@ -16,10 +17,10 @@ case "$source" in
   *://*)
     "$py" -m pip install "torch==$version" --index-url "$source" ;;
   *.whl)
-    [ -f "/src/$source" ] || { echo "TORCH_SOURCE=$source: no such wheel in the build context (put it under wheels/)" >&2; exit 1; }
-    "$py" -m pip install "/src/$source" ;;
+    [ -f "$ctx/$source" ] || { echo "TORCH_SOURCE=$source: no such wheel in the build context (put it under wheels/)" >&2; exit 1; }
+    "$py" -m pip install "$ctx/$source" ;;
   *)
-    [ -d "/src/$source" ] || { echo "TORCH_SOURCE=$source: not an index URL, a .whl or a folder in the build context" >&2; exit 1; }
-    "$py" -m pip install --no-index --find-links "/src/$source" "torch==$version" ;;
+    [ -d "$ctx/$source" ] || { echo "TORCH_SOURCE=$source: not an index URL, a .whl or a folder in the build context" >&2; exit 1; }
+    "$py" -m pip install --no-index --find-links "$ctx/$source" "torch==$version" ;;
 esac
 "$py" -c "import torch; print('torch', torch.__version__, 'from', '$source')"

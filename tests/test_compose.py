@@ -107,7 +107,30 @@ def test_images_copy_every_package_folder_and_the_examples(dockerfile):
     import tomllib
 
     folders = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
-    copied = set(re.findall(r"^COPY (\S+) ", (ROOT / dockerfile).read_text(), flags=re.M))
+    text = (ROOT / dockerfile).read_text()
+    copied = set(re.findall(r"^COPY (\S+) ", text, flags=re.M))
+    if "." in copied:  # the whole build context, less what .dockerignore leaves out
+        ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+        copied |= {f.split("/")[0] for f in folders} - ignored
     missing = {f.split("/")[0] for f in folders} - copied
     assert not missing, f"{dockerfile} does not copy {sorted(missing)}"
     assert "examples" in copied  # the compose services mount configs from /app/examples
+
+
+@pytest.mark.parametrize("source, message", [
+    ("wheels/torch-9.9.9-cp311-none-any.whl", "no such wheel in the build context (put it under wheels/)"),
+    ("wheelhouse-that-is-not-there", "not an index URL, a .whl or a folder in the build context"),
+])
+def test_torch_source_errors_name_the_build_argument(tmp_path, source, message):
+    (tmp_path / "wheels").mkdir()
+    proc = subprocess.run(["sh", str(ROOT / "docker" / "install-torch.sh")], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "TORCH_SOURCE": source, "TORCH_VERSION": "2.13.0", "BUILD_CONTEXT": str(tmp_path)})
+    assert proc.returncode == 1 and proc.stderr.strip() == f"TORCH_SOURCE={source}: {message}"
+
+
+def test_the_image_is_built_without_its_build_inputs():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile[dockerfile.rindex("\nFROM "):]
+    assert not re.search(r"^COPY wheels", final_stage, flags=re.M)  # the 190 MB torch wheel stays in the build stage
+    assert "COPY --from=build /opt/crossback /opt/crossback" in final_stage
+    assert re.search(r"^ARG TORCH_SOURCE=https://download.pytorch.org/whl/cpu$", dockerfile, flags=re.M)
