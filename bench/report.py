@@ -141,9 +141,26 @@ def analyse(records: list[dict], cfg_boot) -> dict:
                           "test_items": {"min": min(r["samples"]["test"] for r in rs),
                                          "median": sorted(r["samples"]["test"] for r in rs)[len(rs) // 2]}}
                    for name, rs in groups.items()},
+        "cost": cost(records),
         "skipped": sorted({f"{c['peer']}: {c['error']}" for r in records for c in r["candidates"] if c.get("error")}),
         "warnings": sorted({f"{r['receiver']}/{r['task']}: {w}" for r in records for w in r["warnings"]}),
     }
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    return None if not xs else (xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2)
+
+
+def cost(records: list[dict]) -> dict:
+    """What a transfer costs: bytes received per adapted candidate, and adaptation wall time against
+    the ``none`` arm's of the same unit (median of the per-candidate ratios)."""
+    adapted = [(r, c) for r in records for c in r["candidates"] if c.get("test") is not None]
+    ratios = [c["seconds"] / r["none"]["seconds"] for r, c in adapted
+              if c.get("seconds") is not None and r["none"].get("seconds")]
+    return {"bytes_per_candidate": _median([c["bytes"] for _, c in adapted]),
+            "none_seconds": _median([r["none"]["seconds"] for r in records if r["none"].get("seconds") is not None]),
+            "adapt_time_vs_none": _median(ratios)}
 
 
 def _pct(x: float) -> str:
@@ -195,6 +212,12 @@ def markdown(result: dict, title: str, command: str) -> str:
                 lines += ["", "Rank stability (Spearman between a unit's candidates ranked under the configured probe "
                               "seed and under another): " + "; ".join(f"{key} {_rho(rho)}" for _, key, rho in stable)]
         lines.append("")
+    c = result.get("cost") or {}
+    if c.get("bytes_per_candidate") is not None:
+        ratio = c.get("adapt_time_vs_none")
+        lines += [f"Cost (medians): {c['bytes_per_candidate'] / 1024:.1f} KiB received per adapted candidate; "
+                  f"adaptation {c['none_seconds']:.2f} s without a peer"
+                  + (f", {ratio:.2f}x that with one." if ratio is not None else "."), ""]
     if result["skipped"]:
         lines += ["Candidates skipped or failed:", ""] + [f"- {s}" for s in result["skipped"]] + [""]
     if result["warnings"]:

@@ -86,7 +86,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
 
 
 def _arm_record(arm: dict | None) -> dict:
-    return {k: arm[k] for k in ("val", "val_loss", "test", "facts")} if arm else {}
+    return {k: arm[k] for k in ("val", "val_loss", "test", "facts", "seconds") if k in arm} if arm else {}
 
 
 def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, addresses: dict[str, str],
@@ -107,7 +107,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      strategy.borrow, genesis)
+                                      strategy.borrow, genesis, getattr(strategy, "any_shape", False))
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
             _stability_scores(cfg, learner, i, usable, clients)

@@ -142,7 +142,8 @@ class ContinualLearner:
         i = len(self.tasks)
         gen = self._generator(i, 0)
         source = self._init_params if i == 0 else self.task_params[i - 1]
-        params = {n: t.detach().clone() for n, t in source.items() if n not in HEAD_NAMES}
+        # a task's own copy of a shared matrix (see .own_copies) stays with that task
+        params = {n: t.detach().clone() for n, t in source.items() if n not in HEAD_NAMES and n not in self.layers}
         q = self.cfg.queries_dim
         params["query"] = torch.randn(1, q, generator=gen)
         params["head.weight"] = init_uniform_(torch.empty(num_classes, q), q, gen)
@@ -229,6 +230,8 @@ class ContinualLearner:
         train = task == self.active and torch.is_grad_enabled()
         params = dict(self.task_params[task])
         for name, layer in self.layers.items():
+            if name in params:  # the task runs its own copy of this matrix
+                continue
             width = record.ff_widths.get(layer.ff_group) if layer.ff_group else None
             weight, owner = layer.sliced(width)
             pick = self._pick(task, name, train)
@@ -322,6 +325,23 @@ class ContinualLearner:
                 self.task_params[task][name] = t.detach().to(self.device, own.dtype).clone().requires_grad_(own.requires_grad)
         self.borrowed[task] = weights
         self.borrow_masks.pop(task, None)
+
+    def own_copies(self, task: int) -> list[str]:
+        """Shared matrices ``task`` runs as a per-task copy of its own (stored with its tensors)."""
+        return sorted(n for n in self.task_params[task] if n in self.layers)
+
+    def make_own_copy(self, task: int, name: str) -> Tensor:
+        """Give ``task`` a per-task copy of shared matrix ``name``, starting from what it runs now, and
+        return it. The copy is the task's own: adapting it changes no other task (older tasks keep the
+        shared weights they own; newer tasks never see it). Call it before ``begin_adaptation``."""
+        if name not in self.layers:
+            raise KeyError(f"{name!r} is not a shared matrix of this model")
+        if self.active is not None:
+            raise RuntimeError("make a copy between tasks, not while one is being learned")
+        with torch.no_grad():
+            current = self.params_for(task)[name].detach().clone()
+        self.task_params[task][name] = current
+        return current
 
     # ---------------------------------------------------------------- adaptation of a learned task
 

@@ -34,9 +34,15 @@ class Split:
 Progress = Callable[[str, int, int, float], None]
 
 
+# before_step(step) / after_step(step): called around every optimiser step, counted from 0
+StepHook = Callable[[int], None]
+
+
 def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: TrainOptions,
-        generator: torch.Generator, phase: str = "train", progress: Progress | None = None) -> float:
-    """Train the active task for ``epochs``; returns the mean loss of the last epoch."""
+        generator: torch.Generator, phase: str = "train", progress: Progress | None = None,
+        before_step: StepHook | None = None, after_step: StepHook | None = None) -> float:
+    """Train the active task for ``epochs``; returns the mean loss of the last epoch. The hooks let a
+    transfer strategy act between steps (MergeNet regenerates weights there)."""
     if task != learner.active:
         raise RuntimeError(f"task {task} is not the task being learned")
     params, scores = learner.trainable()
@@ -47,16 +53,22 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
     optimizer = torch.optim.Adam(groups)
     n = len(data)
     last = float("nan")
+    step = 0
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator)
         total, seen = 0.0, 0
         for start in range(0, n, opts.batch_size):
             idx = order[start : start + opts.batch_size]
             x, y = data.inputs[idx].to(learner.device), data.labels[idx].to(learner.device)
+            if before_step:
+                before_step(step)
             loss = F.cross_entropy(learner.logits(x, task), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step:
+                after_step(step)
+            step += 1
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         last = total / max(seen, 1)

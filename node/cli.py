@@ -135,12 +135,15 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
 
+    import dataclasses
+
     cfg, _ = load_bench_config(args.config, quick=args.quick)
     if args.borrow:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, borrow=args.borrow),
                                   regime=f"{cfg.regime}, borrow {args.borrow}")
+    if args.strategy:
+        cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, strategy=args.strategy),
+                                  regime=f"{cfg.regime}, strategy {args.strategy}")
     seeds = args.seeds if args.seeds is not None else cfg.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {seeds}")
@@ -148,7 +151,8 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     result = {**analyse(records, cfg.bootstrap), "environment": environment(cfg.threads)}
     command = "crossback bench transfer " + " ".join(
         shlex.quote(a) for a in ["--config", str(args.config), "--seeds", str(seeds), "--out", str(args.out)]
-        + (["--quick"] if args.quick else []) + (["--borrow", args.borrow] if args.borrow else []))
+        + (["--quick"] if args.quick else []) + (["--borrow", args.borrow] if args.borrow else [])
+        + (["--strategy", args.strategy] if args.strategy else []))
     write_report(result, records, Path(args.out), f"Transfer benchmark: {cfg.regime}", command)
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {Path(args.out) / 'results.json'}, results.md and results.png")
@@ -240,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
     bt.add_argument("--borrow", choices=("kv", "block", "backbone"), help="override transfer.borrow of the config")
+    bt.add_argument("--strategy", choices=("crossback", "mergenet"), help="override transfer.strategy of the config")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")

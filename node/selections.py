@@ -26,7 +26,8 @@ def selection_rows(run_dir: Path) -> list[dict]:
             rows.append({
                 "node": sel["node"], "task": sel["task"], "index": sel["index"], "chosen": sel["chosen"],
                 "chosen_modality": sel["chosen_modality"], "chosen_origin": sel.get("chosen_origin"),
-                "borrow": sel.get("borrow", "kv"), "score": sel["score"], "margin": sel["margin"],
+                "borrow": sel.get("borrow", "kv"),
+                "strategy": td.get("strategy") or sel.get("strategy", "crossback"), "score": sel["score"], "margin": sel["margin"],
                 "reason": sel["reason"], "candidates": sel["candidates"], "skipped": sel.get("skipped", []),
                 "none": acc.get("none"), "random": acc.get("random"), "selected": acc.get("selected"),
                 "oracle": acc.get("oracle"), "kept": td.get("kept"),
@@ -39,13 +40,13 @@ def _f(x, spec=".3f") -> str:
 
 
 def render_table(rows: list[dict]) -> str:
-    head = f"{'node':<10} {'task':<20} {'chosen':<10} {'origin':<10} {'modality':<8} {'score':>7} {'margin':>7} " \
+    head = f"{'node':<10} {'task':<20} {'chosen':<10} {'origin':<10} {'modality':<8} {'strategy':<18} {'score':>7} {'margin':>7} " \
            f"{'cands':>5} {'none':>6} {'random':>6} {'select':>6} kept"
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = sum(1 for c in r["candidates"] if c.get("score") is not None and not c.get("error"))
         lines.append(f"{r['node']:<10} {r['task'][:20]:<20} {r['chosen'] or '(none)':<10} "
-                     f"{r['chosen_origin'] or '-':<10} {r['chosen_modality'] or '-':<8} "
+                     f"{r['chosen_origin'] or '-':<10} {r['chosen_modality'] or '-':<8} {r['strategy'] + ':' + r['borrow']:<18} "
                      f"{_f(r['score'], '+.3f'):>7} {_f(r['margin'], '.3f'):>7} {ok:>2}/{len(r['candidates']):<2} "
                      f"{_f(r['none']):>6} {_f(r['random']):>6} {_f(r['selected']):>6} {r['kept'] or '-'}")
     return "\n".join(lines)

@@ -49,14 +49,17 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
     """Finish the task one way from ``base``: {val, val_loss, test, facts, state}. Raises InjectionError
     (with the task's state restored) when the borrowed weights could not be injected."""
     learner.set_task_state(task, base)
+    started = time.perf_counter()
     try:
         facts = strategy.adapt(learner, task, data, payload, opts, torch.Generator().manual_seed(seed))
     except InjectionError:
         learner.set_task_state(task, base)
         raise
+    seconds = round(time.perf_counter() - started, 4)
     logits = predict(learner, task, data.val.inputs)
     return {"val": accuracy(logits, data.val.labels), "val_loss": float(F.cross_entropy(logits, data.val.labels)),
-            "test": evaluate(learner, task, data.test), "facts": facts, "state": learner.task_state(task)}
+            "test": evaluate(learner, task, data.test), "facts": facts, "seconds": seconds,
+            "state": learner.task_state(task)}
 
 
 def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed) -> dict | None:
@@ -103,7 +106,8 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   clients, cfg: SelectionConfig, strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
     started = time.perf_counter()
-    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis)
+    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
+                              getattr(strategy, "any_shape", False))
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
     apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)
@@ -113,7 +117,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
          skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in skipped],
          chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
-         chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow,
+         chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow, strategy=strategy.name,
          score=chosen.score if chosen else None, score_name=cfg.score,
          margin=(chosen.score - runner_up) if chosen and runner_up is not None else None, reason=reason,
          scope=cfg.scope, seconds=round(time.perf_counter() - started, 4),
@@ -134,7 +138,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     arms = {name: arm for name, arm in arms.items() if arm is not None}
     kept, why = decide_keep(arms, experiment.keep)
     learner.set_task_state(task, arms[kept]["state"])
-    if kept != "none":
+    if kept != "none" and getattr(strategy, "borrows_parts", True):
         record_provenance(learner, task, next(c for c in scored if c.peer == arms[kept]["peer"]), strategy.borrow)
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,

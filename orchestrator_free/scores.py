@@ -86,9 +86,14 @@ def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | No
 
 
 def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float) -> dict[str, float]:
+    """Every score ``cand`` can have. The ones that run our task through its parts need parts of our
+    shapes; a peer of other shapes (any-shape strategies) gets only the DDV scores."""
     if cand.parts is None:
         return {}
-    out = {"local_loss": local_loss(learner, task, data, cand.parts), "logme": logme(learner, task, data, cand.parts)}
+    shapes = learner.part_shapes(task)
+    out = {}
+    if all(tuple(t.shape) == shapes.get(n) for n, t in cand.parts.items()):
+        out = {"local_loss": local_loss(learner, task, data, cand.parts), "logme": logme(learner, task, data, cand.parts)}
     if cand.cos is not None:
         out |= {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos}
     return {k: v for k, v in out.items() if math.isfinite(v)}

@@ -27,6 +27,7 @@ from torch import Tensor
 from crossback.models.borrowed import accept_parts, kv_parts
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
+from crossback.models.perceiver import KV_NAMES
 
 from .ddv import ProbeSpec, ddv
 from .scores import DDV_SCORES, SCORES
@@ -36,6 +37,7 @@ from .wire import WireError
 
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
+MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,12 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
     return cos, euc, cos - euc_weight * euc
 
 
-def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict[str, Tensor], spec: ProbeSpec,
-              euc_weight: float) -> tuple[tuple[float, float, float], int]:
-    """((cos, euc, score), reply bytes): the local DDV through the peer's K/V against the peer's own."""
+def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict[str, Tensor] | None,
+              spec: ProbeSpec, euc_weight: float) -> tuple[tuple[float, float, float], int]:
+    """((cos, euc, score), reply bytes): the local DDV through the peer's K/V (``kv``; None: through
+    our own, for a peer whose K/V cannot run in our model) against the peer's own."""
     reply = client.probe_ddv(spec)
-    local = ddv(learner, task, kv, spec)
+    local = ddv(learner, task, kv, spec) if kv is not None else own_kv_ddv(learner, task, spec)
     remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
     if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
         raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
@@ -114,8 +117,25 @@ def _dominant(origins: dict[str, str], parts: dict[str, Tensor]) -> str:
     return sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def foreign_kv(kv: dict[str, Tensor], peer: str) -> dict[str, Tensor]:
+    """A peer's K/V of shapes other than ours (for strategies that read any shape), checked for form."""
+    if set(kv) != set(KV_NAMES):
+        raise WireError(f"peer {peer[:MAX_NAME]!r} sent K/V tensors {sorted(kv)[:4]}, expected {list(KV_NAMES)}")
+    shapes = {tuple(t.shape) for t in kv.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or not all(0 < d <= MAX_KV_DIM for d in next(iter(shapes))):
+        raise WireError(f"peer {peer[:MAX_NAME]!r} sent K/V of shapes {sorted(shapes)}: not two equal matrices "
+                        f"of at most {MAX_KV_DIM} x {MAX_KV_DIM}")
+    return kv
+
+
+def own_kv_ddv(learner: ContinualLearner, task: int, spec: ProbeSpec) -> Tensor:
+    """Our side of the DDV when the peer's K/V cannot run in our model: our model on our own K/V."""
+    return ddv(learner, task, learner.extract_kv(task), spec)
+
+
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
-               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str) -> Candidate:
+               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
+               any_shape: bool = False) -> Candidate:
     started = time.perf_counter()
     try:
         info = client.get_info()
@@ -125,7 +145,7 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
         needs = {borrow} | ({"kv", "ddv"} if cfg.score in DDV_SCORES else set())
         if genesis and info.genesis != genesis:
             cand.error = f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
-        elif shapes != expected:
+        elif shapes != expected and not any_shape:
             cand.error = f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
         elif info.snapshot_version < 1:
             cand.error = f"{SKIPPED} no finished task yet"
@@ -136,13 +156,19 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
         else:
             nbytes = 0
             if {"kv", "ddv"} <= served:
-                kv, version = client.fetch_kv(expected=expected, min_version=1)
-                (cand.cos, cand.euc, cand.score), reply_bytes = ddv_score(client, learner, task, kv, cfg.probe,
-                                                                          cfg.euc_weight)
+                same = shapes == expected
+                kv, version = client.fetch_kv(expected=expected if same else None, min_version=1)
+                kv = kv if same else foreign_kv(kv, cand.peer)
+                (cand.cos, cand.euc, cand.score), reply_bytes = ddv_score(client, learner, task, kv if same else None,
+                                                                          cfg.probe, cfg.euc_weight)
                 cand.kv, cand.snapshot_version = kv, version
                 nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
             if borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
+            elif borrow == "kv" and any_shape:
+                kv, cand.snapshot_version = client.fetch_kv(min_version=1)
+                nbytes += sum(t.numel() * t.element_size() for t in kv.values())
+                cand.parts = kv_parts(kv if shapes == expected else foreign_kv(kv, cand.peer))
             else:
                 received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
                 nbytes += sum(t.numel() * t.element_size() for t in received.values())
@@ -161,16 +187,17 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
                      cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
-                     genesis: str = "") -> list[Candidate]:
+                     genesis: str = "", any_shape: bool = False) -> list[Candidate]:
     """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``: its info, its
     DDV answer (when it serves K/V and DDV) and the parts ``borrow`` names. With a ``genesis`` id, peers
-    of another genesis are skipped."""
+    of another genesis are skipped; with ``any_shape`` (a strategy that reads matrices of any shape,
+    ``borrow: kv`` only) peers whose K/V shapes differ from ``expected`` are candidates too."""
     cands = [Candidate(p, a) for p, a in peers]
     if not cands:
         return []
     pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
-    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis): c
-               for c in cands}
+    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis,
+                           any_shape): c for c in cands}
     _, late = wait(futures, timeout=cfg.deadline)
     for f in late:
         f.cancel()

@@ -1,14 +1,15 @@
 """Transfer strategies by the name a node's config uses (``transfer.strategy``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crossback.models.borrowed import PART_KINDS
 from crossback.models.bounds import bounded
 
 from .crossback import CrossBackTransfer
+from .mergenet import MergeNetConfig, MergeNetTransfer
 
-STRATEGIES = {"crossback": CrossBackTransfer}
+STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer}
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,11 @@ class TransferConfig:
     """The ``transfer:`` section: how a task borrows from the chosen peer."""
 
     strategy: str = bounded("crossback", choices=tuple(STRATEGIES))
-    # which of the peer's parts the task runs on (see crossback.models.borrowed); backbone is the level
-    # at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not
+    # crossback: which of the peer's parts the task runs on (see crossback.models.borrowed); backbone is
+    # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not
     borrow: str = bounded("backbone", choices=PART_KINDS)
+    mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
 
 
 def make_strategy(cfg: TransferConfig):
-    return STRATEGIES[cfg.strategy](borrow=cfg.borrow)
+    return MergeNetTransfer(cfg.mergenet) if cfg.strategy == "mergenet" else CrossBackTransfer(borrow=cfg.borrow)
