@@ -3,6 +3,7 @@
 A payload kind names which of a peer's tensors a task borrows, by the receiver's own parameter names:
 
 - ``kv``: the encoder cross-attention key/value projection (the CrossBack paper's unit);
+- ``latents``: the latent array alone (MergeNet can transfer into it);
 - ``block``: the whole encoder cross-attention block (K/V, query and output projections, its
   feed-forward, norms, biases) plus the latent array;
 - ``backbone``: the peer's whole model but its task head and query (Pick-a-back). A receiver whose
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from .perceiver import ENCODER_KV, join_kv, split_kv
 
-PART_KINDS = ("kv", "block", "backbone")
+PART_KINDS = ("kv", "latents", "block", "backbone")
 BLOCK_PREFIX = "core.cross_attend_block."
 # what reads the modality's tokens: stays the task's own under ``backbone``
 TOKEN_READERS = (ENCODER_KV, "core.cross_attend_block.cross_attn.norm_context.weight",
@@ -35,6 +36,8 @@ def part_names(kind: str, names) -> list[str]:
     """The parameter names (out of ``names``) that payload ``kind`` covers, sorted."""
     if kind == "kv":
         picked = [n for n in names if n == ENCODER_KV]
+    elif kind == "latents":
+        picked = [n for n in names if n == "core.latents"]
     elif kind == "block":
         picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
     elif kind == "backbone":

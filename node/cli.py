@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the config's seeds)")
     bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
-    bt.add_argument("--borrow", choices=("kv", "block", "backbone"), help="override transfer.borrow of the config")
+    bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone"), help="override transfer.borrow of the config")
     bt.add_argument("--strategy", choices=("crossback", "mergenet"), help="override transfer.strategy of the config")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)

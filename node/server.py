@@ -21,7 +21,7 @@ from .snapshot import Snapshot
 
 SERVICE_NAME = "crossback.v1.PeerService"
 # what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts
-PAYLOAD_KINDS = ("kv", "ddv", "block", "backbone")
+PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone")
 # a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
 # a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason
 DEFAULT_SERVE = ("kv", "ddv", "backbone")
@@ -120,7 +120,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._check_protocol(request.protocol, context)
         if request.kind not in PAYLOAD_KINDS or request.kind == "ddv":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown payload kind {request.kind[:64]!r}; tensor kinds: kv, block, backbone")
+                          f"unknown payload kind {request.kind[:64]!r}; tensor kinds: kv, latents, block, backbone")
         self._require_serving(request.kind, context)
         snap = self._require_snapshot(context)
         if snap.version < request.min_snapshot_version:

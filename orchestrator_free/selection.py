@@ -24,7 +24,7 @@ import grpc
 import torch
 from torch import Tensor
 
-from crossback.models.borrowed import accept_parts, kv_parts
+from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import KV_NAMES
@@ -128,6 +128,18 @@ def foreign_kv(kv: dict[str, Tensor], peer: str) -> dict[str, Tensor]:
     return kv
 
 
+def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[int, ...]], peer: str) -> dict[str, Tensor]:
+    """The matrices of payload ``kind`` from a peer whose shapes differ from ours (any-shape strategies)."""
+    parts = {}
+    for name in part_names(kind, own):
+        t = received.get(name)
+        if t is None or t.ndim != 2 or not all(0 < d <= MAX_KV_DIM for d in t.shape):
+            raise WireError(f"peer {peer[:MAX_NAME]!r}: payload {kind!r} lacks a matrix {name!r} of at most "
+                            f"{MAX_KV_DIM} x {MAX_KV_DIM}")
+        parts[name] = t
+    return parts
+
+
 def own_kv_ddv(learner: ContinualLearner, task: int, spec: ProbeSpec) -> Tensor:
     """Our side of the DDV when the peer's K/V cannot run in our model: our model on our own K/V."""
     return ddv(learner, task, learner.extract_kv(task), spec)
@@ -172,7 +184,10 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
             else:
                 received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
                 nbytes += sum(t.numel() * t.element_size() for t in received.values())
-                cand.parts = accept_parts(borrow, received, learner.part_shapes(task))
+                own = learner.part_shapes(task)
+                fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
+                cand.parts = (foreign_parts(borrow, received, own, cand.peer) if any_shape and not fits
+                              else accept_parts(borrow, received, own))
             advertised = _origins(info, cand.peer)
             cand.origins = {n: advertised.get(n, cand.peer) for n in cand.parts}
             cand.origin = _dominant(cand.origins, cand.parts)

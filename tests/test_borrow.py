@@ -52,8 +52,8 @@ def test_one_genesis_gives_one_core_across_modalities_and_one_adapter_per_modali
 
 def test_borrow_levels_cover_what_their_names_say():
     names = [n for n, _ in ContinualLearner(tiny_config(), "image", "packnet").net.named_parameters()]
-    kv, block, body = (set(part_names(k, names)) for k in PART_KINDS)
-    assert kv == {ENCODER_KV}
+    kv, latents, block, body = (set(part_names(k, names)) for k in PART_KINDS)
+    assert kv == {ENCODER_KV} and latents == {"core.latents"} and latents < block
     assert ENCODER_KV in block and "core.latents" in block and not any(n.startswith("core.layers.") for n in block)
     assert {ENCODER_KV, "core.latents", "adapter.patch_proj.weight"} <= body
     assert any(n.startswith("core.decoder_cross_attn.") for n in body)
@@ -98,7 +98,11 @@ def test_every_borrow_level_changes_only_the_adapted_task_and_survives_a_checkpo
     parts = peer.extract_parts(part_names(kind, peer.part_shapes(0)), 0)
     facts = CrossBackTransfer(kind).adapt(local, 1, digits_tasks[1], parts, AdaptOptions(2, OPTS, own_weights=True),
                                           torch.Generator().manual_seed(0))
-    assert facts["changed_tensors"] >= (1 if kind == "kv" else 10) and 0.0 < facts["mask_kept"] <= 1.0
+    assert facts["changed_tensors"] >= (1 if kind in ("kv", "latents") else 10)
+    if kind == "latents":  # a per-task tensor only: the task's new starting value, no mask over it
+        assert not local.borrowed[1] and "mask_kept" not in facts
+    else:
+        assert 0.0 < facts["mask_kept"] <= 1.0
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0)  # zero forgetting, bit for bit
     assert not torch.equal(predict(local, 1, digits_tasks[1].test.inputs), task1)
     with torch.no_grad():

@@ -147,3 +147,29 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
     facts = MergeNetTransfer(MergeNetConfig(rank=4, dim=16, heads=4)).adapt(
         local, 1, digits_tasks[1], merge.parts, AdaptOptions(1, OPTS), torch.Generator().manual_seed(0))
     assert facts["source_shape"] == [48, 48]
+
+
+def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks, tmp_path):
+    local = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
+    for data in digits_tasks[:2]:
+        learn_task(local, data, PACKNET, OPTS)
+    donor = ContinualLearner(replace(tiny_config(), num_latents=12, latent_dim=48), "image", "packnet", seed=5)
+    learn_task(donor, digits_tasks[2], PACKNET, OPTS)
+    snap = Snapshot.from_checkpoint(save_checkpoint(tmp_path / "donor", donor, {}))
+    with serve_snapshots({"big": snap}, tmp_path / "logs") as addresses:
+        clients = ClientPool(lambda a: PeerClient(a, "local"))
+        try:
+            (cand,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
+                                       "latents", any_shape=True)
+        finally:
+            clients.close()
+    assert cand.error is None and cand.parts["core.latents"].shape == (12, 48)
+    task0 = predict(local, 0, digits_tasks[0].test.inputs)
+    latents0 = local.task_params[0]["core.latents"].clone()
+    strategy = MergeNetTransfer(MergeNetConfig(matrix="latents", rank=4, dim=16, heads=4))
+    assert strategy.needs == {"latents"}
+    facts = strategy.adapt(local, 1, digits_tasks[1], cand.parts, AdaptOptions(2, OPTS), torch.Generator().manual_seed(0))
+    assert facts["matrix"] == "core.latents" and facts["source_shape"] == [12, 48] and facts["generations"] > 0
+    assert local.own_copies(1) == []  # the latents were the task's own already: no copy of a shared matrix
+    assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0)
+    assert torch.equal(local.task_params[0]["core.latents"], latents0)

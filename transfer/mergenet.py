@@ -1,7 +1,8 @@
 """MergeNet transfer (Li et al.): the task learns from one matrix of the peer, through a parameter adapter.
 
-The task gets its own copy of the matrix it transfers into (by default the encoder K/V), so nothing an
-earlier task owns is ever written. While the task adapts on its own loss, every ``t_cycle`` steps the
+The task gets its own copy of the matrix it transfers into (``matrix: kv``, the default: the encoder K/V;
+``matrix: latents``: the latent array, a per-task tensor already), so nothing an earlier task owns is
+ever written. While the task adapts on its own loss, every ``t_cycle`` steps the
 adapter (``LPKA``) generates the copy anew from (the copy, the peer's matrix); the task then takes its
 ordinary step from the generated weights, and the adapter is trained with the hypernetwork rule
 
@@ -23,12 +24,14 @@ import torch
 
 from crossback.models.bounds import bounded
 from crossback.models.perceiver import ENCODER_KV
+
+LATENTS = "core.latents"
 from crossback.models.training import fit
 
 from .base import AdaptOptions
 from .lpka import LPKA
 
-MATRICES = {"kv": ENCODER_KV}  # matrix -> (payload kind it arrives in, parameter it goes into)
+MATRICES = {"kv": ENCODER_KV, "latents": LATENTS}  # matrix = the payload kind it arrives in -> parameter it goes into
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ class MergeNetTransfer:
 
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
         target = MATRICES[self.cfg.matrix]
-        start = learner.make_own_copy(task, target)
+        # the K/V is shared across tasks: the task gets its own copy; the latents are per-task already
+        start = (learner.make_own_copy(task, target) if target in learner.layers
+                 else learner.task_params[task][target].detach().clone())
         learner.begin_adaptation(task, None, opts.own_weights)
         try:
             if payload is None:

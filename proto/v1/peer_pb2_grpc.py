@@ -94,7 +94,8 @@ class PeerServiceServicer:
 
     def FetchPayload(self, request, context):
         """A declared payload kind of the published snapshot, in chunks, by the model's own parameter names:
-        "kv" (encoder K/V), "block" (encoder cross-attention block + latents), "backbone" (everything but
+        "kv" (encoder K/V), "latents" (the latent array), "block" (encoder cross-attention block + latents),
+        "backbone" (everything but
         the task's query and head; the adapter is only usable by a receiver with the same input layout).
         Refused with PERMISSION_DENIED for a kind the node does not serve.
         """
