@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REGIMES = ("starved_genesis-backbone", "starved_genesis-block", "starved_genesis-kv", "starved_genesis_pretrained-backbone",
-           "starved", "symmetric", "heterogeneous")
+           "starved", "starved-mergenet", "symmetric", "heterogeneous", "heterogeneous-mergenet")
 ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "selected:logme", "kept", "oracle")
 
 
@@ -80,10 +80,35 @@ def render_levels(results: dict[str, dict], score: str = "logme") -> list[str]:
     return lines + [""]
 
 
+STRATEGIES = (("starved", "crossback (kv)"), ("starved-mergenet", "mergenet"),
+              ("heterogeneous", "crossback (kv)"), ("heterogeneous-mergenet", "mergenet"))
+
+
+def render_strategies(results: dict[str, dict], score: str = "ddv") -> list[str]:
+    """One row per (regime, strategy): what each transfer strategy is worth where both were measured."""
+    rows = [(n, label, results[n]) for n, label in STRATEGIES if n in results]
+    if not any(label == "mergenet" for _, label, _ in rows):
+        return []
+    lines = [f"Transfer strategies (selected by `{score}`; each strategy's `none` arm is its own adaptation "
+             "without a peer — mergenet's adapts a per-task K/V copy):", "",
+             "| regime | strategy | none | Δ vs none [CI] | Δ vs untrained [CI] | kept Δ vs none | candidates skipped "
+             "| KiB per candidate | adaptation time vs none |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, label, result in rows:
+        group = result["groups"]["all"]
+        arm = group["arms"].get(f"selected:{score}", {})
+        cost = result.get("cost") or {}
+        kib = "-" if cost.get("bytes_per_candidate") is None else f"{cost['bytes_per_candidate'] / 1024:.1f}"
+        ratio = "-" if cost.get("adapt_time_vs_none") is None else f"{cost['adapt_time_vs_none']:.2f}x"
+        lines.append(f"| {name.split('-')[0]} | {label} | {group['arms']['none']['accuracy']:.3f} | "
+                     f"{_ci(arm.get('vs_none'))} | {_ci(arm.get('vs_untrained'))} | "
+                     f"{_ci(group['arms']['kept']['vs_none'])} | {len(result.get('skipped', []))} | {kib} | {ratio} |")
+    return lines + [""]
+
+
 def render() -> str:
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in REGIMES
                if (RESULTS / f"{n}.json").exists()}
-    lines = render_levels(results)
+    lines = render_levels(results) + render_strategies(results)
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():
