@@ -86,8 +86,10 @@ def test_rerun_resumes_and_a_fresh_run_reproduces_the_numbers(bench_run, tmp_pat
     assert run_bench(cfg, out, seeds=1, progress=False) == records
     assert [p.stat().st_mtime_ns for p in units] == stamps  # nothing was recomputed
     fresh = run_bench(cfg, tmp_path / "again", seeds=1, progress=False)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "candidates"} | {"candidates": [
-        {k: v for k, v in c.items() if k != "latency"} for c in r["candidates"]]} for r in rs]
+    timing = ("latency", "seconds")  # wall times: the only thing a rerun may change
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("candidates", "none")} | {
+        "none": {k: v for k, v in r["none"].items() if k not in timing},
+        "candidates": [{k: v for k, v in c.items() if k not in timing} for c in r["candidates"]]} for r in rs]
     assert strip(fresh) == strip(records)
     other = parse_bench_config(bench_dict(adaptation={"epochs": 2}))
     with pytest.raises(ConfigError, match="different bench config"):
