@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from crossback.data.sources import load_catalog
 from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
 from crossback.models.adapters import ImageAdapterConfig, TextAdapterConfig
 from crossback.models.perceiver import PerceiverConfig
+from crossback.node.events import read_events
 
 
 def tiny_config(channels: int = 1, patch: int = 2) -> PerceiverConfig:
@@ -44,6 +49,22 @@ def tiny_node_config(seed: int, tasks: list[dict], heartbeat: float, failure_tim
         "selection": {"probe": {"pair_count": 8, "token_count": 4}},
         "adaptation": {"epochs": 1},
     }
+
+
+def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str]) -> subprocess.Popen:
+    """A real `crossback node` process on a free loopback port, its state and log under ``root``."""
+    path = root / f"{node_id}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
+            "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id), "--log-dir", str(root / "logs")]
+    if seeds:
+        args += ["--seed-peers", ",".join(seeds)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def node_events(root: Path, node_id: str, name: str) -> list[dict]:
+    """The events called ``name`` in a node's log under ``root``."""
+    return [e for e in read_events(root / "logs" / f"{node_id}.jsonl") if e["event"] == name]
 
 
 @pytest.fixture(scope="session")

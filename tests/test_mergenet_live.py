@@ -1,32 +1,14 @@
 """MergeNet between real node processes of two model sizes: the receiver selects the wider donor (other
 K/V shapes), fetches its K/V, generates its own from it; only declared payload kinds move."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
 
-from conftest import tiny_node_config, wait_for
+from conftest import node_events, start_node, tiny_node_config, wait_for
 
-from crossback.node.events import read_events
 from crossback.node.selections import render_table, selection_rows
 
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 
 
-def _start(root: Path, node_id: str, cfg: dict, seeds: list[str]) -> subprocess.Popen:
-    path = root / f"{node_id}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
-            "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id), "--log-dir", str(root / "logs")]
-    if seeds:
-        args += ["--seed-peers", ",".join(seeds)]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _events(root: Path, node_id: str, name: str) -> list[dict]:
-    return [e for e in read_events(root / "logs" / f"{node_id}.jsonl") if e["event"] == name]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +22,11 @@ def swarm(tmp_path_factory):
     receiver["selection"]["score"] = "ddv"  # the scores that run our task through a peer's parts need our shapes
     procs = {}
     try:
-        procs["wide"] = _start(root, "wide", donor, [])
-        addr = wait_for(lambda: _events(root, "wide", "node_started"), 60, "donor started", [procs["wide"]])[0]["address"]
-        wait_for(lambda: _events(root, "wide", "serving"), 120, "donor serving", list(procs.values()))
-        procs["rx"] = _start(root, "rx", receiver, [addr])
-        wait_for(lambda: _events(root, "rx", "serving"), 180, "receiver serving", list(procs.values()))
+        procs["wide"] = start_node(root, "wide", donor, [])
+        addr = wait_for(lambda: node_events(root, "wide", "node_started"), 60, "donor started", [procs["wide"]])[0]["address"]
+        wait_for(lambda: node_events(root, "wide", "serving"), 120, "donor serving", list(procs.values()))
+        procs["rx"] = start_node(root, "rx", receiver, [addr])
+        wait_for(lambda: node_events(root, "rx", "serving"), 180, "receiver serving", list(procs.values()))
         yield root
     finally:
         for proc in procs.values():
@@ -55,17 +37,17 @@ def swarm(tmp_path_factory):
 
 def test_a_mergenet_node_learns_from_a_peer_of_another_model_size(swarm):
     root = swarm
-    selections = _events(root, "rx", "backbone_selected")
+    selections = node_events(root, "rx", "backbone_selected")
     assert [s["task"] for s in selections] == ["a", "b"]
     for sel in selections:
         assert sel["strategy"] == "mergenet" and sel["borrow"] == "kv" and sel["chosen"] == "wide"
         (cand,) = sel["candidates"]
         assert cand["error"] is None and set(cand["scores"]) == {"ddv", "ddv_cos"}
-    for done in _events(root, "rx", "transfer_done"):
+    for done in node_events(root, "rx", "transfer_done"):
         assert done["strategy"] == "mergenet"
         facts = done["arms"]["selected"]["facts"]
         assert facts["source_shape"] == [48, 48] and facts["generations"] > 0 and facts["matrix"].endswith("to_kv.weight")
-    sent = {e["kind"] for e in _events(root, "wide", "payload_sent")}
+    sent = {e["kind"] for e in node_events(root, "wide", "payload_sent")}
     assert "kv" in sent and sent <= {"kv", "ddv", "membership", "info"}  # nothing but the declared kinds
     table = render_table(selection_rows(root))
     assert "mergenet:kv" in table and "wide" in table
@@ -73,7 +55,7 @@ def test_a_mergenet_node_learns_from_a_peer_of_another_model_size(swarm):
 
 def test_the_receivers_tasks_stay_as_learned(swarm):
     root = swarm
-    finished = _events(root, "rx", "task_finished")
+    finished = node_events(root, "rx", "task_finished")
     assert [f["task"] for f in finished] == ["a", "b"]
     # task a's accuracy when b finished equals its accuracy when it finished: zero forgetting
     assert finished[1]["accuracies"][0] == finished[0]["accuracies"][0]
