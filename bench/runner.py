@@ -107,7 +107,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      strategy.borrow, genesis, getattr(strategy, "any_shape", False))
+                                      strategy.borrow, genesis, strategy.any_shape)
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
             _stability_scores(cfg, learner, i, usable, clients)

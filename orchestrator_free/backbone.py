@@ -107,7 +107,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
     started = time.perf_counter()
     probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
-                              getattr(strategy, "any_shape", False))
+                              strategy.any_shape)
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
     apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)
@@ -138,7 +138,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     arms = {name: arm for name, arm in arms.items() if arm is not None}
     kept, why = decide_keep(arms, experiment.keep)
     learner.set_task_state(task, arms[kept]["state"])
-    if kept != "none" and getattr(strategy, "borrows_parts", True):
+    if kept != "none" and strategy.borrows_parts:
         record_provenance(learner, task, next(c for c in scored if c.peer == arms[kept]["peer"]), strategy.borrow)
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,

@@ -95,7 +95,7 @@ def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict
     """((cos, euc, score), reply bytes): the local DDV through the peer's K/V (``kv``; None: through
     our own, for a peer whose K/V cannot run in our model) against the peer's own."""
     reply = client.probe_ddv(spec)
-    local = ddv(learner, task, kv, spec) if kv is not None else own_kv_ddv(learner, task, spec)
+    local = ddv(learner, task, learner.extract_kv(task) if kv is None else kv, spec)
     remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
     if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
         raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
@@ -117,12 +117,16 @@ def _dominant(origins: dict[str, str], parts: dict[str, Tensor]) -> str:
     return sorted(weight.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def _bounded_matrix(t: Tensor) -> bool:
+    return t.ndim == 2 and all(0 < d <= MAX_KV_DIM for d in t.shape)
+
+
 def foreign_kv(kv: dict[str, Tensor], peer: str) -> dict[str, Tensor]:
     """A peer's K/V of shapes other than ours (for strategies that read any shape), checked for form."""
     if set(kv) != set(KV_NAMES):
         raise WireError(f"peer {peer[:MAX_NAME]!r} sent K/V tensors {sorted(kv)[:4]}, expected {list(KV_NAMES)}")
     shapes = {tuple(t.shape) for t in kv.values()}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or not all(0 < d <= MAX_KV_DIM for d in next(iter(shapes))):
+    if len(shapes) != 1 or not all(_bounded_matrix(t) for t in kv.values()):
         raise WireError(f"peer {peer[:MAX_NAME]!r} sent K/V of shapes {sorted(shapes)}: not two equal matrices "
                         f"of at most {MAX_KV_DIM} x {MAX_KV_DIM}")
     return kv
@@ -133,16 +137,11 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
     parts = {}
     for name in part_names(kind, own):
         t = received.get(name)
-        if t is None or t.ndim != 2 or not all(0 < d <= MAX_KV_DIM for d in t.shape):
+        if t is None or not _bounded_matrix(t):
             raise WireError(f"peer {peer[:MAX_NAME]!r}: payload {kind!r} lacks a matrix {name!r} of at most "
                             f"{MAX_KV_DIM} x {MAX_KV_DIM}")
         parts[name] = t
     return parts
-
-
-def own_kv_ddv(learner: ContinualLearner, task: int, spec: ProbeSpec) -> Tensor:
-    """Our side of the DDV when the peer's K/V cannot run in our model: our model on our own K/V."""
-    return ddv(learner, task, learner.extract_kv(task), spec)
 
 
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
@@ -177,10 +176,6 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                 nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
             if borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
-            elif borrow == "kv" and any_shape:
-                kv, cand.snapshot_version = client.fetch_kv(min_version=1)
-                nbytes += sum(t.numel() * t.element_size() for t in kv.values())
-                cand.parts = kv_parts(kv if shapes == expected else foreign_kv(kv, cand.peer))
             else:
                 received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
                 nbytes += sum(t.numel() * t.element_size() for t in received.values())

@@ -43,6 +43,9 @@ class AdaptOptions:
 class TransferStrategy(Protocol):
     name: str
     needs: frozenset[str]  # payload kinds it asks a peer for, e.g. {"kv"}
+    borrow: str  # the payload kind selection fetches from each candidate
+    any_shape: bool  # reads a peer's matrices of any shape: peers with other K/V shapes are candidates
+    borrows_parts: bool  # the task runs the peer's tensors (provenance is recorded), not weights of its own
 
     def adapt(self, learner: ContinualLearner, task: int, data: TaskData, payload: dict | None,
               opts: AdaptOptions, generator: torch.Generator) -> dict:

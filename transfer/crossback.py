@@ -15,6 +15,8 @@ from .base import AdaptOptions, InjectionError
 
 class CrossBackTransfer:
     name = "crossback"
+    any_shape = False  # the task runs the peer's parts, so they must have its shapes
+    borrows_parts = True
 
     def __init__(self, borrow: str = "backbone"):
         if borrow not in PART_KINDS:
