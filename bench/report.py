@@ -117,6 +117,30 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
     return out
 
 
+def direction_table(records: list[dict], boot: dict) -> dict[str, dict]:
+    """Every trained donor's own arm, by receiver <- donor modality: paired to ``none`` and to the unit's
+    untrained control (each donor's arm is run in every unit, whichever one a score would pick)."""
+    rows: dict[str, dict[str, list]] = {}
+    for rec in records:
+        adapted = _adapted(rec)
+        control = next((c for c in adapted if c["control"]), None)
+        for c in adapted:
+            if c["control"]:
+                continue
+            row = rows.setdefault(f"{rec['modality']} <- {c['modality']}", {"none": [], "control": [], "kib": [], "time": []})
+            row["none"].append((c["test"] - rec["none"]["test"], stratum(rec)))
+            if control is not None:
+                row["control"].append((c["test"] - control["test"], stratum(rec)))
+            row["kib"].append(c["bytes"] / 1024)
+            if c.get("seconds") is not None and rec["none"].get("seconds"):
+                row["time"].append(c["seconds"] / rec["none"]["seconds"])
+    return {key: {"arms": len(row["none"]),
+                  "vs_none": summary([d for d, _ in row["none"]], **boot, strata=[s for _, s in row["none"]]),
+                  "vs_untrained": summary([d for d, _ in row["control"]], **boot, strata=[s for _, s in row["control"]]),
+                  "kib_per_candidate": _median(row["kib"]), "adapt_time_vs_none": _median(row["time"])}
+            for key, row in sorted(rows.items())}
+
+
 def environment(threads: int) -> dict:
     import platform
 
@@ -141,6 +165,7 @@ def analyse(records: list[dict], cfg_boot) -> dict:
                           "test_items": {"min": min(r["samples"]["test"] for r in rs),
                                          "median": sorted(r["samples"]["test"] for r in rs)[len(rs) // 2]}}
                    for name, rs in groups.items()},
+        "directions": direction_table(records, boot),
         "cost": cost(records),
         "skipped": sorted({f"{c['peer']}: {c['error']}" for r in records for c in r["candidates"] if c.get("error")}),
         "warnings": sorted({f"{r['receiver']}/{r['task']}: {w}" for r in records for w in r["warnings"]}),
@@ -211,6 +236,17 @@ def markdown(result: dict, title: str, command: str) -> str:
             if stable:
                 lines += ["", "Rank stability (Spearman between a unit's candidates ranked under the configured probe "
                               "seed and under another): " + "; ".join(f"{key} {_rho(rho)}" for _, key, rho in stable)]
+        lines.append("")
+    directions = result.get("directions") or {}
+    if directions:
+        lines += ["## by direction: every trained donor's own arm (receiver <- donor modality)", "",
+                  "| direction | arms | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | KiB per candidate | "
+                  "adaptation time vs none |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for key, row in directions.items():
+            d, t = row["vs_none"], row["adapt_time_vs_none"]
+            lines.append(f"| {key} | {row['arms']} | {_ci(d)} | {d['wins']} / {d['losses']} / {d['ties']} | "
+                         f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | "
+                         f"{'-' if t is None else format(t, '.2f') + 'x'} |")
         lines.append("")
     c = result.get("cost") or {}
     if c.get("bytes_per_candidate") is not None:

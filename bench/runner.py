@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 import sys
 from pathlib import Path
 
+import grpc
 import torch
 from tqdm import tqdm
 
@@ -27,7 +29,8 @@ from crossback.node.checkpoint import write_json_atomic
 from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, choose, ddv_score, probe_candidates
+from crossback.orchestrator_free.selection import Candidate, arm_payload, choose, ddv_score, probe_candidates
+from crossback.orchestrator_free.wire import WireError
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
@@ -74,15 +77,27 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
             learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
         return learner
 
-    snaps = {node.name: published(root / "donors" / node.name, len(node.tasks), lambda i=i, n=node: learned(i, n))
+    # a donor's own labelled items of its published task stay with its snapshot (mona's outer gradient)
+    items = {node.name: _tasks(cfg, node, seed, None, catalogs)[-1][0].train for node in cfg.nodes if node.serves}
+    snaps = {node.name: replace(published(root / "donors" / node.name, len(node.tasks),
+                                          lambda i=i, n=node: learned(i, n)), data=items[node.name])
              for i, node in enumerate(cfg.nodes) if node.serves}
     if cfg.control:
         for node in cfg.nodes:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
-                snaps[name] = published(root / "donors" / name, 1,
-                                        lambda n=node: untrained_learner(_learner(cfg, n, seed, 999)))
+                snap = published(root / "donors" / name, 1, lambda n=node: untrained_learner(_learner(cfg, n, seed, 999)))
+                snaps[name] = replace(snap, data=_control_items(cfg, node, items))
     return snaps
+
+
+def _control_items(cfg: BenchConfig, node: BenchNode, items: dict):
+    """The untrained control's labelled items: those of the first donor whose data and model the control
+    shares, so that it differs from that donor only in never having learned (None: no such donor)."""
+    for donor in cfg.nodes:
+        if donor.serves and (donor.source, donor.view(), donor.model) == (node.source, node.view(), node.model):
+            return items[donor.name]
+    return None
 
 
 def _arm_record(arm: dict | None) -> dict:
@@ -107,7 +122,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      strategy.borrow, genesis, strategy.any_shape)
+                                      strategy.borrow, genesis, strategy.any_shape, strategy.needs)
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
             _stability_scores(cfg, learner, i, usable, clients)
@@ -116,9 +131,14 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             arms: dict[str, dict] = {}
             for c in usable:
                 try:
-                    arms[c.peer] = run_arm(learner, i, data, strategy, base, c.parts, opts, s)
+                    payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
+                    arms[c.peer] = run_arm(learner, i, data, strategy, base, payload, opts, s)
                 except InjectionError as exc:
                     c.error = f"injection failed: {exc}"
+                except grpc.RpcError as exc:
+                    c.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
+                except (WireError, ValueError) as exc:
+                    c.error = f"{strategy.extra} failed: bad payload: {exc}"
             trained = [c for c in usable if c.peer != control and c.peer in arms]
             chosen, _ = choose(trained)
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
@@ -148,7 +168,8 @@ def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate],
         "none": _arm_record(none),
         "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == control,
                         "error": c.error, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
-                        "bytes": c.bytes, **_arm_record(arms.get(c.peer))} for c in probed],
+                        "bytes": c.bytes, **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}
+                       for c in probed],
         "chosen": chosen.peer if chosen else None, "kept": kept, "keep_reason": why,
         "kept_test": (arms[chosen.peer] if kept == "selected" else none)["test"],
     }

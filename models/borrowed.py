@@ -11,7 +11,9 @@ A payload kind names which of a peer's tensors a task borrows, by the receiver's
   included; any other receiver keeps what reads its own tokens — its adapter, the encoder K/V and the
   context norm before it — and takes the encoder body only. The latter is what the paper authors'
   code does across modalities (it moves the local K/V into the selected peer's model), and the split
-  MoNA draws between embedder and body.
+  MoNA draws between embedder and body;
+- ``encoder``: that encoder body alone, for every receiver (MoNA's theta_f): ``backbone`` without the
+  adapter and the token readers. The receiver keeps its own embedder whatever the peer's modality.
 
 Borrowed *shared-weight matrices* run frozen under the task's own binary mask (Piggyback over the
 peer's weights). Borrowed *per-task tensors* (adapter, latents, biases, norms) replace the task's own
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from .perceiver import ENCODER_KV, join_kv, split_kv
 
-PART_KINDS = ("kv", "latents", "block", "backbone")
+PART_KINDS = ("kv", "latents", "block", "backbone", "encoder")
 BLOCK_PREFIX = "core.cross_attend_block."
 # what reads the modality's tokens: stays the task's own under ``backbone``
 TOKEN_READERS = (ENCODER_KV, "core.cross_attend_block.cross_attn.norm_context.weight",
@@ -42,6 +44,8 @@ def part_names(kind: str, names) -> list[str]:
         picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
     elif kind == "backbone":
         picked = [n for n in names if n.startswith(("core.", "adapter."))]
+    elif kind == "encoder":
+        picked = [n for n in names if n.startswith("core.") and n not in TOKEN_READERS]
     else:
         raise ValueError(f"unknown payload kind {kind!r}; choose one of {list(PART_KINDS)}")
     return sorted(picked)

@@ -35,7 +35,8 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wri
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .events import EventLog
-from .server import DEFAULT_SERVE, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
+from .outer_grad import OuterGradService
+from .server import DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .train_run import new_learner, prepare_tasks
 
@@ -57,7 +58,10 @@ class NodeSettings:
     max_message_bytes: int = bounded(4 << 20, ge=2 << 20, le=1 << 30)
     exit_when_done: bool = False  # default: keep serving peers after the last task
     threads: int = bounded(0, ge=0, le=4096)  # torch CPU threads; 0 = torch's default
-    serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds handed to peers: kv, ddv, block, backbone
+    serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds handed to peers (server.PAYLOAD_KINDS)
+    # FetchOuterGrad (serve: encoder + outer_grad): at most this many batches of this many own items
+    outer_grad_batches: int = bounded(4, ge=1, le=64)
+    outer_grad_batch_size: int = bounded(64, ge=2, le=4096)
 
     def validate(self) -> None:
         """Rules that can only be checked once flags and environment are applied."""
@@ -72,6 +76,9 @@ class NodeSettings:
         unknown = [k for k in self.serve if k not in PAYLOAD_KINDS]
         if unknown:
             raise ConfigError(f"node.serve: unknown payload kinds {unknown}; choose from {list(PAYLOAD_KINDS)}")
+        half = [k for k in OUTER_GRAD_KINDS if k not in self.serve]
+        if "outer_grad" in self.serve and half:
+            raise ConfigError(f"node.serve: outer_grad travels with the encoder body it is taken at; add {half}")
         if self.rpc_attempts < 1:
             raise ConfigError("node.rpc_attempts: must be at least 1")
         for key, value in (("listen", self.listen), ("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
@@ -121,8 +128,11 @@ class Node:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
-    def publish(self, folder: Path) -> None:
-        snap = Snapshot.from_checkpoint(folder)  # a fresh copy: peers never see the training learner
+    def publish(self, folder: Path, data=None) -> None:
+        """Serve the checkpoint in ``folder``; ``data``: its last task's labelled training items (they stay
+        here: only gradients computed on them may leave, and only when node.serve lists outer_grad)."""
+        serving = "outer_grad" in self.settings.serve
+        snap = Snapshot.from_checkpoint(folder, data if serving else None)  # a fresh copy, never trained
         self._snapshot = snap
         self.events.emit("snapshot_published", version=snap.version, tasks=snap.finished_tasks)
 
@@ -144,7 +154,8 @@ class Node:
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model), tuple(s.serve), self.cfg.genesis)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
-        servicer = PeerServicer(identity, self.snapshot, membership, self.events)
+        servicer = PeerServicer(identity, self.snapshot, membership, self.events,
+                                OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size))
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
                          pid=os.getpid(),
@@ -195,7 +206,7 @@ class Node:
             if names != [t.name for t in tasks[: len(names)]]:
                 raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
             rows = state.get("accuracy_matrix", [])
-            self.publish(latest)
+            self.publish(latest, tasks[len(names) - 1].train)
             self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
         else:
             learner, rows = new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
@@ -220,7 +231,7 @@ class Node:
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
                              accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3))
-            self.publish(folder)
+            self.publish(folder, data.train)
         self.events.emit("tasks_done", finished=len(learner.tasks))
 
 

@@ -17,14 +17,19 @@ from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from .events import EventLog
+from .outer_grad import OuterGradService
 from .snapshot import Snapshot
 
 SERVICE_NAME = "crossback.v1.PeerService"
-# what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts
-PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone")
+# what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts,
+# and MoNA's outer-loss gradient with the encoder body it is taken at (FetchOuterGrad)
+PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad")
+TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
 # a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
-# a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason
+# a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
+# outer_grad is opt-in: it is computed on the node's own items, and a gradient says something about them
 DEFAULT_SERVE = ("kv", "ddv", "backbone")
+OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 
 
@@ -49,8 +54,9 @@ class NodeIdentity:
 
 class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
-                 events: EventLog):
+                 events: EventLog, outer_grad: OuterGradService | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
+        self.outer_grad = outer_grad or OuterGradService(max_batches=4, batch_size=64)
 
     # -------------------------------------------------------------- helpers
 
@@ -71,7 +77,12 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                           f"{self.identity.node_id} does not serve payload kind {kind!r} (serves {list(self.identity.serve)})")
 
     def _sent(self, kind: str, peer: str, nbytes: int) -> None:
-        self.events.emit("payload_sent", kind=kind, peer=peer or "?", bytes=nbytes)
+        self.events.emit("payload_sent", kind=kind, peer=peer[:256] or "?", bytes=nbytes)
+
+    def _require_version(self, snap: Snapshot, minimum: int, context) -> None:
+        if snap.version < minimum:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"snapshot {snap.version} is older than the requested {minimum}")
 
     def self_entry(self) -> pb.PeerEntry:
         snap = self.snapshot()
@@ -109,26 +120,48 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._check_protocol(request.protocol, context)
         self._require_serving("kv", context)
         snap = self._require_snapshot(context)
-        if snap.version < request.min_snapshot_version:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"snapshot {snap.version} is older than the requested {request.min_snapshot_version}")
+        self._require_version(snap, request.min_snapshot_version, context)
         chunks = encode_all(snap.kv, snap.version)
         self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
 
     def FetchPayload(self, request, context):
         self._check_protocol(request.protocol, context)
-        if request.kind not in PAYLOAD_KINDS or request.kind == "ddv":
+        if request.kind not in TENSOR_KINDS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"unknown payload kind {request.kind[:64]!r}; tensor kinds: kv, latents, block, backbone")
+                          f"unknown payload kind {request.kind[:64]!r}; tensor kinds: {', '.join(TENSOR_KINDS)}")
         self._require_serving(request.kind, context)
         snap = self._require_snapshot(context)
-        if snap.version < request.min_snapshot_version:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"snapshot {snap.version} is older than the requested {request.min_snapshot_version}")
+        self._require_version(snap, request.min_snapshot_version, context)
         chunks = encode_all(snap.parts(request.kind), snap.version)
         self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
+
+    def FetchOuterGrad(self, request, context):
+        self._check_protocol(request.protocol, context)
+        for kind in OUTER_GRAD_KINDS:
+            self._require_serving(kind, context)
+        snap = self._require_snapshot(context)
+        self._require_version(snap, request.min_snapshot_version, context)
+        if snap.data is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.identity.node_id} holds no labelled items for its published task")
+        try:
+            result = self.outer_grad.get(snap, request.max_batches)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        summary = pb.OuterGradSummary(
+            snapshot_version=snap.version, sample_count=result.sample_count, batch_count=result.batch_count,
+            batch_size=result.batch_size, outer_loss=result.outer_loss, align_loss=result.align_loss,
+            uniform_loss=result.uniform_loss)
+        body, grad = encode_all(result.body, snap.version), encode_all(result.grad, snap.version)
+        self._sent("encoder", request.caller_id, sum(len(c.data) for c in body))
+        self._sent("outer_grad", request.caller_id, sum(len(c.data) for c in grad) + summary.ByteSize())
+        yield pb.OuterGradChunk(summary=summary)
+        for c in body:
+            yield pb.OuterGradChunk(encoder=c)
+        for c in grad:
+            yield pb.OuterGradChunk(outer_grad=c)
 
     def ProbeDDV(self, request, context):
         self._check_protocol(request.protocol, context)

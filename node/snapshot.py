@@ -8,6 +8,7 @@ from torch import Tensor
 
 from crossback.models.borrowed import BORROWED_EVENT, part_names
 from crossback.models.learner import ContinualLearner
+from crossback.models.training import Split
 
 from .checkpoint import load_checkpoint
 
@@ -17,6 +18,8 @@ class Snapshot:
     version: int  # finished-task count
     learner: ContinualLearner  # a private copy, never trained again
     kv: dict[str, Tensor]  # the last finished task's encoder K and V
+    # the last finished task's labelled training items: used here (MoNA's outer gradient), never sent
+    data: Split | None = None
 
     @property
     def task(self) -> int:
@@ -36,8 +39,8 @@ class Snapshot:
         return dict(events[-1]["origins"]) if events else {}
 
     @classmethod
-    def from_checkpoint(cls, folder: Path) -> "Snapshot":
+    def from_checkpoint(cls, folder: Path, data: Split | None = None) -> "Snapshot":
         learner, _ = load_checkpoint(folder)
         if not learner.tasks:
             raise ValueError(f"{folder} holds no finished task")
-        return cls(len(learner.tasks), learner, learner.extract_kv(len(learner.tasks) - 1))
+        return cls(len(learner.tasks), learner, learner.extract_kv(len(learner.tasks) - 1), data)

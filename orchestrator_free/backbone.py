@@ -14,6 +14,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
+import grpc
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +27,8 @@ from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .scores import apply_score
-from .selection import SKIPPED, Candidate, SelectionConfig, choose, probe_candidates
+from .selection import SKIPPED, Candidate, SelectionConfig, arm_payload, choose, probe_candidates
+from .wire import WireError
 
 
 KEEP_ARMS = ("selected", "none", "random", "oracle")
@@ -62,14 +64,22 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
             "state": learner.task_state(task)}
 
 
-def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed) -> dict | None:
+def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed, clients) -> dict | None:
     try:
-        arm = run_arm(learner, task, data, strategy, base, cand.parts if cand else None, opts, seed)
+        payload = arm_payload(clients, cand, strategy, learner.part_shapes(task))
+    except grpc.RpcError as exc:
+        cand.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
+        return None
+    except (WireError, ValueError) as exc:
+        cand.error = f"{strategy.extra} failed: bad payload: {exc}"
+        return None
+    try:
+        arm = run_arm(learner, task, data, strategy, base, payload, opts, seed)
     except InjectionError as exc:
         cand.error = f"injection failed: {exc}"
         return None
     return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None,
-            "origin": cand.origin if cand else None, **arm}
+            "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
 
 
 def decide_keep(arms: dict[str, dict], preferred: str) -> tuple[str, str]:
@@ -107,7 +117,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
     started = time.perf_counter()
     probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
-                              strategy.any_shape)
+                              strategy.any_shape, strategy.needs)
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
     apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)
@@ -125,13 +135,13 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     seed_ = arm_seed(seed, task)
     base = learner.task_state(task)
     oracle_tried = None
-    arms = {"none": _arm(learner, task, data, strategy, base, None, opts, seed_)}
+    arms = {"none": _arm(learner, task, data, strategy, base, None, opts, seed_, clients)}
     if scored:
         rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
-        arms["random"] = _arm(learner, task, data, strategy, base, rng.choice(scored), opts, seed_)
-        arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_)
+        arms["random"] = _arm(learner, task, data, strategy, base, rng.choice(scored), opts, seed_, clients)
+        arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
-            tried = [a for c in scored if (a := _arm(learner, task, data, strategy, base, c, opts, seed_))]
+            tried = [a for c in scored if (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in scored if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]

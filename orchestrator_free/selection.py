@@ -16,6 +16,7 @@ peer id. Failed or late peers are skipped and reported; with no candidate there 
 """
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -70,9 +71,12 @@ class Candidate:
     kv: dict[str, Tensor] | None = field(default=None, repr=False)
     parts: dict[str, Tensor] | None = field(default=None, repr=False)  # what the strategy borrows
     origins: dict[str, str] = field(default_factory=dict, repr=False)  # part name -> its learner
+    # the parts plus what a strategy's extra kind fetched for an arm (see fetch_extra)
+    payload: dict[str, Tensor] | None = field(default=None, repr=False)
+    extra: dict | None = None  # the extra payload's summary (mona: the peer's outer-loss figures)
 
     def public(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins")}
+        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins", "payload")}
 
 
 def zscore(v: Tensor) -> Tensor:
@@ -146,14 +150,14 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
 
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
                expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
-               any_shape: bool = False) -> Candidate:
+               any_shape: bool = False, needs: frozenset[str] = frozenset()) -> Candidate:
     started = time.perf_counter()
     try:
         info = client.get_info()
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
         served = set(info.payload_kinds)
-        needs = {borrow} | ({"kv", "ddv"} if cfg.score in DDV_SCORES else set())
+        needs = {borrow} | set(needs) | ({"kv", "ddv"} if cfg.score in DDV_SCORES else set())
         if genesis and info.genesis != genesis:
             cand.error = f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
         elif shapes != expected and not any_shape:
@@ -197,17 +201,18 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
                      cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
-                     genesis: str = "", any_shape: bool = False) -> list[Candidate]:
+                     genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset()) -> list[Candidate]:
     """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``: its info, its
     DDV answer (when it serves K/V and DDV) and the parts ``borrow`` names. With a ``genesis`` id, peers
     of another genesis are skipped; with ``any_shape`` (a strategy that reads matrices of any shape,
-    ``borrow: kv`` only) peers whose K/V shapes differ from ``expected`` are candidates too."""
+    ``borrow: kv`` only) peers whose K/V shapes differ from ``expected`` are candidates too; a peer that
+    does not serve every kind in ``needs`` (the strategy's) is skipped."""
     cands = [Candidate(p, a) for p, a in peers]
     if not cands:
         return []
     pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
     futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis,
-                           any_shape): c for c in cands}
+                           any_shape, needs): c for c in cands}
     _, late = wait(futures, timeout=cfg.deadline)
     for f in late:
         f.cancel()
@@ -225,3 +230,46 @@ def choose(cands: list[Candidate]) -> tuple[Candidate | None, str]:
     runner = [c for c in scored if c is not best]
     margin = best.score - max(c.score for c in runner) if runner else None
     return best, f"highest score {best.score:.4f}" + (f", margin {margin:.4f}" if margin is not None else ", only candidate")
+
+
+MAX_SAMPLES = 1 << 40  # bound on a peer's claimed sample count
+
+
+def fetch_extra(client: PeerClient, cand: Candidate, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The payload an arm of a strategy with an ``extra`` kind runs on (fetched once per candidate, kept
+    in ``cand.payload``). ``outer_grad`` (mona): the peer's encoder body with its outer-loss gradient,
+    both checked against our body's names and shapes; the body replaces the one selection fetched when
+    the peer has published a newer snapshot since (body and gradient always come from one snapshot).
+    Raises WireError / grpc.RpcError."""
+    if cand.payload is not None:
+        return cand.payload
+    if strategy.extra != "outer_grad":
+        raise ValueError(f"unknown extra payload kind {strategy.extra!r}")
+    from crossback.transfer.mona import OUTER_GRAD
+
+    body, grad, summary, version = client.fetch_outer_grad(min_version=cand.snapshot_version,
+                                                           max_batches=strategy.outer_batches)
+    wanted = accept_parts("encoder", body, own)
+    if set(wanted) != set(body):
+        raise WireError(f"peer {cand.peer[:MAX_NAME]!r}: outer-gradient body holds {sorted(set(body) - set(wanted))[:4]}, "
+                        "not our encoder body")
+    figures = {"outer_loss": summary.outer_loss, "align_loss": summary.align_loss, "uniform_loss": summary.uniform_loss}
+    if not 2 <= summary.sample_count <= MAX_SAMPLES or summary.batch_count < 1 or not all(
+            map(math.isfinite, figures.values())):
+        raise WireError(f"peer {cand.peer[:MAX_NAME]!r}: malformed outer-gradient summary "
+                        f"(samples {summary.sample_count}, batches {summary.batch_count})")
+    cand.extra = {"sample_count": summary.sample_count, "batch_count": summary.batch_count,
+                  **{k: round(v, 6) for k, v in figures.items()}, "snapshot_version": version}
+    cand.bytes += sum(t.numel() * t.element_size() for t in (*body.values(), *grad.values()))
+    if version != cand.snapshot_version:
+        cand.snapshot_version = version
+    cand.parts = wanted
+    cand.payload = wanted | {OUTER_GRAD + n: g for n, g in grad.items()}
+    return cand.payload
+
+
+def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor] | None:
+    """What ``strategy`` adapts on for ``cand`` (None: no peer)."""
+    if cand is None:
+        return None
+    return cand.parts if strategy.extra is None else fetch_extra(clients.get(cand.address), cand, strategy, own)

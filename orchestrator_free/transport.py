@@ -98,6 +98,39 @@ class PeerClient:
 
         return self._call(fetch)
 
+    def fetch_outer_grad(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
+                         max_batches: int = 0, max_total_bytes: int = 128 << 20):
+        """(encoder body, its outer-loss gradient, summary, snapshot_version) from the peer's FetchOuterGrad,
+        each tensor verified; the two sets must carry the same names and shapes."""
+        from .wire import WireError, decode
+
+        req = pb.OuterGradRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                  max_batches=max_batches)
+        self.on_payload("outer_grad_request", self.address, req.ByteSize())
+
+        def fetch():
+            summaries, body, grad, received = [], [], [], 0
+            for msg in self._stub.FetchOuterGrad(req, timeout=self.policy.timeout):
+                item = msg.WhichOneof("item")
+                if item == "summary":
+                    summaries.append(msg.summary)
+                    continue
+                if item is None:
+                    raise WireError("outer-gradient stream: a message with no item")
+                chunk = getattr(msg, item)
+                received += len(chunk.data)
+                if received > max_total_bytes:  # bounded before the stream is held in memory
+                    raise WireError(f"outer-gradient stream exceeds {max_total_bytes} bytes", "RESOURCE_EXHAUSTED")
+                (body if item == "encoder" else grad).append(chunk)
+            if len(summaries) != 1:
+                raise WireError(f"outer-gradient stream carried {len(summaries)} summaries, expected 1")
+            tensors = decode(body, expected, max_total_bytes)
+            grads = decode(grad, {n: tuple(t.shape) for n, t in tensors.items()}, max_total_bytes)
+            versions = {c.snapshot_version for c in body + grad} | {summaries[0].snapshot_version}
+            return tensors, grads, summaries[0], (versions.pop() if len(versions) == 1 else -1)
+
+        return self._call(fetch)
+
     def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
         req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,

@@ -46,6 +46,9 @@ class TransferStrategy(Protocol):
     borrow: str  # the payload kind selection fetches from each candidate
     any_shape: bool  # reads a peer's matrices of any shape: peers with other K/V shapes are candidates
     borrows_parts: bool  # the task runs the peer's tensors (provenance is recorded), not weights of its own
+    # a payload kind fetched after selection, only for the candidates whose arms run (mona: outer_grad);
+    # None: what selection fetched is the whole payload
+    extra: str | None
 
     def adapt(self, learner: ContinualLearner, task: int, data: TaskData, payload: dict | None,
               opts: AdaptOptions, generator: torch.Generator) -> dict:

@@ -17,6 +17,7 @@ class CrossBackTransfer:
     name = "crossback"
     any_shape = False  # the task runs the peer's parts, so they must have its shapes
     borrows_parts = True
+    extra = None
 
     def __init__(self, borrow: str = "backbone"):
         if borrow not in PART_KINDS:
@@ -31,7 +32,7 @@ class CrossBackTransfer:
         facts = {}
         try:
             if payload is not None:
-                facts = _check_injected(learner, task, local)
+                facts = check_injected(learner, task, local)
                 if opts.head_probe:
                     facts["head_probe_loss"] = fit_head(learner, task, data.train)
             fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
@@ -44,7 +45,7 @@ class CrossBackTransfer:
         return facts
 
 
-def _check_injected(learner, task: int, local: dict) -> dict:
+def check_injected(learner, task: int, local: dict) -> dict:
     """Every borrowed part is what the task now runs with, and something differs from before."""
     with torch.no_grad():
         running = {n: t.detach() for n, t in learner.params_for(task).items()}

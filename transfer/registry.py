@@ -8,8 +8,9 @@ from crossback.models.bounds import bounded
 
 from .crossback import CrossBackTransfer
 from .mergenet import MergeNetConfig, MergeNetTransfer
+from .mona import MonaConfig, MonaTransfer
 
-STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer}
+STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer, "mona": MonaTransfer}
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,12 @@ class TransferConfig:
     # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not
     borrow: str = bounded("backbone", choices=PART_KINDS)
     mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
+    mona: MonaConfig = field(default_factory=MonaConfig)
 
 
 def make_strategy(cfg: TransferConfig):
-    return MergeNetTransfer(cfg.mergenet) if cfg.strategy == "mergenet" else CrossBackTransfer(borrow=cfg.borrow)
+    if cfg.strategy == "mergenet":
+        return MergeNetTransfer(cfg.mergenet)
+    if cfg.strategy == "mona":
+        return MonaTransfer(cfg.mona)
+    return CrossBackTransfer(borrow=cfg.borrow)

@@ -23,6 +23,46 @@ KV_SOURCE_UNSPECIFIED: KVSource
 KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
+class OuterGradRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "max_batches")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    max_batches: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., max_batches: _Optional[int] = ...) -> None: ...
+
+class OuterGradSummary(_message.Message):
+    __slots__ = ("snapshot_version", "sample_count", "batch_count", "batch_size", "outer_loss", "align_loss", "uniform_loss")
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OUTER_LOSS_FIELD_NUMBER: _ClassVar[int]
+    ALIGN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    UNIFORM_LOSS_FIELD_NUMBER: _ClassVar[int]
+    snapshot_version: int
+    sample_count: int
+    batch_count: int
+    batch_size: int
+    outer_loss: float
+    align_loss: float
+    uniform_loss: float
+    def __init__(self, snapshot_version: _Optional[int] = ..., sample_count: _Optional[int] = ..., batch_count: _Optional[int] = ..., batch_size: _Optional[int] = ..., outer_loss: _Optional[float] = ..., align_loss: _Optional[float] = ..., uniform_loss: _Optional[float] = ...) -> None: ...
+
+class OuterGradChunk(_message.Message):
+    __slots__ = ("summary", "encoder", "outer_grad")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_FIELD_NUMBER: _ClassVar[int]
+    OUTER_GRAD_FIELD_NUMBER: _ClassVar[int]
+    summary: OuterGradSummary
+    encoder: TensorChunk
+    outer_grad: TensorChunk
+    def __init__(self, summary: _Optional[_Union[OuterGradSummary, _Mapping]] = ..., encoder: _Optional[_Union[TensorChunk, _Mapping]] = ..., outer_grad: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ("protocol", "caller_id")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

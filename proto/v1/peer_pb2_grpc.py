@@ -59,6 +59,11 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.FetchOuterGrad = channel.unary_stream(
+                '/crossback.v1.PeerService/FetchOuterGrad',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -95,9 +100,26 @@ class PeerServiceServicer:
     def FetchPayload(self, request, context):
         """A declared payload kind of the published snapshot, in chunks, by the model's own parameter names:
         "kv" (encoder K/V), "latents" (the latent array), "block" (encoder cross-attention block + latents),
-        "backbone" (everything but
-        the task's query and head; the adapter is only usable by a receiver with the same input layout).
+        "backbone" (everything but the task's query and head; the adapter is only usable by a receiver with
+        the same input layout).
+        "encoder" is the encoder body alone: "backbone" without the adapter and what reads the tokens (the
+        encoder K/V and the context norm before it).
         Refused with PERMISSION_DENIED for a kind the node does not serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchOuterGrad(self, request, context):
+        """MoNA's outer-loss gradient (payload kinds "encoder" and "outer_grad", served only together and only
+        when the node's config lists both): the node runs its own labelled training items of the published
+        task through its published model, computes the alignment + uniformity loss of the L2-normalised
+        features its head reads, and streams the gradient of that loss with respect to every encoder-body
+        tensor, averaged over at most a bounded number of batches, plus the body itself. The items, their
+        labels and their features never leave the node: only the summary, the body and the averaged gradient
+        do. The caller uses the gradient in the first-order MoNA objective (its embedder learns so that its
+        own task's gradient on the body points along this one). Computed once per snapshot and batch count.
+        FAILED_PRECONDITION when the node holds no labelled items for its published task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +152,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.FetchPayload,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.SerializeToString,
+            ),
+            'FetchOuterGrad': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchOuterGrad,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +294,33 @@ class PeerService:
             '/crossback.v1.PeerService/FetchPayload',
             crossback_dot_proto_dot_v1_dot_peer__pb2.PayloadRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchOuterGrad(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crossback.v1.PeerService/FetchOuterGrad',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,176 @@
+"""MoNA transfer (Ma et al., "Learning Modality Knowledge Alignment"), decentralised by its first-order form.
+
+Mapped onto our Perceiver: the task's *embedder* phi_e is what reads its modality's tokens (its adapter,
+the encoder K/V and the context norm); the *encoder body* theta_f (payload kind ``encoder``) comes from
+the peer. Stage 1 meta-learns phi_e so that one virtual fine-tuning step of the body on our task would
+keep the body discriminative on the *peer's* data. Its exact objective (Eq. 7)
+
+    min_phi  L_inner(theta_f, phi) + lambda * L_outer(theta_f - alpha * grad_theta L_inner(theta_f, phi))
+
+needs the peer's labelled items. To first order in alpha (appendix A.3, Eq. 9) it is
+
+    min_phi  L_inner(theta_f, phi) - lambda * alpha * g_outer . grad_theta L_inner(theta_f, phi)
+
+where ``g_outer = grad L_outer(theta_f)`` depends on the peer's data and body only: the peer computes it
+once, on its own items (``FetchOuterGrad``), and sends it with its body; nothing of its data leaves it.
+theta_f stays at the peer's values through stage 1 (reset every step, as in Algorithm 1). Our
+gradient of the objective needs the second derivative of *our* loss only (a Hessian-vector product
+with g_outer, by double backward). The head learns on L_inner alone beside phi_e: ours was fit to our
+own body. Stage 2 is the node's ordinary adaptation on the borrowed body (as CrossBack's: the peer's
+matrices frozen under piggyback masks the task learns, its per-task tensors fine-tuned), stored with
+the task. The task's K/V becomes a per-task copy, so no other task's weights move.
+
+Without a peer (the ``none`` arm) the task runs the same two stages on its own body, with no alignment
+term (embedder warm-up, then adaptation): arms differ only in the peer's body and gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crossback.models.borrowed import TOKEN_READERS
+from crossback.models.bounds import bounded
+from crossback.models.learner import HEAD_NAMES
+from crossback.models.perceiver import ENCODER_KV
+from crossback.models.training import fit, fit_head
+
+from .alignment import body_names
+from .base import AdaptOptions
+from .crossback import check_injected
+
+OUTER_GRAD = "outer_grad::"  # prefix of the gradient tensors inside a mona payload
+
+
+@dataclass(frozen=True)
+class MonaConfig:
+    """The ``transfer.mona`` section."""
+
+    # lambda: the paper finds its optimum in [0.3, 0.5]
+    trade_off: float = bounded(0.4, ge=0.0, le=1000.0)
+    # alpha: the virtual inner step (plain gradient descent) whose effect on the peer's loss stage 1
+    # anticipates; the paper does not state it (see the README for how this default was chosen)
+    inner_lr: float = bounded(1.0, gt=0.0, le=1e6)
+    stage1_epochs: int = bounded(5, ge=0, le=100_000)  # the paper: 5 epochs of embedder training suffice
+    lr: float | None = bounded(None, gt=0.0, le=10.0)  # stage 1's Adam lr (default: train.lr)
+    outer_batches: int = bounded(4, ge=1, le=64)  # ask the peer to average its gradient over at most this
+
+
+def embedder_names(params: dict) -> list[str]:
+    """phi_e: the task's own tensors that read its modality's tokens."""
+    return sorted(n for n in params if n.startswith("adapter.") or n in TOKEN_READERS)
+
+
+def split_payload(payload: dict | None) -> tuple[dict | None, dict | None]:
+    """(body, outer gradient by body name) of a mona payload; (None, None) without a peer."""
+    if payload is None:
+        return None, None
+    body = {n: t for n, t in payload.items() if not n.startswith(OUTER_GRAD)}
+    grad = {n.removeprefix(OUTER_GRAD): t for n, t in payload.items() if n.startswith(OUTER_GRAD)}
+    if set(grad) != set(body):
+        raise ValueError(f"mona payload: gradient for {sorted(set(grad) ^ set(body))[:4]} does not match the body")
+    return body, grad
+
+
+def first_order_objective(logits_fn, theta: dict[str, Tensor], labels: Tensor, g_outer: dict[str, Tensor] | None,
+                          weight: float) -> tuple[Tensor, Tensor, Tensor | None, dict | None]:
+    """(objective, L_inner, g_outer . grad_theta L_inner, grad_theta L_inner) of Eq. 9 with
+    ``weight = lambda * alpha``; ``logits_fn(theta)`` runs the task with body ``theta`` (leaves).
+    Differentiable in everything ``logits_fn`` reads besides theta (phi_e)."""
+    inner = F.cross_entropy(logits_fn(theta), labels)
+    if g_outer is None:
+        return inner, inner, None, None
+    names = sorted(theta)
+    g_in = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True, allow_unused=True)
+    g_in = {n: g for n, g in zip(names, g_in) if g is not None}
+    dot = sum((g * g_outer[n].to(g.dtype)).sum() for n, g in g_in.items())
+    return inner - weight * dot, inner, dot, g_in
+
+
+class MonaTransfer:
+    name = "mona"
+    borrow = "encoder"  # selection fetches every candidate's body and scores it
+    extra = "outer_grad"  # fetched only for the candidates whose arms run, once each
+    needs = frozenset({"encoder", "outer_grad"})
+    any_shape = False  # the task runs the peer's body, so it must have our core shapes
+    borrows_parts = True
+
+    def __init__(self, cfg: MonaConfig = MonaConfig()):
+        self.cfg = cfg
+        self.outer_batches = cfg.outer_batches  # what fetch_extra asks the peer for
+
+    def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
+        body, g_outer = split_payload(payload)
+        if ENCODER_KV in learner.layers:  # phi_e includes the K/V: the task's own copy
+            learner.make_own_copy(task, ENCODER_KV)
+        with torch.no_grad():
+            local = {n: t.clone() for n, t in learner.params_for(task).items()}
+        learner.begin_adaptation(task, body, opts.own_weights)
+        facts = {}
+        try:
+            if body is not None:
+                facts = check_injected(learner, task, local)
+                if opts.head_probe:
+                    facts["head_probe_loss"] = fit_head(learner, task, data.train)
+            facts |= self._stage1(learner, task, data, g_outer, opts, generator)
+            fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
+        finally:
+            learner.end_adaptation()
+        masks = learner.borrow_masks.get(task)
+        if masks:
+            facts["mask_kept"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        return facts
+
+    def _stage1(self, learner, task, data, g_outer: dict | None, opts: AdaptOptions, generator) -> dict:
+        cfg = self.cfg
+        own = learner.task_params[task]
+        phi = [own[n] for n in embedder_names(own)]
+        head = [own[n] for n in HEAD_NAMES]
+        body = body_names(learner, task)
+        optimizer = torch.optim.Adam(phi + head, lr=cfg.lr or opts.train.lr)
+        weight = cfg.trade_off * cfg.inner_lr
+        g_out = None if g_outer is None else {n: g.to(learner.device) for n, g in g_outer.items()}
+        inner_losses, dots, cosines, norms = [], [], [], []
+        n, bs = len(data.train), opts.train.batch_size
+        for _ in range(cfg.stage1_epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                x, y = data.train.inputs[idx].to(learner.device), data.train.labels[idx].to(learner.device)
+                params = dict(learner.params_for(task))
+                theta = {k: params[k].detach().requires_grad_(True) for k in body}  # the peer's values, every step
+
+                def logits_fn(th):
+                    return learner.call(learner.net, params | th, (x,))
+
+                objective, inner, dot, g_in = first_order_objective(logits_fn, theta, y, g_out, weight)
+                grads_phi = torch.autograd.grad(objective, phi, retain_graph=True, allow_unused=True)
+                grads_head = torch.autograd.grad(inner, head, retain_graph=dot is not None, allow_unused=True)
+                if dot is not None:
+                    cosines.append(_cosine(g_out, g_in))
+                    norms.append(float(torch.cat([g.detach().reshape(-1) for g in g_in.values()]).norm()))
+                    dots.append(float(dot.detach()))
+                for p, g in zip(phi + head, list(grads_phi) + list(grads_head)):
+                    p.grad = None if g is None else g.detach()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                inner_losses.append(float(inner.detach()))
+        facts = {"stage1_steps": len(inner_losses)}
+        if inner_losses:
+            facts["stage1_inner_loss"] = [round(inner_losses[0], 4), round(inner_losses[-1], 4)]
+        if cosines:  # does our task's gradient on the body come to point along the peer's?
+            facts |= {"grad_cosine": [round(cosines[0], 4), round(cosines[-1], 4)],
+                      "alignment_term": [round(weight * dots[0], 5), round(weight * dots[-1], 5)],
+                      "inner_grad_norm": [round(norms[0], 5), round(norms[-1], 5)],
+                      "outer_grad_norm": round(float(torch.cat([g.reshape(-1) for g in g_out.values()]).norm()), 5)}
+        return facts
+
+
+def _cosine(g_out: dict[str, Tensor], g_in: dict[str, Tensor]) -> float:
+    """cos(g_outer, grad_theta L_inner) over the whole body (reported: stage 1 should raise it)."""
+    a = torch.cat([g_out[n].reshape(-1) for n in g_in])
+    b = torch.cat([g.detach().reshape(-1) for g in g_in.values()])
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else 0.0
