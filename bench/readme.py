@@ -13,13 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from .report import _ci, _pct
+from .report import _ci, _pct, _seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REGIMES = ("starved_genesis-backbone", "starved_genesis-block", "starved_genesis-kv", "starved_genesis_pretrained-backbone",
-           "starved", "starved-mergenet", "symmetric", "heterogeneous", "heterogeneous-mergenet")
+           "starved", "starved-mergenet", "symmetric", "heterogeneous", "heterogeneous-mergenet",
+           "starved_crossmodal-mona", "starved_crossmodal-mona_emb", "starved_crossmodal-crossback",
+           "starved_crossmodal-encoder", "starved_crossmodal-mergenet")
 ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "selected:logme", "kept", "oracle")
 
 
@@ -105,10 +107,34 @@ def render_strategies(results: dict[str, dict], score: str = "ddv") -> list[str]
     return lines + [""]
 
 
+DIRECTED = (("starved_crossmodal-crossback", "crossback (kv)"), ("starved_crossmodal-encoder", "crossback (encoder)"),
+            ("starved_crossmodal-mergenet", "mergenet"), ("starved_crossmodal-mona_emb", "mona, λ = 0"),
+            ("starved_crossmodal-mona", "mona"))
+
+
+def render_directions(results: dict[str, dict]) -> list[str]:
+    """Every trained donor's own arm by direction (receiver <- donor modality), one row per strategy."""
+    rows = [(label, results[n]) for n, label in DIRECTED if n in results and results[n].get("directions")]
+    if not rows:
+        return []
+    lines = ["Strategies by direction (starved regime, emoji half: each receiver beside an image and a text donor; "
+             "every donor's own arm, paired to the strategy's own `none` and to the untrained control):", "",
+             "| direction | strategy | arms | Δ vs none [CI] | wins / losses | Δ vs untrained [CI] | KiB per candidate "
+             "| adaptation s (vs none) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted({k for _, r in rows for k in r["directions"]}):
+        for label, result in rows:
+            row = result["directions"].get(key)
+            if row:
+                d = row["vs_none"]
+                lines.append(f"| {key} | {label} | {row['arms']} | {_ci(d)} | {d['wins']} / {d['losses']} | "
+                             f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | {_seconds(row)} |")
+    return lines + [""]
+
+
 def render() -> str:
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in REGIMES
                if (RESULTS / f"{n}.json").exists()}
-    lines = render_levels(results) + render_strategies(results)
+    lines = render_levels(results) + render_strategies(results) + render_directions(results)
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():

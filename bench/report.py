@@ -127,14 +127,16 @@ def direction_table(records: list[dict], boot: dict) -> dict[str, dict]:
         for c in adapted:
             if c["control"]:
                 continue
-            row = rows.setdefault(f"{rec['modality']} <- {c['modality']}", {"none": [], "control": [], "kib": [], "time": []})
+            row = rows.setdefault(f"{rec['modality']} <- {c['modality']}",
+                                  {"none": [], "control": [], "kib": [], "time": [], "seconds": []})
             row["none"].append((c["test"] - rec["none"]["test"], stratum(rec)))
             if control is not None:
                 row["control"].append((c["test"] - control["test"], stratum(rec)))
             row["kib"].append(c["bytes"] / 1024)
             if c.get("seconds") is not None and rec["none"].get("seconds"):
                 row["time"].append(c["seconds"] / rec["none"]["seconds"])
-    return {key: {"arms": len(row["none"]),
+                row["seconds"].append(c["seconds"])
+    return {key: {"arms": len(row["none"]), "adapt_seconds": _median(row["seconds"]),
                   "vs_none": summary([d for d, _ in row["none"]], **boot, strata=[s for _, s in row["none"]]),
                   "vs_untrained": summary([d for d, _ in row["control"]], **boot, strata=[s for _, s in row["control"]]),
                   "kib_per_candidate": _median(row["kib"]), "adapt_time_vs_none": _median(row["time"])}
@@ -186,6 +188,12 @@ def cost(records: list[dict]) -> dict:
     return {"bytes_per_candidate": _median([c["bytes"] for _, c in adapted]),
             "none_seconds": _median([r["none"]["seconds"] for r in records if r["none"].get("seconds") is not None]),
             "adapt_time_vs_none": _median(ratios)}
+
+
+def _seconds(row: dict) -> str:
+    """Median adaptation seconds of a direction's arms, and their median ratio to the unit's ``none``."""
+    t, r = row.get("adapt_seconds"), row.get("adapt_time_vs_none")
+    return "-" if t is None else f"{t:.1f}" + ("" if r is None else f" ({r:.2f}x)")
 
 
 def _pct(x: float) -> str:
@@ -241,12 +249,11 @@ def markdown(result: dict, title: str, command: str) -> str:
     if directions:
         lines += ["## by direction: every trained donor's own arm (receiver <- donor modality)", "",
                   "| direction | arms | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | KiB per candidate | "
-                  "adaptation time vs none |", "|---|---:|---:|---:|---:|---:|---:|"]
+                  "adaptation s (vs none) |", "|---|---:|---:|---:|---:|---:|---:|"]
         for key, row in directions.items():
-            d, t = row["vs_none"], row["adapt_time_vs_none"]
+            d = row["vs_none"]
             lines.append(f"| {key} | {row['arms']} | {_ci(d)} | {d['wins']} / {d['losses']} / {d['ties']} | "
-                         f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | "
-                         f"{'-' if t is None else format(t, '.2f') + 'x'} |")
+                         f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | {_seconds(row)} |")
         lines.append("")
     c = result.get("cost") or {}
     if c.get("bytes_per_candidate") is not None:

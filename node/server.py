@@ -154,8 +154,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             snapshot_version=snap.version, sample_count=result.sample_count, batch_count=result.batch_count,
             batch_size=result.batch_size, outer_loss=result.outer_loss, align_loss=result.align_loss,
             uniform_loss=result.uniform_loss)
-        body, grad = encode_all(result.body, snap.version), encode_all(result.grad, snap.version)
-        self._sent("encoder", request.caller_id, sum(len(c.data) for c in body))
+        held = request.have_body_version == snap.version  # the caller has this body already
+        body = [] if held else encode_all(result.body, snap.version)
+        grad = encode_all(result.grad, snap.version)
+        if body:
+            self._sent("encoder", request.caller_id, sum(len(c.data) for c in body))
         self._sent("outer_grad", request.caller_id, sum(len(c.data) for c in grad) + summary.ByteSize())
         yield pb.OuterGradChunk(summary=summary)
         for c in body:

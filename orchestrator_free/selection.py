@@ -240,15 +240,19 @@ def fetch_extra(client: PeerClient, cand: Candidate, strategy, own: dict[str, tu
     in ``cand.payload``). ``outer_grad`` (mona): the peer's encoder body with its outer-loss gradient,
     both checked against our body's names and shapes; the body replaces the one selection fetched when
     the peer has published a newer snapshot since (body and gradient always come from one snapshot).
-    Raises WireError / grpc.RpcError."""
+    The peer leaves out the body we already hold when its snapshot has not moved. Raises WireError /
+    grpc.RpcError."""
     if cand.payload is not None:
         return cand.payload
     if strategy.extra != "outer_grad":
         raise ValueError(f"unknown extra payload kind {strategy.extra!r}")
     from crossback.transfer.mona import OUTER_GRAD
 
+    held = (cand.snapshot_version, {n: tuple(t.shape) for n, t in cand.parts.items()}) if cand.parts else None
     body, grad, summary, version = client.fetch_outer_grad(min_version=cand.snapshot_version,
-                                                           max_batches=strategy.outer_batches)
+                                                           max_batches=strategy.outer_batches, held=held)
+    if not body and held is not None and version == held[0]:
+        body = cand.parts  # the body selection fetched: the peer's snapshot has not moved since
     wanted = accept_parts("encoder", body, own)
     if set(wanted) != set(body):
         raise WireError(f"peer {cand.peer[:MAX_NAME]!r}: outer-gradient body holds {sorted(set(body) - set(wanted))[:4]}, "
@@ -260,7 +264,8 @@ def fetch_extra(client: PeerClient, cand: Candidate, strategy, own: dict[str, tu
                         f"(samples {summary.sample_count}, batches {summary.batch_count})")
     cand.extra = {"sample_count": summary.sample_count, "batch_count": summary.batch_count,
                   **{k: round(v, 6) for k, v in figures.items()}, "snapshot_version": version}
-    cand.bytes += sum(t.numel() * t.element_size() for t in (*body.values(), *grad.values()))
+    sent = grad.values() if body is cand.parts else (*body.values(), *grad.values())
+    cand.bytes += sum(t.numel() * t.element_size() for t in sent)
     if version != cand.snapshot_version:
         cand.snapshot_version = version
     cand.parts = wanted

@@ -99,13 +99,16 @@ class PeerClient:
         return self._call(fetch)
 
     def fetch_outer_grad(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
-                         max_batches: int = 0, max_total_bytes: int = 128 << 20):
+                         max_batches: int = 0, held: tuple[int, dict[str, tuple[int, ...]]] | None = None,
+                         max_total_bytes: int = 128 << 20):
         """(encoder body, its outer-loss gradient, summary, snapshot_version) from the peer's FetchOuterGrad,
-        each tensor verified; the two sets must carry the same names and shapes."""
+        each tensor verified. ``held``: (version, {name: shape}) of a body we already have: the peer
+        leaves it out if its snapshot is still that version (the body returned is then empty) and the
+        gradient must have those names and shapes; otherwise the gradient must match the body sent."""
         from .wire import WireError, decode
 
         req = pb.OuterGradRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
-                                  max_batches=max_batches)
+                                  max_batches=max_batches, have_body_version=held[0] if held else 0)
         self.on_payload("outer_grad_request", self.address, req.ByteSize())
 
         def fetch():
@@ -124,9 +127,12 @@ class PeerClient:
                 (body if item == "encoder" else grad).append(chunk)
             if len(summaries) != 1:
                 raise WireError(f"outer-gradient stream carried {len(summaries)} summaries, expected 1")
-            tensors = decode(body, expected, max_total_bytes)
-            grads = decode(grad, {n: tuple(t.shape) for n, t in tensors.items()}, max_total_bytes)
-            versions = {c.snapshot_version for c in body + grad} | {summaries[0].snapshot_version}
+            version = summaries[0].snapshot_version
+            omitted = held is not None and not body and version == held[0]
+            tensors = {} if omitted else decode(body, expected, max_total_bytes)
+            shapes = held[1] if omitted else {n: tuple(t.shape) for n, t in tensors.items()}
+            grads = decode(grad, shapes, max_total_bytes)
+            versions = {c.snapshot_version for c in body + grad} | {version}
             return tensors, grads, summaries[0], (versions.pop() if len(versions) == 1 else -1)
 
         return self._call(fetch)

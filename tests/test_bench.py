@@ -198,3 +198,25 @@ def test_a_regime_can_start_from_a_base_config_and_override_named_nodes(tmp_path
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "node_overrides": {"nobody": {}}}))
     with pytest.raises(ConfigError, match="no node named \\['nobody'\\]"):
         load_bench_config(tmp_path / "bad.yaml")
+
+
+def test_a_mona_bench_fetches_each_donors_gradient_and_reports_directions(tmp_path):
+    """Every adapted candidate (the untrained control included, on the items of the donor it mirrors)
+    came with a body and an outer-loss gradient; the report pairs each donor's arm by direction."""
+    cfg = parse_bench_config(bench_dict(transfer={"strategy": "mona", "mona": {"stage1_epochs": 1}}))
+    records = run_bench(cfg, tmp_path / "mona", seeds=1, progress=False)
+    for rec in records:
+        peers = {c["peer"]: c for c in rec["candidates"]}
+        for name in ("low", "high", "untrained-image"):
+            c = peers[name]
+            assert c["error"] is None and c["extra"]["sample_count"] >= 2 and c["facts"]["stage1_steps"] > 0
+        assert peers["untrained-image"]["extra"]["sample_count"] == peers["low"]["extra"]["sample_count"]
+        assert peers["untrained-image"]["extra"]["outer_loss"] != peers["low"]["extra"]["outer_loss"]
+        assert "grad_cosine" in peers["low"]["facts"]
+    result = analyse(records, cfg.bootstrap)
+    (direction,) = result["directions"].items()
+    key, row = direction
+    assert key == "image <- image" and row["arms"] == 2 * len(records)  # low and high, every unit
+    mean = sum(c["test"] - r["none"]["test"] for r in records for c in r["candidates"]
+               if c["peer"] in ("low", "high")) / row["arms"]
+    assert row["vs_none"]["mean"] == pytest.approx(mean)

@@ -188,11 +188,20 @@ def test_fetch_outer_grad_serves_the_body_and_its_gradient_never_the_items(digit
             assert all(torch.equal(body[n], snap.parts("encoder")[n]) for n in body)
             assert all(torch.equal(grad[n], expected.grad[n]) for n in grad)
             assert abs(summary.outer_loss - expected.outer_loss) < 1e-6
-            cand = Candidate("donor", addresses["donor"], snapshot_version=1)
+            shapes = {n: tuple(t.shape) for n, t in body.items()}
+            none, same, _, _ = client.fetch_outer_grad(held=(1, shapes))  # we hold version 1's body already
+            assert none == {} and all(torch.equal(same[n], grad[n]) for n in grad)
+            resent, _, _, _ = client.fetch_outer_grad(held=(2, shapes))  # another version: the body comes along
+            assert set(resent) == set(body)
             own = learned(digits_tasks[1:2], seed=4)
+            cand = Candidate("donor", addresses["donor"], snapshot_version=1, parts=dict(body))
             payload = fetch_extra(client, cand, MonaTransfer(MonaConfig(outer_batches=2)), own.part_shapes(0))
-            assert cand.extra["batch_count"] == 2 and set(cand.parts) == set(body)
+            assert cand.extra["batch_count"] == 2 and cand.parts == body  # the body selection fetched is used
+            assert cand.bytes == sum(t.numel() * t.element_size() for t in grad.values())  # only the gradient moved
             assert {n for n in payload if n.startswith(OUTER_GRAD)} == {OUTER_GRAD + n for n in body}
+            fresh = Candidate("donor", addresses["donor"], snapshot_version=1)  # nothing held: body and gradient
+            fetch_extra(client, fresh, MonaTransfer(), own.part_shapes(0))
+            assert set(fresh.parts) == set(body) and fresh.bytes == 2 * cand.bytes
         finally:
             client.close()
         bare_client = PeerClient(addresses["bare"], "rx")

@@ -158,6 +158,11 @@ def test_node_sections_parse_into_their_own_settings(tmp_path):
 
 @pytest.mark.parametrize("extra, needle", [
     ({"node": {"node_id": "x", "serve": ["kv", "gradients"]}}, "node.serve: unknown payload kinds ['gradients']"),
+    ({"node": {"node_id": "x", "serve": ["kv", "outer_grad"]}}, "node.serve: outer_grad travels with the encoder body"),
+    ({"node": {"node_id": "x", "outer_grad_batches": 0}}, "node.outer_grad_batches"),
+    ({"node": {"node_id": "x", "outer_grad_batch_size": 1}}, "node.outer_grad_batch_size"),
+    ({"transfer": {"strategy": "mona", "mona": {"trade_off": -1.0}}}, "transfer.mona.trade_off"),
+    ({"transfer": {"mona": {"lambda": 0.4}}}, "transfer.mona.lambda"),
     ({"transfer": {"borrow": "everything"}}, "transfer.borrow"),
     ({"swarm": {"genesis": -1}}, "swarm.genesis"),
     ({"swarm": {"seed": 3}}, "'swarm.seed' is misplaced"),
@@ -179,3 +184,13 @@ def test_genesis_serve_and_borrow_reach_the_node(tmp_path):
     cfg = load_node_config(path, {}, {})
     assert cfg.node.serve == ("kv", "backbone") and cfg.transfer.borrow == "block" and not cfg.adaptation.head_probe
     assert cfg.genesis.startswith("4:") and cfg.swarm.genesis == 4
+
+
+def test_a_mona_node_parses_its_strategy_and_what_it_serves(tmp_path):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**CONFIG, "node": {**CONFIG["node"], "node_id": "x", "outer_grad_batches": 2,
+                                                       "serve": ["kv", "ddv", "encoder", "outer_grad"]},
+                                    "transfer": {"strategy": "mona", "mona": {"trade_off": 0.3, "inner_lr": 0.5}}}))
+    cfg = load_node_config(path, {}, {})
+    assert cfg.node.serve == ("kv", "ddv", "encoder", "outer_grad") and cfg.node.outer_grad_batches == 2
+    assert cfg.transfer.mona.trade_off == 0.3 and cfg.transfer.mona.inner_lr == 0.5

@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rossback/proto/v1/peer.proto\x12\x0c\x63rossback.v1\"\x89\x01\n\x10OuterGradRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x03 \x01(\x03\x12\x13\n\x0bmax_batches\x18\x04 \x01(\x05\"\xa9\x01\n\x10OuterGradSummary\x12\x18\n\x10snapshot_version\x18\x01 \x01(\x03\x12\x14\n\x0csample_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x62\x61tch_count\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\nouter_loss\x18\x05 \x01(\x02\x12\x12\n\nalign_loss\x18\x06 \x01(\x02\x12\x14\n\x0cuniform_loss\x18\x07 \x01(\x02\"\xaa\x01\n\x0eOuterGradChunk\x12\x31\n\x07summary\x18\x01 \x01(\x0b\x32\x1e.crossback.v1.OuterGradSummaryH\x00\x12,\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x19.crossback.v1.TensorChunkH\x00\x12/\n\nouter_grad\x18\x03 \x01(\x0b\x32\x19.crossback.v1.TensorChunkH\x00\x42\x06\n\x04item\"Q\n\x0bInfoRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\")\n\x0bTensorShape\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x03(\x03\"\xe1\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x11\n\ttoken_dim\x18\x04 \x01(\x05\x12,\n\tkv_shapes\x18\x05 \x03(\x0b\x32\x19.crossback.v1.TensorShape\x12\x16\n\x0e\x66inished_tasks\x18\x06 \x03(\t\x12\x18\n\x10snapshot_version\x18\x07 \x01(\x03\x12\x18\n\x10software_version\x18\x08 \x01(\t\x12/\n\x08protocol\x18\t \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x15\n\rpayload_kinds\x18\n \x03(\t\x12\x0e\n\x06method\x18\x0b \x01(\t\x12\x0f\n\x07genesis\x18\x0c \x01(\t\x12+\n\x07origins\x18\r \x03(\x0b\x32\x1a.crossback.v1.TensorOrigin\"-\n\x0cTensorOrigin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"\x80\x01\n\x0ePayloadRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x04 \x01(\x03\"V\n\tPeerEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x03\"\x8c\x01\n\x08PeerList\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\'\n\x06sender\x18\x02 \x01(\x0b\x32\x17.crossback.v1.PeerEntry\x12&\n\x05peers\x18\x03 \x03(\x0b\x32\x17.crossback.v1.PeerEntry\"m\n\tKVRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x03 \x01(\x03\"\x96\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x08 \x01(\x03\"\x83\x01\n\tProbeSpec\x12\x0c\n\x04seed\x18\x01 \x01(\x03\x12\x12\n\npair_count\x18\x02 \x01(\x05\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x14\n\x0cperturbation\x18\x04 \x01(\x02\x12)\n\tkv_source\x18\x05 \x01(\x0e\x32\x16.crossback.v1.KVSource\"\xa0\x01\n\x0cProbeRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.crossback.v1.ProbeSpec\x12%\n\x02kv\x18\x04 \x03(\x0b\x32\x19.crossback.v1.TensorChunk\"Z\n\rProbeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\x03\x12\x0b\n\x03\x64\x64v\x18\x03 \x03(\x02\x12\x11\n\ttoken_dim\x18\x04 \x01(\x05*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*O\n\x08KVSource\x12\x19\n\x15KV_SOURCE_UNSPECIFIED\x10\x00\x12\x12\n\x0eKV_SOURCE_SELF\x10\x01\x12\x14\n\x10KV_SOURCE_INLINE\x10\x02\x32\xaf\x03\n\x0bPeerService\x12<\n\x07GetInfo\x12\x19.crossback.v1.InfoRequest\x1a\x16.crossback.v1.NodeInfo\x12?\n\rExchangePeers\x12\x16.crossback.v1.PeerList\x1a\x16.crossback.v1.PeerList\x12?\n\x07\x46\x65tchKV\x12\x17.crossback.v1.KVRequest\x1a\x19.crossback.v1.TensorChunk0\x01\x12\x43\n\x08ProbeDDV\x12\x1a.crossback.v1.ProbeRequest\x1a\x1b.crossback.v1.ProbeResponse\x12I\n\x0c\x46\x65tchPayload\x12\x1c.crossback.v1.PayloadRequest\x1a\x19.crossback.v1.TensorChunk0\x01\x12P\n\x0e\x46\x65tchOuterGrad\x12\x1e.crossback.v1.OuterGradRequest\x1a\x1c.crossback.v1.OuterGradChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rossback/proto/v1/peer.proto\x12\x0c\x63rossback.v1\"\xa4\x01\n\x10OuterGradRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x03 \x01(\x03\x12\x13\n\x0bmax_batches\x18\x04 \x01(\x05\x12\x19\n\x11have_body_version\x18\x05 \x01(\x03\"\xa9\x01\n\x10OuterGradSummary\x12\x18\n\x10snapshot_version\x18\x01 \x01(\x03\x12\x14\n\x0csample_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x62\x61tch_count\x18\x03 \x01(\x05\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\x12\x12\n\nouter_loss\x18\x05 \x01(\x02\x12\x12\n\nalign_loss\x18\x06 \x01(\x02\x12\x14\n\x0cuniform_loss\x18\x07 \x01(\x02\"\xaa\x01\n\x0eOuterGradChunk\x12\x31\n\x07summary\x18\x01 \x01(\x0b\x32\x1e.crossback.v1.OuterGradSummaryH\x00\x12,\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x19.crossback.v1.TensorChunkH\x00\x12/\n\nouter_grad\x18\x03 \x01(\x0b\x32\x19.crossback.v1.TensorChunkH\x00\x42\x06\n\x04item\"Q\n\x0bInfoRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\")\n\x0bTensorShape\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x03(\x03\"\xe1\x02\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08modality\x18\x03 \x01(\t\x12\x11\n\ttoken_dim\x18\x04 \x01(\x05\x12,\n\tkv_shapes\x18\x05 \x03(\x0b\x32\x19.crossback.v1.TensorShape\x12\x16\n\x0e\x66inished_tasks\x18\x06 \x03(\t\x12\x18\n\x10snapshot_version\x18\x07 \x01(\x03\x12\x18\n\x10software_version\x18\x08 \x01(\t\x12/\n\x08protocol\x18\t \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x15\n\rpayload_kinds\x18\n \x03(\t\x12\x0e\n\x06method\x18\x0b \x01(\t\x12\x0f\n\x07genesis\x18\x0c \x01(\t\x12+\n\x07origins\x18\r \x03(\x0b\x32\x1a.crossback.v1.TensorOrigin\"-\n\x0cTensorOrigin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"\x80\x01\n\x0ePayloadRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x04 \x01(\x03\"V\n\tPeerEntry\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x18\n\x10snapshot_version\x18\x04 \x01(\x03\"\x8c\x01\n\x08PeerList\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\'\n\x06sender\x18\x02 \x01(\x0b\x32\x17.crossback.v1.PeerEntry\x12&\n\x05peers\x18\x03 \x03(\x0b\x32\x17.crossback.v1.PeerEntry\"m\n\tKVRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12\x1c\n\x14min_snapshot_version\x18\x03 \x01(\x03\"\x96\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x18\n\x10snapshot_version\x18\x08 \x01(\x03\"\x83\x01\n\tProbeSpec\x12\x0c\n\x04seed\x18\x01 \x01(\x03\x12\x12\n\npair_count\x18\x02 \x01(\x05\x12\x13\n\x0btoken_count\x18\x03 \x01(\x05\x12\x14\n\x0cperturbation\x18\x04 \x01(\x02\x12)\n\tkv_source\x18\x05 \x01(\x0e\x32\x16.crossback.v1.KVSource\"\xa0\x01\n\x0cProbeRequest\x12/\n\x08protocol\x18\x01 \x01(\x0e\x32\x1d.crossback.v1.ProtocolVersion\x12\x11\n\tcaller_id\x18\x02 \x01(\t\x12%\n\x04spec\x18\x03 \x01(\x0b\x32\x17.crossback.v1.ProbeSpec\x12%\n\x02kv\x18\x04 \x03(\x0b\x32\x19.crossback.v1.TensorChunk\"Z\n\rProbeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\x03\x12\x0b\n\x03\x64\x64v\x18\x03 \x03(\x02\x12\x11\n\ttoken_dim\x18\x04 \x01(\x05*K\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_VERSION_1\x10\x01*O\n\x08KVSource\x12\x19\n\x15KV_SOURCE_UNSPECIFIED\x10\x00\x12\x12\n\x0eKV_SOURCE_SELF\x10\x01\x12\x14\n\x10KV_SOURCE_INLINE\x10\x02\x32\xaf\x03\n\x0bPeerService\x12<\n\x07GetInfo\x12\x19.crossback.v1.InfoRequest\x1a\x16.crossback.v1.NodeInfo\x12?\n\rExchangePeers\x12\x16.crossback.v1.PeerList\x1a\x16.crossback.v1.PeerList\x12?\n\x07\x46\x65tchKV\x12\x17.crossback.v1.KVRequest\x1a\x19.crossback.v1.TensorChunk0\x01\x12\x43\n\x08ProbeDDV\x12\x1a.crossback.v1.ProbeRequest\x1a\x1b.crossback.v1.ProbeResponse\x12I\n\x0c\x46\x65tchPayload\x12\x1c.crossback.v1.PayloadRequest\x1a\x19.crossback.v1.TensorChunk0\x01\x12P\n\x0e\x46\x65tchOuterGrad\x12\x1e.crossback.v1.OuterGradRequest\x1a\x1c.crossback.v1.OuterGradChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crossback.proto.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROTOCOLVERSION']._serialized_start=2076
-  _globals['_PROTOCOLVERSION']._serialized_end=2151
-  _globals['_KVSOURCE']._serialized_start=2153
-  _globals['_KVSOURCE']._serialized_end=2232
+  _globals['_PROTOCOLVERSION']._serialized_start=2103
+  _globals['_PROTOCOLVERSION']._serialized_end=2178
+  _globals['_KVSOURCE']._serialized_start=2180
+  _globals['_KVSOURCE']._serialized_end=2259
   _globals['_OUTERGRADREQUEST']._serialized_start=48
-  _globals['_OUTERGRADREQUEST']._serialized_end=185
-  _globals['_OUTERGRADSUMMARY']._serialized_start=188
-  _globals['_OUTERGRADSUMMARY']._serialized_end=357
-  _globals['_OUTERGRADCHUNK']._serialized_start=360
-  _globals['_OUTERGRADCHUNK']._serialized_end=530
-  _globals['_INFOREQUEST']._serialized_start=532
-  _globals['_INFOREQUEST']._serialized_end=613
-  _globals['_TENSORSHAPE']._serialized_start=615
-  _globals['_TENSORSHAPE']._serialized_end=656
-  _globals['_NODEINFO']._serialized_start=659
-  _globals['_NODEINFO']._serialized_end=1012
-  _globals['_TENSORORIGIN']._serialized_start=1014
-  _globals['_TENSORORIGIN']._serialized_end=1059
-  _globals['_PAYLOADREQUEST']._serialized_start=1062
-  _globals['_PAYLOADREQUEST']._serialized_end=1190
-  _globals['_PEERENTRY']._serialized_start=1192
-  _globals['_PEERENTRY']._serialized_end=1278
-  _globals['_PEERLIST']._serialized_start=1281
-  _globals['_PEERLIST']._serialized_end=1421
-  _globals['_KVREQUEST']._serialized_start=1423
-  _globals['_KVREQUEST']._serialized_end=1532
-  _globals['_TENSORCHUNK']._serialized_start=1535
-  _globals['_TENSORCHUNK']._serialized_end=1685
-  _globals['_PROBESPEC']._serialized_start=1688
-  _globals['_PROBESPEC']._serialized_end=1819
-  _globals['_PROBEREQUEST']._serialized_start=1822
-  _globals['_PROBEREQUEST']._serialized_end=1982
-  _globals['_PROBERESPONSE']._serialized_start=1984
-  _globals['_PROBERESPONSE']._serialized_end=2074
-  _globals['_PEERSERVICE']._serialized_start=2235
-  _globals['_PEERSERVICE']._serialized_end=2666
+  _globals['_OUTERGRADREQUEST']._serialized_end=212
+  _globals['_OUTERGRADSUMMARY']._serialized_start=215
+  _globals['_OUTERGRADSUMMARY']._serialized_end=384
+  _globals['_OUTERGRADCHUNK']._serialized_start=387
+  _globals['_OUTERGRADCHUNK']._serialized_end=557
+  _globals['_INFOREQUEST']._serialized_start=559
+  _globals['_INFOREQUEST']._serialized_end=640
+  _globals['_TENSORSHAPE']._serialized_start=642
+  _globals['_TENSORSHAPE']._serialized_end=683
+  _globals['_NODEINFO']._serialized_start=686
+  _globals['_NODEINFO']._serialized_end=1039
+  _globals['_TENSORORIGIN']._serialized_start=1041
+  _globals['_TENSORORIGIN']._serialized_end=1086
+  _globals['_PAYLOADREQUEST']._serialized_start=1089
+  _globals['_PAYLOADREQUEST']._serialized_end=1217
+  _globals['_PEERENTRY']._serialized_start=1219
+  _globals['_PEERENTRY']._serialized_end=1305
+  _globals['_PEERLIST']._serialized_start=1308
+  _globals['_PEERLIST']._serialized_end=1448
+  _globals['_KVREQUEST']._serialized_start=1450
+  _globals['_KVREQUEST']._serialized_end=1559
+  _globals['_TENSORCHUNK']._serialized_start=1562
+  _globals['_TENSORCHUNK']._serialized_end=1712
+  _globals['_PROBESPEC']._serialized_start=1715
+  _globals['_PROBESPEC']._serialized_end=1846
+  _globals['_PROBEREQUEST']._serialized_start=1849
+  _globals['_PROBEREQUEST']._serialized_end=2009
+  _globals['_PROBERESPONSE']._serialized_start=2011
+  _globals['_PROBERESPONSE']._serialized_end=2101
+  _globals['_PEERSERVICE']._serialized_start=2262
+  _globals['_PEERSERVICE']._serialized_end=2693
 # @@protoc_insertion_point(module_scope)

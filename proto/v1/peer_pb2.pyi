@@ -24,16 +24,18 @@ KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
 class OuterGradRequest(_message.Message):
-    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "max_batches")
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "max_batches", "have_body_version")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     CALLER_ID_FIELD_NUMBER: _ClassVar[int]
     MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    HAVE_BODY_VERSION_FIELD_NUMBER: _ClassVar[int]
     protocol: ProtocolVersion
     caller_id: str
     min_snapshot_version: int
     max_batches: int
-    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., max_batches: _Optional[int] = ...) -> None: ...
+    have_body_version: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., max_batches: _Optional[int] = ..., have_body_version: _Optional[int] = ...) -> None: ...
 
 class OuterGradSummary(_message.Message):
     __slots__ = ("snapshot_version", "sample_count", "batch_count", "batch_size", "outer_loss", "align_loss", "uniform_loss")
