@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from crossback.bench.peers import serve_snapshots
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
-from crossback.models.perceiver import ENCODER_KV
+from crossback.models.perceiver import ENCODER_KV, kv_shapes
 from crossback.models.training import TrainOptions, predict
 from crossback.node.checkpoint import load_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
@@ -18,8 +18,8 @@ from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import Candidate, fetch_extra
-from crossback.orchestrator_free.transport import PeerClient
+from crossback.orchestrator_free.selection import SKIPPED, Candidate, SelectionConfig, fetch_extra, probe_candidates
+from crossback.orchestrator_free.transport import ClientPool, PeerClient
 from crossback.transfer.alignment import alignment_uniformity, body_names, outer_gradient, outer_loss
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.mona import OUTER_GRAD, MonaConfig, MonaTransfer, embedder_names, first_order_objective
@@ -218,18 +218,26 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
     snap = replace(Snapshot.from_checkpoint(save_checkpoint(tmp_path / "d", donor, {})), data=digits_tasks[0].train)
     server, port = bind("127.0.0.1:0", workers=2)
     address = f"127.0.0.1:{port}"
-    identity = NodeIdentity("private", address, "image", "packnet", 32, {}, ("kv", "ddv", "encoder"))
+    identity = NodeIdentity("private", address, "image", "packnet", 32, kv_shapes(donor.cfg), ("kv", "ddv", "encoder"))
     events = EventLog("private", tmp_path / "private.jsonl", console=None)
     serve(server, PeerServicer(identity, lambda: snap, Membership("private", address, [], 60.0), events,
                                OuterGradService(2, 16)))
     client = PeerClient(address, "rx")
+    pool = ClientPool(lambda a: PeerClient(a, "rx"))
     try:
         with pytest.raises(grpc.RpcError) as err:
             client.fetch_outer_grad()
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "outer_grad" in err.value.details()
         tensors, _ = client.fetch_payload("encoder")  # the body alone it does serve
         assert set(tensors) == set(snap.parts("encoder"))
+        receiver = learned(digits_tasks[1:2], seed=4)
+        strategy = MonaTransfer()
+        (cand,) = probe_candidates(receiver, 0, [("private", address)], pool,
+                                   SelectionConfig(score="logme"), kv_shapes(receiver.cfg), strategy.borrow, "",
+                                   strategy.any_shape, strategy.needs)
+        assert cand.error.startswith(SKIPPED) and "outer_grad" in cand.error  # a mona node skips it, saying why
     finally:
         client.close()
+        pool.close()
         server.stop(grace=None)
         events.close()
