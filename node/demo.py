@@ -46,9 +46,11 @@ def node_plan(n: int) -> list[dict]:
 
 
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
-                oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0, pretrained: bool = False) -> dict:
+                oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0, pretrained: bool = False,
+                strategy: str = "crossback") -> dict:
     """One node's config. ``genesis`` and the item split are swarm-wide; ``seed`` is the node's own.
-    ``pretrained``: frozen MiniLM / EfficientNet-Lite0 front ends (crossback[pretrained])."""
+    ``pretrained``: frozen MiniLM / EfficientNet-Lite0 front ends (crossback[pretrained]). ``strategy``:
+    every node's transfer strategy (mona: the nodes also lend their body's outer-loss gradient)."""
     receiver = entry.get("role") == "receiver"
     front = {"text": {"max_length": 16, "encoder": "minilm"}, "image": {"encoder": "efficientnet"}} if pretrained \
         else {"text": {"max_length": 48}}
@@ -61,10 +63,10 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
-                 "serve": ["kv", "ddv", "backbone"]},
+                 "serve": ["kv", "ddv", "backbone"] + (["encoder", "outer_grad"] if strategy == "mona" else [])},
         "swarm": {"genesis": genesis},
         "selection": {"scope": "cross", "score": "logme", "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
-        "transfer": {"strategy": "crossback", "borrow": "backbone"},
+        "transfer": {"strategy": strategy, "borrow": "backbone"},
         "adaptation": {"epochs": adapt_epochs, "own_weights": adapt_own_weights},
         "experiment": {"keep": keep, "oracle": oracle or keep == "oracle"},
     }
@@ -128,7 +130,7 @@ def stop_nodes(procs) -> None:
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
              timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False,
-             adapt_own_weights: bool = True, pretrained: bool = False) -> dict:
+             adapt_own_weights: bool = True, pretrained: bool = False, strategy: str = "crossback") -> dict:
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -144,7 +146,7 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
             for entry in (e for e in plan if e["role"] == role):
                 cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
                 cfg = node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle, adapt_own_weights,
-                                  genesis=seed, pretrained=pretrained)
+                                  genesis=seed, pretrained=pretrained, strategy=strategy)
                 cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
                 with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
                     procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses,

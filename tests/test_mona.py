@@ -241,3 +241,19 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
         pool.close()
         server.stop(grace=None)
         events.close()
+
+
+def test_the_demo_runs_its_nodes_on_mona_when_asked(tmp_path):
+    import yaml
+
+    from crossback.node.demo import GROUPS, node_config
+    from crossback.node.node_config import load_node_config
+
+    path = tmp_path / "img-0.yaml"
+    path.write_text(yaml.safe_dump(node_config({"node_id": "img-0", "modality": "image", "role": "donor",
+                                                "tasks": GROUPS}, 0, 1, 1, strategy="mona")))
+    cfg = load_node_config(path, {}, {})
+    assert cfg.transfer.strategy == "mona" and {"encoder", "outer_grad"} <= set(cfg.node.serve)
+    path.write_text(yaml.safe_dump(node_config({"node_id": "img-0", "modality": "image", "role": "donor",
+                                                "tasks": GROUPS}, 0, 1, 1)))
+    assert "outer_grad" not in load_node_config(path, {}, {}).node.serve  # lent only by a mona swarm
