@@ -19,9 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REGIMES = ("starved_genesis-backbone", "starved_genesis-block", "starved_genesis-kv", "starved_genesis_pretrained-backbone",
-           "starved", "starved-mergenet", "symmetric", "heterogeneous", "heterogeneous-mergenet",
-           "starved_crossmodal-mona", "starved_crossmodal-mona_emb", "starved_crossmodal-crossback",
-           "starved_crossmodal-encoder", "starved_crossmodal-mergenet")
+           "starved", "starved-mergenet", "symmetric", "heterogeneous", "heterogeneous-mergenet")
 ROWS = ("untrained", "random", "selected:ddv", "selected:local_loss", "selected:logme", "kept", "oracle")
 
 
@@ -107,9 +105,10 @@ def render_strategies(results: dict[str, dict], score: str = "ddv") -> list[str]
     return lines + [""]
 
 
+# rendered as the by-direction table only (their full tables are in benchmarks/results/<name>.md)
 DIRECTED = (("starved_crossmodal-crossback", "crossback (kv)"), ("starved_crossmodal-encoder", "crossback (encoder)"),
             ("starved_crossmodal-mergenet", "mergenet"), ("starved_crossmodal-mona_emb", "mona, λ = 0"),
-            ("starved_crossmodal-mona", "mona"))
+            ("starved_crossmodal-mona", "mona"), ("starved_crossmodal-mona_strong", "mona, α = 10"))
 
 
 def render_directions(results: dict[str, dict]) -> list[str]:
@@ -132,7 +131,8 @@ def render_directions(results: dict[str, dict]) -> list[str]:
 
 
 def render() -> str:
-    results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in REGIMES
+    names = [*REGIMES, *(n for n, _ in DIRECTED)]
+    results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
     lines = render_levels(results) + render_strategies(results) + render_directions(results)
     for name in REGIMES:

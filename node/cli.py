@@ -159,6 +159,19 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace) -> int:
+    from crossback.bench.compare import compare, markdown, read_units
+
+    result = compare(read_units(args.a), read_units(args.b))
+    if not result["units"]:
+        raise ConfigError(f"{args.a} and {args.b} share no unit (seed, receiver, shots, task): not runs of one regime")
+    labels = (args.labels or f"{args.a.name},{args.b.name}").split(",", 1)
+    print(markdown(result, *labels))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def _selections(args: argparse.Namespace) -> int:
     from .selections import render_table, selection_rows
 
@@ -249,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona"), help="override transfer.strategy of the config")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)
+    bc = bench.add_parser("compare", help="two runs of one regime: each donor's arm in A minus the same arm in B")
+    bc.add_argument("a", type=Path, help="results folder of run A")
+    bc.add_argument("b", type=Path, help="results folder of run B (the same regime and seeds)")
+    bc.add_argument("--labels", help="names for A and B, comma-separated (default: the folder names)")
+    bc.add_argument("--json", type=Path, help="also write the figures here")
+    bc.set_defaults(func=_bench_compare)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.set_defaults(func=_selections)

@@ -220,3 +220,25 @@ def test_a_mona_bench_fetches_each_donors_gradient_and_reports_directions(tmp_pa
     mean = sum(c["test"] - r["none"]["test"] for r in records for c in r["candidates"]
                if c["peer"] in ("low", "high")) / row["arms"]
     assert row["vs_none"]["mean"] == pytest.approx(mean)
+
+
+def test_compare_pairs_the_same_donors_arm_across_two_runs(bench_run, tmp_path):
+    import copy
+
+    from crossback.bench.compare import compare, markdown, read_units
+
+    cfg, out, records = bench_run
+    same = compare(read_units(out), records)
+    assert same["units"] == len(records) and same["missing"] == 0
+    assert set(same["directions"]) == {"image <- image", "image <- untrained"}
+    assert all(d["mean"] == 0.0 and d["ties"] == d["n"] for d in [same["none"], *same["directions"].values()])
+    better = copy.deepcopy(records)
+    for rec in better:
+        for c in rec["candidates"]:
+            if c["peer"] == "low":
+                c["test"] += 0.1
+    moved = compare(better, records)["directions"]
+    assert moved["image <- image"]["mean"] == pytest.approx(0.05) and moved["image <- image"]["wins"] == len(records)
+    assert moved["image <- untrained"]["mean"] == 0.0
+    assert "| image <- image | 4 | +5.0" in markdown(compare(better, records), "A", "B")
+    assert compare(better[:1], records[1:])["missing"] == 1
