@@ -130,11 +130,35 @@ def render_directions(results: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+# `crossback bench compare` outputs: one donor's arm in run A minus the same arm in run B, by direction
+COMPARISONS = (("compare-mona-vs-mona_emb", "the alignment term (α = 1)"),
+               ("compare-mona_strong-vs-mona_emb", "the alignment term (α = 10)"),
+               ("compare-mona-vs-encoder", "stage 1 + alignment vs borrowing the body directly"),
+               ("compare-mona-vs-mergenet", "mona vs mergenet"))
+
+
+def render_comparisons() -> list[str]:
+    found = [(RESULTS / f"{n}.json", why) for n, why in COMPARISONS if (RESULTS / f"{n}.json").exists()]
+    if not found:
+        return []
+    results = [(json.loads(p.read_text(encoding="utf-8")), why) for p, why in found]
+    keys = sorted({k for r, _ in results for k in r["directions"]})
+    lines = ["Strategies against each other on the same units and donors (`crossback bench compare`; Δ = A − B, "
+             "points, 95 % CI over units; `none`: the two runs' no-peer arms, which differ where their procedures do and "
+             "where a receiver's second task starts from what its first kept):", "",
+             "| A − B | what it isolates | none | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * (len(keys) + 1)]
+    short = lambda d: "-" if not d else f"{_pct(d['mean'])} [{_pct(d['lo'])}, {_pct(d['hi'])}]"  # noqa: E731
+    for r, why in results:
+        cells = [short(r["directions"].get(k)) for k in keys]
+        lines.append(f"| {r['labels'][0]} − {r['labels'][1]} | {why} | {short(r['none'])} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render() -> str:
     names = [*REGIMES, *(n for n, _ in DIRECTED)]
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
-    lines = render_levels(results) + render_strategies(results) + render_directions(results)
+    lines = render_levels(results) + render_strategies(results) + render_directions(results) + render_comparisons()
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():

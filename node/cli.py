@@ -160,15 +160,21 @@ def _bench_transfer(args: argparse.Namespace) -> int:
 
 
 def _bench_compare(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
     from crossback.bench.compare import compare, markdown, read_units
 
     result = compare(read_units(args.a), read_units(args.b))
     if not result["units"]:
         raise ConfigError(f"{args.a} and {args.b} share no unit (seed, receiver, shots, task): not runs of one regime")
     labels = (args.labels or f"{args.a.name},{args.b.name}").split(",", 1)
+    if len(labels) != 2:
+        raise ConfigError(f"--labels: expected two names separated by a comma, got {args.labels!r}")
     print(markdown(result, *labels))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        command = f"crossback bench compare {args.a} {args.b} --labels {shlex.quote(','.join(labels))}"
+        args.json.write_text(json.dumps({"labels": labels, "command": command, **result}, indent=2) + "\n")
     return 0
 
 

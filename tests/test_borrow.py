@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crossback.bench.peers import serve_snapshots
-from crossback.models.borrowed import PART_KINDS, accept_parts, part_names
+from crossback.models.borrowed import PART_KINDS, TOKEN_READERS, accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
@@ -52,8 +52,10 @@ def test_one_genesis_gives_one_core_across_modalities_and_one_adapter_per_modali
 
 def test_borrow_levels_cover_what_their_names_say():
     names = [n for n, _ in ContinualLearner(tiny_config(), "image", "packnet").net.named_parameters()]
-    kv, latents, block, body = (set(part_names(k, names)) for k in PART_KINDS)
+    kv, latents, block, body, encoder = (set(part_names(k, names)) for k in PART_KINDS)
     assert kv == {ENCODER_KV} and latents == {"core.latents"} and latents < block
+    assert encoder == {n for n in body if n.startswith("core.")} - set(TOKEN_READERS)  # mona's theta_f
+    assert block - set(TOKEN_READERS) < encoder and any(n.startswith("core.layers.") for n in encoder)
     assert ENCODER_KV in block and "core.latents" in block and not any(n.startswith("core.layers.") for n in block)
     assert {ENCODER_KV, "core.latents", "adapter.patch_proj.weight"} <= body
     assert any(n.startswith("core.decoder_cross_attn.") for n in body)
