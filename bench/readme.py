@@ -108,7 +108,9 @@ def render_strategies(results: dict[str, dict], score: str = "ddv") -> list[str]
 # rendered as the by-direction table only (their full tables are in benchmarks/results/<name>.md)
 DIRECTED = (("starved_crossmodal-crossback", "crossback (kv)"), ("starved_crossmodal-encoder", "crossback (encoder)"),
             ("starved_crossmodal-mergenet", "mergenet"), ("starved_crossmodal-mona_emb", "mona, λ = 0"),
-            ("starved_crossmodal-mona", "mona"), ("starved_crossmodal-mona_strong", "mona, α = 10"))
+            ("starved_crossmodal-mona", "mona"), ("starved_crossmodal-mona_strong", "mona, α = 10"),
+            ("starved_crossmodal_genesis-crossback", "genesis: crossback (backbone)"),
+            ("starved_crossmodal_genesis-mona", "genesis: mona"))
 
 
 def render_directions(results: dict[str, dict]) -> list[str]:
@@ -117,7 +119,9 @@ def render_directions(results: dict[str, dict]) -> list[str]:
     if not rows:
         return []
     lines = ["Strategies by direction (starved regime, emoji half: each receiver beside an image and a text donor; "
-             "every donor's own arm, paired to the strategy's own `none` and to the untrained control):", "",
+             "independent initialisations unless marked genesis (`benchmarks/transfer/starved_crossmodal_genesis.yaml`: one genesis, "
+             "LogME, head probe); every donor's own arm, paired to the strategy's own `none` and to the untrained "
+             "control):", "",
              "| direction | strategy | arms | Δ vs none [CI] | wins / losses | Δ vs untrained [CI] | KiB per candidate "
              "| adaptation s (vs none) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for key in sorted({k for _, r in rows for k in r["directions"]}):
@@ -134,7 +138,8 @@ def render_directions(results: dict[str, dict]) -> list[str]:
 COMPARISONS = (("compare-mona-vs-mona_emb", "the alignment term (α = 1)"),
                ("compare-mona_strong-vs-mona_emb", "the alignment term (α = 10)"),
                ("compare-mona-vs-encoder", "stage 1 + alignment vs borrowing the body directly"),
-               ("compare-mona-vs-mergenet", "mona vs mergenet"))
+               ("compare-mona-vs-mergenet", "mona vs mergenet"),
+               ("compare-genesis-mona-vs-crossback", "one genesis: mona vs the best crossback level"))
 
 
 def render_comparisons() -> list[str]:
