@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import replace
 import sys
 from pathlib import Path
 
-import grpc
 import torch
 from tqdm import tqdm
 
@@ -30,7 +28,6 @@ from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
 from crossback.orchestrator_free.selection import Candidate, arm_payload, choose, ddv_score, probe_candidates
-from crossback.orchestrator_free.wire import WireError
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
@@ -79,7 +76,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
 
     # a donor's own labelled items of its published task stay with its snapshot (mona's outer gradient)
     items = {node.name: _tasks(cfg, node, seed, None, catalogs)[-1][0].train for node in cfg.nodes if node.serves}
-    snaps = {node.name: replace(published(root / "donors" / node.name, len(node.tasks),
+    snaps = {node.name: dataclasses.replace(published(root / "donors" / node.name, len(node.tasks),
                                           lambda i=i, n=node: learned(i, n)), data=items[node.name])
              for i, node in enumerate(cfg.nodes) if node.serves}
     if cfg.control:
@@ -87,7 +84,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
                 snap = published(root / "donors" / name, 1, lambda n=node: untrained_learner(_learner(cfg, n, seed, 999)))
-                snaps[name] = replace(snap, data=_control_items(cfg, node, items))
+                snaps[name] = dataclasses.replace(snap, data=_control_items(cfg, node, items))
     return snaps
 
 
@@ -130,15 +127,13 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             none = run_arm(learner, i, data, strategy, base, None, opts, s)
             arms: dict[str, dict] = {}
             for c in usable:
+                payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
+                if payload is None:
+                    continue
                 try:
-                    payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
                     arms[c.peer] = run_arm(learner, i, data, strategy, base, payload, opts, s)
                 except InjectionError as exc:
                     c.error = f"injection failed: {exc}"
-                except grpc.RpcError as exc:
-                    c.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
-                except (WireError, ValueError) as exc:
-                    c.error = f"{strategy.extra} failed: bad payload: {exc}"
             trained = [c for c in usable if c.peer != control and c.peer in arms]
             chosen, _ = choose(trained)
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})

@@ -9,6 +9,7 @@ from .snapshot import Snapshot
 
 # batches are drawn in an order seeded by the snapshot version alone, so every caller gets the same answer
 ORDER_SALT = 7_919
+DEFAULT_BATCHES, DEFAULT_BATCH_SIZE = 4, 64  # node.outer_grad_batches / node.outer_grad_batch_size
 
 
 class OuterGradService:
@@ -16,7 +17,7 @@ class OuterGradService:
     each (snapshot, batch count) is computed once however many peers ask (a peer cannot make this node
     do more than ``max_batches`` forward/backward passes per snapshot and batch count)."""
 
-    def __init__(self, max_batches: int, batch_size: int):
+    def __init__(self, max_batches: int = DEFAULT_BATCHES, batch_size: int = DEFAULT_BATCH_SIZE):
         self.max_batches, self.batch_size = max_batches, batch_size
         self._lock = threading.Lock()
         self._cache: dict[tuple[int, int], OuterGradient] = {}

@@ -35,7 +35,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, wri
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .events import EventLog
-from .outer_grad import OuterGradService
+from .outer_grad import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, OuterGradService
 from .server import DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .train_run import new_learner, prepare_tasks
@@ -60,8 +60,8 @@ class NodeSettings:
     threads: int = bounded(0, ge=0, le=4096)  # torch CPU threads; 0 = torch's default
     serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds handed to peers (server.PAYLOAD_KINDS)
     # FetchOuterGrad (serve: encoder + outer_grad): at most this many batches of this many own items
-    outer_grad_batches: int = bounded(4, ge=1, le=64)
-    outer_grad_batch_size: int = bounded(64, ge=2, le=4096)
+    outer_grad_batches: int = bounded(DEFAULT_BATCHES, ge=1, le=64)
+    outer_grad_batch_size: int = bounded(DEFAULT_BATCH_SIZE, ge=2, le=4096)
 
     def validate(self) -> None:
         """Rules that can only be checked once flags and environment are applied."""

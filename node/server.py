@@ -56,7 +56,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
                  events: EventLog, outer_grad: OuterGradService | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
-        self.outer_grad = outer_grad or OuterGradService(max_batches=4, batch_size=64)
+        self.outer_grad = outer_grad or OuterGradService()
 
     # -------------------------------------------------------------- helpers
 

@@ -14,7 +14,6 @@ import time
 import zlib
 from dataclasses import dataclass
 
-import grpc
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +27,6 @@ from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrate
 
 from .scores import apply_score
 from .selection import SKIPPED, Candidate, SelectionConfig, arm_payload, choose, probe_candidates
-from .wire import WireError
 
 
 KEEP_ARMS = ("selected", "none", "random", "oracle")
@@ -65,13 +63,8 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
 
 
 def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed, clients) -> dict | None:
-    try:
-        payload = arm_payload(clients, cand, strategy, learner.part_shapes(task))
-    except grpc.RpcError as exc:
-        cand.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
-        return None
-    except (WireError, ValueError) as exc:
-        cand.error = f"{strategy.extra} failed: bad payload: {exc}"
+    payload = arm_payload(clients, cand, strategy, learner.part_shapes(task))
+    if cand is not None and payload is None:
         return None
     try:
         arm = run_arm(learner, task, data, strategy, base, payload, opts, seed)

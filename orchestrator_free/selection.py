@@ -274,7 +274,14 @@ def fetch_extra(client: PeerClient, cand: Candidate, strategy, own: dict[str, tu
 
 
 def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor] | None:
-    """What ``strategy`` adapts on for ``cand`` (None: no peer)."""
-    if cand is None:
-        return None
-    return cand.parts if strategy.extra is None else fetch_extra(clients.get(cand.address), cand, strategy, own)
+    """What ``strategy`` adapts on for ``cand`` (None: no peer, or the extra payload could not be had,
+    in which case ``cand.error`` says why and the candidate gets no arm)."""
+    if cand is None or strategy.extra is None:
+        return cand.parts if cand else None
+    try:
+        return fetch_extra(clients.get(cand.address), cand, strategy, own)
+    except grpc.RpcError as exc:
+        cand.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
+    except (WireError, ValueError) as exc:
+        cand.error = f"{strategy.extra} failed: bad payload: {exc}"
+    return None

@@ -62,6 +62,14 @@ def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str]) -> subproc
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def start_serving(root: Path, procs: dict, node_id: str, cfg: dict, seeds: list[str], timeout: float = 240.0) -> str:
+    """Start a node process (kept in ``procs``) and wait until it serves after its last task; its address."""
+    procs[node_id] = start_node(root, node_id, cfg, seeds)
+    started = wait_for(lambda: node_events(root, node_id, "node_started"), 60, f"{node_id} started", [procs[node_id]])
+    wait_for(lambda: node_events(root, node_id, "serving"), timeout, f"{node_id} serving", list(procs.values()))
+    return started[0]["address"]
+
+
 def node_events(root: Path, node_id: str, name: str) -> list[dict]:
     """The events called ``name`` in a node's log under ``root``."""
     return [e for e in read_events(root / "logs" / f"{node_id}.jsonl") if e["event"] == name]

@@ -2,7 +2,7 @@
 K/V shapes), fetches its K/V, generates its own from it; only declared payload kinds move."""
 import pytest
 
-from conftest import node_events, start_node, tiny_node_config, wait_for
+from conftest import node_events, start_serving, tiny_node_config
 
 from crossback.node.selections import render_table, selection_rows
 
@@ -22,11 +22,8 @@ def swarm(tmp_path_factory):
     receiver["selection"]["score"] = "ddv"  # the scores that run our task through a peer's parts need our shapes
     procs = {}
     try:
-        procs["wide"] = start_node(root, "wide", donor, [])
-        addr = wait_for(lambda: node_events(root, "wide", "node_started"), 60, "donor started", [procs["wide"]])[0]["address"]
-        wait_for(lambda: node_events(root, "wide", "serving"), 120, "donor serving", list(procs.values()))
-        procs["rx"] = start_node(root, "rx", receiver, [addr])
-        wait_for(lambda: node_events(root, "rx", "serving"), 180, "receiver serving", list(procs.values()))
+        addr = start_serving(root, procs, "wide", donor, [])
+        start_serving(root, procs, "rx", receiver, [addr])
         yield root
     finally:
         for proc in procs.values():

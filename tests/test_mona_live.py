@@ -3,7 +3,7 @@ image node from a text peer; each source computes its outer-loss gradient on its
 declared payload kinds (the body, the gradient, never an item) leave it."""
 import pytest
 
-from conftest import node_events, start_node, tiny_node_config, wait_for
+from conftest import node_events, start_serving, tiny_node_config
 
 from crossback.proto.v1 import peer_pb2 as pb
 
@@ -32,18 +32,11 @@ def swarm(tmp_path_factory):
     learns a, b from txt."""
     root = tmp_path_factory.mktemp("mona")
     procs = {}
-
-    def up(name, cfg, seeds):
-        procs[name] = start_node(root, name, cfg, seeds)
-        started = wait_for(lambda: node_events(root, name, "node_started"), 60, f"{name} started", [procs[name]])
-        wait_for(lambda: node_events(root, name, "serving"), 240, f"{name} serving", list(procs.values()))
-        return started[0]["address"]
-
     try:
-        img = up("img", mona_config(0, DIGITS[:1]), [])
-        txt = up("txt", mona_config(1, EMOJI, text=True), [img])
+        img = start_serving(root, procs, "img", mona_config(0, DIGITS[:1]), [])
+        txt = start_serving(root, procs, "txt", mona_config(1, EMOJI, text=True), [img])
         procs.pop("img").terminate()
-        up("img2", mona_config(2, DIGITS), [txt])
+        start_serving(root, procs, "img2", mona_config(2, DIGITS), [txt])
         yield root
     finally:
         for proc in procs.values():

@@ -5,6 +5,8 @@ tensors and those masks; the head is first refit by a linear probe on the borrow
 task's own weights, so arms differ only in what was borrowed."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from crossback.models.borrowed import PART_KINDS
@@ -26,23 +28,33 @@ class CrossBackTransfer:
         self.needs = frozenset({borrow})
 
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
-        with torch.no_grad():
-            local = {n: t.clone() for n, t in learner.params_for(task).items()}
-        learner.begin_adaptation(task, payload, opts.own_weights)
-        facts = {}
-        try:
-            if payload is not None:
-                facts = check_injected(learner, task, local)
-                if opts.head_probe:
-                    facts["head_probe_loss"] = fit_head(learner, task, data.train)
-            fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
-        finally:
-            learner.end_adaptation()
-        masks = learner.borrow_masks.get(task)
-        if masks:
-            kept = sum(int(m.sum()) for m in masks.values())
-            facts["mask_kept"] = kept / sum(m.numel() for m in masks.values())
-        return facts
+        return adapt_on_parts(learner, task, data, payload, opts, generator)
+
+
+def adapt_on_parts(learner, task: int, data, parts: dict | None, opts: AdaptOptions, generator: torch.Generator,
+                   warm_up: Callable[[], dict] | None = None) -> dict:
+    """Adapt ``task`` on a peer's ``parts`` (None: on its own weights): inject them under new piggyback
+    masks, check they run, refit the head (``head_probe``), then ``warm_up()`` if given (mona's stage 1;
+    its facts are kept), then the adaptation epochs. Returns facts worth logging."""
+    with torch.no_grad():
+        local = {n: t.clone() for n, t in learner.params_for(task).items()}
+    learner.begin_adaptation(task, parts, opts.own_weights)
+    facts = {}
+    try:
+        if parts is not None:
+            facts = check_injected(learner, task, local)
+            if opts.head_probe:
+                facts["head_probe_loss"] = fit_head(learner, task, data.train)
+        if warm_up is not None:
+            facts |= warm_up()
+        fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
+    finally:
+        learner.end_adaptation()
+    masks = learner.borrow_masks.get(task)
+    if masks:
+        kept = sum(int(m.sum()) for m in masks.values())
+        facts["mask_kept"] = kept / sum(m.numel() for m in masks.values())
+    return facts
 
 
 def check_injected(learner, task: int, local: dict) -> dict:

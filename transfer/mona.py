@@ -35,11 +35,10 @@ from crossback.models.borrowed import TOKEN_READERS
 from crossback.models.bounds import bounded
 from crossback.models.learner import HEAD_NAMES
 from crossback.models.perceiver import ENCODER_KV
-from crossback.models.training import fit, fit_head
 
 from .alignment import body_names
 from .base import AdaptOptions
-from .crossback import check_injected
+from .crossback import adapt_on_parts
 
 OUTER_GRAD = "outer_grad::"  # prefix of the gradient tensors inside a mona payload
 
@@ -105,23 +104,8 @@ class MonaTransfer:
         body, g_outer = split_payload(payload)
         if ENCODER_KV in learner.layers:  # phi_e includes the K/V: the task's own copy
             learner.make_own_copy(task, ENCODER_KV)
-        with torch.no_grad():
-            local = {n: t.clone() for n, t in learner.params_for(task).items()}
-        learner.begin_adaptation(task, body, opts.own_weights)
-        facts = {}
-        try:
-            if body is not None:
-                facts = check_injected(learner, task, local)
-                if opts.head_probe:
-                    facts["head_probe_loss"] = fit_head(learner, task, data.train)
-            facts |= self._stage1(learner, task, data, g_outer, opts, generator)
-            fit(learner, task, data.train, opts.epochs, opts.train, generator, "adapt")
-        finally:
-            learner.end_adaptation()
-        masks = learner.borrow_masks.get(task)
-        if masks:
-            facts["mask_kept"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
-        return facts
+        return adapt_on_parts(learner, task, data, body, opts, generator,
+                              warm_up=lambda: self._stage1(learner, task, data, g_outer, opts, generator))
 
     def _stage1(self, learner, task, data, g_outer: dict | None, opts: AdaptOptions, generator) -> dict:
         cfg = self.cfg
