@@ -69,7 +69,14 @@ def local_torch_wheel() -> Path | None:
 def containers(label: str) -> list[dict]:
     """Every container (running or not) carrying ``label`` (key=value), as docker inspect sees it."""
     ids = docker("ps", "-aq", "--filter", f"label={label}").stdout.split()
-    return json.loads(docker("inspect", *ids).stdout) if ids else []
+    if not ids:
+        return []
+    # A container may be removed between `ps` and `inspect` (a stack or compose teardown in flight):
+    # inspect then exits 1 for that id but still prints the others, which is the answer we want.
+    proc = docker("inspect", *ids, check=False)
+    if proc.returncode != 0 and not all("No such object" in line for line in proc.stderr.strip().splitlines()):
+        raise AssertionError(f"docker inspect {' '.join(ids)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout or "[]")
 
 
 def leftovers(label: str) -> dict[str, list[str]]:
