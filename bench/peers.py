@@ -39,8 +39,9 @@ def untrained_learner(control: ContinualLearner) -> ContinualLearner:
 
 
 @contextmanager
-def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path):
-    """Serve each ``name -> snapshot`` on its own loopback port; yields ``name -> address``."""
+def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: dict[str, str] | None = None):
+    """Serve each ``name -> snapshot`` on its own loopback port; yields ``name -> address``.
+    ``public_sets``: the public paired set each one holds out (by name; default none)."""
     servers, logs, addresses = [], [], {}
     try:
         for name, snap in snapshots.items():
@@ -48,7 +49,8 @@ def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path):
             address = f"127.0.0.1:{port}"
             learner = snap.learner
             identity = NodeIdentity(name, address, learner.modality, learner.method, learner.cfg.token_dim,
-                                    kv_shapes(learner.cfg), PAYLOAD_KINDS, genesis_id(learner.genesis, learner.cfg))
+                                    kv_shapes(learner.cfg), PAYLOAD_KINDS, genesis_id(learner.genesis, learner.cfg),
+                                    (public_sets or {}).get(name, ""))
             events = EventLog(name, log_dir / f"{name}.jsonl", console=None)
             logs.append(events)
             serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events))

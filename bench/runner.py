@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import build_task, data_warnings
+from crossback.data.public_set import public_set_name
+from crossback.data.tasks import build_task, data_warnings, public_items
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
@@ -27,7 +28,7 @@ from crossback.node.checkpoint import write_json_atomic
 from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, arm_payload, choose, ddv_score, probe_candidates
+from crossback.orchestrator_free.selection import Candidate, arm_payload, choose, ddv_score, pairs_of, probe_candidates
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
@@ -74,18 +75,33 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
             learn_task(learner, data, cfg.method, _train_opts(cfg, node, receiving=False))
         return learner
 
-    # a donor's own labelled items of its published task stay with its snapshot (mona's outer gradient)
+    # a donor's own labelled items of its published task stay with its snapshot (mona's outer gradient,
+    # freqkd's shared items), and so do the public paired set's items in its view (freqkd's public set)
     items = {node.name: _tasks(cfg, node, seed, None, catalogs)[-1][0].train for node in cfg.nodes if node.serves}
     snaps = {node.name: dataclasses.replace(published(root / "donors" / node.name, len(node.tasks),
-                                          lambda i=i, n=node: learned(i, n)), data=items[node.name])
+                                          lambda i=i, n=node: learned(i, n)), data=items[node.name],
+                                          public=_public(cfg, node, catalogs))
              for i, node in enumerate(cfg.nodes) if node.serves}
     if cfg.control:
         for node in cfg.nodes:
             name = f"{CONTROL}-{node.modality}"
             if node.receives and name not in snaps:
                 snap = published(root / "donors" / name, 1, lambda n=node: untrained_learner(_learner(cfg, n, seed, 999)))
-                snaps[name] = dataclasses.replace(snap, data=_control_items(cfg, node, items))
+                snaps[name] = dataclasses.replace(snap, data=_control_items(cfg, node, items),
+                                                  public=_public(cfg, node, catalogs))
     return snaps
+
+
+def _public(cfg: BenchConfig, node: BenchNode, catalogs: dict):
+    key = (node.source, node.root)
+    if key not in catalogs:
+        catalogs[key] = load_catalog(node.source, node.root)
+    return public_items(catalogs[key], cfg.split, node.view())
+
+
+def _public_set(cfg: BenchConfig, node: BenchNode) -> str:
+    split = cfg.split
+    return public_set_name(node.source, split.public_fraction, split.public_salt) if split.public_fraction > 0 else ""
 
 
 def _control_items(cfg: BenchConfig, node: BenchNode, items: dict):
@@ -109,7 +125,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     genesis = genesis_id(_genesis(cfg, seed), node.model)
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = make_strategy(cfg.transfer)
+    strategy = make_strategy(cfg.transfer, _public_set(cfg, node))
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
@@ -119,7 +135,8 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      strategy.borrow, genesis, strategy.any_shape, strategy.needs)
+                                      strategy.borrow, genesis, strategy.any_shape, strategy.needs,
+                                      pairs_of(strategy, data))
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
             _stability_scores(cfg, learner, i, usable, clients)
@@ -204,7 +221,9 @@ def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) ->
                 continue
             bar.set_postfix_str(f"seed {seed}: donors")
             snaps = _donors(cfg, seed, out / f"seed-{seed}", catalogs)
-            with serve_snapshots(snaps, out / f"seed-{seed}" / "logs") as addresses:
+            public_sets = {n.name: _public_set(cfg, n) for n in cfg.nodes} | {
+                f"{CONTROL}-{n.modality}": _public_set(cfg, n) for n in cfg.nodes if n.receives}
+            with serve_snapshots(snaps, out / f"seed-{seed}" / "logs", public_sets) as addresses:
                 for i, k in todo:
                     bar.set_postfix_str(f"seed {seed}: {cfg.nodes[i].name} k={k if k is not None else 'all'}")
                     records = run_receiver(cfg, i, k, seed, addresses, catalogs)

@@ -17,6 +17,7 @@ from crossback.models.methods import TaskData
 from crossback.models.training import Split
 
 from .catalog import Catalog, DataError, ImageRef, Item
+from .public_set import split_public
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class SplitSpec:
     test: float = bounded(0.2, gt=0.0, lt=1.0)
     min_items_per_class: int = bounded(4, ge=3)  # one item per split at least
     max_items_per_class: int | None = bounded(None, ge=3)
+    # hold this fraction of the items out of every task: the public paired set (crossback.data.public_set)
+    public_fraction: float = bounded(0.0, ge=0.0, lt=1.0)
+    public_salt: str = "crossback-public-v1"
 
     def __post_init__(self):
         try:
@@ -139,23 +143,25 @@ def load_image(ref: ImageRef, view: View) -> np.ndarray:
 
 def to_split(items: list[Item], labels: list[int], view: View) -> Split:
     if view.modality == "image":
-        arrays, ys = [], []
+        arrays, ys, ids = [], [], []
         for item, y in zip(items, labels):
             for ref in item.images:
                 arrays.append(load_image(ref, view))
                 ys.append(y)
+                ids.append(item.item_id)
         inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8; the adapter scales it
         if view.image_encoder == "efficientnet":
             from crossback.models.image_encoders import encode_efficientnet
 
             inputs = encode_efficientnet(inputs)
     else:
-        texts, ys = [], []
+        texts, ys, ids = [], [], []
         for item, y in zip(items, labels):
             texts.extend(item.texts)
             ys.extend([y] * len(item.texts))
+            ids.extend([item.item_id] * len(item.texts))
         inputs = encode_texts(texts, view.text_max_length, view.text_encoder)
-    return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long))
+    return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long), tuple(ids))
 
 
 def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
@@ -163,9 +169,14 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     """The task's tensors and a description (classes, dropped classes, item and sample counts).
 
     ``shots`` keeps only that many (seeded, random) items per class in train and in val, for a
-    data-starved learner; the test split is untouched, so it is the same as without ``shots``."""
+    data-starved learner; the test split is untouched, so it is the same as without ``shots``.
+    With ``split.public_fraction`` the public items are in no split; those of the task's classes are
+    the task's ``public`` split."""
     if not catalog.has_view(view.modality):
         raise DataError(f"dataset {catalog.name} has no {view.modality} view")
+    public = []
+    if split.public_fraction > 0:
+        catalog, public = split_public(catalog, split.public_fraction, split.public_salt)
     classes, dropped = resolve_classes(catalog, spec, split, view)
     by_class = catalog.by_class()
     parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
@@ -176,17 +187,28 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
             parts[name][0].extend(chosen)
             parts[name][1].extend([y] * len(chosen))
     tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
+    index = {c: y for y, c in enumerate(classes)}
+    mine = [it for it in _usable(public, view) if it.label in index]
+    public_split = to_split(mine, [index[it.label] for it in mine], view) if mine else None
     test_labels = tensors["test"].labels
     info = {
         "name": spec.name,
         "classes": classes,
         "dropped_classes": dropped,
-        "items": {name: len(items) for name, (items, _) in parts.items()},
+        "items": {name: len(items) for name, (items, _) in parts.items()} | ({"public": len(mine)} if public else {}),
         "samples": {name: len(t) for name, t in tensors.items()},
         # accuracy of always answering the most frequent class (1/K only holds for balanced classes)
         "majority": float(test_labels.bincount().max()) / len(test_labels) if len(test_labels) else None,
     }
-    return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"]), info
+    return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"], public_split), info
+
+
+def public_items(catalog: Catalog, split: SplitSpec, view: View) -> Split | None:
+    """Every public item (any class) in ``view``, labels 0: what a teacher answers public-set requests from."""
+    if split.public_fraction <= 0:
+        return None
+    items = _usable(split_public(catalog, split.public_fraction, split.public_salt)[1], view)
+    return to_split(items, [0] * len(items), view) if items else None
 
 
 MIN_TEST_ITEMS = 20

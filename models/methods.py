@@ -55,6 +55,8 @@ class TaskData:
     train: Split
     val: Split
     test: Split
+    # the held-out public items of the task's classes in this node's view (SplitSpec.public_fraction)
+    public: Split | None = None
 
     @property
     def num_classes(self) -> int:

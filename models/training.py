@@ -25,6 +25,7 @@ class TrainOptions:
 class Split:
     inputs: Tensor  # images (N, C, H, W) uint8 (or float in [0, 1]), or byte ids (N, L) long
     labels: Tensor  # (N,) long, 0..num_classes-1
+    items: tuple[str, ...] | None = None  # the item id of every sample, where the data has them
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -19,10 +19,11 @@ from crossback.orchestrator_free.backbone import ExperimentConfig
 from crossback.orchestrator_free.genesis import SwarmSettings
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig
-from crossback.transfer.registry import TransferConfig
+from crossback.transfer.registry import TransferConfig, make_strategy
 
 from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config, read_yaml
 from .process import NodeConfig, NodeSettings
+from .train_run import public_set_of
 
 ENV = {
     "node_id": "CROSSBACK_NODE_ID",
@@ -69,6 +70,9 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     settings = dataclasses.replace(sections.pop("node"), **overrides)
     try:
         settings.validate()
+        make_strategy(sections["transfer"], public_set_of(run.data))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return NodeConfig(settings, run, **sections)

@@ -38,7 +38,7 @@ from .events import EventLog
 from .outer_grad import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, OuterGradService
 from .server import DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
-from .train_run import new_learner, prepare_tasks
+from .train_run import new_learner, prepare_public, prepare_tasks, public_set_of
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class Node:
         self.state_dir, self.log_dir = Path(s.state_dir), Path(s.log_dir)
         self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console)
         self._snapshot: Snapshot | None = None
+        self._public = None  # the public paired set in this node's view, when it serves public_features
         self._stop = threading.Event()
         self.device = resolve_device(s.device)
         if s.threads > 0:
@@ -130,9 +131,12 @@ class Node:
 
     def publish(self, folder: Path, data=None) -> None:
         """Serve the checkpoint in ``folder``; ``data``: its last task's labelled training items (they stay
-        here: only gradients computed on them may leave, and only when node.serve lists outer_grad)."""
-        serving = "outer_grad" in self.settings.serve
-        snap = Snapshot.from_checkpoint(folder, data if serving else None)  # a fresh copy, never trained
+        here: only gradients or features computed on them may leave, and only when node.serve lists
+        outer_grad or features). The public paired set's items are served from when it lists public_features."""
+        serve = self.settings.serve
+        keep = "outer_grad" in serve or "features" in serve
+        public = self._public if "public_features" in serve else None
+        snap = Snapshot.from_checkpoint(folder, data if keep else None, public)  # a fresh copy, never trained
         self._snapshot = snap
         self.events.emit("snapshot_published", version=snap.version, tasks=snap.finished_tasks)
 
@@ -148,11 +152,12 @@ class Node:
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
         tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
+        self._public = prepare_public(run) if "public_features" in s.serve else None
         server, port = bind(s.listen, max_message_bytes=s.max_message_bytes)
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis)
+                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, public_set_of(run.data))
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size))
@@ -224,7 +229,7 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              make_strategy(self.cfg.transfer),
+                              make_strategy(self.cfg.transfer, public_set_of(self.run_cfg.data)),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
                               self.events.emit, self.cfg.experiment, self.cfg.genesis)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])

@@ -16,19 +16,25 @@ from crossback.orchestrator_free.wire import WireError, decode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
+from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
+
 from .events import EventLog
+from .features import FeatureService
 from .outer_grad import OuterGradService
 from .snapshot import Snapshot
 
 SERVICE_NAME = "crossback.v1.PeerService"
 # what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts,
 # and MoNA's outer-loss gradient with the encoder body it is taken at (FetchOuterGrad)
-PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad")
+# and frequency-decoupled KD's teacher features (FetchPublicFeatures, FetchSharedFeatures)
+PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features")
 TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
 # a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
 # a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
 # outer_grad is opt-in: it is computed on the node's own items, and a gradient says something about them
 DEFAULT_SERVE = ("kv", "ddv", "backbone")
+# features (on items both nodes hold) is opt-in too: it answers about the node's own items.
+# public_features answers about public items only, but costs a forward pass over them: opt-in as well
 OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 
@@ -50,6 +56,7 @@ class NodeIdentity:
     kv_shapes: dict[str, tuple[int, int]]
     serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds this node hands out
     genesis: str = ""  # genesis id (crossback.orchestrator_free.genesis), "" for none
+    public_set: str = ""  # the public paired set it holds out (crossback.data.public_set), "" for none
 
 
 class PeerServicer(pb_grpc.PeerServiceServicer):
@@ -57,6 +64,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                  events: EventLog, outer_grad: OuterGradService | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.outer_grad = outer_grad or OuterGradService()
+        self.features = FeatureService()
 
     # -------------------------------------------------------------- helpers
 
@@ -165,6 +173,50 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             yield pb.OuterGradChunk(encoder=c)
         for c in grad:
             yield pb.OuterGradChunk(outer_grad=c)
+
+    def FetchPublicFeatures(self, request, context):
+        self._check_protocol(request.protocol, context)
+        self._require_serving("public_features", context)
+        ids = list(request.item_ids)
+        if len(ids) > MAX_PAIR_ITEMS or any(not 0 < len(i) <= MAX_ITEM_ID for i in ids):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"at most {MAX_PAIR_ITEMS} public item ids of 1-{MAX_ITEM_ID} characters (got {len(ids)})")
+        mine = self.identity.public_set
+        if request.public_set != mine:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.identity.node_id} holds out public set {mine or '(none)'!r}, not "
+                          f"{request.public_set[:MAX_SET_NAME]!r}")
+        snap = self._require_snapshot(context)
+        self._require_version(snap, request.min_snapshot_version, context)
+        if snap.public is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} holds no public items")
+        yield from self._features_stream("public_features", request.caller_id, snap, len(ids),
+                                         *self.features.public(snap, ids))
+
+    def FetchSharedFeatures(self, request, context):
+        self._check_protocol(request.protocol, context)
+        self._require_serving("features", context)
+        hashes = list(request.item_hashes)
+        if len(request.salt) != SALT_BYTES or len(hashes) > MAX_PAIR_ITEMS or any(len(h) != HASH_BYTES for h in hashes):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a {SALT_BYTES}-byte salt and at most {MAX_PAIR_ITEMS} hashes of {HASH_BYTES} bytes "
+                          f"(got a {len(request.salt)}-byte salt, {len(hashes)} hashes)")
+        snap = self._require_snapshot(context)
+        self._require_version(snap, request.min_snapshot_version, context)
+        if snap.data is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.identity.node_id} holds no items for its published task")
+        yield from self._features_stream("features", request.caller_id, snap, len(hashes),
+                                         *self.features.shared(snap, bytes(request.salt), hashes))
+
+    def _features_stream(self, kind: str, caller: str, snap: Snapshot, requested: int, matched: list[int], feats):
+        summary = pb.FeaturesSummary(snapshot_version=snap.version, requested=requested, matched=matched,
+                                     width=int(feats.shape[1]) if feats is not None else 0)
+        chunks = encode_all({"features": feats.float()}, snap.version) if feats is not None else []
+        self._sent(kind, caller, summary.ByteSize() + sum(len(c.data) for c in chunks))
+        yield pb.FeaturesChunk(summary=summary)
+        for c in chunks:
+            yield pb.FeaturesChunk(tensor=c)
 
     def ProbeDDV(self, request, context):
         self._check_protocol(request.protocol, context)

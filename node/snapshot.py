@@ -20,6 +20,8 @@ class Snapshot:
     kv: dict[str, Tensor]  # the last finished task's encoder K and V
     # the last finished task's labelled training items: used here (MoNA's outer gradient), never sent
     data: Split | None = None
+    # every item of the public paired set in this node's view (served as teacher features), or None
+    public: Split | None = None
 
     @property
     def task(self) -> int:
@@ -39,8 +41,8 @@ class Snapshot:
         return dict(events[-1]["origins"]) if events else {}
 
     @classmethod
-    def from_checkpoint(cls, folder: Path, data: Split | None = None) -> "Snapshot":
+    def from_checkpoint(cls, folder: Path, data: Split | None = None, public: Split | None = None) -> "Snapshot":
         learner, _ = load_checkpoint(folder)
         if not learner.tasks:
             raise ValueError(f"{folder} holds no finished task")
-        return cls(len(learner.tasks), learner, learner.extract_kv(len(learner.tasks) - 1), data)
+        return cls(len(learner.tasks), learner, learner.extract_kv(len(learner.tasks) - 1), data, public)

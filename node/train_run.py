@@ -9,7 +9,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import build_task, data_warnings
+from crossback.data.public_set import public_set_name
+from crossback.data.tasks import build_task, data_warnings, public_items
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData, learn_task
 from crossback.models.metrics import summarize
@@ -33,6 +34,19 @@ def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
     split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
     built = [build_task(catalog, spec, cfg.data.split, cfg.view(), split_seed, cfg.data.shots) for spec in cfg.tasks]
     return [d for d, _ in built], [info for _, info in built]
+
+
+def prepare_public(cfg: RunConfig):
+    """Every item of the public paired set in this node's view (None: the split holds none out)."""
+    if cfg.data.split.public_fraction <= 0:
+        return None
+    return public_items(load_catalog(cfg.data.source, cfg.data.root), cfg.data.split, cfg.view())
+
+
+def public_set_of(data) -> str:
+    """The public set's name (``crossback.data.public_set``) a node with this ``data:`` section holds out."""
+    split = data.split
+    return public_set_name(data.source, split.public_fraction, split.public_salt) if split.public_fraction > 0 else ""
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:

@@ -26,7 +26,7 @@ from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .scores import apply_score
-from .selection import SKIPPED, Candidate, SelectionConfig, arm_payload, choose, probe_candidates
+from .selection import SKIPPED, Candidate, SelectionConfig, arm_payload, choose, pairs_of, probe_candidates
 
 
 KEEP_ARMS = ("selected", "none", "random", "oracle")
@@ -110,7 +110,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
     started = time.perf_counter()
     probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
-                              strategy.any_shape, strategy.needs)
+                              strategy.any_shape, strategy.needs, pairs_of(strategy, data))
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
     apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)

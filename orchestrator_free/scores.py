@@ -10,6 +10,8 @@
   from the features the head reads — the task run through the candidate's parts — to the one-hot
   labels of the receiver's own train and validation items, averaged over classes. It asks "how
   linearly separable do the borrowed parts make *my* items", needs no training and no peer data.
+  For a strategy that borrows a teacher's features on paired items (freqkd), it is LogME of those
+  features to the items' labels: how well the teacher's view separates *my* classes.
 
 Every candidate gets every score it can (they are cheap); the node's ``selection.score`` decides
 which one ``choose`` ranks by, and the benchmark reports each one's Spearman with the realised gain.
@@ -92,7 +94,9 @@ def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData,
         return {}
     shapes = learner.part_shapes(task)
     out = {}
-    if all(tuple(t.shape) == shapes.get(n) for n, t in cand.parts.items()):
+    if "features" in cand.parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
+        out = {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], data.num_classes)}
+    elif all(tuple(t.shape) == shapes.get(n) for n, t in cand.parts.items()):
         out = {"local_loss": local_loss(learner, task, data, cand.parts), "logme": logme(learner, task, data, cand.parts)}
     if cand.cos is not None:
         out |= {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos}

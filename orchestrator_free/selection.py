@@ -31,6 +31,7 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import KV_NAMES
 
 from .ddv import ProbeSpec, ddv
+from .pairs import FEATURE_KINDS, NoPairs, Pairs, fetch_pairs
 from .scores import DDV_SCORES, SCORES
 from .transport import PeerClient
 from .wire import WireError
@@ -150,7 +151,7 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
 
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
                expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
-               any_shape: bool = False, needs: frozenset[str] = frozenset()) -> Candidate:
+               any_shape: bool = False, needs: frozenset[str] = frozenset(), pairs: Pairs | None = None) -> Candidate:
     started = time.perf_counter()
     try:
         info = client.get_info()
@@ -178,7 +179,12 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                                                                           cfg.probe, cfg.euc_weight)
                 cand.kv, cand.snapshot_version = kv, version
                 nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
-            if borrow == "kv" and cand.kv is not None:
+            if borrow in FEATURE_KINDS:  # a teacher's features on our paired items (freqkd)
+                if pairs is None:
+                    raise ValueError(f"borrowing {borrow} needs items to pair")
+                cand.parts, cand.snapshot_version, received = fetch_pairs(client, pairs, cand.peer)
+                nbytes += received
+            elif borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
             else:
                 received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
@@ -193,6 +199,8 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
             cand.bytes = nbytes
     except grpc.RpcError as exc:
         cand.error = f"{exc.code().name}: {exc.details()}"
+    except NoPairs as exc:
+        cand.error = f"{SKIPPED} {exc}"
     except (WireError, ValueError) as exc:
         cand.error = f"bad payload: {exc}"
     cand.latency = round(time.perf_counter() - started, 4)
@@ -201,18 +209,20 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
                      cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
-                     genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset()) -> list[Candidate]:
+                     genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset(),
+                     pairs: Pairs | None = None) -> list[Candidate]:
     """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``: its info, its
     DDV answer (when it serves K/V and DDV) and the parts ``borrow`` names. With a ``genesis`` id, peers
     of another genesis are skipped; with ``any_shape`` (a strategy that reads matrices of any shape,
     ``borrow: kv`` only) peers whose K/V shapes differ from ``expected`` are candidates too; a peer that
-    does not serve every kind in ``needs`` (the strategy's) is skipped."""
+    does not serve every kind in ``needs`` (the strategy's) is skipped. ``pairs``: the items a
+    feature-borrowing strategy (freqkd) asks every candidate about."""
     cands = [Candidate(p, a) for p, a in peers]
     if not cands:
         return []
     pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
     futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis,
-                           any_shape, needs): c for c in cands}
+                           any_shape, needs, pairs): c for c in cands}
     _, late = wait(futures, timeout=cfg.deadline)
     for f in late:
         f.cancel()
@@ -220,6 +230,11 @@ def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str
         futures[f].score = None
     pool.shutdown(wait=False, cancel_futures=True)  # a hung peer must not hold the task loop
     return sorted(cands, key=lambda c: c.peer)
+
+
+def pairs_of(strategy, data) -> Pairs | None:
+    """The items a feature-borrowing strategy asks teachers about for this task (None for the others)."""
+    return strategy.pairs_for(data) if strategy.borrow in FEATURE_KINDS else None
 
 
 def choose(cands: list[Candidate]) -> tuple[Candidate | None, str]:

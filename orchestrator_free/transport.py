@@ -137,6 +137,47 @@ class PeerClient:
 
         return self._call(fetch)
 
+    def fetch_features(self, kind: str, keys: list[str] | None = None, hashes: list[bytes] | None = None,
+                       salt: bytes = b"", public_set: str = "", min_version: int = 0, max_total_bytes: int = 64 << 20):
+        """(features or None, matched positions, snapshot_version) from FetchPublicFeatures (``kind``
+        public_features: ``keys`` of ``public_set``) or FetchSharedFeatures (features: ``hashes`` under
+        ``salt``). The features tensor is verified and bounded; its rows are checked by the caller."""
+        from .wire import WireError, decode
+
+        if kind == "public_features":
+            req = pb.PublicFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                           public_set=public_set, item_ids=keys or [])
+            call = self._stub.FetchPublicFeatures
+        elif kind == "features":
+            req = pb.SharedFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                           salt=salt, item_hashes=hashes or [])
+            call = self._stub.FetchSharedFeatures
+        else:
+            raise ValueError(f"unknown feature kind {kind!r}")
+        self.on_payload(f"{kind}_request", self.address, req.ByteSize())
+
+        def fetch():
+            summaries, chunks = [], []
+            for msg in call(req, timeout=self.policy.timeout):
+                item = msg.WhichOneof("item")
+                if item == "summary":
+                    summaries.append(msg.summary)
+                elif item == "tensor":
+                    chunks.append(msg.tensor)
+                    if sum(len(c.data) for c in chunks) > max_total_bytes:
+                        raise WireError(f"features stream exceeds {max_total_bytes} bytes", "RESOURCE_EXHAUSTED")
+                else:
+                    raise WireError("features stream: a message with no item")
+            if len(summaries) != 1:
+                raise WireError(f"features stream carried {len(summaries)} summaries, expected 1")
+            summary = summaries[0]
+            matched = list(summary.matched)
+            tensors = decode(chunks, {"features": (len(matched), summary.width)} if matched else {}, max_total_bytes)
+            versions = {c.snapshot_version for c in chunks} | {summary.snapshot_version}
+            return tensors.get("features"), matched, (versions.pop() if len(versions) == 1 else -1)
+
+        return self._call(fetch)
+
     def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
         req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,

@@ -10,8 +10,7 @@ hard-coded to one feature size.
     L_low  = mean (Std(s_low)  - Std(t_low))^2
     L_high = mean (sigma(Std(s_high)) - sigma(Std(t_high)))^2,   sigma(x) = sign(x) log(1 + |x|)
 
-with Std(x) = (x - mean) / ||x - mean||_2 per vector. (These are the loss terms only; the strategy that
-uses them is issue 14's.)
+with Std(x) = (x - mean) / ||x - mean||_2 per vector. (The strategy that uses them: ``crossback.transfer.freqkd``.)
 """
 from __future__ import annotations
 
@@ -60,8 +59,12 @@ def band_losses(student: Tensor, teacher: Tensor, low_fraction: float = 0.5) -> 
     """(L_low, L_high) between student and teacher features (N, D) of the same items."""
     if student.shape != teacher.shape:
         raise ValueError(f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} differ")
-    s_low, s_high = split_bands(student, low_fraction)
-    t_low, t_high = split_bands(teacher, low_fraction)
+    return decoupled_losses(split_bands(student, low_fraction), split_bands(teacher, low_fraction))
+
+
+def decoupled_losses(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """(L_low, L_high) from already split (low, high) bands of student and teacher."""
+    (s_low, s_high), (t_low, t_high) = student, teacher
     low = (standardise(s_low) - standardise(t_low)).pow(2).mean()
     high = (sign_log(standardise(s_high)) - sign_log(standardise(t_high))).pow(2).mean()
     return low, high

@@ -7,10 +7,11 @@ from crossback.models.borrowed import PART_KINDS
 from crossback.models.bounds import bounded
 
 from .crossback import CrossBackTransfer
+from .freqkd import FreqKDConfig, FreqKDTransfer
 from .mergenet import MergeNetConfig, MergeNetTransfer
 from .mona import MonaConfig, MonaTransfer
 
-STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer, "mona": MonaTransfer}
+STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer, "mona": MonaTransfer, "freqkd": FreqKDTransfer}
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,14 @@ class TransferConfig:
     borrow: str = bounded("backbone", choices=PART_KINDS)
     mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
+    freqkd: FreqKDConfig = field(default_factory=FreqKDConfig)
 
 
-def make_strategy(cfg: TransferConfig):
+def make_strategy(cfg: TransferConfig, public_set: str = ""):
+    """The configured strategy; ``public_set``: the name of the public paired set this node holds out
+    (crossback.data.public_set), which freqkd with ``pairs: public`` needs."""
+    if cfg.strategy == "freqkd":
+        return FreqKDTransfer(cfg.freqkd, public_set)
     if cfg.strategy == "mergenet":
         return MergeNetTransfer(cfg.mergenet)
     if cfg.strategy == "mona":

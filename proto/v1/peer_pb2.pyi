@@ -23,6 +23,54 @@ KV_SOURCE_UNSPECIFIED: KVSource
 KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
+class PublicFeaturesRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "public_set", "item_ids")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_SET_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    public_set: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., public_set: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SharedFeaturesRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "salt", "item_hashes")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_HASHES_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    salt: bytes
+    item_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., salt: _Optional[bytes] = ..., item_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class FeaturesSummary(_message.Message):
+    __slots__ = ("snapshot_version", "requested", "matched", "width")
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    snapshot_version: int
+    requested: int
+    matched: _containers.RepeatedScalarFieldContainer[int]
+    width: int
+    def __init__(self, snapshot_version: _Optional[int] = ..., requested: _Optional[int] = ..., matched: _Optional[_Iterable[int]] = ..., width: _Optional[int] = ...) -> None: ...
+
+class FeaturesChunk(_message.Message):
+    __slots__ = ("summary", "tensor")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    summary: FeaturesSummary
+    tensor: TensorChunk
+    def __init__(self, summary: _Optional[_Union[FeaturesSummary, _Mapping]] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
 class OuterGradRequest(_message.Message):
     __slots__ = ("protocol", "caller_id", "min_snapshot_version", "max_batches", "have_body_version")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

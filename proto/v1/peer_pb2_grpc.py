@@ -64,6 +64,16 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.FromString,
                 _registered_method=True)
+        self.FetchPublicFeatures = channel.unary_stream(
+                '/crossback.v1.PeerService/FetchPublicFeatures',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PublicFeaturesRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
+                _registered_method=True)
+        self.FetchSharedFeatures = channel.unary_stream(
+                '/crossback.v1.PeerService/FetchSharedFeatures',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -125,6 +135,25 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchPublicFeatures(self, request, context):
+        """Frequency-decoupled KD, public paired set (payload kind "public_features"): the node's features
+        (what its published task's head reads, averaged over each item's samples) on items of the public
+        set both sides hold out of their tasks, named by public id. Only ids of the node's own public set
+        are answered; FAILED_PRECONDITION when the caller names another public set. At most 4096 ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchSharedFeatures(self, request, context):
+        """Frequency-decoupled KD, shared items (payload kind "features", opt-in): the caller sends blake2b
+        hashes of its item ids keyed with a fresh salt; the node answers with its features for the items
+        of its published task it also holds, nothing for the rest. At most 4096 hashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +186,16 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.FetchOuterGrad,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.SerializeToString,
+            ),
+            'FetchPublicFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPublicFeatures,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PublicFeaturesRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.SerializeToString,
+            ),
+            'FetchSharedFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSharedFeatures,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +360,60 @@ class PeerService:
             '/crossback.v1.PeerService/FetchOuterGrad',
             crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.OuterGradChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPublicFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crossback.v1.PeerService/FetchPublicFeatures',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.PublicFeaturesRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSharedFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crossback.v1.PeerService/FetchSharedFeatures',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
             options,
             channel_credentials,
             insecure,
