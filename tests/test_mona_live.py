@@ -113,4 +113,13 @@ def test_no_rpc_message_has_a_field_that_could_carry_a_sources_items():
         "OuterGradChunk.summary", "OuterGradChunk.encoder", "OuterGradChunk.outer_grad",
         "OuterGradSummary.snapshot_version", "OuterGradSummary.sample_count", "OuterGradSummary.batch_count",
         "OuterGradSummary.batch_size", "OuterGradSummary.outer_loss", "OuterGradSummary.align_loss",
-        "OuterGradSummary.uniform_loss"}
+        "OuterGradSummary.uniform_loss",
+        # freqkd (reviewed for issue 14): a student names public item ids or sends salted hashes of its own;
+        # a teacher answers with per-item features (a TensorChunk), never inputs or labels
+        "PublicFeaturesRequest.protocol", "PublicFeaturesRequest.caller_id",
+        "PublicFeaturesRequest.min_snapshot_version", "PublicFeaturesRequest.public_set",
+        "PublicFeaturesRequest.item_ids", "SharedFeaturesRequest.protocol", "SharedFeaturesRequest.caller_id",
+        "SharedFeaturesRequest.min_snapshot_version", "SharedFeaturesRequest.salt",
+        "SharedFeaturesRequest.item_hashes", "FeaturesChunk.summary", "FeaturesChunk.tensor",
+        "FeaturesSummary.snapshot_version", "FeaturesSummary.requested", "FeaturesSummary.matched",
+        "FeaturesSummary.width"}
