@@ -113,15 +113,27 @@ DIRECTED = (("starved_crossmodal-crossback", "crossback (kv)"), ("starved_crossm
             ("starved_crossmodal_genesis-mona", "genesis: mona"))
 
 
-def render_directions(results: dict[str, dict]) -> list[str]:
+DIRECTED_CAPTION = (
+    "Strategies by direction (starved regime, emoji half: each receiver beside an image and a text donor; "
+    "independent initialisations unless marked genesis (`benchmarks/transfer/starved_crossmodal_genesis.yaml`: one genesis, "
+    "LogME, head probe); every donor's own arm, paired to the strategy's own `none` and to the untrained control):")
+# freqkd's split holds the public paired set out of every task: its test items differ from the table above
+FREQKD_DIRECTED = (("freqkd_crossmodal-backbone", "genesis: crossback (backbone)"),
+                   ("freqkd_crossmodal-public", "freqkd, public set"), ("freqkd_crossmodal-shared", "freqkd, shared ids"),
+                   ("freqkd_crossmodal-mse", "freqkd, public set, no band split"))
+FREQKD_CAPTION = (
+    "freqkd by direction (`benchmarks/transfer/freqkd_crossmodal.yaml`: the same nodes, a fifth of the emoji items held "
+    "out of every task as the public paired set, so the test items differ from the table above; teachers learned set A, "
+    "so with shared ids only task A has a teacher; every donor's own arm, paired to the strategy's own `none` — for "
+    "freqkd on the public set that `none` learns the public items' labels too — and to the untrained control):")
+
+
+def render_directions(results: dict[str, dict], entries=DIRECTED, caption: str = DIRECTED_CAPTION) -> list[str]:
     """Every trained donor's own arm by direction (receiver <- donor modality), one row per strategy."""
-    rows = [(label, results[n]) for n, label in DIRECTED if n in results and results[n].get("directions")]
+    rows = [(label, results[n]) for n, label in entries if n in results and results[n].get("directions")]
     if not rows:
         return []
-    lines = ["Strategies by direction (starved regime, emoji half: each receiver beside an image and a text donor; "
-             "independent initialisations unless marked genesis (`benchmarks/transfer/starved_crossmodal_genesis.yaml`: one genesis, "
-             "LogME, head probe); every donor's own arm, paired to the strategy's own `none` and to the untrained "
-             "control):", "",
+    lines = [caption, "",
              "| direction | strategy | arms | Δ vs none [CI] | wins / losses | Δ vs untrained [CI] | KiB per candidate "
              "| adaptation s (vs none) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for key in sorted({k for _, r in rows for k in r["directions"]}):
@@ -139,7 +151,9 @@ COMPARISONS = (("compare-mona-vs-mona_emb", "the alignment term (α = 1)"),
                ("compare-mona_strong-vs-mona_emb", "the alignment term (α = 10)"),
                ("compare-mona-vs-encoder", "stage 1 + alignment vs borrowing the body directly"),
                ("compare-mona-vs-mergenet", "mona vs mergenet"),
-               ("compare-genesis-mona-vs-crossback", "one genesis: mona vs the best crossback level"))
+               ("compare-genesis-mona-vs-crossback", "one genesis: mona vs the best crossback level"),
+               ("compare-freqkd-vs-freqkd_mse", "freqkd: the band split (public set)"),
+               ("compare-freqkd-vs-freqkd_shared", "freqkd: public set vs shared ids (task A only)"))
 
 
 def render_comparisons() -> list[str]:
@@ -160,10 +174,11 @@ def render_comparisons() -> list[str]:
 
 
 def render() -> str:
-    names = [*REGIMES, *(n for n, _ in DIRECTED)]
+    names = [*REGIMES, *(n for n, _ in DIRECTED), *(n for n, _ in FREQKD_DIRECTED)]
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
-    lines = render_levels(results) + render_strategies(results) + render_directions(results) + render_comparisons()
+    lines = (render_levels(results) + render_strategies(results) + render_directions(results)
+             + render_directions(results, FREQKD_DIRECTED, FREQKD_CAPTION) + render_comparisons())
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():

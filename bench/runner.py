@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.public_set import public_set_name
+from crossback.data.public_set import public_set_for
 from crossback.data.tasks import build_task, data_warnings, public_items
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
@@ -60,11 +60,15 @@ def _learner(cfg: BenchConfig, node: BenchNode, seed: int, index: int) -> Contin
                             _genesis(cfg, seed))
 
 
-def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, catalogs: dict):
+def _catalog(node: BenchNode, catalogs: dict):
     key = (node.source, node.root)
     if key not in catalogs:
         catalogs[key] = load_catalog(node.source, node.root)
-    return [build_task(catalogs[key], spec, cfg.split, node.view(), seed, shots) for spec in node.tasks]
+    return catalogs[key]
+
+
+def _tasks(cfg: BenchConfig, node: BenchNode, seed: int, shots: int | None, catalogs: dict):
+    return [build_task(_catalog(node, catalogs), spec, cfg.split, node.view(), seed, shots) for spec in node.tasks]
 
 
 def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
@@ -93,15 +97,7 @@ def _donors(cfg: BenchConfig, seed: int, root: Path, catalogs: dict) -> dict:
 
 
 def _public(cfg: BenchConfig, node: BenchNode, catalogs: dict):
-    key = (node.source, node.root)
-    if key not in catalogs:
-        catalogs[key] = load_catalog(node.source, node.root)
-    return public_items(catalogs[key], cfg.split, node.view())
-
-
-def _public_set(cfg: BenchConfig, node: BenchNode) -> str:
-    split = cfg.split
-    return public_set_name(node.source, split.public_fraction, split.public_salt) if split.public_fraction > 0 else ""
+    return public_items(_catalog(node, catalogs), cfg.split, node.view())
 
 
 def _control_items(cfg: BenchConfig, node: BenchNode, items: dict):
@@ -125,7 +121,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     genesis = genesis_id(_genesis(cfg, seed), node.model)
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = make_strategy(cfg.transfer, _public_set(cfg, node))
+    strategy = make_strategy(cfg.transfer, public_set_for(node.source, cfg.split))
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
@@ -221,8 +217,8 @@ def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) ->
                 continue
             bar.set_postfix_str(f"seed {seed}: donors")
             snaps = _donors(cfg, seed, out / f"seed-{seed}", catalogs)
-            public_sets = {n.name: _public_set(cfg, n) for n in cfg.nodes} | {
-                f"{CONTROL}-{n.modality}": _public_set(cfg, n) for n in cfg.nodes if n.receives}
+            public_sets = {n.name: public_set_for(n.source, cfg.split) for n in cfg.nodes} | {
+                f"{CONTROL}-{n.modality}": public_set_for(n.source, cfg.split) for n in cfg.nodes if n.receives}
             with serve_snapshots(snaps, out / f"seed-{seed}" / "logs", public_sets) as addresses:
                 for i, k in todo:
                     bar.set_postfix_str(f"seed {seed}: {cfg.nodes[i].name} k={k if k is not None else 'all'}")

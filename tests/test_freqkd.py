@@ -258,3 +258,19 @@ def test_freqkd_on_the_public_set_needs_one_in_the_config(tmp_path):
     cfg = load_node_config(path)
     assert cfg.transfer.freqkd.low_weight == cfg.transfer.freqkd.high_weight == 1.0
     assert "public_features" in cfg.node.serve
+
+
+def test_the_demo_runs_its_nodes_on_freqkd_when_asked(tmp_path):
+    import yaml
+
+    from crossback.node.demo import GROUPS, node_config
+    from crossback.node.train_run import prepare_public, prepare_tasks
+
+    path = tmp_path / "txt-0.yaml"
+    path.write_text(yaml.safe_dump(node_config({"node_id": "txt-0", "modality": "text", "role": "receiver",
+                                                "tasks": GROUPS}, 0, 1, 1, strategy="freqkd")))
+    cfg = load_node_config(path, {}, {})
+    assert cfg.transfer.strategy == "freqkd" and "public_features" in cfg.node.serve
+    tasks, _ = prepare_tasks(cfg.run)  # every demo task still builds with the public set held out
+    public = prepare_public(cfg.run)
+    assert all(t.public is not None and set(t.public.items) <= set(public.items) for t in tasks)
