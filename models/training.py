@@ -100,20 +100,28 @@ def fit_head(learner: ContinualLearner, task: int, data: Split, steps: int = 300
     f = features(learner, task, data.inputs).to(learner.device)
     y = data.labels.to(learner.device)
     head_w, head_b = learner.task_params[task]["head.weight"], learner.task_params[task]["head.bias"]
-    w = torch.zeros_like(head_w, requires_grad=True)
-    b = torch.zeros_like(head_b, requires_grad=True)
+    w, b, loss = fit_linear(f, y, head_w.shape[0], steps, lr, weight_decay)
+    with torch.no_grad():
+        head_w.copy_(w)
+        head_b.copy_(b)
+    return loss
+
+
+def fit_linear(x: Tensor, y: Tensor, classes: int, steps: int = 300, lr: float = 0.05,
+               weight_decay: float = 1e-3) -> tuple[Tensor, Tensor, float]:
+    """(weight, bias, final loss) of a softmax classifier fit from zero on fixed inputs ``x`` (full
+    batch, so deterministic)."""
+    w = torch.zeros(classes, x.shape[1], device=x.device, requires_grad=True)
+    b = torch.zeros(classes, device=x.device, requires_grad=True)
     optimizer = torch.optim.Adam([w, b], lr=lr)
     loss = torch.zeros(())
     with torch.enable_grad():
         for _ in range(steps):
-            loss = F.cross_entropy(f @ w.T + b, y) + weight_decay * (w**2).sum()
+            loss = F.cross_entropy(x @ w.T + b, y) + weight_decay * (w**2).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    with torch.no_grad():
-        head_w.copy_(w)
-        head_b.copy_(b)
-    return float(loss.detach())
+    return w.detach(), b.detach(), float(loss.detach())
 
 
 @torch.no_grad()

@@ -216,9 +216,14 @@ def test_the_none_arm_has_no_teacher_terms_and_the_same_seed_gives_the_same_task
     runs = []
     for _ in range(2):
         student.set_task_state(1, base)
-        strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(3))
+        taught = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(3))
         runs.append(predict(student, 1, data.test.inputs))
     assert torch.equal(runs[0], runs[1])
+    losses = lambda facts: {k for k in facts if k.startswith("loss_")}  # noqa: E731
+    # the arms differ only in the terms that read the teacher's features
+    assert losses(taught) - losses(none) == {"loss_low", "loss_high", "loss_align_teacher0", "loss_align_teacher1"}
+    assert losses(none) <= losses(taught)
+    assert taught["classifier_probe_loss"] != none["classifier_probe_loss"]  # the teacher's bands were in its fit
 
 
 def test_shared_ids_teach_only_the_items_the_teacher_holds(tasks, teacher, tmp_path):

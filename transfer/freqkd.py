@@ -10,12 +10,15 @@ set or from item ids both nodes hold). The student finishes its task on
 - ``L_task``: cross-entropy of the task's own head on the raw features of its own items, plus that of
   two shared classifiers Phi_l, Phi_h on their low and high frequency bands;
 - ``L_align`` (Eq. 10): Phi_l and Phi_h on the low / high bands of the student's *and* the teacher's
-  features of the paired items: one decision boundary for both modalities;
+  features of the paired items: one decision boundary for both modalities. The student's half is the
+  band part of ``L_task`` on the same items (its own items, or the public ones), counted once;
 - ``L_low`` / ``L_high`` (Eq. 8-9, ``freqkd_bands``): MSE of the standardised low bands, MSE after a
   sign-preserving log of the standardised high bands.
 
 The classifiers read the standardised bands scaled to unit RMS (the scale alignment of section 4.2;
-otherwise the two modalities' feature scales decide the boundary). A student of another feature width
+otherwise the two modalities' feature scales decide the boundary), and are first fit by a linear probe
+on both sides' bands (``probe_classifiers``; with a few steps of adaptation a random shared classifier
+would only send noise into the student). A student of another feature width
 than its teacher's learns a linear projection to it for these terms. Phi_l, Phi_h and that projection
 exist only while the task adapts; the task keeps only its own tensors, so no other task changes.
 
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossback.models.bounds import bounded
-from crossback.models.training import Split
+from crossback.models.training import Split, features, fit_linear
 from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, Pairs
 
 from .base import AdaptOptions
@@ -53,6 +56,8 @@ class FreqKDConfig:
     high_weight: float = bounded(1.0, ge=0.0, le=1e6)  # lambda_2 (the paper's default)
     low_fraction: float = bounded(0.5, gt=0.0, lt=1.0)  # share of the non-DC bins in the low band
     decouple: bool = True  # false: the ablation without the band split
+    # fit the shared classifiers by a linear probe before adapting (else they start random)
+    probe_classifiers: bool = True
     pair_batch: int = bounded(32, ge=1, le=4096)  # paired samples per step, beside each batch of own items
     max_pairs: int = bounded(1024, ge=1, le=MAX_PAIR_ITEMS)  # items named in one request
 
@@ -114,6 +119,8 @@ class FreqKDTransfer:
         learner.begin_adaptation(task, None, opts.own_weights)
         try:
             extra = _Heads.new(width, target, classes, 2 if cfg.decouple else 1, generator, learner.device)
+            probe_loss = self._probe_classifiers(learner, task, extra, data.train, pool, teacher) \
+                if cfg.probe_classifiers else None
             weights, _ = learner.trainable()
             optimizer = torch.optim.Adam([{"params": weights, "lr": opts.train.lr},
                                           {"params": extra.params(), "lr": opts.train.lr}])
@@ -139,9 +146,30 @@ class FreqKDTransfer:
             learner.end_adaptation()
         facts = {"steps": steps, "paired_samples": 0 if pool is None else len(pool.labels),
                  "taught_samples": 0 if pool is None else int((pool.teacher_row >= 0).sum()),
-                 "projection": extra.projection is not None}
+                 "projection": extra.projection is not None,
+                 **({"classifier_probe_loss": round(probe_loss, 6)} if probe_loss is not None else {})}
         facts |= {f"loss_{k}": round(v / max(steps, 1), 6) for k, v in sorted(sums.items())}
         return facts
+
+    @torch.no_grad()
+    def _probe_classifiers(self, learner, task, extra: "_Heads", own: Split, pool: _Pool | None,
+                           teacher: Tensor | None) -> float:
+        """Fit every shared classifier from zero by a linear probe (full batch, deterministic) on the
+        bands of the student's features of its items and, with a teacher, of the teacher's features of
+        the paired ones, so that the shared decision boundary means something from the first step."""
+        inputs, labels = [own.inputs], [own.labels]
+        if pool is not None and pool.student_terms:
+            inputs.append(pool.inputs)
+            labels.append(pool.labels)
+        f = torch.cat([features(learner, task, x) for x in inputs]).to(learner.device)
+        y = torch.cat(labels).to(learner.device)
+        bands = [_unit_rms(b) for b in self._bands(extra.project(f))]
+        if teacher is not None and pool is not None and bool((pool.teacher_row >= 0).any()):
+            taught = pool.teacher_row >= 0
+            t_bands = self._bands(teacher[pool.teacher_row[taught].to(teacher.device)])
+            bands = [torch.cat([b, _unit_rms(t)]) for b, t in zip(bands, t_bands)]
+            y = torch.cat([y, pool.labels[taught].to(learner.device)])
+        return sum(_fit_linear(phi, b, y) for phi, b in zip(extra.classifiers, bands)) / len(bands)
 
     def _weighted(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         weight = {"low": self.cfg.low_weight, "high": self.cfg.high_weight, "mse": self.cfg.low_weight}
@@ -176,8 +204,7 @@ class FreqKDTransfer:
         ty = y[taught]
         s_bands = [band[taught] for band in student_bands]
         t_bands = self._bands(t)
-        for b, (sb, tb, phi) in enumerate(zip(s_bands, t_bands, extra.classifiers)):  # Eq. 10
-            terms[f"align_student{b}"] = F.cross_entropy(phi(_unit_rms(sb)), ty)
+        for b, (tb, phi) in enumerate(zip(t_bands, extra.classifiers)):  # Eq. 10, the teacher's half
             terms[f"align_teacher{b}"] = F.cross_entropy(phi(_unit_rms(tb)), ty)
         if self.cfg.decouple:  # Eq. 8 and 9
             terms["low"], terms["high"] = decoupled_losses(tuple(s_bands), tuple(t_bands))
@@ -188,6 +215,13 @@ class FreqKDTransfer:
 
 def _features(learner, task: int, x: Tensor) -> Tensor:
     return learner.call(learner.net, learner.params_for(task), (x,), {"features": True})
+
+
+def _fit_linear(layer: torch.nn.Linear, x: Tensor, y: Tensor) -> float:
+    w, b, loss = fit_linear(x, y, layer.out_features)
+    layer.weight.copy_(w)
+    layer.bias.copy_(b)
+    return loss
 
 
 def _unit_rms(x: Tensor) -> Tensor:
