@@ -36,7 +36,11 @@ from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .events import EventLog
 from .outer_grad import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, OuterGradService
-from .server import DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
+from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
+
+from .limits import CallLimiter, CallLimits
+from .server import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .train_run import new_learner, prepare_public, prepare_tasks, public_set_of
 
@@ -62,11 +66,20 @@ class NodeSettings:
     # FetchOuterGrad (serve: encoder + outer_grad): at most this many batches of this many own items
     outer_grad_batches: int = bounded(DEFAULT_BATCHES, ge=1, le=64)
     outer_grad_batch_size: int = bounded(DEFAULT_BATCH_SIZE, ge=2, le=4096)
+    # proven peers this node keeps (and as many candidate addresses); a peer dead this long is forgotten
+    max_peers: int = bounded(DEFAULT_MAX_PEERS, ge=1, le=100_000)
+    dead_peer_ttl: float = bounded(60.0, gt=0.0, le=86_400.0)
+    # ProbeDDV refuses a spec whose pair_count x token_count x C exceeds this
+    probe_budget: int = bounded(DEFAULT_PROBE_BUDGET, ge=1, le=1 << 34)
+    # the RPCs that cost work (probes, tensor and feature streams) share this bounded pool
+    expensive: CallLimits = field(default_factory=CallLimits)
 
     def validate(self) -> None:
         """Rules that can only be checked once flags and environment are applied."""
         if not self.node_id:
             raise ConfigError("node.node_id: required (config, --node-id or CROSSBACK_NODE_ID)")
+        if node_id_problem(self.node_id):
+            raise ConfigError(f"node.node_id: {node_id_problem(self.node_id)}")
         try:
             check_bounds(self, "node")
         except ValueError as exc:
@@ -81,9 +94,11 @@ class NodeSettings:
             raise ConfigError(f"node.serve: outer_grad travels with the encoder body it is taken at; add {half}")
         if self.rpc_attempts < 1:
             raise ConfigError("node.rpc_attempts: must be at least 1")
-        for key, value in (("listen", self.listen), ("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
-            if value is not None and not _is_host_port(value):
-                raise ConfigError(f"node.{key}: {value!r} is not host:port")
+        if not _is_host_port(self.listen):  # port 0 picks a free one
+            raise ConfigError(f"node.listen: {self.listen!r} is not host:port")
+        for key, value in (("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
+            if value is not None and address_problem(value):
+                raise ConfigError(f"node.{key}: {address_problem(value)}")
         resolve_device(self.device)
 
 
@@ -153,14 +168,18 @@ class Node:
         s, run = self.settings, self.run_cfg
         tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
         self._public = prepare_public(run) if "public_features" in s.serve else None
-        server, port = bind(s.listen, max_message_bytes=s.max_message_bytes)
+        # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
+        server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
+                            events=self.events)
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, public_set_of(run.data))
-        membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit)
+        membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
+                                max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout))
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
-                                OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size))
+                                OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
+                                CallLimiter(s.expensive), s.probe_budget)
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
                          pid=os.getpid(),

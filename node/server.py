@@ -1,25 +1,32 @@
 """The peer service a node serves, from its published snapshot only, plus gRPC health."""
 from __future__ import annotations
 
+import functools
+import inspect
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv
-from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS, Membership
 from crossback.orchestrator_free.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
 from crossback.orchestrator_free.wire import WireError, decode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
 from .events import EventLog
 from .features import FeatureService
+from .limits import Busy, CallLimiter
+from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
 from .snapshot import Snapshot
 
@@ -37,6 +44,29 @@ DEFAULT_SERVE = ("kv", "ddv", "backbone")
 # public_features answers about public items only, but costs a forward pass over them: opt-in as well
 OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
+# ProbeDDV's work grows with pair_count x token_count x C (the probe tokens every forward pass reads);
+# this default admits 4x the largest probe the benchmarks use (256 x 16 x 64) and refuses what took
+# seconds and gigabytes (512 x 1024 x 64: 32x over it)
+DEFAULT_PROBE_BUDGET = 1 << 20
+MAX_GOSSIP_ENTRIES = 4 * DEFAULT_MAX_PEERS  # a node gossips at most its proven peers
+
+
+def expensive(handler):
+    """Run an RPC handler (unary or streaming) only once the node's CallLimiter admits its caller."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def stream(self, request, context):
+            self._check_request(request, context)  # before it takes a slot
+            with self._expensive(request.caller_id, context):
+                yield from handler(self, request, context)
+        return stream
+
+    @functools.wraps(handler)
+    def unary(self, request, context):
+        self._check_request(request, context)
+        with self._expensive(request.caller_id, context):
+            return handler(self, request, context)
+    return unary
 
 
 def software_version() -> str:
@@ -61,12 +91,30 @@ class NodeIdentity:
 
 class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
-                 events: EventLog, outer_grad: OuterGradService | None = None):
+                 events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
+                 probe_budget: int = DEFAULT_PROBE_BUDGET):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.outer_grad = outer_grad or OuterGradService()
+        self.limiter = limiter or CallLimiter()
+        self.probe_budget = probe_budget
         self.features = FeatureService()
 
     # -------------------------------------------------------------- helpers
+
+    @contextmanager
+    def _expensive(self, caller: str, context):
+        try:
+            with self.limiter.admit(caller[:64]):
+                yield
+        except Busy as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+
+    def _check_request(self, request, context) -> None:
+        """Protocol version, and the caller's id (if the message has one) before it is used or logged."""
+        self._check_protocol(request.protocol, context)
+        caller = getattr(request, "caller_id", "")
+        if caller and node_id_problem(caller):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"caller_id: {node_id_problem(caller)}")
 
     def _check_protocol(self, protocol: int, context) -> None:
         if protocol != PROTOCOL:
@@ -100,7 +148,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     # -------------------------------------------------------------- rpcs
 
     def GetInfo(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         snap = self.snapshot()
         ident = self.identity
         info = pb.NodeInfo(
@@ -114,18 +162,26 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         return info
 
     def ExchangePeers(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         sender = request.sender
-        if sender.node_id:
-            self.membership.heard_from(sender.node_id, sender.address, sender.snapshot_version)
-        for entry in request.peers:
+        entries = ([sender] if sender.node_id else []) + list(request.peers)
+        if len(entries) > MAX_GOSSIP_ENTRIES:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"a peer list of {len(entries)} entries exceeds {MAX_GOSSIP_ENTRIES}")
+        for i, entry in enumerate(entries):  # all checked before any is kept
+            problem = node_id_problem(entry.node_id) or address_problem(entry.address)
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{'sender' if i == 0 and sender.node_id else 'peer entry'}: {problem}")
+        for entry in entries:  # claims, not proof: candidates this node will dial itself
             self.membership.learn(entry.node_id, entry.address)
         reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=peer_entries(self.membership))
         self._sent("membership", sender.node_id, reply.ByteSize())
         return reply
 
+    @expensive
     def FetchKV(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         self._require_serving("kv", context)
         snap = self._require_snapshot(context)
         self._require_version(snap, request.min_snapshot_version, context)
@@ -133,8 +189,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
 
+    @expensive
     def FetchPayload(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         if request.kind not in TENSOR_KINDS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"unknown payload kind {request.kind[:64]!r}; tensor kinds: {', '.join(TENSOR_KINDS)}")
@@ -145,8 +202,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
 
+    @expensive
     def FetchOuterGrad(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         for kind in OUTER_GRAD_KINDS:
             self._require_serving(kind, context)
         snap = self._require_snapshot(context)
@@ -174,8 +232,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         for c in grad:
             yield pb.OuterGradChunk(outer_grad=c)
 
+    @expensive
     def FetchPublicFeatures(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         self._require_serving("public_features", context)
         ids = list(request.item_ids)
         if len(ids) > MAX_PAIR_ITEMS or any(not 0 < len(i) <= MAX_ITEM_ID for i in ids):
@@ -193,8 +252,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         yield from self._features_stream("public_features", request.caller_id, snap, len(ids),
                                          *self.features.public(snap, ids))
 
+    @expensive
     def FetchSharedFeatures(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         self._require_serving("features", context)
         hashes = list(request.item_hashes)
         if len(request.salt) != SALT_BYTES or len(hashes) > MAX_PAIR_ITEMS or any(len(h) != HASH_BYTES for h in hashes):
@@ -218,8 +278,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         for c in chunks:
             yield pb.FeaturesChunk(tensor=c)
 
+    @expensive
     def ProbeDDV(self, request, context):
-        self._check_protocol(request.protocol, context)
+        self._check_request(request, context)
         self._require_serving("ddv", context)
         snap = self._require_snapshot(context)
         s = request.spec
@@ -227,10 +288,16 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: unknown kv_source {s.kv_source}")
         spec = ProbeSpec(seed=s.seed, pair_count=s.pair_count, token_count=s.token_count,
                          perturbation=s.perturbation, kv_source=KV_SOURCE_NAMES[s.kv_source])
+        cost = spec.pair_count * spec.token_count * self.identity.token_dim
+        if cost > self.probe_budget:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"probe spec: pair_count x token_count x C = {s.pair_count} x {s.token_count} x "
+                          f"{self.identity.token_dim} = {cost} exceeds this node's budget {self.probe_budget}")
         try:
             spec.validate()
-            if spec.kv_source == "inline":
-                kv = decode(request.kv, expected=self.identity.kv_shapes, max_total_bytes=MAX_MESSAGE_BYTES)
+            if spec.kv_source == "inline":  # any wire dtype; the probe runs in float32
+                kv = {n: t.float() for n, t in decode(request.kv, expected=self.identity.kv_shapes,
+                                                      max_total_bytes=MAX_MESSAGE_BYTES).items()}
             elif request.kv:
                 raise WireError("kv tensors sent with kv_source self")
             else:
@@ -240,6 +307,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         except WireError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), f"probe kv: {exc}")
         vector = ddv(snap.learner, snap.task, kv, spec)
+        if not bool(torch.isfinite(vector).all()):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "probe kv: the DDV it gives is not finite")
         reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,
                                  ddv=vector.tolist(), token_dim=self.identity.token_dim)
         self._sent("ddv", request.caller_id, reply.ByteSize())
@@ -251,10 +320,12 @@ def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
             for p in membership.peers()]
 
 
-def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> tuple[grpc.Server, int]:
-    """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port)."""
+def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
+         events: EventLog | None = None) -> tuple[grpc.Server, int]:
+    """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port).
+    With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(max_message_bytes),
-                         maximum_concurrent_rpcs=4 * workers)
+                         maximum_concurrent_rpcs=4 * workers, interceptors=[RpcGuard(events.emit)] if events else [])
     port = server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")

@@ -10,7 +10,9 @@ import grpc
 
 from crossback.proto.v1 import peer_pb2 as pb
 
-from .membership import Membership
+from .membership import DEFAULT_MAX_PEERS, Membership
+
+MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
 from .transport import PROTOCOL, ClientPool
 
 
@@ -42,10 +44,9 @@ class GossipLoop:
         except grpc.RpcError as exc:
             self.on_error(address, exc)
             return
-        if reply.sender.node_id:
-            self.membership.heard_from(reply.sender.node_id, reply.sender.address or address,
-                                       reply.sender.snapshot_version)
-        for entry in reply.peers:
+        if reply.sender.node_id:  # the proof: we dialled this address and this id answered
+            self.membership.heard_from(reply.sender.node_id, address, reply.sender.snapshot_version)
+        for entry in list(reply.peers)[:MAX_REPLY_ENTRIES]:
             self.membership.learn(entry.node_id, entry.address)
 
     def _run(self) -> None:

@@ -1,9 +1,16 @@
-"""Who is in the swarm: seed addresses, gossiped peer lists, heartbeats and a timeout failure detector.
+"""Who is in the swarm: seed addresses, gossiped candidates, proven peers and a timeout failure detector.
 
-Pure bookkeeping (no network): the gossip loop and the server feed it what they hear. A peer is
-*alive* while it was heard from directly within ``failure_timeout`` seconds, then *dead*; hearing from
-it again re-admits it. ``on_event(name, **fields)`` reports ``peer_joined``, ``peer_dead`` and
-``peer_returned``.
+Pure bookkeeping (no network): the gossip loop and the server feed it what they hear. Nothing anyone
+*says* makes a peer: a node id or address named in a request or in someone's gossip is only a
+*candidate address* to dial. A peer is admitted, or its address changed, only by a direct contact —
+this node dialled the address and the node there answered with that id (``heard_from``). A proven peer
+is *alive* while such contact happened within ``failure_timeout`` seconds, then *dead*; contact again
+re-admits it. Bounds: at most ``max_peers`` proven peers and as many candidates; a candidate that never
+answers is dropped after ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
+addresses are validated (``.identity``) before anything is stored. Without TLS the proof is only that
+the address answers with the id: a process that controls an address can still claim any id there.
+
+``on_event(name, **fields)`` reports ``peer_joined``, ``peer_dead``, ``peer_returned``, ``peer_evicted``.
 """
 from __future__ import annotations
 
@@ -11,6 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from .identity import valid_peer
+
+DEFAULT_MAX_PEERS = 256
 
 
 @dataclass
@@ -25,56 +36,97 @@ class Peer:
 
 class Membership:
     def __init__(self, node_id: str, address: str, seeds: list[str], failure_timeout: float,
-                 on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic):
+                 on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic,
+                 max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None):
         self.node_id, self.address = node_id, address
         self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, clock
+        self.max_peers = max_peers
+        self.candidate_ttl = 3 * failure_timeout if candidate_ttl is None else candidate_ttl
+        self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
+        self._candidates: dict[str, float] = {}  # address -> when it was first named
+        self._own: set[str] = {address}  # addresses that turned out to be this node
+        self._dead_since: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def heard_from(self, node_id: str, address: str, snapshot_version: int = 0) -> None:
-        """A direct, successful exchange with this peer."""
-        if node_id == self.node_id or not node_id:
+        """A direct, successful exchange: this node dialled ``address`` and ``node_id`` answered."""
+        if not valid_peer(node_id, address):
             return
         with self._lock:
-            peer = self._peers.setdefault(node_id, Peer(node_id, address))
+            self._candidates.pop(address, None)
+            if node_id == self.node_id:
+                self._own.add(address)
+                return
+            peer = self._peers.get(node_id)
+            if peer is None:
+                if len(self._peers) >= self.max_peers and not self._evict_one_dead():
+                    return
+                peer = self._peers[node_id] = Peer(node_id, address)
             was_alive, ever = peer.alive, peer.ever_alive
-            peer.address, peer.alive, peer.last_seen = address or peer.address, True, self.clock()
-            peer.snapshot_version, peer.ever_alive = snapshot_version, True
+            peer.address, peer.alive, peer.last_seen = address, True, self.clock()
+            peer.snapshot_version, peer.ever_alive = max(0, int(snapshot_version)), True
+            self._dead_since.pop(node_id, None)
         if not ever:
             self.on_event("peer_joined", peer=node_id, address=address)
         elif not was_alive:
             self.on_event("peer_returned", peer=node_id, address=address, snapshot_version=snapshot_version)
 
     def learn(self, node_id: str, address: str) -> None:
-        """A peer named in someone's gossip: remember it, but only direct contact makes it alive."""
-        if node_id == self.node_id or not node_id or not address:
+        """A peer named in a request or in someone's gossip: at most a candidate address to dial."""
+        if not valid_peer(node_id, address):
             return
         with self._lock:
-            if node_id not in self._peers:
-                self._peers[node_id] = Peer(node_id, address)
+            if node_id == self.node_id or address in self._own or address in self._candidates:
+                return
+            if any(p.address == address for p in self._peers.values()):
+                return
+            if len(self._candidates) < self.max_peers:
+                self._candidates[address] = self.clock()
+
+    def _evict_one_dead(self) -> bool:
+        """Make room for a proven newcomer by forgetting the peer dead the longest (lock held)."""
+        if not self._dead_since:
+            return False
+        oldest = min(self._dead_since, key=lambda n: (self._dead_since[n], n))
+        del self._peers[oldest], self._dead_since[oldest]
+        return True
 
     def check_failures(self) -> list[str]:
-        now, dead = self.clock(), []
+        now, dead, evicted = self.clock(), [], []
         with self._lock:
             for peer in self._peers.values():
                 if peer.alive and peer.last_seen is not None and now - peer.last_seen > self.failure_timeout:
                     peer.alive = False
+                    self._dead_since[peer.node_id] = now
                     dead.append(peer.node_id)
+            for node_id, since in list(self._dead_since.items()):
+                if now - since > self.dead_ttl:
+                    del self._peers[node_id], self._dead_since[node_id]
+                    evicted.append(node_id)
+            self._candidates = {a: t for a, t in self._candidates.items() if now - t <= self.candidate_ttl}
         for node_id in dead:
             self.on_event("peer_dead", peer=node_id, silent_for=round(self.failure_timeout, 3))
+        for node_id in evicted:
+            self.on_event("peer_evicted", peer=node_id, dead_for=round(self.dead_ttl, 3))
         return dead
 
     def targets(self) -> list[str]:
-        """Addresses to contact this round: every known peer (dead ones too, to notice a return) and
-        every seed not yet known by id."""
+        """Addresses to contact this round: every proven peer (dead ones too, to notice a return), every
+        candidate, and every seed not yet known."""
         with self._lock:
-            known = {p.address for p in self._peers.values()}
-            return sorted(known | {s for s in self.seeds if s not in known})
+            known = {p.address for p in self._peers.values()} | set(self._candidates)
+            return sorted((known | {s for s in self.seeds if s not in known}) - self._own)
 
     def peers(self) -> list[Peer]:
+        """Proven peers only (what this node gossips on)."""
         with self._lock:
             return [Peer(**vars(p)) for p in sorted(self._peers.values(), key=lambda p: p.node_id)]
 
     def alive(self) -> list[Peer]:
         return [p for p in self.peers() if p.alive]
+
+    def candidates(self) -> list[str]:
+        with self._lock:
+            return sorted(self._candidates)

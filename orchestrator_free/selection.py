@@ -104,6 +104,8 @@ def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict
     remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
     if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
         raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
+    if not bool(torch.isfinite(local).all()):
+        raise WireError("our DDV through the peer's K/V is not finite")
     return score_ddvs(local, remote, euc_weight), reply.ByteSize()
 
 

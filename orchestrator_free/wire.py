@@ -15,6 +15,7 @@ import torch
 from crossback.proto.v1 import peer_pb2 as pb
 
 CHUNK_BYTES = 1 << 20
+MAX_TENSOR_NAME, MAX_RANK = 256, 8
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -53,7 +54,7 @@ def decode(chunks: Iterable[pb.TensorChunk], expected: dict[str, tuple[int, ...]
     parts: dict[str, dict] = {}
     received_total = 0
     for chunk in chunks:
-        name = chunk.name
+        name = chunk.name[:MAX_TENSOR_NAME]
         if len(chunk.data) > CHUNK_BYTES:
             raise WireError(f"tensor {name!r}: chunk of {len(chunk.data)} bytes exceeds {CHUNK_BYTES}", "RESOURCE_EXHAUSTED")
         received_total += len(chunk.data)
@@ -81,6 +82,10 @@ def _start(chunk: pb.TensorChunk, expected, max_total_bytes: int) -> dict:
     name, shape = chunk.name, tuple(chunk.shape)
     if not name:
         raise WireError("tensor chunk without a name")
+    if len(name) > MAX_TENSOR_NAME:  # before the name is used in any message
+        raise WireError(f"tensor name {name[:64]!r}... is longer than {MAX_TENSOR_NAME} characters")
+    if len(shape) > MAX_RANK:
+        raise WireError(f"tensor {name!r}: {len(shape)} dimensions, at most {MAX_RANK}")
     if expected is not None and name not in expected:
         raise WireError(f"unexpected tensor {name!r}; expected {sorted(expected)}")
     if chunk.dtype not in DTYPES:

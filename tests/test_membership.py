@@ -1,3 +1,6 @@
+import pytest
+
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.membership import Membership
 
 
@@ -9,10 +12,10 @@ class Clock:
         return self.now
 
 
-def make():
+def make(**kw):
     clock, events = Clock(), []
     m = Membership("a", "h:1", ["h:2", "h:1"], failure_timeout=3.0,
-                   on_event=lambda name, **f: events.append((name, f.get("peer"))), clock=clock)
+                   on_event=lambda name, **f: events.append((name, f.get("peer"))), clock=clock, **kw)
     return m, clock, events
 
 
@@ -22,19 +25,26 @@ def test_seeds_are_contacted_until_known_and_self_is_skipped():
     m.heard_from("b", "h:2")
     m.learn("c", "h:3")
     m.learn("a", "h:1")  # itself, from someone's gossip
-    assert m.targets() == ["h:2", "h:3"] and [p.node_id for p in m.peers()] == ["b", "c"]
+    assert m.targets() == ["h:2", "h:3"] and [p.node_id for p in m.peers()] == ["b"]
+    m.heard_from("a", "h:7")  # an address that turned out to be this node is never dialled again
+    m.learn("x", "h:7")
+    assert "h:7" not in m.targets()
 
 
-def test_gossiped_peers_are_not_alive_until_heard_from():
+def test_a_claim_is_only_a_candidate_until_the_address_answers_with_the_id():
     m, _, events = make()
     m.learn("c", "h:3")
-    assert m.alive() == [] and events == []
+    assert m.alive() == [] and m.peers() == [] and m.candidates() == ["h:3"] and events == []
     m.heard_from("c", "h:3")
-    assert [p.node_id for p in m.alive()] == ["c"] and events == [("peer_joined", "c")]
+    assert [p.node_id for p in m.alive()] == ["c"] and events == [("peer_joined", "c")] and m.candidates() == []
+    m.learn("c", "h:66")  # someone claims c moved: a candidate to dial, c's address stays until proven
+    assert m.peers()[0].address == "h:3" and "h:66" in m.targets()
+    m.heard_from("c", "h:66")  # the new address answered as c
+    assert m.peers()[0].address == "h:66"
 
 
-def test_dead_after_timeout_and_returned_on_contact():
-    m, clock, events = make()
+def test_dead_after_timeout_returned_on_contact_forgotten_after_the_ttl():
+    m, clock, events = make(dead_ttl=30.0)
     m.heard_from("b", "h:2")
     clock.now += 2.9
     assert m.check_failures() == []
@@ -44,3 +54,40 @@ def test_dead_after_timeout_and_returned_on_contact():
     m.heard_from("b", "h:9", snapshot_version=4)  # back, on a new port
     assert events == [("peer_joined", "b"), ("peer_dead", "b"), ("peer_returned", "b")]
     assert m.peers()[0].address == "h:9" and m.peers()[0].snapshot_version == 4
+    clock.now += 4
+    m.check_failures()
+    clock.now += 31
+    m.check_failures()
+    assert m.peers() == [] and events[-1] == ("peer_evicted", "b")
+
+
+def test_the_view_is_bounded_and_unanswered_candidates_expire():
+    m, clock, _ = make(max_peers=3)
+    for i in range(10):
+        m.learn(f"n{i}", f"h:{100 + i}")
+    assert len(m.candidates()) == 3
+    for i in range(5):
+        m.heard_from(f"n{i}", f"h:{100 + i}")
+    assert [p.node_id for p in m.peers()] == ["n0", "n1", "n2"]  # full: no dead peer to make room
+    clock.now += 10  # past candidate_ttl (3 x failure_timeout) and failure_timeout
+    m.check_failures()
+    assert m.candidates() == []
+    m.heard_from("n9", "h:109")  # a proven newcomer replaces the peer dead the longest
+    assert len(m.peers()) == 3 and "n9" in [p.node_id for p in m.peers()]
+
+
+@pytest.mark.parametrize("node_id,address", [
+    ("x" * 65, "h:5"), ("", "h:5"), ("bad id", "h:5"), ("-x", "h:5"), ("é", "h:5"),
+    ("ok", "unix:/tmp/sock"), ("ok", "dns:h:5"), ("ok", "xds:///svc"), ("ok", "h:0"), ("ok", "h:70000"),
+    ("ok", "hé.example:5"), ("ok", "h"), ("ok", ":5"), ("ok", "[not-ipv6]:5"), ("ok", "a_b:5"), ("ok", "h:5" * 200)])
+def test_invalid_ids_and_addresses_are_never_stored(node_id, address):
+    m, _, events = make()
+    m.learn(node_id, address)
+    m.heard_from(node_id, address)
+    assert m.peers() == [] and m.candidates() == [] and events == []
+    assert node_id_problem(node_id) or address_problem(address)
+
+
+def test_valid_addresses():
+    for address in ("127.0.0.1:50051", "[::1]:1", "node-a.swarm.local:65535", "img-0:50051", "h:1"):
+        assert address_problem(address) is None, address

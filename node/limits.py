@@ -1,0 +1,77 @@
+"""Admission for the RPCs that cost a node real work (a forward pass, a tensor stream): a small bounded
+pool, so that however many of them arrive, worker threads stay free for Health and ExchangePeers.
+
+At most ``slots`` such calls run at once and at most ``waiting`` more wait for a slot (up to ``wait``
+seconds); at most ``per_caller`` are in flight for one caller id. Anything beyond is refused at once
+with UNAVAILABLE (the client's retry-with-backoff status): a refused call holds no thread.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from crossback.models.bounds import bounded
+
+
+class Busy(Exception):
+    """The call was not admitted; the message says which limit it met."""
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    slots: int = bounded(2, ge=1, le=256)  # expensive calls running at once
+    waiting: int = bounded(4, ge=0, le=1024)  # more that may wait for a slot
+    per_caller: int = bounded(2, ge=1, le=256)  # in flight per caller id
+    wait: float = bounded(10.0, gt=0.0, le=600.0)  # seconds a waiting call waits before it is refused
+
+    @property
+    def threads(self) -> int:
+        """Worker threads these calls can hold at most."""
+        return self.slots + self.waiting
+
+
+class CallLimiter:
+    def __init__(self, limits: CallLimits = CallLimits()):
+        self.limits = limits
+        self._slots = threading.BoundedSemaphore(limits.slots)
+        self._lock = threading.Lock()
+        self._admitted = 0  # running or waiting
+        self._per_caller: dict[str, int] = {}
+
+    def _enter(self, caller: str) -> None:
+        lim = self.limits
+        with self._lock:
+            if self._per_caller.get(caller, 0) >= lim.per_caller:
+                raise Busy(f"caller {caller[:64]!r} already has {lim.per_caller} expensive calls in flight")
+            if self._admitted >= lim.slots + lim.waiting:
+                raise Busy(f"{self._admitted} expensive calls running or waiting; retry later")
+            self._admitted += 1
+            self._per_caller[caller] = self._per_caller.get(caller, 0) + 1
+
+    def _leave(self, caller: str) -> None:
+        with self._lock:
+            self._admitted -= 1
+            left = self._per_caller[caller] - 1
+            if left:
+                self._per_caller[caller] = left
+            else:
+                del self._per_caller[caller]
+
+    @contextmanager
+    def admit(self, caller: str):
+        """Hold a slot for the body of the ``with``; raises Busy when the call is not admitted."""
+        self._enter(caller)
+        try:
+            if not self._slots.acquire(timeout=self.limits.wait):
+                raise Busy(f"no free slot within {self.limits.wait:g} s; retry later")
+            try:
+                yield
+            finally:
+                self._slots.release()
+        finally:
+            self._leave(caller)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._admitted

@@ -1,0 +1,69 @@
+"""What every RPC goes through before and after its handler: a request body that does not decode gets
+INVALID_ARGUMENT (grpc's default is INTERNAL), and an exception the handler did not turn into a status
+is logged with its traceback in the node's event log (``rpc_failed``) before grpc answers UNKNOWN."""
+from __future__ import annotations
+
+import traceback
+
+import grpc
+from google.protobuf.message import DecodeError
+
+_UNDECODABLE = object()
+
+
+def _safe(deserializer):
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes):
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, TypeError):
+            return _UNDECODABLE
+    return decode
+
+
+class RpcGuard(grpc.ServerInterceptor):
+    def __init__(self, emit):
+        self.emit = emit  # EventLog.emit
+
+    def _failed(self, method: str, context, exc: BaseException) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        if code is not None:  # context.abort(...): a status the handler chose, not a failure
+            return
+        self.emit("rpc_failed", method=method, error=f"{type(exc).__name__}: {str(exc)[:500]}",
+                  traceback="".join(traceback.format_exception(exc))[-8000:])
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        method, guard = details.method, self
+
+        def refuse_undecodable(request, context):
+            if request is _UNDECODABLE:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request body does not decode")
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary(request, context):
+                refuse_undecodable(request, context)
+                try:
+                    return inner(request, context)
+                except Exception as exc:
+                    guard._failed(method, context, exc)
+                    raise
+            return grpc.unary_unary_rpc_method_handler(unary, _safe(handler.request_deserializer),
+                                                       handler.response_serializer)
+        inner_stream = handler.unary_stream
+
+        def stream(request, context):
+            refuse_undecodable(request, context)
+            try:
+                yield from inner_stream(request, context)
+            except Exception as exc:
+                guard._failed(method, context, exc)
+                raise
+        return grpc.unary_stream_rpc_method_handler(stream, _safe(handler.request_deserializer),
+                                                    handler.response_serializer)

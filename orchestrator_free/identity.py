@@ -1,0 +1,58 @@
+"""What a node id and a peer address may be, checked before either is stored, dialled or logged.
+
+- node id: 1-64 characters of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit;
+- address: ``host:port`` only, no URI scheme (``unix:``, ``dns:``, ``xds:`` ... are refused): an IPv4
+  address, a bracketed IPv6 address or an ASCII host name (RFC 1123 labels, at most 253 characters),
+  and a port in 1-65535.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+MAX_NODE_ID = 64
+MAX_ADDRESS = 262  # a 253-character host name, brackets, a colon, five digits
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def node_id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` is not a valid node id (None: it is)."""
+    if not NODE_ID.fullmatch(node_id or ""):
+        shown = (node_id or "")[:MAX_NODE_ID]
+        return (f"node id {shown!r}{'...' if len(node_id or '') > MAX_NODE_ID else ''} is not 1-{MAX_NODE_ID} "
+                "characters of letters, digits, '.', '_' or '-' starting with a letter or digit")
+    return None
+
+
+def _host_ok(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            return False
+    if not host or len(host) > 253 or not host.isascii():
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    return all(LABEL.fullmatch(label) for label in host.rstrip(".").split("."))
+
+
+def address_problem(address: str) -> str | None:
+    """Why ``address`` is not a dialable ``host:port`` (None: it is)."""
+    shown = (address or "")[:80]
+    if not address or len(address) > MAX_ADDRESS:
+        return f"address {shown!r} is empty or longer than {MAX_ADDRESS} characters"
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"address {shown!r} is not host:port with a port in 1-65535"
+    if not _host_ok(host):
+        return f"address {shown!r}: {host[:64]!r} is not an IPv4 address, a [bracketed] IPv6 address or a host name"
+    return None
+
+
+def valid_peer(node_id: str, address: str) -> bool:
+    return node_id_problem(node_id) is None and address_problem(address) is None

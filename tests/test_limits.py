@@ -1,0 +1,242 @@
+"""Bounded work per request: the expensive-call pool, ProbeDDV's cost budget, non-finite and
+half-precision probe K/V; Health and gossip stay fast while the most expensive admissible probes run."""
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.models.perceiver import kv_shapes
+from crossback.models.training import TrainOptions
+from crossback.node.checkpoint import save_checkpoint
+from crossback.node.events import EventLog
+from crossback.node.limits import Busy, CallLimiter, CallLimits
+from crossback.node.server import DEFAULT_PROBE_BUDGET, NodeIdentity, PeerServicer, bind, serve
+from crossback.node.snapshot import Snapshot
+from crossback.orchestrator_free.ddv import ProbeSpec, ddv
+from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+from crossback.proto.v1 import peer_pb2 as pb
+
+from conftest import tiny_config
+
+LIMITS = CallLimits(slots=2, waiting=4, per_caller=2, wait=20.0)
+# the most expensive spec the default budget admits at C = 32
+MAX_SPEC = ProbeSpec(seed=1, pair_count=512, token_count=DEFAULT_PROBE_BUDGET // (512 * 32))
+
+
+def test_the_pool_admits_slots_plus_waiting_and_refuses_the_rest_at_once():
+    limiter = CallLimiter(CallLimits(slots=1, waiting=1, per_caller=1, wait=5.0))
+    release, entered = threading.Event(), threading.Event()
+
+    def hold():
+        with limiter.admit("a"):
+            entered.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(5)
+    with pytest.raises(Busy, match="caller 'a'"):  # one in flight for a already
+        with limiter.admit("a"):
+            pass
+    waiter_done = threading.Event()
+
+    def wait_then_hold():
+        with limiter.admit("b"):
+            waiter_done.wait(5)
+
+    waiter = threading.Thread(target=wait_then_hold)
+    waiter.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    with pytest.raises(Busy, match="running or waiting"):  # one running, one waiting: full
+        with limiter.admit("c"):
+            pass
+    assert time.monotonic() - started < 0.1  # refused at once, holding nothing
+    release.set()
+    holder.join(5)
+    time.sleep(0.2)  # the waiter now holds the slot
+    assert limiter.in_flight() == 1
+    waiter_done.set()
+    waiter.join(5)
+    with pytest.raises(RuntimeError):  # a failing body releases its slot and its caller count
+        with limiter.admit("d"):
+            raise RuntimeError()
+    assert limiter.in_flight() == 0
+    short = CallLimiter(CallLimits(slots=1, waiting=1, per_caller=2, wait=0.1))
+    with short.admit("x"), pytest.raises(Busy, match="no free slot"):
+        with short.admit("y"):
+            pass
+
+
+@pytest.fixture(scope="module")
+def node(digits_tasks, tmp_path_factory):
+    learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
+    learn_task(learner, digits_tasks[0], MethodConfig(name="packnet", packnet=PackNetOptions(0.5, 1)),
+               TrainOptions(epochs=1, batch_size=64))
+    root = tmp_path_factory.mktemp("limits")
+    snap = Snapshot.from_checkpoint(save_checkpoint(root / "ckpt", learner, {}))
+    server, port = bind("127.0.0.1:0", workers=LIMITS.threads + 8)
+    address = f"127.0.0.1:{port}"
+    identity = NodeIdentity("n", address, "image", "packnet", 32, kv_shapes(learner.cfg))
+    events = EventLog("n", root / "n.jsonl", console=None)
+    membership = Membership("n", address, [], 60.0)
+    serve(server, PeerServicer(identity, lambda: snap, membership, events, limiter=CallLimiter(LIMITS)))
+    yield address, snap
+    server.stop(grace=None)
+    events.close()
+
+
+def test_a_probe_over_the_budget_is_refused_naming_it(node):
+    address, _ = node
+    client = PeerClient(address, "rx")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            client.probe_ddv(ProbeSpec(pair_count=512, token_count=1024))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "512 x 1024 x 32" in err.value.details() and str(DEFAULT_PROBE_BUDGET) in err.value.details()
+        assert len(client.probe_ddv(MAX_SPEC).ddv) == 512  # the largest admissible one is answered
+    finally:
+        client.close()
+
+
+def test_half_precision_inline_kv_is_probed_and_huge_values_are_refused(node):
+    address, snap = node
+    client = PeerClient(address, "rx")
+    spec = ProbeSpec(seed=2, pair_count=8, token_count=4, kv_source="inline")
+    try:
+        half = {n: t.to(torch.float16) for n, t in snap.kv.items()}
+        reply = client.probe_ddv(spec, inline_kv=half)
+        expected = ddv(snap.learner, snap.task, {n: t.float() for n, t in half.items()}, spec)
+        assert torch.allclose(torch.tensor(list(reply.ddv)), expected, atol=1e-6)
+        huge = {n: torch.full_like(t, 3e38) for n, t in snap.kv.items()}
+        with pytest.raises(grpc.RpcError) as err:
+            client.probe_ddv(spec, inline_kv=huge)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not finite" in err.value.details()
+    finally:
+        client.close()
+
+
+def _latency(call, stop: threading.Event) -> list[float]:
+    times = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+        time.sleep(0.01)
+    return times
+
+
+def test_health_and_gossip_stay_fast_while_eight_maximum_cost_probes_run(node):
+    address, _ = node
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    gossip = PeerClient(address, "g")
+    clients = [PeerClient(address, f"p{i}", CallPolicy(timeout=60.0, attempts=1)) for i in range(8)]
+    stop = threading.Event()
+    check = lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # noqa: E731
+    peers = pb.PeerList(protocol=PROTOCOL, sender=pb.PeerEntry(node_id="g", address="127.0.0.1:1"))
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            watchers = [pool.submit(_latency, check, stop), pool.submit(_latency, lambda: gossip.exchange_peers(peers), stop)]
+            time.sleep(0.3)
+            probes = [pool.submit(c.probe_ddv, MAX_SPEC) for c in clients]
+            outcomes = []
+            for f in probes:
+                try:
+                    outcomes.append(len(f.result().ddv))
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code())
+            stop.set()
+            health_times, gossip_times = (w.result() for w in watchers)
+    finally:
+        stop.set()
+        for c in [gossip, *clients]:
+            c.close()
+        channel.close()
+    assert outcomes.count(512) == LIMITS.threads  # two running, four waiting: all answered
+    assert outcomes.count(grpc.StatusCode.UNAVAILABLE) == 8 - LIMITS.threads  # the rest refused at once
+    for times in (health_times, gossip_times):
+        assert len(times) >= 5 and sorted(times)[int(0.95 * len(times))] < 0.1, times
+
+
+def test_a_malformed_caller_id_is_refused_before_anything_is_done_or_logged(node, tmp_path):
+    address, _ = node
+    for caller in ("x" * 5000, "bad id", "a/b"):
+        client = PeerClient(address, caller)
+        try:
+            for call in (client.get_info, client.fetch_kv, lambda: client.probe_ddv(ProbeSpec())):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "caller_id" in err.value.details()
+                assert len(err.value.details()) < 300
+        finally:
+            client.close()
+
+
+def test_gossip_with_a_malformed_entry_is_refused_and_nothing_of_it_is_kept(tmp_path):
+    server, port = bind("127.0.0.1:0", workers=4)
+    address = f"127.0.0.1:{port}"
+    membership = Membership("n", address, [], 60.0)
+    events = EventLog("n", tmp_path / "n.jsonl", console=None)
+    serve(server, PeerServicer(NodeIdentity("n", address, "image", "packnet", 32, {}), lambda: None, membership, events))
+    client = PeerClient(address, "g")
+    good = pb.PeerEntry(node_id="g", address="127.0.0.1:9999")
+    try:
+        for bad in (pb.PeerEntry(node_id="x", address="unix:/tmp/s"), pb.PeerEntry(node_id="y" * 100, address="h:1")):
+            with pytest.raises(grpc.RpcError) as err:
+                client.exchange_peers(pb.PeerList(protocol=PROTOCOL, sender=good, peers=[good, bad]))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        many = [pb.PeerEntry(node_id=f"p{i}", address=f"127.0.0.1:{i + 1}") for i in range(2000)]
+        with pytest.raises(grpc.RpcError) as err:
+            client.exchange_peers(pb.PeerList(protocol=PROTOCOL, sender=good, peers=many))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert membership.candidates() == [] and membership.peers() == []  # nothing kept from a refused request
+        reply = client.exchange_peers(pb.PeerList(protocol=PROTOCOL, sender=good, peers=many[:3]))
+        assert list(reply.peers) == []  # claims are not gossiped on: only proven peers are
+        assert membership.peers() == [] and len(membership.candidates()) == 4  # candidates to dial
+    finally:
+        client.close()
+        server.stop(grace=None)
+        events.close()
+
+
+def test_undecodable_bodies_get_invalid_argument_and_handler_failures_reach_the_log(tmp_path):
+    from crossback.node.events import read_events
+
+    log = tmp_path / "n.jsonl"
+    events = EventLog("n", log, console=None)
+    server, port = bind("127.0.0.1:0", workers=4, events=events)
+    address = f"127.0.0.1:{port}"
+
+    def broken_snapshot():
+        raise RuntimeError("the snapshot store is gone")
+
+    serve(server, PeerServicer(NodeIdentity("n", address, "image", "packnet", 32, {}), broken_snapshot,
+                               Membership("n", address, [], 60.0), events))
+    channel = grpc.insecure_channel(address)
+    try:
+        for method in ("GetInfo", "FetchKV", "ExchangePeers"):
+            call = (channel.unary_stream if method == "FetchKV" else channel.unary_unary)(
+                f"/crossback.v1.PeerService/{method}")
+            with pytest.raises(grpc.RpcError) as err:
+                result = call(b"\xff\xff\xff\xff", timeout=5)
+                list(result) if method == "FetchKV" else None
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        client = PeerClient(address, "rx")
+        with pytest.raises(grpc.RpcError) as err:
+            client.get_info()
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        client.close()
+    finally:
+        channel.close()
+        server.stop(grace=None)
+        events.close()
+    (failure,) = [e for e in read_events(log) if e["event"] == "rpc_failed"]
+    assert failure["method"].endswith("GetInfo") and "snapshot store is gone" in failure["traceback"]
