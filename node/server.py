@@ -288,6 +288,10 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: unknown kv_source {s.kv_source}")
         spec = ProbeSpec(seed=s.seed, pair_count=s.pair_count, token_count=s.token_count,
                          perturbation=s.perturbation, kv_source=KV_SOURCE_NAMES[s.kv_source])
+        try:
+            spec.validate()  # each field in its bounds first, then their product against the budget
+        except ProbeSpecError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: {exc}")
         cost = spec.pair_count * spec.token_count * self.identity.token_dim
         if cost > self.probe_budget:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -96,10 +96,13 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
 
 
 def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict[str, Tensor] | None,
-              spec: ProbeSpec, euc_weight: float) -> tuple[tuple[float, float, float], int]:
+              spec: ProbeSpec, euc_weight: float, version: int | None = None) -> tuple[tuple[float, float, float], int]:
     """((cos, euc, score), reply bytes): the local DDV through the peer's K/V (``kv``; None: through
-    our own, for a peer whose K/V cannot run in our model) against the peer's own."""
+    our own, for a peer whose K/V cannot run in our model) against the peer's own. ``version``: the
+    snapshot the K/V came from; the peer's DDV must come from the same one."""
     reply = client.probe_ddv(spec)
+    if version is not None and reply.snapshot_version != version:
+        raise WireError(f"peer answered the probe from snapshot {reply.snapshot_version}, its K/V came from {version}")
     local = ddv(learner, task, learner.extract_kv(task) if kv is None else kv, spec)
     remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
     if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
@@ -178,7 +181,7 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                 kv, version = client.fetch_kv(expected=expected if same else None, min_version=1)
                 kv = kv if same else foreign_kv(kv, cand.peer)
                 (cand.cos, cand.euc, cand.score), reply_bytes = ddv_score(client, learner, task, kv if same else None,
-                                                                          cfg.probe, cfg.euc_weight)
+                                                                          cfg.probe, cfg.euc_weight, version)
                 cand.kv, cand.snapshot_version = kv, version
                 nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
             if borrow in FEATURE_KINDS:  # a teacher's features on our paired items (freqkd)
@@ -189,7 +192,10 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
             elif borrow == "kv" and cand.kv is not None:
                 cand.parts = kv_parts(cand.kv)
             else:
-                received, cand.snapshot_version = client.fetch_payload(borrow, min_version=1)
+                received, version = client.fetch_payload(borrow, min_version=1)
+                if cand.kv is not None and version != cand.snapshot_version:
+                    raise WireError(f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}")
+                cand.snapshot_version = version
                 nbytes += sum(t.numel() * t.element_size() for t in received.values())
                 own = learner.part_shapes(task)
                 fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
