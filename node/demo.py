@@ -193,7 +193,7 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
     payloads: dict[str, int] = defaultdict(int)
     for path in sorted((out / "logs").glob("*.jsonl")):
         for e in read_events(path):
-            if e["event"] == "payload_sent":
+            if e["event"] in ("payload_sent", "payload_summary"):  # gossip is logged as per-interval sums
                 payloads[e["kind"]] += int(e["bytes"])
     compared = [r for r in rows if r["selected"] is not None]
     final = {}

@@ -8,25 +8,41 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-QUIET_ON_CONSOLE = {"payload_sent"}  # frequent; they stay in the JSON log
+QUIET_ON_CONSOLE = {"payload_sent", "payload_summary"}  # frequent; they stay in the JSON log
+DEFAULT_MAX_BYTES = 64 << 20  # a log file this large is rotated to <name>.1 (one old file is kept)
 
 
 class EventLog:
-    def __init__(self, node_id: str, path: Path | None, console: TextIO | None = sys.stderr):
-        self.node_id, self.console = node_id, console
+    """``max_bytes``: past this size the file moves to ``<name>.1`` (replacing an older one) and a new
+    file starts, so a node's log takes at most twice that on disk however long it runs."""
+
+    def __init__(self, node_id: str, path: Path | None, console: TextIO | None = sys.stderr,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        self.node_id, self.console, self.path, self.max_bytes = node_id, console, path, max_bytes
         self._lock = threading.Lock()
         self._file = None
+        self._size = 0
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8", buffering=1)
+            self._size = path.stat().st_size
+
+    def _rotate(self) -> None:
+        self._file.close()
+        self.path.replace(self.path.with_name(self.path.name + ".1"))
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._size = 0
 
     def emit(self, event: str, **fields) -> dict:
         record = {"ts": round(time.time(), 6), "node": self.node_id, "event": event, **fields}
         line = json.dumps(record, default=str)
         with self._lock:
             if self._file is not None:
+                if self._size and self._size + len(line) + 1 > self.max_bytes:
+                    self._rotate()
                 self._file.write(line + "\n")
                 self._file.flush()
+                self._size += len(line.encode()) + 1
             if self.console is not None and event not in QUIET_ON_CONSOLE:
                 stamp = time.strftime("%H:%M:%S", time.localtime(record["ts"]))
                 detail = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
@@ -38,6 +54,38 @@ class EventLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class PayloadTally:
+    """Heartbeat-rate payloads (gossip) as one ``payload_summary`` line per (kind, peer) per ``interval``
+    seconds instead of one ``payload_sent`` line per exchange; every other kind is logged per payload."""
+
+    def __init__(self, emit, kinds: frozenset[str] = frozenset({"membership"}), interval: float = 60.0,
+                 clock=time.monotonic):
+        self.emit, self.kinds, self.interval, self.clock = emit, kinds, interval, clock
+        self._lock = threading.Lock()
+        self._since = clock()
+        self._counts: dict[tuple[str, str], list[int]] = {}
+
+    def __call__(self, kind: str, peer: str, nbytes: int) -> None:
+        peer = peer[:256] or "?"
+        if kind not in self.kinds:
+            self.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
+            return
+        with self._lock:
+            entry = self._counts.setdefault((kind, peer), [0, 0])
+            entry[0] += 1
+            entry[1] += nbytes
+            due = self.clock() - self._since >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            seconds, self._since = self.clock() - self._since, self.clock()
+        for (kind, peer), (count, nbytes) in sorted(counts.items()):
+            self.emit("payload_summary", kind=kind, peer=peer, count=count, bytes=nbytes, seconds=round(seconds, 3))
 
 
 def _short(value) -> str:

@@ -188,7 +188,7 @@ class Node:
                          software=software_version(), seeds=list(s.seed_peers))
         for warning in data_warnings(infos):
             self.events.emit("data_warning", warning=warning)
-        on_payload = lambda kind, peer, nbytes: self.events.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
+        on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
         gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
                                    backoff_max=s.heartbeat_interval / 4)
         gossip_clients = ClientPool(lambda a: PeerClient(a, s.node_id, gossip_policy, on_payload))
@@ -210,6 +210,7 @@ class Node:
             gossip_clients.close()
             self._peer_clients.close()
             server.stop(grace=1.0).wait(5)
+            servicer.payloads.flush()
             self.events.emit("node_stopped")
             self.events.close()
         return 0

@@ -23,7 +23,7 @@ from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
-from .events import EventLog
+from .events import EventLog, PayloadTally
 from .features import FeatureService
 from .limits import Busy, CallLimiter
 from .rpc_guard import RpcGuard
@@ -92,11 +92,12 @@ class NodeIdentity:
 class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
                  events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
-                 probe_budget: int = DEFAULT_PROBE_BUDGET):
+                 probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.outer_grad = outer_grad or OuterGradService()
         self.limiter = limiter or CallLimiter()
         self.probe_budget = probe_budget
+        self.payloads = payloads or PayloadTally(events.emit)  # what this node sends, for its log
         self.features = FeatureService()
 
     # -------------------------------------------------------------- helpers
@@ -133,7 +134,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                           f"{self.identity.node_id} does not serve payload kind {kind!r} (serves {list(self.identity.serve)})")
 
     def _sent(self, kind: str, peer: str, nbytes: int) -> None:
-        self.events.emit("payload_sent", kind=kind, peer=peer[:256] or "?", bytes=nbytes)
+        self.payloads(kind, peer, nbytes)
 
     def _require_version(self, snap: Snapshot, minimum: int, context) -> None:
         if snap.version < minimum:

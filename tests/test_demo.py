@@ -83,7 +83,7 @@ def test_only_declared_payload_kinds_left_any_node(demo):
     out, summary, _ = demo
     kinds = set()
     for log in (out / "logs").glob("*.jsonl"):
-        kinds |= {e["kind"] for e in read_events(log) if e["event"] == "payload_sent"}
+        kinds |= {e["kind"] for e in read_events(log) if e["event"] in ("payload_sent", "payload_summary")}
     assert kinds <= ALLOWED_PAYLOADS, kinds - ALLOWED_PAYLOADS
     assert {"kv", "ddv", "backbone"} <= kinds and set(summary["payloads"]) == kinds
 
