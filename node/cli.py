@@ -274,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--labels", help="names for A and B, comma-separated (default: the folder names)")
     bc.add_argument("--json", type=Path, help="also write the figures here")
     bc.set_defaults(func=_bench_compare)
+    certs = sub.add_parser("certs", help="a swarm CA and node certificates (identity = node id)").add_subparsers(
+        dest="certs", required=True)
+    ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key)")
+    ci.add_argument("dir", type=Path)
+    ci.set_defaults(func=_certs_init)
+    cs = certs.add_parser("issue", help="a certificate for NODE_ID signed by DIR's CA (NODE_ID.pem, NODE_ID.key)")
+    cs.add_argument("dir", type=Path)
+    cs.add_argument("node_id")
+    cs.set_defaults(func=_certs_issue)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.set_defaults(func=_selections)
@@ -285,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=5.0)
         p.set_defaults(func=fn)
     return parser
+
+
+def _certs_init(args) -> int:
+    from .certs import init_ca
+
+    print(f"wrote {init_ca(args.dir)} and its key (keep {args.dir / 'ca.key'} off the nodes)")
+    return 0
+
+
+def _certs_issue(args) -> int:
+    from .certs import issue
+
+    cert, key = issue(args.dir, args.node_id)
+    print(f"wrote {cert} and {key} for node {args.node_id}")
+    return 0
 
 
 def _data_error() -> type[Exception]:

@@ -186,6 +186,8 @@ class Node:
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
+        self.events.emit("unauthenticated", warning="plaintext gRPC without TLS: any process that reaches "
+                         f"{address} can call this node and claim any node id; run it only on a network you trust")
         for warning in data_warnings(infos):
             self.events.emit("data_warning", warning=warning)
         on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
