@@ -5,8 +5,9 @@ Pure bookkeeping (no network): the gossip loop and the server feed it what they 
 *candidate address* to dial. A peer is admitted, or its address changed, only by a direct contact —
 this node dialled the address and the node there answered with that id (``heard_from``). A proven peer
 is *alive* while such contact happened within ``failure_timeout`` seconds, then *dead*; contact again
-re-admits it. Bounds: at most ``max_peers`` proven peers and as many candidates; a candidate that never
-answers is dropped after ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
+re-admits it. Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
+CANDIDATES_PER_ROUND are dialled per round; a candidate that never answers is dropped after
+CANDIDATE_ATTEMPTS dials or ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
 addresses are validated (``.identity``) before anything is stored. Without TLS the proof is only that
 the address answers with the id: a process that controls an address can still claim any id there.
 
@@ -22,6 +23,8 @@ from typing import Callable
 from .identity import valid_peer
 
 DEFAULT_MAX_PEERS = 256
+CANDIDATES_PER_ROUND = 8  # candidate addresses dialled per gossip round, least recently tried first
+CANDIDATE_ATTEMPTS = 3  # a candidate that never answers is dropped after this many dials
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Membership:
         self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
-        self._candidates: dict[str, float] = {}  # address -> when it was first named
+        self._candidates: dict[str, list[float]] = {}  # address -> [first named, last dialled, dials]
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -83,7 +86,7 @@ class Membership:
             if any(p.address == address for p in self._peers.values()):
                 return
             if len(self._candidates) < self.max_peers:
-                self._candidates[address] = self.clock()
+                self._candidates[address] = [self.clock(), -1.0, 0]
 
     def _evict_one_dead(self) -> bool:
         """Make room for a proven newcomer by forgetting the peer dead the longest (lock held)."""
@@ -105,7 +108,8 @@ class Membership:
                 if now - since > self.dead_ttl:
                     del self._peers[node_id], self._dead_since[node_id]
                     evicted.append(node_id)
-            self._candidates = {a: t for a, t in self._candidates.items() if now - t <= self.candidate_ttl}
+            self._candidates = {a: c for a, c in self._candidates.items()
+                                if now - c[0] <= self.candidate_ttl and c[2] < CANDIDATE_ATTEMPTS}
         for node_id in dead:
             self.on_event("peer_dead", peer=node_id, silent_for=round(self.failure_timeout, 3))
         for node_id in evicted:
@@ -114,10 +118,16 @@ class Membership:
 
     def targets(self) -> list[str]:
         """Addresses to contact this round: every proven peer (dead ones too, to notice a return), every
-        candidate, and every seed not yet known."""
+        seed not yet known, and at most CANDIDATES_PER_ROUND candidates, least recently dialled first
+        (so a flood of unanswering addresses cannot stretch a round past the failure timeout)."""
         with self._lock:
-            known = {p.address for p in self._peers.values()} | set(self._candidates)
-            return sorted((known | {s for s in self.seeds if s not in known}) - self._own)
+            known = {p.address for p in self._peers.values()}
+            due = sorted(self._candidates, key=lambda a: (self._candidates[a][1], a))[:CANDIDATES_PER_ROUND]
+            for address in due:
+                self._candidates[address][1] = self.clock()
+                self._candidates[address][2] += 1
+            seeds = {s for s in self.seeds if s not in known}
+            return sorted((known | seeds | set(due)) - self._own)
 
     def peers(self) -> list[Peer]:
         """Proven peers only (what this node gossips on)."""

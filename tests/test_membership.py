@@ -91,3 +91,21 @@ def test_invalid_ids_and_addresses_are_never_stored(node_id, address):
 def test_valid_addresses():
     for address in ("127.0.0.1:50051", "[::1]:1", "node-a.swarm.local:65535", "img-0:50051", "h:1"):
         assert address_problem(address) is None, address
+
+
+def test_a_flood_of_candidates_is_dialled_a_few_per_round_and_dropped_unanswered():
+    from crossback.orchestrator_free.membership import CANDIDATE_ATTEMPTS, CANDIDATES_PER_ROUND
+
+    m, clock, _ = make(max_peers=100)
+    m.heard_from("b", "h:2")
+    for i in range(100):
+        m.learn(f"n{i}", f"h:{1000 + i}")
+    dialled = []
+    for _ in range(100 * CANDIDATE_ATTEMPTS // CANDIDATES_PER_ROUND + 1):
+        round_ = m.targets()
+        assert "h:2" in round_ and len(round_) <= CANDIDATES_PER_ROUND + 1  # the proven peer every round
+        dialled += [a for a in round_ if a != "h:2"]
+        clock.now += 0.01
+        m.check_failures()
+    assert len(set(dialled)) == 100 and m.candidates() == []  # each tried, none answered: all dropped
+    assert max(dialled.count(a) for a in set(dialled)) == CANDIDATE_ATTEMPTS
