@@ -15,6 +15,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from crossback.data.public_set import public_set_for
 from crossback.orchestrator_free.backbone import ExperimentConfig
 from crossback.orchestrator_free.genesis import SwarmSettings
 from crossback.orchestrator_free.selection import SelectionConfig
@@ -23,7 +24,6 @@ from crossback.transfer.registry import TransferConfig, make_strategy
 
 from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config, read_yaml
 from .process import NodeConfig, NodeSettings
-from .train_run import public_set_of
 
 ENV = {
     "node_id": "CROSSBACK_NODE_ID",
@@ -70,7 +70,7 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     settings = dataclasses.replace(sections.pop("node"), **overrides)
     try:
         settings.validate()
-        make_strategy(sections["transfer"], public_set_of(run.data))
+        make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split))
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except ConfigError as exc:

@@ -29,6 +29,7 @@ from crossback.transfer.registry import TransferConfig, make_strategy
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
+from crossback.data.public_set import public_set_for
 from crossback.data.tasks import data_warnings
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
@@ -42,7 +43,7 @@ from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
 from .limits import CallLimiter, CallLimits
 from .server import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
-from .train_run import new_learner, prepare_public, prepare_tasks, public_set_of
+from .train_run import new_learner, prepare_public, prepare_tasks
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ class NodeConfig:
     def genesis(self) -> str:
         return genesis_id(self.swarm.genesis, self.run.model)
 
+    @property
+    def public_set(self) -> str:
+        """The public paired set this node holds out of its tasks ("" for none)."""
+        return public_set_for(self.run.data.source, self.run.data.split)
+
 
 def _is_host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
@@ -174,7 +180,7 @@ class Node:
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, public_set_of(run.data))
+                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, self.cfg.public_set)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
                                 max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout))
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
@@ -251,7 +257,7 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              make_strategy(self.cfg.transfer, public_set_of(self.run_cfg.data)),
+                              make_strategy(self.cfg.transfer, self.cfg.public_set),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
                               self.events.emit, self.cfg.experiment, self.cfg.genesis)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])

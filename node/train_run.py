@@ -9,7 +9,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
-from crossback.data.public_set import public_set_for
 from crossback.data.tasks import build_task, data_warnings, public_items
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData, learn_task
@@ -41,11 +40,6 @@ def prepare_public(cfg: RunConfig):
     if cfg.data.split.public_fraction <= 0:
         return None
     return public_items(load_catalog(cfg.data.source, cfg.data.root), cfg.data.split, cfg.view())
-
-
-def public_set_of(data) -> str:
-    """The public set's name (``crossback.data.public_set``) a node with this ``data:`` section holds out."""
-    return public_set_for(data.source, data.split)
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:

@@ -70,6 +70,14 @@ def start_serving(root: Path, procs: dict, node_id: str, cfg: dict, seeds: list[
     return started[0]["address"]
 
 
+def stop_nodes(procs: dict) -> None:
+    """Ask every node process to stop, then wait for each (they shut down in parallel)."""
+    for proc in procs.values():
+        proc.terminate()
+    for proc in procs.values():
+        proc.wait(timeout=20)
+
+
 def node_events(root: Path, node_id: str, name: str) -> list[dict]:
     """The events called ``name`` in a node's log under ``root``."""
     return [e for e in read_events(root / "logs" / f"{node_id}.jsonl") if e["event"] == name]

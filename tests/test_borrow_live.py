@@ -2,7 +2,7 @@
 skipped, and a donor hands out only the payload kinds its config declares."""
 import pytest
 
-from conftest import node_events, start_node, tiny_node_config, wait_for
+from conftest import node_events, start_node, stop_nodes, tiny_node_config, wait_for
 
 from crossback.orchestrator_free.transport import CallPolicy, PeerClient
 
@@ -35,10 +35,7 @@ def swarm(tmp_path_factory):
         wait_for(lambda: node_events(root, "rx", "serving"), 120, "rx serving", list(procs.values()))
         yield root, addr
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(timeout=20)
+        stop_nodes(procs)
 
 
 def test_the_receiver_borrows_a_backbone_only_from_its_genesis_and_only_where_it_is_served(swarm):

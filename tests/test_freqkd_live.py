@@ -3,7 +3,7 @@ public paired set, then an image node distils from that text peer on the items b
 hashes); only declared payload kinds leave a teacher, and no earlier task moves."""
 import pytest
 
-from conftest import node_events, start_serving, tiny_node_config
+from conftest import node_events, start_serving, stop_nodes, tiny_node_config
 
 EMOJI = [{"name": "t1", "classes": ["animal-mammal", "drink", "tool"]},
          {"name": "t2", "classes": ["sport", "clothing", "time"]}]
@@ -39,10 +39,7 @@ def swarm(tmp_path_factory):
         start_serving(root, procs, "img2", freqkd_config(2, "image", "shared_ids"), [txt])
         yield root
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(timeout=20)
+        stop_nodes(procs)
 
 
 def test_a_text_node_distils_from_an_image_peer_on_the_public_set(swarm):

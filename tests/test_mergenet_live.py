@@ -2,7 +2,7 @@
 K/V shapes), fetches its K/V, generates its own from it; only declared payload kinds move."""
 import pytest
 
-from conftest import node_events, start_serving, tiny_node_config
+from conftest import node_events, start_serving, stop_nodes, tiny_node_config
 
 from crossback.node.selections import render_table, selection_rows
 
@@ -26,10 +26,7 @@ def swarm(tmp_path_factory):
         start_serving(root, procs, "rx", receiver, [addr])
         yield root
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(timeout=20)
+        stop_nodes(procs)
 
 
 def test_a_mergenet_node_learns_from_a_peer_of_another_model_size(swarm):

@@ -3,7 +3,7 @@ image node from a text peer; each source computes its outer-loss gradient on its
 declared payload kinds (the body, the gradient, never an item) leave it."""
 import pytest
 
-from conftest import node_events, start_serving, tiny_node_config
+from conftest import node_events, start_serving, stop_nodes, tiny_node_config
 
 from crossback.proto.v1 import peer_pb2 as pb
 
@@ -39,10 +39,7 @@ def swarm(tmp_path_factory):
         start_serving(root, procs, "img2", mona_config(2, DIGITS), [txt])
         yield root
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            proc.wait(timeout=20)
+        stop_nodes(procs)
 
 
 @pytest.mark.parametrize("receiver,donor,modality", [("txt", "img", "image"), ("img2", "txt", "text")])
