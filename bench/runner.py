@@ -125,7 +125,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
-    clients = ClientPool(lambda a: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
+    clients = ClientPool(lambda a, _expected: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
     records = []
     try:
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
@@ -164,7 +164,7 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
         spec = dataclasses.replace(cfg.selection.probe, seed=seed)
         for c in cands:
             if c.kv is not None and "ddv" in c.scores:
-                (_, _, score), _ = ddv_score(clients.get(c.address), learner, task, c.kv, spec, cfg.selection.euc_weight)
+                (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), learner, task, c.kv, spec, cfg.selection.euc_weight)
                 c.scores[f"ddv@{seed}"] = score
 
 

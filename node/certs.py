@@ -1,9 +1,10 @@
 """A swarm's certificates (``crossback certs``): one CA per swarm, one certificate per node whose
-identity is the node id (subject CN and a DNS subject-alternative name), all written with the
+identity is the node id (subject CN and a DNS subject-alternative name; a second DNS name, the reserved
+``SWARM_NAME``, lets a node check that a seed it knows only by address is a member), all written with the
 ``cryptography`` library — no openssl shell-outs. Keys are ECDSA P-256, written 0600, never overwritten.
 
-    crossback certs init DIR            # DIR/ca.pem, DIR/ca.key
-    crossback certs issue DIR NODE_ID   # DIR/NODE_ID.pem, DIR/NODE_ID.key, signed by DIR's CA
+    crossback certs init DIR [NODE_ID ...]      # DIR/ca.pem, DIR/ca.key (+ each node's, as issue does)
+    crossback certs issue DIR NODE_ID [...]     # DIR/NODE_ID.pem, DIR/NODE_ID.key, signed by DIR's CA
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from crossback.orchestrator_free.identity import node_id_problem
+from crossback.orchestrator_free.identity import SWARM_NAME, node_id_problem
 
 from .errors import ConfigError
 
@@ -83,7 +84,7 @@ def issue(folder: Path, node_id: str, days: int = 825) -> tuple[Path, Path]:
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
             .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(node_id), x509.DNSName(SWARM_NAME)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([EKU.SERVER_AUTH, EKU.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))

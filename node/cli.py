@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -40,17 +41,32 @@ def _node(args: argparse.Namespace) -> int:
 
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
-             "log_dir": args.log_dir}
+             "log_dir": args.log_dir, "tls_dir": args.tls_dir}
     node = Node(load_node_config(args.config, flags), console=sys.stderr)
     install_signal_handlers(node)
     return node.run()
 
 
-def _peers(args: argparse.Namespace) -> int:
+def _cli_client(args: argparse.Namespace):
+    """A client for `peers` / `status`: plaintext, or with --tls-dir the certificate of --as (its id is
+    the caller id every request claims)."""
     from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+
+    policy = CallPolicy(timeout=args.timeout, attempts=2)
+    if not args.tls_dir:
+        return PeerClient(args.target, "crossback-cli", policy)
+    from .tls import TlsSettings, load_tls
+
+    if not args.as_id:
+        raise ConfigError("--tls-dir needs --as NODE_ID (or CROSSBACK_NODE_ID): whose certificate to present")
+    tls = load_tls(TlsSettings(dir=str(args.tls_dir)), args.as_id)
+    return PeerClient(args.target, args.as_id, policy, tls=tls)
+
+
+def _peers(args: argparse.Namespace) -> int:
     from crossback.proto.v1 import peer_pb2 as pb
 
-    client = PeerClient(args.target, "crossback-cli", CallPolicy(timeout=args.timeout, attempts=2))
+    client = _cli_client(args)
     try:
         info = client.get_info()
         view = client.exchange_peers(pb.PeerList(protocol=pb.PROTOCOL_VERSION_1))
@@ -64,9 +80,7 @@ def _peers(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
-
-    client = PeerClient(args.target, "crossback-cli", CallPolicy(timeout=args.timeout, attempts=2))
+    client = _cli_client(args)
     try:
         info = client.get_info()
     finally:
@@ -186,10 +200,16 @@ def _selections(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .health_probe import ProbeError, check
+    from .health_probe import ProbeError, check, tls_context
 
     try:
-        status = check(args.target, "crossback.v1.PeerService", args.timeout)
+        tls = None
+        if args.tls_dir:
+            if not args.as_id:
+                raise ProbeError("INVALID_ARGUMENT", "--tls-dir needs --as NODE_ID (or CROSSBACK_NODE_ID)")
+            folder = Path(args.tls_dir)
+            tls = tls_context(folder / "ca.pem", folder / f"{args.as_id}.pem", folder / f"{args.as_id}.key")
+        status = check(args.target, "crossback.v1.PeerService", args.timeout, tls)
     except ProbeError as exc:
         print(f"crossback health: {args.target}: {exc.code}: {exc.detail}", file=sys.stderr)
         return 3
@@ -226,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     node.add_argument("--state-dir")
     node.add_argument("--log-dir")
+    node.add_argument("--tls-dir", help="serve and dial mutual TLS with the certificates crossback certs wrote here")
     node.set_defaults(func=_node)
     demo = sub.add_parser("demo", help="run a local swarm of node processes on the bundled emoji data")
     demo.add_argument("--out", required=True, type=Path)
@@ -279,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key)")
     ci.add_argument("dir", type=Path)
     ci.set_defaults(func=_certs_init)
+    ci.add_argument("node_ids", nargs="*", metavar="NODE_ID", help="also issue these nodes' certificates")
     cs = certs.add_parser("issue", help="a certificate for NODE_ID signed by DIR's CA (NODE_ID.pem, NODE_ID.key)")
     cs.add_argument("dir", type=Path)
-    cs.add_argument("node_id")
+    cs.add_argument("node_ids", nargs="+", metavar="NODE_ID")
     cs.set_defaults(func=_certs_issue)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
@@ -292,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--target", required=True, help="host:port of the node")
         p.add_argument("--timeout", type=float, default=5.0)
+        p.add_argument("--tls-dir", default=os.environ.get("CROSSBACK_TLS_DIR") or None,
+                       help="a node serving mutual TLS: the certificates folder (default: $CROSSBACK_TLS_DIR)")
+        p.add_argument("--as", dest="as_id", default=os.environ.get("CROSSBACK_NODE_ID") or None,
+                       help="with --tls-dir: the node id whose certificate to present (default: $CROSSBACK_NODE_ID)")
         p.set_defaults(func=fn)
     return parser
 
@@ -299,15 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _certs_init(args) -> int:
     from .certs import init_ca
 
+    _check_node_ids(args.node_ids)
     print(f"wrote {init_ca(args.dir)} and its key (keep {args.dir / 'ca.key'} off the nodes)")
-    return 0
+    return _certs_issue(args)
+
+
+def _check_node_ids(node_ids: list[str]) -> None:
+    """Every id checked before any file is written."""
+    from crossback.orchestrator_free.identity import node_id_problem
+
+    bad = [p for p in map(node_id_problem, node_ids) if p]
+    if bad:
+        raise ConfigError(bad[0])
 
 
 def _certs_issue(args) -> int:
     from .certs import issue
 
-    cert, key = issue(args.dir, args.node_id)
-    print(f"wrote {cert} and {key} for node {args.node_id}")
+    _check_node_ids(args.node_ids)
+    for node_id in args.node_ids:
+        cert, key = issue(args.dir, node_id)
+        print(f"wrote {cert} and {key} for node {node_id}")
     return 0
 
 

@@ -4,13 +4,16 @@
 seconds, sharing the container's CPU quota with training. Importing grpcio costs 0.6-0.8 s there; this
 probe opens one plaintext HTTP/2 connection (prior knowledge, as grpcio's insecure channels do), sends
 one request and reads the one response message, and needs nothing but ``socket`` and ``struct``.
-The node side is grpcio's standard health service, unchanged.
+The node side is grpcio's standard health service, unchanged. A node that serves mutual TLS is
+checked over the standard library's ``ssl`` (ALPN h2, the swarm CA, a node certificate: ``tls_context``).
 """
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
+from pathlib import Path
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
@@ -46,9 +49,23 @@ def literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + string(name) + string(value)
 
 
-def request_headers(authority: str) -> bytes:
-    # 0x83 = :method POST, 0x86 = :scheme http (HPACK static table entries 3 and 6)
-    return b"\x83\x86" + b"".join(literal(n, v) for n, v in (
+SWARM_NAME = "crossback-swarm"  # = orchestrator_free.identity.SWARM_NAME (not imported: it loads nothing)
+
+
+def tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A client context for a node that serves mutual TLS: verify it against the swarm CA, present ``cert``."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeError("INVALID_ARGUMENT", f"TLS files {ca}, {cert}, {key}: {exc}") from None
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def request_headers(authority: str, https: bool = False) -> bytes:
+    # 0x83 = :method POST, 0x86/0x87 = :scheme http/https (HPACK static table entries 3, 6 and 7)
+    return (b"\x83\x87" if https else b"\x83\x86") + b"".join(literal(n, v) for n, v in (
         (b":path", b"/grpc.health.v1.Health/Check"), (b":authority", authority.encode("ascii", "replace")[:100]),
         (b"content-type", b"application/grpc"), (b"te", b"trailers")))
 
@@ -92,20 +109,25 @@ def read_exact(sock: socket.socket, n: int) -> bytes:
     return chunks
 
 
-def check(target: str, service: str, timeout: float) -> str:
-    """The serving status name of ``service`` at ``target``; ProbeError when there is none to report."""
+def check(target: str, service: str, timeout: float, tls: ssl.SSLContext | None = None) -> str:
+    """The serving status name of ``service`` at ``target``; ProbeError when there is none to report.
+    With ``tls`` the connection is TLS, the node's certificate checked as a swarm member's."""
     host, port = split_target(target)
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=SWARM_NAME)
     except socket.timeout:
         raise ProbeError("DEADLINE_EXCEEDED", f"no connection within {timeout} s") from None
+    except ssl.SSLError as exc:
+        raise ProbeError("UNAVAILABLE", f"TLS handshake failed: {exc.reason or exc}") from None
     except OSError as exc:
         raise ProbeError("UNAVAILABLE", f"cannot connect: {exc.strerror or exc}") from None
     with sock:
         try:
             sock.sendall(PREFACE + frame(SETTINGS, 0, 0)
-                         + frame(HEADERS, END_HEADERS, 1, request_headers(target))
+                         + frame(HEADERS, END_HEADERS, 1, request_headers(target, tls is not None))
                          + frame(DATA, END_STREAM, 1, encode_request(service)))
             message = b""
             while True:

@@ -33,6 +33,7 @@ ENV = {
     "device": "CROSSBACK_DEVICE",
     "state_dir": "CROSSBACK_STATE_DIR",
     "log_dir": "CROSSBACK_LOG_DIR",
+    "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
 }
 SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
             "adaptation": AdaptationConfig, "experiment": ExperimentConfig, "swarm": SwarmSettings}
@@ -67,7 +68,11 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     for key, value in (flags or {}).items():
         if value is not None:
             overrides[key] = _split_peers(value) if key == "seed_peers" and isinstance(value, str) else value
-    settings = dataclasses.replace(sections.pop("node"), **overrides)
+    node = sections.pop("node")
+    if overrides.get("tls_dir"):
+        node = dataclasses.replace(node, tls=dataclasses.replace(node.tls, dir=overrides["tls_dir"]))
+    overrides.pop("tls_dir", None)
+    settings = dataclasses.replace(node, **overrides)
     try:
         settings.validate()
         make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split))

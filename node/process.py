@@ -43,6 +43,7 @@ from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
 from .limits import CallLimiter, CallLimits
 from .server import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
+from .tls import TlsSettings, load_tls
 from .train_run import new_learner, prepare_public, prepare_tasks
 
 
@@ -74,6 +75,7 @@ class NodeSettings:
     probe_budget: int = bounded(DEFAULT_PROBE_BUDGET, ge=1, le=1 << 34)
     # the RPCs that cost work (probes, tensor and feature streams) share this bounded pool
     expensive: CallLimits = field(default_factory=CallLimits)
+    tls: TlsSettings = field(default_factory=TlsSettings)  # mutual TLS (node/tls.py); unset: plaintext
 
     def validate(self) -> None:
         """Rules that can only be checked once flags and environment are applied."""
@@ -100,6 +102,7 @@ class NodeSettings:
         for key, value in (("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
             if value is not None and address_problem(value):
                 raise ConfigError(f"node.{key}: {address_problem(value)}")
+        self.tls.validate(self.node_id)
         resolve_device(self.device)
 
 
@@ -172,17 +175,19 @@ class Node:
 
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
-        tasks, infos = prepare_tasks(run)  # bad data fails before the node binds a port
+        tls = load_tls(s.tls, s.node_id)  # bad certificates and bad data fail before the node binds a port
+        tasks, infos = prepare_tasks(run)
         self._public = prepare_public(run) if "public_features" in s.serve else None
         # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
         server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
-                            events=self.events)
+                            events=self.events, tls=tls)
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, self.cfg.public_set)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
-                                max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout))
+                                max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
+                                allow=tls.allow if tls else frozenset())
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
                                 CallLimiter(s.expensive), s.probe_budget)
@@ -192,19 +197,25 @@ class Node:
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
-        self.events.emit("unauthenticated", warning="plaintext gRPC without TLS: any process that reaches "
-                         f"{address} can call this node and claim any node id; run it only on a network you trust")
+        if tls:
+            self.events.emit("tls", identity=tls.node_id, ca=str(s.tls.paths(s.node_id)["ca"]),
+                             allow=sorted(tls.allow) or "every holder of a swarm certificate")
+        else:
+            self.events.emit("unauthenticated", warning="plaintext gRPC without TLS: any process that reaches "
+                             f"{address} can call this node and claim any node id; run it only on a network you "
+                             "trust, or set node.tls (crossback certs)")
         for warning in data_warnings(infos):
             self.events.emit("data_warning", warning=warning)
         on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
         gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
                                    backoff_max=s.heartbeat_interval / 4)
-        gossip_clients = ClientPool(lambda a: PeerClient(a, s.node_id, gossip_policy, on_payload))
+        gossip_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, gossip_policy, on_payload, tls, expected))
         gossip = GossipLoop(membership, gossip_clients, servicer.self_entry, lambda: peer_entries(membership),
                             s.heartbeat_interval)
         gossip.start()
         call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
-        self._peer_clients = ClientPool(lambda a: PeerClient(a, s.node_id, call_policy, on_payload))
+        self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, on_payload, tls,
+                                                                       expected))
         self._membership = membership
         try:
             self._learn(tasks)

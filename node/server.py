@@ -21,6 +21,7 @@ from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
+from crossback.orchestrator_free.tls import TlsMaterial
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
 from .events import EventLog, PayloadTally
@@ -29,6 +30,7 @@ from .limits import Busy, CallLimiter
 from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
 from .snapshot import Snapshot
+from .tls import PeerAuth
 
 SERVICE_NAME = "crossback.v1.PeerService"
 # what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts,
@@ -326,12 +328,14 @@ def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
 
 
 def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
-         events: EventLog | None = None) -> tuple[grpc.Server, int]:
+         events: EventLog | None = None, tls: TlsMaterial | None = None) -> tuple[grpc.Server, int]:
     """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port).
-    With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there."""
+    With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there.
+    With ``tls``, the port speaks mutual TLS only and every call passes ``PeerAuth``."""
+    interceptors = ([RpcGuard(events.emit)] if events else []) + ([PeerAuth(tls)] if tls else [])
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(max_message_bytes),
-                         maximum_concurrent_rpcs=4 * workers, interceptors=[RpcGuard(events.emit)] if events else [])
-    port = server.add_insecure_port(listen)
+                         maximum_concurrent_rpcs=4 * workers, interceptors=interceptors)
+    port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     return server, port

@@ -1,5 +1,9 @@
 """The membership loop: every interval, exchange peer lists with every known peer and seed (in parallel,
-each call under its deadline), then run the failure detector. Runs in its own thread."""
+each call under its deadline), then run the failure detector. Runs in its own thread.
+
+An answer is contact only when the channel proves the id that answered (``PeerClient.proves``); an
+answer that does not (with TLS: a seed dialled before its id was known) names a candidate instead,
+which the next round dials expecting that id."""
 from __future__ import annotations
 
 import threading
@@ -39,13 +43,17 @@ class GossipLoop:
         self.membership.check_failures()
 
     def _exchange(self, address: str, message: pb.PeerList) -> None:
+        client = self.clients.get(address, self.membership.expected_id(address))
         try:
-            reply = self.clients.get(address).exchange_peers(message)
+            reply = client.exchange_peers(message)
         except grpc.RpcError as exc:
             self.on_error(address, exc)
             return
-        if reply.sender.node_id:  # the proof: we dialled this address and this id answered
-            self.membership.heard_from(reply.sender.node_id, address, reply.sender.snapshot_version)
+        sender = reply.sender
+        if sender.node_id and client.proves(sender.node_id):  # we dialled this address and this id answered
+            self.membership.heard_from(sender.node_id, address, sender.snapshot_version)
+        elif sender.node_id:
+            self.membership.learn(sender.node_id, address)
         for entry in list(reply.peers)[:MAX_REPLY_ENTRIES]:
             self.membership.learn(entry.node_id, entry.address)
 

@@ -4,6 +4,9 @@
 - address: ``host:port`` only, no URI scheme (``unix:``, ``dns:``, ``xds:`` ... are refused): an IPv4
   address, a bracketed IPv6 address or an ASCII host name (RFC 1123 labels, at most 253 characters),
   and a port in 1-65535.
+
+``SWARM_NAME`` is reserved: every node certificate names it beside the node id (``crossback certs``), so
+a node can dial a seed whose id it does not know yet and still check that a swarm member answers.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import re
 MAX_NODE_ID = 64
 MAX_ADDRESS = 262  # a 253-character host name, brackets, a colon, five digits
 NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SWARM_NAME = "crossback-swarm"  # reserved: not a node id
 LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -22,6 +26,8 @@ def node_id_problem(node_id: str) -> str | None:
         shown = (node_id or "")[:MAX_NODE_ID]
         return (f"node id {shown!r}{'...' if len(node_id or '') > MAX_NODE_ID else ''} is not 1-{MAX_NODE_ID} "
                 "characters of letters, digits, '.', '_' or '-' starting with a letter or digit")
+    if node_id == SWARM_NAME:
+        return f"node id {SWARM_NAME!r} is reserved (every node certificate names it)"
     return None
 
 

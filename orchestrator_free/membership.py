@@ -10,6 +10,9 @@ CANDIDATES_PER_ROUND are dialled per round; a candidate that never answers is dr
 CANDIDATE_ATTEMPTS dials or ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
 addresses are validated (``.identity``) before anything is stored. Without TLS the proof is only that
 the address answers with the id: a process that controls an address can still claim any id there.
+With TLS the gossip loop dials each address expecting an id (``expected_id``: the proven peer's, else
+the id the candidate was named with, else none for a bare seed) and only a handshake against that id's
+certificate counts as contact; ``allow`` (non-empty) admits only those ids, as peers or as candidates.
 
 ``on_event(name, **fields)`` reports ``peer_joined``, ``peer_dead``, ``peer_returned``, ``peer_evicted``.
 """
@@ -40,22 +43,26 @@ class Peer:
 class Membership:
     def __init__(self, node_id: str, address: str, seeds: list[str], failure_timeout: float,
                  on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic,
-                 max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None):
+                 max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None,
+                 allow: frozenset[str] = frozenset()):
         self.node_id, self.address = node_id, address
         self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, clock
-        self.max_peers = max_peers
+        self.max_peers, self.allow = max_peers, frozenset(allow)
         self.candidate_ttl = 3 * failure_timeout if candidate_ttl is None else candidate_ttl
         self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
-        self._candidates: dict[str, list[float]] = {}  # address -> [first named, last dialled, dials]
+        self._candidates: dict[str, list] = {}  # address -> [first named, last dialled, dials, claimed id]
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    def _admits(self, node_id: str, address: str) -> bool:
+        return valid_peer(node_id, address) and (not self.allow or node_id in self.allow or node_id == self.node_id)
+
     def heard_from(self, node_id: str, address: str, snapshot_version: int = 0) -> None:
         """A direct, successful exchange: this node dialled ``address`` and ``node_id`` answered."""
-        if not valid_peer(node_id, address):
+        if not self._admits(node_id, address):
             return
         with self._lock:
             self._candidates.pop(address, None)
@@ -78,7 +85,7 @@ class Membership:
 
     def learn(self, node_id: str, address: str) -> None:
         """A peer named in a request or in someone's gossip: at most a candidate address to dial."""
-        if not valid_peer(node_id, address):
+        if not self._admits(node_id, address):
             return
         with self._lock:
             if node_id == self.node_id or address in self._own or address in self._candidates:
@@ -86,7 +93,7 @@ class Membership:
             if any(p.address == address for p in self._peers.values()):
                 return
             if len(self._candidates) < self.max_peers:
-                self._candidates[address] = [self.clock(), -1.0, 0]
+                self._candidates[address] = [self.clock(), -1.0, 0, node_id]
 
     def _evict_one_dead(self) -> bool:
         """Make room for a proven newcomer by forgetting the peer dead the longest (lock held)."""
@@ -128,6 +135,16 @@ class Membership:
                 self._candidates[address][2] += 1
             seeds = {s for s in self.seeds if s not in known}
             return sorted((known | seeds | set(due)) - self._own)
+
+    def expected_id(self, address: str) -> str | None:
+        """The node id this node expects to answer at ``address``: a proven peer's, else the id a
+        candidate was named with, else None (a seed known only by its address)."""
+        with self._lock:
+            for peer in self._peers.values():
+                if peer.address == address:
+                    return peer.node_id
+            candidate = self._candidates.get(address)
+            return candidate[3] if candidate else None
 
     def peers(self) -> list[Peer]:
         """Proven peers only (what this node gossips on)."""

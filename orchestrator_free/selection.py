@@ -229,7 +229,7 @@ def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str
     if not cands:
         return []
     pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
-    futures = {pool.submit(_probe_one, clients.get(c.address), c, learner, task, expected, cfg, borrow, genesis,
+    futures = {pool.submit(_probe_one, clients.get(c.address, c.peer), c, learner, task, expected, cfg, borrow, genesis,
                            any_shape, needs, pairs): c for c in cands}
     _, late = wait(futures, timeout=cfg.deadline)
     for f in late:
@@ -302,7 +302,7 @@ def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[
     if cand is None or strategy.extra is None:
         return cand.parts if cand else None
     try:
-        return fetch_extra(clients.get(cand.address), cand, strategy, own)
+        return fetch_extra(clients.get(cand.address, cand.peer), cand, strategy, own)
     except grpc.RpcError as exc:
         cand.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
     except (WireError, ValueError) as exc:

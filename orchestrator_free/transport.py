@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -10,6 +11,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
+
+from .tls import TlsMaterial, open_channel
 
 if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/status` must not load it
     from .ddv import ProbeSpec
@@ -36,14 +39,26 @@ def _transient(exc: BaseException) -> bool:
 
 
 class PeerClient:
-    """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends."""
+    """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends.
+    With ``tls`` the channel is mTLS and its handshake checks that the peer's certificate names
+    ``expected_id`` (None: any swarm member), see ``.tls``."""
 
     def __init__(self, address: str, caller_id: str, policy: CallPolicy = CallPolicy(),
-                 on_payload: Callable[[str, str, int], None] | None = None):
+                 on_payload: Callable[[str, str, int], None] | None = None, tls: TlsMaterial | None = None,
+                 expected_id: str | None = None):
         self.address, self.caller_id, self.policy = address, caller_id, policy
+        self.tls, self.expected_id = tls, expected_id
         self.on_payload = on_payload or (lambda kind, peer, nbytes: None)
-        self._channel = grpc.insecure_channel(address, options=channel_options())
+        self._channel = open_channel(address, channel_options(), tls, expected_id)
         self._stub = pb_grpc.PeerServiceStub(self._channel)
+
+    def proves(self, node_id: str) -> bool:
+        """Whether an answer from this channel proves that ``node_id`` is at its address. Plaintext: the
+        address answered with the id, which is all it can show. TLS: the handshake checked the
+        certificate against exactly that id, and the id is admitted."""
+        if self.tls is None:
+            return True
+        return node_id == self.expected_id and self.tls.permits(node_id)
 
     def close(self) -> None:
         self._channel.close()
@@ -191,16 +206,28 @@ class PeerClient:
 
 
 class ClientPool:
-    """One client per peer address, created on demand, closed together."""
+    """One client per (peer address, the node id expected there), created on demand, closed together.
+    ``factory(address, expected_id)``; the expected id matters only to TLS channels (``PeerClient``).
+    At most ``max_clients`` are kept: the least recently used is closed to make room (gossip names
+    addresses that come and go)."""
 
-    def __init__(self, factory: Callable[[str], PeerClient]):
-        self._factory, self._clients, self._lock = factory, {}, threading.Lock()
+    def __init__(self, factory: Callable[[str, str | None], PeerClient], max_clients: int = 512):
+        self._factory, self._max, self._lock = factory, max_clients, threading.Lock()
+        self._clients: OrderedDict[tuple[str, str | None], PeerClient] = OrderedDict()
 
-    def get(self, address: str) -> PeerClient:
+    def get(self, address: str, expected_id: str | None = None) -> PeerClient:
         with self._lock:
-            if address not in self._clients:
-                self._clients[address] = self._factory(address)
-            return self._clients[address]
+            key = (address, expected_id)
+            if key in self._clients:
+                self._clients.move_to_end(key)
+                return self._clients[key]
+            while len(self._clients) >= self._max:
+                self._clients.popitem(last=False)[1].close()
+            client = self._clients[key] = self._factory(address, expected_id)
+            return client
+
+    def __len__(self) -> int:
+        return len(self._clients)
 
     def close(self) -> None:
         with self._lock:

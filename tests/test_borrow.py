@@ -164,7 +164,7 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
               _serve(_snapshot(peer, tmp_path, "kvonly"), "kvonly", ("kv", "ddv"), mine, tmp_path),
               _serve(_snapshot(other, tmp_path, "alien"), "alien", ("kv", "ddv", "backbone"), genesis_id(12, tiny_config()),
                      tmp_path)]
-    clients = ClientPool(lambda a: PeerClient(a, "local"))
+    clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
     try:
         peers = [(name, address) for name, (_, address, _) in zip(("full", "kvonly", "alien"), served)]
         cands = {c.peer: c for c in probe_candidates(local, 1, peers, clients, SELECT, kv_shapes(local.cfg),
@@ -186,7 +186,7 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
     b = ContinualLearner.from_tensors(base.metadata(), base.shared_tensors(), [base.task_tensors(i) for i in range(2)])
     mine = genesis_id(11, tiny_config())
     with serve_snapshots({"A": _snapshot(a, tmp_path, "A")}, tmp_path / "logs-a") as addresses:
-        clients = ClientPool(lambda x: PeerClient(x, "B"))
+        clients = ClientPool(lambda x, _expected: PeerClient(x, "B"))
         (cand,) = probe_candidates(b, 1, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "backbone", mine)
         clients.close()
     CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.parts, AdaptOptions(1, OPTS), torch.Generator())
@@ -194,7 +194,7 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
     snap_b = _snapshot(b, tmp_path, "B")
     assert set(snap_b.origins().values()) == {"A"}
     with serve_snapshots({"B": snap_b}, tmp_path / "logs-b") as addresses:
-        clients = ClientPool(lambda x: PeerClient(x, "C"))
+        clients = ClientPool(lambda x, _expected: PeerClient(x, "C"))
         (via_b,) = probe_candidates(b, 0, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "backbone", mine)
         (kv_b,) = probe_candidates(b, 0, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "kv", mine)
         clients.close()

@@ -134,3 +134,22 @@ def test_the_image_is_built_without_its_build_inputs():
     assert not re.search(r"^COPY wheels", final_stage, flags=re.M)  # the 190 MB torch wheel stays in the build stage
     assert "COPY --from=build /opt/crossback /opt/crossback" in final_stage
     assert re.search(r"^ARG TORCH_SOURCE=https://download.pytorch.org/whl/cpu$", dockerfile, flags=re.M)
+
+
+@needs_compose
+def test_tls_override_gives_each_node_its_own_certificate_and_never_the_ca_key(tmp_path):
+    from crossback.node.cli import main
+
+    certs = tmp_path / "certs"
+    proc = compose(["docker-compose.yml", "docker-compose.tls.yml"], "config", "--format", "json",
+                   env={"CROSSBACK_CERTS": str(certs)})
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    assert main(["certs", "init", str(certs), *services]) == 0  # the override's one-line command
+    for name, service in services.items():
+        env = service["environment"]
+        assert env["CROSSBACK_TLS_DIR"] == "/certs" and env["CROSSBACK_NODE_ID"] == name
+        mounts = {v["target"]: v["source"] for v in service["volumes"] if v["target"].startswith("/certs")}
+        assert mounts == {f"/certs/{f}": str(certs / f) for f in ("ca.pem", f"{name}.pem", f"{name}.key")}, name
+        assert all(Path(source).is_file() for source in mounts.values())
+        assert all(v["read_only"] for v in service["volumes"] if v["target"].startswith("/certs"))

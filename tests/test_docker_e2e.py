@@ -1,6 +1,7 @@
 """The README's container deployments on a real Docker engine: `docker compose up` and `docker stack deploy`.
 
-Each builds nothing of its own: one image is built from a local torch wheel when this machine has one (the
+Compose runs with the mutual-TLS override (docker-compose.tls.yml, certificates from `crossback certs`),
+stack deploy with the plain file. Each builds nothing of its own: one image is built from a local torch wheel when this machine has one (the
 documented TORCH_SOURCE build argument), otherwise from PyTorch's index. Then, for compose and for a one-node
 Swarm: four services turn healthy and stay healthy while they train, every node finishes its tasks, some
 node borrows across containers from the other modality, a SIGKILLed node process is brought back by the
@@ -114,10 +115,16 @@ def exercise(list_containers, what: str) -> None:
     assert not retrained, f"{what}: the restarted node retrained {retrained}"
 
 
-def test_docker_compose_up(image):
+def test_docker_compose_up_with_mutual_tls(image, tmp_path):
+    from crossback.node.cli import main
+
     project = f"cbe2e-{RUN_ID}"
     label = f"com.docker.compose.project={project}"
-    compose = lambda *args, **kw: run(COMPOSE, "-p", project, *args, env=image, **kw)  # noqa: E731
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", str(certs), *SERVICES]) == 0
+    env = {**image, "CROSSBACK_CERTS": str(certs)}
+    files = ("-f", "docker-compose.yml", "-f", "docker-compose.tls.yml")
+    compose = lambda *args, **kw: run(COMPOSE, "-p", project, *files, *args, env=env, **kw)  # noqa: E731
 
     def running() -> dict[str, dict]:
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers(label) if c["State"]["Running"]}
@@ -125,7 +132,15 @@ def test_docker_compose_up(image):
     try:
         compose("up", "-d", "--no-build", timeout=600)
         exercise(running, "docker compose")
-        assert running()["img-0"]["RestartCount"] >= 1  # the restart policy, not a new container, brought it back
+        current = running()
+        assert current["img-0"]["RestartCount"] >= 1  # the restart policy, not a new container, brought it back
+        for node in SERVICES:
+            events = {e["event"] for e in read_events(current["img-0"]["Id"], node)}
+            assert "tls" in events and "unauthenticated" not in events, node
+        # the same health check without the certificates: plaintext against an mTLS node gets nowhere
+        plain = docker("exec", "-e", "CROSSBACK_TLS_DIR=", current["txt-0"]["Id"], "crossback", "health",
+                       "--target", "127.0.0.1:50051", check=False)
+        assert plain.returncode == 3, plain
     finally:
         compose("down", "-v", "--timeout", "20", timeout=300, check=False)
     assert leftovers(label) == {"containers": [], "volumes": [], "networks": []}

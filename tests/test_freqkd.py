@@ -148,7 +148,7 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
                             ("kv", "ddv", "backbone"), public_set=PUBLIC)
     events = EventLog("private", tmp_path / "private.jsonl", console=None)
     serve(server, PeerServicer(identity, lambda: teacher, Membership("private", address, [], 60.0), events))
-    pool = ClientPool(lambda a: PeerClient(a, "student"))
+    pool = ClientPool(lambda a, _expected: PeerClient(a, "student"))
     try:
         for kind, kw in (("public_features", {"keys": ["emoji-0001"], "public_set": PUBLIC}),
                          ("features", {"hashes": [], "salt": b"s" * 16})):
@@ -171,7 +171,7 @@ def _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B"):
     """An image student that learned A then ``task_name``, and its probed candidate (the text teacher)."""
     student = learner_for("image", [tasks["image", "A"], tasks["image", task_name]], seed=7)
     data = tasks["image", task_name]
-    pool = ClientPool(lambda a: PeerClient(a, "student"))
+    pool = ClientPool(lambda a, _expected: PeerClient(a, "student"))
     with serve_snapshots({"teacher": teacher}, tmp_path / "logs", {"teacher": PUBLIC}) as addresses:
         try:
             (cand,) = probe_candidates(student, 1, [("teacher", addresses["teacher"])], pool,

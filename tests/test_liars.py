@@ -94,7 +94,7 @@ def swarm(digits_tasks, tmp_path_factory):
 def test_every_lie_is_refused_with_its_reason_and_the_honest_peer_is_chosen(swarm, digits_tasks):
     receiver = ContinualLearner(tiny_config(), "image", "packnet", seed=2)
     learn_task(receiver, digits_tasks[1], PACKNET, OPTS)
-    pool = ClientPool(lambda a: PeerClient(a, "rx", CallPolicy(timeout=1.0, attempts=1)))
+    pool = ClientPool(lambda a, _expected: PeerClient(a, "rx", CallPolicy(timeout=1.0, attempts=1)))
     cfg = SelectionConfig(score="ddv", deadline=10.0)
     started = time.monotonic()
     try:

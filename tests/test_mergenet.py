@@ -133,7 +133,7 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
     local, donor = two_sizes
     snap = Snapshot.from_checkpoint(save_checkpoint(tmp_path / "donor", donor, {}))
     with serve_snapshots({"wide": snap}, tmp_path / "logs") as addresses:
-        clients = ClientPool(lambda a: PeerClient(a, "local"))
+        clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
             (plain,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg), "kv")
             (merge,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg), "kv",
@@ -157,7 +157,7 @@ def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks,
     learn_task(donor, digits_tasks[2], PACKNET, OPTS)
     snap = Snapshot.from_checkpoint(save_checkpoint(tmp_path / "donor", donor, {}))
     with serve_snapshots({"big": snap}, tmp_path / "logs") as addresses:
-        clients = ClientPool(lambda a: PeerClient(a, "local"))
+        clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
             (cand,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
                                        "latents", any_shape=True)

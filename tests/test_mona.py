@@ -223,7 +223,7 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
     serve(server, PeerServicer(identity, lambda: snap, Membership("private", address, [], 60.0), events,
                                OuterGradService(2, 16)))
     client = PeerClient(address, "rx")
-    pool = ClientPool(lambda a: PeerClient(a, "rx"))
+    pool = ClientPool(lambda a, _expected: PeerClient(a, "rx"))
     try:
         with pytest.raises(grpc.RpcError) as err:
             client.fetch_outer_grad()
