@@ -176,6 +176,33 @@ def test_plaintext_and_tls_never_meet(pki, node_a, tmp_path):
         stop()
 
 
+def test_garbage_before_the_handshake_is_dropped_and_the_node_keeps_serving(pki, node_a):
+    """What a process without a certificate can still send: bytes to the TLS port (random, a plaintext
+    HTTP/2 preface, a truncated ClientHello). Each connection is closed; Health answers throughout."""
+    import random
+    import socket
+
+    address, _ = node_a
+    host, port = address.rsplit(":", 1)
+    rng = random.Random(0)
+    blobs = [rng.randbytes(rng.randint(1, 4096)) for _ in range(100)]
+    blobs += [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + rng.randbytes(64), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"]
+    swarm = pki / "swarm"
+    context = tls_context(swarm / "ca.pem", swarm / "b.pem", swarm / "b.key")
+    for i, blob in enumerate(blobs):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(blob)
+            sock.settimeout(1)
+            try:
+                while sock.recv(4096):  # whatever the TLS layer answers (an alert), then the close
+                    pass
+            except (ConnectionResetError, TimeoutError):
+                pass
+        if i % 25 == 0:
+            assert check(address, SERVICE, 3.0, context) == "SERVING"
+    assert check(address, SERVICE, 3.0, context) == "SERVING"
+
+
 def test_the_allow_list_refuses_other_members(pki, tmp_path):
     address, _, stop = start_node(tmp_path, "a", material(pki, "a", allow=["b"]))
     try:
