@@ -20,7 +20,7 @@ from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
 from crossback.models.bounds import bounded, check_bounds
 from crossback.orchestrator_free.backbone import ExperimentConfig, transfer_step
-from crossback.orchestrator_free.gossip import GossipLoop
+from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, DEFAULT_FANOUT, DEFAULT_INDIRECT, GossipLoop
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.selection import SelectionConfig
 from crossback.transfer.base import AdaptationConfig, AdaptOptions
@@ -71,6 +71,10 @@ class NodeSettings:
     # proven peers this node keeps (and as many candidate addresses); a peer dead this long is forgotten
     max_peers: int = bounded(DEFAULT_MAX_PEERS, ge=1, le=100_000)
     dead_peer_ttl: float = bounded(60.0, gt=0.0, le=86_400.0)
+    # per gossip round: proven peers probed (0: every peer), entries per message, indirect-probe helpers
+    gossip_fanout: int = bounded(DEFAULT_FANOUT, ge=0, le=100_000)
+    gossip_entries: int = bounded(DEFAULT_ENTRIES, ge=1, le=1024)
+    indirect_probes: int = bounded(DEFAULT_INDIRECT, ge=0, le=16)
     # ProbeDDV refuses a spec whose pair_count x token_count x C exceeds this
     probe_budget: int = bounded(DEFAULT_PROBE_BUDGET, ge=1, le=1 << 34)
     # the RPCs that cost work (probes, tensor and feature streams) share this bounded pool
@@ -187,10 +191,10 @@ class Node:
                                 kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, self.cfg.public_set)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
                                 max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
-                                allow=tls.allow if tls else frozenset())
+                                allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
-                                CallLimiter(s.expensive), s.probe_budget)
+                                CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries)
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
                          pid=os.getpid(),
@@ -211,7 +215,8 @@ class Node:
                                    backoff_max=s.heartbeat_interval / 4)
         gossip_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, gossip_policy, on_payload, tls, expected))
         gossip = GossipLoop(membership, gossip_clients, servicer.self_entry, lambda: peer_entries(membership),
-                            s.heartbeat_interval)
+                            s.heartbeat_interval, entries=s.gossip_entries, indirect=s.indirect_probes, seed=run.seed)
+        servicer.probe_peer = gossip.probe_for
         gossip.start()
         call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
         self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, on_payload, tls,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv
+from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, sample_entries
 from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS, Membership
 from crossback.orchestrator_free.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
 from crossback.orchestrator_free.wire import WireError, decode, encode_all
@@ -26,7 +28,7 @@ from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_
 
 from .events import EventLog, PayloadTally
 from .features import FeatureService
-from .limits import Busy, CallLimiter
+from .limits import Busy, CallLimiter, CallLimits
 from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
 from .snapshot import Snapshot
@@ -94,8 +96,13 @@ class NodeIdentity:
 class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
                  events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
-                 probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None):
+                 probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None,
+                 gossip_entries: int = DEFAULT_ENTRIES):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
+        self.gossip_entries, self._rng = gossip_entries, random.Random(identity.node_id)
+        # ProbePeer: set to the gossip loop's probe_for once it exists; a few at a time, one per caller
+        self.probe_peer: Callable[[str], tuple[bool, int]] | None = None
+        self.probe_limiter = CallLimiter(CallLimits(slots=2, waiting=2, per_caller=1, wait=2.0))
         self.outer_grad = outer_grad or OuterGradService()
         self.limiter = limiter or CallLimiter()
         self.probe_budget = probe_budget
@@ -178,8 +185,31 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                               f"{'sender' if i == 0 and sender.node_id else 'peer entry'}: {problem}")
         for entry in entries:  # claims, not proof: candidates this node will dial itself
             self.membership.learn(entry.node_id, entry.address)
-        reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=peer_entries(self.membership))
+            if not entry.alive:
+                self.membership.rumour(entry.node_id)
+        view = peer_entries(self.membership)
+        if sender.node_id:  # gossip gets a bounded sample; a bare request (crossback peers) the whole view
+            view = sample_entries(view, self.gossip_entries, self._rng)
+        reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=view)
         self._sent("membership", sender.node_id, reply.ByteSize())
+        return reply
+
+    def ProbePeer(self, request, context):
+        self._check_request(request, context)
+        problem = node_id_problem(request.node_id)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node_id: {problem}")
+        if self.probe_peer is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} does not probe for peers")
+        try:
+            with self.probe_limiter.admit(request.caller_id[:64]):
+                reachable, version = self.probe_peer(request.node_id)
+        except Busy as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+        except KeyError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} holds no address for {request.node_id!r}")
+        reply = pb.PeerProbeReply(reachable=reachable, snapshot_version=version)
+        self._sent("membership", request.caller_id, reply.ByteSize())
         return reply
 
     @expensive

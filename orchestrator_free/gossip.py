@@ -1,11 +1,17 @@
-"""The membership loop: every interval, exchange peer lists with every known peer and seed (in parallel,
-each call under its deadline), then run the failure detector. Runs in its own thread.
+"""The membership loop. Every interval: exchange a bounded sample of this node's view with the peers
+``Membership.targets`` names (in parallel, each call under its deadline); for a proven peer that did not
+answer, ask up to ``indirect`` other peers to probe it (``ProbePeer``) before calling it a failed probe;
+then expire what the view no longer needs. Runs in its own thread.
 
+Per node and round that is at most ``fanout`` + suspects + seeds + a few candidates exchanges, each
+carrying at most ``entries`` peer entries, so membership traffic per node does not grow with the swarm.
 An answer is contact only when the channel proves the id that answered (``PeerClient.proves``); an
 answer that does not (with TLS: a seed dialled before its id was known) names a candidate instead,
-which the next round dials expecting that id."""
+which the next round dials expecting that id. An entry that says a peer is dead is a rumour: it only
+makes this node probe that peer itself next round."""
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -15,18 +21,30 @@ import grpc
 from crossback.proto.v1 import peer_pb2 as pb
 
 from .membership import DEFAULT_MAX_PEERS, Membership
+from .transport import PROTOCOL, ClientPool
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
-from .transport import PROTOCOL, ClientPool
+DEFAULT_FANOUT = 3  # proven peers probed per round (besides suspects, seeds and candidates)
+DEFAULT_ENTRIES = 16  # peer entries per gossip message
+DEFAULT_INDIRECT = 3  # helpers asked to probe a peer that did not answer us
+
+
+def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:
+    return entries if len(entries) <= k else rng.sample(entries, k)
 
 
 class GossipLoop:
     def __init__(self, membership: Membership, clients: ClientPool, self_entry: Callable[[], pb.PeerEntry],
-                 peer_entries: Callable[[], list[pb.PeerEntry]], interval: float, on_error=lambda *a: None):
+                 peer_entries: Callable[[], list[pb.PeerEntry]], interval: float, on_error=lambda *a: None,
+                 entries: int = DEFAULT_ENTRIES, indirect: int = DEFAULT_INDIRECT, seed: int = 0):
         self.membership, self.clients = membership, clients
         self.self_entry, self.peer_entries, self.interval, self.on_error = self_entry, peer_entries, interval, on_error
+        self.entries, self.indirect = entries, indirect
+        self._rng = random.Random(f"{membership.node_id}/{seed}")
+        self._rng_lock = threading.Lock()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gossip")
+        self._helpers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gossip-indirect")
         self._thread = threading.Thread(target=self._run, name="gossip", daemon=True)
 
     def start(self) -> None:
@@ -36,19 +54,31 @@ class GossipLoop:
         self._stop.set()
         self._thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._helpers.shutdown(wait=False, cancel_futures=True)
+
+    def message(self) -> pb.PeerList:
+        """This node's entry and a random sample of at most ``entries`` of its proven peers."""
+        with self._rng_lock:
+            peers = sample_entries(self.peer_entries(), self.entries, self._rng)
+        return pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=peers)
 
     def round(self) -> None:
-        message = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=self.peer_entries())
-        list(self._pool.map(lambda address: self._exchange(address, message), self.membership.targets()))
+        message = self.message()
+        targets = self.membership.targets()
+        answered = list(self._pool.map(lambda address: self._exchange(address, message), targets))
+        failed = [self.membership.peer_at(a) for a, ok in zip(targets, answered) if not ok]
+        for node_id in filter(None, failed):
+            self._indirect_or_failed(node_id)
         self.membership.check_failures()
 
-    def _exchange(self, address: str, message: pb.PeerList) -> None:
-        client = self.clients.get(address, self.membership.expected_id(address))
+    def _exchange(self, address: str, message: pb.PeerList) -> bool:
+        expected = self.membership.expected_id(address)
+        client = self.clients.get(address, expected)
         try:
             reply = client.exchange_peers(message)
         except grpc.RpcError as exc:
             self.on_error(address, exc)
-            return
+            return False
         sender = reply.sender
         if sender.node_id and client.proves(sender.node_id):  # we dialled this address and this id answered
             self.membership.heard_from(sender.node_id, address, sender.snapshot_version)
@@ -56,6 +86,44 @@ class GossipLoop:
             self.membership.learn(sender.node_id, address)
         for entry in list(reply.peers)[:MAX_REPLY_ENTRIES]:
             self.membership.learn(entry.node_id, entry.address)
+            if not entry.alive:
+                self.membership.rumour(entry.node_id)
+        return bool(sender.node_id) and sender.node_id == expected if expected else bool(sender.node_id)
+
+    def _indirect_or_failed(self, node_id: str) -> None:
+        """SWIM's indirect probe: helpers dial ``node_id`` at their own address for it; any answer keeps it."""
+        with self._rng_lock:
+            helpers = self.membership.helpers(node_id, self.indirect, self._rng)
+
+        def ask(helper) -> int | None:
+            try:
+                reply = self.clients.get(helper.address, helper.node_id).probe_peer(node_id)
+            except grpc.RpcError as exc:
+                self.on_error(helper.address, exc)
+                return None
+            return reply.snapshot_version if reply.reachable else None
+
+        versions = [v for v in self._helpers.map(ask, helpers) if v is not None] if helpers else []
+        if versions:
+            self.membership.heard_indirectly(node_id, max(versions))
+        else:
+            self.membership.probe_failed(node_id)
+
+    def probe_for(self, node_id: str) -> tuple[bool, int]:
+        """Probe a proven peer on a caller's behalf (the ProbePeer RPC): at the address *we* hold for it,
+        never one the caller names. (reachable, its snapshot version); KeyError if we hold none."""
+        address = self.membership.address_of(node_id)
+        if address is None:
+            raise KeyError(node_id)
+        client = self.clients.get(address, node_id)
+        try:
+            reply = client.exchange_peers(self.message())
+        except grpc.RpcError:
+            return False, 0
+        if reply.sender.node_id != node_id or not client.proves(node_id):
+            return False, 0
+        self.membership.heard_from(node_id, address, reply.sender.snapshot_version)
+        return True, int(reply.sender.snapshot_version)
 
     def _run(self) -> None:
         while not self._stop.is_set():

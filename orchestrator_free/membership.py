@@ -1,11 +1,19 @@
-"""Who is in the swarm: seed addresses, gossiped candidates, proven peers and a timeout failure detector.
+"""Who is in the swarm: seed addresses, gossiped candidates, proven peers and a SWIM-like failure detector.
 
 Pure bookkeeping (no network): the gossip loop and the server feed it what they hear. Nothing anyone
 *says* makes a peer: a node id or address named in a request or in someone's gossip is only a
 *candidate address* to dial. A peer is admitted, or its address changed, only by a direct contact —
-this node dialled the address and the node there answered with that id (``heard_from``). A proven peer
-is *alive* while such contact happened within ``failure_timeout`` seconds, then *dead*; contact again
-re-admits it. Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
+this node dialled the address and the node there answered with that id (``heard_from``).
+
+Failure detection does not need every node to contact every other each round. Each round the loop
+probes ``fanout`` proven peers, least recently probed first (so each is probed every ⌈peers/fanout⌉
+rounds), plus every *suspect*: a peer whose last probe failed directly and through ``indirect`` helper
+peers (``probe_failed``). A suspect answering again is alive (``heard_from``, ``heard_indirectly``); one
+that stays unreachable for ``failure_timeout`` seconds of probing is *dead*. Gossip that names a peer
+dead (``rumour``) only moves it to the front of this node's own probe queue: hearsay never kills.
+``fanout=None`` probes every peer every round. Dead peers stay in the rotation (a return is noticed).
+
+Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
 CANDIDATES_PER_ROUND are dialled per round; a candidate that never answers is dropped after
 CANDIDATE_ATTEMPTS dials or ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
 addresses are validated (``.identity``) before anything is stored. Without TLS the proof is only that
@@ -38,16 +46,18 @@ class Peer:
     last_seen: float | None = None  # monotonic time of the last direct contact
     snapshot_version: int = 0
     ever_alive: bool = False
+    suspect_since: float | None = None  # monotonic time of the first failed probe since the last contact
+    last_probed: float = -1.0  # when this node last chose it as a probe target
 
 
 class Membership:
     def __init__(self, node_id: str, address: str, seeds: list[str], failure_timeout: float,
                  on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic,
                  max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None,
-                 allow: frozenset[str] = frozenset()):
+                 allow: frozenset[str] = frozenset(), fanout: int | None = None):
         self.node_id, self.address = node_id, address
         self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, clock
-        self.max_peers, self.allow = max_peers, frozenset(allow)
+        self.max_peers, self.allow, self.fanout = max_peers, frozenset(allow), fanout
         self.candidate_ttl = 3 * failure_timeout if candidate_ttl is None else candidate_ttl
         self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
@@ -55,6 +65,7 @@ class Membership:
         self._candidates: dict[str, list] = {}  # address -> [first named, last dialled, dials, claimed id]
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
+        self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed next round
         self._lock = threading.Lock()
 
     def _admits(self, node_id: str, address: str) -> bool:
@@ -77,7 +88,9 @@ class Membership:
             was_alive, ever = peer.alive, peer.ever_alive
             peer.address, peer.alive, peer.last_seen = address, True, self.clock()
             peer.snapshot_version, peer.ever_alive = max(0, int(snapshot_version)), True
+            peer.suspect_since = None
             self._dead_since.pop(node_id, None)
+            self._rumoured.discard(node_id)
         if not ever:
             self.on_event("peer_joined", peer=node_id, address=address)
         elif not was_alive:
@@ -95,6 +108,50 @@ class Membership:
             if len(self._candidates) < self.max_peers:
                 self._candidates[address] = [self.clock(), -1.0, 0, node_id]
 
+    def heard_indirectly(self, node_id: str, snapshot_version: int = 0) -> None:
+        """A helper peer reached ``node_id`` at the address it holds for it (our own probe had failed):
+        alive, at the address we already have."""
+        with self._lock:
+            peer = self._peers.get(node_id)
+            address = peer.address if peer else None
+        if address is not None:
+            self.heard_from(node_id, address, snapshot_version)
+
+    def probe_failed(self, node_id: str) -> bool:
+        """A proven peer did not answer our probe, nor any helper's. It is a suspect, probed every round
+        from now on, and dead once it has been one for ``failure_timeout`` seconds; True when it dies now."""
+        now = self.clock()
+        with self._lock:
+            peer = self._peers.get(node_id)
+            if peer is None or not peer.alive:
+                return False
+            if peer.suspect_since is None:
+                peer.suspect_since = now
+            if now - peer.suspect_since < self.failure_timeout:
+                return False
+            peer.alive = False
+            self._dead_since[node_id] = now
+            silent = now - (peer.last_seen if peer.last_seen is not None else now)
+        self.on_event("peer_dead", peer=node_id, silent_for=round(silent, 3))
+        return True
+
+    def rumour(self, node_id: str) -> None:
+        """Someone's gossip says ``node_id`` is dead: if it is an alive peer of ours, probe it next round."""
+        with self._lock:
+            peer = self._peers.get(node_id)
+            if peer is not None and peer.alive and len(self._rumoured) < self.max_peers:
+                self._rumoured.add(node_id)
+
+    def address_of(self, node_id: str) -> str | None:
+        with self._lock:
+            peer = self._peers.get(node_id)
+            return peer.address if peer else None
+
+    def helpers(self, exclude: str, k: int, rng) -> list[Peer]:
+        """Up to ``k`` alive peers, other than ``exclude``, drawn at random to probe it for us."""
+        alive = [p for p in self.alive() if p.node_id != exclude]
+        return rng.sample(alive, min(k, len(alive)))
+
     def _evict_one_dead(self) -> bool:
         """Make room for a proven newcomer by forgetting the peer dead the longest (lock held)."""
         if not self._dead_since:
@@ -104,37 +161,47 @@ class Membership:
         return True
 
     def check_failures(self) -> list[str]:
-        now, dead, evicted = self.clock(), [], []
+        """Forget peers dead past ``dead_ttl`` and candidates past their TTL or attempts; returns the
+        peers forgotten (deaths themselves come from ``probe_failed``)."""
+        now, evicted = self.clock(), []
         with self._lock:
-            for peer in self._peers.values():
-                if peer.alive and peer.last_seen is not None and now - peer.last_seen > self.failure_timeout:
-                    peer.alive = False
-                    self._dead_since[peer.node_id] = now
-                    dead.append(peer.node_id)
             for node_id, since in list(self._dead_since.items()):
                 if now - since > self.dead_ttl:
                     del self._peers[node_id], self._dead_since[node_id]
                     evicted.append(node_id)
             self._candidates = {a: c for a, c in self._candidates.items()
                                 if now - c[0] <= self.candidate_ttl and c[2] < CANDIDATE_ATTEMPTS}
-        for node_id in dead:
-            self.on_event("peer_dead", peer=node_id, silent_for=round(self.failure_timeout, 3))
         for node_id in evicted:
             self.on_event("peer_evicted", peer=node_id, dead_for=round(self.dead_ttl, 3))
-        return dead
+        return evicted
 
     def targets(self) -> list[str]:
-        """Addresses to contact this round: every proven peer (dead ones too, to notice a return), every
-        seed not yet known, and at most CANDIDATES_PER_ROUND candidates, least recently dialled first
-        (so a flood of unanswering addresses cannot stretch a round past the failure timeout)."""
+        """Addresses to contact this round: ``fanout`` proven peers least recently probed first (all of
+        them with ``fanout`` None; dead ones too, to notice a return), every suspect and rumoured peer,
+        every seed not yet known, and at most CANDIDATES_PER_ROUND candidates, least recently dialled
+        first (so a flood of unanswering addresses cannot stretch a round past the failure timeout)."""
+        now = self.clock()
         with self._lock:
+            peers = sorted(self._peers.values(), key=lambda p: (p.last_probed, p.node_id))
+            urgent = [p for p in peers if p.suspect_since is not None or p.node_id in self._rumoured]
+            urgent_ids = {p.node_id for p in urgent}
+            rest = [p for p in peers if p.node_id not in urgent_ids]
+            chosen = urgent + (rest if self.fanout is None else rest[: max(0, self.fanout)])
+            for peer in chosen:
+                peer.last_probed = now
+            self._rumoured.clear()
             known = {p.address for p in self._peers.values()}
             due = sorted(self._candidates, key=lambda a: (self._candidates[a][1], a))[:CANDIDATES_PER_ROUND]
             for address in due:
-                self._candidates[address][1] = self.clock()
+                self._candidates[address][1] = now
                 self._candidates[address][2] += 1
             seeds = {s for s in self.seeds if s not in known}
-            return sorted((known | seeds | set(due)) - self._own)
+            return sorted(({p.address for p in chosen} | seeds | set(due)) - self._own)
+
+    def peer_at(self, address: str) -> str | None:
+        """The proven peer whose address this is (None: a seed or a candidate)."""
+        with self._lock:
+            return next((p.node_id for p in self._peers.values() if p.address == address), None)
 
     def expected_id(self, address: str) -> str | None:
         """The node id this node expects to answer at ``address``: a proven peer's, else the id a

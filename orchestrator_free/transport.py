@@ -78,6 +78,12 @@ class PeerClient:
         self.on_payload("membership", self.address, peers.ByteSize())
         return self._call(lambda: self._stub.ExchangePeers(peers, timeout=self.policy.timeout))
 
+    def probe_peer(self, node_id: str) -> pb.PeerProbeReply:
+        """Ask this peer to probe ``node_id`` for us (SWIM's indirect probe); one attempt, no retries."""
+        req = pb.PeerProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, node_id=node_id)
+        self.on_payload("membership", self.address, req.ByteSize())
+        return self._stub.ProbePeer(req, timeout=2 * self.policy.timeout)
+
     def fetch_kv(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0):
         """(tensors, snapshot_version) of the peer's published KV, verified."""
         req = pb.KVRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version)

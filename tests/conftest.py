@@ -78,6 +78,43 @@ def stop_nodes(procs: dict) -> None:
         proc.wait(timeout=20)
 
 
+def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interval=None, fanout=None,
+                         client_factory=None, failure_timeout: float = 30.0):
+    """A node without a model in this process: a real gRPC server (TLS with ``tls``), its membership and,
+    with ``interval``, its gossip loop. ``client_factory(address, expected_id)`` replaces how it dials.
+    Returns (address, membership, stop)."""
+    from crossback.node.events import EventLog
+    from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve
+    from crossback.orchestrator_free.gossip import GossipLoop
+    from crossback.orchestrator_free.membership import Membership
+    from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+
+    server, port = bind("127.0.0.1:0", workers=4, tls=tls)
+    address = f"127.0.0.1:{port}"
+    events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None)
+    membership = Membership(node_id, address, list(seeds), failure_timeout, on_event=events.emit,
+                            allow=tls.allow if tls else frozenset(), fanout=fanout)
+    servicer = PeerServicer(NodeIdentity(node_id, address, "image", "packnet", 32, {}), lambda: None, membership,
+                            events)
+    serve(server, servicer)
+    loop = None
+    if interval:
+        policy = CallPolicy(timeout=min(1.0, interval * 2), attempts=1)
+        factory = client_factory or (lambda a, expected: PeerClient(a, node_id, policy, tls=tls, expected_id=expected))
+        loop = GossipLoop(membership, ClientPool(factory), servicer.self_entry, lambda: peer_entries(membership),
+                          interval)
+        servicer.probe_peer = loop.probe_for
+        loop.start()
+
+    def stop():
+        if loop:
+            loop.stop()
+            loop.clients.close()
+        server.stop(grace=None)
+        events.close()
+    return address, membership, stop
+
+
 def node_events(root: Path, node_id: str, name: str) -> list[dict]:
     """The events called ``name`` in a node's log under ``root``."""
     return [e for e in read_events(root / "logs" / f"{node_id}.jsonl") if e["event"] == name]

@@ -43,22 +43,52 @@ def test_a_claim_is_only_a_candidate_until_the_address_answers_with_the_id():
     assert m.peers()[0].address == "h:66"
 
 
-def test_dead_after_timeout_returned_on_contact_forgotten_after_the_ttl():
+def test_a_peer_is_dead_after_failure_timeout_of_failed_probes_returns_on_contact_forgotten_after_the_ttl():
     m, clock, events = make(dead_ttl=30.0)
     m.heard_from("b", "h:2")
+    clock.now += 50  # silence alone kills nobody: only failed probes do
+    assert m.check_failures() == [] and m.alive()
+    assert not m.probe_failed("b")  # a suspect from now on
     clock.now += 2.9
-    assert m.check_failures() == []
+    assert not m.probe_failed("b") and m.alive()
     clock.now += 0.2
-    assert m.check_failures() == ["b"] and not m.peers()[0].alive
-    assert m.check_failures() == []  # reported once
+    assert m.probe_failed("b") and not m.peers()[0].alive
+    assert not m.probe_failed("b")  # reported once
     m.heard_from("b", "h:9", snapshot_version=4)  # back, on a new port
     assert events == [("peer_joined", "b"), ("peer_dead", "b"), ("peer_returned", "b")]
     assert m.peers()[0].address == "h:9" and m.peers()[0].snapshot_version == 4
-    clock.now += 4
-    m.check_failures()
+    assert not m.probe_failed("b")  # suspicion starts afresh after contact
+    m.heard_indirectly("b", 5)  # a helper reached it: no longer a suspect
+    clock.now += 3.1
+    assert not m.probe_failed("b") and m.alive()
+    clock.now += 3.1
+    assert m.probe_failed("b")
     clock.now += 31
-    m.check_failures()
-    assert m.peers() == [] and events[-1] == ("peer_evicted", "b")
+    assert m.check_failures() == ["b"] and m.peers() == [] and events[-1] == ("peer_evicted", "b")
+
+
+def test_fanout_probes_a_few_peers_per_round_in_rotation_suspects_and_rumours_first():
+    m, clock, _ = make(fanout=2)
+    m.seeds = []
+    for i in range(6):
+        m.heard_from(f"p{i}", f"h:{10 + i}")
+    seen = []
+    for _ in range(3):  # 6 peers, 2 a round: each exactly once in 3 rounds
+        round_ = m.targets()
+        assert len(round_) == 2
+        seen += round_
+        clock.now += 1
+    assert sorted(seen) == [f"h:{10 + i}" for i in range(6)]
+    m.probe_failed("p0")  # a suspect is probed every round until it answers or dies
+    m.rumour("p5")  # someone says p5 is dead: we look ourselves, next round
+    m.rumour("nobody")  # not a peer of ours: ignored
+    round_ = m.targets()
+    assert {"h:10", "h:15"} <= set(round_) and len(round_) == 4
+    clock.now += 1
+    round_ = m.targets()
+    assert "h:10" in round_ and len(round_) == 3  # still the suspect; the rumour was a one-off
+    assert m.alive() and len(m.alive()) == 6  # hearsay killed nobody
+    assert m.peer_at("h:12") == "p2" and m.peer_at("h:2") is None
 
 
 def test_the_view_is_bounded_and_unanswered_candidates_expire():
@@ -72,6 +102,9 @@ def test_the_view_is_bounded_and_unanswered_candidates_expire():
     clock.now += 10  # past candidate_ttl (3 x failure_timeout) and failure_timeout
     m.check_failures()
     assert m.candidates() == []
+    m.probe_failed("n0")
+    clock.now += 3.5
+    m.probe_failed("n0")  # dead now
     m.heard_from("n9", "h:109")  # a proven newcomer replaces the peer dead the longest
     assert len(m.peers()) == 3 and "n9" in [p.node_id for p in m.peers()]
 

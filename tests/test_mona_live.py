@@ -118,5 +118,8 @@ def test_no_rpc_message_has_a_field_that_could_carry_a_sources_items():
         "PublicFeaturesRequest.item_ids", "SharedFeaturesRequest.protocol", "SharedFeaturesRequest.caller_id",
         "SharedFeaturesRequest.min_snapshot_version", "SharedFeaturesRequest.salt",
         "SharedFeaturesRequest.item_hashes", "FeaturesChunk.summary", "FeaturesChunk.tensor",
+        # SWIM's indirect probe (reviewed for issue 16): a peer id asked about, whether it answered
+        "PeerProbeRequest.protocol", "PeerProbeRequest.caller_id", "PeerProbeRequest.node_id",
+        "PeerProbeReply.reachable", "PeerProbeReply.snapshot_version",
         "FeaturesSummary.snapshot_version", "FeaturesSummary.requested", "FeaturesSummary.matched",
         "FeaturesSummary.width"}

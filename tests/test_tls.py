@@ -8,16 +8,12 @@ import pytest
 
 from crossback.node.certs import init_ca, issue
 from crossback.node.errors import ConfigError
-from crossback.node.events import EventLog
 from crossback.node.health_probe import ProbeError, check, tls_context
-from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve
 from crossback.node.tls import TlsSettings, load_tls
-from crossback.orchestrator_free.gossip import GossipLoop
-from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, ClientPool, PeerClient
+from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
-from conftest import node_events, start_serving, stop_nodes, tiny_node_config, wait_for
+from conftest import node_events, start_inprocess_node, start_serving, stop_nodes, tiny_node_config, wait_for
 
 POLICY = CallPolicy(timeout=3.0, attempts=1)
 SERVICE = "crossback.v1.PeerService"
@@ -39,34 +35,9 @@ def material(pki, node_id, folder="swarm", allow=()):
     return load_tls(TlsSettings(dir=str(pki / folder), allow=tuple(allow)), node_id)
 
 
-def start_node(tmp_path, node_id, tls, seeds=(), interval=None):
-    """An in-process node: a TLS (or plaintext, tls None) server, its membership and, with ``interval``,
-    its gossip loop. Returns (address, membership, stop)."""
-    server, port = bind("127.0.0.1:0", workers=4, tls=tls)
-    address = f"127.0.0.1:{port}"
-    events = EventLog(node_id, tmp_path / f"{node_id}.jsonl", console=None)
-    membership = Membership(node_id, address, list(seeds), 30.0, allow=tls.allow if tls else frozenset())
-    servicer = PeerServicer(NodeIdentity(node_id, address, "image", "packnet", 32, {}), lambda: None, membership,
-                            events)
-    serve(server, servicer)
-    loop = None
-    if interval:
-        clients = ClientPool(lambda a, expected: PeerClient(a, node_id, POLICY, tls=tls, expected_id=expected))
-        loop = GossipLoop(membership, clients, servicer.self_entry, lambda: peer_entries(membership), interval)
-        loop.start()
-
-    def stop():
-        if loop:
-            loop.stop()
-            loop.clients.close()
-        server.stop(grace=None)
-        events.close()
-    return address, membership, stop
-
-
 @pytest.fixture(scope="module")
 def node_a(pki, tmp_path_factory):
-    address, membership, stop = start_node(tmp_path_factory.mktemp("a"), "a", material(pki, "a"))
+    address, membership, stop = start_inprocess_node(tmp_path_factory.mktemp("a"), "a", material(pki, "a"))
     yield address, membership
     stop()
 
@@ -165,7 +136,7 @@ def test_plaintext_and_tls_never_meet(pki, node_a, tmp_path):
     rogue = pki / "rogue"
     with pytest.raises(ProbeError, match="TLS"):
         check(address, SERVICE, 3.0, tls_context(rogue / "ca.pem", rogue / "b.pem", rogue / "b.key"))
-    plain_address, _, stop = start_node(tmp_path, "p", None)
+    plain_address, _, stop = start_inprocess_node(tmp_path, "p", None)
     try:
         tls_client = PeerClient(plain_address, "b", POLICY, tls=material(pki, "b"))
         try:
@@ -204,7 +175,7 @@ def test_garbage_before_the_handshake_is_dropped_and_the_node_keeps_serving(pki,
 
 
 def test_the_allow_list_refuses_other_members(pki, tmp_path):
-    address, _, stop = start_node(tmp_path, "a", material(pki, "a", allow=["b"]))
+    address, _, stop = start_inprocess_node(tmp_path, "a", material(pki, "a", allow=["b"]))
     try:
         for node_id, expected in (("b", None), ("c", grpc.StatusCode.PERMISSION_DENIED)):
             client = PeerClient(address, node_id, POLICY, tls=material(pki, node_id))
@@ -241,12 +212,12 @@ def test_tls_gossip_proves_every_id_and_a_members_false_claim_never_shadows_a_no
     c dials a's address expecting d: the handshake fails, the claim expires, and a is admitted as a."""
     stops = []
     try:
-        a_addr, a_view, stop = start_node(tmp_path, "a", material(pki, "a"), interval=0.2)
+        a_addr, a_view, stop = start_inprocess_node(tmp_path, "a", material(pki, "a"), interval=0.2)
         stops.append(stop)
-        c_addr, c_view, stop = start_node(tmp_path, "c", material(pki, "c"), seeds=[a_addr], interval=0.2)
+        c_addr, c_view, stop = start_inprocess_node(tmp_path, "c", material(pki, "c"), seeds=[a_addr], interval=0.2)
         stops.append(stop)
         c_view.learn("d", a_addr)  # what member d's gossip said
-        b_addr, b_view, stop = start_node(tmp_path, "b", material(pki, "b"), seeds=[a_addr], interval=0.2)
+        b_addr, b_view, stop = start_inprocess_node(tmp_path, "b", material(pki, "b"), seeds=[a_addr], interval=0.2)
         stops.append(stop)
         want = {"a": a_addr, "b": b_addr, "c": c_addr}
         for me, view in (("a", a_view), ("b", b_view), ("c", c_view)):

@@ -23,6 +23,24 @@ KV_SOURCE_UNSPECIFIED: KVSource
 KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
+class PeerProbeRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "node_id")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    node_id: str
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class PeerProbeReply(_message.Message):
+    __slots__ = ("reachable", "snapshot_version")
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    reachable: bool
+    snapshot_version: int
+    def __init__(self, reachable: _Optional[bool] = ..., snapshot_version: _Optional[int] = ...) -> None: ...
+
 class PublicFeaturesRequest(_message.Message):
     __slots__ = ("protocol", "caller_id", "min_snapshot_version", "public_set", "item_ids")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
                 _registered_method=True)
+        self.ProbePeer = channel.unary_unary(
+                '/crossback.v1.PeerService/ProbePeer',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -154,6 +159,15 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbePeer(self, request, context):
+        """SWIM's indirect probe: the caller could not reach peer `node_id` itself; this node tries, at the
+        address it holds for that peer (never an address the caller names), and answers whether the peer
+        answered with that id. NOT_FOUND for a node this node holds no address for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +210,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.FetchSharedFeatures,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.SerializeToString,
+            ),
+            'ProbePeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbePeer,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -414,6 +433,33 @@ class PeerService:
             '/crossback.v1.PeerService/FetchSharedFeatures',
             crossback_dot_proto_dot_v1_dot_peer__pb2.SharedFeaturesRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.FeaturesChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbePeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crossback.v1.PeerService/ProbePeer',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,159 @@
+"""A swarm of real `crossback node` processes on one machine: does it finish, how much memory per node,
+how long a selection takes and how many bytes it moves per candidate as the swarm grows.
+
+    python benchmarks/perf/swarm.py --nodes 32            # 32 processes on loopback
+    python benchmarks/perf/swarm.py --nodes 8 --json out.json
+
+Every node learns two small tasks of scikit-learn's digits (8x8, a tiny Perceiver), one torch thread,
+seeded as a star (all know node 0's address); each selects among the peers alive when its task ends.
+Reported: wall time until every node is serving, resident memory per node (at start, after its first
+task, while serving), each selection's candidate count, seconds and bytes per candidate (membership
+traffic: benchmarks/perf/gossip.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from masked_step import cpu_name  # noqa: E402
+
+TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
+
+
+def node_config(seed: int) -> dict:
+    return {
+        "seed": seed,
+        "data": {"source": "digits", "modality": "image", "image_size": 8},
+        "tasks": TASKS,
+        "model": {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
+                  "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}},
+        "method": {"name": "packnet"},
+        "train": {"epochs": 2, "batch_size": 64},
+        "node": {"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
+        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0},
+        "adaptation": {"epochs": 1},
+    }
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line being written
+    return out
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--timeout", type=float, default=1500.0)
+    parser.add_argument("--serve-for", type=float, default=20.0, help="seconds measured once all serve")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="crossback-swarm-"))
+    procs, rss = {}, {}
+    started = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(name: str, seeds: list[str]) -> subprocess.Popen:
+        cfg = root / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(node_config(len(procs))))
+        cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
+               "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
+        if seeds:
+            cmd += ["--seed-peers", ",".join(seeds)]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    names = [f"n{i:02d}" for i in range(args.nodes)]
+    log = lambda name: read_events(root / "logs" / f"{name}.jsonl")  # noqa: E731
+    try:
+        procs[names[0]] = start(names[0], [])
+        while not (first := [e for e in log(names[0]) if e["event"] == "node_started"]):
+            if time.monotonic() - started > 120:
+                raise RuntimeError("node 0 did not start")
+            time.sleep(0.2)
+        seed = first[0]["address"]
+        for name in names[1:]:
+            procs[name] = start(name, [seed])
+        serving_at = None
+        while time.monotonic() - started < args.timeout:
+            done = 0
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}")
+                events = {e["event"] for e in log(name)}
+                marks = rss.setdefault(name, {})
+                if "node_started" in events and "start" not in marks:
+                    marks["start"] = rss_mib(proc.pid)
+                if "task_finished" in events and "after_task" not in marks:
+                    marks["after_task"] = rss_mib(proc.pid)
+                done += "serving" in events
+            if done == len(procs):
+                serving_at = time.monotonic() - started
+                break
+            time.sleep(0.5)
+        if serving_at is None:
+            raise RuntimeError(f"not every node was serving within {args.timeout} s")
+        time.sleep(args.serve_for)
+        for name, proc in procs.items():
+            rss[name]["serving"] = rss_mib(proc.pid)
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    selections = []
+    for name in names:
+        for e in log(name):
+            if e["event"] == "backbone_selected":
+                scored = [c for c in e["candidates"] if c.get("score") is not None]
+                n = max(1, len(e["candidates"]))
+                selections.append({"candidates": len(e["candidates"]), "scored": len(scored),
+                                   "seconds": e["seconds"], "bytes_per_candidate": e["bytes"] / n})
+    figures = {
+        "machine": f"{cpu_name()} ({os.cpu_count()} cores)", "nodes": args.nodes,
+        "all_serving_s": round(serving_at, 1),
+        "rss_mib": {k: statistics.mean(v[k] for v in rss.values() if v.get(k)) for k in ("start", "after_task", "serving")},
+        "rss_mib_max": max(v.get("serving") or 0 for v in rss.values()),
+        "selections": len(selections),
+        "selection_seconds_median": statistics.median(s["seconds"] for s in selections),
+        "selection_seconds_max": max(s["seconds"] for s in selections),
+        "candidates_median": statistics.median(s["candidates"] for s in selections),
+        "candidates_max": max(s["candidates"] for s in selections),
+        "bytes_per_candidate_median": statistics.median(s["bytes_per_candidate"] for s in selections),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({**figures, "per_selection": selections}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
