@@ -66,8 +66,9 @@ class GossipLoop:
         message = self.message()
         targets = self.membership.targets()
         answered = list(self._pool.map(lambda address: self._exchange(address, message), targets))
+        alive = {p.node_id for p in self.membership.alive()}
         failed = [self.membership.peer_at(a) for a, ok in zip(targets, answered) if not ok]
-        for node_id in filter(None, failed):
+        for node_id in [n for n in failed if n in alive]:  # a dead peer's silence needs no second opinion
             self._indirect_or_failed(node_id)
         self.membership.check_failures()
 
