@@ -25,12 +25,19 @@ from .transport import PROTOCOL, ClientPool
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
 DEFAULT_FANOUT = 3  # proven peers probed per round (besides suspects, seeds and candidates)
-DEFAULT_ENTRIES = 16  # peer entries per gossip message
+DEFAULT_ENTRIES = 3  # peer entries per gossip message (with fan-out 3: the same message at 4 nodes and at 400)
 DEFAULT_INDIRECT = 3  # helpers asked to probe a peer that did not answer us
 
 
 def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:
-    return entries if len(entries) <= k else rng.sample(entries, k)
+    """At most ``k`` entries: peers the view holds dead first (news of a failure travels fastest), then
+    alive ones at random."""
+    if len(entries) <= k:
+        return entries
+    dead = [e for e in entries if not e.alive]
+    alive = [e for e in entries if e.alive]
+    chosen = rng.sample(dead, min(k, len(dead)))
+    return chosen + rng.sample(alive, min(k - len(chosen), len(alive)))
 
 
 class GossipLoop:

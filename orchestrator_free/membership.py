@@ -10,7 +10,8 @@ probes ``fanout`` proven peers, least recently probed first (so each is probed e
 rounds), plus every *suspect*: a peer whose last probe failed directly and through ``indirect`` helper
 peers (``probe_failed``). A suspect answering again is alive (``heard_from``, ``heard_indirectly``); one
 that stays unreachable for ``failure_timeout`` seconds of probing is *dead*. Gossip that names a peer
-dead (``rumour``) only moves it to the front of this node's own probe queue: hearsay never kills.
+dead (``rumour``) moves it to the front of this node's own probe queue; only if this node's own probe
+and its helpers' then fail too does it die at once. Hearsay alone never kills.
 ``fanout=None`` probes every peer every round. Dead peers stay in the rotation (a return is noticed).
 
 Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -65,7 +67,7 @@ class Membership:
         self._candidates: dict[str, list] = {}  # address -> [first named, last dialled, dials, claimed id]
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
-        self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed next round
+        self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed every round until contact
         self._lock = threading.Lock()
 
     def _admits(self, node_id: str, address: str) -> bool:
@@ -119,7 +121,9 @@ class Membership:
 
     def probe_failed(self, node_id: str) -> bool:
         """A proven peer did not answer our probe, nor any helper's. It is a suspect, probed every round
-        from now on, and dead once it has been one for ``failure_timeout`` seconds; True when it dies now."""
+        from now on, and dead once it has been one for ``failure_timeout`` seconds — or at once if a
+        peer's gossip already called it dead (the rumour and our own failed probes agree). True when it
+        dies now."""
         now = self.clock()
         with self._lock:
             peer = self._peers.get(node_id)
@@ -127,12 +131,16 @@ class Membership:
                 return False
             if peer.suspect_since is None:
                 peer.suspect_since = now
-            if now - peer.suspect_since < self.failure_timeout:
+            corroborated = node_id in self._rumoured
+            if now - peer.suspect_since < self.failure_timeout and not corroborated:
                 return False
+            self._rumoured.discard(node_id)
             peer.alive = False
             self._dead_since[node_id] = now
             silent = now - (peer.last_seen if peer.last_seen is not None else now)
-        self.on_event("peer_dead", peer=node_id, silent_for=round(silent, 3))
+        self.on_event("peer_dead", peer=node_id, silent_for=round(silent, 3),
+                      reason="unreachable, and reported dead by a peer" if corroborated
+                      else f"unreachable for {self.failure_timeout} s of probes")
         return True
 
     def rumour(self, node_id: str) -> None:
@@ -182,14 +190,16 @@ class Membership:
         first (so a flood of unanswering addresses cannot stretch a round past the failure timeout)."""
         now = self.clock()
         with self._lock:
-            peers = sorted(self._peers.values(), key=lambda p: (p.last_probed, p.node_id))
+            # ties (peers never probed yet) in an order of this node's own, so that nodes which learned the
+            # swarm together do not all probe the same peer in the same round and skip the same others
+            peers = sorted(self._peers.values(),
+                           key=lambda p: (p.last_probed, zlib.crc32(f"{self.node_id}/{p.node_id}".encode())))
             urgent = [p for p in peers if p.suspect_since is not None or p.node_id in self._rumoured]
             urgent_ids = {p.node_id for p in urgent}
             rest = [p for p in peers if p.node_id not in urgent_ids]
             chosen = urgent + (rest if self.fanout is None else rest[: max(0, self.fanout)])
             for peer in chosen:
                 peer.last_probed = now
-            self._rumoured.clear()
             known = {p.address for p in self._peers.values()}
             due = sorted(self._candidates, key=lambda a: (self._candidates[a][1], a))[:CANDIDATES_PER_ROUND]
             for address in due:

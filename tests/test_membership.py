@@ -85,9 +85,14 @@ def test_fanout_probes_a_few_peers_per_round_in_rotation_suspects_and_rumours_fi
     round_ = m.targets()
     assert {"h:10", "h:15"} <= set(round_) and len(round_) == 4
     clock.now += 1
+    assert {"h:10", "h:15"} <= set(m.targets())  # both urgent until they answer
+    m.heard_from("p5", "h:15")  # p5 answered: the rumour was false
+    clock.now += 1
     round_ = m.targets()
-    assert "h:10" in round_ and len(round_) == 3  # still the suspect; the rumour was a one-off
-    assert m.alive() and len(m.alive()) == 6  # hearsay killed nobody
+    assert "h:10" in round_ and "h:15" not in round_ and len(round_) == 3
+    assert len(m.alive()) == 6  # hearsay killed nobody
+    m.rumour("p3")  # a rumour our own failed probe (and our helpers') agrees with kills at once
+    assert m.probe_failed("p3") and "p3" not in {p.node_id for p in m.alive()}
     assert m.peer_at("h:12") == "p2" and m.peer_at("h:2") is None
 
 
