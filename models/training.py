@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .bounds import bounded
 from .learner import ContinualLearner
+from .optim import Adam
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
     if scores:
         groups.append({"params": scores, "lr": opts.mask_lr})
     # No weight decay: a frozen weight gets an exact zero gradient, and Adam then leaves it untouched.
-    optimizer = torch.optim.Adam(groups)
+    optimizer = Adam(groups)
     n = len(data)
     last = float("nan")
     step = 0
@@ -113,7 +114,7 @@ def fit_linear(x: Tensor, y: Tensor, classes: int, steps: int = 300, lr: float =
     batch, so deterministic)."""
     w = torch.zeros(classes, x.shape[1], device=x.device, requires_grad=True)
     b = torch.zeros(classes, device=x.device, requires_grad=True)
-    optimizer = torch.optim.Adam([w, b], lr=lr)
+    optimizer = Adam([w, b], lr=lr)
     loss = torch.zeros(())
     with torch.enable_grad():
         for _ in range(steps):

@@ -236,3 +236,22 @@ def test_oxford102_missing_file_is_named(tmp_path):
     (root / "setid.mat").unlink()
     with pytest.raises(DataError, match="setid.mat"):
         load_oxford102(root)
+
+
+def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits as sk_digits
+
+    from crossback.data.bundled_sources import load_digits
+
+    catalog, reference = load_digits(), sk_digits()
+    assert len(catalog.items) == len(reference.target) == 1797
+    expected = np.clip(reference.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    assert all(np.array_equal(item.images[0], expected[i]) and item.label == str(reference.target[i])
+               for i, item in enumerate(catalog.items))
+    probe = "import sys; from crossback.data.sources import load_catalog; load_catalog('digits'); " \
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

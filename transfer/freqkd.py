@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossback.models.optim import Adam
 from crossback.models.bounds import bounded
 from crossback.models.training import Split, features, fit_linear
 from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, Pairs
@@ -122,7 +123,7 @@ class FreqKDTransfer:
             probe_loss = self._probe_classifiers(learner, task, extra, data.train, pool, teacher) \
                 if cfg.probe_classifiers else None
             weights, _ = learner.trainable()
-            optimizer = torch.optim.Adam([{"params": weights, "lr": opts.train.lr},
+            optimizer = Adam([{"params": weights, "lr": opts.train.lr},
                                           {"params": extra.params(), "lr": opts.train.lr}])
             sums: dict[str, float] = {}
             steps = 0

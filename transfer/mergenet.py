@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from crossback.models.optim import AdamW
 from crossback.models.bounds import bounded
 from crossback.models.perceiver import ENCODER_KV
 
@@ -90,7 +91,7 @@ class MergeNetTransfer:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             adapter = LPKA(tuple(copy.shape), tuple(source.shape), cfg.rank, cfg.dim, cfg.heads, cfg.layers)
         adapter.to(copy.device)
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         pending: dict[str, torch.Tensor] = {}
         moved = []
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossback.models.optim import Adam
 from crossback.models.borrowed import TOKEN_READERS
 from crossback.models.bounds import bounded
 from crossback.models.learner import HEAD_NAMES
@@ -113,7 +114,7 @@ class MonaTransfer:
         phi = [own[n] for n in embedder_names(own)]
         head = [own[n] for n in HEAD_NAMES]
         body = body_names(learner, task)
-        optimizer = torch.optim.Adam(phi + head, lr=cfg.lr or opts.train.lr)
+        optimizer = Adam(phi + head, lr=cfg.lr or opts.train.lr)
         weight = cfg.trade_off * cfg.inner_lr
         g_out = None if g_outer is None else {n: g.to(learner.device) for n, g in g_outer.items()}
         inner_losses, dots, cosines, norms = [], [], [], []

@@ -30,7 +30,7 @@ from masked_step import cpu_name  # noqa: E402
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 
 
-def node_config(seed: int) -> dict:
+def node_config(seed: int, score: str, borrow: str) -> dict:
     return {
         "seed": seed,
         "data": {"source": "digits", "modality": "image", "image_size": 8},
@@ -40,9 +40,21 @@ def node_config(seed: int) -> dict:
         "method": {"name": "packnet"},
         "train": {"epochs": 2, "batch_size": 64},
         "node": {"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
-        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0},
+        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0, "score": score},
+        "transfer": {"borrow": borrow},
         "adaptation": {"epochs": 1},
     }
+
+
+def model_bytes() -> int:
+    """float32 bytes of one node's whole model (one task's head)."""
+    from crossback.models.perceiver import PerceiverClassifier
+    from crossback.node.config import parse_config
+
+    run = parse_config({k: v for k, v in node_config(0, "ddv", "kv").items()
+                        if k not in ("node", "selection", "transfer", "adaptation")})
+    net = PerceiverClassifier(run.model, "image")
+    return 4 * sum(p.numel() for p in net.parameters())
 
 
 def read_events(path: Path) -> list[dict]:
@@ -72,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nodes", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=1500.0)
     parser.add_argument("--serve-for", type=float, default=20.0, help="seconds measured once all serve")
+    parser.add_argument("--score", default="logme", help="selection.score (logme needs each candidate's parts)")
+    parser.add_argument("--borrow", default="backbone", help="transfer.borrow")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="crossback-swarm-"))
@@ -81,7 +95,7 @@ def main(argv=None) -> int:
 
     def start(name: str, seeds: list[str]) -> subprocess.Popen:
         cfg = root / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump(node_config(len(procs))))
+        cfg.write_text(yaml.safe_dump(node_config(len(procs), args.score, args.borrow)))
         cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
                "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
         if seeds:
@@ -118,9 +132,16 @@ def main(argv=None) -> int:
             time.sleep(0.5)
         if serving_at is None:
             raise RuntimeError(f"not every node was serving within {args.timeout} s")
+        # a late node selects among every one of them (its second task sees the converged view)
+        procs["rx"] = start("rx", [seed])
+        while not any(e["event"] == "serving" for e in log("rx")):
+            if time.monotonic() - started > args.timeout or procs["rx"].poll() is not None:
+                raise RuntimeError("the late receiver did not finish")
+            time.sleep(0.5)
         time.sleep(args.serve_for)
         for name, proc in procs.items():
-            rss[name]["serving"] = rss_mib(proc.pid)
+            if name in rss:
+                rss[name]["serving"] = rss_mib(proc.pid)
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -130,13 +151,14 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     selections = []
-    for name in names:
+    for name in names + ["rx"]:
         for e in log(name):
             if e["event"] == "backbone_selected":
                 scored = [c for c in e["candidates"] if c.get("score") is not None]
                 n = max(1, len(e["candidates"]))
                 selections.append({"candidates": len(e["candidates"]), "scored": len(scored),
                                    "seconds": e["seconds"], "bytes_per_candidate": e["bytes"] / n})
+    late = [e for e in log("rx") if e["event"] == "backbone_selected"][-1]
     figures = {
         "machine": f"{cpu_name()} ({os.cpu_count()} cores)", "nodes": args.nodes,
         "all_serving_s": round(serving_at, 1),
@@ -148,7 +170,12 @@ def main(argv=None) -> int:
         "candidates_median": statistics.median(s["candidates"] for s in selections),
         "candidates_max": max(s["candidates"] for s in selections),
         "bytes_per_candidate_median": statistics.median(s["bytes_per_candidate"] for s in selections),
+        "late_receiver": {"candidates": len(late["candidates"]),
+                          "scored": sum(c.get("score") is not None for c in late["candidates"]),
+                          "seconds": late["seconds"], "bytes_per_candidate": late["bytes"] / max(1, len(late["candidates"]))},
+        "score": args.score, "borrow": args.borrow, "model_bytes": model_bytes(),
     }
+    figures["bytes_per_candidate_vs_model"] = figures["late_receiver"]["bytes_per_candidate"] / figures["model_bytes"]
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({**figures, "per_selection": selections}, indent=2))
