@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     parser.add_argument("--serve-for", type=float, default=20.0, help="seconds measured once all serve")
     parser.add_argument("--score", default="logme", help="selection.score (logme needs each candidate's parts)")
     parser.add_argument("--borrow", default="backbone", help="transfer.borrow")
+    parser.add_argument("--late-epochs", type=int, default=40, help="train.epochs of the late receiver")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="crossback-swarm-"))
@@ -93,9 +94,11 @@ def main(argv=None) -> int:
     started = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-    def start(name: str, seeds: list[str]) -> subprocess.Popen:
+    def start(name: str, seeds: list[str], epochs: int = 2) -> subprocess.Popen:
         cfg = root / f"{name}.yaml"
-        cfg.write_text(yaml.safe_dump(node_config(len(procs), args.score, args.borrow)))
+        config = node_config(len(procs), args.score, args.borrow)
+        config["train"]["epochs"] = epochs
+        cfg.write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
                "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
         if seeds:
@@ -132,8 +135,9 @@ def main(argv=None) -> int:
             time.sleep(0.5)
         if serving_at is None:
             raise RuntimeError(f"not every node was serving within {args.timeout} s")
-        # a late node selects among every one of them (its second task sees the converged view)
-        procs["rx"] = start("rx", [seed])
+        # a late node selects among every one of them: it trains long enough (--late-epochs) for gossip
+        # to have shown it the whole swarm by the time its tasks end
+        procs["rx"] = start("rx", [seed], args.late_epochs)
         while not any(e["event"] == "serving" for e in log("rx")):
             if time.monotonic() - started > args.timeout or procs["rx"].poll() is not None:
                 raise RuntimeError("the late receiver did not finish")
