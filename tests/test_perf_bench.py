@@ -21,3 +21,30 @@ def test_masked_step_benchmark_reports_every_method(tmp_path, monkeypatch, capsy
     for method, f in figures["methods"].items():
         assert f["train_step"]["ratio"] > 0 and f["inference"]["folded_ratio"] > 0, method
     assert "folded/plain" in capsys.readouterr().out
+
+
+def _run_script(name, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    try:
+        runpy.run_path(str(ROOT / "benchmarks/perf" / name), run_name="__main__")
+    except SystemExit as exc:
+        assert exc.code == 0
+
+
+def test_gossip_benchmark_measures_traffic_and_detection(tmp_path, monkeypatch):
+    out = tmp_path / "gossip.json"
+    _run_script("gossip.py", ["--sizes", "3,4", "--fanouts", "1", "--window", "2", "--interval", "0.5",
+                              "--failure-timeout", "3", "--json", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["nodes"] for r in rows] == [3, 4]
+    for r in rows:
+        assert r["messages_per_node_s"] > 0 and r["detect_all_s"] is not None and r["false_positives"] >= 0
+
+
+def test_swarm_benchmark_runs_real_nodes_and_a_late_receiver(tmp_path, monkeypatch):
+    out = tmp_path / "swarm.json"
+    _run_script("swarm.py", ["--nodes", "2", "--serve-for", "1", "--late-epochs", "4", "--score", "ddv",
+                             "--borrow", "kv", "--json", str(out)], monkeypatch)
+    figures = json.loads(out.read_text())
+    assert figures["late_receiver"]["candidates"] == 2 and figures["late_receiver"]["scored"] == 2
+    assert figures["rss_mib"]["serving"] > 0 and 0 < figures["bytes_per_candidate_vs_model"] < 0.5
