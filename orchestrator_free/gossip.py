@@ -75,8 +75,9 @@ class GossipLoop:
         answered = list(self._pool.map(lambda address: self._exchange(address, message), targets))
         alive = {p.node_id for p in self.membership.alive()}
         failed = [self.membership.peer_at(a) for a, ok in zip(targets, answered) if not ok]
-        for node_id in [n for n in failed if n in alive]:  # a dead peer's silence needs no second opinion
-            self._indirect_or_failed(node_id)
+        # in parallel, so that a partition cutting off many peers does not stretch the round; a dead
+        # peer's silence needs no second opinion
+        list(self._pool.map(self._indirect_or_failed, [n for n in failed if n in alive]))
         self.membership.check_failures()
 
     def _exchange(self, address: str, message: pb.PeerList) -> bool:
