@@ -30,13 +30,15 @@ from masked_step import cpu_name  # noqa: E402
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 
 
-def node_config(seed: int, score: str, borrow: str) -> dict:
+def node_config(seed: int, score: str, borrow: str, scale: int = 1) -> dict:
+    """``scale`` multiplies every width of the tiny model (token, latent, query and head dimensions)."""
+    w = 32 * scale
     return {
         "seed": seed,
         "data": {"source": "digits", "modality": "image", "image_size": 8},
         "tasks": TASKS,
-        "model": {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
-                  "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}},
+        "model": {"token_dim": w, "num_latents": 8, "latent_dim": w, "depth": 1, "cross_dim_head": w // 2,
+                  "latent_heads": 2, "latent_dim_head": w // 2, "queries_dim": w, "image": {"channels": 1, "patch_size": 2}},
         "method": {"name": "packnet"},
         "train": {"epochs": 2, "batch_size": 64},
         "node": {"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
@@ -46,12 +48,12 @@ def node_config(seed: int, score: str, borrow: str) -> dict:
     }
 
 
-def model_bytes() -> int:
+def model_bytes(scale: int) -> int:
     """float32 bytes of one node's whole model (one task's head)."""
     from crossback.models.perceiver import PerceiverClassifier
     from crossback.node.config import parse_config
 
-    run = parse_config({k: v for k, v in node_config(0, "ddv", "kv").items()
+    run = parse_config({k: v for k, v in node_config(0, "ddv", "kv", scale).items()
                         if k not in ("node", "selection", "transfer", "adaptation")})
     net = PerceiverClassifier(run.model, "image")
     return 4 * sum(p.numel() for p in net.parameters())
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--serve-for", type=float, default=20.0, help="seconds measured once all serve")
     parser.add_argument("--score", default="logme", help="selection.score (logme needs each candidate's parts)")
     parser.add_argument("--borrow", default="backbone", help="transfer.borrow")
+    parser.add_argument("--scale", type=int, default=1, help="multiply the model's widths (model size sweep)")
     parser.add_argument("--late-epochs", type=int, default=40, help="train.epochs of the late receiver")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
 
     def start(name: str, seeds: list[str], epochs: int = 2) -> subprocess.Popen:
         cfg = root / f"{name}.yaml"
-        config = node_config(len(procs), args.score, args.borrow)
+        config = node_config(len(procs), args.score, args.borrow, args.scale)
         config["train"]["epochs"] = epochs
         cfg.write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
         "late_receiver": {"candidates": len(late["candidates"]),
                           "scored": sum(c.get("score") is not None for c in late["candidates"]),
                           "seconds": late["seconds"], "bytes_per_candidate": late["bytes"] / max(1, len(late["candidates"]))},
-        "score": args.score, "borrow": args.borrow, "model_bytes": model_bytes(),
+        "score": args.score, "borrow": args.borrow, "model_bytes": model_bytes(args.scale), "scale": args.scale,
     }
     figures["bytes_per_candidate_vs_model"] = figures["late_receiver"]["bytes_per_candidate"] / figures["model_bytes"]
     print(json.dumps(figures, indent=2))
