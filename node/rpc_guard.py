@@ -23,6 +23,37 @@ def _safe(deserializer):
     return decode
 
 
+def wrap_handler(handler, before, failed=None, deserializer=None):
+    """The same unary-request handler (unary or server-streaming response) with ``before(request,
+    context)`` run first and ``failed(context, exc)`` told of an exception before it propagates."""
+    def report(context, exc):
+        if failed is not None:
+            failed(context, exc)
+
+    deserializer = deserializer or handler.request_deserializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        def unary(request, context):
+            before(request, context)
+            try:
+                return inner(request, context)
+            except Exception as exc:
+                report(context, exc)
+                raise
+        return grpc.unary_unary_rpc_method_handler(unary, deserializer, handler.response_serializer)
+    inner_stream = handler.unary_stream
+
+    def stream(request, context):
+        before(request, context)
+        try:
+            yield from inner_stream(request, context)
+        except Exception as exc:
+            report(context, exc)
+            raise
+    return grpc.unary_stream_rpc_method_handler(stream, deserializer, handler.response_serializer)
+
+
 class RpcGuard(grpc.ServerInterceptor):
     def __init__(self, emit):
         self.emit = emit  # EventLog.emit
@@ -38,32 +69,11 @@ class RpcGuard(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.request_streaming:
             return handler
-        method, guard = details.method, self
+        method = details.method
 
         def refuse_undecodable(request, context):
             if request is _UNDECODABLE:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request body does not decode")
 
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary(request, context):
-                refuse_undecodable(request, context)
-                try:
-                    return inner(request, context)
-                except Exception as exc:
-                    guard._failed(method, context, exc)
-                    raise
-            return grpc.unary_unary_rpc_method_handler(unary, _safe(handler.request_deserializer),
-                                                       handler.response_serializer)
-        inner_stream = handler.unary_stream
-
-        def stream(request, context):
-            refuse_undecodable(request, context)
-            try:
-                yield from inner_stream(request, context)
-            except Exception as exc:
-                guard._failed(method, context, exc)
-                raise
-        return grpc.unary_stream_rpc_method_handler(stream, _safe(handler.request_deserializer),
-                                                    handler.response_serializer)
+        return wrap_handler(handler, refuse_undecodable, lambda context, exc: self._failed(method, context, exc),
+                            _safe(handler.request_deserializer))

@@ -21,6 +21,7 @@ from crossback.orchestrator_free.tls import TlsMaterial
 
 from .certs import CA_CERT
 from .errors import ConfigError
+from .rpc_guard import wrap_handler
 
 
 @dataclass(frozen=True)
@@ -160,23 +161,9 @@ class PeerAuth(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.request_streaming:  # every crossback RPC takes one request message
             return handler
-        auth = self
 
         def check(request, context):
-            problem = auth.refusal(request, context)
+            problem = self.refusal(request, context)
             if problem:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
-
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary(request, context):
-                check(request, context)
-                return inner(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        inner_stream = handler.unary_stream
-
-        def stream(request, context):
-            check(request, context)
-            yield from inner_stream(request, context)
-        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
+        return wrap_handler(handler, check)

@@ -97,7 +97,7 @@ class GossipLoop:
             self.membership.learn(entry.node_id, entry.address)
             if not entry.alive:
                 self.membership.rumour(entry.node_id)
-        return bool(sender.node_id) and sender.node_id == expected if expected else bool(sender.node_id)
+        return bool(sender.node_id) and expected in (None, sender.node_id)
 
     def _indirect_or_failed(self, node_id: str) -> None:
         """SWIM's indirect probe: helpers dial ``node_id`` at their own address for it; any answer keeps it."""
