@@ -19,6 +19,7 @@ import torch
 from .bounds import bounded
 from .learner import METHODS, ContinualLearner, PickOptions, TaskRecord
 from .masks import magnitude_prune
+from .parallel import DataParallel
 from .training import Progress, Split, TrainOptions, evaluate, fit
 
 
@@ -64,16 +65,18 @@ class TaskData:
 
 
 def learn_task(learner: ContinualLearner, data: TaskData, method: MethodConfig, opts: TrainOptions,
-               progress: Progress | None = None) -> TaskRecord:
+               progress: Progress | None = None, parallel: DataParallel | None = None) -> TaskRecord:
+    """``parallel``: this process is one rank of a node training together (models.parallel); every
+    rank runs learn_task alike, so every decision below (prune, grow, compact) comes out the same."""
     i = learner.begin_task(data.name, data.num_classes)
     gen = torch.Generator().manual_seed(learner.seed * 7919 + i)
-    fit(learner, i, data.train, opts.epochs, opts, gen, "train", progress)
+    fit(learner, i, data.train, opts.epochs, opts, gen, "train", progress, parallel=parallel)
     record = learner.tasks[i]
     if method.name == "packnet":
-        _packnet_prune(learner, i, data, method.packnet, opts, gen, progress)
+        _packnet_prune(learner, i, data, method.packnet, opts, gen, progress, parallel)
     elif method.name == "cpg":
-        _cpg_grow(learner, i, data, method.cpg, opts, gen, progress)
-        _cpg_compact(learner, i, data, method.cpg, opts, gen, progress)
+        _cpg_grow(learner, i, data, method.cpg, opts, gen, progress, parallel)
+        _cpg_compact(learner, i, data, method.cpg, opts, gen, progress, parallel)
     record.events.append({
         "event": "learned",
         "val_accuracy": evaluate(learner, i, data.val, opts.eval_batch_size),
@@ -97,21 +100,21 @@ def _held(learner: ContinualLearner, i: int) -> dict[str, int]:
     return {n: int((l.owner == i + 1).sum()) for n, l in learner.layers.items()}
 
 
-def _packnet_prune(learner, i, data, opts: PackNetOptions, train: TrainOptions, gen, progress) -> None:
+def _packnet_prune(learner, i, data, opts: PackNetOptions, train: TrainOptions, gen, progress, parallel) -> None:
     held = _held(learner, i)
     freed = _prune_to(learner, i, {n: h - math.floor(h * opts.prune_ratio) for n, h in held.items()})
-    fit(learner, i, data.train, opts.retrain_epochs, train, gen, "retrain", progress)
+    fit(learner, i, data.train, opts.retrain_epochs, train, gen, "retrain", progress, parallel=parallel)
     learner.tasks[i].events.append({"event": "prune", "ratio": opts.prune_ratio, "freed": freed})
 
 
-def _cpg_grow(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress) -> None:
+def _cpg_grow(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress, parallel) -> None:
     record = learner.tasks[i]
     val = evaluate(learner, i, data.val, train.eval_batch_size)
     grows = 0
     while opts.accuracy_goal is not None and val < opts.accuracy_goal and grows < opts.max_grow:
         before = sum(l.weight.numel() for l in learner.layers.values())
         widths = learner.grow(opts.grow_units)
-        fit(learner, i, data.train, opts.grow_epochs, train, gen, f"grow{grows + 1}", progress)
+        fit(learner, i, data.train, opts.grow_epochs, train, gen, f"grow{grows + 1}", progress, parallel=parallel)
         after_val = evaluate(learner, i, data.val, train.eval_batch_size)
         record.events.append({
             "event": "grow",
@@ -126,7 +129,7 @@ def _cpg_grow(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, prog
         record.events.append({"event": "goal_missed", "goal": opts.accuracy_goal, "val_accuracy": val})
 
 
-def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress) -> None:
+def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, progress, parallel) -> None:
     dense_val = evaluate(learner, i, data.val, train.eval_batch_size)
     goal = opts.accuracy_goal
     floor = goal if goal is not None and dense_val >= goal else dense_val - opts.tolerance
@@ -139,7 +142,7 @@ def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, p
     for k in range(1, opts.prune_steps + 1):
         sparsity = opts.max_sparsity * (1.0 - (1.0 - k / opts.prune_steps) ** 3)
         _prune_to(learner, i, {n: h - math.floor(h * sparsity) for n, h in start.items()})
-        fit(learner, i, data.train, opts.step_epochs, train, gen, f"compact{k}", progress)
+        fit(learner, i, data.train, opts.step_epochs, train, gen, f"compact{k}", progress, parallel=parallel)
         val = evaluate(learner, i, data.val, train.eval_batch_size)
         if val < floor:
             learner.restore(snap)

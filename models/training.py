@@ -11,6 +11,7 @@ from torch import Tensor
 from .bounds import bounded
 from .learner import ContinualLearner
 from .optim import Adam
+from .parallel import DataParallel, as_parameters, distributed_forward
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,27 @@ StepHook = Callable[[int], None]
 
 def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: TrainOptions,
         generator: torch.Generator, phase: str = "train", progress: Progress | None = None,
-        before_step: StepHook | None = None, after_step: StepHook | None = None) -> float:
+        before_step: StepHook | None = None, after_step: StepHook | None = None,
+        parallel: DataParallel | None = None) -> float:
     """Train the active task for ``epochs``; returns the mean loss of the last epoch. The hooks let a
-    transfer strategy act between steps (MergeNet regenerates weights there)."""
+    transfer strategy act between steps (MergeNet regenerates weights there). ``parallel``: this is one
+    rank of a node's process group; every rank calls fit alike and trains its shard of each batch."""
     if task != learner.active:
         raise RuntimeError(f"task {task} is not the task being learned")
+    if parallel is None:
+        return _fit(learner, task, data, epochs, opts, generator, phase, progress, before_step, after_step)
+    with as_parameters(learner, task):
+        return _fit(learner, task, data, epochs, opts, generator, phase, progress, before_step, after_step, parallel)
+
+
+def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_step, after_step,
+         parallel: DataParallel | None = None) -> float:
     params, scores = learner.trainable()
     groups = [{"params": params, "lr": opts.lr}]
     if scores:
         groups.append({"params": scores, "lr": opts.mask_lr})
+    forward = (lambda x: learner.logits(x, task)) if parallel is None else \
+        distributed_forward(learner, task, params + scores, parallel)
     # No weight decay: a frozen weight gets an exact zero gradient, and Adam then leaves it untouched.
     optimizer = Adam(groups)
     n = len(data)
@@ -61,18 +74,29 @@ def fit(learner: ContinualLearner, task: int, data: Split, epochs: int, opts: Tr
         total, seen = 0.0, 0
         for start in range(0, n, opts.batch_size):
             idx = order[start : start + opts.batch_size]
+            weight = None
+            if parallel is not None:
+                idx, weight = parallel.shard(idx)
             x, y = data.inputs[idx].to(learner.device), data.labels[idx].to(learner.device)
             if before_step:
                 before_step(step)
-            loss = F.cross_entropy(learner.logits(x, task), y)
+            if weight is None:
+                loss = F.cross_entropy(forward(x), y)
+                batch_loss, items = float(loss.detach()) * len(idx), len(idx)
+            else:
+                summed = F.cross_entropy(forward(x), y, reduction="sum")
+                loss = summed * weight
+                batch_loss, items = (float(summed.detach()), len(idx)) if weight else (0.0, 0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if after_step:
                 after_step(step)
             step += 1
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
+            total += batch_loss
+            seen += items
+        if parallel is not None:
+            total, seen = parallel.sum(total, seen)
         last = total / max(seen, 1)
         if progress:
             progress(phase, epoch + 1, epochs, last)

@@ -39,10 +39,20 @@ def _node(args: argparse.Namespace) -> int:
     from .node_config import load_node_config
     from .process import Node, install_signal_handlers
 
+    from .distributed import launch, rank_from_env
+
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
              "log_dir": args.log_dir, "tls_dir": args.tls_dir}
-    node = Node(load_node_config(args.config, flags), console=sys.stderr)
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
+    rank = rank_from_env(os.environ)
+    cfg = load_node_config(args.config, flags)  # a bad config fails once, before any rank starts
+    if rank is None and (args.nproc or 1) > 1:
+        return launch(args.nproc, args.argv, cfg.node.threads)
+    if rank is not None and args.nproc not in (None, rank.world):
+        raise ConfigError(f"--nproc {args.nproc} but the launcher started WORLD_SIZE={rank.world} ranks")
+    node = Node(cfg, console=sys.stderr, rank=rank)
     install_signal_handlers(node)
     return node.run()
 
@@ -247,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--state-dir")
     node.add_argument("--log-dir")
     node.add_argument("--tls-dir", help="serve and dial mutual TLS with the certificates crossback certs wrote here")
+    node.add_argument("--nproc", type=int, help="train with N processes (DDP; one per GPU on a GPU node); rank 0 "
+                      "serves, gossips and selects. Under torchrun, leave it out or give WORLD_SIZE")
     node.set_defaults(func=_node)
     demo = sub.add_parser("demo", help="run a local swarm of node processes on the bundled emoji data")
     demo.add_argument("--out", required=True, type=Path)
@@ -363,6 +375,7 @@ def _rpc_error() -> type[Exception]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc starts once per rank
     try:
         return args.func(args)
     except (ConfigError, _data_error(), CheckpointError, FileNotFoundError, TimeoutError, ChildProcessError) as exc:

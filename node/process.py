@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from crossback.models.methods import learn_task
+from crossback.models.parallel import DataParallel
 from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
 from crossback.models.bounds import bounded, check_bounds
@@ -35,6 +36,7 @@ from crossback.data.tasks import data_warnings
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
+from .distributed import Rank, broadcast_learner, join_group, leave_group, rank_device, ranks_agree
 from .events import EventLog
 from .outer_grad import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, OuterGradService
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
@@ -140,15 +142,22 @@ class Interrupted(Exception):
 
 
 class Node:
-    def __init__(self, cfg: NodeConfig, console=None):
+    def __init__(self, cfg: NodeConfig, console=None, rank: Rank | None = None):
+        """``rank``: this process is one rank of a node trained by several (node.distributed); rank 0
+        is the node, the others only train and keep no log, state or port of their own."""
         self.cfg, self.settings, self.run_cfg = cfg, cfg.node, cfg.run
         s = self.settings
+        self.rank = rank
         self.state_dir, self.log_dir = Path(s.state_dir), Path(s.log_dir)
-        self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console)
+        serves = rank is None or rank.serves
+        self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console) if serves else None
         self._snapshot: Snapshot | None = None
         self._public = None  # the public paired set in this node's view, when it serves public_features
         self._stop = threading.Event()
         self.device = resolve_device(s.device)
+        if rank is not None:
+            self.device = rank_device(self.device, rank)
+        self._parallel: DataParallel | None = None
         if s.threads > 0:
             torch.set_num_threads(s.threads)
 
@@ -174,13 +183,25 @@ class Node:
         self._stop.set()
 
     def _check_stop(self, *_progress) -> None:
-        if self._stop.is_set():
+        if self._stopping():
             raise Interrupted()
+
+    def _stopping(self) -> bool:
+        """Whether to stop; the ranks of one node decide together, or one would wait on the others forever."""
+        stop = self._stop.is_set()
+        return self._parallel.any(stop) if self._parallel is not None else stop
 
     def run(self) -> int:
         s, run = self.settings, self.run_cfg
         tls = load_tls(s.tls, s.node_id)  # bad certificates and bad data fail before the node binds a port
         tasks, infos = prepare_tasks(run)
+        if self.rank is not None:
+            self._parallel = join_group(self.rank, self.device)
+            if not self.rank.serves:
+                try:
+                    return self._follow(tasks)
+                finally:
+                    leave_group()
         self._public = prepare_public(run) if "public_features" in s.serve else None
         # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
         server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
@@ -201,6 +222,9 @@ class Node:
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
+        if self.rank is not None:
+            self.events.emit("distributed", world_size=self.rank.world, backend="nccl" if self.device.type == "cuda"
+                             else "gloo", threads_per_rank=torch.get_num_threads())
         if tls:
             self.events.emit("tls", identity=tls.node_id, ca=str(s.tls.paths(s.node_id)["ca"]),
                              allow=sorted(tls.allow) or "every holder of a swarm certificate")
@@ -237,6 +261,24 @@ class Node:
             servicer.payloads.flush()
             self.events.emit("node_stopped")
             self.events.close()
+            leave_group()
+        return 0
+
+    def _follow(self, tasks) -> int:
+        """A rank other than 0: train every task together with rank 0, then take the learner it ended
+        the task with (what it borrowed and adapted included), so the next task starts from the same one."""
+        parallel = self._parallel
+        learner = broadcast_learner(parallel, None, self.device)
+        for i in range(len(learner.tasks), len(tasks)):
+            if self._stopping():
+                return 0
+            try:
+                learn_task(learner, tasks[i], self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
+            except Interrupted:
+                return 0
+            ranks_agree(parallel, learner)
+            learner = broadcast_learner(parallel, None, self.device)
+            ranks_agree(parallel, learner)
         return 0
 
     def _learn(self, tasks) -> None:
@@ -259,27 +301,37 @@ class Node:
             self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
         else:
             learner, rows = new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
+        parallel = self._parallel
+        if parallel is not None:
+            broadcast_learner(parallel, learner, self.device)
         for i in range(len(learner.tasks), len(tasks)):
-            if self._stop.is_set():
+            if self._stopping():
                 return
             data = tasks[i]
             self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
             started = time.perf_counter()
             try:
-                learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop)
+                learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
             except Interrupted:
                 self.events.emit("task_interrupted", task=data.name, index=i)
                 return
+            ranks = {}
+            if parallel is not None:  # DDP keeps the ranks' learners bit-identical; this checks it did
+                ranks = {"world_size": parallel.world, "in_step": ranks_agree(parallel, learner)}
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
                               make_strategy(self.cfg.transfer, self.cfg.public_set),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
                               self.events.emit, self.cfg.experiment, self.cfg.genesis)
+            if parallel is not None:
+                broadcast_learner(parallel, learner, self.device)
+                ranks["synced"] = ranks_agree(parallel, learner)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
             folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
-                             accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3))
+                             accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3),
+                             **({"ranks": ranks} if ranks else {}))
             self.publish(folder, data.train)
         self.events.emit("tasks_done", finished=len(learner.tasks))
 
