@@ -89,4 +89,4 @@ def distributed_forward(learner, task: int, tensors: list[Tensor], parallel: Dat
     ``learner.logits(x, task)``."""
     step = _LearnerStep(learner, task, tensors)
     ids = [parallel.device.index] if parallel.device.type == "cuda" else None
-    return DistributedDataParallel(step, device_ids=ids, process_group=parallel.group, broadcast_buffers=False)
+    return DistributedDataParallel(step, device_ids=ids, process_group=parallel.group)

@@ -193,6 +193,9 @@ def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
                 break
             time.sleep(0.2)
         if failed:
+            rank = next(r for r, code in enumerate(codes) if code not in (None, 0))
+            print(f"crossback node: rank {rank} of {nproc} exited with {codes[rank]}; stopping the others",
+                  file=sys.stderr)
             _stop_all(children)
             return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N
         return 0
