@@ -134,7 +134,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                                       strategy.borrow, genesis, strategy.any_shape, strategy.needs,
                                       pairs_of(strategy, data))
             usable = [c for c in probed if c.error is None and c.parts is not None]
-            apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight)
+            apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
             _stability_scores(cfg, learner, i, usable, clients)
             base, s = learner.task_state(i), arm_seed(seed, i)
             none = run_arm(learner, i, data, strategy, base, None, opts, s)

@@ -113,7 +113,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                               strategy.any_shape, strategy.needs, pairs_of(strategy, data))
     skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
     cands = [c for c in probed if c not in skipped]
-    apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight)
+    apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight, cfg.log_scores)
     chosen, reason = choose(cands)
     scored = [c for c in cands if c.score is not None and c.error is None]
     runner_up = max((c.score for c in scored if c is not chosen), default=None)

@@ -13,8 +13,10 @@
   For a strategy that borrows a teacher's features on paired items (freqkd), it is LogME of those
   features to the items' labels: how well the teacher's view separates *my* classes.
 
-Every candidate gets every score it can (they are cheap); the node's ``selection.score`` decides
-which one ``choose`` ranks by, and the benchmark reports each one's Spearman with the realised gain.
+A node computes the score its ``selection.score`` ranks by (``local_loss`` and ``logme`` each run the
+task's items through every candidate's parts: a forward pass per candidate), plus the DDV scores,
+which the probe has already paid for. ``selection.log_scores`` computes every score for the log, as the
+transfer benchmark does to report each one's Spearman with the realised gain.
 """
 from __future__ import annotations
 
@@ -87,27 +89,36 @@ def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | No
                           data.num_classes)
 
 
-def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float) -> dict[str, float]:
-    """Every score ``cand`` can have. The ones that run our task through its parts need parts of our
-    shapes; a peer of other shapes (any-shape strategies) gets only the DDV scores."""
+def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float,
+                     wanted: frozenset[str] = frozenset(SCORES)) -> dict[str, float]:
+    """The scores in ``wanted`` that ``cand`` can have, plus its DDV scores (already paid for). The ones
+    that run our task through its parts need parts of our shapes; a peer of other shapes (any-shape
+    strategies) gets only the DDV scores."""
     if cand.parts is None:
         return {}
     shapes = learner.part_shapes(task)
     out = {}
     if "features" in cand.parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
-        out = {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], data.num_classes)}
+        if "logme" in wanted:
+            out = {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], data.num_classes)}
     elif all(tuple(t.shape) == shapes.get(n) for n, t in cand.parts.items()):
-        out = {"local_loss": local_loss(learner, task, data, cand.parts), "logme": logme(learner, task, data, cand.parts)}
+        if "local_loss" in wanted:
+            out["local_loss"] = local_loss(learner, task, data, cand.parts)
+        if "logme" in wanted:
+            out["logme"] = logme(learner, task, data, cand.parts)
     if cand.cos is not None:
         out |= {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos}
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
-def apply_score(name: str, cands: list, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float) -> None:
-    """Fill every answered candidate's ``scores`` and rank by ``name`` (``cand.score``)."""
+def apply_score(name: str, cands: list, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float,
+                every: bool = False) -> None:
+    """Fill every answered candidate's ``scores`` (score ``name`` and the DDV ones; with ``every``, all
+    of them) and rank by ``name`` (``cand.score``)."""
     if name not in SCORES:
         raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
+    wanted = frozenset(SCORES) if every else frozenset({name})
     for cand in cands:
         if cand.error is None and cand.parts is not None:
-            cand.scores = candidate_scores(cand, learner, task, data, euc_weight)
+            cand.scores = candidate_scores(cand, learner, task, data, euc_weight, wanted)
             cand.score = cand.scores.get(name)

@@ -48,6 +48,8 @@ class SelectionConfig:
     # which scoring function ranks the candidates (see .scores); logme predicted the realised gain best
     # in the transfer benchmark (benchmarks/results/starved_genesis-*.md)
     score: str = bounded("logme", choices=SCORES)
+    # also compute every other score of every candidate for the log (a forward pass per score and candidate)
+    log_scores: bool = False
     scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
     deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for probing all candidates
     euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)

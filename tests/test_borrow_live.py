@@ -47,7 +47,7 @@ def test_the_receiver_borrows_a_backbone_only_from_its_genesis_and_only_where_it
     for sel in selections:
         assert sel["borrow"] == "backbone" and sel["chosen"] == "donor" and sel["chosen_origin"] == "donor"
         (cand,) = [c for c in sel["candidates"] if c["peer"] == "donor"]
-        assert {"logme", "local_loss", "ddv"} <= set(cand["scores"]) and cand["score"] == cand["scores"]["logme"]
+        assert set(cand["scores"]) == {"logme", "ddv", "ddv_cos"} and cand["score"] == cand["scores"]["logme"]
     done = node_events(root, "rx", "transfer_done")
     assert all(d["arms"]["selected"]["facts"]["borrowed_tensors"] > 10 for d in done)
     sent = {e["kind"] for e in node_events(root, "donor", "payload_sent")}

@@ -82,6 +82,9 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv=other_kv, parts=kv_parts(other_kv))
     failed = Candidate("gone", "h:3", error="UNAVAILABLE: down")
     apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5)
+    assert set(own.scores) == {"local_loss", "ddv", "ddv_cos"}  # logme costs a forward pass: only when asked
+    apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5, every=True)
+    assert set(own.scores) == {"local_loss", "logme", "ddv", "ddv_cos"}
     expected = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
     assert own.scores["local_loss"] == pytest.approx(expected, rel=1e-5) and own.score == own.scores["local_loss"]
     assert own.scores["ddv"] == pytest.approx(0.5 - 0.5 * 0.2) and own.scores["ddv_cos"] == 0.5
