@@ -18,7 +18,7 @@ from torch.func import functional_call
 from .adapters import ImageAdapterConfig, TextAdapterConfig
 from .borrowed import check_parts, kv_parts
 from .bounds import bounded
-from .masks import MaskedLayer, binarize, effective_weight, init_uniform_
+from .masks import MaskedLayer, TrainingMasks, binarize, effective_weight, init_uniform_
 from .perceiver import ENCODER_KV, KEY, PerceiverClassifier, PerceiverConfig, split_kv
 
 METHODS = ("packnet", "piggyback", "cpg")
@@ -102,6 +102,7 @@ class ContinualLearner:
         self.device = torch.device("cpu")
         self.scores: dict[str, nn.Parameter] = {}
         self.active: int | None = None
+        self._training_masks = TrainingMasks()  # the active task's masks, kept between its steps
         # functional_call swaps tensors into the shared modules while it runs, so two threads calling
         # it on one learner (parallel DDV probes, a server answering several peers) would mix tensors
         self._call_lock = threading.RLock()
@@ -148,6 +149,7 @@ class ContinualLearner:
         params["query"] = torch.randn(1, q, generator=gen)
         params["head.weight"] = init_uniform_(torch.empty(num_classes, q), q, gen)
         params["head.bias"] = init_uniform_(torch.empty(num_classes), q, gen)
+        self._training_masks.clear()
         self.task_params.append({n: t.to(self.device).requires_grad_(True) for n, t in params.items()})
         self.pick_masks.append({})
         self.tasks.append(TaskRecord(name, num_classes, self.ff_widths()))
@@ -174,6 +176,7 @@ class ContinualLearner:
         i = self._require_active()
         self.pick_masks[i] = {n: (s.detach() > self.pick.threshold) for n, s in self.scores.items()}
         self.scores = {}
+        self._training_masks.clear()
         self.task_params[i] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[i].items()}
         for layer in self.layers.values():
             layer.weight.requires_grad_(False)
@@ -235,7 +238,10 @@ class ContinualLearner:
             width = record.ff_widths.get(layer.ff_group) if layer.ff_group else None
             weight, owner = layer.sliced(width)
             pick = self._pick(task, name, train)
-            params[name] = effective_weight(weight, owner, task + 1, train=train, pick=pick)
+            if train:
+                params[name] = self._training_masks.weight(name, weight, owner, task + 1, pick)
+            else:
+                params[name] = effective_weight(weight, owner, task + 1, train=False, pick=pick)
         for name in self.borrowed.get(task, {}):
             params[name] = self._borrowed_weight(task, name, train)
         return params

@@ -42,6 +42,8 @@ class MaskedLayer:
 
     def sliced(self, width: int | None) -> tuple[Tensor, Tensor]:
         rows, cols = self.index(width)
+        if isinstance(rows, slice) and isinstance(cols, slice) and rows == cols == slice(None):
+            return self.weight, self.owner  # the whole matrix: no view, no autograd node per step
         return self.weight[rows][:, cols], self.owner[rows][:, cols]
 
 
@@ -74,6 +76,47 @@ def effective_weight(
     if pick is None:
         return trained + torch.where(older, frozen, torch.zeros((), dtype=weight.dtype))
     return trained + frozen * older.to(weight.dtype) * pick
+
+
+@dataclass
+class _Masks:
+    weight: Tensor
+    owner: Tensor
+    owner_version: int
+    task_owner: int
+    own: Tensor  # bool: the weights the task trains
+    frozen: Tensor  # older tasks' weights where they are, exact zeros elsewhere (no grad)
+
+
+class TrainingMasks:
+    """``effective_weight(..., train=True)`` for the task being trained, with what does not change
+    between its steps computed once: which weights are its own, and the older tasks' frozen weights
+    (zero forgetting: no step changes them). An entry is recomputed when its layer's weight or owner
+    tensor is replaced (growth, a device move) or the owner index is written (pruning, claiming,
+    restoring), which bumps the owner's version counter. Forward values and gradients equal
+    ``effective_weight``'s (tests/test_masks.py)."""
+
+    def __init__(self):
+        self._entries: dict[str, _Masks] = {}
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _masks(self, name: str, weight: Tensor, owner: Tensor, task_owner: int) -> _Masks:
+        e = self._entries.get(name)
+        if (e is None or e.weight is not weight or e.owner is not owner or e.owner_version != owner._version
+                or e.task_owner != task_owner):
+            with torch.no_grad():
+                older = (owner >= 1) & (owner < task_owner)
+                frozen = torch.where(older, weight.detach(), torch.zeros((), dtype=weight.dtype))
+            e = _Masks(weight, owner, owner._version, task_owner, owner == task_owner, frozen)
+            self._entries[name] = e
+        return e
+
+    def weight(self, name: str, weight: Tensor, owner: Tensor, task_owner: int, pick: Tensor | None = None) -> Tensor:
+        """``pick``: the real-valued straight-through mask over older weights (Piggyback, CPG)."""
+        e = self._masks(name, weight, owner, task_owner)
+        return torch.where(e.own, weight, e.frozen if pick is None else e.frozen * pick)
 
 
 def init_uniform_(t: Tensor, fan_in: int, generator: torch.Generator) -> Tensor:
