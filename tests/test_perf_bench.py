@@ -48,3 +48,12 @@ def test_swarm_benchmark_runs_real_nodes_and_a_late_receiver(tmp_path, monkeypat
     figures = json.loads(out.read_text())
     assert figures["late_receiver"]["candidates"] == 2 and figures["late_receiver"]["scored"] == 2
     assert figures["rss_mib"]["serving"] > 0 and 0 < figures["bytes_per_candidate_vs_model"] < 0.5
+
+
+def test_ddp_benchmark_runs_one_process_and_two_ranks_side_by_side(tmp_path, monkeypatch):
+    out = tmp_path / "ddp.json"
+    _run_script("ddp.py", ["--scales", "1", "--epochs", "1", "--json", str(out)], monkeypatch)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["task_seconds_ratio"] > 0 and len(row["one_process"]["task_s"]) == 3
+    assert row["2_ranks"]["ranks"] == {"world_size": 2, "in_step": True, "synced": True}
+    assert row["accuracy_gap"] <= 0.02
