@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -82,11 +81,16 @@ def join_group(rank: Rank, device: torch.device) -> DataParallel:
     return DataParallel(rank.rank, rank.world, device if backend == "nccl" else torch.device("cpu"))
 
 
-def leave_group() -> None:
+def leave_group(parallel: DataParallel | None = None) -> None:
+    """``parallel``: leave together — every rank waits here for the others first. A rank that tears its
+    group down while another still holds connections to it can abort in gloo's threads."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    if parallel is not None:
+        dist.barrier(group=parallel.group)
+    dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- the learner across ranks
@@ -162,18 +166,17 @@ def ranks_agree(parallel: DataParallel, learner: ContinualLearner) -> bool:
 
 # ---------------------------------------------------------------- the launcher behind --nproc
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
     """Run ``crossback <argv>`` as ``nproc`` ranks on this machine and wait for them. A rank that fails
     stops the others (as torchrun does); SIGTERM / SIGINT are passed on to every rank. ``threads``: torch
     threads per rank (0: the cores split evenly between ranks, so N ranks do not oversubscribe them)."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nproc),
-               LOCAL_WORLD_SIZE=str(nproc))
+    from torch.distributed import TCPStore
+
+    # The launcher hosts the rendezvous store, as torchrun's agent does: bound to port 0 here and held,
+    # so no other process can take the port between choosing it and rank 0 binding it.
+    store = TCPStore("127.0.0.1", 0, nproc + 1, is_master=True, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False)
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), WORLD_SIZE=str(nproc),
+               LOCAL_WORLD_SIZE=str(nproc), TORCHELASTIC_USE_AGENT_STORE="True")
     if not threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     children = [subprocess.Popen([sys.executable, "-m", "crossback.node.cli", *argv],
@@ -203,6 +206,7 @@ def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _stop_all(children)
+        del store
 
 
 def _stop_all(children: list[subprocess.Popen]) -> None:

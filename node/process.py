@@ -198,10 +198,9 @@ class Node:
         if self.rank is not None:
             self._parallel = join_group(self.rank, self.device)
             if not self.rank.serves:
-                try:
-                    return self._follow(tasks)
-                finally:
-                    leave_group()
+                code = self._follow(tasks)
+                leave_group(self._parallel)
+                return code
         self._public = prepare_public(run) if "public_features" in s.serve else None
         # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
         server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
@@ -248,6 +247,9 @@ class Node:
         self._membership = membership
         try:
             self._learn(tasks)
+            if self._parallel is not None:
+                leave_group(self._parallel)  # the other ranks are done once the tasks are; rank 0 serves on alone
+                self._parallel = None
             if not s.exit_when_done and not self._stop.is_set():
                 self.events.emit("serving", address=address, snapshot_version=self._snapshot.version if self._snapshot else 0)
                 while not self._stop.wait(0.2):
