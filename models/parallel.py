@@ -26,6 +26,10 @@ class DataParallel:
     device: torch.device  # where collectives run: cpu for gloo, this rank's GPU for NCCL
     group: object = None  # the node-local process group (None: torch.distributed's default group)
 
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
     def shard(self, idx: Tensor) -> tuple[Tensor, float]:
         """This rank's items of one batch and the weight of its summed loss. A rank left without items
         (a last batch smaller than the world) runs one item at weight 0: DDP needs every rank's backward."""

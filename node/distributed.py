@@ -191,18 +191,16 @@ def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
     try:
         while True:
             codes = [c.poll() for c in children]
-            failed = [code for code in codes if code not in (None, 0)]
-            if failed or all(code is not None for code in codes):
-                break
+            failed = next((r for r, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                code = codes[failed]
+                print(f"crossback node: rank {failed} of {nproc} exited with {code}; stopping the others",
+                      file=sys.stderr)
+                return code if code > 0 else 128 - code  # killed by signal N: 128 + N
+            if all(code is not None for code in codes):
+                return 0
             time.sleep(0.2)
-        if failed:
-            rank = next(r for r, code in enumerate(codes) if code not in (None, 0))
-            print(f"crossback node: rank {rank} of {nproc} exited with {codes[rank]}; stopping the others",
-                  file=sys.stderr)
-            _stop_all(children)
-            return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N
-        return 0
-    finally:
+    finally:  # the others stop here, while the store they rendezvoused on is still held
         for s, handler in previous.items():
             signal.signal(s, handler)
         _stop_all(children)

@@ -198,9 +198,9 @@ class Node:
         if self.rank is not None:
             self._parallel = join_group(self.rank, self.device)
             if not self.rank.serves:
-                code = self._follow(tasks)
+                self._follow(tasks)
                 leave_group(self._parallel)
-                return code
+                return 0
         self._public = prepare_public(run) if "public_features" in s.serve else None
         # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
         server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
@@ -222,8 +222,8 @@ class Node:
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
         if self.rank is not None:
-            self.events.emit("distributed", world_size=self.rank.world, backend="nccl" if self.device.type == "cuda"
-                             else "gloo", threads_per_rank=torch.get_num_threads())
+            self.events.emit("distributed", world_size=self.rank.world, backend=self._parallel.backend,
+                             threads_per_rank=torch.get_num_threads())
         if tls:
             self.events.emit("tls", identity=tls.node_id, ca=str(s.tls.paths(s.node_id)["ca"]),
                              allow=sorted(tls.allow) or "every holder of a swarm certificate")
@@ -266,22 +266,21 @@ class Node:
             leave_group()
         return 0
 
-    def _follow(self, tasks) -> int:
+    def _follow(self, tasks) -> None:
         """A rank other than 0: train every task together with rank 0, then take the learner it ended
         the task with (what it borrowed and adapted included), so the next task starts from the same one."""
         parallel = self._parallel
         learner = broadcast_learner(parallel, None, self.device)
         for i in range(len(learner.tasks), len(tasks)):
             if self._stopping():
-                return 0
+                return
             try:
                 learn_task(learner, tasks[i], self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
             except Interrupted:
-                return 0
+                return
             ranks_agree(parallel, learner)
             learner = broadcast_learner(parallel, None, self.device)
             ranks_agree(parallel, learner)
-        return 0
 
     def _learn(self, tasks) -> None:
         ckpt_root = self.state_dir / "checkpoints"
