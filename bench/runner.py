@@ -109,6 +109,16 @@ def _control_items(cfg: BenchConfig, node: BenchNode, items: dict):
     return None
 
 
+def _label_set(node: BenchNode, spec) -> tuple:
+    return (node.source, tuple(sorted(spec.classes)) if spec.classes else ("superclass", spec.superclass))
+
+
+def same_task_donors(cfg: BenchConfig, receiver: BenchNode, spec) -> set[str]:
+    """The serving nodes whose published (last) task has exactly this receiver task's label set."""
+    want = _label_set(receiver, spec)
+    return {n.name for n in cfg.nodes if n.serves and n.name != receiver.name and _label_set(n, n.tasks[-1]) == want}
+
+
 def _arm_record(arm: dict | None) -> dict:
     return {k: arm[k] for k in ("val", "val_loss", "test", "facts", "seconds") if k in arm} if arm else {}
 
@@ -152,7 +162,9 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
             kept, why = decide_keep(decision, "selected")
             learner.set_task_state(i, decision[kept]["state"])
-            records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why))
+            same = same_task_donors(cfg, node, node.tasks[i])
+            records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
+                                        same))
     finally:
         clients.close()
     return records
@@ -168,15 +180,20 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
                 c.scores[f"ddv@{seed}"] = score
 
 
-def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why):
+def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why,
+                 same: set[str]):
     warnings = data_warnings([info], cfg.min_test_items)
     return {
         "seed": seed, "receiver": node.name, "modality": node.modality, "shots": shots, "task": info["name"],
         "index": i, "classes": len(info["classes"]), "samples": info["samples"], "warnings": warnings,
+        "kind": "same-task" if same else "new-task",
         "none": _arm_record(none),
         "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == control,
+                        "same_task": c.peer in same,
                         "error": c.error, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
-                        "bytes": c.bytes, **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}
+                        "bytes": c.bytes, "kv_bytes": c.kv_bytes, "payload_bytes": c.payload_bytes,
+                        "payload_seconds": c.payload_seconds, "score_seconds": c.score_seconds,
+                        **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}
                        for c in probed],
         "chosen": chosen.peer if chosen else None, "kept": kept, "keep_reason": why,
         "kept_test": (arms[chosen.peer] if kept == "selected" else none)["test"],
@@ -200,8 +217,8 @@ def _check_resume(out: Path, cfg: BenchConfig) -> None:
     write_json_atomic(path, mine)
 
 
-def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) -> list[dict]:
-    """Run (or resume) every unit; returns every task record."""
+def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True, only: set[int] | None = None) -> list[dict]:
+    """Run (or resume) every unit (``only``: of these seeds); returns every task record found."""
     out = Path(out)
     _check_resume(out, cfg)
     groups = [(i, k) for i, n in enumerate(cfg.nodes) if n.receives for k in (n.shots or (None,))]
@@ -211,6 +228,8 @@ def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True) ->
                dynamic_ncols=True)
     try:
         for seed in range(seeds):
+            if only is not None and seed not in only:
+                continue
             todo = [(i, k) for i, k in groups if not unit_path(out, seed, cfg.nodes[i], k).exists()]
             bar.update(len(groups) - len(todo))
             if not todo:

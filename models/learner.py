@@ -98,6 +98,8 @@ class ContinualLearner:
         self.borrowed: dict[int, dict[str, Tensor]] = {}
         self.borrow_masks: dict[int, dict[str, Tensor]] = {}  # task -> its learned binary masks over them
         self.borrow_scores: dict[str, nn.Parameter] = {}  # real-valued mask scores while adapting
+        # task -> the fused encoder K/V it started learning from (this process only; not checkpointed)
+        self.kv_starts: dict[int, Tensor] = {}
         self.adapting = self.adapt_own = False
         self.device = torch.device("cpu")
         self.scores: dict[str, nn.Parameter] = {}
@@ -155,6 +157,8 @@ class ContinualLearner:
         self.tasks.append(TaskRecord(name, num_classes, self.ff_widths()))
         self.active = i
         self._claim_weights(i, gen)
+        with torch.no_grad():
+            self.kv_starts[i] = self.params_for(i)[ENCODER_KV].detach().cpu().clone()
         return i
 
     def _claim_weights(self, i: int, gen: torch.Generator) -> None:
@@ -165,12 +169,20 @@ class ContinualLearner:
                 if claims_free:
                     free = layer.owner == 0
                     if i > 0 and bool(free.any()):
-                        fresh = init_uniform_(torch.empty(layer.weight.shape), layer.weight.shape[1], gen)
-                        layer.weight[free] = fresh.to(self.device)[free]
+                        layer.weight[free] = self._fresh(layer, gen)[free]
                     layer.owner[free] = owner
                 if i > 0 and self.method in ("piggyback", "cpg"):
                     shape = layer.weight.shape
                     self.scores[layer.name] = nn.Parameter(torch.full(shape, self.pick.init_score, device=self.device))
+
+    def _fresh(self, layer: MaskedLayer, gen: torch.Generator) -> Tensor:
+        """Initial values for the free weights a new task claims. In a swarm genesis they are the genesis
+        values again, so every task of every node starts in the basis the swarm shares (a borrowed part,
+        and how K/V moved, mean the same on both sides); otherwise a fresh draw."""
+        origin = self.net.get_parameter(layer.name) if self.genesis is not None else None
+        if origin is not None and origin.shape == layer.weight.shape:
+            return origin.detach().to(self.device)
+        return init_uniform_(torch.empty(layer.weight.shape), layer.weight.shape[1], gen).to(self.device)
 
     def end_task(self) -> None:
         i = self._require_active()

@@ -171,7 +171,15 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else cfg.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {seeds}")
-    records = run_bench(cfg, args.out, seeds, progress=not args.no_progress)
+    only = None
+    if args.run_seeds:
+        try:
+            only = {int(x) for x in args.run_seeds.split(",") if x.strip()}
+        except ValueError:
+            raise ConfigError(f"--run-seeds: {args.run_seeds!r} is not a comma-separated list of integers") from None
+        if not only or not all(0 <= x < seeds for x in only):
+            raise ConfigError(f"--run-seeds: every seed must lie in 0..{seeds - 1}, got {args.run_seeds!r}")
+    records = run_bench(cfg, args.out, seeds, progress=not args.no_progress, only=only)
     result = {**analyse(records, cfg.bootstrap), "environment": environment(cfg.threads)}
     command = "crossback bench transfer " + " ".join(
         shlex.quote(a) for a in ["--config", str(args.config), "--seeds", str(seeds), "--out", str(args.out)]
@@ -299,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
     bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone", "encoder"), help="override transfer.borrow of the config")
     bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), help="override transfer.strategy of the config")
+    bt.add_argument("--run-seeds", help="run only these of the seeds (e.g. 0,2,4; another process may run the "
+                    "others into the same --out); the report covers every seed found there")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)
     bc = bench.add_parser("compare", help="two runs of one regime: each donor's arm in A minus the same arm in B")

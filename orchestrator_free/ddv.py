@@ -5,12 +5,17 @@ Both sides generate the same probe pairs from a shared spec, so no data is neede
 ``attnRep(M, kv)`` is its (task's) latents attending to the probe tokens through its encoder
 cross-attention with the key/value projections ``kv``; the DDV holds, per pair, the cosine distance
 between the responses to ``x_j`` and ``x'_j``.
+
+The normals come from a generator any language can rebuild from the .proto's comments (``normals``):
+SplitMix64 over a counter, Box-Muller in float64, rounded to float32. ``tests/vectors/probes.json``
+holds test vectors (spec -> probe values and digests -> DDV of a small published block).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from einops import repeat
 from torch import Tensor
@@ -45,11 +50,38 @@ class ProbeSpec:
         return self
 
 
+GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def splitmix64(seed: int, count: int) -> np.ndarray:
+    """Outputs 0..count-1 of SplitMix64 started at ``seed``: z_i = mix(seed + (i + 1) * GOLDEN mod 2^64)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed % 2**64) + (np.arange(1, count + 1, dtype=np.uint64) * np.uint64(GOLDEN))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+        return z ^ (z >> np.uint64(31))
+
+
+def normals(seed: int, count: int) -> np.ndarray:
+    """``count`` standard normals (float32): u_i = ((z_i >> 11) + 0.5) / 2^53 in (0, 1); for every pair
+    (u_2k, u_2k+1), r = sqrt(-2 ln u_2k), n_2k = r cos(2 pi u_2k+1), n_2k+1 = r sin(2 pi u_2k+1), in
+    float64, each rounded to the nearest float32 (an odd count drops the last sine)."""
+    u = ((splitmix64(seed, count + count % 2) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    r, theta = np.sqrt(-2.0 * np.log(u[0::2])), 2.0 * math.pi * u[1::2]
+    out = np.empty(count + count % 2, dtype=np.float64)
+    out[0::2], out[1::2] = r * np.cos(theta), r * np.sin(theta)
+    return out[:count].astype(np.float32)
+
+
 def probe_pairs(spec: ProbeSpec, token_dim: int) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(spec.seed)
-    x = torch.randn(spec.pair_count, spec.token_count, token_dim, generator=gen)
-    noise = torch.randn(spec.pair_count, spec.token_count, token_dim, generator=gen)
-    return x, x + spec.perturbation * noise
+    """(x, x'), each (pair_count, token_count, C) float32: the first P*T*C normals of the spec's seed in
+    row-major order are x, the next P*T*C the noise n; x' = x + float32(perturbation) * n in float32."""
+    shape = (spec.pair_count, spec.token_count, token_dim)
+    size = int(np.prod(shape))
+    z = normals(spec.seed, 2 * size)
+    x, noise = z[:size].reshape(shape), z[size:].reshape(shape)
+    x_prime = x + np.float32(spec.perturbation) * noise
+    return torch.from_numpy(x), torch.from_numpy(x_prime)
 
 
 @torch.no_grad()

@@ -1,8 +1,24 @@
 """Scoring functions for backbone selection: larger is better, one documented formula each.
 
+Cheap scores need only what every candidate sends for selection, its published K/V and its DDV
+answer (a few % of the model); nothing of the receiver leaves it:
+
 - ``ddv`` (the paper): ``cos - euc_weight * euc`` of the two sides' DDVs on identical probes
   (see ``selection``); the peer answers half of it.
 - ``ddv_cos``: the cosine part alone (``euc_weight = 0``).
+- ``kv_motion``: how the candidate's K/V moved away from the swarm genesis, against how ours moved
+  while learning this task: ``cos(KV_k - KV_0, KV_r - KV_s)`` over the fused (2d, C) matrix, with
+  ``KV_0`` the genesis K/V every node of the swarm started from (the receiver rebuilds it from the
+  genesis seed) and ``KV_s`` the K/V our task started from (the genesis K/V for a first task; for a
+  later one, older tasks' weights and the fresh ones it claimed). Two nodes that learned the same thing
+  from one start moved the same way. A candidate that has not moved at all (an untrained node: it
+  learned nothing) scores -1, the minimum. Needs a swarm genesis.
+- ``kv_drift``: ``||KV_k - KV_0|| / ||KV_0||``, how far the candidate moved at all (how much it learned,
+  whatever it learned): a control for ``kv_motion``.
+- ``logme_kv``: ``logme`` (below) with only the candidate's K/V swapped into our own task model.
+
+Scores on the borrowed payload (``selection.confirm``; the backbone: the whole model of a candidate):
+
 - ``local_loss``: minus the receiver's mean cross-entropy on its own *validation* split when the task
   runs through the candidate's parts, before any adaptation (nothing leaves the receiver, nothing is
   trained).
@@ -13,24 +29,31 @@
   For a strategy that borrows a teacher's features on paired items (freqkd), it is LogME of those
   features to the items' labels: how well the teacher's view separates *my* classes.
 
-A node computes the score its ``selection.score`` ranks by (``local_loss`` and ``logme`` each run the
-task's items through every candidate's parts: a forward pass per candidate), plus the DDV scores,
-which the probe has already paid for. ``selection.log_scores`` computes every score for the log, as the
-transfer benchmark does to report each one's Spearman with the realised gain.
+A node computes the scores it ranks by (``selection.score`` on every candidate, ``selection.confirm``
+on its shortlist), plus the DDV scores, which the probe has already paid for. ``selection.log_scores``
+computes every score a candidate's fetched payloads allow, for the log, as the transfer benchmark does
+to report each one's Spearman with the realised gain.
 """
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
+from crossback.models.borrowed import kv_parts
 from crossback.models.learner import ContinualLearner
+from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.methods import TaskData
 from crossback.models.training import Split, features
 
-SCORES = ("ddv", "ddv_cos", "local_loss", "logme")
+CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_drift", "logme_kv")  # K/V + DDV only
+PAYLOAD_SCORES = ("local_loss", "logme")  # the borrowed payload (a backbone)
+SCORES = CHEAP_SCORES + PAYLOAD_SCORES
 DDV_SCORES = ("ddv", "ddv_cos")
+GENESIS_SCORES = ("kv_motion", "kv_drift")  # need the swarm genesis K/V
 
 
 def _with_parts(learner: ContinualLearner, task: int, parts: dict) -> dict:
@@ -89,36 +112,114 @@ def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | No
                           data.num_classes)
 
 
-def candidate_scores(cand, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float,
-                     wanted: frozenset[str] = frozenset(SCORES)) -> dict[str, float]:
-    """The scores in ``wanted`` that ``cand`` can have, plus its DDV scores (already paid for). The ones
-    that run our task through its parts need parts of our shapes; a peer of other shapes (any-shape
-    strategies) gets only the DDV scores."""
-    if cand.parts is None:
-        return {}
-    shapes = learner.part_shapes(task)
-    out = {}
-    if "features" in cand.parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
-        if "logme" in wanted:
-            out = {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], data.num_classes)}
-    elif all(tuple(t.shape) == shapes.get(n) for n, t in cand.parts.items()):
-        if "local_loss" in wanted:
-            out["local_loss"] = local_loss(learner, task, data, cand.parts)
-        if "logme" in wanted:
-            out["logme"] = logme(learner, task, data, cand.parts)
-    if cand.cos is not None:
-        out |= {"ddv": cand.cos - euc_weight * cand.euc, "ddv_cos": cand.cos}
-    return {k: v for k, v in out.items() if math.isfinite(v)}
+def genesis_kv(learner: ContinualLearner) -> Tensor | None:
+    """The fused (2d, C) encoder K/V every node of the learner's swarm genesis started from (None: no genesis)."""
+    if learner.genesis is None:
+        return None
+    fresh = ContinualLearner(learner.cfg, learner.modality, learner.method, 0, learner.pick, learner.genesis)
+    return fresh.layers[ENCODER_KV].weight.detach().double()
+
+
+def kv_motion(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor) -> float:
+    """cos(KV_k - origin, ours) over the weights both sides learned: those our task moved and runs
+    (``kept``) that the candidate runs too (a pruned weight reads as zero, a move that is not learning);
+    -1 for a K/V that never left the origin."""
+    theirs = join_kv(kv).double()
+    if not bool((theirs != origin).any()):
+        return -1.0
+    both = kept & (theirs != 0)
+    moved, ours = (theirs - origin)[both], ours[both]
+    norm = float(moved.norm() * ours.norm())
+    return float((moved * ours).sum()) / norm if norm > 0 else -1.0
+
+
+def kv_drift(kv: dict[str, Tensor], origin: Tensor) -> float:
+    return float((join_kv(kv).double() - origin).norm() / origin.norm())
+
+
+class Receiver:
+    """What scoring needs of the receiving side, computed once per selection: its task model, data
+    and the genesis K/V."""
+
+    def __init__(self, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float):
+        self.learner, self.task, self.data, self.euc_weight = learner, task, data, euc_weight
+        self.shapes = learner.part_shapes(task)
+        self._origin: Tensor | None | bool = False  # False: not computed yet
+
+    @property
+    def origin(self) -> Tensor | None:
+        if self._origin is False:
+            self._origin = genesis_kv(self.learner)
+        return self._origin
+
+    @property
+    def own_motion(self) -> tuple[Tensor, Tensor]:
+        """How our task's K/V moved while it was learned (from the genesis K/V when its start is unknown,
+        e.g. after a resume), and which weights it both moved and runs."""
+        start = self.learner.kv_starts.get(self.task)
+        start = self.origin if start is None else start.double()
+        now = join_kv(self.learner.extract_kv(self.task)).double()
+        return now - start, (now != start) & (now != 0)
+
+    def cheap(self, cand, wanted) -> dict[str, float]:
+        """The K/V + DDV scores in ``wanted`` that ``cand`` (K/V fetched) can have, plus its DDV scores."""
+        out = {}
+        if cand.cos is not None:
+            out |= {"ddv": cand.cos - self.euc_weight * cand.euc, "ddv_cos": cand.cos}
+        kv = cand.kv
+        if kv is None or tuple(join_kv(kv).shape) != self.shapes[ENCODER_KV]:
+            return out  # another K/V shape (any-shape strategies): the DDV scores only
+        if "kv_motion" in wanted and self.origin is not None:
+            out["kv_motion"] = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, self.origin))
+        if "kv_drift" in wanted and self.origin is not None:
+            out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, self.origin))
+        if "logme_kv" in wanted:
+            out["logme_kv"] = _timed(cand, "logme_kv", lambda: logme(self.learner, self.task, self.data, kv_parts(kv)))
+        return out
+
+    def payload(self, cand, wanted) -> dict[str, float]:
+        """The scores in ``wanted`` on ``cand``'s borrowed parts (fetched). They run our task through the
+        parts, so they need parts of our shapes; a feature payload (freqkd) gets LogME of its features."""
+        if cand.parts is None:
+            return {}
+        if "features" in cand.parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
+            if "logme" in wanted:
+                return {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], self.data.num_classes)}
+            return {}
+        out = {}
+        if all(tuple(t.shape) == self.shapes.get(n) for n, t in cand.parts.items()):
+            if "local_loss" in wanted:
+                out["local_loss"] = _timed(cand, "local_loss", lambda: local_loss(self.learner, self.task, self.data,
+                                                                                  cand.parts))
+            if "logme" in wanted:
+                out["logme"] = _timed(cand, "logme", lambda: logme(self.learner, self.task, self.data, cand.parts))
+        return out
+
+
+def _timed(cand, name: str, compute) -> float:
+    started = time.perf_counter()
+    value = compute()
+    cand.score_seconds[name] = round(time.perf_counter() - started, 5)
+    return value
+
+
+def _finite(scores: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in scores.items() if math.isfinite(v)}
+
+
+def check_score(name: str) -> None:
+    if name not in SCORES:
+        raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
 
 
 def apply_score(name: str, cands: list, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float,
-                every: bool = False) -> None:
+                every: bool = False, receiver: Receiver | None = None) -> None:
     """Fill every answered candidate's ``scores`` (score ``name`` and the DDV ones; with ``every``, all
-    of them) and rank by ``name`` (``cand.score``)."""
-    if name not in SCORES:
-        raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
+    that its fetched payloads allow) and rank by ``name`` (``cand.score``; None where it has none)."""
+    check_score(name)
     wanted = frozenset(SCORES) if every else frozenset({name})
+    receiver = receiver or Receiver(learner, task, data, euc_weight)
     for cand in cands:
-        if cand.error is None and cand.parts is not None:
-            cand.scores = candidate_scores(cand, learner, task, data, euc_weight, wanted)
+        if cand.error is None and (cand.parts is not None or cand.kv is not None or cand.cos is not None):
+            cand.scores |= _finite(receiver.cheap(cand, wanted) | receiver.payload(cand, wanted))
             cand.score = cand.scores.get(name)

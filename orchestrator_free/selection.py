@@ -32,7 +32,7 @@ from crossback.models.perceiver import KV_NAMES
 
 from .ddv import ProbeSpec, ddv
 from .pairs import FEATURE_KINDS, NoPairs, Pairs, fetch_pairs
-from .scores import DDV_SCORES, SCORES
+from .scores import CHEAP_SCORES, DDV_SCORES, PAYLOAD_SCORES, SCORES
 from .transport import PeerClient
 from .wire import WireError
 
@@ -42,18 +42,46 @@ MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
 
 
+MAX_SHORTLIST = 4096
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     enabled: bool = True
-    # which scoring function ranks the candidates (see .scores); logme predicted the realised gain best
-    # in the transfer benchmark (benchmarks/results/starved_genesis-*.md)
+    # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
+    # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
     score: str = bounded("logme", choices=SCORES)
-    # also compute every other score of every candidate for the log (a forward pass per score and candidate)
+    # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
+    # score alone (only the winner's payload moves); all: every candidate is fetched and confirmed
+    shortlist: int | str = "all"
+    confirm: str = bounded("logme", choices=PAYLOAD_SCORES)
+    # a selection probes at most this many peers (0: every alive peer); see .candidates for the order
+    max_candidates: int = bounded(0, ge=0, le=100_000)
+    # also compute every other score each candidate's fetched payloads allow, for the log
     log_scores: bool = False
     scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
-    deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for probing all candidates
+    deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for each stage of probing candidates
     euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)
     probe: ProbeSpec = field(default_factory=ProbeSpec)
+
+    def __post_init__(self):
+        k = self.shortlist
+        if isinstance(k, bool) or not (k == "all" or isinstance(k, int) and 0 <= k <= MAX_SHORTLIST):
+            raise ValueError(f"shortlist: expected an integer in 0..{MAX_SHORTLIST} or 'all', got {k!r}")
+
+    @property
+    def cheap(self) -> bool:
+        """Whether the ranking score needs only K/V + DDV (then `shortlist` and `confirm` apply)."""
+        return self.score in CHEAP_SCORES
+
+    def kinds_needed(self) -> set[str]:
+        """The payload kinds a candidate must serve for the ranking score."""
+        if self.score in DDV_SCORES:
+            return {"kv", "ddv"}
+        return {"kv"} if self.cheap else set()
+
+    def probes_ddv(self) -> bool:
+        return self.score in DDV_SCORES or self.log_scores
 
 
 @dataclass
@@ -77,9 +105,15 @@ class Candidate:
     # the parts plus what a strategy's extra kind fetched for an arm (see fetch_extra)
     payload: dict[str, Tensor] | None = field(default=None, repr=False)
     extra: dict | None = None  # the extra payload's summary (mona: the peer's outer-loss figures)
+    kv_bytes: int = 0  # stage 1: K/V + DDV reply
+    payload_bytes: int = 0  # stage 2: what the strategy borrows (0 unless shortlisted, chosen or an arm)
+    payload_seconds: float | None = None
+    shortlisted: bool = False
+    score_seconds: dict[str, float] = field(default_factory=dict)  # compute time of each score
+    advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
 
     def public(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins", "payload")}
+        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins", "payload", "advertised")}
 
 
 def zscore(v: Tensor) -> Tensor:
@@ -156,90 +190,136 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
     return parts
 
 
+def _eligibility(info, cand: Candidate, learner: ContinualLearner, expected, cfg: "SelectionConfig", needs: set[str],
+                 genesis: str, any_shape: bool) -> str | None:
+    shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
+    served = set(info.payload_kinds)
+    if genesis and info.genesis != genesis:
+        return f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
+    if shapes != expected and not any_shape:
+        return f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
+    if info.snapshot_version < 1:
+        return f"{SKIPPED} no finished task yet"
+    if cfg.scope == "intra" and info.modality != learner.modality:
+        return f"{SKIPPED} modality {info.modality} outside scope intra"
+    if not needs <= served:
+        return f"{SKIPPED} does not serve {sorted(needs - served)} (serves {sorted(served)})"
+    return None
+
+
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
                expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
-               any_shape: bool = False, needs: frozenset[str] = frozenset(), pairs: Pairs | None = None) -> Candidate:
+               any_shape: bool = False, needs: frozenset[str] = frozenset(), probe_ddv: bool = True) -> Candidate:
+    """Stage 1 of a selection: the candidate's info, eligibility, published K/V and (``probe_ddv``) DDV
+    answer — what every cheap score needs, a few % of the model."""
     started = time.perf_counter()
     try:
         info = client.get_info()
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
-        shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
         served = set(info.payload_kinds)
-        needs = {borrow} | set(needs) | ({"kv", "ddv"} if cfg.score in DDV_SCORES else set())
-        if genesis and info.genesis != genesis:
-            cand.error = f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
-        elif shapes != expected and not any_shape:
-            cand.error = f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
-        elif info.snapshot_version < 1:
-            cand.error = f"{SKIPPED} no finished task yet"
-        elif cfg.scope == "intra" and info.modality != learner.modality:
-            cand.error = f"{SKIPPED} modality {info.modality} outside scope intra"
-        elif not needs <= served:
-            cand.error = f"{SKIPPED} does not serve {sorted(needs - served)} (serves {sorted(served)})"
-        else:
-            nbytes = 0
-            if {"kv", "ddv"} <= served:
-                same = shapes == expected
+        required = {borrow} | set(needs) | cfg.kinds_needed()
+        cand.error = _eligibility(info, cand, learner, expected, cfg, required, genesis, any_shape)
+        if cand.error is None:
+            cand.advertised = _origins(info, cand.peer)
+            if "kv" in served:
+                same = {s.name: tuple(s.dims) for s in info.kv_shapes} == expected
                 kv, version = client.fetch_kv(expected=expected if same else None, min_version=1)
-                kv = kv if same else foreign_kv(kv, cand.peer)
-                (cand.cos, cand.euc, cand.score), reply_bytes = ddv_score(client, learner, task, kv if same else None,
-                                                                          cfg.probe, cfg.euc_weight, version)
-                cand.kv, cand.snapshot_version = kv, version
-                nbytes += sum(t.numel() * t.element_size() for t in kv.values()) + reply_bytes
-            if borrow in FEATURE_KINDS:  # a teacher's features on our paired items (freqkd)
-                if pairs is None:
-                    raise ValueError(f"borrowing {borrow} needs items to pair")
-                cand.parts, cand.snapshot_version, received = fetch_pairs(client, pairs, cand.peer)
-                nbytes += received
-            elif borrow == "kv" and cand.kv is not None:
-                cand.parts = kv_parts(cand.kv)
-            else:
-                received, version = client.fetch_payload(borrow, min_version=1)
-                if cand.kv is not None and version != cand.snapshot_version:
-                    raise WireError(f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}")
+                cand.kv = kv if same else foreign_kv(kv, cand.peer)
                 cand.snapshot_version = version
-                nbytes += sum(t.numel() * t.element_size() for t in received.values())
-                own = learner.part_shapes(task)
-                fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
-                cand.parts = (foreign_parts(borrow, received, own, cand.peer) if any_shape and not fits
-                              else accept_parts(borrow, received, own))
-            advertised = _origins(info, cand.peer)
-            cand.origins = {n: advertised.get(n, cand.peer) for n in cand.parts}
-            cand.origin = _dominant(cand.origins, cand.parts)
-            cand.bytes = nbytes
+                cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
+                if probe_ddv and "ddv" in served:
+                    (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None,
+                                                                     cfg.probe, cfg.euc_weight, version)
+                    cand.bytes += reply_bytes
+    except grpc.RpcError as exc:
+        cand.error = f"{exc.code().name}: {exc.details()}"
+    except (WireError, ValueError) as exc:
+        cand.error = f"bad payload: {exc}"
+    cand.latency = round(time.perf_counter() - started, 4)
+    cand.kv_bytes = cand.bytes
+    return cand
+
+
+def fetch_parts(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int, borrow: str,
+                any_shape: bool = False, pairs: Pairs | None = None) -> bool:
+    """Stage 2, for a shortlisted or chosen candidate: what the strategy borrows (``cand.parts``, with
+    its provenance), from the snapshot its K/V came from. False (``cand.error`` says why) when it
+    could not be had."""
+    if cand.parts is not None:
+        return True
+    started = time.perf_counter()
+    try:
+        if borrow in FEATURE_KINDS:  # a teacher's features on our paired items (freqkd)
+            if pairs is None:
+                raise ValueError(f"borrowing {borrow} needs items to pair")
+            cand.parts, cand.snapshot_version, received = fetch_pairs(client, pairs, cand.peer)
+            cand.payload_bytes = received
+        elif borrow == "kv" and cand.kv is not None:
+            cand.parts = kv_parts(cand.kv)
+        else:
+            received, version = client.fetch_payload(borrow, min_version=max(cand.snapshot_version, 1))
+            if cand.kv is not None and version != cand.snapshot_version:
+                raise WireError(f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}")
+            cand.snapshot_version = version
+            cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
+            own = learner.part_shapes(task)
+            fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
+            cand.parts = (foreign_parts(borrow, received, own, cand.peer) if any_shape and not fits
+                          else accept_parts(borrow, received, own))
+        cand.origins = {n: cand.advertised.get(n, cand.peer) for n in cand.parts}
+        cand.origin = _dominant(cand.origins, cand.parts)
     except grpc.RpcError as exc:
         cand.error = f"{exc.code().name}: {exc.details()}"
     except NoPairs as exc:
         cand.error = f"{SKIPPED} {exc}"
     except (WireError, ValueError) as exc:
         cand.error = f"bad payload: {exc}"
-    cand.latency = round(time.perf_counter() - started, 4)
-    return cand
+    cand.bytes += cand.payload_bytes
+    cand.payload_seconds = round(time.perf_counter() - started, 4)
+    if cand.error is not None:
+        cand.parts = None
+    return cand.error is None
+
+
+def _parallel(fn, items: list, deadline: float, what: str) -> None:
+    """``fn(item)`` for every item on at most 8 threads under one deadline; a late item's ``error``
+    says so. A hung peer must not hold the task loop."""
+    if not items:
+        return
+    pool = ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="select")
+    futures = {pool.submit(fn, item): item for item in items}
+    _, late = wait(futures, timeout=deadline)
+    for f in late:
+        f.cancel()
+        futures[f].error = f"no answer within the {deadline}s deadline ({what})"
+        futures[f].score = None
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
                      cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
                      genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset(),
-                     pairs: Pairs | None = None) -> list[Candidate]:
-    """Probe every alive peer ``(node_id, address)`` in parallel under ``cfg.deadline``: its info, its
-    DDV answer (when it serves K/V and DDV) and the parts ``borrow`` names. With a ``genesis`` id, peers
-    of another genesis are skipped; with ``any_shape`` (a strategy that reads matrices of any shape,
-    ``borrow: kv`` only) peers whose K/V shapes differ from ``expected`` are candidates too; a peer that
-    does not serve every kind in ``needs`` (the strategy's) is skipped. ``pairs``: the items a
-    feature-borrowing strategy (freqkd) asks every candidate about."""
+                     pairs: Pairs | None = None, parts: bool = True, probe_ddv: bool = True) -> list[Candidate]:
+    """Probe every peer ``(node_id, address)`` given, in parallel under ``cfg.deadline``: its info, its
+    K/V and DDV answer (stage 1, when it serves them), and with ``parts`` the payload ``borrow`` names
+    (stage 2). With a ``genesis`` id, peers of another genesis are skipped; with ``any_shape`` (a
+    strategy that reads matrices of any shape, ``borrow: kv`` only) peers whose K/V shapes differ from
+    ``expected`` are candidates too; a peer that does not serve every kind in ``needs`` (the
+    strategy's) is skipped. ``pairs``: the items a feature-borrowing strategy (freqkd) asks every
+    candidate about."""
     cands = [Candidate(p, a) for p, a in peers]
-    if not cands:
-        return []
-    pool = ThreadPoolExecutor(max_workers=min(8, len(cands)), thread_name_prefix="select")
-    futures = {pool.submit(_probe_one, clients.get(c.address, c.peer), c, learner, task, expected, cfg, borrow, genesis,
-                           any_shape, needs, pairs): c for c in cands}
-    _, late = wait(futures, timeout=cfg.deadline)
-    for f in late:
-        f.cancel()
-        futures[f].error = f"no answer within the {cfg.deadline}s deadline"
-        futures[f].score = None
-    pool.shutdown(wait=False, cancel_futures=True)  # a hung peer must not hold the task loop
+    _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, learner, task, expected, cfg, borrow, genesis,
+                                   any_shape, needs, probe_ddv), cands, cfg.deadline, "info, K/V and DDV")
+    if parts:
+        fetch_all(learner, task, [c for c in cands if c.error is None], clients, cfg, borrow, any_shape, pairs)
     return sorted(cands, key=lambda c: c.peer)
+
+
+def fetch_all(learner: ContinualLearner, task: int, cands: list[Candidate], clients, cfg: SelectionConfig,
+              borrow: str, any_shape: bool = False, pairs: Pairs | None = None) -> None:
+    """Stage 2 for every candidate in ``cands``, in parallel under ``cfg.deadline``."""
+    _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, borrow, any_shape, pairs),
+              [c for c in cands if c.parts is None], cfg.deadline, borrow)
 
 
 def pairs_of(strategy, data) -> Pairs | None:
@@ -247,14 +327,22 @@ def pairs_of(strategy, data) -> Pairs | None:
     return strategy.pairs_for(data) if strategy.borrow in FEATURE_KINDS else None
 
 
-def choose(cands: list[Candidate]) -> tuple[Candidate | None, str]:
-    scored = [c for c in cands if c.score is not None and c.error is None]
-    if not scored:
+def ranked(cands: list[Candidate], name: str | None = None) -> list[Candidate]:
+    """The answered candidates that have score ``name`` (default: their ranking ``score``), best first,
+    ties by peer id."""
+    value = (lambda c: c.score) if name is None else (lambda c: c.scores.get(name))
+    return sorted((c for c in cands if c.error is None and value(c) is not None), key=lambda c: (-value(c), c.peer))
+
+
+def choose(cands: list[Candidate], name: str | None = None) -> tuple[Candidate | None, str]:
+    order = ranked(cands, name)
+    if not order:
         return None, "no candidate answered" if cands else "no eligible peer"
-    best = sorted(scored, key=lambda c: (-c.score, c.peer))[0]
-    runner = [c for c in scored if c is not best]
-    margin = best.score - max(c.score for c in runner) if runner else None
-    return best, f"highest score {best.score:.4f}" + (f", margin {margin:.4f}" if margin is not None else ", only candidate")
+    value = (lambda c: c.score) if name is None else (lambda c: c.scores[name])
+    best = order[0]
+    margin = value(best) - value(order[1]) if len(order) > 1 else None
+    label = f"highest {name}" if name else "highest score"
+    return best, f"{label} {value(best):.4f}" + (f", margin {margin:.4f}" if margin is not None else ", only candidate")
 
 
 MAX_SAMPLES = 1 << 40  # bound on a peer's claimed sample count
