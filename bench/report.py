@@ -23,20 +23,70 @@ import math
 import os
 from pathlib import Path
 
-from crossback.orchestrator_free.scores import SCORES
+from crossback.orchestrator_free.scores import CHEAP_SCORES, SCORES
 
 from .stats import spearman, summary
 
-ARM_ORDER = ("none", "untrained", "random", *(f"selected:{s}" for s in SCORES), "kept", "oracle")
+CONFIRM = "logme"  # what a shortlist is confirmed by (selection.confirm)
+SHORTLISTS = (1, 2, 3)
+# a two-stage selection: "<cheap score>>k" = the top k by the cheap score, confirmed by CONFIRM
+POLICIES = tuple(f"{c}>{k}" for c in CHEAP_SCORES if not c.startswith("ddv_") for k in SHORTLISTS)
+ARM_ORDER = ("none", "untrained", "random", *(f"selected:{s}" for s in SCORES + POLICIES), "kept", "oracle")
 
 
 def _adapted(rec: dict) -> list[dict]:
     return [c for c in rec["candidates"] if c.get("error") is None and "test" in c]
 
 
+def _order(cands: list[dict], score: str) -> list[dict]:
+    return sorted((c for c in cands if score in c["scores"]), key=lambda c: (-c["scores"][score], c["peer"]))
+
+
+def _shortlist(policy: str) -> tuple[str, int] | None:
+    """(cheap score, k) of a two-stage policy name, None for a plain score."""
+    if ">" not in policy:
+        return None
+    score, k = policy.split(">")
+    return score, int(k)
+
+
 def _pick(cands: list[dict], score: str) -> dict | None:
-    ranked = [c for c in cands if score in c["scores"]]
-    return min(ranked, key=lambda c: (-c["scores"][score], c["peer"])) if ranked else None
+    """The candidate a score (or a two-stage policy) picks among ``cands``."""
+    stages = _shortlist(score)
+    if stages is None:
+        order = _order(cands, score)
+        return order[0] if order else None
+    cheap, k = stages
+    top = _order(cands, cheap)[:k]
+    order = _order(top, CONFIRM)
+    return order[0] if order else None
+
+
+def selection_cost(rec: dict, policy: str) -> tuple[int, float] | None:
+    """(bytes, seconds) one selection by ``policy`` costs in unit ``rec``: stage 1 (info, K/V, DDV and the
+    cheap score) for every answered candidate, stage 2 (the payload and the confirming score) for the
+    shortlist — or, for a payload score alone, the payload and that score for every candidate; a cheap
+    score alone fetches only the winner's payload. Seconds are summed over candidates (a node runs a
+    stage's fetches in parallel, so its wall time is shorter)."""
+    cands = [c for c in rec["candidates"] if c.get("error") is None and "kv_bytes" in c]
+    if not cands:
+        return None
+    stages = _shortlist(policy)
+    cheap, k = stages if stages else (policy, None)
+    if cheap not in CHEAP_SCORES:  # a payload score ranks every candidate on its payload
+        return sum(c["payload_bytes"] for c in cands), sum(_stage2_seconds(c, cheap) for c in cands)
+    shortlist = _order(cands, cheap)[: k or 1]  # a cheap score alone still fetches its winner's payload
+    confirm = CONFIRM if k else None
+    return (sum(c["kv_bytes"] for c in cands) + sum(c["payload_bytes"] for c in shortlist),
+            sum(_stage1_seconds(c, cheap) for c in cands) + sum(_stage2_seconds(c, confirm) for c in shortlist))
+
+
+def _stage1_seconds(c: dict, score: str) -> float:
+    return (c.get("latency") or 0) - (c.get("payload_seconds") or 0) + c["score_seconds"].get(score, 0)
+
+
+def _stage2_seconds(c: dict, score: str | None) -> float:
+    return (c.get("payload_seconds") or 0) + (c["score_seconds"].get(score, 0) if score else 0)
 
 
 def unit_arms(rec: dict) -> dict[str, float]:
@@ -57,6 +107,11 @@ def unit_arms(rec: dict) -> dict[str, float]:
 
 def unit_group(rec: dict) -> str:
     return f"k={rec['shots']}" if rec["shots"] is not None else "k=all"
+
+
+def unit_kind(rec: dict) -> str:
+    """same-task: some donor learned exactly the receiver task's classes; new-task: none did."""
+    return rec.get("kind", "kind unknown")
 
 
 def stratum(rec: dict) -> str:
@@ -83,20 +138,26 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
 
 def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
     out = {}
-    for score in SCORES:
+    for score in SCORES + POLICIES:
+        stages = _shortlist(score)
         rhos, regrets, random_regrets, control_first, best_picked = [], [], [], 0, 0
+        costs = []
         stability: dict[str, list[float]] = {}
         units = 0
         for rec in records:
-            adapted = [c for c in _adapted(rec) if score in c["scores"]]
+            needed = (stages[0], CONFIRM) if stages else (score,)
+            adapted = [c for c in _adapted(rec) if all(n in c["scores"] for n in needed)]
             trained = [c for c in adapted if not c["control"]]
             if not trained:
                 continue
             units += 1
             none = rec["none"]["test"]
-            rho = spearman([c["scores"][score] for c in adapted], [c["test"] - none for c in adapted])
-            if rho is not None:
-                rhos.append(rho)
+            if stages is None:
+                rho = spearman([c["scores"][score] for c in adapted], [c["test"] - none for c in adapted])
+                if rho is not None:
+                    rhos.append(rho)
+            if (cost := selection_cost(rec, score)) is not None:
+                costs.append(cost)
             chosen = _pick(trained, score)
             best = max(c["test"] for c in trained)
             regrets.append(best - chosen["test"])
@@ -111,6 +172,8 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
             control_first += top["control"]
         if units:
             out[score] = {"units": units, "spearman": summary(rhos, **boot), "regret": summary(regrets, **boot),
+                          "bytes_per_selection": _median([b for b, _ in costs]),
+                          "seconds_per_selection": _median([t for _, t in costs]),
                           "regret_random": summary(random_regrets, **boot),
                           **({"rank_stability": {k: summary(v, **boot) for k, v in stability.items()}} if stability else {}),
                           "picked_best": best_picked / units, "ranked_control_first": control_first / units}
@@ -155,7 +218,7 @@ def environment(threads: int) -> dict:
 def analyse(records: list[dict], cfg_boot) -> dict:
     boot = {"resamples": cfg_boot.resamples, "confidence": cfg_boot.confidence, "seed": cfg_boot.seed}
     groups = {"all": records}
-    for key in (unit_group, lambda r: f"receiver {r['receiver']}"):
+    for key in (unit_kind, unit_group, lambda r: f"receiver {r['receiver']}"):
         if len({key(r) for r in records}) > 1:  # a breakdown with one value would repeat "all"
             for rec in records:
                 groups.setdefault(key(rec), []).append(rec)
@@ -196,6 +259,14 @@ def _seconds(row: dict) -> str:
     return "-" if t is None else f"{t:.1f}" + ("" if r is None else f" ({r:.2f}x)")
 
 
+def _kib(x) -> str:
+    return "-" if x is None else f"{x / 1024:.1f}"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
 
@@ -233,12 +304,14 @@ def markdown(result: dict, title: str, command: str) -> str:
                          f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
                          f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
         if group["scores"]:
-            lines += ["", "| score | Spearman(score, gain) [CI] | regret vs oracle [CI] | random's regret [CI] | "
-                          "picked the best | ranked the untrained control first |", "|---|---:|---:|---:|---:|---:|"]
+            lines += ["", "| score (cheap>k: its top k confirmed by logme) | Spearman(score, gain) [CI] | regret vs oracle [CI] | "
+                          "random's regret [CI] | picked the best | ranked the untrained control first | KiB per selection | "
+                          "s per selection |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for score, row in group["scores"].items():
                 lines.append(f"| {score} | {_rho(row['spearman'])} | {_ci(row['regret'])} | "
                              f"{_ci(row.get('regret_random'))} | {row['picked_best']:.0%} | "
-                             f"{row['ranked_control_first']:.0%} |")
+                             f"{row['ranked_control_first']:.0%} | {_kib(row.get('bytes_per_selection'))} | "
+                             f"{_num(row.get('seconds_per_selection'))} |")
             stable = [(score, key, rho) for score, row in group["scores"].items()
                       for key, rho in row.get("rank_stability", {}).items()]
             if stable:

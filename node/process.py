@@ -21,6 +21,7 @@ from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
 from crossback.models.bounds import bounded, check_bounds
 from crossback.orchestrator_free.backbone import ExperimentConfig, transfer_step
+from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, DEFAULT_FANOUT, DEFAULT_INDIRECT, GossipLoop
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.selection import SelectionConfig
@@ -242,6 +243,7 @@ class Node:
         servicer.probe_peer = gossip.probe_for
         gossip.start()
         call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
+        self._probe_history = ProbeHistory(run.seed)
         self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, on_payload, tls,
                                                                        expected))
         self._membership = membership
@@ -324,7 +326,7 @@ class Node:
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
                               make_strategy(self.cfg.transfer, self.cfg.public_set),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
-                              self.events.emit, self.cfg.experiment, self.cfg.genesis)
+                              self.events.emit, self.cfg.experiment, self.cfg.genesis, self._probe_history)
             if parallel is not None:
                 broadcast_learner(parallel, learner, self.device)
                 ranks["synced"] = ranks_agree(parallel, learner)

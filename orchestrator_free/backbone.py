@@ -25,8 +25,8 @@ from crossback.models.perceiver import kv_shapes
 from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from .scores import apply_score
-from .selection import SKIPPED, Candidate, SelectionConfig, arm_payload, choose, pairs_of, probe_candidates
+from .selection import Candidate, SelectionConfig, arm_payload, fetch_parts, pairs_of
+from .shortlist import select
 
 
 KEEP_ARMS = ("selected", "none", "random", "oracle")
@@ -38,10 +38,14 @@ class ExperimentConfig:
 
     oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
     keep: str = bounded("selected", choices=KEEP_ARMS)  # the arm the task keeps (none / random: for comparisons)
+    # also adapt on a uniformly drawn candidate (fetching its payload too: experiment bytes, not selection's)
+    random: bool = True
 
     def __post_init__(self):
         if self.keep == "oracle" and not self.oracle:
             raise ValueError("keep: oracle needs experiment.oracle: true")
+        if self.keep == "random" and not self.random:
+            raise ValueError("keep: random needs experiment.random: true")
 
 
 def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
@@ -105,36 +109,47 @@ def record_provenance(learner: ContinualLearner, task: int, cand: Candidate, kin
                                        "origin": cand.origin, "origins": dict(cand.origins)})
 
 
+def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs) -> bool:
+    """Make sure an experiment arm's candidate has its payload (the random draw, the oracle's others)."""
+    return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, strategy.borrow, strategy.any_shape,
+                       pairs)
+
+
 def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id: str, peers: list[tuple[str, str]],
                   clients, cfg: SelectionConfig, strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
-                  experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "") -> dict:
+                  experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "", history=None) -> dict:
     started = time.perf_counter()
-    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
-                              strategy.any_shape, strategy.needs, pairs_of(strategy, data))
-    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
-    cands = [c for c in probed if c not in skipped]
-    apply_score(cfg.score, cands, learner, task, data, cfg.euc_weight, cfg.log_scores)
-    chosen, reason = choose(cands)
-    scored = [c for c in cands if c.score is not None and c.error is None]
-    runner_up = max((c.score for c in scored if c is not chosen), default=None)
+    sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
+    chosen, cands, scored = sel.chosen, sel.candidates, sel.scored
+    deciding = [c for c in scored if sel.score_name in c.scores]
+    runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
+    value = chosen.scores.get(sel.score_name) if chosen else None
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
-         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in skipped],
+         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in sel.skipped],
          chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
          chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow, strategy=strategy.name,
-         score=chosen.score if chosen else None, score_name=cfg.score,
-         margin=(chosen.score - runner_up) if chosen and runner_up is not None else None, reason=reason,
-         scope=cfg.scope, seconds=round(time.perf_counter() - started, 4),
+         score=value, score_name=sel.score_name, rank_score=cfg.score,
+         shortlist=cfg.shortlist if cfg.cheap else "all",
+         margin=(value - runner_up) if value is not None and runner_up is not None else None, reason=sel.reason,
+         scope=cfg.scope, seconds=round(time.perf_counter() - started, 4), stages=sel.stages,
+         alive=len(peers), probed=len(cands) + len(sel.skipped),
          bytes=sum(c.bytes for c in cands))
     seed_ = arm_seed(seed, task)
     base = learner.task_state(task)
     oracle_tried = None
+    pairs = pairs_of(strategy, data)
+    spent = sum(c.bytes for c in cands)
     arms = {"none": _arm(learner, task, data, strategy, base, None, opts, seed_, clients)}
-    if scored:
-        rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
-        arms["random"] = _arm(learner, task, data, strategy, base, rng.choice(scored), opts, seed_, clients)
+    if chosen is not None:
+        if experiment.random:
+            rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
+            draw = rng.choice(scored)
+            if _fetched(clients, draw, learner, task, strategy, pairs):
+                arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
         arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
-            tried = [a for c in scored if (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
+            tried = [a for c in scored if _fetched(clients, c, learner, task, strategy, pairs)
+                     and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in scored if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]
@@ -146,5 +161,6 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
+         experiment_bytes=sum(c.bytes for c in cands) - spent,
          **({"oracle_tried": oracle_tried} if oracle_tried is not None else {}))
-    return {"chosen": chosen, "candidates": cands, "arms": summary, "kept": kept}
+    return {"chosen": chosen, "candidates": cands, "arms": summary, "kept": kept, "stages": sel.stages}

@@ -80,9 +80,6 @@ class SelectionConfig:
             return {"kv", "ddv"}
         return {"kv"} if self.cheap else set()
 
-    def probes_ddv(self) -> bool:
-        return self.score in DDV_SCORES or self.log_scores
-
 
 @dataclass
 class Candidate:

@@ -118,7 +118,9 @@ class PeerServiceServicer:
         "backbone" (everything but the task's query and head; the adapter is only usable by a receiver with
         the same input layout).
         "encoder" is the encoder body alone: "backbone" without the adapter and what reads the tokens (the
-        encoder K/V and the context norm before it).
+        encoder K/V and the context norm before it). Tensor names are the model's parameter paths, e.g.
+        "core.cross_attend_block.cross_attn.fn.to_kv.weight"; proto/v1/test_vectors.json ("payload_names")
+        lists every kind's names and shapes for the image and text layouts of the default model.
         Refused with PERMISSION_DENIED for a kind the node does not serve.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -1,0 +1,134 @@
+"""Cheap scores on K/V, two-stage selection (only the shortlist's backbones move) and bounded probing."""
+import dataclasses
+
+import pytest
+import torch
+
+from crossback.bench.peers import published, serve_snapshots, untrained_learner
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.models.perceiver import ENCODER_KV, split_kv
+from crossback.models.training import TrainOptions
+from crossback.orchestrator_free.candidates import ProbeHistory
+from crossback.orchestrator_free.genesis import genesis_id
+from crossback.orchestrator_free.scores import Receiver, genesis_kv, kv_motion
+from crossback.orchestrator_free.selection import Candidate, SelectionConfig
+from crossback.orchestrator_free.shortlist import select
+from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+from crossback.transfer.registry import TransferConfig, make_strategy
+
+from conftest import tiny_config
+
+OPTS = TrainOptions(epochs=2, batch_size=64)
+PACKNET = MethodConfig(name="packnet", packnet=PackNetOptions(0.5, 1))
+GENESIS = 17
+
+
+def _learner(seed: int) -> ContinualLearner:
+    return ContinualLearner(tiny_config(), "image", "packnet", seed, genesis=GENESIS)
+
+
+def test_kv_motion_ranks_a_node_that_never_moved_last_and_a_like_mover_first():
+    rx = _learner(1)
+    origin = genesis_kv(rx)
+    g = torch.Generator().manual_seed(0)
+    ours = torch.randn(origin.shape, generator=g, dtype=torch.float64)
+    kept = torch.ones(origin.shape, dtype=torch.bool)
+    like, unlike = origin + 0.1 * ours, origin - 0.1 * ours
+    assert kv_motion(split_kv(origin.float()), ours, kept, origin) == -1.0  # learned nothing
+    assert kv_motion(split_kv(like), ours, kept, origin) == pytest.approx(1.0)
+    assert kv_motion(split_kv(unlike), ours, kept, origin) == pytest.approx(-1.0)
+    pruned = like.clone()
+    pruned[0] = 0.0  # a weight the candidate pruned is not a move it learned
+    assert kv_motion(split_kv(pruned), ours, kept, origin) == pytest.approx(1.0)
+
+
+def test_every_task_starts_from_the_genesis_values_of_its_free_weights(digits_tasks):
+    learner = _learner(3)
+    for data in digits_tasks[:2]:
+        learn_task(learner, data, PACKNET, OPTS)
+    layer = learner.layers[ENCODER_KV]
+    start = learner.kv_starts[1]
+    origin = genesis_kv(learner).float()
+    claimed = layer.owner == 2  # what task 1 claimed: freed by task 0's pruning
+    assert bool(claimed.any()) and torch.equal(start[claimed], origin[claimed])
+
+
+@pytest.fixture(scope="module")
+def donors(tmp_path_factory, digits_tasks):
+    root = tmp_path_factory.mktemp("shortlist")
+    snaps = {}
+    for i, name in enumerate(("d-0", "d-1", "d-2")):
+        snaps[name] = published(root / name, 1, lambda i=i: _learned(10 + i, digits_tasks[i % 2]))
+    snaps["untrained"] = published(root / "untrained", 1, lambda: untrained_learner(_learner(99)))
+    with serve_snapshots(snaps, root / "logs") as addresses:
+        yield addresses
+
+
+def _learned(seed, data):
+    learner = _learner(seed)
+    learn_task(learner, data, PACKNET, OPTS)
+    return learner
+
+
+def _select(cfg: SelectionConfig, addresses, digits_tasks, history=None):
+    rx = _learner(1)
+    learn_task(rx, digits_tasks[0], PACKNET, OPTS)
+    strategy = make_strategy(TransferConfig(borrow="backbone"))
+    clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
+    try:
+        return select(rx, 0, digits_tasks[0], sorted(addresses.items()), clients, cfg, strategy,
+                      genesis_id(GENESIS, rx.cfg), history)
+    finally:
+        clients.close()
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, "all"])
+def test_a_shortlist_moves_only_its_backbones_and_the_winner_is_among_them(k, donors, digits_tasks):
+    sel = _select(SelectionConfig(score="kv_motion", shortlist=k), donors, digits_tasks)
+    fetched = [c for c in sel.candidates if c.payload_bytes]
+    assert len(sel.candidates) == 4 and all(c.kv_bytes > 0 for c in sel.candidates)
+    assert len(fetched) == (len(sel.candidates) if k == "all" else max(k, 1))
+    assert sel.chosen in fetched and sel.chosen.parts is not None
+    assert sel.chosen.peer != "untrained"  # kv_motion puts a node that learned nothing last
+    assert sel.stages["payload"]["bytes"] == sum(c.payload_bytes for c in fetched)
+    backbone = fetched[0].payload_bytes
+    assert all(c.kv_bytes < 0.2 * backbone for c in sel.candidates)
+    if k == 0:
+        assert sel.score_name == "kv_motion"
+    else:
+        assert sel.score_name == "logme" and all("logme" in c.scores for c in fetched)
+        best = max(fetched, key=lambda c: (c.scores["logme"], c.peer))
+        assert sel.chosen is best
+
+
+def test_a_payload_score_alone_fetches_every_backbone(donors, digits_tasks):
+    sel = _select(SelectionConfig(score="logme"), donors, digits_tasks)
+    assert all(c.payload_bytes > 0 for c in sel.candidates) and sel.score_name == "logme"
+
+
+def test_max_candidates_bounds_the_peers_probed_and_rotates_through_the_swarm(donors, digits_tasks):
+    history = ProbeHistory(seed=0)
+    cfg = SelectionConfig(score="kv_motion", shortlist=0, max_candidates=2)
+    seen = []
+    for _ in range(2):
+        sel = _select(cfg, donors, digits_tasks, history)
+        assert len(sel.candidates) + len(sel.skipped) == 2
+        seen.append({c.peer for c in sel.candidates})
+    chosen = sel.chosen.peer
+    assert chosen in seen[1] and len(seen[0] | seen[1]) >= 3  # the winner stays, the other slot rotates
+
+
+def test_the_probe_order_is_the_documented_rule():
+    history = ProbeHistory(seed=4)
+    peers = [(f"p{i}", f"h:{i}") for i in range(6)]
+    first = history.pick(peers, 3, task=0)
+    assert first == history.pick(list(reversed(peers)), 3, task=0)  # a seeded draw, not the input order
+    probed = [Candidate(p, a) for p, a in first]
+    probed[1].error = "skipped: genesis 1:x is not ours"
+    history.record(probed, "skipped:", chosen=first[0][0])
+    second = history.pick(peers, 6, task=1)
+    assert second[0] == first[0]  # last winner first
+    assert {p for p, _ in second[1:4]} == {p for p, _ in peers} - {p for p, _ in first}  # never probed next
+    assert second[-1] == first[1]  # the unfit one last
+    assert len(history.pick(peers, 0, task=2)) == 6
