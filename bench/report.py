@@ -99,7 +99,7 @@ def unit_arms(rec: dict) -> dict[str, float]:
     if trained:
         arms["random"] = sum(c["test"] for c in trained) / len(trained)
         arms["oracle"] = max(c["test"] for c in trained)
-        for score in SCORES:
+        for score in SCORES + POLICIES:
             if (chosen := _pick(trained, score)) is not None:
                 arms[f"selected:{score}"] = chosen["test"]
     return arms

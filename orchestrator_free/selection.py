@@ -50,10 +50,13 @@ class SelectionConfig:
     enabled: bool = True
     # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
     # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
-    score: str = bounded("logme", choices=SCORES)
+    # (kv_motion + a shortlist of 2 confirmed by logme: the transfer benchmark's best trade of regret
+    # against bytes, benchmarks/results/starved_genesis-backbone.md; without a swarm genesis no
+    # candidate has kv_motion and every one is confirmed)
+    score: str = bounded("kv_motion", choices=SCORES)
     # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
     # score alone (only the winner's payload moves); all: every candidate is fetched and confirmed
-    shortlist: int | str = "all"
+    shortlist: int | str = 2
     confirm: str = bounded("logme", choices=PAYLOAD_SCORES)
     # a selection probes at most this many peers (0: every alive peer); see .candidates for the order
     max_candidates: int = bounded(0, ge=0, le=100_000)

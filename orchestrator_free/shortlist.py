@@ -61,7 +61,8 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in cands))}
     second = time.perf_counter()
     pairs = pairs_of(strategy, data)
-    if not cfg.cheap or cfg.shortlist == "all":
+    fallback = cfg.cheap and answered and not ranked(answered)  # e.g. kv_motion without a swarm genesis
+    if not cfg.cheap or cfg.shortlist == "all" or fallback:
         shortlist = answered
     else:
         shortlist = ranked(answered)[: cfg.shortlist]
@@ -72,14 +73,15 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
         name = cfg.score
         apply_score(name, shortlist, learner, task, data, cfg.euc_weight, cfg.log_scores, receiver)
         chosen, reason = choose(shortlist)
-    elif shortlist:
+    elif shortlist and (cfg.shortlist != 0 or fallback):
         name = cfg.confirm
         apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,
                     cfg.log_scores, receiver)
         for c in shortlist:  # apply_score ranks by the score it computed: keep the cheap one as the rank
             c.score = c.scores.get(cfg.score) if c.error is None else None
         chosen, reason = choose(shortlist, name)
-        reason += f" among the top {len(shortlist)} by {cfg.score}"
+        reason += (f": no candidate has {cfg.score}, so every one was confirmed" if fallback
+                   else f" among the top {len(shortlist)} by {cfg.score}")
     else:
         name, chosen, reason = cfg.score, None, "no candidate answered" if cands else "no eligible peer"
         for c in ranked(answered):
