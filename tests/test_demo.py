@@ -51,8 +51,9 @@ def test_selections_list_candidates_with_finite_scores_and_cross_modal_picks(dem
         peers = {c["peer"] for c in s["candidates"]}
         assert s["node"] not in peers and s["chosen"] in peers
         assert all(math.isfinite(c["score"]) for c in s["candidates"] if c["error"] is None)
-        best = max(c["score"] for c in s["candidates"] if c["error"] is None)
-        assert next(c for c in s["candidates"] if c["peer"] == s["chosen"])["score"] == best
+        chosen = next(c for c in s["candidates"] if c["peer"] == s["chosen"])["score"]
+        above = [c for c in s["candidates"] if c["error"] is None and c["score"] > chosen]
+        assert len(above) < 2  # the demo's shortlist: the top 2 by kv_motion, confirmed by LogME
     receivers = {n["node_id"] for n in summary["nodes"] if n["role"] == "receiver"}
     for s in (s for s in summary["selections"] if s["node"] in receivers):  # donors of both modalities compete
         assert {modality[c["peer"]] for c in s["candidates"] if c["error"] is None} == {"image", "text"}
