@@ -28,7 +28,8 @@ from crossback.node.checkpoint import write_json_atomic
 from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, arm_payload, choose, ddv_score, pairs_of, probe_candidates
+from crossback.orchestrator_free.selection import Candidate, arm_payload, ddv_score, pairs_of, probe_candidates
+from crossback.orchestrator_free.shortlist import decide, shortlist_of
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
@@ -158,7 +159,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                 except InjectionError as exc:
                     c.error = f"injection failed: {exc}"
             trained = [c for c in usable if c.peer != control and c.peer in arms]
-            chosen, _ = choose(trained)
+            chosen, _, _ = decide(trained, *shortlist_of(trained, cfg.selection), cfg.selection)  # as a node decides
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
             kept, why = decide_keep(decision, "selected")
             learner.set_task_state(i, decision[kept]["state"])

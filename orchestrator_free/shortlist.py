@@ -19,7 +19,8 @@ from crossback.models.perceiver import kv_shapes
 
 from .candidates import ProbeHistory
 from .scores import Receiver, apply_score
-from .selection import SKIPPED, Candidate, SelectionConfig, choose, fetch_all, fetch_parts, pairs_of, probe_candidates, ranked
+from .selection import (SKIPPED, Candidate, SelectionConfig, choose, fetch_all, fetch_parts, pairs_of, probe_candidates,
+                        ranked)
 
 
 @dataclass
@@ -61,36 +62,52 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in cands))}
     second = time.perf_counter()
     pairs = pairs_of(strategy, data)
-    fallback = cfg.cheap and answered and not ranked(answered)  # e.g. kv_motion without a swarm genesis
-    if not cfg.cheap or cfg.shortlist == "all" or fallback:
-        shortlist = answered
-    else:
-        shortlist = ranked(answered)[: cfg.shortlist]
-    for c in shortlist:
-        c.shortlisted = True
+    shortlist, confirming = shortlist_of(answered, cfg)
     fetch_all(learner, task, shortlist, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
-    if not cfg.cheap:
-        name = cfg.score
-        apply_score(name, shortlist, learner, task, data, cfg.euc_weight, cfg.log_scores, receiver)
-        chosen, reason = choose(shortlist)
-    elif shortlist and (cfg.shortlist != 0 or fallback):
-        name = cfg.confirm
+    if not shortlist:  # the cheap score alone: the payload of its best candidate that can hand it over
+        next((c for c in ranked(answered)
+              if fetch_parts(clients.get(c.address, c.peer), c, learner, task, strategy.borrow, strategy.any_shape,
+                             pairs)), None)
+    if not cfg.cheap or confirming:
+        name = cfg.confirm if cfg.cheap else cfg.score
         apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,
                     cfg.log_scores, receiver)
-        for c in shortlist:  # apply_score ranks by the score it computed: keep the cheap one as the rank
+        for c in shortlist:  # apply_score ranks by the score it computed: the rank stays selection.score's
             c.score = c.scores.get(cfg.score) if c.error is None else None
-        chosen, reason = choose(shortlist, name)
-        reason += (f": no candidate has {cfg.score}, so every one was confirmed" if fallback
-                   else f" among the top {len(shortlist)} by {cfg.score}")
-    else:
-        name, chosen, reason = cfg.score, None, "no candidate answered" if cands else "no eligible peer"
-        for c in ranked(answered):
-            if fetch_parts(clients.get(c.address, c.peer), c, learner, task, strategy.borrow, strategy.any_shape, pairs):
-                chosen, reason = choose([c] + [o for o in answered if o is not c and o.error is None])
-                break
+    chosen, reason, name = decide(cands, shortlist, confirming, cfg)
     fetched = [c for c in cands if c.payload_bytes or c.parts is not None]
     stages["payload"] = _stage(fetched, second, sum(c.payload_bytes for c in cands))
     if chosen is not None and chosen.parts is None:
         chosen, reason = None, f"{chosen.peer}: {chosen.error}"
     history.record(probed, SKIPPED, chosen.peer if chosen else None)
     return Selection(chosen, reason, cands, skipped, name, stages)
+
+
+def shortlist_of(answered: list[Candidate], cfg: SelectionConfig) -> tuple[list[Candidate], bool]:
+    """(the candidates whose payload stage 2 fetches, whether a payload score then ranks them). A cheap
+    score's top ``cfg.shortlist``; every answered candidate for a payload score, for ``shortlist: all``,
+    and when no candidate has the cheap score (e.g. kv_motion without a swarm genesis)."""
+    if not cfg.cheap:
+        shortlist, confirming = answered, False
+    elif cfg.shortlist == "all" or not ranked(answered):
+        shortlist, confirming = answered, bool(answered)
+    else:
+        shortlist = ranked(answered)[: cfg.shortlist]
+        confirming = bool(shortlist)
+    for c in shortlist:
+        c.shortlisted = True
+    return shortlist, confirming
+
+
+def decide(cands: list[Candidate], shortlist: list[Candidate], confirming: bool,
+           cfg: SelectionConfig) -> tuple[Candidate | None, str, str]:
+    """(the chosen candidate, why, the score that decided) among ``cands`` (failed ones never win),
+    from scores already computed: a payload score's best; the shortlist's best by ``cfg.confirm``; with
+    ``shortlist: 0`` the best cheap score."""
+    if not confirming:
+        return (*choose(cands), cfg.score)
+    chosen, reason = choose(shortlist, cfg.confirm)
+    unranked = not ranked(cands)
+    reason += (f": no candidate has {cfg.score}, so every one was confirmed" if unranked
+               else f" among the top {len(shortlist)} by {cfg.score}")
+    return chosen, reason, cfg.confirm

@@ -19,6 +19,7 @@ TINY = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_
 LOW = {"name": "digits-0-2", "classes": ["0", "1", "2"]}
 HIGH = {"name": "digits-3-5", "classes": ["3", "4", "5"]}
 DIGITS = {"source": "digits", "image_size": 8}
+SCORED = {"ddv", "ddv_cos", "logme_kv", "local_loss", "logme"}
 
 
 def bench_dict(**over) -> dict:
@@ -56,11 +57,11 @@ def test_every_arm_starts_from_the_same_local_model_with_the_control_beside_the_
         for name in ("low", "high", "untrained-image"):
             c = peers[name]
             assert c["error"] is None and 0.0 <= c["test"] <= 1.0
-            assert set(c["scores"]) == {"ddv", "ddv_cos", "local_loss", "logme"}
+            assert set(c["scores"]) == SCORED  # no genesis: no kv_motion / kv_drift
             assert c["facts"]["changed_fraction"] > 0.5 and c["facts"]["borrowed_tensors"] > 10  # the backbone ran
         arms = unit_arms(rec)
-        assert set(arms) == {"none", "untrained", "random", "selected:ddv", "selected:ddv_cos", "selected:local_loss",
-                             "selected:logme", "kept", "oracle"}
+        assert set(arms) == {"none", "untrained", "random", "kept", "oracle"} | {f"selected:{s}" for s in SCORED} | {
+            f"selected:{s}>{k}" for s in ("ddv", "logme_kv") for k in (1, 2, 3)}
         assert arms["oracle"] == max(peers[n]["test"] for n in ("low", "high"))
         assert arms["random"] == pytest.approx((peers["low"]["test"] + peers["high"]["test"]) / 2)
         assert rec["kept"] in ("selected", "none") and rec["keep_reason"]
@@ -75,7 +76,8 @@ def test_report_pairs_each_arm_with_none_and_the_control(bench_run):
     assert table["oracle"]["vs_none"]["n"] == 2 and table["untrained"]["vs_untrained"] is None
     vs_control = [unit_arms(r)["oracle"] - unit_arms(r)["untrained"] for r in records]
     assert table["oracle"]["vs_untrained"]["mean"] == pytest.approx(sum(vs_control) / 2)
-    assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == {"ddv", "ddv_cos", "local_loss", "logme"}
+    assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == SCORED | {
+        f"{s}>{k}" for s in ("ddv", "logme_kv") for k in (1, 2, 3)}
     assert any("wide" in s and "KV shapes" in s for s in result["skipped"])
 
 
@@ -86,7 +88,7 @@ def test_rerun_resumes_and_a_fresh_run_reproduces_the_numbers(bench_run, tmp_pat
     assert run_bench(cfg, out, seeds=1, progress=False) == records
     assert [p.stat().st_mtime_ns for p in units] == stamps  # nothing was recomputed
     fresh = run_bench(cfg, tmp_path / "again", seeds=1, progress=False)
-    timing = ("latency", "seconds")  # wall times: the only thing a rerun may change
+    timing = ("latency", "seconds", "payload_seconds", "score_seconds")  # wall times: the only thing a rerun may change
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("candidates", "none")} | {
         "none": {k: v for k, v in r["none"].items() if k not in timing},
         "candidates": [{k: v for k, v in c.items() if k not in timing} for c in r["candidates"]]} for r in rs]
