@@ -65,8 +65,8 @@ def _pick(cands: list[dict], score: str) -> dict | None:
 def selection_cost(rec: dict, policy: str) -> tuple[int, float] | None:
     """(bytes, seconds) one selection by ``policy`` costs in unit ``rec``: stage 1 (info, K/V, DDV and the
     cheap score) for every answered candidate, stage 2 (the payload and the confirming score) for the
-    shortlist — or, for a payload score alone, the payload and that score for every candidate; a cheap
-    score alone fetches only the winner's payload. Seconds are summed over candidates (a node runs a
+    shortlist — every candidate for a payload score alone; a cheap score alone fetches only the
+    winner's payload. Seconds are summed over candidates (a node runs a
     stage's fetches in parallel, so its wall time is shorter)."""
     cands = [c for c in rec["candidates"] if c.get("error") is None and "kv_bytes" in c]
     if not cands:
@@ -74,15 +74,16 @@ def selection_cost(rec: dict, policy: str) -> tuple[int, float] | None:
     stages = _shortlist(policy)
     cheap, k = stages if stages else (policy, None)
     if cheap not in CHEAP_SCORES:  # a payload score ranks every candidate on its payload
-        return sum(c["payload_bytes"] for c in cands), sum(_stage2_seconds(c, cheap) for c in cands)
-    shortlist = _order(cands, cheap)[: k or 1]  # a cheap score alone still fetches its winner's payload
-    confirm = CONFIRM if k else None
+        shortlist, cheap, confirm = cands, None, cheap
+    else:
+        shortlist = _order(cands, cheap)[: k or 1]  # a cheap score alone still fetches its winner's payload
+        confirm = CONFIRM if k else None
     return (sum(c["kv_bytes"] for c in cands) + sum(c["payload_bytes"] for c in shortlist),
             sum(_stage1_seconds(c, cheap) for c in cands) + sum(_stage2_seconds(c, confirm) for c in shortlist))
 
 
-def _stage1_seconds(c: dict, score: str) -> float:
-    return (c.get("latency") or 0) - (c.get("payload_seconds") or 0) + c["score_seconds"].get(score, 0)
+def _stage1_seconds(c: dict, score: str | None) -> float:
+    return (c.get("latency") or 0) + (c["score_seconds"].get(score, 0) if score else 0)  # latency: info, K/V, DDV
 
 
 def _stage2_seconds(c: dict, score: str | None) -> float:

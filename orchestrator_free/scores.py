@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -113,11 +114,11 @@ def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | No
 
 
 def genesis_kv(learner: ContinualLearner) -> Tensor | None:
-    """The fused (2d, C) encoder K/V every node of the learner's swarm genesis started from (None: no genesis)."""
+    """The fused (2d, C) encoder K/V every node of the learner's swarm genesis started from (None: no
+    genesis): the learner's network structure keeps its initial values."""
     if learner.genesis is None:
         return None
-    fresh = ContinualLearner(learner.cfg, learner.modality, learner.method, 0, learner.pick, learner.genesis)
-    return fresh.layers[ENCODER_KV].weight.detach().double()
+    return learner.net.get_parameter(ENCODER_KV).detach().cpu().double()
 
 
 def kv_motion(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor) -> float:
@@ -144,15 +145,9 @@ class Receiver:
     def __init__(self, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float):
         self.learner, self.task, self.data, self.euc_weight = learner, task, data, euc_weight
         self.shapes = learner.part_shapes(task)
-        self._origin: Tensor | None | bool = False  # False: not computed yet
+        self.origin = genesis_kv(learner)
 
-    @property
-    def origin(self) -> Tensor | None:
-        if self._origin is False:
-            self._origin = genesis_kv(self.learner)
-        return self._origin
-
-    @property
+    @cached_property
     def own_motion(self) -> tuple[Tensor, Tensor]:
         """How our task's K/V moved while it was learned (from the genesis K/V when its start is unknown,
         e.g. after a resume), and which weights it both moved and runs."""

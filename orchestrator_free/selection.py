@@ -40,8 +40,6 @@ from .wire import WireError
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
-
-
 MAX_SHORTLIST = 4096
 
 
@@ -51,7 +49,7 @@ class SelectionConfig:
     # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
     # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
     # (kv_motion + a shortlist of 2 confirmed by logme: the transfer benchmark's best trade of regret
-    # against bytes, benchmarks/results/starved_genesis-backbone.md; without a swarm genesis no
+    # against bytes, benchmarks/results/starved_genesis-selection.md; without a swarm genesis no
     # candidate has kv_motion and every one is confirmed)
     score: str = bounded("kv_motion", choices=SCORES)
     # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
@@ -190,8 +188,9 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
     return parts
 
 
-def _eligibility(info, cand: Candidate, learner: ContinualLearner, expected, cfg: "SelectionConfig", needs: set[str],
-                 genesis: str, any_shape: bool) -> str | None:
+def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig, needs: set[str], genesis: str,
+                 any_shape: bool) -> str | None:
+    """Why a peer (its ``NodeInfo``) is not a candidate (None: it is)."""
     shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
     served = set(info.payload_kinds)
     if genesis and info.genesis != genesis:
@@ -209,16 +208,16 @@ def _eligibility(info, cand: Candidate, learner: ContinualLearner, expected, cfg
 
 def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
                expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
-               any_shape: bool = False, needs: frozenset[str] = frozenset(), probe_ddv: bool = True) -> Candidate:
-    """Stage 1 of a selection: the candidate's info, eligibility, published K/V and (``probe_ddv``) DDV
-    answer — what every cheap score needs, a few % of the model."""
+               any_shape: bool = False, needs: frozenset[str] = frozenset()) -> Candidate:
+    """Stage 1 of a selection: the candidate's info, eligibility, published K/V and DDV answer (where it
+    serves them) — what every cheap score needs, a few % of the model."""
     started = time.perf_counter()
     try:
         info = client.get_info()
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         served = set(info.payload_kinds)
         required = {borrow} | set(needs) | cfg.kinds_needed()
-        cand.error = _eligibility(info, cand, learner, expected, cfg, required, genesis, any_shape)
+        cand.error = _eligibility(info, learner, expected, cfg, required, genesis, any_shape)
         if cand.error is None:
             cand.advertised = _origins(info, cand.peer)
             if "kv" in served:
@@ -227,7 +226,7 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                 cand.kv = kv if same else foreign_kv(kv, cand.peer)
                 cand.snapshot_version = version
                 cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
-                if probe_ddv and "ddv" in served:
+                if "ddv" in served:
                     (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None,
                                                                      cfg.probe, cfg.euc_weight, version)
                     cand.bytes += reply_bytes
@@ -299,7 +298,7 @@ def _parallel(fn, items: list, deadline: float, what: str) -> None:
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
                      cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
                      genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset(),
-                     pairs: Pairs | None = None, parts: bool = True, probe_ddv: bool = True) -> list[Candidate]:
+                     pairs: Pairs | None = None, parts: bool = True) -> list[Candidate]:
     """Probe every peer ``(node_id, address)`` given, in parallel under ``cfg.deadline``: its info, its
     K/V and DDV answer (stage 1, when it serves them), and with ``parts`` the payload ``borrow`` names
     (stage 2). With a ``genesis`` id, peers of another genesis are skipped; with ``any_shape`` (a
@@ -309,7 +308,7 @@ def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str
     candidate about."""
     cands = [Candidate(p, a) for p, a in peers]
     _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, learner, task, expected, cfg, borrow, genesis,
-                                   any_shape, needs, probe_ddv), cands, cfg.deadline, "info, K/V and DDV")
+                                   any_shape, needs), cands, cfg.deadline, "info, K/V and DDV")
     if parts:
         fetch_all(learner, task, [c for c in cands if c.error is None], clients, cfg, borrow, any_shape, pairs)
     return sorted(cands, key=lambda c: c.peer)
@@ -327,10 +326,15 @@ def pairs_of(strategy, data) -> Pairs | None:
     return strategy.pairs_for(data) if strategy.borrow in FEATURE_KINDS else None
 
 
+def _value(name: str | None):
+    """A candidate's score ``name`` (None: its ranking ``score``), None where it has none."""
+    return (lambda c: c.score) if name is None else (lambda c: c.scores.get(name))
+
+
 def ranked(cands: list[Candidate], name: str | None = None) -> list[Candidate]:
     """The answered candidates that have score ``name`` (default: their ranking ``score``), best first,
     ties by peer id."""
-    value = (lambda c: c.score) if name is None else (lambda c: c.scores.get(name))
+    value = _value(name)
     return sorted((c for c in cands if c.error is None and value(c) is not None), key=lambda c: (-value(c), c.peer))
 
 
@@ -338,7 +342,7 @@ def choose(cands: list[Candidate], name: str | None = None) -> tuple[Candidate |
     order = ranked(cands, name)
     if not order:
         return None, "no candidate answered" if cands else "no eligible peer"
-    value = (lambda c: c.score) if name is None else (lambda c: c.scores[name])
+    value = _value(name)
     best = order[0]
     margin = value(best) - value(order[1]) if len(order) > 1 else None
     label = f"highest {name}" if name else "highest score"

@@ -30,8 +30,10 @@ from masked_step import cpu_name  # noqa: E402
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 
 
-def node_config(seed: int, score: str, borrow: str, scale: int = 1) -> dict:
-    """``scale`` multiplies every width of the tiny model (token, latent, query and head dimensions)."""
+def node_config(seed: int, score: str, borrow: str, scale: int = 1, selection: dict | None = None,
+                genesis: int | None = None) -> dict:
+    """``scale`` multiplies every width of the tiny model (token, latent, query and head dimensions);
+    ``selection``: more keys of the selection section (shortlist, max_candidates, ...)."""
     w = 32 * scale
     return {
         "seed": seed,
@@ -42,9 +44,11 @@ def node_config(seed: int, score: str, borrow: str, scale: int = 1) -> dict:
         "method": {"name": "packnet"},
         "train": {"epochs": 2, "batch_size": 64},
         "node": {"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
-        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0, "score": score},
+        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0, "score": score,
+                      **(selection or {})},
         "transfer": {"borrow": borrow},
         "adaptation": {"epochs": 1},
+        **({"swarm": {"genesis": genesis}} if genesis is not None else {}),
     }
 
 
@@ -88,6 +92,9 @@ def main(argv=None) -> int:
     parser.add_argument("--serve-for", type=float, default=20.0, help="seconds measured once all serve")
     parser.add_argument("--score", default="logme", help="selection.score (logme needs each candidate's parts)")
     parser.add_argument("--borrow", default="backbone", help="transfer.borrow")
+    parser.add_argument("--shortlist", help="selection.shortlist (an integer or all; a cheap score's top k confirmed)")
+    parser.add_argument("--max-candidates", type=int, default=0, help="selection.max_candidates (0: every alive peer)")
+    parser.add_argument("--genesis", type=int, help="swarm.genesis of every node (kv_motion needs one)")
     parser.add_argument("--scale", type=int, default=1, help="multiply the model's widths (model size sweep)")
     parser.add_argument("--late-epochs", type=int, default=40, help="train.epochs of the late receiver")
     parser.add_argument("--json")
@@ -99,7 +106,10 @@ def main(argv=None) -> int:
 
     def start(name: str, seeds: list[str], epochs: int = 2) -> subprocess.Popen:
         cfg = root / f"{name}.yaml"
-        config = node_config(len(procs), args.score, args.borrow, args.scale)
+        extra = {"max_candidates": args.max_candidates}
+        if args.shortlist is not None:
+            extra["shortlist"] = int(args.shortlist) if args.shortlist.isdigit() else args.shortlist
+        config = node_config(len(procs), args.score, args.borrow, args.scale, extra, args.genesis)
         config["train"]["epochs"] = epochs
         cfg.write_text(yaml.safe_dump(config))
         cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
@@ -177,10 +187,12 @@ def main(argv=None) -> int:
         "candidates_median": statistics.median(s["candidates"] for s in selections),
         "candidates_max": max(s["candidates"] for s in selections),
         "bytes_per_candidate_median": statistics.median(s["bytes_per_candidate"] for s in selections),
-        "late_receiver": {"candidates": len(late["candidates"]),
+        "late_receiver": {"candidates": len(late["candidates"]), "alive": late.get("alive"),
                           "scored": sum(c.get("score") is not None for c in late["candidates"]),
-                          "seconds": late["seconds"], "bytes_per_candidate": late["bytes"] / max(1, len(late["candidates"]))},
-        "score": args.score, "borrow": args.borrow, "model_bytes": model_bytes(args.scale), "scale": args.scale,
+                          "seconds": late["seconds"], "bytes": late["bytes"], "stages": late.get("stages"),
+                          "bytes_per_candidate": late["bytes"] / max(1, len(late["candidates"]))},
+        "score": args.score, "borrow": args.borrow, "shortlist": late.get("shortlist"),
+        "max_candidates": args.max_candidates, "genesis": args.genesis, "model_bytes": model_bytes(args.scale), "scale": args.scale,
     }
     figures["bytes_per_candidate_vs_model"] = figures["late_receiver"]["bytes_per_candidate"] / figures["model_bytes"]
     print(json.dumps(figures, indent=2))
