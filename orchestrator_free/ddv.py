@@ -62,15 +62,21 @@ def splitmix64(seed: int, count: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+NORMAL_BLOCK = 1 << 16  # normals made per step: bounds the float64 temporaries of a large probe
+
+
 def normals(seed: int, count: int) -> np.ndarray:
     """``count`` standard normals (float32): u_i = ((z_i >> 11) + 0.5) / 2^53 in (0, 1); for every pair
     (u_2k, u_2k+1), r = sqrt(-2 ln u_2k), n_2k = r cos(2 pi u_2k+1), n_2k+1 = r sin(2 pi u_2k+1), in
     float64, each rounded to the nearest float32 (an odd count drops the last sine)."""
-    u = ((splitmix64(seed, count + count % 2) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
-    r, theta = np.sqrt(-2.0 * np.log(u[0::2])), 2.0 * math.pi * u[1::2]
-    out = np.empty(count + count % 2, dtype=np.float64)
-    out[0::2], out[1::2] = r * np.cos(theta), r * np.sin(theta)
-    return out[:count].astype(np.float32)
+    out = np.empty(count + count % 2, dtype=np.float32)
+    for start in range(0, len(out), NORMAL_BLOCK):
+        stop = min(start + NORMAL_BLOCK, len(out))
+        z = splitmix64((seed + start * GOLDEN) % 2**64, stop - start)  # outputs start..stop-1 of the stream
+        u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        r, theta = np.sqrt(-2.0 * np.log(u[0::2])), 2.0 * math.pi * u[1::2]
+        out[start:stop:2], out[start + 1:stop:2] = r * np.cos(theta), r * np.sin(theta)
+    return out[:count]
 
 
 def probe_pairs(spec: ProbeSpec, token_dim: int) -> tuple[Tensor, Tensor]:

@@ -60,3 +60,11 @@ def test_an_independent_javascript_implementation_reproduces_the_vectors():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok:")
+
+
+def test_normals_made_in_blocks_are_the_one_stream(monkeypatch):
+    import crossback.orchestrator_free.ddv as ddv
+
+    whole = ddv.normals(77, 1001)
+    monkeypatch.setattr(ddv, "NORMAL_BLOCK", 64)  # many blocks, odd tail
+    assert (ddv.normals(77, 1001) == whole).all()
