@@ -1,6 +1,6 @@
 """One task's transfer step (Algorithm 1, steps 2-7) with its baselines, all from the same M_loc.
 
-Arms: ``none`` (the same adaptation on the task's own K/V), ``random`` (a uniformly drawn scored
+Arms: ``none`` (the same adaptation on the task's own K/V), ``random`` (a uniformly drawn answered
 candidate, seeded), ``selected`` (the best score), and optionally ``oracle`` (every candidate tried,
 best validation accuracy; evaluation only). Every arm starts from the same state, with the same seed
 and the same adaptation budget. The task keeps the ``selected`` arm only if its validation accuracy
@@ -120,8 +120,8 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "", history=None) -> dict:
     started = time.perf_counter()
     sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
-    chosen, cands, scored = sel.chosen, sel.candidates, sel.scored
-    deciding = [c for c in scored if sel.score_name in c.scores]
+    chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
+    deciding = [c for c in pool if sel.score_name in c.scores]
     runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
     value = chosen.scores.get(sel.score_name) if chosen else None
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
@@ -143,21 +143,21 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     if chosen is not None:
         if experiment.random:
             rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
-            draw = rng.choice(scored)
+            draw = rng.choice(pool)
             if _fetched(clients, draw, learner, task, strategy, pairs):
                 arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
         arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
-            tried = [a for c in scored if _fetched(clients, c, learner, task, strategy, pairs)
+            tried = [a for c in pool if _fetched(clients, c, learner, task, strategy, pairs)
                      and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
-            oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in scored if c.peer == a["peer"]),
+            oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]
     arms = {name: arm for name, arm in arms.items() if arm is not None}
     kept, why = decide_keep(arms, experiment.keep)
     learner.set_task_state(task, arms[kept]["state"])
     if kept != "none" and strategy.borrows_parts:
-        record_provenance(learner, task, next(c for c in scored if c.peer == arms[kept]["peer"]), strategy.borrow)
+        record_provenance(learner, task, next(c for c in pool if c.peer == arms[kept]["peer"]), strategy.borrow)
     summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},

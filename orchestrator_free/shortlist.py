@@ -33,9 +33,10 @@ class Selection:
     stages: dict = field(default_factory=dict)  # per stage: candidates, bytes, seconds
 
     @property
-    def scored(self) -> list[Candidate]:
-        """Candidates with a ranking score (the random arm draws from these)."""
-        return [c for c in self.candidates if c.score is not None and c.error is None]
+    def pool(self) -> list[Candidate]:
+        """Candidates that answered and whose payload did not fail: what could have been chosen (the
+        random arm draws from these)."""
+        return [c for c in self.candidates if c.error is None]
 
 
 def _stage(cands: list[Candidate], started: float, nbytes: int) -> dict:
@@ -53,28 +54,29 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
         peers = history.pick(peers, cfg.max_candidates, task)
     probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
                               strategy.any_shape, strategy.needs, parts=False)
-    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
-    cands = [c for c in probed if c not in skipped]
     receiver = Receiver(learner, task, data, cfg.euc_weight)
-    answered = [c for c in cands if c.error is None]
+    answered = [c for c in probed if c.error is None]
     if cfg.cheap:
         apply_score(cfg.score, answered, learner, task, data, cfg.euc_weight, cfg.log_scores, receiver)
-    stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in cands))}
+    stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in probed))}
     second = time.perf_counter()
     pairs = pairs_of(strategy, data)
-    shortlist, confirming = shortlist_of(answered, cfg)
+    shortlist, mode = shortlist_of(answered, cfg)
     fetch_all(learner, task, shortlist, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
-    if not shortlist:  # the cheap score alone: the payload of its best candidate that can hand it over
+    if mode == CHEAP:  # the cheap score alone: the payload of its best candidate that can hand it over
         next((c for c in ranked(answered)
               if fetch_parts(clients.get(c.address, c.peer), c, learner, task, strategy.borrow, strategy.any_shape,
                              pairs)), None)
-    if not cfg.cheap or confirming:
-        name = cfg.confirm if cfg.cheap else cfg.score
+    else:
+        name = cfg.score if mode == PAYLOAD else cfg.confirm
         apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,
                     cfg.log_scores, receiver)
-        for c in shortlist:  # apply_score ranks by the score it computed: the rank stays selection.score's
-            c.score = c.scores.get(cfg.score) if c.error is None else None
-    chosen, reason, name = decide(cands, shortlist, confirming, cfg)
+        rank = cfg.score if mode == CONFIRM else name  # what each candidate is listed as ranked by
+        for c in shortlist:
+            c.score = c.scores.get(rank) if c.error is None else None
+    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]  # stage 2 can skip too (freqkd)
+    cands = [c for c in probed if c not in skipped]
+    chosen, reason, name = decide(cands, shortlist, mode, cfg)
     fetched = [c for c in cands if c.payload_bytes or c.parts is not None]
     stages["payload"] = _stage(fetched, second, sum(c.payload_bytes for c in cands))
     if chosen is not None and chosen.parts is None:
@@ -83,31 +85,42 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     return Selection(chosen, reason, cands, skipped, name, stages)
 
 
-def shortlist_of(answered: list[Candidate], cfg: SelectionConfig) -> tuple[list[Candidate], bool]:
-    """(the candidates whose payload stage 2 fetches, whether a payload score then ranks them). A cheap
-    score's top ``cfg.shortlist``; every answered candidate for a payload score, for ``shortlist: all``,
-    and when no candidate has the cheap score (e.g. kv_motion without a swarm genesis)."""
+PAYLOAD, CHEAP, CONFIRM, UNRANKED = "payload", "cheap", "confirm", "unranked"  # how a selection decides
+
+
+def shortlist_of(answered: list[Candidate], cfg: SelectionConfig) -> tuple[list[Candidate], str]:
+    """(the candidates whose payload stage 2 fetches, how the selection decides):
+
+    - ``payload``: a payload score ranks every answered candidate;
+    - ``cheap``: ``shortlist: 0``, the cheap score alone (no shortlist: only the winner's payload);
+    - ``confirm``: the cheap score's top ``cfg.shortlist`` (every candidate for ``all``), ranked by
+      ``cfg.confirm``;
+    - ``unranked``: no candidate has the cheap score (e.g. kv_motion without a swarm genesis): every
+      answered candidate is confirmed."""
     if not cfg.cheap:
-        shortlist, confirming = answered, False
-    elif cfg.shortlist == "all" or not ranked(answered):
-        shortlist, confirming = answered, bool(answered)
+        shortlist, mode = answered, PAYLOAD
+    elif not ranked(answered):
+        shortlist, mode = answered, UNRANKED
+    elif cfg.shortlist == 0:
+        shortlist, mode = [], CHEAP
     else:
-        shortlist = ranked(answered)[: cfg.shortlist]
-        confirming = bool(shortlist)
+        shortlist, mode = ranked(answered)[: None if cfg.shortlist == "all" else cfg.shortlist], CONFIRM
     for c in shortlist:
         c.shortlisted = True
-    return shortlist, confirming
+    return shortlist, mode
 
 
-def decide(cands: list[Candidate], shortlist: list[Candidate], confirming: bool,
+def decide(cands: list[Candidate], shortlist: list[Candidate], mode: str,
            cfg: SelectionConfig) -> tuple[Candidate | None, str, str]:
-    """(the chosen candidate, why, the score that decided) among ``cands`` (failed ones never win),
-    from scores already computed: a payload score's best; the shortlist's best by ``cfg.confirm``; with
-    ``shortlist: 0`` the best cheap score."""
-    if not confirming:
+    """(the chosen candidate, why, the score that decided) among ``cands`` (failed ones never win), from
+    scores already computed. Shortlisted candidates the confirming score cannot judge (a payload of
+    other shapes: any-shape strategies) are decided by the cheap score if none of them can be."""
+    if mode in (PAYLOAD, CHEAP):
         return (*choose(cands), cfg.score)
     chosen, reason = choose(shortlist, cfg.confirm)
-    unranked = not ranked(cands)
-    reason += (f": no candidate has {cfg.score}, so every one was confirmed" if unranked
-               else f" among the top {len(shortlist)} by {cfg.score}")
-    return chosen, reason, cfg.confirm
+    if mode == UNRANKED:
+        return chosen, f"{reason}: no candidate has {cfg.score}, so every one was confirmed", cfg.confirm
+    if chosen is None:
+        chosen, reason = choose(shortlist)
+        return chosen, f"{reason}: no shortlisted candidate has {cfg.confirm}", cfg.score
+    return chosen, f"{reason} among the top {len(shortlist)} by {cfg.score}", cfg.confirm

@@ -132,3 +132,30 @@ def test_the_probe_order_is_the_documented_rule():
     assert {p for p, _ in second[1:4]} == {p for p, _ in peers} - {p for p, _ in first}  # never probed next
     assert second[-1] == first[1]  # the unfit one last
     assert len(history.pick(peers, 0, task=2)) == 6
+
+
+def _cand(peer: str, **scores) -> Candidate:
+    return Candidate(peer, f"h:{peer}", scores=dict(scores), score=scores.get("kv_motion"))
+
+
+def test_the_decision_rule_in_each_mode():
+    from crossback.orchestrator_free.shortlist import decide, shortlist_of
+
+    cfg = SelectionConfig(score="kv_motion", shortlist=2)
+    a, b, c = _cand("a", kv_motion=0.9, logme=-0.5), _cand("b", kv_motion=0.5, logme=-0.1), _cand("c", kv_motion=0.1, logme=0.9)
+    short, mode = shortlist_of([a, b, c], cfg)
+    assert (short, mode) == ([a, b], "confirm")
+    assert decide([a, b, c], short, mode, cfg)[0] is b  # the best LogME of the top 2, not c outside them
+    short, mode = shortlist_of([a, b, c], dataclasses.replace(cfg, shortlist=0))
+    assert (short, mode) == ([], "cheap") and decide([a, b, c], short, mode, cfg)[0] is a
+    short, mode = shortlist_of([a, b, c], dataclasses.replace(cfg, shortlist="all"))
+    assert len(short) == 3 and decide([a, b, c], short, mode, cfg)[0] is c
+    # no genesis: nobody has kv_motion, so every candidate is confirmed
+    x, y = Candidate("x", "h:x", scores={"logme": 0.1}), Candidate("y", "h:y", scores={"logme": 0.2})
+    short, mode = shortlist_of([x, y], cfg)
+    assert mode == "unranked" and decide([x, y], short, mode, cfg)[:1] == (y,)
+    # a shortlist the confirming score cannot judge (another model size): the cheap score decides
+    p, q = _cand("p", kv_motion=0.3), _cand("q", kv_motion=0.7)
+    short, mode = shortlist_of([p, q], cfg)
+    chosen, reason, name = decide([p, q], short, mode, cfg)
+    assert chosen is q and name == "kv_motion" and "no shortlisted candidate has logme" in reason
