@@ -107,6 +107,7 @@ class Candidate:
     payload_bytes: int = 0  # stage 2: what the strategy borrows (0 unless shortlisted, chosen or an arm)
     payload_seconds: float | None = None
     shortlisted: bool = False
+    late: bool = False  # missed a stage's deadline (its call may still finish; its result is ignored)
     score_seconds: dict[str, float] = field(default_factory=dict)  # compute time of each score
     advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
 
@@ -230,10 +231,8 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                     (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None,
                                                                      cfg.probe, cfg.euc_weight, version)
                     cand.bytes += reply_bytes
-    except grpc.RpcError as exc:
-        cand.error = f"{exc.code().name}: {exc.details()}"
-    except (WireError, ValueError) as exc:
-        cand.error = f"bad payload: {exc}"
+    except (grpc.RpcError, WireError, ValueError) as exc:
+        _failed(cand, exc)
     cand.latency = round(time.perf_counter() - started, 4)
     cand.kv_bytes = cand.bytes
     return cand
@@ -267,17 +266,26 @@ def fetch_parts(client: PeerClient, cand: Candidate, learner: ContinualLearner, 
                           else accept_parts(borrow, received, own))
         cand.origins = {n: cand.advertised.get(n, cand.peer) for n in cand.parts}
         cand.origin = _dominant(cand.origins, cand.parts)
-    except grpc.RpcError as exc:
-        cand.error = f"{exc.code().name}: {exc.details()}"
-    except NoPairs as exc:
-        cand.error = f"{SKIPPED} {exc}"
-    except (WireError, ValueError) as exc:
-        cand.error = f"bad payload: {exc}"
+    except (grpc.RpcError, NoPairs, WireError, ValueError) as exc:
+        _failed(cand, exc)
     cand.bytes += cand.payload_bytes
     cand.payload_seconds = round(time.perf_counter() - started, 4)
     if cand.error is not None:
         cand.parts = None
     return cand.error is None
+
+
+def _failed(cand: Candidate, exc: Exception) -> None:
+    """Record why a probe or fetch failed, unless the deadline already did (a late call that fails when
+    the selection closes its channels must not replace that reason)."""
+    if cand.late:
+        return
+    if isinstance(exc, grpc.RpcError):
+        cand.error = f"{exc.code().name}: {exc.details()}"
+    elif isinstance(exc, NoPairs):
+        cand.error = f"{SKIPPED} {exc}"
+    else:
+        cand.error = f"bad payload: {exc}"
 
 
 def _parallel(fn, items: list, deadline: float, what: str) -> None:
@@ -290,6 +298,7 @@ def _parallel(fn, items: list, deadline: float, what: str) -> None:
     _, late = wait(futures, timeout=deadline)
     for f in late:
         f.cancel()
+        futures[f].late = True
         futures[f].error = f"no answer within the {deadline}s deadline ({what})"
         futures[f].score = None
     pool.shutdown(wait=False, cancel_futures=True)

@@ -63,6 +63,16 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     pairs = pairs_of(strategy, data)
     shortlist, mode = shortlist_of(answered, cfg)
     fetch_all(learner, task, shortlist, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
+    while mode == CONFIRM and not any(c.error is None for c in shortlist):
+        # peers that win stage 1 and fail stage 2 must not deny the selection: the next ones, twice as
+        # many each round (a few rounds, each under the deadline, even against many such peers)
+        more = [c for c in ranked(answered) if not c.shortlisted][: 2 * len(shortlist)]
+        if not more:
+            break
+        for c in more:
+            c.shortlisted = True
+        fetch_all(learner, task, more, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
+        shortlist += more
     if mode == CHEAP:  # the cheap score alone: the payload of its best candidate that can hand it over
         next((c for c in ranked(answered)
               if fetch_parts(clients.get(c.address, c.peer), c, learner, task, strategy.borrow, strategy.any_shape,

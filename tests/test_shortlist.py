@@ -159,3 +159,72 @@ def test_the_decision_rule_in_each_mode():
     short, mode = shortlist_of([p, q], cfg)
     chosen, reason, name = decide([p, q], short, mode, cfg)
     assert chosen is q and name == "kv_motion" and "no shortlisted candidate has logme" in reason
+
+
+class PayloadLiar:
+    """A peer that serves an honest snapshot's K/V (so it ranks like it in stage 1) but lies about its
+    backbone in stage 2."""
+
+    @staticmethod
+    def servicer(lie: str):
+        import time as _time
+
+        from crossback.node.server import PeerServicer
+        from crossback.orchestrator_free.wire import encode_all
+
+        class Liar(PeerServicer):
+            def FetchPayload(self, request, context):
+                snap = self.snapshot()
+                if lie == "slow":
+                    _time.sleep(4.0)
+                    yield from super().FetchPayload(request, context)
+                elif lie == "moved":
+                    for chunk in super().FetchPayload(request, context):
+                        chunk.snapshot_version += 1
+                        yield chunk
+                elif lie == "shapes":
+                    yield from encode_all({"core.latents": torch.zeros(3, 3)}, snap.version)
+
+        return Liar
+
+
+@pytest.fixture(scope="module")
+def liars(tmp_path_factory, digits_tasks):
+    from crossback.models.perceiver import kv_shapes
+    from crossback.node.events import EventLog
+    from crossback.node.server import PAYLOAD_KINDS, NodeIdentity, bind, serve
+    from crossback.orchestrator_free.membership import Membership
+
+    root = tmp_path_factory.mktemp("payload-liars")
+    snap = published(root / "honest", 1, lambda: _learned(20, digits_tasks[0]))
+    servers, logs, addresses = [], [], {}
+    for lie in ("slow", "moved", "shapes"):
+        server, port = bind("127.0.0.1:0", workers=4)
+        name, address = f"a-liar-{lie}", f"127.0.0.1:{port}"  # sorts before "honest": liars win stage-1 ties
+        learner = snap.learner
+        identity = NodeIdentity(name, address, "image", "packnet", learner.cfg.token_dim, kv_shapes(learner.cfg),
+                                PAYLOAD_KINDS, genesis_id(GENESIS, learner.cfg))
+        logs.append(EventLog(name, root / f"{lie}.jsonl", console=None))
+        serve(server, PayloadLiar.servicer(lie)(identity, lambda: snap, Membership(name, address, [], 60.0), logs[-1]))
+        servers.append(server)
+        addresses[name] = address
+    with serve_snapshots({"honest": snap}, root / "logs") as honest:
+        yield addresses | honest
+    for server in servers:
+        server.stop(grace=None)
+    for log in logs:
+        log.close()
+
+
+@pytest.mark.parametrize("k", [1, "all"])
+def test_a_peer_that_wins_stage_one_and_lies_in_stage_two_does_not_deny_the_selection(k, liars, digits_tasks):
+    import time as _time
+
+    started = _time.monotonic()
+    sel = _select(SelectionConfig(score="kv_motion", shortlist=k, deadline=2.0), liars, digits_tasks)
+    assert _time.monotonic() - started < 20  # each stage within its deadline
+    assert sel.chosen is not None and sel.chosen.peer == "honest"
+    errors = {c.peer: c.error for c in sel.candidates if c.error}
+    if k == "all":
+        assert "deadline" in errors["a-liar-slow"] and "snapshot" in errors["a-liar-moved"]
+        assert "lacks" in errors["a-liar-shapes"]
