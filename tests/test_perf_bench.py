@@ -57,3 +57,12 @@ def test_ddp_benchmark_runs_one_process_and_two_ranks_side_by_side(tmp_path, mon
     assert row["task_seconds_ratio"] > 0 and len(row["one_process"]["task_s"]) == 3
     assert row["2_ranks"]["ranks"] == {"world_size": 2, "in_step": True, "synced": True}
     assert row["accuracy_gap"] <= 0.02
+
+
+def test_selection_scale_benchmark_probes_at_most_m_peers_of_a_large_view(tmp_path, monkeypatch):
+    out = tmp_path / "scale.json"
+    _run_script("selection_scale.py", ["--peers", "6,12", "--max-candidates", "3,0", "--servers", "3", "--repeats", "1",
+                                       "--json", str(out)], monkeypatch)
+    rows = {(r["peers"], r["max_candidates"]): r for r in json.loads(out.read_text())["rows"]}
+    assert rows[(6, 3)]["probed"] == rows[(12, 3)]["probed"] == 3 and rows[(12, 0)]["probed"] == 12
+    assert rows[(12, 3)]["bytes_median"] < rows[(12, 0)]["bytes_median"]
