@@ -7,7 +7,7 @@ cross-attention with the key/value projections ``kv``; the DDV holds, per pair, 
 between the responses to ``x_j`` and ``x'_j``.
 
 The normals come from a generator any language can rebuild from the .proto's comments (``normals``):
-SplitMix64 over a counter, Box-Muller in float64, rounded to float32. ``tests/vectors/probes.json``
+SplitMix64 over a counter, Box-Muller in float64, rounded to float32. ``proto/v1/test_vectors.json``
 holds test vectors (spec -> probe values and digests -> DDV of a small published block).
 """
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """One selection in two stages: rank every candidate on K/V + DDV, fetch and confirm a shortlist.
 
-Stage 1 (every probed candidate): its info, published K/V and, where the score needs it, its DDV
-answer — a few % of the model each; the cheap score (``selection.score``) ranks them.
+Stage 1 (every probed candidate): its info, published K/V and DDV answer (where it serves them) — a
+few % of the model each; the cheap score (``selection.score``) ranks them.
 Stage 2 (the top ``selection.shortlist``): what the strategy borrows (a backbone: the whole model),
 ranked by the payload score ``selection.confirm``; the winner's payload is the one adaptation uses,
-fetched once. ``shortlist: 0`` keeps the cheap score's winner and fetches its payload alone (the next
-one if that fails); ``shortlist: all`` fetches every candidate's. A payload score as ``selection.score``
-fetches every candidate's payload and ranks by it (a one-stage selection).
+fetched once. If every shortlisted payload fails, the next candidates are fetched (twice as many each
+round). ``shortlist: 0`` keeps the cheap score's winner and fetches its payload alone (the next one if
+that fails); ``shortlist: all`` fetches every candidate's; when no candidate has the cheap score
+(kv_motion without a swarm genesis) every candidate is confirmed. A payload score as
+``selection.score`` fetches every candidate's payload and ranks by it (a one-stage selection).
 """
 from __future__ import annotations
 
