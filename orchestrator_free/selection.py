@@ -49,7 +49,7 @@ class SelectionConfig:
     # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
     # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
     # (kv_motion + a shortlist of 2 confirmed by logme: the transfer benchmark's best trade of regret
-    # against bytes, benchmarks/results/starved_genesis-selection.md; without a swarm genesis no
+    # against bytes, benchmarks/results/starved_genesis-backbone.md; without a swarm genesis no
     # candidate has kv_motion and every one is confirmed)
     score: str = bounded("kv_motion", choices=SCORES)
     # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
