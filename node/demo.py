@@ -209,7 +209,8 @@ def summarize(out: Path, plan: list[dict], seconds: float) -> dict:
                         "candidates": [{"peer": c["peer"], "modality": c["modality"], "score": c["score"],
                                         "cos": c["cos"], "euc": c["euc"], "error": c["error"]} for c in r["candidates"]]}
                        for r in rows],
-        "accuracy": {arm: _mean([r[arm] for r in compared]) for arm in ("none", "random", "selected")},
+        # a random draw whose payload could not be fetched has no arm: the mean is over the tasks that have one
+        "accuracy": {arm: _mean([r[arm] for r in compared if r[arm] is not None]) for arm in ("none", "random", "selected")},
         "compared_tasks": len(compared),
         "receiver_gain": receiver_gain(rows, {e["node_id"] for e in plan if e.get("role") == "receiver"}),
         "per_task": [{k: r[k] for k in ("node", "task", "index", "chosen", "none", "random", "selected")} for r in rows],
