@@ -14,6 +14,9 @@ A payload kind names which of a peer's tensors a task borrows, by the receiver's
   MoNA draws between embedder and body;
 - ``encoder``: that encoder body alone, for every receiver (MoNA's theta_f): ``backbone`` without the
   adapter and the token readers. The receiver keeps its own embedder whatever the peer's modality.
+- ``task``: ``backbone`` plus the task's query and head, from a peer task with exactly the receiver's
+  label set (the same-task path, crossback.orchestrator_free.same_task); the head's rows come in the
+  receiver's label order. Not a FetchPayload kind: FetchTask serves it.
 
 Borrowed *shared-weight matrices* run frozen under the task's own binary mask (Piggyback over the
 peer's weights). Borrowed *per-task tensors* (adapter, latents, biases, norms) replace the task's own
@@ -26,7 +29,8 @@ from torch import Tensor
 
 from .perceiver import ENCODER_KV, join_kv, split_kv
 
-PART_KINDS = ("kv", "latents", "block", "backbone", "encoder")
+PART_KINDS = ("kv", "latents", "block", "backbone", "encoder", "task")
+HEAD_PARTS = ("query", "head.weight", "head.bias")  # what ``task`` adds to ``backbone``
 BLOCK_PREFIX = "core.cross_attend_block."
 # what reads the modality's tokens: stays the task's own under ``backbone``
 TOKEN_READERS = (ENCODER_KV, "core.cross_attend_block.cross_attn.norm_context.weight",
@@ -44,6 +48,8 @@ def part_names(kind: str, names) -> list[str]:
         picked = [n for n in names if n.startswith(BLOCK_PREFIX) or n == "core.latents"]
     elif kind == "backbone":
         picked = [n for n in names if n.startswith(("core.", "adapter."))]
+    elif kind == "task":
+        picked = [n for n in names if n.startswith(("core.", "adapter.")) or n in HEAD_PARTS]
     elif kind == "encoder":
         picked = [n for n in names if n.startswith("core.") and n not in TOKEN_READERS]
     else:
@@ -65,7 +71,7 @@ def accept_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[in
     """What of a peer's payload ``kind`` this receiver (tensor shapes ``own``) runs on. Raises ValueError
     naming the first missing or misshapen part; tensors outside the kind are ignored."""
     wanted = part_names(kind, own)
-    if kind == "backbone":
+    if kind in ("backbone", "task"):
         adapter = [n for n in wanted if n.startswith("adapter.")]
         fits = all(n in received and tuple(received[n].shape) == tuple(own[n]) for n in adapter)
         if not fits:  # another modality or input layout: read our tokens ourselves

@@ -31,6 +31,8 @@ class TaskRecord:
     num_classes: int
     ff_widths: dict[str, int]
     events: list[dict] = field(default_factory=list)
+    classes: list[str] | None = None  # class names in label order (label i is classes[i]); None: not recorded
+    train_samples: int = 0  # samples the task was learned from (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,13 @@ class ContinualLearner:
     def ff_widths(self) -> dict[str, int]:
         return {g: self.layers[w_in].width() for g, (w_in, _) in self.ff_groups.items()}
 
-    def begin_task(self, name: str, num_classes: int) -> int:
+    def begin_task(self, name: str, num_classes: int, classes: list[str] | None = None, train_samples: int = 0) -> int:
         if self.active is not None:
             raise RuntimeError(f"task {self.tasks[self.active].name!r} is still being learned")
         if num_classes < 2:
             raise ValueError(f"task {name!r} needs at least 2 classes, got {num_classes}")
+        if classes is not None and (len(classes) != num_classes or len(set(classes)) != num_classes):
+            raise ValueError(f"task {name!r}: {num_classes} classes need {num_classes} distinct names, got {list(classes)}")
         i = len(self.tasks)
         gen = self._generator(i, 0)
         source = self._init_params if i == 0 else self.task_params[i - 1]
@@ -154,7 +158,8 @@ class ContinualLearner:
         self._training_masks.clear()
         self.task_params.append({n: t.to(self.device).requires_grad_(True) for n, t in params.items()})
         self.pick_masks.append({})
-        self.tasks.append(TaskRecord(name, num_classes, self.ff_widths()))
+        self.tasks.append(TaskRecord(name, num_classes, self.ff_widths(),
+                                     classes=list(classes) if classes is not None else None, train_samples=train_samples))
         self.active = i
         self._claim_weights(i, gen)
         with torch.no_grad():

@@ -68,7 +68,7 @@ def learn_task(learner: ContinualLearner, data: TaskData, method: MethodConfig, 
                progress: Progress | None = None, parallel: DataParallel | None = None) -> TaskRecord:
     """``parallel``: this process is one rank of a node training together (models.parallel); every
     rank runs learn_task alike, so every decision below (prune, grow, compact) comes out the same."""
-    i = learner.begin_task(data.name, data.num_classes)
+    i = learner.begin_task(data.name, data.num_classes, list(data.classes), len(data.train))
     gen = torch.Generator().manual_seed(learner.seed * 7919 + i)
     fit(learner, i, data.train, opts.epochs, opts, gen, "train", progress, parallel=parallel)
     record = learner.tasks[i]

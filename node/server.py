@@ -24,6 +24,7 @@ from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.tls import TlsMaterial
+from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
 from .events import EventLog, PayloadTally
@@ -38,14 +39,17 @@ SERVICE_NAME = "crossback.v1.PeerService"
 # what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts,
 # and MoNA's outer-loss gradient with the encoder body it is taken at (FetchOuterGrad)
 # and frequency-decoupled KD's teacher features (FetchPublicFeatures, FetchSharedFeatures)
-PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features")
+PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features",
+                 "task")
 TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
 # a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
 # a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
 # outer_grad is opt-in: it is computed on the node's own items, and a gradient says something about them
 DEFAULT_SERVE = ("kv", "ddv", "backbone")
 # features (on items both nodes hold) is opt-in too: it answers about the node's own items.
-# public_features answers about public items only, but costs a forward pass over them: opt-in as well
+# public_features answers about public items only, but costs a forward pass over them: opt-in as well.
+# task (MatchTask, FetchTask: a whole task, head included, to a peer with the same label set) is opt-in:
+# a head says which classes a node learned and how it separates them
 OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 # ProbeDDV's work grows with pair_count x token_count x C (the probe tokens every forward pass reads);
@@ -233,6 +237,35 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._require_version(snap, request.min_snapshot_version, context)
         chunks = encode_all(snap.parts(request.kind), snap.version)
         self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
+        yield from chunks
+
+    def _label_set(self, request, context) -> tuple[Snapshot, bytes, list[bytes]]:
+        self._check_request(request, context)
+        self._require_serving("task", context)
+        salt, hashes = bytes(request.salt), list(request.class_hashes)
+        problem = request_problem(salt, hashes)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label set: {problem}")
+        snap = self._require_snapshot(context)
+        self._require_version(snap, request.min_snapshot_version, context)
+        return snap, salt, hashes
+
+    def MatchTask(self, request, context):
+        snap, salt, hashes = self._label_set(request, context)
+        reply = pb.TaskMatchReply(snapshot_version=snap.version,
+                                  matches=[pb.TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes)])
+        self._sent("task_match", request.caller_id, reply.ByteSize())
+        return reply
+
+    @expensive
+    def FetchTask(self, request, context):
+        snap, salt, hashes = self._label_set(request, context)
+        parts = task_parts(snap.learner, request.task, salt, hashes)
+        if parts is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"{self.identity.node_id} has no task {request.task} with that label set in snapshot {snap.version}")
+        chunks = encode_all(parts, snap.version)
+        self._sent("task", request.caller_id, sum(len(c.data) for c in chunks))
         yield from chunks
 
     @expensive

@@ -26,6 +26,7 @@ from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .selection import Candidate, SelectionConfig, arm_payload, fetch_parts, pairs_of
+from .same_task import NO_MATCH, find_same_task
 from .shortlist import select
 
 
@@ -109,8 +110,10 @@ def record_provenance(learner: ContinualLearner, task: int, cand: Candidate, kin
                                        "origin": cand.origin, "origins": dict(cand.origins)})
 
 
-def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs) -> bool:
+def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs, sel) -> bool:
     """Make sure an experiment arm's candidate has its payload (the random draw, the oracle's others)."""
+    if sel.fetch is not None:
+        return sel.fetch(cand)
     return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, strategy.borrow, strategy.any_shape,
                        pairs)
 
@@ -119,7 +122,19 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
                   clients, cfg: SelectionConfig, strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
                   experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "", history=None) -> dict:
     started = time.perf_counter()
-    sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
+    if strategy.borrow == "task":
+        sel = find_same_task(learner, task, data, peers, clients, cfg,
+                             lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), history)
+        emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
+             reason=sel.reason, matched=[c.public() for c in sel.candidates],
+             unmatched=len([c for c in sel.skipped if NO_MATCH in (c.error or "")]),
+             skipped=[{"peer": c.peer, "reason": c.error} for c in sel.skipped if NO_MATCH not in (c.error or "")],
+             stages=sel.stages, fallback=None if sel.chosen else strategy.fallback.borrow)
+        if sel.chosen is None:  # no peer learned this label set: borrow the usual way
+            strategy = strategy.fallback
+            sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
+    else:
+        sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
     chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
     deciding = [c for c in pool if sel.score_name in c.scores]
     runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
@@ -144,11 +159,11 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
         if experiment.random:
             rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
             draw = rng.choice(pool)
-            if _fetched(clients, draw, learner, task, strategy, pairs):
+            if _fetched(clients, draw, learner, task, strategy, pairs, sel):
                 arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
         arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
-            tried = [a for c in pool if _fetched(clients, c, learner, task, strategy, pairs)
+            tried = [a for c in pool if _fetched(clients, c, learner, task, strategy, pairs, sel)
                      and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),

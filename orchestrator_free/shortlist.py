@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
@@ -33,6 +34,9 @@ class Selection:
     skipped: list[Candidate]
     score_name: str  # the score that decided
     stages: dict = field(default_factory=dict)  # per stage: candidates, bytes, seconds
+    # fetch(candidate) -> bool: its payload for an experiment arm, where the selection's own stage 2 is
+    # not FetchPayload (the same-task path); None: the strategy's borrow kind by FetchPayload
+    fetch: Callable[[Candidate], bool] | None = field(default=None, repr=False)
 
     @property
     def pool(self) -> list[Candidate]:

@@ -82,6 +82,36 @@ class PeerClient:
         self.on_payload("membership", self.address, req.ByteSize())
         return self._stub.ProbePeer(req, timeout=2 * self.policy.timeout)
 
+    def match_task(self, salt: bytes, hashes: list[bytes], min_version: int = 0) -> tuple[pb.TaskMatchReply, int]:
+        """(the peer's tasks with exactly this label set, the reply's size in bytes); see same_task."""
+        req = pb.TaskMatchRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                  salt=salt, class_hashes=hashes)
+        self.on_payload("task_request", self.address, req.ByteSize())
+        reply = self._call(lambda: self._stub.MatchTask(req, timeout=self.policy.timeout))
+        return reply, reply.ByteSize()
+
+    def fetch_task(self, salt: bytes, hashes: list[bytes], task: int, min_version: int = 0,
+                   max_total_bytes: int = 64 << 20):
+        """(the matched task's tensors, snapshot_version), verified: its backbone, query and head."""
+        from .wire import decode
+
+        req = pb.TaskFetchRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                  salt=salt, class_hashes=hashes, task=task)
+        self.on_payload("task_request", self.address, req.ByteSize())
+
+        def fetch():
+            versions = set()
+
+            def chunks():
+                for c in self._stub.FetchTask(req, timeout=self.policy.timeout):
+                    versions.add(c.snapshot_version)
+                    yield c
+
+            tensors = decode(chunks(), None, max_total_bytes)
+            return tensors, (versions.pop() if len(versions) == 1 else -1)
+
+        return self._call(fetch)
+
     def fetch_kv(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0):
         """(tensors, snapshot_version) of the peer's published KV, verified."""
         req = pb.KVRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version)

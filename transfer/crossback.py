@@ -5,12 +5,14 @@ tensors and those masks; the head is first refit by a linear probe on the borrow
 task's own weights, so arms differ only in what was borrowed."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from crossback.models.borrowed import PART_KINDS
-from crossback.models.training import fit, fit_head
+from crossback.models.training import accuracy, fit, fit_head, predict
 
 from .base import AdaptOptions, InjectionError
 
@@ -22,7 +24,7 @@ class CrossBackTransfer:
     extra = None
 
     def __init__(self, borrow: str = "backbone"):
-        if borrow not in PART_KINDS:
+        if borrow not in PART_KINDS or (borrow == "task" and type(self) is CrossBackTransfer):
             raise ValueError(f"unknown borrow level {borrow!r}; choose one of {list(PART_KINDS)}")
         self.borrow = borrow
         self.needs = frozenset({borrow})
@@ -72,3 +74,47 @@ def check_injected(learner, task: int, local: dict) -> dict:
     total = sum(running[n].numel() for n in names)
     return {"borrowed_tensors": len(borrowed), "changed_tensors": len(names), "changed_fraction": changed / total,
             "delta_norm": float(sum(float((running[n] - local[n]).norm()) ** 2 for n in names) ** 0.5)}
+
+
+class TaskTransfer(CrossBackTransfer):
+    """``borrow: task``: run the task on a peer's model of the very same task (backbone, query and head,
+    the head's rows in this task's label order; see crossback.orchestrator_free.same_task), then adapt
+    on the task's own items. The head is the peer's, so there is no head probe. Adaptation on a few
+    items can undo what the peer learned from many: the adapted state is kept only if its validation
+    accuracy beats the task as borrowed, otherwise the task keeps the peer's model unchanged (under
+    all-ones masks). Where no peer learned the label set, the node borrows ``fallback``'s way instead."""
+
+    def __init__(self):
+        super().__init__("task")
+        self.fallback = CrossBackTransfer("backbone")
+
+    def as_borrowed(self, learner, task: int, data, parts: dict, opts: AdaptOptions) -> tuple[float, float]:
+        """(validation accuracy, validation loss) of ``task`` run on ``parts`` unchanged; the task's state
+        is left as it was."""
+        base = learner.task_state(task)
+        try:
+            adapt_on_parts(learner, task, data, parts, dataclasses.replace(opts, epochs=0, head_probe=False),
+                           torch.Generator().manual_seed(0))
+            logits = predict(learner, task, data.val.inputs)
+            return accuracy(logits, data.val.labels), float(F.cross_entropy(logits, data.val.labels))
+        finally:
+            learner.set_task_state(task, base)
+
+    def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
+        if payload is None:
+            return adapt_on_parts(learner, task, data, None, opts, generator)
+        base = learner.task_state(task)
+        own = dataclasses.replace(opts, head_probe=False)
+        facts = adapt_on_parts(learner, task, data, payload, dataclasses.replace(own, epochs=0), generator)
+        borrowed_val = accuracy(predict(learner, task, data.val.inputs), data.val.labels)
+        facts |= {"val_as_borrowed": borrowed_val, "adapted": False}
+        if opts.epochs == 0:
+            return facts
+        borrowed = learner.task_state(task)
+        learner.set_task_state(task, base)
+        adapted = adapt_on_parts(learner, task, data, payload, own, generator)
+        adapted_val = accuracy(predict(learner, task, data.val.inputs), data.val.labels)
+        if adapted_val > borrowed_val:
+            return adapted | {"val_as_borrowed": borrowed_val, "val_adapted": adapted_val, "adapted": True}
+        learner.set_task_state(task, borrowed)
+        return facts | {"val_adapted": adapted_val}

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from crossback.models.borrowed import PART_KINDS
 from crossback.models.bounds import bounded
 
-from .crossback import CrossBackTransfer
+from .crossback import CrossBackTransfer, TaskTransfer
 from .freqkd import FreqKDConfig, FreqKDTransfer
 from .mergenet import MergeNetConfig, MergeNetTransfer
 from .mona import MonaConfig, MonaTransfer
@@ -20,7 +20,8 @@ class TransferConfig:
 
     strategy: str = bounded("crossback", choices=tuple(STRATEGIES))
     # crossback: which of the peer's parts the task runs on (see crossback.models.borrowed); backbone is
-    # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not
+    # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not; task:
+    # a peer's model of the same label set, head included (falls back to backbone where none matches)
     borrow: str = bounded("backbone", choices=PART_KINDS)
     mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
@@ -36,4 +37,6 @@ def make_strategy(cfg: TransferConfig, public_set: str = ""):
         return MergeNetTransfer(cfg.mergenet)
     if cfg.strategy == "mona":
         return MonaTransfer(cfg.mona)
+    if cfg.borrow == "task":
+        return TaskTransfer()
     return CrossBackTransfer(borrow=cfg.borrow)

@@ -23,6 +23,56 @@ KV_SOURCE_UNSPECIFIED: KVSource
 KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
+class TaskMatchRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "salt", "class_hashes")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    CLASS_HASHES_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    salt: bytes
+    class_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., salt: _Optional[bytes] = ..., class_hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TaskMatch(_message.Message):
+    __slots__ = ("task", "classes", "val_accuracy", "train_samples")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    VAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    task: int
+    classes: int
+    val_accuracy: float
+    train_samples: int
+    def __init__(self, task: _Optional[int] = ..., classes: _Optional[int] = ..., val_accuracy: _Optional[float] = ..., train_samples: _Optional[int] = ...) -> None: ...
+
+class TaskMatchReply(_message.Message):
+    __slots__ = ("snapshot_version", "matches")
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    snapshot_version: int
+    matches: _containers.RepeatedCompositeFieldContainer[TaskMatch]
+    def __init__(self, snapshot_version: _Optional[int] = ..., matches: _Optional[_Iterable[_Union[TaskMatch, _Mapping]]] = ...) -> None: ...
+
+class TaskFetchRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "min_snapshot_version", "salt", "class_hashes", "task")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    MIN_SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    CLASS_HASHES_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    min_snapshot_version: int
+    salt: bytes
+    class_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    task: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., min_snapshot_version: _Optional[int] = ..., salt: _Optional[bytes] = ..., class_hashes: _Optional[_Iterable[bytes]] = ..., task: _Optional[int] = ...) -> None: ...
+
 class PeerProbeRequest(_message.Message):
     __slots__ = ("protocol", "caller_id", "node_id")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,16 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.FromString,
                 _registered_method=True)
+        self.MatchTask = channel.unary_unary(
+                '/crossback.v1.PeerService/MatchTask',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchReply.FromString,
+                _registered_method=True)
+        self.FetchTask = channel.unary_stream(
+                '/crossback.v1.PeerService/FetchTask',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -170,6 +180,27 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MatchTask(self, request, context):
+        """The same-task path (payload kind "task", opt-in). The caller names its task's label set without
+        naming a class: one blake2b(class name as UTF-8, key=salt, 32 bytes) per class in its label order,
+        under a fresh 16-byte salt. The node answers with every finished task whose class names hash to
+        exactly that set (a peer that can guess a class name can test the guess; names are never sent).
+        At most 1024 hashes, no repeats. PERMISSION_DENIED when the node does not serve "task".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchTask(self, request, context):
+        """One matched task's model as that task runs it: the "backbone" tensors plus its query and head
+        ("query", "head.weight", "head.bias"), the head's rows already in the caller's label order (row i
+        answers the class of the caller's hash i). The node checks the hashes against that task again;
+        NOT_FOUND when they do not match it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +248,16 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ProbePeer,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.SerializeToString,
+            ),
+            'MatchTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.MatchTask,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchReply.SerializeToString,
+            ),
+            'FetchTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchTask,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +503,60 @@ class PeerService:
             '/crossback.v1.PeerService/ProbePeer',
             crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.PeerProbeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MatchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crossback.v1.PeerService/MatchTask',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.TaskMatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/crossback.v1.PeerService/FetchTask',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,218 @@
+"""The same-task path: find a peer that learned exactly this task's label set and borrow the whole task.
+
+Neither side names a class. The receiver sends one keyed hash per class (blake2b, a fresh salt), in its
+label order; a peer answers with the finished tasks whose class names hash to exactly that set
+(``MatchTask``), each with the validation accuracy it claims for it. The receiver ranks the matches by
+that claim, fetches the top ``selection.shortlist`` tasks (``FetchTask``: backbone + query + head, the
+head's rows in the receiver's label order) and confirms them on its own validation items, as borrowed,
+before any adaptation (``task_val``): a peer's claim orders the fetches, never decides.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+
+import grpc
+import torch
+from torch import Tensor
+
+from crossback.models.borrowed import accept_parts, part_names
+from crossback.models.learner import ContinualLearner
+from crossback.models.methods import TaskData
+from crossback.transfer.base import InjectionError
+
+from .pairs import HASH_BYTES, SALT_BYTES, new_salt
+from .selection import SKIPPED, Candidate, SelectionConfig, _parallel, choose
+from .shortlist import Selection, _stage
+from .wire import WireError
+
+MAX_CLASS_HASHES = 1024
+CONFIRM_SCORE = "task_val"  # the receiver's validation accuracy of a fetched task, run as borrowed
+CLAIM_SCORE = "claimed_val"  # the accuracy the peer claims for the task (orders the fetches only)
+NO_MATCH = "learned no task with this label set"
+
+
+def class_hash(salt: bytes, name: str) -> bytes:
+    return hashlib.blake2b(name.encode("utf-8"), digest_size=HASH_BYTES, key=salt).digest()
+
+
+def class_hashes(salt: bytes, classes: list[str]) -> list[bytes]:
+    """One hash per class, in label order (label i is classes[i])."""
+    return [class_hash(salt, c) for c in classes]
+
+
+def request_problem(salt: bytes, hashes: list[bytes]) -> str | None:
+    """Why a label-set request is malformed (None: it is not)."""
+    if len(salt) != SALT_BYTES:
+        return f"salt must be {SALT_BYTES} bytes, got {len(salt)}"
+    if not 2 <= len(hashes) <= MAX_CLASS_HASHES:
+        return f"between 2 and {MAX_CLASS_HASHES} class hashes, got {len(hashes)}"
+    if any(len(h) != HASH_BYTES for h in hashes):
+        return f"every class hash must be {HASH_BYTES} bytes"
+    if len(set(hashes)) != len(hashes):
+        return "class hashes repeat"
+    return None
+
+
+def label_order(classes: list[str] | None, salt: bytes, hashes: list[bytes]) -> list[int] | None:
+    """For a task with ``classes``: order[j] = the caller's label of this task's label j, or None when
+    the two label sets differ."""
+    if not classes or len(classes) != len(hashes):
+        return None
+    position = {h: i for i, h in enumerate(hashes)}
+    order = [position.get(class_hash(salt, c)) for c in classes]
+    return None if any(o is None for o in order) else order
+
+
+def _claimed_val(record) -> float:
+    learned = [e for e in record.events if e.get("event") == "learned" and isinstance(e.get("val_accuracy"), float)]
+    return learned[-1]["val_accuracy"] if learned else 0.0
+
+
+def matching_tasks(learner: ContinualLearner, salt: bytes, hashes: list[bytes]) -> list[dict]:
+    """Every finished task of ``learner`` with exactly the requested label set (the serving side)."""
+    out = []
+    for t, record in enumerate(learner.tasks):
+        if label_order(record.classes, salt, hashes) is not None:
+            out.append({"task": t, "classes": record.num_classes, "val_accuracy": _claimed_val(record),
+                        "train_samples": record.train_samples})
+    return out
+
+
+def task_parts(learner: ContinualLearner, task: int, salt: bytes, hashes: list[bytes]) -> dict[str, Tensor] | None:
+    """Task ``task`` as it runs (backbone + query + head), the head's rows in the caller's label order;
+    None when that task's label set is not the requested one."""
+    if not 0 <= task < len(learner.tasks):
+        return None
+    order = label_order(learner.tasks[task].classes, salt, hashes)
+    if order is None:
+        return None
+    parts = learner.extract_parts(part_names("task", learner.part_shapes(task)), task)
+    rows = torch.empty(len(order), dtype=torch.long)
+    rows[torch.tensor(order)] = torch.arange(len(order))  # caller label i <- this task's label rows[i]
+    for name in ("head.weight", "head.bias"):
+        parts[name] = parts[name][rows].clone()
+    return parts
+
+
+class LabelSet:
+    """The receiver's side of one task's request: a fresh salt and its classes' hashes."""
+
+    def __init__(self, classes: list[str], salt: bytes | None = None):
+        self.salt = salt if salt is not None else new_salt()
+        self.hashes = class_hashes(self.salt, list(classes))
+
+
+def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
+    started = time.perf_counter()
+    try:
+        reply, nbytes = client.match_task(labels.salt, labels.hashes)
+    except grpc.RpcError as exc:
+        denied = exc.code() == grpc.StatusCode.PERMISSION_DENIED
+        cand.error = f"{SKIPPED} does not serve task" if denied else f"match failed: {exc.code().name}: {exc.details()}"
+        return
+    cand.latency = round(time.perf_counter() - started, 4)
+    cand.kv_bytes = cand.bytes = nbytes
+    cand.snapshot_version = int(reply.snapshot_version)
+    matches = [m for m in reply.matches if m.task >= 0 and m.classes == len(labels.hashes)]
+    if not matches:
+        cand.error = f"{SKIPPED} {NO_MATCH}"
+        return
+    claimed = [m.val_accuracy if math.isfinite(m.val_accuracy) and 0.0 <= m.val_accuracy <= 1.0 else 0.0
+               for m in matches]
+    best = max(range(len(matches)), key=lambda i: (claimed[i], -matches[i].task))
+    cand.extra = {"task": int(matches[best].task), "matches": len(matches),
+                  "train_samples": max(0, int(matches[best].train_samples))}
+    cand.scores[CLAIM_SCORE] = cand.score = float(claimed[best])
+
+
+def fetch_task(client, cand: Candidate, learner: ContinualLearner, task: int, labels: LabelSet) -> bool:
+    """The matched task's parts (``cand.parts``), checked against this receiver's shapes; False (with
+    ``cand.error``) when they could not be had."""
+    if cand.parts is not None:
+        return True
+    started = time.perf_counter()
+    try:
+        received, version = client.fetch_task(labels.salt, labels.hashes, cand.extra["task"],
+                                              min_version=max(cand.snapshot_version, 1))
+        if version != cand.snapshot_version:
+            raise WireError(f"peer sent a task of snapshot {version}, it matched in snapshot {cand.snapshot_version}")
+        cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
+        cand.bytes += cand.payload_bytes
+        cand.parts = accept_parts("task", received, learner.part_shapes(task))
+        cand.origin = cand.peer
+        cand.origins = {n: cand.peer for n in cand.parts}
+    except grpc.RpcError as exc:
+        cand.error = f"task fetch failed: {exc.code().name}: {exc.details()}"
+    except (WireError, ValueError) as exc:
+        cand.error = f"task fetch failed: bad payload: {exc}"
+    cand.payload_seconds = round(time.perf_counter() - started, 4)
+    return cand.parts is not None
+
+
+def match_stage(peers: list[tuple[str, str]], clients, labels: LabelSet, deadline: float) -> list[Candidate]:
+    """MatchTask to every peer, in parallel under one deadline."""
+    cands = [Candidate(p, a) for p, a in peers]
+    _parallel(lambda c: _match_one(clients.get(c.address, c.peer), c, labels), cands, deadline, "task match")
+    return sorted(cands, key=lambda c: c.peer)
+
+
+def confirm(cands: list[Candidate], learner: ContinualLearner, task: int, data: TaskData, evaluate_as_borrowed) -> None:
+    """``task_val`` of every fetched candidate: ``evaluate_as_borrowed(parts) -> (val, val_loss)``."""
+    for c in cands:
+        if c.error is None and c.parts is not None:
+            try:
+                val, loss = evaluate_as_borrowed(c.parts)
+            except InjectionError as exc:
+                c.error = f"injection failed: {exc}"
+                continue
+            c.scores[CONFIRM_SCORE] = val
+            c.scores["task_val_loss"] = loss
+            c.score = val - 1e-6 * loss  # ties (a few validation items) go to the lower loss
+
+
+def shortlist_size(cfg: SelectionConfig, matched: int) -> int:
+    if cfg.shortlist == "all":
+        return matched
+    return max(1, int(cfg.shortlist))
+
+
+def decide_match(matched: list[Candidate], fetched: list[Candidate]) -> tuple[Candidate | None, str]:
+    chosen, reason = choose([c for c in fetched if CONFIRM_SCORE in c.scores])
+    if chosen is None:
+        return None, "no matched task could be fetched" if matched else "no peer learned this label set"
+    return chosen, f"{reason} ({CONFIRM_SCORE} as borrowed, among {len(fetched)} fetched of {len(matched)} matched)"
+
+
+def find_same_task(learner: ContinualLearner, task: int, data: TaskData, peers: list[tuple[str, str]], clients,
+                   cfg: SelectionConfig, evaluate_as_borrowed, history=None) -> Selection:
+    """Stage 1: which peers learned this label set (MatchTask, every probed peer). Stage 2: the top
+    ``cfg.shortlist`` matches by claimed accuracy are fetched and confirmed on this receiver's validation
+    items; if every one of them fails, the next ones (twice as many each round)."""
+    started = time.perf_counter()
+    if cfg.max_candidates and history is not None:
+        history.forget({p for p, _ in peers})
+        peers = history.pick(peers, cfg.max_candidates, task)
+    labels = LabelSet(list(data.classes))
+    probed = match_stage(peers, clients, labels, cfg.deadline)
+    stages = {"match": _stage(probed, started, sum(c.kv_bytes for c in probed))}
+    matched = [c for c in probed if c.error is None]
+    order = sorted(matched, key=lambda c: (-c.scores[CLAIM_SCORE], c.peer))
+    second, fetched, size = time.perf_counter(), [], shortlist_size(cfg, len(order))
+    while order and not any(c.error is None for c in fetched):
+        batch, order = order[:size], order[size:]
+        for c in batch:
+            c.shortlisted = True
+        _parallel(lambda c: fetch_task(clients.get(c.address, c.peer), c, learner, task, labels), batch,
+                  cfg.deadline, "task fetch")
+        fetched += batch
+        size *= 2
+    confirm(fetched, learner, task, data, evaluate_as_borrowed)
+    chosen, reason = decide_match(matched, fetched)
+    stages["task"] = _stage([c for c in fetched if c.parts is not None], second, sum(c.payload_bytes for c in fetched))
+    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
+    if history is not None:
+        history.record(probed, SKIPPED, chosen.peer if chosen else None)
+    return Selection(chosen, reason, [c for c in probed if c not in skipped], skipped, CONFIRM_SCORE, stages,
+                     fetch=lambda c: fetch_task(clients.get(c.address, c.peer), c, learner, task, labels))
