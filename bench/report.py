@@ -31,7 +31,8 @@ CONFIRM = "logme"  # what a shortlist is confirmed by (selection.confirm)
 SHORTLISTS = (1, 2, 3)
 # a two-stage selection: "<cheap score>>k" = the top k by the cheap score, confirmed by CONFIRM
 POLICIES = tuple(f"{c}>{k}" for c in CHEAP_SCORES if not c.startswith("ddv_") for k in SHORTLISTS)
-ARM_ORDER = ("none", "untrained", "random", *(f"selected:{s}" for s in SCORES + POLICIES), "kept", "oracle")
+ARM_ORDER = ("none", "untrained", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
+             "oracle", "limit")
 
 
 def _adapted(rec: dict) -> list[dict]:
@@ -97,9 +98,14 @@ def unit_arms(rec: dict) -> dict[str, float]:
     control = [c for c in adapted if c["control"]]
     if control:
         arms["untrained"] = control[0]["test"]
+    if rec.get("limit"):  # the same-task path: the best same-view donor's own model on this test split
+        arms["limit"] = rec["limit"]["accuracy"]
     if trained:
         arms["random"] = sum(c["test"] for c in trained) / len(trained)
         arms["oracle"] = max(c["test"] for c in trained)
+        if rec.get("path") == "task":  # matched tasks, confirmed as borrowed: no cheap scores to pick by
+            arms["selected:task_val"] = next(c["test"] for c in trained if c["peer"] == rec["chosen"])
+            return arms
         for score in SCORES + POLICIES:
             if (chosen := _pick(trained, score)) is not None:
                 arms[f"selected:{score}"] = chosen["test"]
@@ -134,6 +140,10 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
                       "vs_none": summary([a - b for a, b, _ in pairs], **boot, strata=[s for _, _, s in pairs]),
                       "vs_untrained": summary([d for d, _ in control], **boot, strata=[s for _, s in control])
                       if arm not in ("none", "untrained") else None}
+        limited = [(u[arm], u["limit"], s) for u, s in per_unit if arm in u and "limit" in u and u["limit"] > 0]
+        if limited and arm != "limit":
+            table[arm]["vs_limit"] = summary([a - b for a, b, _ in limited], **boot, strata=[s for _, _, s in limited])
+            table[arm]["of_limit"] = sum(a / b for a, b, _ in limited) / len(limited)
     return table
 
 
@@ -146,6 +156,8 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
         stability: dict[str, list[float]] = {}
         units = 0
         for rec in records:
+            if rec.get("path") == "task":
+                continue
             needed = (stages[0], CONFIRM) if stages else (score,)
             adapted = [c for c in _adapted(rec) if all(n in c["scores"] for n in needed)]
             trained = [c for c in adapted if not c["control"]]
@@ -304,6 +316,12 @@ def markdown(result: dict, title: str, command: str) -> str:
             lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
                          f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
                          f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
+        limited = {arm: row for arm, row in group["arms"].items() if "of_limit" in row}
+        if limited:
+            lines += ["", "Against the limit (the best same-view donor's own model on the receiver's test split, "
+                          f"accuracy {group['arms']['limit']['accuracy']:.3f}): "
+                      + "; ".join(f"{arm} reaches {row['of_limit']:.1%} of it, Δ {_ci(row['vs_limit'])}"
+                                  for arm, row in limited.items() if arm in ("none", "kept", "untrained", "oracle"))]
         if group["scores"]:
             lines += ["", "| score (cheap>k: its top k confirmed by logme) | Spearman(score, gain) [CI] | regret vs oracle [CI] | "
                           "random's regret [CI] | picked the best | ranked the untrained control first | KiB per selection | "

@@ -29,6 +29,7 @@ from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
 from crossback.orchestrator_free.selection import Candidate, arm_payload, ddv_score, pairs_of, probe_candidates
+from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.shortlist import decide, shortlist_of
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
@@ -115,9 +116,11 @@ def _label_set(node: BenchNode, spec) -> tuple:
 
 
 def same_task_donors(cfg: BenchConfig, receiver: BenchNode, spec) -> set[str]:
-    """The serving nodes whose published (last) task has exactly this receiver task's label set."""
+    """The serving nodes with a task of exactly this receiver task's label set (a PackNet donor's last
+    backbone holds every task it learned; ``borrow: task`` can borrow any of them)."""
     want = _label_set(receiver, spec)
-    return {n.name for n in cfg.nodes if n.serves and n.name != receiver.name and _label_set(n, n.tasks[-1]) == want}
+    return {n.name for n in cfg.nodes if n.serves and n.name != receiver.name
+            and any(_label_set(n, t) == want for t in n.tasks)}
 
 
 def _arm_record(arm: dict | None) -> dict:
@@ -141,34 +144,79 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     try:
         for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
             learn_task(learner, data, cfg.method, train)
+            same = same_task_donors(cfg, node, node.tasks[i])
+            if strategy.borrow == "task":
+                done = _same_task_unit(cfg, node, learner, i, data, peers, control, clients, strategy, opts, seed)
+                if done is not None:
+                    probed, arms, none, chosen, limit = done
+                    decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
+                    kept, why = decide_keep(decision, "selected", strategy.keep_rule)
+                    learner.set_task_state(i, decision[kept]["state"])
+                    records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen,
+                                                kept, why, same) | {"path": "task", "limit": limit})
+                    continue
+            unit_strategy = strategy.fallback if strategy.borrow == "task" else strategy
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      strategy.borrow, genesis, strategy.any_shape, strategy.needs,
-                                      pairs_of(strategy, data))
+                                      unit_strategy.borrow, genesis, unit_strategy.any_shape, unit_strategy.needs,
+                                      pairs_of(unit_strategy, data))
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
             _stability_scores(cfg, learner, i, usable, clients)
             base, s = learner.task_state(i), arm_seed(seed, i)
-            none = run_arm(learner, i, data, strategy, base, None, opts, s)
-            arms: dict[str, dict] = {}
-            for c in usable:
-                payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
-                if payload is None:
-                    continue
-                try:
-                    arms[c.peer] = run_arm(learner, i, data, strategy, base, payload, opts, s)
-                except InjectionError as exc:
-                    c.error = f"injection failed: {exc}"
+            none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
+            arms = _arms(learner, i, data, unit_strategy, base, usable, opts, s, clients)
             trained = [c for c in usable if c.peer != control and c.peer in arms]
             chosen, _, _ = decide(trained, *shortlist_of(trained, cfg.selection), cfg.selection)  # as a node decides
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
             kept, why = decide_keep(decision, "selected")
             learner.set_task_state(i, decision[kept]["state"])
-            same = same_task_donors(cfg, node, node.tasks[i])
             records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
-                                        same))
+                                        same) | ({"path": "fallback"} if unit_strategy is not strategy else {}))
     finally:
         clients.close()
     return records
+
+
+def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:
+    """Every candidate's arm, from the same state, seed and budget."""
+    arms: dict[str, dict] = {}
+    for c in cands:
+        payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
+        if payload is None:
+            continue
+        try:
+            arms[c.peer] = run_arm(learner, i, data, strategy, base, payload, opts, s)
+        except InjectionError as exc:
+            c.error = f"injection failed: {exc}"
+    return arms
+
+
+def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, peers, control: str, clients, strategy,
+                    opts, seed: int):
+    """A task some peer learned (``borrow: task``): every matched task's arm (MatchTask + FetchTask, each
+    confirmed as a node confirms), the untrained control's arm borrowed the fallback way, and the limit:
+    the best same-view donor's own model on this receiver's test split (its task as borrowed, unadapted,
+    adapter included). None when no peer matched (the unit borrows the fallback way)."""
+    every = dataclasses.replace(cfg.selection, shortlist="all")
+    sel = find_same_task(learner, i, data, [p for p in peers if p[0] != control], clients, every,
+                         lambda parts: strategy.as_borrowed(learner, i, data, parts, opts))
+    if sel.chosen is None:
+        return None
+    base, s = learner.task_state(i), arm_seed(seed, i)
+    none = run_arm(learner, i, data, strategy, base, None, opts, s)
+    fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
+    arms = _arms(learner, i, data, strategy, base, fetched, opts, s, clients)
+    learner.set_task_state(i, base)
+    limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
+              if any(n.startswith("adapter.") for n in c.parts)]
+    fallback = strategy.fallback
+    ctrl = probe_candidates(learner, i, [p for p in peers if p[0] == control], clients, cfg.selection,
+                            kv_shapes(learner.cfg), fallback.borrow, genesis_id(_genesis(cfg, seed), node.model),
+                            fallback.any_shape, fallback.needs)
+    arms |= _arms(learner, i, data, fallback, base, [c for c in ctrl if c.error is None and c.parts], opts, s, clients)
+    limit = max(limits) if limits else None
+    return (sel.candidates + ctrl, arms, none, sel.chosen,
+            {"accuracy": limit[0], "donor": limit[1]} if limit else None)
 
 
 def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidate], clients) -> None:

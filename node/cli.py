@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the config's seeds)")
     bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
-    bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone", "encoder"), help="override transfer.borrow of the config")
+    bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone", "encoder", "task"), help="override transfer.borrow of the config")
     bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), help="override transfer.strategy of the config")
     bt.add_argument("--run-seeds", help="run only these of the seeds (e.g. 0,2,4; another process may run the "
                     "others into the same --out); the report covers every seed found there")

@@ -63,6 +63,7 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
     seconds = round(time.perf_counter() - started, 4)
     logits = predict(learner, task, data.val.inputs)
     return {"val": accuracy(logits, data.val.labels), "val_loss": float(F.cross_entropy(logits, data.val.labels)),
+            "val_correct": logits.argmax(dim=1) == data.val.labels,  # per item, for a paired keep rule
             "test": evaluate(learner, task, data.test), "facts": facts, "seconds": seconds,
             "state": learner.task_state(task)}
 
@@ -80,14 +81,29 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
             "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
 
 
-def decide_keep(arms: dict[str, dict], preferred: str) -> tuple[str, str]:
-    """The arm the task keeps, and why. A borrowed arm must reach ``none``'s validation accuracy; on a
-    tie (common with a few validation items) it must also not raise the validation loss."""
+SIGN_TEST_Z = 1.645  # one-sided 5 %
+
+
+def decide_keep(arms: dict[str, dict], preferred: str, rule: str = "accuracy") -> tuple[str, str]:
+    """The arm the task keeps, and why. ``accuracy``: a borrowed arm must reach ``none``'s validation
+    accuracy; on a tie (common with a few validation items) it must also not raise the validation loss.
+    ``sign``: the borrowed arm is kept unless ``none`` is right on significantly more validation items
+    (a one-sided sign test on the items the two disagree on) — for a borrowed model of the very same
+    task, whose evidence (the peer learned from all its items) a few validation items cannot outweigh
+    unless they clearly disagree."""
     if preferred not in arms:
         return "none", f"no {preferred} arm (no usable candidate)"
     if preferred == "none":
         return "none", "configured to keep none"
     arm, base = arms[preferred], arms["none"]
+    if rule == "sign" and "val_correct" in arm and "val_correct" in base:
+        worse = int((base["val_correct"] & ~arm["val_correct"]).sum())  # none right, borrowed wrong
+        better = int((arm["val_correct"] & ~base["val_correct"]).sum())
+        if worse - better > SIGN_TEST_Z * (worse + better) ** 0.5:
+            return "none", (f"none is right on {worse} validation items {preferred} gets wrong, {preferred} on {better}: "
+                            "significantly worse (one-sided sign test, 5 %)")
+        return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
+                           "not significantly worse (one-sided sign test, 5 %)")
     got, ref = arm["val"], base["val"]
     if got > ref:
         return preferred, f"{preferred} validation accuracy {got:.4f} > none's {ref:.4f}"
@@ -169,11 +185,11 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]
     arms = {name: arm for name, arm in arms.items() if arm is not None}
-    kept, why = decide_keep(arms, experiment.keep)
+    kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
     learner.set_task_state(task, arms[kept]["state"])
     if kept != "none" and strategy.borrows_parts:
         record_provenance(learner, task, next(c for c in pool if c.peer == arms[kept]["peer"]), strategy.borrow)
-    summary = {name: {k: v for k, v in arm.items() if k != "state"} for name, arm in arms.items()}
+    summary = {name: {k: v for k, v in arm.items() if k not in ("state", "val_correct")} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
          experiment_bytes=sum(c.bytes for c in cands) - spent,

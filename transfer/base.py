@@ -49,6 +49,7 @@ class TransferStrategy(Protocol):
     # a payload kind fetched after selection, only for the candidates whose arms run (mona: outer_grad);
     # None: what selection fetched is the whole payload
     extra: str | None
+    keep_rule: str  # how the task decides between the borrowed arm and none: "accuracy" or "sign" (decide_keep)
 
     def adapt(self, learner: ContinualLearner, task: int, data: TaskData, payload: dict | None,
               opts: AdaptOptions, generator: torch.Generator) -> dict:

@@ -22,6 +22,7 @@ class CrossBackTransfer:
     any_shape = False  # the task runs the peer's parts, so they must have its shapes
     borrows_parts = True
     extra = None
+    keep_rule = "accuracy"  # how the task decides between this arm and none (orchestrator_free.backbone.decide_keep)
 
     def __init__(self, borrow: str = "backbone"):
         if borrow not in PART_KINDS or (borrow == "task" and type(self) is CrossBackTransfer):
@@ -82,21 +83,26 @@ class TaskTransfer(CrossBackTransfer):
     on the task's own items. The head is the peer's, so there is no head probe. Adaptation on a few
     items can undo what the peer learned from many: the adapted state is kept only if its validation
     accuracy beats the task as borrowed, otherwise the task keeps the peer's model unchanged (under
-    all-ones masks). Where no peer learned the label set, the node borrows ``fallback``'s way instead."""
+    all-ones masks). Where no peer learned the label set, the node borrows ``fallback``'s way instead.
+    The task then keeps the borrowed arm unless ``none`` is significantly better on validation items
+    (``keep_rule: sign``): a handful of items must not overrule a model of the very same classes."""
+
+    keep_rule = "sign"
 
     def __init__(self):
         super().__init__("task")
         self.fallback = CrossBackTransfer("backbone")
 
-    def as_borrowed(self, learner, task: int, data, parts: dict, opts: AdaptOptions) -> tuple[float, float]:
-        """(validation accuracy, validation loss) of ``task`` run on ``parts`` unchanged; the task's state
-        is left as it was."""
+    def as_borrowed(self, learner, task: int, data, parts: dict, opts: AdaptOptions, split=None) -> tuple[float, float]:
+        """(accuracy, loss) on ``split`` (default: the validation split) of ``task`` run on ``parts``
+        unchanged; the task's state is left as it was."""
+        split = data.val if split is None else split
         base = learner.task_state(task)
         try:
             adapt_on_parts(learner, task, data, parts, dataclasses.replace(opts, epochs=0, head_probe=False),
                            torch.Generator().manual_seed(0))
-            logits = predict(learner, task, data.val.inputs)
-            return accuracy(logits, data.val.labels), float(F.cross_entropy(logits, data.val.labels))
+            logits = predict(learner, task, split.inputs)
+            return accuracy(logits, split.labels), float(F.cross_entropy(logits, split.labels))
         finally:
             learner.set_task_state(task, base)
 

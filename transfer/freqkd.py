@@ -77,6 +77,7 @@ class FreqKDTransfer:
     name = "freqkd"
     any_shape = True  # only features cross; their widths may differ (a learned projection bridges them)
     borrows_parts = False  # the task keeps only its own tensors: nothing to record as borrowed
+    keep_rule = "accuracy"
     extra = None
 
     def __init__(self, cfg: FreqKDConfig = FreqKDConfig(), public_set: str = ""):

@@ -59,6 +59,7 @@ class MergeNetTransfer:
     name = "mergenet"
     any_shape = True  # the adapter reads matrices of any shape: peers with other K/V shapes are candidates
     borrows_parts = False  # the task runs its own (generated) weights, not the peer's
+    keep_rule = "accuracy"
     extra = None
 
     def __init__(self, cfg: MergeNetConfig = MergeNetConfig()):

@@ -96,6 +96,7 @@ class MonaTransfer:
     needs = frozenset({"encoder", "outer_grad"})
     any_shape = False  # the task runs the peer's body, so it must have our core shapes
     borrows_parts = True
+    keep_rule = "accuracy"
 
     def __init__(self, cfg: MonaConfig = MonaConfig()):
         self.cfg = cfg
