@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from crossback.data.sources import load_catalog
 from crossback.data.public_set import public_set_for
-from crossback.data.tasks import build_task, data_warnings, public_items
+from crossback.data.sources import DataError
+from crossback.data.tasks import build_task, data_warnings, public_items, resolve_classes
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
@@ -266,12 +267,27 @@ def _check_resume(out: Path, cfg: BenchConfig) -> None:
     write_json_atomic(path, mine)
 
 
+def check_tasks(cfg: BenchConfig, catalogs: dict) -> None:
+    """Every node's data and tasks resolve (its source loads, every class or superclass exists and is
+    big enough), before anything trains: a misspelt receiver task must not wait for the donors. Raises
+    ConfigError naming ``nodes[i]``."""
+    for i, node in enumerate(cfg.nodes):
+        where = f"nodes[{i}] ({node.name})"
+        try:
+            catalog = _catalog(node, catalogs)
+            for spec in node.tasks:
+                resolve_classes(catalog, spec, cfg.split, node.view())
+        except DataError as exc:  # a bench node's data root is its ``root`` key, not a node's data.root
+            raise ConfigError(f"{where}: {str(exc).replace('data.root', 'root')}") from None
+
+
 def run_bench(cfg: BenchConfig, out: Path, seeds: int, progress: bool = True, only: set[int] | None = None) -> list[dict]:
     """Run (or resume) every unit (``only``: of these seeds); returns every task record found."""
     out = Path(out)
+    catalogs: dict = {}
+    check_tasks(cfg, catalogs)
     _check_resume(out, cfg)
     groups = [(i, k) for i, n in enumerate(cfg.nodes) if n.receives for k in (n.shots or (None,))]
-    catalogs: dict = {}
     torch.set_num_threads(cfg.threads)
     bar = tqdm(total=seeds * len(groups), desc="bench transfer", unit="run", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)

@@ -92,6 +92,13 @@ def resolve_classes(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: Vi
             raise DataError(f"task {spec.name!r} names unknown superclass {sup!r} in {catalog.name}{_suggest(sup, list(supers))}")
         classes = [c for c in supers[sup] if counts[c] >= split.min_items_per_class]
         dropped = [c for c in supers[sup] if counts[c] < split.min_items_per_class]
+        if len(classes) < 2:  # name what is there: a small folder is otherwise a silent 0
+            held = ", ".join(f"{c}: {counts[c]}" for c in sorted(supers[sup], key=lambda c: (-counts[c], c))[:12])
+            more = f" and {len(supers[sup]) - 12} more" if len(supers[sup]) > 12 else ""
+            raise DataError(f"task {spec.name!r}: superclass {sup!r} in {catalog.name} has {len(classes)} class(es) with "
+                            f"at least min_items_per_class={split.min_items_per_class} {view.modality} items, a task "
+                            f"needs 2; its classes and their items: {held}{more}. Lower split.min_items_per_class or "
+                            "add items")
     if len(classes) < 2:
         raise DataError(f"task {spec.name!r} has {len(classes)} class(es) with at least "
                         f"{split.min_items_per_class} {view.modality} items; a task needs 2")

@@ -244,3 +244,67 @@ def test_compare_pairs_the_same_donors_arm_across_two_runs(bench_run, tmp_path):
     assert moved["image <- untrained"]["mean"] == 0.0
     assert "| image <- image | 4 | +5.0" in markdown(compare(better, records), "A", "B")
     assert compare(better[:1], records[1:])["missing"] == 1
+
+
+def test_the_same_task_keep_rule_needs_none_to_be_significantly_better():
+    import torch
+
+    def arm(right: list[int]) -> dict:
+        return {"val": sum(right) / len(right), "val_loss": 1.0, "val_correct": torch.tensor(right, dtype=torch.bool)}
+
+    # none right on 2 items the borrowed task misses, borrowed on 0: a sign test cannot tell that from noise
+    kept, why = decide_keep({"none": arm([1, 1, 1, 0]), "selected": arm([0, 0, 1, 0])}, "selected", "sign")
+    assert kept == "selected" and "not significantly worse" in why
+    # ... the accuracy rule would have thrown the peer's same task away
+    assert decide_keep({"none": arm([1, 1, 1, 0]), "selected": arm([0, 0, 1, 0])}, "selected")[0] == "none"
+    kept, why = decide_keep({"none": arm([1] * 12), "selected": arm([0] * 12)}, "selected", "sign")
+    assert kept == "none" and "none is right on 12" in why and "significantly worse" in why
+
+
+def test_a_task_bench_borrows_matched_tasks_reports_the_limit_and_falls_back_elsewhere(tmp_path):
+    cfg = parse_bench_config(bench_dict(
+        transfer={"borrow": "task"},
+        nodes=[{"name": "low", "role": "donor", **DIGITS, "tasks": [LOW]},
+               {"name": "rx", "role": "receiver", **DIGITS, "shots": [3],
+                "tasks": [{"name": "mine", "classes": ["2", "0", "1"]}, HIGH]}]))
+    same, new = run_bench(cfg, tmp_path, seeds=1, progress=False)
+    assert same["kind"] == "same-task" and same["path"] == "task" and same["chosen"] == "low"
+    (match,) = [c for c in same["candidates"] if c["peer"] == "low"]
+    assert "task_val" in match["scores"] and "test" in match
+    control = [c for c in same["candidates"] if c["control"]]
+    assert control and "test" in control[0]  # the untrained donor, borrowed the fallback way
+    assert same["limit"]["donor"] == "low" and 0 < same["limit"]["accuracy"] <= 1
+    arms = unit_arms(same)
+    assert arms["selected:task_val"] == match["test"] and arms["limit"] == same["limit"]["accuracy"]
+    assert new["kind"] == "new-task" and new["path"] == "fallback" and "limit" not in new
+    group = analyse([same, new], cfg.bootstrap)["groups"]["same-task"]
+    assert "of_limit" in group["arms"]["kept"] and group["arms"]["kept"]["vs_limit"]["n"] == 1
+
+
+@pytest.mark.parametrize("node, needle", [
+    ({"name": "rx", "role": "receiver", **DIGITS, "tasks": [{"name": "t", "classes": ["0", "x"]}]},
+     "nodes[1] (rx): task 't' names unknown class 'x'"),
+    ({"name": "rx", "role": "receiver", "source": "folder", "tasks": [LOW]}, "nodes[1] (rx): root is required"),
+])
+def test_every_nodes_tasks_are_checked_before_anything_trains(tmp_path, node, needle):
+    cfg = parse_bench_config(bench_dict(nodes=[{"name": "low", "role": "donor", **DIGITS, "tasks": [LOW]}, node]))
+    with pytest.raises(ConfigError) as err:
+        run_bench(cfg, tmp_path, seeds=1, progress=False)
+    assert needle in str(err.value)
+    assert not (tmp_path / "seed-0").exists()  # no donor trained
+
+
+def test_a_superclass_too_small_to_split_names_its_folder_and_counts(tmp_path):
+    root = tmp_path / "data"
+    for cls, n in (("a", 3), ("b", 25)):
+        folder = root / "animals" / cls
+        folder.mkdir(parents=True)
+        for i in range(n):
+            (folder / f"{i}.txt").write_text(f"{cls} item {i}")
+    cfg = parse_bench_config(bench_dict(split={"train": 0.5, "val": 0.1, "test": 0.4, "min_items_per_class": 20},
+                                        nodes=[{"name": "rx", "role": "receiver", "source": "folder", "root": str(root),
+                                                "modality": "text", "tasks": [{"name": "animals"}]}]))
+    with pytest.raises(ConfigError) as err:
+        run_bench(cfg, tmp_path / "out", seeds=1, progress=False)
+    msg = str(err.value)
+    assert "nodes[0] (rx)" in msg and str(root) in msg and "b: 25, a: 3" in msg and "min_items_per_class=20" in msg
