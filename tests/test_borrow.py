@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from crossback.bench.peers import serve_snapshots
-from crossback.models.borrowed import PART_KINDS, TOKEN_READERS, accept_parts, part_names
+from crossback.models.borrowed import HEAD_PARTS, PART_KINDS, TOKEN_READERS, accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
@@ -22,7 +22,7 @@ from crossback.orchestrator_free.scores import logme_evidence
 from crossback.orchestrator_free.selection import SKIPPED, SelectionConfig, probe_candidates
 from crossback.orchestrator_free.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
-from crossback.transfer.crossback import CrossBackTransfer
+from crossback.transfer.crossback import CrossBackTransfer, TaskTransfer
 
 from conftest import tiny_config
 
@@ -52,7 +52,8 @@ def test_one_genesis_gives_one_core_across_modalities_and_one_adapter_per_modali
 
 def test_borrow_levels_cover_what_their_names_say():
     names = [n for n, _ in ContinualLearner(tiny_config(), "image", "packnet").net.named_parameters()]
-    kv, latents, block, body, encoder = (set(part_names(k, names)) for k in PART_KINDS)
+    kv, latents, block, body, encoder, task = (set(part_names(k, names)) for k in PART_KINDS)
+    assert body <= task and task - body <= set(HEAD_PARTS)  # the same-task path: the backbone and the head
     assert kv == {ENCODER_KV} and latents == {"core.latents"} and latents < block
     assert encoder == {n for n in body if n.startswith("core.")} - set(TOKEN_READERS)  # mona's theta_f
     assert block - set(TOKEN_READERS) < encoder and any(n.startswith("core.layers.") for n in encoder)
@@ -63,6 +64,9 @@ def test_borrow_levels_cover_what_their_names_say():
     assert not any(n.startswith("head.") or n == "query" for n in body)
     with pytest.raises(ValueError, match="unknown payload kind"):
         part_names("everything", names)
+    learner = ContinualLearner(tiny_config(), "image", "packnet")
+    learner.begin_task("t", 3)
+    assert set(part_names("task", learner.part_shapes(0))) >= set(HEAD_PARTS)
 
 
 def test_a_receiver_of_another_modality_takes_the_body_and_keeps_its_own_token_readers():
@@ -88,17 +92,21 @@ def learned(digits_tasks):
         learn_task(local, data, PACKNET, OPTS)
     peer = ContinualLearner(tiny_config(), "image", "packnet", seed=5, genesis=11)
     learn_task(peer, digits_tasks[2], PACKNET, OPTS)
-    return local, peer
+    twin = ContinualLearner(tiny_config(), "image", "packnet", seed=6, genesis=11)  # learned local's task 1 too
+    learn_task(twin, digits_tasks[1], PACKNET, OPTS)
+    return local, peer, twin
 
 
 @pytest.mark.parametrize("kind", PART_KINDS)
 def test_every_borrow_level_changes_only_the_adapted_task_and_survives_a_checkpoint(kind, learned, digits_tasks, tmp_path):
-    base, peer = learned
+    base, peer, twin = learned
     local = ContinualLearner.from_tensors(base.metadata(), base.shared_tensors(), [base.task_tensors(i) for i in range(2)])
     task0 = predict(local, 0, digits_tasks[0].test.inputs)
     task1 = predict(local, 1, digits_tasks[1].test.inputs)
+    peer = twin if kind == "task" else peer  # a whole task (head included) comes from a peer of the same classes
     parts = peer.extract_parts(part_names(kind, peer.part_shapes(0)), 0)
-    facts = CrossBackTransfer(kind).adapt(local, 1, digits_tasks[1], parts, AdaptOptions(2, OPTS, own_weights=True),
+    strategy = TaskTransfer() if kind == "task" else CrossBackTransfer(kind)
+    facts = strategy.adapt(local, 1, digits_tasks[1], parts, AdaptOptions(2, OPTS, own_weights=True),
                                           torch.Generator().manual_seed(0))
     assert facts["changed_tensors"] >= (1 if kind in ("kv", "latents") else 10)
     if kind == "latents":  # a per-task tensor only: the task's new starting value, no mask over it
@@ -133,7 +141,7 @@ def _snapshot(learner, tmp_path, name) -> Snapshot:
 
 
 def test_a_node_serves_only_the_payload_kinds_its_config_allows(learned, tmp_path):
-    _, peer = learned
+    _, peer, _ = learned
     snap = _snapshot(peer, tmp_path, "peer")
     server, address, events = _serve(snap, "peer", ("kv", "ddv"), genesis_id(11, tiny_config()), tmp_path)
     client = PeerClient(address, "tester")
@@ -156,7 +164,7 @@ def test_a_node_serves_only_the_payload_kinds_its_config_allows(learned, tmp_pat
 
 def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_the_borrow_level(learned, digits_tasks,
                                                                                                   tmp_path):
-    local, peer = learned
+    local, peer, _ = learned
     other = ContinualLearner(tiny_config(), "image", "packnet", seed=5, genesis=12)
     learn_task(other, digits_tasks[2], PACKNET, OPTS)
     mine = genesis_id(11, tiny_config())
@@ -182,7 +190,7 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
 
 def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, tmp_path):
     """A learns, B borrows A's backbone and re-serves it, C borrowing from B is told the parts are A's."""
-    base, a = learned
+    base, a, _ = learned
     b = ContinualLearner.from_tensors(base.metadata(), base.shared_tensors(), [base.task_tensors(i) for i in range(2)])
     mine = genesis_id(11, tiny_config())
     with serve_snapshots({"A": _snapshot(a, tmp_path, "A")}, tmp_path / "logs-a") as addresses:
