@@ -12,6 +12,7 @@ selection: {...}                # as a node's selection: section (score = the on
 transfer: {strategy: crossback} # as a node's transfer: section
 adaptation: {epochs: 10, own_weights: true}   # every arm's budget
 control: true                   # add an untrained donor (never learned anything) as a control
+average: false                  # add the uniform average of every trained candidate's payload as an arm
 bootstrap: {resamples: 10000, confidence: 0.95}
 nodes:
   - {name: d-low, role: donor, source: digits, modality: image, tasks: [...]}
@@ -100,6 +101,9 @@ class BenchConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     control: bool = True
+    # also adapt on the uniform average of every trained candidate's payload (FedAvg / model soup): the
+    # baseline a selection must beat to be worth choosing one peer
+    average: bool = False
     # every node of one seed initialises from one swarm genesis (crossback.orchestrator_free.genesis);
     # off: each node its own initialisation, as independently started devices have
     genesis: bool = False

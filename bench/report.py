@@ -31,7 +31,7 @@ CONFIRM = "logme"  # what a shortlist is confirmed by (selection.confirm)
 SHORTLISTS = (1, 2, 3)
 # a two-stage selection: "<cheap score>>k" = the top k by the cheap score, confirmed by CONFIRM
 POLICIES = tuple(f"{c}>{k}" for c in CHEAP_SCORES if not c.startswith("ddv_") for k in SHORTLISTS)
-ARM_ORDER = ("none", "untrained", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
+ARM_ORDER = ("none", "untrained", "average", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
              "oracle", "limit")
 
 
@@ -98,6 +98,8 @@ def unit_arms(rec: dict) -> dict[str, float]:
     control = [c for c in adapted if c["control"]]
     if control:
         arms["untrained"] = control[0]["test"]
+    if rec.get("average"):  # the uniform average of every trained candidate's payload
+        arms["average"] = rec["average"]["test"]
     if rec.get("limit"):  # the same-task path: the best same-view donor's own model on this test split
         arms["limit"] = rec["limit"]["accuracy"]
     if trained:
@@ -140,6 +142,9 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
                       "vs_none": summary([a - b for a, b, _ in pairs], **boot, strata=[s for _, _, s in pairs]),
                       "vs_untrained": summary([d for d, _ in control], **boot, strata=[s for _, s in control])
                       if arm not in ("none", "untrained") else None}
+        averaged = [(u[arm] - u["average"], s) for u, s in per_unit if arm in u and "average" in u]
+        if averaged and arm not in ("none", "average"):
+            table[arm]["vs_average"] = summary([d for d, _ in averaged], **boot, strata=[s for _, s in averaged])
         limited = [(u[arm], u["limit"], s) for u, s in per_unit if arm in u and "limit" in u and u["limit"] > 0]
         if limited and arm != "limit":
             table[arm]["vs_limit"] = summary([a - b for a, b, _ in limited], **boot, strata=[s for _, _, s in limited])
@@ -316,6 +321,11 @@ def markdown(result: dict, title: str, command: str) -> str:
             lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
                          f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
                          f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
+        versus = {arm: row["vs_average"] for arm, row in group["arms"].items() if "vs_average" in row}
+        if versus:
+            lines += ["", "Against the average of every trained candidate's payload: "
+                      + "; ".join(f"{arm} Δ {_ci(d)}" for arm, d in versus.items()
+                                  if not arm.startswith("selected:") or arm in ("selected:logme", "selected:kv_motion>2"))]
         limited = {arm: row for arm, row in group["arms"].items() if "of_limit" in row}
         if limited:
             lines += ["", "Against the limit (the best same-view donor's own model on the receiver's test split, "

@@ -170,12 +170,25 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             chosen, _, _ = decide(trained, *shortlist_of(trained, cfg.selection), cfg.selection)  # as a node decides
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
             kept, why = decide_keep(decision, "selected")
+            extra = {"path": "fallback"} if unit_strategy is not strategy else {}
+            if cfg.average and unit_strategy.borrows_parts and (avg := average_parts([c.parts for c in trained])):
+                extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
+                    "peers": len(trained), "tensors": len(avg)}
             learner.set_task_state(i, decision[kept]["state"])
             records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
-                                        same) | ({"path": "fallback"} if unit_strategy is not strategy else {}))
+                                        same) | extra)
     finally:
         clients.close()
     return records
+
+
+def average_parts(payloads: list[dict]) -> dict:
+    """The uniform average of every payload, tensor by tensor, over the tensors all of them hold with one
+    shape (the FedAvg / model-soup baseline; {} for fewer than two payloads)."""
+    if len(payloads) < 2:
+        return {}
+    names = [n for n in payloads[0] if all(n in p and p[n].shape == payloads[0][n].shape for p in payloads)]
+    return {n: torch.stack([p[n].float() for p in payloads]).mean(dim=0).to(payloads[0][n].dtype) for n in names}
 
 
 def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:

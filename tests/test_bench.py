@@ -308,3 +308,19 @@ def test_a_superclass_too_small_to_split_names_its_folder_and_counts(tmp_path):
         run_bench(cfg, tmp_path / "out", seeds=1, progress=False)
     msg = str(err.value)
     assert "nodes[0] (rx)" in msg and str(root) in msg and "b: 25, a: 3" in msg and "min_items_per_class=20" in msg
+
+
+def test_the_average_arm_adapts_on_the_mean_of_every_trained_candidates_payload(tmp_path):
+    import torch
+
+    from crossback.bench.runner import average_parts
+
+    a, b = {"w": torch.ones(2, 2), "only_a": torch.zeros(1)}, {"w": 3 * torch.ones(2, 2)}
+    assert set(average_parts([a, b])) == {"w"} and torch.equal(average_parts([a, b])["w"], 2 * torch.ones(2, 2))
+    assert average_parts([a]) == {}
+    cfg = parse_bench_config(bench_dict(average=True, transfer={"borrow": "backbone"}))
+    records = run_bench(cfg, tmp_path, seeds=1, progress=False)
+    for rec in records:
+        assert rec["average"]["peers"] == 2 and 0 <= rec["average"]["test"] <= 1  # low and high; wide has other shapes
+        assert unit_arms(rec)["average"] == rec["average"]["test"]
+    assert "vs_average" in analyse(records, cfg.bootstrap)["groups"]["all"]["arms"]["kept"]
