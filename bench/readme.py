@@ -80,6 +80,35 @@ def render_levels(results: dict[str, dict], score: str = "logme") -> list[str]:
     return lines + [""]
 
 
+KINDS = (("starved_genesis-backbone", "backbone"), ("starved_genesis-task", "task, else backbone"))
+SELECTED = ("selected:task_val", "selected:kv_motion>2")  # what a node with the default selection picks
+
+
+def render_kinds(results: dict[str, dict]) -> list[str]:
+    """Same-task units (some donor learned the receiver's classes) apart from new-task units (none did),
+    beside the untrained control, the average of every trained donor and, for the same task, the limit."""
+    rows = [(n, label, kind, results[n]["groups"][kind]) for n, label in KINDS if n in results
+            for kind in ("same-task", "new-task") if kind in results[n]["groups"]]
+    if not rows:
+        return []
+    lines = ["Where borrowing pays (starved regime, one genesis; selected = what a node with the default selection "
+             "picks, `kv_motion>2` or, on the same-task path, `task_val`; the limit is the best same-view donor's own "
+             "model on the receiver's test split):", "",
+             "| units | borrow | n | none | selected Δ vs none [CI] | kept Δ vs none [CI] | untrained Δ vs none | "
+             "selected Δ vs untrained [CI] | average Δ vs none | selected Δ vs average [CI] | kept / limit |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for _, label, kind, group in rows:
+        arms = group["arms"]
+        sel = next((arms[a] for a in SELECTED if a in arms), {})
+        untrained, average, kept = arms.get("untrained"), arms.get("average"), arms["kept"]
+        lines.append(f"| {kind} | {label} | {group['units']} | {arms['none']['accuracy']:.3f} | {_ci(sel.get('vs_none'))} | "
+                     f"{_ci(kept['vs_none'])} | {_ci(untrained['vs_none']) if untrained else '-'} | "
+                     f"{_ci(sel.get('vs_untrained'))} | {_ci(average['vs_none']) if average else '-'} | "
+                     f"{_ci(sel.get('vs_average'))} | "
+                     f"{format(kept['of_limit'], '.1%') if 'of_limit' in kept else '-'} |")
+    return lines + [""]
+
+
 STRATEGIES = (("starved", "crossback (kv)"), ("starved-mergenet", "mergenet"),
               ("heterogeneous", "crossback (kv)"), ("heterogeneous-mergenet", "mergenet"))
 
@@ -176,10 +205,10 @@ def render_comparisons() -> list[str]:
 
 
 def render() -> str:
-    names = [*REGIMES, *(n for n, _ in DIRECTED), *(n for n, _ in FREQKD_DIRECTED)]
+    names = [*REGIMES, *(n for n, _ in KINDS), *(n for n, _ in DIRECTED), *(n for n, _ in FREQKD_DIRECTED)]
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
-    lines = (render_levels(results) + render_strategies(results) + render_directions(results)
+    lines = (render_kinds(results) + render_levels(results) + render_strategies(results) + render_directions(results)
              + render_directions(results, FREQKD_DIRECTED, FREQKD_CAPTION) + render_comparisons())
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
