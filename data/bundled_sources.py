@@ -1,4 +1,5 @@
-"""The two data sources that ship with crossback: paired emoji (image + text) and sklearn digits."""
+"""The data sources that ship with crossback: paired emoji (image + text), sklearn digits and a fixed
+Fashion-MNIST subset (image)."""
 from __future__ import annotations
 
 import gzip
@@ -11,6 +12,7 @@ import numpy as np
 from .catalog import Catalog, DataError, Item
 
 EMOJI_FILE = Path(__file__).parent / "bundled" / "emoji.npz"
+FASHION_FILE = Path(__file__).parent / "bundled" / "fashion.npz"
 
 
 def load_emoji(path: Path = EMOJI_FILE) -> Catalog:
@@ -57,3 +59,16 @@ def load_digits() -> Catalog:
         for i, t in enumerate(target)
     ]
     return Catalog("digits", items)
+
+
+def load_fashion(path: Path = FASHION_FILE) -> Catalog:
+    """A fixed 3,000-item subset of Fashion-MNIST (28x28 grey, 300 per class; image only); one
+    superclass, ``fashion``, its ten classes named as the dataset names them. See FASHION_PROVENANCE.md."""
+    if not path.exists():
+        raise DataError(f"bundled Fashion-MNIST subset {path} is missing; rebuild it with python -m crossback.data.build_fashion")
+    with np.load(path, allow_pickle=False) as z:
+        images, labels, index = z["images"], z["labels"], z["index"]
+        meta = json.loads(str(z["meta_json"]))
+    classes = meta["classes"]
+    items = [Item(f"fashion-{int(i):05d}", "fashion", classes[int(y)], (img,)) for img, y, i in zip(images, labels, index)]
+    return Catalog("fashion", items, {"meta": meta})

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundled_sources import load_digits, load_emoji
+from .bundled_sources import load_digits, load_emoji, load_fashion
 from .catalog import Catalog, DataError
 from .folder import load_folder
 from .papers import load_cifar100, load_cub200, load_oxford102
 
-BUNDLED = {"emoji": load_emoji, "digits": load_digits}
+BUNDLED = {"emoji": load_emoji, "digits": load_digits, "fashion": load_fashion}
 ON_DISK = {"folder": load_folder, "cifar100": load_cifar100, "cub200": load_cub200, "oxford102": load_oxford102}
 SOURCES = tuple(BUNDLED) + tuple(ON_DISK)
 

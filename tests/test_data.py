@@ -255,3 +255,20 @@ def test_digits_are_read_without_importing_scikit_learn_and_equal_its_loader():
     probe = "import sys; from crossback.data.sources import load_catalog; load_catalog('digits'); " \
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_bundled_fashion_subset_is_the_first_300_items_of_each_class_and_builds_tasks():
+    import numpy as np
+
+    from crossback.data.sources import load_catalog
+    from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+
+    catalog = load_catalog("fashion")
+    by_class = catalog.by_class()
+    assert len(catalog.items) == 3000 and sorted(len(v) for v in by_class.values()) == [300] * 10
+    assert set(catalog.superclasses()) == {"fashion"} and set(catalog.superclasses()["fashion"]) == set(by_class)
+    image = catalog.items[0].images[0]
+    assert isinstance(image, np.ndarray) and image.shape == (28, 28) and image.dtype == np.uint8
+    data, info = build_task(catalog, TaskSpec("wear", classes=("Trouser", "Dress", "Coat")), SplitSpec(),
+                            View("image", image_size=14, channels=1), seed=0)
+    assert info["classes"] == ["Trouser", "Dress", "Coat"] and data.train.inputs.shape[-1] == 14
