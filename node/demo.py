@@ -232,7 +232,7 @@ def plot_summary(summary: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [2.2, 1]})
     width = 0.27
     for k, arm in enumerate(("none", "random", "selected")):
-        left.bar([i + (k - 1) * width for i in range(len(rows))], [r[arm] for r in rows], width, label=arm)
+        left.bar([i + (k - 1) * width for i in range(len(rows))], [r[arm] if r[arm] is not None else float("nan") for r in rows], width, label=arm)
     left.set_xticks(range(len(rows)), [f"{r['node']}\n{r['task'][:14]}" for r in rows], fontsize=7)
     left.set_ylabel("test accuracy")
     left.set_title("accuracy per arm, per node and task")

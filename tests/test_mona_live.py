@@ -122,4 +122,12 @@ def test_no_rpc_message_has_a_field_that_could_carry_a_sources_items():
         "PeerProbeRequest.protocol", "PeerProbeRequest.caller_id", "PeerProbeRequest.node_id",
         "PeerProbeReply.reachable", "PeerProbeReply.snapshot_version",
         "FeaturesSummary.snapshot_version", "FeaturesSummary.requested", "FeaturesSummary.matched",
-        "FeaturesSummary.width"}
+        "FeaturesSummary.width",
+        # the same-task path (issue 25): keyed hashes of class names, a task index and the peer's claim
+        # about its own accuracy; the task's tensors travel as TensorChunk
+        "TaskMatchRequest.protocol", "TaskMatchRequest.caller_id", "TaskMatchRequest.min_snapshot_version",
+        "TaskMatchRequest.salt", "TaskMatchRequest.class_hashes", "TaskMatch.task", "TaskMatch.classes",
+        "TaskMatch.val_accuracy", "TaskMatch.train_samples", "TaskMatchReply.snapshot_version",
+        "TaskMatchReply.matches", "TaskFetchRequest.protocol", "TaskFetchRequest.caller_id",
+        "TaskFetchRequest.min_snapshot_version", "TaskFetchRequest.salt", "TaskFetchRequest.class_hashes",
+        "TaskFetchRequest.task"}

@@ -148,9 +148,11 @@ def main(argv=None) -> int:
             time.sleep(0.5)
         if serving_at is None:
             raise RuntimeError(f"not every node was serving within {args.timeout} s")
-        # a late node selects among every one of them: it trains long enough (--late-epochs) for gossip
-        # to have shown it the whole swarm by the time its tasks end
-        procs["rx"] = start("rx", [seed], args.late_epochs)
+        # a late node selects among every one of them: seeded with every address (what is measured is
+        # selection among N live peers, not how fast gossip shows them; a short --late-epochs on a fast
+        # machine ended the task before gossip had)
+        everyone = [next(e["address"] for e in log(n) if e["event"] == "node_started") for n in names]
+        procs["rx"] = start("rx", everyone, args.late_epochs)
         while not any(e["event"] == "serving" for e in log("rx")):
             if time.monotonic() - started > args.timeout or procs["rx"].poll() is not None:
                 raise RuntimeError("the late receiver did not finish")
