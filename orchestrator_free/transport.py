@@ -93,24 +93,11 @@ class PeerClient:
     def fetch_task(self, salt: bytes, hashes: list[bytes], task: int, min_version: int = 0,
                    max_total_bytes: int = 64 << 20):
         """(the matched task's tensors, snapshot_version), verified: its backbone, query and head."""
-        from .wire import decode
-
         req = pb.TaskFetchRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
                                   salt=salt, class_hashes=hashes, task=task)
         self.on_payload("task_request", self.address, req.ByteSize())
 
-        def fetch():
-            versions = set()
-
-            def chunks():
-                for c in self._stub.FetchTask(req, timeout=self.policy.timeout):
-                    versions.add(c.snapshot_version)
-                    yield c
-
-            tensors = decode(chunks(), None, max_total_bytes)
-            return tensors, (versions.pop() if len(versions) == 1 else -1)
-
-        return self._call(fetch)
+        return self._call(lambda: self._tensor_stream(self._stub.FetchTask, req, None, max_total_bytes))
 
     def fetch_kv(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0):
         """(tensors, snapshot_version) of the peer's published KV, verified."""
@@ -129,23 +116,25 @@ class PeerClient:
     def fetch_payload(self, kind: str, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
                       max_total_bytes: int = 64 << 20):
         """(tensors by parameter name, snapshot_version) of the peer's payload ``kind``, verified."""
-        from .wire import decode
-
         req = pb.PayloadRequest(protocol=PROTOCOL, caller_id=self.caller_id, kind=kind, min_snapshot_version=min_version)
         self.on_payload(f"{kind}_request", self.address, req.ByteSize())
 
-        def fetch():
-            versions = set()
+        return self._call(lambda: self._tensor_stream(self._stub.FetchPayload, req, expected, max_total_bytes))
 
-            def chunks():  # decoded as they arrive: the size limit holds before the stream is in memory
-                for c in self._stub.FetchPayload(req, timeout=self.policy.timeout):
-                    versions.add(c.snapshot_version)
-                    yield c
+    def _tensor_stream(self, rpc, req, expected, max_total_bytes: int):
+        """(tensors, snapshot_version; -1 if the chunks disagree) of one streamed TensorChunk reply, decoded
+        as the chunks arrive: the size limit holds before the stream is in memory."""
+        from .wire import decode
 
-            tensors = decode(chunks(), expected, max_total_bytes)
-            return tensors, (versions.pop() if len(versions) == 1 else -1)
+        versions = set()
 
-        return self._call(fetch)
+        def chunks():
+            for c in rpc(req, timeout=self.policy.timeout):
+                versions.add(c.snapshot_version)
+                yield c
+
+        tensors = decode(chunks(), expected, max_total_bytes)
+        return tensors, (versions.pop() if len(versions) == 1 else -1)
 
     def fetch_outer_grad(self, expected: dict[str, tuple[int, ...]] | None = None, min_version: int = 0,
                          max_batches: int = 0, held: tuple[int, dict[str, tuple[int, ...]]] | None = None,
