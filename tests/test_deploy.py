@@ -105,7 +105,14 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
         answered = [c for c in sel["candidates"] if c["error"] is None]
         assert answered and {c["peer"] for c in answered} <= swarm_ids
         assert all(math.isfinite(c["score"]) for c in answered)
-        assert sel["chosen"] == sorted(answered, key=lambda c: (-c["score"], c["peer"]))[0]["peer"]
+        # the documented two-stage rule: the top `shortlist` by the cheap score, the winner by the confirming one
+        by_cheap = sorted(answered, key=lambda c: (-c["score"], c["peer"]))
+        shortlisted = [c for c in answered if c["shortlisted"]]
+        assert sel["rank_score"] == "kv_motion" and sel["shortlist"] == 2
+        assert {c["peer"] for c in shortlisted} == {c["peer"] for c in by_cheap[:2]}
+        decided = sel["score_name"]
+        best = sorted((c for c in shortlisted if decided in c["scores"]), key=lambda c: (-c["scores"][decided], c["peer"]))
+        assert sel["chosen"] == best[0]["peer"]
         assert sel["bytes"] > 0
 
         peers = subprocess.run(CLI + ["peers", "--target", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
