@@ -31,7 +31,7 @@ CONFIRM = "logme"  # what a shortlist is confirmed by (selection.confirm)
 SHORTLISTS = (1, 2, 3)
 # a two-stage selection: "<cheap score>>k" = the top k by the cheap score, confirmed by CONFIRM
 POLICIES = tuple(f"{c}>{k}" for c in CHEAP_SCORES if not c.startswith("ddv_") for k in SHORTLISTS)
-ARM_ORDER = ("none", "untrained", "average", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
+ARM_ORDER = ("none", "untrained", "average", "shortlist_average", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
              "oracle", "limit")
 
 
@@ -100,6 +100,8 @@ def unit_arms(rec: dict) -> dict[str, float]:
         arms["untrained"] = control[0]["test"]
     if rec.get("average"):  # the uniform average of every trained candidate's payload
         arms["average"] = rec["average"]["test"]
+    if rec.get("shortlist_average"):  # the uniform average of the node's shortlist (what stage 2 fetched)
+        arms["shortlist_average"] = rec["shortlist_average"]["test"]
     if rec.get("limit"):  # the same-task path: the best same-view donor's own model on this test split
         arms["limit"] = rec["limit"]["accuracy"]
     if trained:

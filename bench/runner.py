@@ -167,13 +167,18 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
             arms = _arms(learner, i, data, unit_strategy, base, usable, opts, s, clients)
             trained = [c for c in usable if c.peer != control and c.peer in arms]
-            chosen, _, _ = decide(trained, *shortlist_of(trained, cfg.selection), cfg.selection)  # as a node decides
+            shortlist, mode = shortlist_of(trained, cfg.selection)
+            chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
             decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
             kept, why = decide_keep(decision, "selected")
             extra = {"path": "fallback"} if unit_strategy is not strategy else {}
             if cfg.average and unit_strategy.borrows_parts and (avg := average_parts([c.parts for c in trained])):
                 extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
                     "peers": len(trained), "tensors": len(avg)}
+            # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
+            if cfg.average and unit_strategy.borrows_parts and (avg := average_parts([c.parts for c in shortlist])):
+                extra["shortlist_average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
+                    "peers": sorted(c.peer for c in shortlist), "tensors": len(avg)}
             learner.set_task_state(i, decision[kept]["state"])
             records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
                                         same) | extra)

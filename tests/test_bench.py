@@ -318,9 +318,15 @@ def test_the_average_arm_adapts_on_the_mean_of_every_trained_candidates_payload(
     a, b = {"w": torch.ones(2, 2), "only_a": torch.zeros(1)}, {"w": 3 * torch.ones(2, 2)}
     assert set(average_parts([a, b])) == {"w"} and torch.equal(average_parts([a, b])["w"], 2 * torch.ones(2, 2))
     assert average_parts([a]) == {}
-    cfg = parse_bench_config(bench_dict(average=True, transfer={"borrow": "backbone"}))
+    cfg = parse_bench_config(bench_dict(average=True, genesis=True, transfer={"borrow": "backbone"},
+                                        selection={"score": "kv_motion", "shortlist": 2, "confirm": "logme",
+                                                   "probe": {"pair_count": 8, "token_count": 4}}))
     records = run_bench(cfg, tmp_path, seeds=1, progress=False)
     for rec in records:
         assert rec["average"]["peers"] == 2 and 0 <= rec["average"]["test"] <= 1  # low and high; wide has other shapes
         assert unit_arms(rec)["average"] == rec["average"]["test"]
+        # the shortlist (top 2 by kv_motion) holds both trained donors: its soup is the same payload, the same arm
+        assert rec["shortlist_average"]["peers"] == ["high", "low"]
+        assert rec["shortlist_average"]["test"] == rec["average"]["test"]
+        assert unit_arms(rec)["shortlist_average"] == rec["shortlist_average"]["test"]
     assert "vs_average" in analyse(records, cfg.bootstrap)["groups"]["all"]["arms"]["kept"]
