@@ -109,6 +109,45 @@ def render_kinds(results: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+# the new-task regime (no donor learned any receiver task) and each lever tried on it
+LEVERS = (("multitask_genesis-backbone", "multi-task donors, backbone (the regime)"),
+          ("multitask_genesis-block", "partial borrowing: the encoder block only"),
+          ("multitask_genesis_long-backbone", "adaptation 32 epochs instead of 8"),
+          ("multitask_genesis_pretrained-backbone", "pretrained front ends (EfficientNet-Lite0, MiniLM)"),
+          ("multitask_genesis_large-backbone", "a ~4x larger model"),
+          ("multitask_genesis_mergenet", "mergenet, adapter trained 40 epochs"))
+LEVER_SELECTED = ("selected:kv_motion>2", "selected:logme")
+
+
+def _short(d: dict | None) -> str:
+    return "-" if not d or not d["n"] else f"{_pct(d['mean'])} [{_pct(d['lo'])}, {_pct(d['hi'])}]"
+
+
+def render_levers(results: dict[str, dict]) -> list[str]:
+    """One row per lever on the multi-task regime: the node's pick and both averages against none, the
+    untrained control and the average of every trained donor."""
+    rows = [(label, results[n]["groups"]["all"]) for n, label in LEVERS if n in results]
+    if not rows:
+        return []
+    lines = ["Levers on tasks no peer learned (`benchmarks/transfer/multitask_genesis*.yaml`: donors that learned "
+             "several tasks on all their items, receivers of Fashion-MNIST, emoji images and emoji names whose task no "
+             "donor learned; one genesis, 5 seeds; selected = the node's default pick `kv_motion>2`; shortlist "
+             "average = the uniform average of those 2 fetched backbones; Δ in points [95 % CI over units]):", "",
+             "| lever | n | none | untrained Δ vs none | selected Δ vs none [CI] | selected Δ vs untrained [CI] | "
+             "average Δ vs none [CI] | average Δ vs untrained [CI] | shortlist average Δ vs none [CI] | "
+             "selected Δ vs average [CI] | oracle Δ vs none |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, group in rows:
+        arms = group["arms"]
+        sel = next((arms[a] for a in LEVER_SELECTED if a in arms), {})
+        get = lambda arm, key: _short(arms[arm].get(key)) if arm in arms else "-"  # noqa: E731
+        lines.append(f"| {label} | {group['units']} | {arms['none']['accuracy']:.3f} | {get('untrained', 'vs_none')} | "
+                     f"{_short(sel.get('vs_none'))} | {_short(sel.get('vs_untrained'))} | {get('average', 'vs_none')} | "
+                     f"{get('average', 'vs_untrained')} | {get('shortlist_average', 'vs_none')} | "
+                     f"{_short(sel.get('vs_average'))} | {get('oracle', 'vs_none')} |")
+    return lines + [""]
+
+
 STRATEGIES = (("starved", "crossback (kv)"), ("starved-mergenet", "mergenet"),
               ("heterogeneous", "crossback (kv)"), ("heterogeneous-mergenet", "mergenet"))
 
@@ -205,10 +244,11 @@ def render_comparisons() -> list[str]:
 
 
 def render() -> str:
-    names = [*REGIMES, *(n for n, _ in KINDS), *(n for n, _ in DIRECTED), *(n for n, _ in FREQKD_DIRECTED)]
+    names = [*REGIMES, *(n for n, _ in KINDS), *(n for n, _ in LEVERS), *(n for n, _ in DIRECTED),
+             *(n for n, _ in FREQKD_DIRECTED)]
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
-    lines = (render_kinds(results) + render_levels(results) + render_strategies(results) + render_directions(results)
+    lines = (render_kinds(results) + render_levers(results) + render_levels(results) + render_strategies(results) + render_directions(results)
              + render_directions(results, FREQKD_DIRECTED, FREQKD_CAPTION) + render_comparisons())
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
