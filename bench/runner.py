@@ -22,6 +22,7 @@ from crossback.data.sources import load_catalog
 from crossback.data.public_set import public_set_for
 from crossback.data.sources import DataError
 from crossback.data.tasks import build_task, data_warnings, public_items, resolve_classes
+from crossback.models.borrowed import average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
@@ -169,31 +170,28 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             trained = [c for c in usable if c.peer != control and c.peer in arms]
             shortlist, mode = shortlist_of(trained, cfg.selection)
             chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
-            decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
-            kept, why = decide_keep(decision, "selected")
             extra = {"path": "fallback"} if unit_strategy is not strategy else {}
-            if cfg.average and unit_strategy.borrows_parts and (avg := average_parts([c.parts for c in trained])):
+            averages = unit_strategy.borrows_parts and (cfg.average or cfg.selection.combine == "average")
+            if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
                 extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
                     "peers": len(trained), "tensors": len(avg)}
             # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
-            if cfg.average and unit_strategy.borrows_parts and (avg := average_parts([c.parts for c in shortlist])):
-                extra["shortlist_average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
-                    "peers": sorted(c.peer for c in shortlist), "tensors": len(avg)}
+            soup = None
+            if averages and (avg := average_parts([c.parts for c in shortlist])):
+                soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
+                extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
+                                                                  "tensors": len(avg)}
+            # the arm a node would keep or drop: the chosen candidate's, or with combine: average the soup's
+            preferred = soup if soup is not None and cfg.selection.combine == "average" else (
+                arms[chosen.peer] if chosen else None)
+            decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
+            kept, why = decide_keep(decision, "selected")
             learner.set_task_state(i, decision[kept]["state"])
             records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
-                                        same) | extra)
+                                        same, decision[kept]) | extra)
     finally:
         clients.close()
     return records
-
-
-def average_parts(payloads: list[dict]) -> dict:
-    """The uniform average of every payload, tensor by tensor, over the tensors all of them hold with one
-    shape (the FedAvg / model-soup baseline; {} for fewer than two payloads)."""
-    if len(payloads) < 2:
-        return {}
-    names = [n for n in payloads[0] if all(n in p and p[n].shape == payloads[0][n].shape for p in payloads)]
-    return {n: torch.stack([p[n].float() for p in payloads]).mean(dim=0).to(payloads[0][n].dtype) for n in names}
 
 
 def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:
@@ -249,7 +247,7 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
 
 
 def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why,
-                 same: set[str]):
+                 same: set[str], kept_arm: dict | None = None):
     warnings = data_warnings([info], cfg.min_test_items)
     return {
         "seed": seed, "receiver": node.name, "modality": node.modality, "shots": shots, "task": info["name"],
@@ -264,7 +262,7 @@ def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate],
                         **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}
                        for c in probed],
         "chosen": chosen.peer if chosen else None, "kept": kept, "keep_reason": why,
-        "kept_test": (arms[chosen.peer] if kept == "selected" else none)["test"],
+        "kept_test": (kept_arm or (arms[chosen.peer] if kept == "selected" else none))["test"],
     }
 
 

@@ -95,3 +95,15 @@ def check_parts(parts: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) 
             raise ValueError(f"borrowed part {name!r} has shape {tuple(t.shape)}, this model needs {tuple(expected[name])}")
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"borrowed part {name!r} contains NaN or Inf")
+
+
+def average_parts(payloads: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The uniform average of several payloads, tensor by tensor, over the tensors all of them hold with
+    one shape (FedAvg's mean / a uniform model soup); {} for fewer than two payloads. Peers of another
+    modality hand over the body only, so a mixed set averages the body and the receiver keeps its own
+    token readers."""
+    if len(payloads) < 2:
+        return {}
+    first = payloads[0]
+    names = [n for n in first if all(n in p and p[n].shape == first[n].shape for p in payloads)]
+    return {n: torch.stack([p[n].float() for p in payloads]).mean(dim=0).to(first[n].dtype) for n in names}

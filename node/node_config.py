@@ -18,7 +18,7 @@ from pathlib import Path
 from crossback.data.public_set import public_set_for
 from crossback.orchestrator_free.backbone import ExperimentConfig
 from crossback.orchestrator_free.genesis import SwarmSettings
-from crossback.orchestrator_free.selection import SelectionConfig
+from crossback.orchestrator_free.selection import SelectionConfig, check_combine
 from crossback.transfer.base import AdaptationConfig
 from crossback.transfer.registry import TransferConfig, make_strategy
 
@@ -75,7 +75,8 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     settings = dataclasses.replace(node, **overrides)
     try:
         settings.validate()
-        make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split))
+        strategy = make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split))
+        check_combine(sections["selection"], strategy)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except ConfigError as exc:

@@ -31,6 +31,7 @@ def selection_rows(run_dir: Path) -> list[dict]:
                 "reason": sel["reason"], "candidates": sel["candidates"], "skipped": sel.get("skipped", []),
                 "none": acc.get("none"), "random": acc.get("random"), "selected": acc.get("selected"),
                 "oracle": acc.get("oracle"), "kept": td.get("kept"),
+                "averaged": sel.get("averaged") or [],  # selection.combine: average borrowed the mean of these
             })
     return sorted(rows, key=lambda r: (r["node"], r["index"]))
 
@@ -45,7 +46,8 @@ def render_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = sum(1 for c in r["candidates"] if c.get("score") is not None and not c.get("error"))
-        lines.append(f"{r['node']:<10} {r['task'][:20]:<20} {r['chosen'] or '(none)':<10} "
+        chosen = f"avg of {len(r['averaged'])}" if r.get("averaged") else r["chosen"] or "(none)"
+        lines.append(f"{r['node']:<10} {r['task'][:20]:<20} {chosen:<10} "
                      f"{r['chosen_origin'] or '-':<10} {r['chosen_modality'] or '-':<8} {r['strategy'] + ':' + r['borrow']:<18} "
                      f"{_f(r['score'], '+.3f'):>7} {_f(r['margin'], '.3f'):>7} {ok:>2}/{len(r['candidates']):<2} "
                      f"{_f(r['none']):>6} {_f(r['random']):>6} {_f(r['selected']):>6} {r['kept'] or '-'}")

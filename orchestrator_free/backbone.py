@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from crossback.models.borrowed import BORROWED_EVENT
+from crossback.models.borrowed import BORROWED_EVENT, average_parts
 from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
@@ -81,6 +81,15 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
             "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
 
 
+def _average_arm(learner, task, data, strategy, base, members: list[Candidate], opts, seed) -> dict | None:
+    """The ``selected`` arm of ``selection.combine: average``: adapted on the members' averaged payload."""
+    try:
+        arm = run_arm(learner, task, data, strategy, base, average_parts([c.parts for c in members]), opts, seed)
+    except InjectionError:
+        return None
+    return {"peer": None, "modality": None, "origin": None, "averaged": sorted(c.peer for c in members), **arm}
+
+
 SIGN_TEST_Z = 1.645  # one-sided 5 %
 
 
@@ -126,6 +135,19 @@ def record_provenance(learner: ContinualLearner, task: int, cand: Candidate, kin
                                        "origin": cand.origin, "origins": dict(cand.origins)})
 
 
+def record_average(learner: ContinualLearner, task: int, peers: list[str], kind: str) -> None:
+    """An averaged payload is a model no peer learned: it names no origin, so re-serving it names this
+    node, and the record lists whose payloads were averaged."""
+    learner.tasks[task].events.append({"event": BORROWED_EVENT, "peer": None, "kind": kind, "combine": "average",
+                                       "averaged": list(peers), "origin": None, "origins": {}})
+
+
+def averaged_members(sel) -> list[Candidate]:
+    """``selection.combine: average``: the candidates whose fetched payloads are averaged — every
+    shortlisted one whose payload arrived intact (none with ``shortlist: 0``, which fetches one)."""
+    return [c for c in sel.pool if c.shortlisted and c.parts is not None]
+
+
 def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs, sel) -> bool:
     """Make sure an experiment arm's candidate has its payload (the random draw, the oracle's others)."""
     if sel.fetch is not None:
@@ -152,6 +174,8 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     else:
         sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
     chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
+    averaged = averaged_members(sel) if cfg.combine == "average" and strategy.borrows_parts else []
+    averaged = averaged if len(averaged) > 1 else []  # one payload: nothing to average, borrow it as chosen
     deciding = [c for c in pool if sel.score_name in c.scores]
     runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
     value = chosen.scores.get(sel.score_name) if chosen else None
@@ -164,7 +188,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
          margin=(value - runner_up) if value is not None and runner_up is not None else None, reason=sel.reason,
          scope=cfg.scope, seconds=round(time.perf_counter() - started, 4), stages=sel.stages,
          alive=len(peers), probed=len(cands) + len(sel.skipped),
-         bytes=sum(c.bytes for c in cands))
+         bytes=sum(c.bytes for c in cands), combine=cfg.combine, averaged=sorted(c.peer for c in averaged))
     seed_ = arm_seed(seed, task)
     base = learner.task_state(task)
     oracle_tried = None
@@ -177,7 +201,10 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
             draw = rng.choice(pool)
             if _fetched(clients, draw, learner, task, strategy, pairs, sel):
                 arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
-        arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
+        if averaged:  # the chosen candidate's own arm only if the averaged payload cannot run
+            arms["selected"] = _average_arm(learner, task, data, strategy, base, averaged, opts, seed_)
+        if arms.get("selected") is None:
+            arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
             tried = [a for c in pool if _fetched(clients, c, learner, task, strategy, pairs, sel)
                      and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
@@ -188,7 +215,10 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
     learner.set_task_state(task, arms[kept]["state"])
     if kept != "none" and strategy.borrows_parts:
-        record_provenance(learner, task, next(c for c in pool if c.peer == arms[kept]["peer"]), strategy.borrow)
+        if "averaged" in arms[kept]:
+            record_average(learner, task, arms[kept]["averaged"], strategy.borrow)
+        else:
+            record_provenance(learner, task, next(c for c in pool if c.peer == arms[kept]["peer"]), strategy.borrow)
     summary = {name: {k: v for k, v in arm.items() if k not in ("state", "val_correct")} for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
          arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},

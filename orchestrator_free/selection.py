@@ -56,6 +56,10 @@ class SelectionConfig:
     # score alone (only the winner's payload moves); all: every candidate is fetched and confirmed
     shortlist: int | str = 2
     confirm: str = bounded("logme", choices=PAYLOAD_SCORES)
+    # what the task borrows: best = the chosen candidate's payload; average = the uniform average of every
+    # payload stage 2 fetched (with shortlist: all, every candidate's: a model soup; strategies that borrow
+    # parts only). The transfer benchmark's `average` and `shortlist_average` arms measure the two.
+    combine: str = bounded("best", choices=("best", "average"))
     # a selection probes at most this many peers (0: every alive peer); see .candidates for the order
     max_candidates: int = bounded(0, ge=0, le=100_000)
     # also compute every other score each candidate's fetched payloads allow, for the log
@@ -80,6 +84,13 @@ class SelectionConfig:
         if self.score in DDV_SCORES:
             return {"kv", "ddv"}
         return {"kv"} if self.cheap else set()
+
+
+def check_combine(cfg: SelectionConfig, strategy) -> None:
+    """ValueError when ``selection.combine: average`` meets a strategy that has no payload to average."""
+    if cfg.combine == "average" and not (strategy.borrows_parts and strategy.extra is None):
+        raise ValueError(f"selection.combine: average averages borrowed payloads; transfer.strategy {strategy.name!r} "
+                         "borrows none it could average (use crossback, or combine: best)")
 
 
 @dataclass

@@ -313,13 +313,14 @@ def test_a_superclass_too_small_to_split_names_its_folder_and_counts(tmp_path):
 def test_the_average_arm_adapts_on_the_mean_of_every_trained_candidates_payload(tmp_path):
     import torch
 
-    from crossback.bench.runner import average_parts
+    from crossback.models.borrowed import average_parts
 
     a, b = {"w": torch.ones(2, 2), "only_a": torch.zeros(1)}, {"w": 3 * torch.ones(2, 2)}
     assert set(average_parts([a, b])) == {"w"} and torch.equal(average_parts([a, b])["w"], 2 * torch.ones(2, 2))
     assert average_parts([a]) == {}
     cfg = parse_bench_config(bench_dict(average=True, genesis=True, transfer={"borrow": "backbone"},
                                         selection={"score": "kv_motion", "shortlist": 2, "confirm": "logme",
+                                                   "combine": "average",
                                                    "probe": {"pair_count": 8, "token_count": 4}}))
     records = run_bench(cfg, tmp_path, seeds=1, progress=False)
     for rec in records:
@@ -329,4 +330,6 @@ def test_the_average_arm_adapts_on_the_mean_of_every_trained_candidates_payload(
         assert rec["shortlist_average"]["peers"] == ["high", "low"]
         assert rec["shortlist_average"]["test"] == rec["average"]["test"]
         assert unit_arms(rec)["shortlist_average"] == rec["shortlist_average"]["test"]
+        # combine: average — the node keeps the soup or its own arm, as the keep rule says
+        assert rec["kept_test"] == (rec["shortlist_average"] if rec["kept"] == "selected" else rec["none"])["test"]
     assert "vs_average" in analyse(records, cfg.bootstrap)["groups"]["all"]["arms"]["kept"]

@@ -167,6 +167,9 @@ def test_node_sections_parse_into_their_own_settings(tmp_path):
     ({"swarm": {"genesis": -1}}, "swarm.genesis"),
     ({"swarm": {"seed": 3}}, "'swarm.seed' is misplaced"),
     ({"selection": {"score": "leep"}}, "selection.score"),
+    ({"selection": {"combine": "median"}}, "selection.combine"),
+    ({"selection": {"combine": "average"}, "transfer": {"strategy": "mergenet"}},
+     "selection.combine: average averages borrowed payloads; transfer.strategy 'mergenet'"),
     ({"data": {**CONFIG["data"], "shots": 0}}, "data.shots"),
 ])
 def test_borrowing_settings_are_checked_and_name_their_key(tmp_path, extra, needle):

@@ -228,3 +228,50 @@ def test_a_peer_that_wins_stage_one_and_lies_in_stage_two_does_not_deny_the_sele
     if k == "all":
         assert "deadline" in errors["a-liar-slow"] and "snapshot" in errors["a-liar-moved"]
         assert "lacks" in errors["a-liar-shapes"]
+
+
+@pytest.mark.parametrize("k", [2, "all"])
+def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no_origin(k, donors, digits_tasks):
+    from crossback.models.borrowed import BORROWED_EVENT, average_parts
+    from crossback.orchestrator_free.backbone import ExperimentConfig, arm_seed, run_arm, transfer_step
+    from crossback.transfer.base import AdaptOptions
+
+    cfg = SelectionConfig(score="kv_motion", shortlist=k, combine="average")
+    strategy = make_strategy(TransferConfig(borrow="backbone"))
+    opts = AdaptOptions(epochs=1, train=OPTS)
+    rx = _learner(1)
+    learn_task(rx, digits_tasks[0], PACKNET, OPTS)
+    base = rx.task_state(0)
+    events = []
+    clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
+    try:
+        out = transfer_step(rx, 0, digits_tasks[0], "rx", sorted(donors.items()), clients, cfg, strategy, opts, 5,
+                            lambda event, **f: events.append({"event": event, **f}),
+                            ExperimentConfig(random=False), genesis_id(GENESIS, rx.cfg))
+    finally:
+        clients.close()
+    selected = next(e for e in events if e["event"] == "backbone_selected")
+    fetched = sorted(c.peer for c in out["candidates"] if c.parts is not None)
+    assert selected["combine"] == "average" and selected["averaged"] == fetched
+    assert len(fetched) == (2 if k == 2 else len(donors))  # what stage 2 fetched, no more
+    arm = out["arms"]["selected"]
+    assert arm["averaged"] == fetched and arm["peer"] is None
+    # exactly the arm of the uniform mean of those payloads, from the same state, seed and budget
+    members = [c for c in out["candidates"] if c.peer in fetched]
+    direct = run_arm(rx, 0, digits_tasks[0], strategy, base, average_parts([c.parts for c in members]), opts, arm_seed(5, 0))
+    assert (direct["val"], direct["test"]) == (arm["val"], arm["test"])
+    if out["kept"] == "selected":  # an averaged model is no peer's: it names no origin when re-served
+        (borrowed,) = [e for e in rx.tasks[0].events if e["event"] == BORROWED_EVENT]
+        assert borrowed["combine"] == "average" and borrowed["averaged"] == fetched and borrowed["origins"] == {}
+
+
+def test_combine_average_is_refused_for_a_strategy_without_parts_to_average():
+    from crossback.orchestrator_free.selection import check_combine
+
+    check_combine(SelectionConfig(combine="average"), make_strategy(TransferConfig(borrow="backbone")))
+    with pytest.raises(ValueError, match="combine: average.*'mergenet'"):
+        check_combine(SelectionConfig(combine="average"), make_strategy(TransferConfig(strategy="mergenet")))
+    from crossback.node.config import ConfigError, from_mapping
+
+    with pytest.raises(ConfigError, match="selection.combine"):
+        from_mapping(SelectionConfig, {"combine": "median"}, "selection")
