@@ -174,7 +174,9 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     else:
         sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
     chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
-    averaged = averaged_members(sel) if cfg.combine == "average" and strategy.borrows_parts else []
+    # the same-task path borrows a matched task whole; averaging is for the usual way (and its fallback)
+    averages = cfg.combine == "average" and strategy.borrows_parts and strategy.borrow != "task"
+    averaged = averaged_members(sel) if averages else []
     averaged = averaged if len(averaged) > 1 else []  # one payload: nothing to average, borrow it as chosen
     deciding = [c for c in pool if sel.score_name in c.scores]
     runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
