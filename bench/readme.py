@@ -131,7 +131,7 @@ def render_levers(results: dict[str, dict]) -> list[str]:
         return []
     lines = ["Levers on tasks no peer learned (`benchmarks/transfer/multitask_genesis*.yaml`: donors that learned "
              "several tasks on all their items, receivers of Fashion-MNIST, emoji images and emoji names whose task no "
-             "donor learned; one genesis, 5 seeds; selected = the node's default pick `kv_motion>2`; shortlist "
+             "donor learned; one genesis; n = units, 9 per seed: 5 seeds, 2 where n = 18; selected = the node's default pick `kv_motion>2`; shortlist "
              "average = the uniform average of those 2 fetched backbones; Δ in points [95 % CI over units]):", "",
              "| lever | n | none | untrained Δ vs none | selected Δ vs none [CI] | selected Δ vs untrained [CI] | "
              "average Δ vs none [CI] | average Δ vs untrained [CI] | shortlist average Δ vs none [CI] | "
