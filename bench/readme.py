@@ -115,7 +115,8 @@ LEVERS = (("multitask_genesis-backbone", "multi-task donors, backbone (the regim
           ("multitask_genesis_long-backbone", "adaptation 32 epochs instead of 8"),
           ("multitask_genesis_pretrained-backbone", "pretrained front ends (EfficientNet-Lite0, MiniLM)"),
           ("multitask_genesis_large-backbone", "a ~4x larger model"),
-          ("multitask_genesis_mergenet", "mergenet, adapter trained 40 epochs"))
+          ("multitask_genesis_mergenet", "mergenet, adapter trained 40 epochs"),
+          ("multitask_genesis-mona", "mona (λ = 0.4, α = 1), encoder body"))
 LEVER_SELECTED = ("selected:kv_motion>2", "selected:logme")
 
 
