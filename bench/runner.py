@@ -171,7 +171,9 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             shortlist, mode = shortlist_of(trained, cfg.selection)
             chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
             extra = {"path": "fallback"} if unit_strategy is not strategy else {}
-            averages = unit_strategy.borrows_parts and (cfg.average or cfg.selection.combine == "average")
+            # payloads that run alone (mona's body travels with the peer's gradient for it: no mean of those)
+            averages = (unit_strategy.borrows_parts and unit_strategy.extra is None
+                        and (cfg.average or cfg.selection.combine == "average"))
             if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
                 extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
                     "peers": len(trained), "tensors": len(avg)}
