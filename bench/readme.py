@@ -132,8 +132,8 @@ def render_levers(results: dict[str, dict]) -> list[str]:
         return []
     lines = ["Levers on tasks no peer learned (`benchmarks/transfer/multitask_genesis*.yaml`: donors that learned "
              "several tasks on all their items, receivers of Fashion-MNIST, emoji images and emoji names whose task no "
-             "donor learned; one genesis; n = units, 9 per seed: 5 seeds, 2 where n = 18; selected = the node's default pick `kv_motion>2`; shortlist "
-             "average = the uniform average of those 2 fetched backbones; Δ in points [95 % CI over units]):", "",
+             "donor learned; one genesis; n = units, 9 per seed: 5 seeds, 2 where n = 18; selected = the node's "
+             "default pick `kv_motion>2`; shortlist average = the uniform average of those 2 fetched backbones; Δ in points [95 % CI over units]):", "",
              "| lever | n | none | untrained Δ vs none | selected Δ vs none [CI] | selected Δ vs untrained [CI] | "
              "average Δ vs none [CI] | average Δ vs untrained [CI] | shortlist average Δ vs none [CI] | "
              "selected Δ vs average [CI] | oracle Δ vs none |",
@@ -237,10 +237,9 @@ def render_comparisons() -> list[str]:
              "points, 95 % CI over units; `none`: the two runs' no-peer arms, which differ where their procedures do and "
              "where a receiver's second task starts from what its first kept):", "",
              "| A − B | what it isolates | none | " + " | ".join(keys) + " |", "|---|---|" + "---:|" * (len(keys) + 1)]
-    short = lambda d: "-" if not d else f"{_pct(d['mean'])} [{_pct(d['lo'])}, {_pct(d['hi'])}]"  # noqa: E731
     for r, why in results:
-        cells = [short(r["directions"].get(k)) for k in keys]
-        lines.append(f"| {r['labels'][0]} − {r['labels'][1]} | {why} | {short(r['none'])} | " + " | ".join(cells) + " |")
+        cells = [_short(r["directions"].get(k)) for k in keys]
+        lines.append(f"| {r['labels'][0]} − {r['labels'][1]} | {why} | {_short(r['none'])} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -249,8 +248,8 @@ def render() -> str:
              *(n for n, _ in FREQKD_DIRECTED)]
     results = {n: json.loads((RESULTS / f"{n}.json").read_text(encoding="utf-8")) for n in names
                if (RESULTS / f"{n}.json").exists()}
-    lines = (render_kinds(results) + render_levers(results) + render_levels(results) + render_strategies(results) + render_directions(results)
-             + render_directions(results, FREQKD_DIRECTED, FREQKD_CAPTION) + render_comparisons())
+    lines = (render_kinds(results) + render_levers(results) + render_levels(results) + render_strategies(results)
+             + render_directions(results) + render_directions(results, FREQKD_DIRECTED, FREQKD_CAPTION) + render_comparisons())
     for name in REGIMES:
         path = RESULTS / f"{name}.json"
         if path.exists():

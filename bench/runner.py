@@ -30,7 +30,8 @@ from crossback.node.checkpoint import write_json_atomic
 from crossback.node.config import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, arm_payload, ddv_score, pairs_of, probe_candidates
+from crossback.orchestrator_free.selection import (Candidate, arm_payload, can_average, ddv_score, pairs_of,
+                                                   probe_candidates)
 from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.shortlist import decide, shortlist_of
 from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
@@ -171,15 +172,14 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
             shortlist, mode = shortlist_of(trained, cfg.selection)
             chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
             extra = {"path": "fallback"} if unit_strategy is not strategy else {}
-            # payloads that run alone (mona's body travels with the peer's gradient for it: no mean of those)
-            averages = (unit_strategy.borrows_parts and unit_strategy.extra is None
-                        and (cfg.average or cfg.selection.combine == "average"))
+            averages = can_average(unit_strategy)
             if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
                 extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
                     "peers": len(trained), "tensors": len(avg)}
             # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
             soup = None
-            if averages and (avg := average_parts([c.parts for c in shortlist])):
+            soup_wanted = cfg.average or cfg.selection.combine == "average"
+            if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
                 soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
                 extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
                                                                   "tensors": len(avg)}

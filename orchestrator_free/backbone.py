@@ -25,7 +25,7 @@ from crossback.models.perceiver import kv_shapes
 from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from .selection import Candidate, SelectionConfig, arm_payload, fetch_parts, pairs_of
+from .selection import Candidate, SelectionConfig, arm_payload, can_average, fetch_parts, pairs_of
 from .same_task import NO_MATCH, find_same_task
 from .shortlist import select
 
@@ -142,10 +142,14 @@ def record_average(learner: ContinualLearner, task: int, peers: list[str], kind:
                                        "averaged": list(peers), "origin": None, "origins": {}})
 
 
-def averaged_members(sel) -> list[Candidate]:
+def averaged_members(sel, cfg: SelectionConfig, strategy: TransferStrategy) -> list[Candidate]:
     """``selection.combine: average``: the candidates whose fetched payloads are averaged — every
-    shortlisted one whose payload arrived intact (none with ``shortlist: 0``, which fetches one)."""
-    return [c for c in sel.pool if c.shortlisted and c.parts is not None]
+    shortlisted one whose payload arrived intact; [] when fewer than two did (``shortlist: 0`` fetches
+    one) or on the same-task path, which borrows a matched task whole (its fallback may average)."""
+    if cfg.combine != "average" or not can_average(strategy) or strategy.borrow == "task":
+        return []
+    members = [c for c in sel.pool if c.shortlisted and c.parts is not None]
+    return members if len(members) > 1 else []
 
 
 def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs, sel) -> bool:
@@ -174,10 +178,7 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     else:
         sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
     chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
-    # the same-task path borrows a matched task whole; averaging is for the usual way (and its fallback)
-    averages = cfg.combine == "average" and strategy.borrows_parts and strategy.borrow != "task"
-    averaged = averaged_members(sel) if averages else []
-    averaged = averaged if len(averaged) > 1 else []  # one payload: nothing to average, borrow it as chosen
+    averaged = averaged_members(sel, cfg, strategy)
     deciding = [c for c in pool if sel.score_name in c.scores]
     runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
     value = chosen.scores.get(sel.score_name) if chosen else None

@@ -86,9 +86,15 @@ class SelectionConfig:
         return {"kv"} if self.cheap else set()
 
 
+def can_average(strategy) -> bool:
+    """Whether a strategy's payloads can be averaged: it borrows parts that run alone (mona's body
+    travels with the peer's gradient for it, and a mean of bodies has none)."""
+    return strategy.borrows_parts and strategy.extra is None
+
+
 def check_combine(cfg: SelectionConfig, strategy) -> None:
     """ValueError when ``selection.combine: average`` meets a strategy that has no payload to average."""
-    if cfg.combine == "average" and not (strategy.borrows_parts and strategy.extra is None):
+    if cfg.combine == "average" and not can_average(strategy):
         raise ValueError(f"selection.combine: average averages borrowed payloads; transfer.strategy {strategy.name!r} "
                          "borrows none it could average (use crossback, or combine: best)")
 
