@@ -11,7 +11,7 @@ from typing import Callable
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import kv_shapes
-from crossback.node.checkpoint import latest_checkpoint, save_checkpoint
+from crossback.node.checkpoint import latest_intact_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
 from crossback.node.server import PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
@@ -22,9 +22,9 @@ from crossback.orchestrator_free.membership import Membership
 def published(folder: Path, tasks: int, build: Callable[[], ContinualLearner]) -> Snapshot:
     """The snapshot peers see of the learner ``build`` makes, checkpointed under ``folder``; a checkpoint
     already there with ``tasks`` finished tasks is reused (a resumed run)."""
-    latest = latest_checkpoint(folder)
-    if latest is not None:
-        snap = Snapshot.from_checkpoint(latest)
+    intact = latest_intact_checkpoint(folder)  # a corrupt one is moved aside and rebuilt
+    if intact is not None:
+        snap = Snapshot.from_checkpoint(intact[0])
         if snap.version == tasks:
             return snap
     return Snapshot.from_checkpoint(save_checkpoint(folder, build(), {}))

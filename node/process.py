@@ -34,7 +34,7 @@ from .addresses import advertise_address
 from crossback.data.public_set import public_set_for
 from crossback.data.tasks import data_warnings
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import FORMAT, CheckpointError, CheckpointWriteError, is_legacy, latest_intact_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
 from .distributed import Rank, broadcast_learner, join_group, leave_group, rank_device, ranks_agree
@@ -138,6 +138,9 @@ def _is_host_port(value: str) -> bool:
     return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
 
 
+CHECKPOINT_RETRY_FIRST, CHECKPOINT_RETRY_MAX = 0.5, 30.0  # seconds between tries of a failed checkpoint write
+
+
 class Interrupted(Exception):
     """Raised inside the task loop when the node is asked to stop; the task in progress is dropped."""
 
@@ -167,16 +170,22 @@ class Node:
     def snapshot(self) -> Snapshot | None:
         return self._snapshot
 
-    def publish(self, folder: Path, data=None) -> None:
+    def publish(self, folder: Path, data=None) -> bool:
         """Serve the checkpoint in ``folder``; ``data``: its last task's labelled training items (they stay
         here: only gradients or features computed on them may leave, and only when node.serve lists
         outer_grad or features). The public paired set's items are served from when it lists public_features."""
         serve = self.settings.serve
         keep = "outer_grad" in serve or "features" in serve
         public = self._public if "public_features" in serve else None
-        snap = Snapshot.from_checkpoint(folder, data if keep else None, public)  # a fresh copy, never trained
+        try:  # a fresh copy read back from disk and verified, never trained
+            snap = Snapshot.from_checkpoint(folder, data if keep else None, public)
+        except CheckpointError as exc:  # what does not verify is never served; the last snapshot stays
+            self.events.emit("publish_refused", checkpoint=str(folder), error=str(exc)[:1000],
+                             serving=self._snapshot.version if self._snapshot else 0)
+            return False
         self._snapshot = snap
         self.events.emit("snapshot_published", version=snap.version, tasks=snap.finished_tasks)
+        return True
 
     # ------------------------------------------------------------ lifecycle
 
@@ -288,9 +297,16 @@ class Node:
         ckpt_root = self.state_dir / "checkpoints"
         self.state_dir.mkdir(parents=True, exist_ok=True)  # config.json beside the checkpoints: crossback evaluate
         write_json_atomic(self.state_dir / "config.json", config_to_dict(self.run_cfg))
-        latest = latest_checkpoint(ckpt_root)
-        if latest is not None:
-            learner, state = load_checkpoint(latest)
+        def corrupt(exc, moved):
+            self.events.emit("checkpoint_corrupt", file=str(exc.path), expected_sha256=exc.expected,
+                             actual_sha256=exc.actual, moved_to=str(moved), error=str(exc)[:1000])
+
+        intact = latest_intact_checkpoint(ckpt_root, corrupt)
+        if intact is not None:
+            latest, learner, state = intact
+            if is_legacy(latest):  # written before digests: adopt it as it is now, so later damage is caught
+                latest = save_checkpoint(ckpt_root, learner, state)
+                self.events.emit("checkpoint_upgraded", checkpoint=str(latest), format=FORMAT)
             learner.to(self.device)
             genesis = self.cfg.swarm.genesis
             if learner.genesis != genesis:
@@ -331,12 +347,30 @@ class Node:
                 broadcast_learner(parallel, learner, self.device)
                 ranks["synced"] = ranks_agree(parallel, learner)
             rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
-            folder = save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
+            folder = self._checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
+            if folder is None:  # asked to stop before the disk took it: the task is relearned next start
+                self.events.emit("task_interrupted", task=data.name, index=i, reason="checkpoint not written")
+                return
             self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
                              accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3),
                              **({"ranks": ranks} if ranks else {}))
             self.publish(folder, data.train)
         self.events.emit("tasks_done", finished=len(learner.tasks))
+
+    def _checkpoint(self, root: Path, learner, state: dict) -> Path | None:
+        """Write the finished task's checkpoint, retrying with backoff while the disk refuses (a full
+        disk): the node keeps serving its last snapshot meanwhile. None if asked to stop first."""
+        wait = CHECKPOINT_RETRY_FIRST
+        for attempt in range(1, 1_000_000):
+            try:
+                return save_checkpoint(root, learner, state)
+            except CheckpointWriteError as exc:
+                self.events.emit("checkpoint_failed", attempt=attempt, error=str(exc)[:1000], retry_in=wait,
+                                 serving=self._snapshot.version if self._snapshot else 0)
+            if self._stop.wait(wait):
+                return None
+            wait = min(2 * wait, CHECKPOINT_RETRY_MAX)
+        return None
 
 
 def install_signal_handlers(node: Node) -> None:

@@ -15,7 +15,7 @@ from crossback.models.methods import TaskData, learn_task
 from crossback.models.metrics import summarize
 from crossback.models.training import evaluate
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import latest_checkpoint, latest_intact_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, RunConfig, config_to_dict, parse_config
 from .devices import resolve_device
 
@@ -118,9 +118,9 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(cfg))
     ckpt_root = out / CHECKPOINTS
-    latest = latest_checkpoint(ckpt_root)
-    if latest is not None:
-        learner, state = load_checkpoint(latest)
+    intact = latest_intact_checkpoint(ckpt_root, lambda exc, moved: log(f"warning: {exc}; moved to {moved}"))
+    if intact is not None:
+        latest, learner, state = intact
         learner.to(target)
         rows, scratch, seconds = state["accuracy_matrix"], state.get("scratch_accuracy"), state["seconds"]
         log(f"resuming from {latest} ({len(learner.tasks)} finished task(s))")

@@ -164,8 +164,9 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         real_write(path, data)
 
     monkeypatch.setattr(ckpt, "_write", dying_write)
-    with pytest.raises(OSError):
+    with pytest.raises(ckpt.CheckpointWriteError, match="disk yanked"):
         save_checkpoint(root, learner, {"accuracy_matrix": [[0.5], [0.5, 0.6]]})
+    assert [p.name for p in root.iterdir()] == ["task-001"]  # no temporary folder left behind
     latest = latest_checkpoint(root)
     assert latest.name == "task-001"
     restored, state = load_checkpoint(latest)
