@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, StateInUse
 
 # Only light imports up here: `health`, `peers` and `status` run as container health checks on busy
 # devices and must not pay for torch (2+ s); every command imports what it needs when it runs. `health`
@@ -60,8 +60,11 @@ def _node(args: argparse.Namespace) -> int:
 def _cli_client(args: argparse.Namespace):
     """A client for `peers` / `status`: plaintext, or with --tls-dir the certificate of --as (its id is
     the caller id every request claims)."""
+    from crossback.orchestrator_free.identity import address_problem
     from crossback.orchestrator_free.transport import CallPolicy, PeerClient
 
+    if address_problem(args.target):
+        raise ConfigError(f"--target: {address_problem(args.target)}")
     policy = CallPolicy(timeout=args.timeout, attempts=2)
     if not args.tls_dir:
         return PeerClient(args.target, "crossback-cli", policy)
@@ -388,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc starts once per rank
     try:
         return args.func(args)
-    except (ConfigError, _data_error(), CheckpointError, FileNotFoundError, TimeoutError, ChildProcessError) as exc:
+    except (ConfigError, _data_error(), CheckpointError, StateInUse, FileNotFoundError, TimeoutError,
+            ChildProcessError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except _rpc_error() as exc:

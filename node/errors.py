@@ -9,3 +9,7 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not match what it claims."""
+
+
+class StateInUse(RuntimeError):
+    """Another live process holds the node's state folder (or port)."""

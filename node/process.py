@@ -46,6 +46,7 @@ from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
 from .limits import CallLimiter, CallLimits
 from .server import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
+from .state_lock import StateLock
 from .tls import TlsSettings, load_tls
 from .train_run import new_learner, prepare_public, prepare_tasks
 
@@ -205,12 +206,21 @@ class Node:
         s, run = self.settings, self.run_cfg
         tls = load_tls(s.tls, s.node_id)  # bad certificates and bad data fail before the node binds a port
         tasks, infos = prepare_tasks(run)
-        if self.rank is not None:
+        if self.rank is not None and not self.rank.serves:
             self._parallel = join_group(self.rank, self.device)
-            if not self.rank.serves:
-                self._follow(tasks)
-                leave_group(self._parallel)
-                return 0
+            self._follow(tasks)
+            leave_group(self._parallel)
+            return 0
+        lock = StateLock(self.state_dir).acquire()  # one node per state folder: a second one exits here
+        try:
+            if self.rank is not None:
+                self._parallel = join_group(self.rank, self.device)
+            return self._serve(tasks, infos, tls)
+        finally:
+            lock.release()
+
+    def _serve(self, tasks, infos, tls) -> int:
+        s, run = self.settings, self.run_cfg
         self._public = prepare_public(run) if "public_features" in s.serve else None
         # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
         server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,

@@ -27,6 +27,7 @@ from crossback.orchestrator_free.tls import TlsMaterial
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
+from .errors import StateInUse
 from .events import EventLog, PayloadTally
 from .features import FeatureService
 from .limits import Busy, CallLimiter, CallLimits
@@ -396,11 +397,16 @@ def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYT
     With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there.
     With ``tls``, the port speaks mutual TLS only and every call passes ``PeerAuth``."""
     interceptors = ([RpcGuard(events.emit)] if events else []) + ([PeerAuth(tls)] if tls else [])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=channel_options(max_message_bytes),
+    # so_reuseport off: a second process on a port already in use fails to bind instead of sharing it
+    options = [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
                          maximum_concurrent_rpcs=4 * workers, interceptors=interceptors)
-    port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
+    try:
+        port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
+    except RuntimeError:  # grpcio raises RuntimeError where it cannot bind
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+        raise StateInUse(f"cannot listen on {listen}: the port is in use (or the address is not this machine's)")
     return server, port
 
 

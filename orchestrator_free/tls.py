@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from .identity import SWARM_NAME
+from .identity import SWARM_NAME, dial_target
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,11 @@ class TlsMaterial:
 
 def open_channel(address: str, options: list, tls: TlsMaterial | None, expected_id: str | None) -> grpc.Channel:
     """A plaintext channel without ``tls``; with it, an mTLS channel whose handshake fails unless the
-    server's certificate names ``expected_id`` (or, for None, is any member's)."""
+    server's certificate names ``expected_id`` (or, for None, is any member's). ``address`` is a
+    host:port (ValueError otherwise), dialled through an explicit scheme (``identity.dial_target``)."""
+    target = dial_target(address)
     if tls is None:
-        return grpc.insecure_channel(address, options=options)
+        return grpc.insecure_channel(target, options=options)
     name = expected_id or SWARM_NAME
-    return grpc.secure_channel(address, tls.channel_credentials(),
+    return grpc.secure_channel(target, tls.channel_credentials(),
                                options=[*options, ("grpc.ssl_target_name_override", name)])

@@ -49,7 +49,8 @@ METHODS = {
 def node_config(method: dict, tasks: list[dict], **node) -> dict:
     cfg = tiny_node_config(0, tasks, 0.5, 3.0)
     cfg["method"], cfg["train"] = method, {"epochs": 3, "batch_size": 64}
-    cfg["node"] |= {"exit_when_done": True, "threads": 1} | node
+    # gloo on the CPU: --nproc 2 on a one-GPU machine would otherwise pick NCCL and a second GPU it lacks
+    cfg["node"] |= {"exit_when_done": True, "threads": 1, "device": "cpu"} | node
     cfg["selection"] = {"enabled": False}
     return cfg
 

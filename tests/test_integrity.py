@@ -261,3 +261,30 @@ def test_a_node_moves_a_corrupt_newest_checkpoint_aside_resumes_from_the_intact_
     learner, saved = load_checkpoint(state / "checkpoints" / "task-001")
     assert saved["accuracy_matrix"][-1] == reported[0]
     assert (state / "checkpoints" / "task-002.corrupt-0").is_dir() and (state / "checkpoints" / "task-002").is_dir()
+
+
+def test_one_node_per_state_folder_and_per_port(tmp_path):
+    cfg = tiny_node_config(0, TASKS[:1], 0.25, 2.0)
+    first = subprocess.Popen(_node_args(tmp_path, "solo", tmp_path / "state", cfg), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    log = tmp_path / "logs" / "solo.jsonl"
+    try:
+        started = wait_for(lambda: [e for e in read_events(log) if e["event"] == "node_started"], 60, "solo started",
+                           [first])[0]
+        port = started["listen"].rpartition(":")[2]
+        twin = subprocess.run(_node_args(tmp_path, "solo", tmp_path / "state", cfg), capture_output=True, text=True,
+                              timeout=60)
+        assert twin.returncode == 2
+        assert f"is in use by another crossback node (pid {first.pid})" in twin.stderr, twin.stderr
+        args = _node_args(tmp_path, "other", tmp_path / "state-other", cfg)
+        args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+        squatter = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert squatter.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: the port is in use" in squatter.stderr
+        assert [e["event"] for e in read_events(log)].count("node_started") == 1  # the twin never started
+        assert first.poll() is None
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+    again = subprocess.Popen(_node_args(tmp_path, "solo", tmp_path / "state", {**cfg, "node": {"exit_when_done": True}}),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert again.wait(timeout=120) == 0, again.stderr.read()[-2000:]  # the lock died with its holder
