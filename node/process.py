@@ -222,8 +222,8 @@ class Node:
     def _serve(self, tasks, infos, tls) -> int:
         s, run = self.settings, self.run_cfg
         self._public = prepare_public(run) if "public_features" in s.serve else None
-        # expensive calls hold at most expensive.threads workers: the rest answer Health and gossip
-        server, port = bind(s.listen, workers=s.expensive.threads + 8, max_message_bytes=s.max_message_bytes,
+        # expensive calls get expensive.threads workers of their own: Health and gossip have theirs (admission.py)
+        server, port = bind(s.listen, workers=s.expensive.threads, max_message_bytes=s.max_message_bytes,
                             events=self.events, tls=tls)
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)

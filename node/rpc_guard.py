@@ -24,8 +24,9 @@ def _safe(deserializer):
 
 
 def wrap_handler(handler, before, failed=None, deserializer=None):
-    """The same unary-request handler (unary or server-streaming response) with ``before(request,
-    context)`` run first and ``failed(context, exc)`` told of an exception before it propagates."""
+    """The same unary-request handler (unary or server-streaming response, a non-blocking stream kept
+    non-blocking) with ``before(request, context)`` run first and ``failed(context, exc)`` told of an
+    exception before it propagates."""
     def report(context, exc):
         if failed is not None:
             failed(context, exc)
@@ -43,6 +44,16 @@ def wrap_handler(handler, before, failed=None, deserializer=None):
                 raise
         return grpc.unary_unary_rpc_method_handler(unary, deserializer, handler.response_serializer)
     inner_stream = handler.unary_stream
+    if getattr(inner_stream, "experimental_non_blocking", False):  # Health/Watch: keeps holding no thread
+        def callback_stream(request, context, send_response_callback=None):
+            before(request, context)
+            try:
+                return inner_stream(request, context, send_response_callback=send_response_callback)
+            except Exception as exc:
+                report(context, exc)
+                raise
+        callback_stream.experimental_non_blocking = True
+        return grpc.unary_stream_rpc_method_handler(callback_stream, deserializer, handler.response_serializer)
 
     def stream(request, context):
         before(request, context)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import functools
 import inspect
 import random
-from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
 
@@ -27,6 +26,7 @@ from crossback.orchestrator_free.tls import TlsMaterial
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
+from .admission import Admission, AdmissionLimits
 from .errors import StateInUse
 from .events import EventLog, PayloadTally
 from .features import FeatureService
@@ -391,16 +391,23 @@ def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
             for p in membership.peers()]
 
 
-def bind(listen: str, workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES,
-         events: EventLog | None = None, tls: TlsMaterial | None = None) -> tuple[grpc.Server, int]:
+def bind(listen: str, workers: int = CallLimits().threads, max_message_bytes: int = MAX_MESSAGE_BYTES,
+         events: EventLog | None = None, tls: TlsMaterial | None = None,
+         admission: AdmissionLimits | None = None) -> tuple[grpc.Server, int]:
     """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port).
+    Calls run on per-class thread pools (``.admission``): ``workers`` threads for the expensive RPCs,
+    others for health checks and gossip that those can never take.
     With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there.
     With ``tls``, the port speaks mutual TLS only and every call passes ``PeerAuth``."""
-    interceptors = ([RpcGuard(events.emit)] if events else []) + ([PeerAuth(tls)] if tls else [])
+    limits = admission or AdmissionLimits()
+    limits = replace(limits, bulk=replace(limits.bulk, workers=workers, queue=max(limits.bulk.queue, 2 * workers)))
+    gate = Admission(limits)
+    interceptors = [gate] + ([RpcGuard(events.emit)] if events else []) + ([PeerAuth(tls)] if tls else [])
     # so_reuseport off: a second process on a port already in use fails to bind instead of sharing it
     options = [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
-                         maximum_concurrent_rpcs=4 * workers, interceptors=interceptors)
+    server = grpc.server(gate.pools["control"], options=options, maximum_concurrent_rpcs=limits.capacity(),
+                         interceptors=interceptors)
+    server.admission = gate  # closed with the server (stop_server)
     try:
         port = server.add_secure_port(listen, tls.server_credentials()) if tls else server.add_insecure_port(listen)
     except RuntimeError:  # grpcio raises RuntimeError where it cannot bind
