@@ -26,7 +26,7 @@ from crossback.orchestrator_free.tls import TlsMaterial
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
 
-from .admission import Admission, AdmissionLimits
+from .admission import Admission, AdmissionLimits, caller_of
 from .errors import StateInUse
 from .events import EventLog, PayloadTally
 from .features import FeatureService
@@ -188,8 +188,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"{'sender' if i == 0 and sender.node_id else 'peer entry'}: {problem}")
-        for entry in entries:  # claims, not proof: candidates this node will dial itself
-            self.membership.learn(entry.node_id, entry.address)
+        source = caller_of(context)  # a flood from one caller fills only that caller's share
+        for i, entry in enumerate(entries):  # claims, not proof: candidates this node will dial itself
+            self.membership.learn(entry.node_id, entry.address, source, direct=i == 0 and bool(sender.node_id))
             if not entry.alive:
                 self.membership.rumour(entry.node_id)
         view = peer_entries(self.membership)

@@ -93,8 +93,9 @@ class GossipLoop:
             self.membership.heard_from(sender.node_id, address, sender.snapshot_version)
         elif sender.node_id:
             self.membership.learn(sender.node_id, address)
+        source = f"peer:{sender.node_id or address}"  # what one peer's replies name is bounded per peer
         for entry in list(reply.peers)[:MAX_REPLY_ENTRIES]:
-            self.membership.learn(entry.node_id, entry.address)
+            self.membership.learn(entry.node_id, entry.address, source)
             if not entry.alive:
                 self.membership.rumour(entry.node_id)
         return bool(sender.node_id) and expected in (None, sender.node_id)

@@ -16,7 +16,15 @@ and its helpers' then fail too does it die at once. Hearsay alone never kills.
 
 Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
 CANDIDATES_PER_ROUND are dialled per round; a candidate that never answers is dropped after
-CANDIDATE_ATTEMPTS dials or ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten. Ids and
+CANDIDATE_ATTEMPTS dials or ``candidate_ttl``, a peer dead for ``dead_ttl`` is forgotten.
+
+Admission under a flood: each candidate remembers its *source* (who told us: a caller's certificate
+id under TLS, else its IP address; a proven peer for what its gossip reply named), and one source holds
+at most ``per_source`` hearsay candidates, so one sender cannot fill the table. A *direct* candidate —
+the sender of a request that reached us, under TLS proven to hold that id's certificate — sits in a
+small table of its own (at most DIRECT_PER_SOURCE per source, the newest kept) and is dialled ahead of
+all hearsay. Among equals the order is least recently dialled, then a per-node hash: never address
+order, which a flood of low-sorting addresses could win every round. Ids and
 addresses are validated (``.identity``) before anything is stored. Without TLS the proof is only that
 the address answers with the id: a process that controls an address can still claim any id there.
 With TLS the gossip loop dials each address expecting an id (``expected_id``: the proven peer's, else
@@ -38,6 +46,19 @@ from .identity import valid_peer
 DEFAULT_MAX_PEERS = 256
 CANDIDATES_PER_ROUND = 8  # candidate addresses dialled per gossip round, least recently tried first
 CANDIDATE_ATTEMPTS = 3  # a candidate that never answers is dropped after this many dials
+PER_SOURCE = 16  # hearsay candidates one source may hold
+DIRECT_PER_SOURCE = 2  # direct contacts one source may hold (the newest replace the oldest)
+MAX_DIRECT = 64
+
+
+@dataclass
+class Candidate:
+    node_id: str  # the id it was named with
+    named: float  # when first named
+    source: str | None = None  # who named it (None: this node's own config or code)
+    direct: bool = False  # the sender of a request that reached us, not hearsay
+    dialled: float = -1.0
+    dials: int = 0
 
 
 @dataclass
@@ -56,15 +77,16 @@ class Membership:
     def __init__(self, node_id: str, address: str, seeds: list[str], failure_timeout: float,
                  on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic,
                  max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None,
-                 allow: frozenset[str] = frozenset(), fanout: int | None = None):
+                 allow: frozenset[str] = frozenset(), fanout: int | None = None, per_source: int = PER_SOURCE):
         self.node_id, self.address = node_id, address
+        self.per_source = per_source
         self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, clock
         self.max_peers, self.allow, self.fanout = max_peers, frozenset(allow), fanout
         self.candidate_ttl = 3 * failure_timeout if candidate_ttl is None else candidate_ttl
         self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
-        self._candidates: dict[str, list] = {}  # address -> [first named, last dialled, dials, claimed id]
+        self._candidates: dict[str, Candidate] = {}  # address -> what we know of it
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
         self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed every round until contact
@@ -98,17 +120,54 @@ class Membership:
         elif not was_alive:
             self.on_event("peer_returned", peer=node_id, address=address, snapshot_version=snapshot_version)
 
-    def learn(self, node_id: str, address: str) -> None:
-        """A peer named in a request or in someone's gossip: at most a candidate address to dial."""
+    def learn(self, node_id: str, address: str, source: str | None = None, direct: bool = False) -> None:
+        """A peer named in a request or in someone's gossip: at most a candidate address to dial.
+        ``source``: who named it (bounded per source); ``direct``: the request's own sender."""
         if not self._admits(node_id, address):
             return
         with self._lock:
-            if node_id == self.node_id or address in self._own or address in self._candidates:
+            if node_id == self.node_id or address in self._own:
                 return
             if any(p.address == address for p in self._peers.values()):
                 return
-            if len(self._candidates) < self.max_peers:
-                self._candidates[address] = [self.clock(), -1.0, 0, node_id]
+            known = self._candidates.get(address)
+            if known is not None:
+                if direct and not known.direct:  # heard of it, and now it called us itself: promote it
+                    self._admit_direct(address, Candidate(node_id, known.named, source, True, known.dialled,
+                                                          known.dials))
+                return
+            candidate = Candidate(node_id, self.clock(), source, direct)
+            if direct:
+                self._admit_direct(address, candidate)
+                return
+            if len(self._candidates) >= self.max_peers:
+                return
+            if source is not None and sum(1 for c in self._candidates.values()
+                                          if c.source == source and not c.direct) >= self.per_source:
+                return
+            self._candidates[address] = candidate
+
+    def _admit_direct(self, address: str, candidate: Candidate) -> None:
+        """Keep a direct contact, making room among its source's own (lock held)."""
+        mine = sorted((c.named, a) for a, c in self._candidates.items()
+                      if c.direct and c.source == candidate.source and a != address)
+        for _, oldest in mine[: max(0, len(mine) - DIRECT_PER_SOURCE + 1)]:
+            del self._candidates[oldest]
+        direct = sum(1 for a, c in self._candidates.items() if c.direct and a != address)
+        if direct >= MAX_DIRECT:
+            return
+        if address not in self._candidates and len(self._candidates) >= self.max_peers:
+            # the table is full of hearsay: a direct contact displaces the hearsay of the largest source
+            counts: dict = {}
+            for c in self._candidates.values():
+                if not c.direct:
+                    counts[c.source] = counts.get(c.source, 0) + 1
+            if not counts:
+                return
+            biggest = max(counts, key=lambda k: (counts[k], str(k)))
+            victim = max((c.named, a) for a, c in self._candidates.items() if not c.direct and c.source == biggest)[1]
+            del self._candidates[victim]
+        self._candidates[address] = candidate
 
     def heard_indirectly(self, node_id: str, snapshot_version: int = 0) -> None:
         """A helper peer reached ``node_id`` at the address it holds for it (our own probe had failed):
@@ -178,7 +237,7 @@ class Membership:
                     del self._peers[node_id], self._dead_since[node_id]
                     evicted.append(node_id)
             self._candidates = {a: c for a, c in self._candidates.items()
-                                if now - c[0] <= self.candidate_ttl and c[2] < CANDIDATE_ATTEMPTS}
+                                if now - c.named <= self.candidate_ttl and c.dials < CANDIDATE_ATTEMPTS}
         for node_id in evicted:
             self.on_event("peer_evicted", peer=node_id, dead_for=round(self.dead_ttl, 3))
         return evicted
@@ -201,10 +260,12 @@ class Membership:
             for peer in chosen:
                 peer.last_probed = now
             known = {p.address for p in self._peers.values()}
-            due = sorted(self._candidates, key=lambda a: (self._candidates[a][1], a))[:CANDIDATES_PER_ROUND]
+            due = sorted(self._candidates, key=lambda a: (not self._candidates[a].direct, self._candidates[a].dialled,
+                                                          zlib.crc32(f"{self.node_id}/{a}".encode())))
+            due = due[:CANDIDATES_PER_ROUND]
             for address in due:
-                self._candidates[address][1] = now
-                self._candidates[address][2] += 1
+                self._candidates[address].dialled = now
+                self._candidates[address].dials += 1
             seeds = {s for s in self.seeds if s not in known}
             return sorted(({p.address for p in chosen} | seeds | set(due)) - self._own)
 
@@ -221,7 +282,7 @@ class Membership:
                 if peer.address == address:
                     return peer.node_id
             candidate = self._candidates.get(address)
-            return candidate[3] if candidate else None
+            return candidate.node_id if candidate else None
 
     def peers(self) -> list[Peer]:
         """Proven peers only (what this node gossips on)."""
@@ -234,3 +295,7 @@ class Membership:
     def candidates(self) -> list[str]:
         with self._lock:
             return sorted(self._candidates)
+
+    def direct_candidates(self) -> list[str]:
+        with self._lock:
+            return sorted(a for a, c in self._candidates.items() if c.direct)

@@ -147,3 +147,35 @@ def test_a_flood_of_candidates_is_dialled_a_few_per_round_and_dropped_unanswered
         m.check_failures()
     assert len(set(dialled)) == 100 and m.candidates() == []  # each tried, none answered: all dropped
     assert max(dialled.count(a) for a in set(dialled)) == CANDIDATE_ATTEMPTS
+
+
+def test_one_source_holds_a_bounded_share_and_a_direct_contact_is_dialled_before_any_hearsay():
+    from crossback.orchestrator_free.membership import CANDIDATES_PER_ROUND, PER_SOURCE
+
+    m, _, _ = make(max_peers=256)
+    for i in range(1000):  # one flooder's junk, low-sorting addresses
+        m.learn(f"j{i}", f"a{i:04d}:1", source="id:mallory")
+    assert len(m.candidates()) == PER_SOURCE
+    for i in range(8):
+        m.learn(f"h{i}", f"h{i}:1", source="id:honest")  # another sender still has room
+    m.learn("joiner", "z-joiner:1", source="id:joiner", direct=True)
+    assert m.direct_candidates() == ["z-joiner:1"]
+    first = m.targets()
+    assert "z-joiner:1" in first and len(set(first) - {"h:2"}) <= CANDIDATES_PER_ROUND  # h:2: the seed
+    # fair order among hearsay: not the flooder's low-sorting addresses every round
+    assert any(a.startswith("h") for a in first + m.targets())
+
+
+def test_a_source_keeps_only_its_newest_direct_contacts_and_a_full_table_makes_room_for_one():
+    from crossback.orchestrator_free.membership import DIRECT_PER_SOURCE
+
+    m, clock, _ = make(max_peers=4)
+    for i in range(10):
+        clock.now += 1
+        m.learn(f"s{i}", f"s{i}:1", source="ip:10.0.0.9", direct=True)  # one caller claiming new senders
+    assert m.direct_candidates() == [f"s{i}:1" for i in range(10 - DIRECT_PER_SOURCE, 10)]
+    for i in range(4):
+        m.learn(f"j{i}", f"j{i}:1", source="ip:10.0.0.8")
+    assert len(m.candidates()) == 4  # full
+    m.learn("b", "b:1", source="id:b", direct=True)
+    assert "b:1" in m.direct_candidates() and len(m.candidates()) == 4  # hearsay made room

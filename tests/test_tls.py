@@ -265,3 +265,55 @@ def test_a_three_node_tls_swarm_selects_backbones(pki, tmp_path):
             plain.close()
     finally:
         stop_nodes(procs)
+
+
+def _flood(address: str, tls, stop, rounds: list) -> None:
+    """An insider (member e's certificate) sends 1,023 fresh well-formed junk addresses every 0.5 s."""
+    client = PeerClient(address, "e", CallPolicy(timeout=3.0, attempts=1), tls=tls)
+    sender = pb.PeerEntry(node_id="e", address="127.0.0.1:9")
+    n = 0
+    try:
+        while not stop.is_set():
+            junk = [pb.PeerEntry(node_id=f"j{n + i}", address=f"127.0.0.{1 + (n + i) // 60000 % 250}:{1 + (n + i) % 60000}")
+                    for i in range(1023)]
+            n += 1023
+            client.exchange_peers(pb.PeerList(protocol=PROTOCOL, sender=sender, peers=junk))  # answered OK
+            rounds.append(n)
+            stop.wait(0.5)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("flooded", [False, True])
+def test_a_joiner_is_admitted_within_two_gossip_rounds_during_a_candidate_flood(pki, tmp_path, flooded):
+    import threading
+    import time
+
+    from crossback.orchestrator_free.membership import PER_SOURCE
+
+    interval, stops, stop_flood, rounds = 0.25, [], threading.Event(), []
+    flooder = None
+    try:
+        a_addr, a_view, stop = start_inprocess_node(tmp_path, "a", material(pki, "a"), interval=interval)
+        stops.append(stop)
+        if flooded:
+            flooder = threading.Thread(target=_flood, args=(a_addr, material(pki, "e"), stop_flood, rounds))
+            flooder.start()
+            wait_for(lambda: len(rounds) >= 3, 10, "the flood is running")
+            assert sum(1 for c in a_view.candidates() if c.startswith("127.0.0.")) <= PER_SOURCE + 2
+        started = time.monotonic()
+        b_addr, b_view, stop = start_inprocess_node(tmp_path, "b", material(pki, "b"), seeds=[a_addr],
+                                                    interval=interval)
+        stops.append(stop)
+        wait_for(lambda: "b" in {p.node_id for p in a_view.alive()}, 10, "a admits the joiner")
+        took = time.monotonic() - started
+        # b's first round reaches a (its sender entry: a direct contact), a's next round dials it back
+        assert took <= 2 * interval + 0.75, f"admitted after {took:.2f} s"
+        if flooded:
+            assert len(rounds) >= 3 and flooder.is_alive()  # the flood was still being answered
+    finally:
+        stop_flood.set()
+        if flooder:
+            flooder.join(10)
+        for stop in stops:
+            stop()
