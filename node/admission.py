@@ -41,7 +41,7 @@ class ClassLimits:
 @dataclass(frozen=True)
 class AdmissionLimits:
     health: ClassLimits = ClassLimits(workers=2, queue=256)
-    control: ClassLimits = ClassLimits(workers=8, queue=512)
+    control: ClassLimits = ClassLimits(workers=4, queue=512)
     bulk: ClassLimits = ClassLimits(workers=6, queue=12)
     watch: ClassLimits = ClassLimits(workers=2, queue=512)  # threads only while a stream opens
     watch_total: int = 512  # an open non-blocking stream costs a callback, not a thread

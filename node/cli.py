@@ -52,6 +52,11 @@ def _node(args: argparse.Namespace) -> int:
         return launch(args.nproc, args.argv, cfg.node.threads)
     if rank is not None and args.nproc not in (None, rank.world):
         raise ConfigError(f"--nproc {args.nproc} but the launcher started WORLD_SIZE={rank.world} ranks")
+    from .memory import limit_arenas
+
+    limit_arenas()  # before the server's worker threads allocate (node/memory.py)
+    # a health check waiting for the GIL behind busy handler threads waits a switch interval per turn
+    sys.setswitchinterval(0.001)
     node = Node(cfg, console=sys.stderr, rank=rank)
     install_signal_handlers(node)
     return node.run()

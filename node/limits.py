@@ -4,6 +4,10 @@ pool, so that however many of them arrive, worker threads stay free for Health a
 At most ``slots`` such calls run at once and at most ``waiting`` more wait for a slot (up to ``wait``
 seconds); at most ``per_caller`` are in flight for one caller id. Anything beyond is refused at once
 with UNAVAILABLE (the client's retry-with-backoff status): a refused call holds no thread.
+
+Memory: a running call also reserves the bytes it is estimated to hold (a probe's tokens and
+activations, a payload's encoded chunks) from a budget of ``memory_mib``; it waits (within ``wait``)
+until that much is free, and one that alone exceeds the budget is refused (``TooLarge``).
 """
 from __future__ import annotations
 
@@ -18,12 +22,17 @@ class Busy(Exception):
     """The call was not admitted; the message says which limit it met."""
 
 
+class TooLarge(Busy):
+    """The call alone would exceed the memory budget: retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class CallLimits:
     slots: int = bounded(2, ge=1, le=256)  # expensive calls running at once
     waiting: int = bounded(4, ge=0, le=1024)  # more that may wait for a slot
     per_caller: int = bounded(2, ge=1, le=256)  # in flight per caller id
     wait: float = bounded(10.0, gt=0.0, le=600.0)  # seconds a waiting call waits before it is refused
+    memory_mib: int = bounded(128, ge=8, le=1 << 20)  # estimated memory the running calls may hold at once
 
     @property
     def threads(self) -> int:
@@ -38,6 +47,8 @@ class CallLimiter:
         self._lock = threading.Lock()
         self._admitted = 0  # running or waiting
         self._per_caller: dict[str, int] = {}
+        self._memory = threading.Condition()
+        self._reserved = 0  # bytes
 
     def _enter(self, caller: str) -> None:
         lim = self.limits
@@ -71,6 +82,30 @@ class CallLimiter:
                 self._slots.release()
         finally:
             self._leave(caller)
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str = "this call"):
+        """Hold ``nbytes`` of the memory budget for the body of the ``with``; Busy when it is not free
+        within ``wait`` seconds, TooLarge when it exceeds the whole budget."""
+        budget = self.limits.memory_mib << 20
+        if nbytes > budget:
+            raise TooLarge(f"{what} needs about {nbytes / 2**20:.0f} MiB, more than the node's budget of "
+                           f"{self.limits.memory_mib} MiB for expensive calls")
+        with self._memory:
+            if not self._memory.wait_for(lambda: self._reserved + nbytes <= budget, timeout=self.limits.wait):
+                raise Busy(f"{self._reserved / 2**20:.0f} of {self.limits.memory_mib} MiB held by running calls; "
+                           "retry later")
+            self._reserved += nbytes
+        try:
+            yield
+        finally:
+            with self._memory:
+                self._reserved -= nbytes
+                self._memory.notify_all()
+
+    def reserved(self) -> int:
+        with self._memory:
+            return self._reserved
 
     def in_flight(self) -> int:
         with self._lock:

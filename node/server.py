@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import random
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
@@ -13,7 +14,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv
+from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv, probe_bytes
 from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, sample_entries
 from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS, Membership
 from crossback.orchestrator_free.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
@@ -30,7 +31,8 @@ from .admission import Admission, AdmissionLimits, caller_of
 from .errors import StateInUse
 from .events import EventLog, PayloadTally
 from .features import FeatureService
-from .limits import Busy, CallLimiter, CallLimits
+from .limits import Busy, CallLimiter, CallLimits, TooLarge
+from .memory import trim as trim_memory
 from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
 from .snapshot import Snapshot
@@ -78,6 +80,11 @@ def expensive(handler):
     return unary
 
 
+def tensor_bytes(shapes: dict[str, tuple[int, ...]], copies: int = 2) -> int:
+    """Memory a tensor payload holds while it is served: the tensors and their encoded chunks (float32)."""
+    return copies * 4 * sum(math.prod(s) for s in shapes.values())
+
+
 def software_version() -> str:
     try:
         return version("crossback")
@@ -107,7 +114,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.gossip_entries, self._rng = gossip_entries, random.Random(identity.node_id)
         # ProbePeer: set to the gossip loop's probe_for once it exists; a few at a time, one per caller
         self.probe_peer: Callable[[str], tuple[bool, int]] | None = None
-        self.probe_limiter = CallLimiter(CallLimits(slots=2, waiting=2, per_caller=1, wait=2.0))
+        # a relay can wait 2 x rpc_timeout on a dead peer: at most 2 hold control threads, none wait behind them
+        self.probe_limiter = CallLimiter(CallLimits(slots=2, waiting=0, per_caller=1, wait=2.0))
         self.outer_grad = outer_grad or OuterGradService()
         self.limiter = limiter or CallLimiter()
         self.probe_budget = probe_budget
@@ -123,6 +131,22 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                 yield
         except Busy as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+        finally:
+            if self.limiter.in_flight() == 0:  # the expensive work drained: give its heap back
+                trim_memory()
+
+    @contextmanager
+    def _memory(self, nbytes: int, what: str, context):
+        """Hold ``nbytes`` of the node's memory budget for expensive work (limits.CallLimiter.reserve)."""
+        held = ExitStack()
+        try:
+            held.enter_context(self.limiter.reserve(nbytes, what))
+        except TooLarge as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.identity.node_id}: {exc}")
+        except Busy as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+        with held:
+            yield
 
     def _check_request(self, request, context) -> None:
         """Protocol version, and the caller's id (if the message has one) before it is used or logged."""
@@ -224,9 +248,10 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._require_serving("kv", context)
         snap = self._require_snapshot(context)
         self._require_version(snap, request.min_snapshot_version, context)
-        chunks = encode_all(snap.kv, snap.version)
-        self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
-        yield from chunks
+        with self._memory(tensor_bytes({n: tuple(t.shape) for n, t in snap.kv.items()}), "K/V", context):
+            chunks = encode_all(snap.kv, snap.version)
+            self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
+            yield from chunks
 
     @expensive
     def FetchPayload(self, request, context):
@@ -237,9 +262,10 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._require_serving(request.kind, context)
         snap = self._require_snapshot(context)
         self._require_version(snap, request.min_snapshot_version, context)
-        chunks = encode_all(snap.parts(request.kind), snap.version)
-        self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
-        yield from chunks
+        with self._memory(tensor_bytes(snap.part_shapes(request.kind)), f"payload {request.kind}", context):
+            chunks = encode_all(snap.parts(request.kind), snap.version)
+            self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
+            yield from chunks
 
     def _label_set(self, request, context) -> tuple[Snapshot, bytes, list[bytes]]:
         self._check_request(request, context)
@@ -262,13 +288,14 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     @expensive
     def FetchTask(self, request, context):
         snap, salt, hashes = self._label_set(request, context)
-        parts = task_parts(snap.learner, request.task, salt, hashes)
-        if parts is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"{self.identity.node_id} has no task {request.task} with that label set in snapshot {snap.version}")
-        chunks = encode_all(parts, snap.version)
-        self._sent("task", request.caller_id, sum(len(c.data) for c in chunks))
-        yield from chunks
+        with self._memory(tensor_bytes(snap.part_shapes("task"), copies=3), "a task", context):
+            parts = task_parts(snap.learner, request.task, salt, hashes)
+            if parts is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no task {request.task} "
+                                                         f"with that label set in snapshot {snap.version}")
+            chunks = encode_all(parts, snap.version)
+            self._sent("task", request.caller_id, sum(len(c.data) for c in chunks))
+            yield from chunks
 
     @expensive
     def FetchOuterGrad(self, request, context):
@@ -280,8 +307,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if snap.data is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no labelled items for its published task")
-        try:
-            result = self.outer_grad.get(snap, request.max_batches)
+        try:  # the body, its gradient, their chunks and the batches' activations
+            with self._memory(tensor_bytes(snap.part_shapes("encoder"), copies=6), "an outer gradient", context):
+                result = self.outer_grad.get(snap, request.max_batches)
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         summary = pb.OuterGradSummary(
@@ -378,7 +406,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: {exc}")
         except WireError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), f"probe kv: {exc}")
-        vector = ddv(snap.learner, snap.task, kv, spec)
+        inline = sum(t.numel() * 4 for t in kv.values()) if spec.kv_source == "inline" else 0
+        with self._memory(probe_bytes(spec, snap.learner.cfg) + inline, "this probe", context):
+            vector = ddv(snap.learner, snap.task, kv, spec)
         if not bool(torch.isfinite(vector).all()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "probe kv: the DDV it gives is not finite")
         reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from torch import Tensor
@@ -30,6 +31,15 @@ class Snapshot:
     @property
     def finished_tasks(self) -> list[str]:
         return [t.name for t in self.learner.tasks]
+
+    def part_shapes(self, kind: str) -> dict[str, tuple[int, ...]]:
+        """Tensor name -> shape of payload ``kind``, without copying anything."""
+        shapes = self._shapes
+        return {n: shapes[n] for n in part_names(kind, shapes)}
+
+    @cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.learner.part_shapes(self.task)
 
     def parts(self, kind: str) -> dict[str, Tensor]:
         """Payload ``kind`` as the last finished task runs it (see crossback.models.borrowed)."""

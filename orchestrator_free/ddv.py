@@ -104,7 +104,25 @@ def attn_rep(learner: ContinualLearner, task: int, kv: dict[str, Tensor], tokens
     return out.flatten(1)
 
 
+PAIR_CHUNK = 64  # pairs per forward pass: bounds a probe's activations whatever its pair count
+
+
 def ddv(learner: ContinualLearner, task: int, kv: dict[str, Tensor], spec: ProbeSpec) -> Tensor:
     x, x_prime = probe_pairs(spec.validate(), learner.cfg.token_dim)
-    a, b = attn_rep(learner, task, kv, x), attn_rep(learner, task, kv, x_prime)
-    return (1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)).cpu()
+    out = []
+    for start in range(0, spec.pair_count, PAIR_CHUNK):  # each pair's distance depends on that pair only
+        a = attn_rep(learner, task, kv, x[start:start + PAIR_CHUNK])
+        b = attn_rep(learner, task, kv, x_prime[start:start + PAIR_CHUNK])
+        out.append(1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1))
+    return torch.cat(out).cpu()
+
+
+def probe_bytes(spec: ProbeSpec, cfg) -> int:
+    """An upper estimate of the memory one probe holds at once: the probe tokens and their normals, and
+    one chunk's activations for both members of its pairs (measured: within 2x of what torch allocates)."""
+    tokens = spec.pair_count * spec.token_count * cfg.token_dim * 4
+    pairs = min(spec.pair_count, PAIR_CHUNK)
+    width = max(cfg.latent_dim, cfg.kv_dim)
+    per_pair = (spec.token_count * cfg.kv_dim * 6 + cfg.num_latents * width * 8
+                + cfg.cross_heads * cfg.num_latents * spec.token_count * 3) * 4
+    return 4 * tokens + 2 * pairs * per_pair

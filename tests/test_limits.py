@@ -240,3 +240,48 @@ def test_undecodable_bodies_get_invalid_argument_and_handler_failures_reach_the_
         events.close()
     (failure,) = [e for e in read_events(log) if e["event"] == "rpc_failed"]
     assert failure["method"].endswith("GetInfo") and "snapshot store is gone" in failure["traceback"]
+
+
+def test_the_memory_budget_admits_by_estimated_bytes_and_refuses_what_alone_exceeds_it():
+    from crossback.node.limits import TooLarge
+
+    limiter = CallLimiter(CallLimits(slots=4, waiting=0, per_caller=4, wait=0.2, memory_mib=8))
+    with pytest.raises(TooLarge, match="more than the node's budget of 8 MiB"):
+        with limiter.reserve(9 << 20):
+            pass
+    with limiter.reserve(5 << 20):
+        assert limiter.reserved() == 5 << 20
+        with pytest.raises(Busy, match="5 of 8 MiB held"):  # does not fit beside it within `wait`
+            with limiter.reserve(4 << 20):
+                pass
+        with limiter.reserve(3 << 20):  # fits
+            assert limiter.reserved() == 8 << 20
+    assert limiter.reserved() == 0
+    patient = CallLimiter(CallLimits(wait=5.0, memory_mib=8))
+    holding = threading.Event()
+
+    def hold():
+        with patient.reserve(6 << 20):
+            holding.set()
+            time.sleep(0.2)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    started = time.monotonic()
+    with patient.reserve(4 << 20):  # waits for the holder to finish, then fits
+        assert time.monotonic() - started >= 0.1 and patient.reserved() == 4 << 20
+    holder.join(5)
+
+
+def test_a_chunked_probe_answers_what_one_forward_pass_answers(node):
+    from crossback.orchestrator_free import ddv as ddv_module
+
+    _, snap = node
+    spec = ProbeSpec(seed=3, pair_count=150, token_count=4)
+    chunked = ddv(snap.learner, snap.task, snap.kv, spec)
+    x, x_prime = ddv_module.probe_pairs(spec, snap.learner.cfg.token_dim)
+    a = ddv_module.attn_rep(snap.learner, snap.task, snap.kv, x)
+    b = ddv_module.attn_rep(snap.learner, snap.task, snap.kv, x_prime)
+    whole = 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)
+    assert chunked.shape == (150,) and torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
