@@ -276,11 +276,14 @@ class Node:
                 while not self._stop.wait(0.2):
                     pass
         finally:
+            # the server stops taking calls and lets in-flight ones finish (or cancels them) before the
+            # clients their handlers may still use (ProbePeer relays) are closed
             health.enter_graceful_shutdown()
             gossip.stop()
+            server.stop(grace=1.0).wait(5)
             gossip_clients.close()
             self._peer_clients.close()
-            server.stop(grace=1.0).wait(5)
+            server.admission.close()
             servicer.payloads.flush()
             self.events.emit("node_stopped")
             self.events.close()

@@ -85,7 +85,7 @@ class GossipLoop:
         client = self.clients.get(address, expected)
         try:
             reply = client.exchange_peers(message)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, ValueError) as exc:  # ValueError: a channel closed while stopping
             self.on_error(address, exc)
             return False
         sender = reply.sender
@@ -108,7 +108,7 @@ class GossipLoop:
         def ask(helper) -> int | None:
             try:
                 reply = self.clients.get(helper.address, helper.node_id).probe_peer(node_id)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ValueError) as exc:
                 self.on_error(helper.address, exc)
                 return None
             return reply.snapshot_version if reply.reachable else None
@@ -128,7 +128,7 @@ class GossipLoop:
         client = self.clients.get(address, node_id)
         try:
             reply = client.exchange_peers(self.message())
-        except grpc.RpcError:
+        except (grpc.RpcError, ValueError):  # ValueError: the node is stopping and closed its channels
             return False, 0
         if reply.sender.node_id != node_id or not client.proves(node_id):
             return False, 0

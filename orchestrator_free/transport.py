@@ -237,9 +237,13 @@ class ClientPool:
     def __init__(self, factory: Callable[[str, str | None], PeerClient], max_clients: int = 512):
         self._factory, self._max, self._lock = factory, max_clients, threading.Lock()
         self._clients: OrderedDict[tuple[str, str | None], PeerClient] = OrderedDict()
+        self._closed = False
 
     def get(self, address: str, expected_id: str | None = None) -> PeerClient:
+        """ValueError once the pool is closed (as a closed channel raises): the node is stopping."""
         with self._lock:
+            if self._closed:
+                raise ValueError("the client pool is closed")
             key = (address, expected_id)
             if key in self._clients:
                 self._clients.move_to_end(key)
@@ -251,6 +255,7 @@ class ClientPool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
