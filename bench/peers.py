@@ -38,8 +38,14 @@ def untrained_learner(control: ContinualLearner) -> ContinualLearner:
     return control
 
 
+# the benchmark's stand-in peers and its students hash shared item ids under this key: they are one
+# process on loopback, not a swarm with outsiders (a node reads its secret from swarm.pair_secret_file)
+BENCH_PAIR_SECRET = b"crossback benchmark pair secret"
+
+
 @contextmanager
-def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: dict[str, str] | None = None):
+def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: dict[str, str] | None = None,
+                    pair_secret: bytes = BENCH_PAIR_SECRET):
     """Serve each ``name -> snapshot`` on its own loopback port; yields ``name -> address``.
     ``public_sets``: the public paired set each one holds out (by name; default none)."""
     servers, logs, addresses = [], [], {}
@@ -53,7 +59,8 @@ def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: 
                                     (public_sets or {}).get(name, ""))
             events = EventLog(name, log_dir / f"{name}.jsonl", console=None)
             logs.append(events)
-            serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events))
+            serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events,
+                                       pair_secret=pair_secret))
             servers.append(server)
             addresses[name] = address
         yield addresses

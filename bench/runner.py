@@ -40,7 +40,7 @@ from crossback.orchestrator_free.genesis import genesis_id
 from crossback.transfer.registry import make_strategy
 
 from .config import BenchConfig, BenchNode
-from .peers import published, serve_snapshots, untrained_learner
+from .peers import BENCH_PAIR_SECRET, published, serve_snapshots, untrained_learner
 
 CONTROL = "untrained"
 CONFIG_FILE = "config.json"
@@ -138,7 +138,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
     genesis = genesis_id(_genesis(cfg, seed), node.model)
     train = _train_opts(cfg, node, receiving=True)
     opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = make_strategy(cfg.transfer, public_set_for(node.source, cfg.split))
+    strategy = make_strategy(cfg.transfer, public_set_for(node.source, cfg.split), BENCH_PAIR_SECRET)
     control = f"{CONTROL}-{node.modality}"
     peers = [(name, addr) for name, addr in addresses.items()
              if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]

@@ -3,7 +3,7 @@ identity is the node id (subject CN and a DNS subject-alternative name; a second
 ``SWARM_NAME``, lets a node check that a seed it knows only by address is a member), all written with the
 ``cryptography`` library — no openssl shell-outs. Keys are ECDSA P-256, written 0600, never overwritten.
 
-    crossback certs init DIR [NODE_ID ...]      # DIR/ca.pem, DIR/ca.key (+ each node's, as issue does)
+    crossback certs init DIR [NODE_ID ...]      # DIR/ca.pem, DIR/ca.key, DIR/pair.key (+ each node's, as issue does)
     crossback certs issue DIR NODE_ID [...]     # DIR/NODE_ID.pem, DIR/NODE_ID.key, signed by DIR's CA
 """
 from __future__ import annotations
@@ -63,6 +63,9 @@ def init_ca(folder: Path, name: str = "crossback swarm CA", days: int = 3650) ->
             .sign(key, hashes.SHA256()))
     _write_new(folder / CA_KEY, _key_pem(key, serialization), private=True)
     _write_new(folder / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    from .pair_secret import write_pair_secret
+
+    write_pair_secret(folder)  # the swarm's key for hashing shared item ids (node/pair_secret.py)
     return folder / CA_CERT
 
 

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     bc.set_defaults(func=_bench_compare)
     certs = sub.add_parser("certs", help="a swarm CA and node certificates (identity = node id)").add_subparsers(
         dest="certs", required=True)
-    ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key)")
+    ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key) and its pair secret (pair.key)")
     ci.add_argument("dir", type=Path)
     ci.set_defaults(func=_certs_init)
     ci.add_argument("node_ids", nargs="*", metavar="NODE_ID", help="also issue these nodes' certificates")

@@ -29,7 +29,8 @@ class FeatureService:
     their features are computed once per snapshot, so a request costs a dictionary lookup per id or a
     hash per held item, bounded by the request size limit and the node's own data."""
 
-    def __init__(self):
+    def __init__(self, pair_secret: bytes = b""):
+        self.pair_secret = pair_secret  # the swarm's (pairs.item_hash); without one, ``shared`` answers nothing
         self._lock = threading.Lock()
         self._cache: dict[tuple[int, str], dict[str, Tensor]] = {}
 
@@ -50,7 +51,9 @@ class FeatureService:
         return matched, torch.stack([table[ids[i]] for i in matched]) if matched else None
 
     def shared(self, snap: Snapshot, salt: bytes, hashes: list[bytes]) -> tuple[list[int], Tensor | None]:
+        if not self.pair_secret:
+            return [], None
         table = self._table(snap, "own")
-        by_hash = {item_hash(salt, item): f for item, f in table.items()}
+        by_hash = {item_hash(self.pair_secret, salt, item): f for item, f in table.items()}
         matched = [i for i, h in enumerate(hashes) if h in by_hash]
         return matched, torch.stack([by_hash[hashes[i]] for i in matched]) if matched else None

@@ -23,6 +23,7 @@ from crossback.transfer.base import AdaptationConfig
 from crossback.transfer.registry import TransferConfig, make_strategy
 
 from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config, read_yaml
+from .pair_secret import load_pair_secret
 from .process import NodeConfig, NodeSettings
 
 ENV = {
@@ -75,10 +76,15 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     settings = dataclasses.replace(node, **overrides)
     try:
         settings.validate()
-        strategy = make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split))
+        secret, _ = load_pair_secret(sections["swarm"].pair_secret_file, settings.tls.dir)
+        if "features" in settings.serve and not (settings.tls.enabled and secret):
+            raise ConfigError("node.serve: features answers only swarm members (node.tls) about item ids "
+                              "hashed under the swarm's pair secret (swarm.pair_secret_file, or pair.key in "
+                              f"node.tls.dir); this node has {'no TLS' if not settings.tls.enabled else 'no pair secret'}")
+        strategy = make_strategy(sections["transfer"], public_set_for(run.data.source, run.data.split), secret)
         check_combine(sections["selection"], strategy)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return NodeConfig(settings, run, **sections)
+    return NodeConfig(settings, run, **sections, pair_secret=secret)

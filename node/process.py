@@ -123,6 +123,7 @@ class NodeConfig:
     adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
+    pair_secret: bytes = field(default=b"", repr=False)  # node/pair_secret.py
 
     @property
     def genesis(self) -> str:
@@ -234,7 +235,8 @@ class Node:
                                 allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
-                                CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries)
+                                CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,
+                                pair_secret=self.cfg.pair_secret)
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
                          pid=os.getpid(),
@@ -353,7 +355,7 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              make_strategy(self.cfg.transfer, self.cfg.public_set),
+                              make_strategy(self.cfg.transfer, self.cfg.public_set, self.cfg.pair_secret),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
                               self.events.emit, self.cfg.experiment, self.cfg.genesis, self._probe_history)
             if parallel is not None:

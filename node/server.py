@@ -109,7 +109,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
                  events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
                  probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None,
-                 gossip_entries: int = DEFAULT_ENTRIES):
+                 gossip_entries: int = DEFAULT_ENTRIES, pair_secret: bytes = b""):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.gossip_entries, self._rng = gossip_entries, random.Random(identity.node_id)
         # ProbePeer: set to the gossip loop's probe_for once it exists; a few at a time, one per caller
@@ -120,7 +120,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.limiter = limiter or CallLimiter()
         self.probe_budget = probe_budget
         self.payloads = payloads or PayloadTally(events.emit)  # what this node sends, for its log
-        self.features = FeatureService()
+        self.features = FeatureService(pair_secret)
 
     # -------------------------------------------------------------- helpers
 
@@ -357,6 +357,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"a {SALT_BYTES}-byte salt and at most {MAX_PAIR_ITEMS} hashes of {HASH_BYTES} bytes "
                           f"(got a {len(request.salt)}-byte salt, {len(hashes)} hashes)")
+        if not self.features.pair_secret:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"{self.identity.node_id} holds no swarm pair secret to hash item ids under")
         snap = self._require_snapshot(context)
         self._require_version(snap, request.min_snapshot_version, context)
         if snap.data is None:

@@ -24,6 +24,8 @@ class SwarmSettings:
     """The ``swarm:`` section: what every node of one swarm agrees on."""
 
     genesis: int | None = bounded(None, ge=0, lt=2**31)  # None: each node initialises from its own seed
+    # the key item ids are hashed under to find items two nodes both hold (node/pair_secret.py)
+    pair_secret_file: str = ""
 
 
 def genesis_id(genesis: int | None, model: PerceiverConfig) -> str:

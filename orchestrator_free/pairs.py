@@ -5,10 +5,13 @@ Two sources, both decentralised (payload kinds):
 - ``public_features``: items of the public paired set (``crossback.data.public_set``), named by their
   public ids; nothing private moves either way.
 - ``features``: items both nodes hold (two views of one scene). The student sends blake2b hashes of
-  its item ids keyed with a fresh random salt per request; the teacher hashes its own ids with that
-  salt and answers only for the ones it also holds. An eavesdropper sees neither side's ids (and
-  cannot match hashes across requests); the teacher learns only which of its own items the student
-  has, which the method cannot avoid.
+  its item ids keyed with the swarm's pair secret and a fresh random salt per request; the teacher
+  hashes its own ids the same way and answers only for the ones it also holds. Item ids are guessable
+  (``emoji-0000``, ...): without the secret in the key, anyone could hash every guess and learn which
+  items a node trained on. With it, a caller outside the swarm cannot form a single matching hash; an
+  eavesdropper sees neither side's ids (and cannot match hashes across requests); the teacher learns
+  only which of its own items the student has, which the method cannot avoid. A member holding the
+  secret can still ask about guessed ids: the secret bounds the oracle to the swarm, TLS to its members.
 
 A teacher answers with one feature vector per matched item (the mean of what its head reads over the
 item's samples) and the positions of those items in the request.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -30,6 +33,7 @@ MAX_ITEM_ID = 128  # characters of a public item id
 MAX_SET_NAME = 256
 HASH_BYTES = 32
 SALT_BYTES = 16
+MIN_SECRET_BYTES = 16
 MAX_FEATURE_WIDTH = 4096
 
 
@@ -37,8 +41,12 @@ class NoPairs(Exception):
     """The teacher holds none of the items asked about: not a fault, the peer is just no teacher here."""
 
 
-def item_hash(salt: bytes, item_id: str) -> bytes:
-    return hashlib.blake2b(item_id.encode(), digest_size=HASH_BYTES, key=salt).digest()
+def item_hash(secret: bytes, salt: bytes, item_id: str) -> bytes:
+    """The hash of an item id under the swarm's pair ``secret`` and one request's ``salt``."""
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"the swarm pair secret must be at least {MIN_SECRET_BYTES} bytes")
+    key = hashlib.blake2b(salt, digest_size=HASH_BYTES, key=secret[:64]).digest()
+    return hashlib.blake2b(item_id.encode(), digest_size=HASH_BYTES, key=key).digest()
 
 
 def new_salt() -> bytes:
@@ -56,9 +64,11 @@ class Pairs:
     labels: Tensor  # (len(keys),) long
     sample_key: Tensor  # (len(source),) long
     public_set: str = ""  # the public set the keys belong to (public_features)
+    secret: bytes = field(default=b"", repr=False)  # the swarm's pair secret (features)
 
     @classmethod
-    def from_split(cls, kind: str, source: Split, max_items: int = MAX_PAIR_ITEMS, public_set: str = "") -> "Pairs":
+    def from_split(cls, kind: str, source: Split, max_items: int = MAX_PAIR_ITEMS, public_set: str = "",
+                   secret: bytes = b"") -> "Pairs":
         if kind not in FEATURE_KINDS:
             raise ValueError(f"unknown pair kind {kind!r}; choose one of {list(FEATURE_KINDS)}")
         if source.items is None:
@@ -73,10 +83,10 @@ class Pairs:
         position = {k: i for i, k in enumerate(keys)}
         labels = torch.tensor([int(source.labels[first[k]]) for k in keys], dtype=torch.long)
         sample_key = torch.tensor([position.get(item, -1) for item in source.items], dtype=torch.long)
-        return cls(kind, source, tuple(keys), labels, sample_key, public_set)
+        return cls(kind, source, tuple(keys), labels, sample_key, public_set, secret)
 
     def hashes(self, salt: bytes) -> list[bytes]:
-        return [item_hash(salt, k) for k in self.keys]
+        return [item_hash(self.secret, salt, k) for k in self.keys]
 
 
 def fetch_pairs(client, pairs: Pairs, peer: str, min_version: int = 1) -> tuple[dict[str, Tensor], int, int]:

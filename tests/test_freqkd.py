@@ -22,6 +22,7 @@ from crossback.node.node_config import load_node_config
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
+from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
 from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, Pairs, item_hash
 from crossback.orchestrator_free.scores import apply_score
 from crossback.orchestrator_free.selection import SKIPPED, SelectionConfig, pairs_of, probe_candidates
@@ -83,11 +84,15 @@ def test_the_public_set_is_held_out_of_every_task_identically_in_both_views(task
 
 def test_a_pair_request_names_each_item_once_and_hashes_depend_on_the_salt(tasks):
     source = tasks["image", "A"].train
-    pairs = Pairs.from_split("features", source)
+    pairs = Pairs.from_split("features", source, secret=SECRET)
     assert list(pairs.keys) == sorted(set(source.items))
     assert all(pairs.keys[int(k)] == item for k, item in zip(pairs.sample_key, source.items))
     assert all(int(pairs.labels[pairs.keys.index(item)]) == int(y) for item, y in zip(source.items, source.labels))
     assert pairs.hashes(b"a" * 16) != pairs.hashes(b"b" * 16)
+    other_swarm = Pairs.from_split("features", source, secret=b"another swarm's secret")
+    assert set(pairs.hashes(b"a" * 16)).isdisjoint(other_swarm.hashes(b"a" * 16))  # the secret is in every hash
+    with pytest.raises(ValueError, match="pair secret"):
+        Pairs.from_split("features", source).hashes(b"a" * 16)
     capped = Pairs.from_split("features", source, max_items=5)
     assert len(capped.keys) == 5 and capped.keys == Pairs.from_split("features", source, max_items=5).keys
     assert int((capped.sample_key >= 0).sum()) == sum(item in capped.keys for item in source.items)
@@ -118,14 +123,18 @@ def test_shared_features_answer_only_items_both_sides_hold(tasks, teacher, tmp_p
     with serve_snapshots({"teacher": teacher}, tmp_path / "logs", {"teacher": PUBLIC}) as addresses:
         client = PeerClient(addresses["teacher"], "student")
         try:
-            mine = Pairs.from_split("features", tasks["image", "B"].train)  # items the teacher never saw
-            both = Pairs.from_split("features", tasks["image", "A"].train)
+            mine = Pairs.from_split("features", tasks["image", "B"].train, secret=SECRET)  # never seen by the teacher
+            both = Pairs.from_split("features", tasks["image", "A"].train, secret=SECRET)
             salt = b"s" * 16
             feats, matched, _ = client.fetch_features("features", hashes=mine.hashes(salt) + both.hashes(salt), salt=salt)
             assert matched == [len(mine.keys) + i for i in range(len(both.keys))]  # the shared ones, all of them
             expected = item_features(teacher, teacher.data)
             assert all(torch.allclose(feats[r], expected[both.keys[r]]) for r in range(len(both.keys)))
-            assert item_hash(salt, both.keys[0]) != item_hash(b"t" * 16, both.keys[0])
+            assert item_hash(SECRET, salt, both.keys[0]) != item_hash(SECRET, b"t" * 16, both.keys[0])
+            # an outsider hashing every guessable id without the secret: not one item revealed
+            guessed = Pairs.from_split("features", tasks["image", "A"].train, secret=b"x" * 32)
+            nothing_here, no_match, _ = client.fetch_features("features", hashes=guessed.hashes(salt), salt=salt)
+            assert nothing_here is None and no_match == []
             none, nothing, _ = client.fetch_features("features", hashes=mine.hashes(salt), salt=salt)
             assert none is None and nothing == []
             for bad in ({"hashes": [b"x" * 31], "salt": salt}, {"hashes": [], "salt": b"short"}):
@@ -156,7 +165,7 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
                 pool.get(address).fetch_features(kind, **kw)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and kind in err.value.details()
         student = learner_for("image", [tasks["image", "A"]], seed=6)
-        strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"))
+        strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
         (cand,) = probe_candidates(student, 0, [("private", address)], pool, SelectionConfig(score="logme"),
                                    kv_shapes(student.cfg), strategy.borrow, "", strategy.any_shape, strategy.needs,
                                    pairs_of(strategy, tasks["image", "A"]))
@@ -227,7 +236,7 @@ def test_the_none_arm_has_no_teacher_terms_and_the_same_seed_gives_the_same_task
 
 
 def test_shared_ids_teach_only_the_items_the_teacher_holds(tasks, teacher, tmp_path):
-    strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"))
+    strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="A")
     assert cand.error is None and len(cand.parts["matched"]) == len(set(data.train.items))
     facts = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(0))
@@ -257,12 +266,36 @@ def test_freqkd_on_the_public_set_needs_one_in_the_config(tmp_path):
                     "tasks: [{name: t, superclass: animals-nature}]\ntransfer: {strategy: freqkd}\n")
     with pytest.raises(ConfigError, match="public_fraction"):
         load_node_config(path)
-    path.write_text("node: {node_id: a, serve: [kv, ddv, public_features, features]}\n"
+    path.write_text("node: {node_id: a, serve: [kv, ddv, public_features]}\n"
                     "data: {source: emoji, modality: image, split: {public_fraction: 0.2}}\n"
                     "tasks: [{name: t, superclass: animals-nature}]\ntransfer: {strategy: freqkd}\n")
     cfg = load_node_config(path)
     assert cfg.transfer.freqkd.low_weight == cfg.transfer.freqkd.high_weight == 1.0
     assert "public_features" in cfg.node.serve
+
+
+def test_shared_item_features_need_tls_and_the_swarm_pair_secret(tmp_path):
+    from crossback.node.certs import init_ca, issue
+
+    base = ("data: {source: emoji, modality: image}\ntasks: [{name: t, superclass: animals-nature}]\n")
+    path = tmp_path / "node.yaml"
+    path.write_text("node: {node_id: a, serve: [kv, ddv, features]}\n" + base)
+    with pytest.raises(ConfigError, match="node.serve: features answers only swarm members.*no TLS"):
+        load_node_config(path)
+    path.write_text("node: {node_id: a}\ntransfer: {strategy: freqkd, freqkd: {pairs: shared_ids}}\n" + base)
+    with pytest.raises(ConfigError, match="shared_ids needs the swarm's pair secret"):
+        load_node_config(path)
+    init_ca(tmp_path / "certs")  # writes pair.key beside the CA
+    issue(tmp_path / "certs", "a")
+    path.write_text(f"node: {{node_id: a, serve: [kv, ddv, features], tls: {{dir: {tmp_path / 'certs'}}}}}\n"
+                    "transfer: {strategy: freqkd, freqkd: {pairs: shared_ids}}\n" + base)
+    cfg = load_node_config(path)
+    assert len(cfg.pair_secret) == 32 and "features" in cfg.node.serve
+    (tmp_path / "short.key").write_text("abcd\n")
+    path.write_text(f"node: {{node_id: a, tls: {{dir: {tmp_path / 'certs'}}}}}\nswarm: {{pair_secret_file: "
+                    f"{tmp_path / 'short.key'}}}\n" + base)
+    with pytest.raises(ConfigError, match="swarm.pair_secret_file: .*short.key holds 2 bytes"):
+        load_node_config(path)
 
 
 def test_the_demo_runs_its_nodes_on_freqkd_when_asked(tmp_path):

@@ -1,7 +1,10 @@
 """freqkd between real node processes of two modalities: a text node distils from an image peer on the
-public paired set, then an image node distils from that text peer on the items both hold (salted
-hashes); only declared payload kinds leave a teacher, and no earlier task moves."""
+public paired set, then an image node distils from that text peer on the items both hold (hashes under
+the swarm's pair secret, over mutual TLS); only declared payload kinds leave a teacher, and no earlier
+task moves."""
 import pytest
+
+from crossback.node.certs import init_ca, issue
 
 from conftest import node_events, start_serving, stop_nodes, tiny_node_config
 
@@ -12,14 +15,17 @@ DECLARED = set(SERVE) | {"info", "membership"} | {"info_request", "kv_request", 
                                                    "features_request", "probe_spec"}
 
 
-def freqkd_config(seed: int, modality: str, pairs: str) -> dict:
-    cfg = tiny_node_config(seed, EMOJI, 0.25, 2.0)
+def freqkd_config(seed: int, modality: str, pairs: str, certs) -> dict:
+    # a TLS seed proves its id on the second round (dialled first under the swarm name): rounds of 0.1 s and
+    # tasks of 10 epochs keep the first selection behind the join
+    cfg = tiny_node_config(seed, EMOJI, 0.1, 2.0)
+    cfg["node"]["tls"] = {"dir": str(certs)}  # features: members only, ids hashed under certs/pair.key
     # one item split and one public set for the whole swarm: the same items are paired in both views
     cfg["data"] = {"source": "emoji", "modality": modality, "image_size": 16, "split_seed": 0,
                    "split": {"public_fraction": 0.25}}
     cfg["model"]["image"] = {"channels": 3, "patch_size": 4}
     cfg["model"]["text"] = {"max_length": 40}
-    cfg["train"]["epochs"] = 3
+    cfg["train"]["epochs"] = 10
     cfg["node"] |= {"serve": SERVE}
     cfg["transfer"] = {"strategy": "freqkd", "freqkd": {"pairs": pairs}}
     cfg["selection"]["score"] = "logme"
@@ -31,12 +37,16 @@ def swarm(tmp_path_factory):
     """img learns t1, t2 alone; txt (seeded with img) learns t1, t2 from it on the public set; img is
     stopped; img2 (seeded with txt) learns t1, t2 from txt on shared item ids."""
     root = tmp_path_factory.mktemp("freqkd")
+    certs = root / "certs"
+    init_ca(certs)
+    for node_id in ("img", "txt", "img2"):
+        issue(certs, node_id)
     procs = {}
     try:
-        img = start_serving(root, procs, "img", freqkd_config(0, "image", "public"), [])
-        txt = start_serving(root, procs, "txt", freqkd_config(1, "text", "public"), [img])
+        img = start_serving(root, procs, "img", freqkd_config(0, "image", "public", certs), [])
+        txt = start_serving(root, procs, "txt", freqkd_config(1, "text", "public", certs), [img])
         procs.pop("img").terminate()
-        start_serving(root, procs, "img2", freqkd_config(2, "image", "shared_ids"), [txt])
+        start_serving(root, procs, "img2", freqkd_config(2, "image", "shared_ids", certs), [txt])
         yield root
     finally:
         stop_nodes(procs)

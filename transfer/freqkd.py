@@ -38,7 +38,7 @@ from torch import Tensor
 from crossback.models.optim import Adam
 from crossback.models.bounds import bounded
 from crossback.models.training import Split, features, fit_linear
-from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, Pairs
+from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, MIN_SECRET_BYTES, Pairs
 
 from .base import AdaptOptions
 from .freqkd_bands import decoupled_losses, split_bands, standardise
@@ -80,11 +80,14 @@ class FreqKDTransfer:
     keep_rule = "accuracy"
     extra = None
 
-    def __init__(self, cfg: FreqKDConfig = FreqKDConfig(), public_set: str = ""):
+    def __init__(self, cfg: FreqKDConfig = FreqKDConfig(), public_set: str = "", pair_secret: bytes = b""):
         if cfg.pairs == "public" and not public_set:
             raise ValueError("transfer.freqkd.pairs: public needs a public paired set: set "
                              "data.split.public_fraction (every node of the swarm the same)")
-        self.cfg, self.public_set = cfg, public_set
+        if cfg.pairs == "shared_ids" and len(pair_secret) < MIN_SECRET_BYTES:
+            raise ValueError("transfer.freqkd.pairs: shared_ids needs the swarm's pair secret: set "
+                             "swarm.pair_secret_file (or keep pair.key in node.tls.dir; crossback certs init writes it)")
+        self.cfg, self.public_set, self.pair_secret = cfg, public_set, pair_secret
         self.borrow = PAIR_KINDS[cfg.pairs]
         self.needs = frozenset({self.borrow})
 
@@ -93,7 +96,7 @@ class FreqKDTransfer:
         source = data.public if self.cfg.pairs == "public" else data.train
         if source is None or source.items is None or len(source) == 0:
             return None
-        return Pairs.from_split(self.borrow, source, self.cfg.max_pairs, self.public_set)
+        return Pairs.from_split(self.borrow, source, self.cfg.max_pairs, self.public_set, self.pair_secret)
 
     def _pool(self, pairs: Pairs | None, payload: dict | None) -> _Pool | None:
         if pairs is None:

@@ -28,11 +28,12 @@ class TransferConfig:
     freqkd: FreqKDConfig = field(default_factory=FreqKDConfig)
 
 
-def make_strategy(cfg: TransferConfig, public_set: str = ""):
+def make_strategy(cfg: TransferConfig, public_set: str = "", pair_secret: bytes = b""):
     """The configured strategy; ``public_set``: the name of the public paired set this node holds out
-    (crossback.data.public_set), which freqkd with ``pairs: public`` needs."""
+    (crossback.data.public_set), which freqkd with ``pairs: public`` needs; ``pair_secret``: the swarm's
+    (crossback.orchestrator_free.pairs), which ``pairs: shared_ids`` needs."""
     if cfg.strategy == "freqkd":
-        return FreqKDTransfer(cfg.freqkd, public_set)
+        return FreqKDTransfer(cfg.freqkd, public_set, pair_secret)
     if cfg.strategy == "mergenet":
         return MergeNetTransfer(cfg.mergenet)
     if cfg.strategy == "mona":
