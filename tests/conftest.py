@@ -51,15 +51,16 @@ def tiny_node_config(seed: int, tasks: list[dict], heartbeat: float, failure_tim
     }
 
 
-def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str]) -> subprocess.Popen:
-    """A real `crossback node` process on a free loopback port, its state and log under ``root``."""
+def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str], output=subprocess.DEVNULL) -> subprocess.Popen:
+    """A real `crossback node` process on a free loopback port, its state and log under ``root``;
+    ``output``: where its console (stdout and stderr) goes."""
     path = root / f"{node_id}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
             "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id), "--log-dir", str(root / "logs")]
     if seeds:
         args += ["--seed-peers", ",".join(seeds)]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT)
 
 
 def start_serving(root: Path, procs: dict, node_id: str, cfg: dict, seeds: list[str], timeout: float = 240.0) -> str:
