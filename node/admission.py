@@ -11,7 +11,7 @@ class can take another's capacity:
 - ``control``: everything else (GetInfo, ExchangePeers, ProbePeer, MatchTask).
 
 A call whose class has ``queue`` calls waiting for a thread already is refused at once with
-RESOURCE_EXHAUSTED, on a separate small pool, without waiting anywhere. The server-wide
+UNAVAILABLE (the status clients retry with backoff), on a separate small pool, without waiting anywhere. The server-wide
 ``maximum_concurrent_rpcs`` (which refuses every method alike) is set above the sum of the class
 bounds, so it is never what refuses a health check.
 
@@ -135,7 +135,7 @@ class Admission(grpc.ServerInterceptor):
 
     def _refusal(self, handler, message: str):
         def refuse(request, context, *_callback):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            context.abort(grpc.StatusCode.UNAVAILABLE, message)
         if handler.response_streaming:
             return _with_pool(grpc.unary_stream_rpc_method_handler(
                 _non_blocking(refuse), handler.request_deserializer, handler.response_serializer), self._refusers)
