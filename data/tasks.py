@@ -148,6 +148,21 @@ def load_image(ref: ImageRef, view: View) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def image_inputs(arrays: list[np.ndarray], view: View) -> torch.Tensor:
+    """What the model reads for images already loaded by ``load_image``: training and prediction alike."""
+    inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8; the adapter scales it
+    if view.image_encoder == "efficientnet":
+        from crossback.models.image_encoders import encode_efficientnet
+
+        inputs = encode_efficientnet(inputs)
+    return inputs.contiguous()
+
+
+def text_inputs(texts: list[str], view: View) -> torch.Tensor:
+    """What the model reads for strings: training and prediction alike."""
+    return encode_texts(texts, view.text_max_length, view.text_encoder).contiguous()
+
+
 def to_split(items: list[Item], labels: list[int], view: View) -> Split:
     if view.modality == "image":
         arrays, ys, ids = [], [], []
@@ -156,19 +171,15 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
                 arrays.append(load_image(ref, view))
                 ys.append(y)
                 ids.append(item.item_id)
-        inputs = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # uint8; the adapter scales it
-        if view.image_encoder == "efficientnet":
-            from crossback.models.image_encoders import encode_efficientnet
-
-            inputs = encode_efficientnet(inputs)
+        inputs = image_inputs(arrays, view)
     else:
         texts, ys, ids = [], [], []
         for item, y in zip(items, labels):
             texts.extend(item.texts)
             ys.extend([y] * len(item.texts))
             ids.extend([item.item_id] * len(item.texts))
-        inputs = encode_texts(texts, view.text_max_length, view.text_encoder)
-    return Split(inputs.contiguous(), torch.tensor(ys, dtype=torch.long), tuple(ids))
+        inputs = text_inputs(texts, view)
+    return Split(inputs, torch.tensor(ys, dtype=torch.long), tuple(ids))
 
 
 def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
@@ -185,14 +196,7 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     if split.public_fraction > 0:
         catalog, public = split_public(catalog, split.public_fraction, split.public_salt)
     classes, dropped = resolve_classes(catalog, spec, split, view)
-    by_class = catalog.by_class()
-    parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
-    for y, c in enumerate(classes):
-        for name, chosen in split_items(_usable(by_class[c], view), split, seed, c).items():
-            if shots is not None and name != "test":
-                chosen = chosen[:shots]
-            parts[name][0].extend(chosen)
-            parts[name][1].extend([y] * len(chosen))
+    parts = task_items(catalog, classes, split, view, seed, shots)
     tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
     index = {c: y for y, c in enumerate(classes)}
     mine = [it for it in _usable(public, view) if it.label in index]
@@ -208,6 +212,21 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
         "majority": float(test_labels.bincount().max()) / len(test_labels) if len(test_labels) else None,
     }
     return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"], public_split), info
+
+
+def task_items(catalog: Catalog, classes: list[str], split: SplitSpec, view: View, seed: int,
+               shots: int | None = None) -> dict[str, tuple[list[Item], list[int]]]:
+    """split name -> (its items, their labels): the items behind a task's splits (``catalog`` without
+    its public items, ``classes`` in label order, as ``build_task`` resolves them)."""
+    by_class = catalog.by_class()
+    parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
+    for y, c in enumerate(classes):
+        for name, chosen in split_items(_usable(by_class[c], view), split, seed, c).items():
+            if shots is not None and name != "test":
+                chosen = chosen[:shots]
+            parts[name][0].extend(chosen)
+            parts[name][1].extend([y] * len(chosen))
+    return parts
 
 
 def public_items(catalog: Catalog, split: SplitSpec, view: View) -> Split | None:

@@ -35,6 +35,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if recomputed == reported else 1
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import classify, encode, load_task_model, read_text_file, report
+
+    values = list(args.inputs) + (read_text_file(args.text_file) if args.text_file else [])
+    if not values:
+        raise ConfigError("give INPUT... (image files or strings) or --text-file")
+    if args.top < 1:
+        raise ConfigError(f"--top: must be at least 1, got {args.top}")
+    tm = load_task_model(args.state, args.task, args.device)
+    if tm.view.modality == "image" and args.text_file:
+        raise ConfigError(f"--text-file: task {args.task!r} is an image task; give image files")
+    predictions = classify(tm, encode(values, tm.view), args.top, args.batch_size)
+    print(report(values, predictions, args.json))
+    return 0
+
+
 def _node(args: argparse.Namespace) -> int:
     from .node_config import load_node_config
     from .process import Node, install_signal_handlers
@@ -263,6 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="reload a run's latest checkpoint and re-score its tasks")
     ev.add_argument("run_dir", type=Path)
     ev.set_defaults(func=_evaluate)
+    pr = sub.add_parser("predict", help="classify image files or strings with a finished task's model")
+    pr.add_argument("--state", required=True, type=Path,
+                    help="a node's state_dir or a crossback train --out folder (config.json + checkpoints/)")
+    pr.add_argument("--task", required=True, help="the finished task's name")
+    pr.add_argument("--top", type=int, default=3, help="classes listed per input, most probable first")
+    pr.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto")
+    pr.add_argument("--json", action="store_true", help="one JSON list: input, label, top [{class, probability}]")
+    pr.add_argument("--text-file", type=Path, help="strings to classify, one per line (text tasks)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("inputs", nargs="*", metavar="INPUT", help="image files (image tasks) or strings (text tasks)")
+    pr.set_defaults(func=_predict)
     node = sub.add_parser("node", help="run one swarm node (gRPC server + its own task loop)")
     node.add_argument("--config", required=True, type=Path, help="YAML: run config plus a node: section")
     node.add_argument("--node-id")

@@ -1,0 +1,113 @@
+"""`crossback predict`: classify new images or strings with what a node (or a `crossback train` run)
+learned.
+
+The task's model is its checkpoint's folded form (``crossback.models.fold``): masks computed once into
+plain weights, the same outputs as the learner. The checkpoint is verified before use (it carries
+digests, ``.checkpoint``), and inputs are preprocessed by the very functions training used
+(``crossback.data.tasks.load_image`` / ``image_inputs`` / ``text_inputs``), so a test item predicted
+from its file gets the logits ``crossback evaluate`` scored it with.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from crossback.data.tasks import View, image_inputs, load_image, text_inputs
+from crossback.models.fold import fold
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import parse_config
+from .devices import resolve_device
+from .errors import ConfigError
+from .train_run import CHECKPOINTS, CONFIG_FILE
+
+MAX_TEXT_CHARS = 1 << 16  # a string longer than this is refused, not truncated silently
+
+
+@dataclass(frozen=True)
+class TaskModel:
+    task: str
+    classes: list[str]  # label order
+    view: View
+    model: nn.Module  # folded, eval mode, on ``device``
+    device: torch.device
+    checkpoint: Path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    top: list[tuple[str, float]]  # (class, probability), most probable first
+
+
+def load_task_model(folder: Path, task: str, device: str = "cpu") -> TaskModel:
+    """Task ``task`` of the run or state folder ``folder`` (config.json beside checkpoints/), folded and
+    on ``device``; ConfigError naming the known tasks when it has not finished that one."""
+    folder = Path(folder)
+    config = folder / CONFIG_FILE
+    if not config.exists():
+        raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: give a crossback train --out folder or a node's "
+                                "state_dir")
+    cfg = parse_config(json.loads(config.read_text(encoding="utf-8")), str(config))
+    latest = latest_checkpoint(folder / CHECKPOINTS)
+    if latest is None:
+        raise FileNotFoundError(f"{folder / CHECKPOINTS} holds no finished checkpoint")
+    learner, _ = load_checkpoint(latest)  # every byte verified against its digests
+    names = [t.name for t in learner.tasks]
+    if task not in names:
+        raise ConfigError(f"--task: {folder} has no finished task {task!r}; its finished tasks: {names}")
+    index = names.index(task)
+    record = learner.tasks[index]
+    target = resolve_device(device, "--device")
+    model = fold(learner, index).to(target)
+    classes = list(record.classes) if record.classes else [str(k) for k in range(record.num_classes)]
+    return TaskModel(task, classes, cfg.view(), model, target, latest)
+
+
+def encode(values: list[str], view: View) -> Tensor:
+    """Image file paths (image tasks) or strings (text tasks) as the model's inputs, preprocessed
+    exactly as in training."""
+    if view.modality == "image":
+        return image_inputs([load_image(Path(v), view) for v in values], view)
+    for i, text in enumerate(values):
+        if len(text) > MAX_TEXT_CHARS:
+            raise ConfigError(f"input {i}: a string of {len(text)} characters; at most {MAX_TEXT_CHARS}")
+    return text_inputs(values, view)
+
+
+@torch.no_grad()
+def classify(tm: TaskModel, inputs: Tensor, top: int = 3, batch_size: int = 256) -> list[Prediction]:
+    out = []
+    k = max(1, min(top, len(tm.classes)))
+    for start in range(0, inputs.shape[0], batch_size):
+        logits = tm.model(inputs[start:start + batch_size].to(tm.device)).float().cpu()
+        probs = logits.softmax(dim=1)
+        values, index = probs.topk(k, dim=1)
+        for row, (v, i) in enumerate(zip(values.tolist(), index.tolist())):
+            best = int(logits[row].argmax())  # argmax of the logits: what evaluate scores
+            out.append(Prediction(tm.classes[best], [(tm.classes[c], p) for c, p in zip(i, v)]))
+    return out
+
+
+def read_text_file(path: Path) -> list[str]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--text-file: cannot read {path}: {exc}") from None
+    return [line for line in lines if line.strip()]
+
+
+def report(values: list[str], predictions: list[Prediction], as_json: bool) -> str:
+    if as_json:
+        return json.dumps([{"input": v, "label": p.label,
+                            "top": [{"class": c, "probability": round(q, 6)} for c, q in p.top]}
+                           for v, p in zip(values, predictions)], indent=2)
+    rows = []
+    for v, p in zip(values, predictions):
+        shown = v if len(v) <= 60 else v[:57] + "..."
+        rows.append(f"{shown}\t{p.label}\t" + ", ".join(f"{c} {q:.3f}" for c, q in p.top))
+    return "\n".join(rows)

@@ -1,0 +1,142 @@
+"""`crossback predict` as a user runs it: image files and strings through a finished task's folded model,
+on a `crossback train` run folder and on a node's state folder; its predictions are what
+`crossback evaluate` scored."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from crossback.data.sources import load_catalog
+from crossback.node.config import parse_config
+from crossback.node.train_run import evaluate_run, prepare_tasks, run_training
+
+from conftest import tiny_node_config
+
+TINY_MODEL = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
+              "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}}
+
+
+def crossback(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crossback.node.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def train(folder: Path, cfg: dict) -> Path:
+    run_training(parse_config(cfg, "test"), folder, progress=False, log=lambda *_: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    cfg = {"seed": 0, "data": {"source": "digits", "modality": "image", "image_size": 8}, "model": TINY_MODEL,
+           "tasks": [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5", "6"]}],
+           "method": {"name": "packnet"}, "train": {"epochs": 3, "batch_size": 64}}
+    return train(tmp_path_factory.mktemp("digits") / "run", cfg), cfg
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    cfg = {"seed": 0, "data": {"source": "emoji", "modality": "text"},
+           "model": {**TINY_MODEL, "text": {"max_length": 40}},
+           "tasks": [{"name": "t", "classes": ["animal-mammal", "drink", "tool"]}],
+           "method": {"name": "piggyback"}, "train": {"epochs": 8, "batch_size": 32}}
+    return train(tmp_path_factory.mktemp("text") / "run", cfg), cfg
+
+
+def test_image_files_predicted_from_disk_reproduce_evaluate_exactly(digits_run, tmp_path):
+    run, cfg = digits_run
+    recomputed, _ = evaluate_run(run)
+    tasks, _ = prepare_tasks(parse_config(cfg, "test"))
+    test = tasks[1].test  # task b, learned second: its model holds the first task's frozen weights too
+    files = []
+    for i, image in enumerate(test.inputs):  # uint8 1x8x8: written losslessly as the files a user would have
+        path = tmp_path / f"item-{i:03d}.png"
+        Image.fromarray(image[0].numpy(), mode="L").save(path)
+        files.append(path)
+    proc = crossback("predict", "--state", run, "--task", "b", "--json", "--top", "2", *files)
+    assert proc.returncode == 0, proc.stderr
+    answers = json.loads(proc.stdout)
+    classes = tasks[1].classes
+    assert [a["input"] for a in answers] == [str(f) for f in files]
+    correct = sum(a["label"] == classes[int(y)] for a, y in zip(answers, test.labels))
+    # exactly the items evaluate counted (it reports a float32 mean): the same logits' argmax, item by item
+    assert correct == round(recomputed[1] * len(answers)) and abs(correct / len(answers) - recomputed[1]) < 1e-6
+    for a in answers:
+        (first, p1), (second, p2) = ((t["class"], t["probability"]) for t in a["top"])
+        assert first == a["label"] and p1 >= p2 and first != second and 0 < p1 <= 1
+
+
+def test_strings_from_a_text_file_reproduce_evaluate_exactly(text_run, tmp_path):
+    from crossback.data.tasks import TaskSpec, resolve_classes, task_items
+
+    run, cfg = text_run
+    recomputed, _ = evaluate_run(run)
+    parsed = parse_config(cfg, "test")
+    catalog, view = load_catalog("emoji"), parsed.view()
+    spec = TaskSpec("t", classes=tuple(cfg["tasks"][0]["classes"]))
+    classes, _ = resolve_classes(catalog, spec, parsed.data.split, view)
+    items, labels = task_items(catalog, classes, parsed.data.split, view, parsed.seed)["test"]
+    texts, truth = [], []
+    for item, y in zip(items, labels):
+        texts += item.texts
+        truth += [classes[y]] * len(item.texts)
+    lines = tmp_path / "names.txt"
+    lines.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    proc = crossback("predict", "--state", run, "--task", "t", "--json", "--text-file", lines)
+    assert proc.returncode == 0, proc.stderr
+    answers = json.loads(proc.stdout)
+    assert [a["input"] for a in answers] == texts
+    correct = sum(a["label"] == t for a, t in zip(answers, truth))
+    assert correct == round(recomputed[0] * len(texts)) and abs(correct / len(texts) - recomputed[0]) < 1e-6
+    table = crossback("predict", "--state", run, "--task", "t", "--top", "1", texts[0], "a thing never seen")
+    assert table.returncode == 0 and len(table.stdout.splitlines()) == 2
+    assert table.stdout.splitlines()[0].split("\t")[1] == answers[0]["label"]
+
+
+def test_a_node_state_folder_works_the_same(tmp_path):
+    cfg = {**tiny_node_config(0, [{"name": "a", "classes": ["0", "1", "2"]}], 1.0, 5.0), "node": {"exit_when_done": True}}
+    (tmp_path / "n.yaml").write_text(yaml.safe_dump(cfg))
+    state = tmp_path / "state"
+    done = crossback("node", "--config", tmp_path / "n.yaml", "--node-id", "n", "--listen", "127.0.0.1:0",
+                     "--state-dir", state, "--log-dir", tmp_path / "logs")
+    assert done.returncode == 0, done.stderr[-2000:]
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(image)
+    proc = crossback("predict", "--state", state, "--task", "a", image)
+    assert proc.returncode == 0, proc.stderr
+    label = proc.stdout.split("\t")[1]
+    assert label in {"0", "1", "2"}
+
+
+def test_bad_requests_are_refused_naming_what_is_wrong(digits_run, tmp_path):
+    run, _ = digits_run
+    unknown = crossback("predict", "--state", run, "--task", "zz", tmp_path / "x.png")
+    assert unknown.returncode == 2 and "no finished task 'zz'" in unknown.stderr and "['a', 'b']" in unknown.stderr
+    missing = crossback("predict", "--state", run, "--task", "a", tmp_path / "nope.png")
+    assert missing.returncode == 2 and "cannot read image" in missing.stderr and "nope.png" in missing.stderr
+    not_a_run = crossback("predict", "--state", tmp_path, "--task", "a", "x")
+    assert not_a_run.returncode == 2 and "config.json" in not_a_run.stderr
+    nothing = crossback("predict", "--state", run, "--task", "a")
+    assert nothing.returncode == 2 and "INPUT" in nothing.stderr
+
+
+def test_a_corrupt_checkpoint_is_refused_not_used(digits_run, tmp_path):
+    import shutil
+
+    run, _ = digits_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    victim = copy / "checkpoints" / "task-002" / "shared.safetensors"
+    data = bytearray(victim.read_bytes())
+    at = random.Random(0).randrange(len(data) // 2, len(data))
+    data[at] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    proc = crossback("predict", "--state", copy, "--task", "a", tmp_path / "x.png")
+    assert proc.returncode == 2 and "shared.safetensors is corrupt" in proc.stderr
