@@ -29,7 +29,7 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 BULK_METHODS = frozenset(f"/crossback.v1.PeerService/{m}" for m in (
     "FetchKV", "FetchPayload", "FetchTask", "FetchOuterGrad", "FetchPublicFeatures", "FetchSharedFeatures",
-    "ProbeDDV"))
+    "ProbeDDV", "Classify"))
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,43 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError("give INPUT... (image files or strings) or --text-file")
     if args.top < 1:
         raise ConfigError(f"--top: must be at least 1, got {args.top}")
+    if (args.state is None) == (args.target is None):
+        raise ConfigError("give --state DIR (predict here) or --target HOST:PORT (a node's Classify RPC)")
+    if args.target:
+        print(report(values, _classify_remote(args, values), args.json))
+        return 0
     tm = load_task_model(args.state, args.task, args.device)
     if tm.view.modality == "image" and args.text_file:
         raise ConfigError(f"--text-file: task {args.task!r} is an image task; give image files")
     predictions = classify(tm, encode(values, tm.view), args.top, args.batch_size)
     print(report(values, predictions, args.json))
     return 0
+
+
+def _classify_remote(args: argparse.Namespace, values: list[str]):
+    """Predictions from a node's Classify RPC: image files are sent as their bytes, strings as they are."""
+    from .classify import MAX_ITEMS
+    from .predict import Prediction
+
+    client = _cli_client(args)
+    out = []
+    try:
+        info = client.get_info()
+        images = info.modality == "image"
+        for start in range(0, len(values), MAX_ITEMS):
+            batch = values[start:start + MAX_ITEMS]
+            if images:
+                try:
+                    blobs = [Path(v).read_bytes() for v in batch]
+                except OSError as exc:
+                    raise ConfigError(f"cannot read image {exc.filename}: {exc.strerror}") from None
+                reply = client.classify(args.task, images=blobs, top=args.top)
+            else:
+                reply = client.classify(args.task, texts=batch, top=args.top)
+            out += [Prediction(p.label, list(zip(p.top_classes, p.top_probabilities))) for p in reply.predictions]
+    finally:
+        client.close()
+    return out
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -280,8 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path)
     ev.set_defaults(func=_evaluate)
     pr = sub.add_parser("predict", help="classify image files or strings with a finished task's model")
-    pr.add_argument("--state", required=True, type=Path,
+    pr.add_argument("--state", type=Path,
                     help="a node's state_dir or a crossback train --out folder (config.json + checkpoints/)")
+    pr.add_argument("--target", help="or: a running node's host:port (its Classify RPC; node.serve lists classify)")
+    pr.add_argument("--timeout", type=float, default=30.0, help="seconds per call with --target")
+    pr.add_argument("--tls-dir", default=os.environ.get("CROSSBACK_TLS_DIR") or None,
+                    help="with --target: mutual TLS with the certificate of --as from this folder")
+    pr.add_argument("--as", dest="as_id", default=os.environ.get("CROSSBACK_NODE_ID") or None,
+                    help="with --tls-dir: whose certificate to present")
     pr.add_argument("--task", required=True, help="the finished task's name")
     pr.add_argument("--top", type=int, default=3, help="classes listed per input, most probable first")
     pr.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto")

@@ -35,7 +35,7 @@ class TaskModel:
     view: View
     model: nn.Module  # folded, eval mode, on ``device``
     device: torch.device
-    checkpoint: Path
+    checkpoint: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,14 @@ def load_task_model(folder: Path, task: str, device: str = "cpu") -> TaskModel:
     names = [t.name for t in learner.tasks]
     if task not in names:
         raise ConfigError(f"--task: {folder} has no finished task {task!r}; its finished tasks: {names}")
-    index = names.index(task)
+    return task_model(learner, names.index(task), cfg.view(), resolve_device(device, "--device"), latest)
+
+
+def task_model(learner, index: int, view: View, device: torch.device, checkpoint: Path | None = None) -> TaskModel:
+    """Finished task ``index`` of ``learner`` folded into a plain model on ``device``."""
     record = learner.tasks[index]
-    target = resolve_device(device, "--device")
-    model = fold(learner, index).to(target)
     classes = list(record.classes) if record.classes else [str(k) for k in range(record.num_classes)]
-    return TaskModel(task, classes, cfg.view(), model, target, latest)
+    return TaskModel(record.name, classes, view, fold(learner, index).to(device), device, checkpoint)
 
 
 def encode(values: list[str], view: View) -> Tensor:

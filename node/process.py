@@ -34,6 +34,7 @@ from .addresses import advertise_address
 from crossback.data.public_set import public_set_for
 from crossback.data.tasks import data_warnings
 
+from .classify import ClassifyService
 from .checkpoint import FORMAT, CheckpointError, CheckpointWriteError, is_legacy, latest_intact_checkpoint, save_checkpoint, write_json_atomic
 from .config import ConfigError, RunConfig, config_to_dict
 from .devices import device_name, resolve_device
@@ -236,7 +237,8 @@ class Node:
         servicer = PeerServicer(identity, self.snapshot, membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
                                 CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,
-                                pair_secret=self.cfg.pair_secret)
+                                pair_secret=self.cfg.pair_secret,
+                                classifier=ClassifyService(run.view(), self.device) if "classify" in s.serve else None)
         health = serve(server, servicer)
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
                          pid=os.getpid(),

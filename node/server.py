@@ -30,6 +30,7 @@ from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_
 from .admission import Admission, AdmissionLimits, caller_of
 from .errors import StateInUse
 from .events import EventLog, PayloadTally
+from .classify import ClassifyService, ItemError, activation_bytes, encode_request
 from .features import FeatureService
 from .limits import Busy, CallLimiter, CallLimits, TooLarge
 from .memory import trim as trim_memory
@@ -43,7 +44,7 @@ SERVICE_NAME = "crossback.v1.PeerService"
 # and MoNA's outer-loss gradient with the encoder body it is taken at (FetchOuterGrad)
 # and frequency-decoupled KD's teacher features (FetchPublicFeatures, FetchSharedFeatures)
 PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features",
-                 "task")
+                 "task", "classify")
 TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
 # a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
 # a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
@@ -52,7 +53,9 @@ DEFAULT_SERVE = ("kv", "ddv", "backbone")
 # features (on items both nodes hold) is opt-in too: it answers about the node's own items.
 # public_features answers about public items only, but costs a forward pass over them: opt-in as well.
 # task (MatchTask, FetchTask: a whole task, head included, to a peer with the same label set) is opt-in:
-# a head says which classes a node learned and how it separates them
+# a head says which classes a node learned and how it separates them.
+# classify (the Classify RPC: inference on the caller's raw items) is opt-in: it does work for anyone
+# who reaches the port; bind it to a trusted network or run with TLS
 OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 # ProbeDDV's work grows with pair_count x token_count x C (the probe tokens every forward pass reads);
@@ -109,7 +112,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     def __init__(self, identity: NodeIdentity, snapshot: Callable[[], Snapshot | None], membership: Membership,
                  events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
                  probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None,
-                 gossip_entries: int = DEFAULT_ENTRIES, pair_secret: bytes = b""):
+                 gossip_entries: int = DEFAULT_ENTRIES, pair_secret: bytes = b"",
+                 classifier: ClassifyService | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.gossip_entries, self._rng = gossip_entries, random.Random(identity.node_id)
         # ProbePeer: set to the gossip loop's probe_for once it exists; a few at a time, one per caller
@@ -121,6 +125,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.probe_budget = probe_budget
         self.payloads = payloads or PayloadTally(events.emit)  # what this node sends, for its log
         self.features = FeatureService(pair_secret)
+        self.classifier = classifier  # None: Classify answers FAILED_PRECONDITION
 
     # -------------------------------------------------------------- helpers
 
@@ -417,6 +422,30 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,
                                  ddv=vector.tolist(), token_dim=self.identity.token_dim)
         self._sent("ddv", request.caller_id, reply.ByteSize())
+        return reply
+
+
+    @expensive
+    def Classify(self, request, context):
+        self._require_serving("classify", context)
+        if self.classifier is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} runs no classifier")
+        snap = self._require_snapshot(context)
+        names = snap.finished_tasks
+        if request.task not in names:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no finished task "
+                                                     f"{request.task[:64]!r}; its finished tasks: {names}")
+        try:
+            inputs = encode_request(list(request.images), list(request.texts), self.classifier.view)
+        except ItemError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"classify: {exc}")
+        index = names.index(request.task)
+        with self._memory(activation_bytes(len(inputs), snap.learner), "this batch", context):
+            predictions = self.classifier.run(snap, index, inputs, max(1, request.top))
+        reply = pb.ClassifyReply(snapshot_version=snap.version, task=request.task, predictions=[
+            pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top],
+                               top_probabilities=[q for _, q in p.top]) for p in predictions])
+        self._sent("classify", request.caller_id, reply.ByteSize())
         return reply
 
 

@@ -216,6 +216,14 @@ class PeerClient:
 
         return self._call(fetch)
 
+    def classify(self, task: str, images: list[bytes] | None = None, texts: list[str] | None = None,
+                 top: int = 1) -> pb.ClassifyReply:
+        """The node's predictions for a batch of image files' bytes or strings (the Classify RPC)."""
+        req = pb.ClassifyRequest(protocol=PROTOCOL, caller_id=self.caller_id, task=task, images=images or [],
+                                 texts=texts or [], top=top)
+        self.on_payload("classify_request", self.address, req.ByteSize())
+        return self._call(lambda: self._stub.Classify(req, timeout=self.policy.timeout))
+
     def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
         req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,

@@ -130,4 +130,10 @@ def test_no_rpc_message_has_a_field_that_could_carry_a_sources_items():
         "TaskMatch.val_accuracy", "TaskMatch.train_samples", "TaskMatchReply.snapshot_version",
         "TaskMatchReply.matches", "TaskFetchRequest.protocol", "TaskFetchRequest.caller_id",
         "TaskFetchRequest.min_snapshot_version", "TaskFetchRequest.salt", "TaskFetchRequest.class_hashes",
-        "TaskFetchRequest.task"}
+        "TaskFetchRequest.task",
+        # inference (issue 27): an application's own items go *to* a node that opted in (serve: classify);
+        # the reply names classes and their probabilities for those items only. No node's data leaves it
+        "ClassifyRequest.protocol", "ClassifyRequest.caller_id", "ClassifyRequest.task", "ClassifyRequest.images",
+        "ClassifyRequest.texts", "ClassifyRequest.top", "ClassifyReply.snapshot_version", "ClassifyReply.task",
+        "ClassifyReply.predictions", "ClassPrediction.label", "ClassPrediction.top_classes",
+        "ClassPrediction.top_probabilities"}

@@ -140,3 +140,104 @@ def test_a_corrupt_checkpoint_is_refused_not_used(digits_run, tmp_path):
     victim.write_bytes(bytes(data))
     proc = crossback("predict", "--state", copy, "--task", "a", tmp_path / "x.png")
     assert proc.returncode == 2 and "shared.safetensors is corrupt" in proc.stderr
+
+
+# ---------------------------------------------------------------- the Classify RPC
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares width x height grey pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def serving_node(tmp_path_factory):
+    from conftest import start_serving, stop_nodes
+
+    root = tmp_path_factory.mktemp("classify")
+    tasks = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5", "6"]}]
+    cfg = tiny_node_config(0, tasks, 0.5, 3.0)
+    cfg["node"]["serve"] = ["kv", "ddv", "backbone", "classify"]
+    procs = {}
+    try:
+        address = start_serving(root, procs, "clf", cfg, [])
+        yield root, address, cfg
+    finally:
+        stop_nodes(procs)
+
+
+def test_classify_over_grpc_answers_what_predict_answers_locally(serving_node, tmp_path):
+    root, address, cfg = serving_node
+    run_cfg = {k: v for k, v in cfg.items() if k not in ("node", "selection", "adaptation")}
+    test = prepare_tasks(parse_config(run_cfg, "test"))[0][1].test
+    files = []
+    for i, image in enumerate(test.inputs[:40]):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image[0].numpy(), mode="L").save(files[-1])
+    remote = crossback("predict", "--target", address, "--task", "b", "--json", "--top", "3", *files)
+    local = crossback("predict", "--state", root / "state" / "clf", "--task", "b", "--json", "--top", "3", *files)
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    r, l = json.loads(remote.stdout), json.loads(local.stdout)
+    assert [a["label"] for a in r] == [a["label"] for a in l]
+    for a, b in zip(r, l):
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert all(abs(x["probability"] - y["probability"]) < 1e-5 for x, y in zip(a["top"], b["top"]))
+
+
+def test_classify_refuses_bombs_long_strings_unknown_tasks_and_stays_healthy(serving_node):
+    import grpc
+
+    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+
+    _, address, _ = serving_node
+    client = PeerClient(address, "app", CallPolicy(timeout=10.0, attempts=1))
+    try:
+        bomb = bomb_png(12_000, 12_000)  # 144 megapixels declared in a file of a few hundred bytes
+        assert len(bomb) < 1024
+        for kwargs, code, words in (
+                ({"images": [bomb_png(8, 8)[:20], bomb]}, "INVALID_ARGUMENT", "item 0: not a readable image"),
+                ({"images": [bomb]}, "INVALID_ARGUMENT", "item 0: declares 12000 x 12000 pixels"),
+                ({"texts": ["x" * (1 << 20)]}, "INVALID_ARGUMENT", "send images, not texts"),
+                ({"images": [bomb] * 300}, "INVALID_ARGUMENT", "1-256 items"),
+                ({}, "INVALID_ARGUMENT", "1-256 items")):
+            with pytest.raises(grpc.RpcError) as err:
+                client.classify("b", **kwargs)
+            assert err.value.code().name == code and words in err.value.details(), err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            client.classify("zz", images=[bomb])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "['a', 'b']" in err.value.details()
+        assert client.get_info().node_id == "clf"  # still answering
+    finally:
+        client.close()
+
+
+def test_a_long_string_is_refused_before_it_is_encoded():
+    from crossback.data.tasks import View
+    from crossback.node.classify import ItemError, encode_request
+
+    with pytest.raises(ItemError, match="item 1: a string of 1048576 characters"):
+        encode_request([], ["fine", "x" * (1 << 20)], View("text", text_max_length=40))
+    assert encode_request([], ["fine"], View("text", text_max_length=40)).shape[0] == 1
+
+
+def test_a_node_that_does_not_serve_classify_refuses_it(tmp_path):
+    import grpc
+
+    from conftest import start_inprocess_node
+    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+
+    address, _, stop = start_inprocess_node(tmp_path, "plain")
+    client = PeerClient(address, "app", CallPolicy(timeout=5.0, attempts=1))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            client.classify("a", images=[bomb_png(8, 8)])
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "classify" in err.value.details()
+    finally:
+        client.close()
+        stop()

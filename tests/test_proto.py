@@ -36,7 +36,7 @@ def test_proto_compiles_standalone_for_other_languages(tmp_path):
     assert f.package == "crossback.v1" and not f.dependency
     assert [m.name for m in f.service[0].method] == ["GetInfo", "ExchangePeers", "FetchKV", "ProbeDDV", "FetchPayload",
                                                  "FetchOuterGrad", "FetchPublicFeatures", "FetchSharedFeatures",
-                                                 "ProbePeer", "MatchTask", "FetchTask"]
+                                                 "ProbePeer", "MatchTask", "FetchTask", "Classify"]
     assert "option" not in PROTO.read_text().split("package", 1)[1]
 
 

@@ -23,6 +23,42 @@ KV_SOURCE_UNSPECIFIED: KVSource
 KV_SOURCE_SELF: KVSource
 KV_SOURCE_INLINE: KVSource
 
+class ClassifyRequest(_message.Message):
+    __slots__ = ("protocol", "caller_id", "task", "images", "texts", "top")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CALLER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    protocol: ProtocolVersion
+    caller_id: str
+    task: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    top: int
+    def __init__(self, protocol: _Optional[_Union[ProtocolVersion, str]] = ..., caller_id: _Optional[str] = ..., task: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., texts: _Optional[_Iterable[str]] = ..., top: _Optional[int] = ...) -> None: ...
+
+class ClassPrediction(_message.Message):
+    __slots__ = ("label", "top_classes", "top_probabilities")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    TOP_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    top_classes: _containers.RepeatedScalarFieldContainer[str]
+    top_probabilities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, label: _Optional[str] = ..., top_classes: _Optional[_Iterable[str]] = ..., top_probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ClassifyReply(_message.Message):
+    __slots__ = ("snapshot_version", "task", "predictions")
+    SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    snapshot_version: int
+    task: str
+    predictions: _containers.RepeatedCompositeFieldContainer[ClassPrediction]
+    def __init__(self, snapshot_version: _Optional[int] = ..., task: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ClassPrediction, _Mapping]]] = ...) -> None: ...
+
 class TaskMatchRequest(_message.Message):
     __slots__ = ("protocol", "caller_id", "min_snapshot_version", "salt", "class_hashes")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]

@@ -89,6 +89,11 @@ class PeerServiceStub:
                 request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.SerializeToString,
                 response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/crossback.v1.PeerService/Classify',
+                request_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyReply.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -201,6 +206,17 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Inference (payload kind "classify", opt-in: it takes the caller's raw items). Classifies a bounded
+        batch with finished task `task` of the published snapshot (never the model being trained), on the
+        node's device: image files (PNG/JPEG bytes, preprocessed as in training) for an image node, UTF-8
+        strings for a text node. INVALID_ARGUMENT names the item at fault (undecodable, too many pixels,
+        too long, the wrong kind); NOT_FOUND lists the finished tasks when `task` is not one of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +274,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.FetchTask,
                     request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.FromString,
                     response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyRequest.FromString,
+                    response_serializer=crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -557,6 +578,33 @@ class PeerService:
             '/crossback.v1.PeerService/FetchTask',
             crossback_dot_proto_dot_v1_dot_peer__pb2.TaskFetchRequest.SerializeToString,
             crossback_dot_proto_dot_v1_dot_peer__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crossback.v1.PeerService/Classify',
+            crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyRequest.SerializeToString,
+            crossback_dot_proto_dot_v1_dot_peer__pb2.ClassifyReply.FromString,
             options,
             channel_credentials,
             insecure,
