@@ -97,6 +97,10 @@ def exercise(list_containers, what: str) -> None:
 
     table = docker("exec", current["img-0"]["Id"], "crossback", "selections", "/var/log/crossback").stdout
     assert cross_modal_selections(table), f"{what}: no node borrowed from the other modality:\n{table}"
+    # the README's prediction in a running container: a text node's finished task, one string
+    predicted = docker("exec", current["txt-0"]["Id"], "crossback", "predict", "--state", "/var/lib/crossback/state",
+                       "--task", "Objects", "--json", "hammer and wrench").stdout
+    assert '"label"' in predicted and '"probability"' in predicted, predicted
 
     victim = current["img-0"]
     killed_at = host_kill(victim)
