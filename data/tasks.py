@@ -192,11 +192,7 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     the task's ``public`` split."""
     if not catalog.has_view(view.modality):
         raise DataError(f"dataset {catalog.name} has no {view.modality} view")
-    public = []
-    if split.public_fraction > 0:
-        catalog, public = split_public(catalog, split.public_fraction, split.public_salt)
-    classes, dropped = resolve_classes(catalog, spec, split, view)
-    parts = task_items(catalog, classes, split, view, seed, shots)
+    classes, dropped, parts, public = _resolve_task(catalog, spec, split, view, seed, shots)
     tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
     index = {c: y for y, c in enumerate(classes)}
     mine = [it for it in _usable(public, view) if it.label in index]
@@ -214,10 +210,25 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"], public_split), info
 
 
-def task_items(catalog: Catalog, classes: list[str], split: SplitSpec, view: View, seed: int,
-               shots: int | None = None) -> dict[str, tuple[list[Item], list[int]]]:
-    """split name -> (its items, their labels): the items behind a task's splits (``catalog`` without
-    its public items, ``classes`` in label order, as ``build_task`` resolves them)."""
+def _resolve_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int, shots: int | None):
+    """(classes, dropped classes, split name -> (items, labels), public items) of one task."""
+    public = []
+    if split.public_fraction > 0:
+        catalog, public = split_public(catalog, split.public_fraction, split.public_salt)
+    classes, dropped = resolve_classes(catalog, spec, split, view)
+    return classes, dropped, _split_items_by_class(catalog, classes, split, view, seed, shots), public
+
+
+def task_items(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
+               shots: int | None = None) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
+    """(the task's classes in label order, split name -> (its items, their labels)): the raw items
+    behind the tensors ``build_task`` makes, for a test or an example prediction."""
+    classes, _, parts, _ = _resolve_task(catalog, spec, split, view, seed, shots)
+    return classes, parts
+
+
+def _split_items_by_class(catalog: Catalog, classes: list[str], split: SplitSpec, view: View, seed: int,
+                          shots: int | None) -> dict[str, tuple[list[Item], list[int]]]:
     by_class = catalog.by_class()
     parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for y, c in enumerate(classes):

@@ -175,6 +175,10 @@ def _demo(args: argparse.Namespace) -> int:
             d = gain[arm]
             print(f"receivers, {arm} - none: {100 * d['mean']:+.1f} points [95 % CI {100 * d['lo']:+.1f}, "
                   f"{100 * d['hi']:+.1f}] over {gain['units']} task(s); {d['wins']} wins / {d['losses']} losses")
+    for ex in summary.get("examples", []):
+        shown = ex["input"] if len(ex["input"]) <= 40 else ex["input"][:37] + "..."
+        print(f"{ex['node']} predicts {shown!r} ({ex['task']}): {ex['label']} (truth {ex['truth']}; "
+              + ", ".join(f"{c} {p:.2f}" for c, p in ex["top"]) + ")")
     print(f"wrote {Path(args.out) / 'summary.json'} and summary.png; inspect with: crossback selections {args.out}")
     return 0
 

@@ -167,9 +167,56 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     finally:
         stop_nodes(procs.values())
     summary = summarize(out, plan, time.monotonic() - started)
+    summary["examples"] = example_predictions(out, plan)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_summary(summary, out / "summary.png")
     return summary
+
+
+def example_predictions(out: Path, plan: list[dict]) -> list[dict]:
+    """Per receiver: the first test item of its last finished task, predicted from its state folder as
+    `crossback predict` would (the folded model of the verified checkpoint)."""
+    from crossback.data.sources import load_catalog
+    from crossback.data.tasks import task_items, text_inputs
+
+    from .config import parse_config
+    from .predict import classify, encode, load_task_model
+    from .train_run import CONFIG_FILE
+
+    examples = []
+    for entry in (e for e in plan if e.get("role") == "receiver"):
+        state = out / "state" / entry["node_id"]
+        if not (state / CONFIG_FILE).exists():
+            continue
+        cfg = parse_config(json.loads((state / CONFIG_FILE).read_text(encoding="utf-8")), str(state / CONFIG_FILE))
+        finished = [e for e in read_events(out / "logs" / f"{entry['node_id']}.jsonl") if e["event"] == "task_finished"]
+        if not finished:
+            continue
+        spec = cfg.tasks[finished[-1]["index"]]
+        view, catalog = cfg.view(), load_catalog(cfg.data.source, cfg.data.root)
+        seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+        classes, parts = task_items(catalog, spec, cfg.data.split, view, seed, cfg.data.shots)
+        items, labels = parts["test"]
+        if not items:
+            continue
+        item = items[0]
+        tm = load_task_model(state, spec.name)
+        if view.modality == "text":
+            shown, inputs = item.texts[0], text_inputs([item.texts[0]], view)
+        else:
+            ref = item.images[0]
+            shown = item.item_id if not isinstance(ref, Path) else str(ref)
+            inputs = encode([str(ref)], view) if isinstance(ref, Path) else _array_inputs(ref, view)
+        (prediction,) = classify(tm, inputs, top=3)
+        examples.append({"node": entry["node_id"], "task": spec.name, "input": shown, "truth": classes[labels[0]],
+                         "label": prediction.label, "top": [[c, round(p, 4)] for c, p in prediction.top]})
+    return examples
+
+
+def _array_inputs(array, view):
+    from crossback.data.tasks import image_inputs, load_image
+
+    return image_inputs([load_image(array, view)], view)
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -173,3 +173,14 @@ def test_nodes_die_with_their_launcher_even_when_it_is_sigkilled(tmp_path):
             launcher.kill()
         if _running(node_pid := locals().get("node_pid", -1)) and node_pid > 0:
             os.kill(node_pid, signal.SIGKILL)
+
+
+def test_the_demo_ends_with_one_example_prediction_per_receiver(demo):
+    out, summary, proc = demo
+    receivers = {n["node_id"]: n for n in summary["nodes"] if n["role"] == "receiver"}
+    examples = {e["node"]: e for e in summary["examples"]}
+    assert set(examples) == set(receivers)
+    for node, ex in examples.items():
+        assert ex["task"] == receivers[node]["tasks"][-1] and ex["label"] == ex["top"][0][0]
+        assert len(ex["top"]) == 3 and ex["truth"] and abs(sum(p for _, p in ex["top"])) <= 1.0 + 1e-6
+        assert f"{node} predicts" in proc.stdout

@@ -75,15 +75,13 @@ def test_image_files_predicted_from_disk_reproduce_evaluate_exactly(digits_run, 
 
 
 def test_strings_from_a_text_file_reproduce_evaluate_exactly(text_run, tmp_path):
-    from crossback.data.tasks import TaskSpec, resolve_classes, task_items
+    from crossback.data.tasks import task_items
 
     run, cfg = text_run
     recomputed, _ = evaluate_run(run)
     parsed = parse_config(cfg, "test")
-    catalog, view = load_catalog("emoji"), parsed.view()
-    spec = TaskSpec("t", classes=tuple(cfg["tasks"][0]["classes"]))
-    classes, _ = resolve_classes(catalog, spec, parsed.data.split, view)
-    items, labels = task_items(catalog, classes, parsed.data.split, view, parsed.seed)["test"]
+    classes, parts = task_items(load_catalog("emoji"), parsed.tasks[0], parsed.data.split, parsed.view(), parsed.seed)
+    items, labels = parts["test"]
     texts, truth = [], []
     for item, y in zip(items, labels):
         texts += item.texts
