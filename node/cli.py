@@ -56,6 +56,15 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_task
+
+    meta = export_task(args.state, args.task, args.format, args.out)
+    print(f"wrote {args.out} ({args.format}: {meta['modality']} task {meta['task']!r}, {len(meta['classes'])} classes, "
+          f"inputs {meta['inputs']['dtype']} {meta['inputs']['shape']}) and {args.out}.json")
+    return 0
+
+
 def _classify_remote(args: argparse.Namespace, values: list[str]):
     """Predictions from a node's Classify RPC: image files are sent as their bytes, strings as they are."""
     from .classify import MAX_ITEMS
@@ -331,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("inputs", nargs="*", metavar="INPUT", help="image files (image tasks) or strings (text tasks)")
     pr.set_defaults(func=_predict)
+    ex = sub.add_parser("export", help="write a finished task's model as ONNX or TorchScript, with its preprocessing")
+    ex.add_argument("--state", required=True, type=Path, help="a node's state_dir or a crossback train --out folder")
+    ex.add_argument("--task", required=True)
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("--out", required=True, type=Path)
+    ex.set_defaults(func=_export)
     node = sub.add_parser("node", help="run one swarm node (gRPC server + its own task loop)")
     node.add_argument("--config", required=True, type=Path, help="YAML: run config plus a node: section")
     node.add_argument("--node-id")
