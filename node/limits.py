@@ -49,6 +49,7 @@ class CallLimiter:
         self._per_caller: dict[str, int] = {}
         self._memory = threading.Condition()
         self._reserved = 0  # bytes
+        self._churn = 0  # bytes reserved since the heap was last trimmed
 
     def _enter(self, caller: str) -> None:
         lim = self.limits
@@ -96,12 +97,22 @@ class CallLimiter:
                 raise Busy(f"{self._reserved / 2**20:.0f} of {self.limits.memory_mib} MiB held by running calls; "
                            "retry later")
             self._reserved += nbytes
+            self._churn += nbytes
         try:
             yield
         finally:
             with self._memory:
                 self._reserved -= nbytes
                 self._memory.notify_all()
+
+    def trim_due(self, threshold: int = 64 << 20) -> bool:
+        """Whether calls reserved ``threshold`` bytes since the last time this said so (trimming the heap
+        costs about a millisecond: worth it after a lot of work, not after every small call)."""
+        with self._memory:
+            if self._churn < threshold:
+                return False
+            self._churn = 0
+            return True
 
     def reserved(self) -> int:
         with self._memory:

@@ -137,7 +137,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         except Busy as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
         finally:
-            if self.limiter.in_flight() == 0:  # the expensive work drained: give its heap back
+            if self.limiter.in_flight() == 0 and self.limiter.trim_due():  # drained after real work: give its heap back
                 trim_memory()
 
     @contextmanager

@@ -1,0 +1,179 @@
+"""Inference speed of a finished task of the compose image model, every way crossback can run it:
+
+    python benchmarks/perf/inference.py                  # prints a table and JSON
+    python benchmarks/perf/inference.py --json out.json --device cuda
+
+- ``masked``: the learner's own forward (masks recomputed every call), as `crossback evaluate` runs;
+- ``folded``: ``models.fold`` (plain weights), as `crossback predict` runs;
+- ``onnxruntime``: the `crossback export --format onnx` file in ONNX Runtime (CPU provider);
+- ``torchscript``: the `--format torchscript` file in torch;
+- ``classify_rpc``: a real node process's Classify RPC on loopback (PNG bytes in, labels out), beside
+  ``in_process``: the same decode + folded forward in this process; both while the node is idle and
+  while it trains its next task.
+
+Items/s and p50/p99 latency per call at batch 1, 32 and 512 (the RPC: 1 and 32). All arms run in
+one process, interleaved per batch size, on this machine's cores; ratios are what to compare.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from masked_step import cpu_name  # noqa: E402
+
+BATCHES = (1, 32, 512)
+CALLS = {1: 200, 32: 40, 512: 8}
+
+
+def compose_config(folder: Path, epochs: int, tasks: int, serve_classify: bool = False) -> dict:
+    cfg = yaml.safe_load((ROOT / "examples" / "swarm" / "img-0.yaml").read_text())
+    cfg["tasks"] = cfg["tasks"][:tasks]
+    cfg["train"]["epochs"] = epochs
+    cfg["method"]["packnet"]["retrain_epochs"] = 1
+    cfg["node"] = {"node_id": "bench", "listen": "127.0.0.1:0", "state_dir": str(folder / "state"),
+                   "log_dir": str(folder / "logs"),
+                   "serve": ["kv", "ddv", "backbone"] + (["classify"] if serve_classify else [])}
+    cfg["selection"] = {"enabled": False}
+    return cfg
+
+
+def timed(fn, calls: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def summary(times: list[float], batch: int) -> dict:
+    ordered = sorted(times)
+    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"items_per_s": round(batch / statistics.median(times), 1), "p50_ms": round(1000 * p(0.5), 3),
+            "p99_ms": round(1000 * p(0.99), 3), "calls": len(times)}
+
+
+def start_node(folder: Path, cfg: dict) -> tuple[subprocess.Popen, str]:
+    """A node process of ``cfg``; returns once its first snapshot is published."""
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = folder / "logs" / "bench.jsonl"
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        events = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+        if any(e["event"] == "snapshot_published" for e in events):
+            return proc, next(e for e in events if e["event"] == "node_started")["address"]
+        if proc.poll() is not None:
+            raise SystemExit(f"the node exited with {proc.returncode}")
+        time.sleep(0.5)
+    raise SystemExit("no snapshot within 900 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=8, help="per task; tasks 2 and 3 are the busy phase")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from crossback.data.tasks import image_inputs, load_image
+    from crossback.models.training import predict as masked_predict
+    from crossback.node.checkpoint import latest_checkpoint, load_checkpoint
+    from crossback.node.export import export_task
+    from crossback.node.predict import load_task_model
+    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+
+    report = {"machine": cpu_name(), "torch_threads": torch.get_num_threads(), "device": args.device, "arms": {}}
+    arms = report["arms"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        # the node learns 3 tasks; the first one's snapshot is classified while it trains the others
+        # (the busy phase), then again once it has finished (idle) beside the in-process arms
+        cfg = compose_config(folder, epochs=args.epochs, tasks=3, serve_classify=True)
+        proc, address = start_node(folder, cfg)
+        state, task = folder / "state", cfg["tasks"][0]
+        log = folder / "logs" / "bench.jsonl"
+        events = lambda: [json.loads(x)["event"] for x in log.read_text().splitlines()]  # noqa: E731
+        client = PeerClient(address, "bench", CallPolicy(timeout=60.0, attempts=1))
+        try:
+            tm = load_task_model(state, task, args.device)
+            view = tm.view
+            rng = np.random.default_rng(0)
+            pool = rng.integers(0, 256, (512, view.image_size, view.image_size, view.channels), dtype=np.uint8)
+            pngs = []
+            for a in pool[:32]:
+                buf = io.BytesIO()
+                Image.fromarray(a.squeeze(-1) if view.channels == 1 else a).save(buf, format="PNG")
+                pngs.append(buf.getvalue())
+
+            def in_process(batch):
+                def run():
+                    arrays = [load_image(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), view) for b in pngs[:batch]]
+                    with torch.no_grad():
+                        tm.model(image_inputs(arrays, view).to(args.device)).argmax(1)
+                return run
+
+            def rpc_phase(phase):
+                for batch in (1, 32):
+                    arms.setdefault(f"classify_rpc_{phase}", {})[batch] = summary(
+                        timed(lambda: client.classify(task, images=pngs[:batch]), CALLS[batch]), batch)
+                    arms.setdefault(f"in_process_{phase}", {})[batch] = summary(
+                        timed(in_process(batch), CALLS[batch]), batch)
+
+            rpc_phase("while_training")
+            report["node_was_training"] = "tasks_done" not in events()
+            deadline = time.monotonic() + 1800
+            while "tasks_done" not in events() and time.monotonic() < deadline:
+                time.sleep(1.0)
+            learner, _ = load_checkpoint(latest_checkpoint(state / "checkpoints"))
+            learner.to(args.device)
+            export_task(state, task, "onnx", folder / "m.onnx")
+            export_task(state, task, "torchscript", folder / "m.pt")
+            session = ort.InferenceSession(str(folder / "m.onnx"), providers=["CPUExecutionProvider"])
+            scripted = torch.jit.load(str(folder / "m.pt")).to(args.device)
+            x_all = image_inputs(list(pool), view)
+            for batch in BATCHES:
+                x, xn = x_all[:batch].to(args.device), x_all[:batch].numpy()
+                with torch.no_grad():
+                    runs = {"masked": lambda: masked_predict(learner, 0, x, batch_size=512),
+                            "folded": lambda: tm.model(x),
+                            "onnxruntime": lambda: session.run(None, {"inputs": xn}),
+                            "torchscript": lambda: scripted(x)}
+                    for name, fn in runs.items():
+                        arms.setdefault(name, {})[batch] = summary(timed(fn, CALLS[batch]), batch)
+            rpc_phase("idle")
+        finally:
+            client.close()
+            proc.terminate()
+            proc.wait(timeout=60)
+    for name, rows in report["arms"].items():
+        print(f"{name:28s} " + "  ".join(f"b{b}: {r['items_per_s']:>9.1f}/s p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f} ms"
+                                         for b, r in rows.items()))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
