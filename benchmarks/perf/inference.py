@@ -87,6 +87,48 @@ def start_node(folder: Path, cfg: dict) -> tuple[subprocess.Popen, str]:
     raise SystemExit("no snapshot within 900 s")
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG of a few hundred bytes whose header declares width x height grey pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+
+
+def refusals(client, task: str) -> dict:
+    """Milliseconds to refuse a 144-megapixel PNG over the RPC, and a 1 MiB string in the request check."""
+    import grpc
+
+    from crossback.data.tasks import View
+    from crossback.node.classify import ItemError, encode_request
+
+    bomb = bomb_png(12_000, 12_000)
+
+    def send_bomb():
+        try:
+            client.classify(task, images=[bomb])
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            return
+        raise AssertionError("the bomb was classified")
+
+    def long_string():
+        try:
+            encode_request([], ["x" * (1 << 20)], View("text", text_max_length=48))
+        except ItemError:
+            return
+        raise AssertionError("the string was accepted")
+
+    healthy = client.get_info().snapshot_version
+    return {"bomb_png_bytes": len(bomb), "bomb_rpc": summary(timed(send_bomb, 50), 1),
+            "string_1mib_check": summary(timed(long_string, 50), 1),
+            "healthy_after": client.get_info().snapshot_version == healthy}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
@@ -160,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name, fn in runs.items():
                         arms.setdefault(name, {})[batch] = summary(timed(fn, CALLS[batch]), batch)
             rpc_phase("idle")
+            report["refusals"] = refusals(client, task)
             client.close()
             proc.terminate()
             proc.wait(timeout=60)
