@@ -25,8 +25,25 @@ TINY_MODEL = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "
 
 
 def crossback(*args) -> subprocess.CompletedProcess:
+    """A real `crossback` process."""
     return subprocess.run([sys.executable, "-m", "crossback.node.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """The same command in this process (its parsing, errors and exit code; no interpreter start-up)."""
+    import contextlib
+    import io
+
+    from crossback.node.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def train(folder: Path, cfg: dict) -> Path:
@@ -88,13 +105,13 @@ def test_strings_from_a_text_file_reproduce_evaluate_exactly(text_run, tmp_path)
         truth += [classes[y]] * len(item.texts)
     lines = tmp_path / "names.txt"
     lines.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    proc = crossback("predict", "--state", run, "--task", "t", "--json", "--text-file", lines)
+    proc = cli("predict", "--state", run, "--task", "t", "--json", "--text-file", lines)
     assert proc.returncode == 0, proc.stderr
     answers = json.loads(proc.stdout)
     assert [a["input"] for a in answers] == texts
     correct = sum(a["label"] == t for a, t in zip(answers, truth))
     assert correct == round(recomputed[0] * len(texts)) and abs(correct / len(texts) - recomputed[0]) < 1e-6
-    table = crossback("predict", "--state", run, "--task", "t", "--top", "1", texts[0], "a thing never seen")
+    table = cli("predict", "--state", run, "--task", "t", "--top", "1", texts[0], "a thing never seen")
     assert table.returncode == 0 and len(table.stdout.splitlines()) == 2
     assert table.stdout.splitlines()[0].split("\t")[1] == answers[0]["label"]
 
@@ -108,7 +125,7 @@ def test_a_node_state_folder_works_the_same(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(image)
-    proc = crossback("predict", "--state", state, "--task", "a", image)
+    proc = cli("predict", "--state", state, "--task", "a", image)
     assert proc.returncode == 0, proc.stderr
     label = proc.stdout.split("\t")[1]
     assert label in {"0", "1", "2"}
@@ -116,13 +133,13 @@ def test_a_node_state_folder_works_the_same(tmp_path):
 
 def test_bad_requests_are_refused_naming_what_is_wrong(digits_run, tmp_path):
     run, _ = digits_run
-    unknown = crossback("predict", "--state", run, "--task", "zz", tmp_path / "x.png")
+    unknown = cli("predict", "--state", run, "--task", "zz", tmp_path / "x.png")
     assert unknown.returncode == 2 and "no finished task 'zz'" in unknown.stderr and "['a', 'b']" in unknown.stderr
-    missing = crossback("predict", "--state", run, "--task", "a", tmp_path / "nope.png")
+    missing = cli("predict", "--state", run, "--task", "a", tmp_path / "nope.png")
     assert missing.returncode == 2 and "cannot read image" in missing.stderr and "nope.png" in missing.stderr
-    not_a_run = crossback("predict", "--state", tmp_path, "--task", "a", "x")
+    not_a_run = cli("predict", "--state", tmp_path, "--task", "a", "x")
     assert not_a_run.returncode == 2 and "config.json" in not_a_run.stderr
-    nothing = crossback("predict", "--state", run, "--task", "a")
+    nothing = cli("predict", "--state", run, "--task", "a")
     assert nothing.returncode == 2 and "INPUT" in nothing.stderr
 
 
@@ -136,7 +153,7 @@ def test_a_corrupt_checkpoint_is_refused_not_used(digits_run, tmp_path):
     at = random.Random(0).randrange(len(data) // 2, len(data))
     data[at] ^= 0xFF
     victim.write_bytes(bytes(data))
-    proc = crossback("predict", "--state", copy, "--task", "a", tmp_path / "x.png")
+    proc = cli("predict", "--state", copy, "--task", "a", tmp_path / "x.png")
     assert proc.returncode == 2 and "shared.safetensors is corrupt" in proc.stderr
 
 
@@ -178,8 +195,8 @@ def test_classify_over_grpc_answers_what_predict_answers_locally(serving_node, t
     for i, image in enumerate(test.inputs[:40]):
         files.append(tmp_path / f"{i}.png")
         Image.fromarray(image[0].numpy(), mode="L").save(files[-1])
-    remote = crossback("predict", "--target", address, "--task", "b", "--json", "--top", "3", *files)
-    local = crossback("predict", "--state", root / "state" / "clf", "--task", "b", "--json", "--top", "3", *files)
+    remote = cli("predict", "--target", address, "--task", "b", "--json", "--top", "3", *files)
+    local = cli("predict", "--state", root / "state" / "clf", "--task", "b", "--json", "--top", "3", *files)
     assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
     r, l = json.loads(remote.stdout), json.loads(local.stdout)
     assert [a["label"] for a in r] == [a["label"] for a in l]
