@@ -2,8 +2,9 @@
 
 glibc gives each thread that allocates an arena of its own and keeps freed memory in it: a node whose
 expensive calls ran on six worker threads held six calls' worth of activations long after they
-finished. Two arenas and a trim once the expensive work drains keep the high-water mark near the
-memory budget (limits.CallLimits.memory_mib)."""
+finished. Two arenas, and a trim a quiet second after the expensive work drains (not in the request
+path: the calls after a trim pay for fresh pages), keep the high-water mark near the memory budget
+(limits.CallLimits.memory_mib)."""
 from __future__ import annotations
 
 import ctypes
