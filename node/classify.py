@@ -75,10 +75,11 @@ def encode_request(images: list[bytes], texts: list[str], view: View) -> Tensor:
     return text_inputs(texts, view)
 
 
-def activation_bytes(count: int, learner) -> int:
-    """An upper estimate of what one batch of ``count`` items holds while it runs (float32)."""
-    cfg = learner.cfg
-    tokens = max(cfg.text.max_length, (64 // max(1, cfg.image.patch_size)) ** 2)
+def activation_bytes(count: int, cfg, view: View) -> int:
+    """An upper estimate of what one batch of ``count`` items holds while it runs (float32); ``cfg``:
+    the model's PerceiverConfig."""
+    patch = max(1, cfg.image.patch_size)
+    tokens = -(-view.image_size // patch) ** 2 if view.modality == "image" else view.text_max_length
     return count * 4 * 8 * (tokens * max(cfg.token_dim, cfg.kv_dim) + cfg.num_latents * cfg.latent_dim)
 
 

@@ -179,16 +179,15 @@ def example_predictions(out: Path, plan: list[dict]) -> list[dict]:
     from crossback.data.sources import load_catalog
     from crossback.data.tasks import task_items, text_inputs
 
-    from .config import parse_config
     from .predict import classify, encode, load_task_model
-    from .train_run import CONFIG_FILE
+    from .train_run import CONFIG_FILE, run_config
 
     examples = []
     for entry in (e for e in plan if e.get("role") == "receiver"):
         state = out / "state" / entry["node_id"]
         if not (state / CONFIG_FILE).exists():
             continue
-        cfg = parse_config(json.loads((state / CONFIG_FILE).read_text(encoding="utf-8")), str(state / CONFIG_FILE))
+        cfg = run_config(state)
         finished = [e for e in read_events(out / "logs" / f"{entry['node_id']}.jsonl") if e["event"] == "task_finished"]
         if not finished:
             continue

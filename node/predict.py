@@ -19,11 +19,9 @@ from torch import Tensor, nn
 from crossback.data.tasks import View, image_inputs, load_image, text_inputs
 from crossback.models.fold import fold
 
-from .checkpoint import latest_checkpoint, load_checkpoint
-from .config import parse_config
 from .devices import resolve_device
 from .errors import ConfigError
-from .train_run import CHECKPOINTS, CONFIG_FILE
+from .train_run import load_run
 
 MAX_TEXT_CHARS = 1 << 16  # a string longer than this is refused, not truncated silently
 
@@ -47,16 +45,7 @@ class Prediction:
 def load_task_model(folder: Path, task: str, device: str = "cpu") -> TaskModel:
     """Task ``task`` of the run or state folder ``folder`` (config.json beside checkpoints/), folded and
     on ``device``; ConfigError naming the known tasks when it has not finished that one."""
-    folder = Path(folder)
-    config = folder / CONFIG_FILE
-    if not config.exists():
-        raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: give a crossback train --out folder or a node's "
-                                "state_dir")
-    cfg = parse_config(json.loads(config.read_text(encoding="utf-8")), str(config))
-    latest = latest_checkpoint(folder / CHECKPOINTS)
-    if latest is None:
-        raise FileNotFoundError(f"{folder / CHECKPOINTS} holds no finished checkpoint")
-    learner, _ = load_checkpoint(latest)  # every byte verified against its digests
+    cfg, latest, learner, _ = load_run(folder)  # every byte of the checkpoint verified against its digests
     names = [t.name for t in learner.tasks]
     if task not in names:
         raise ConfigError(f"--task: {folder} has no finished task {task!r}; its finished tasks: {names}")

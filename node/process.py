@@ -6,6 +6,7 @@ from its state dir with every finished task intact.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
@@ -378,7 +379,7 @@ class Node:
         """Write the finished task's checkpoint, retrying with backoff while the disk refuses (a full
         disk): the node keeps serving its last snapshot meanwhile. None if asked to stop first."""
         wait = CHECKPOINT_RETRY_FIRST
-        for attempt in range(1, 1_000_000):
+        for attempt in itertools.count(1):
             try:
                 return save_checkpoint(root, learner, state)
             except CheckpointWriteError as exc:
@@ -387,7 +388,6 @@ class Node:
             if self._stop.wait(wait):
                 return None
             wait = min(2 * wait, CHECKPOINT_RETRY_MAX)
-        return None
 
 
 def install_signal_handlers(node: Node) -> None:

@@ -131,13 +131,19 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     # -------------------------------------------------------------- helpers
 
+    def _refuse(self, exc: Busy, context) -> None:
+        """A call the limiter did not admit: UNAVAILABLE (retry later), RESOURCE_EXHAUSTED if it never fits."""
+        if isinstance(exc, TooLarge):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.identity.node_id}: {exc}")
+        context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+
     @contextmanager
     def _expensive(self, caller: str, context):
         try:
             with self.limiter.admit(caller[:64]):
                 yield
         except Busy as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+            self._refuse(exc, context)
         finally:
             if self.limiter.in_flight() == 0 and self.limiter.trim_due():  # drained after real work
                 self._trim_when_quiet()
@@ -161,10 +167,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         held = ExitStack()
         try:
             held.enter_context(self.limiter.reserve(nbytes, what))
-        except TooLarge as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.identity.node_id}: {exc}")
-        except Busy as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+        except Busy as exc:  # only the reservation's refusal: the body's exceptions pass untouched
+            self._refuse(exc, context)
         with held:
             yield
 
@@ -255,7 +259,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             with self.probe_limiter.admit(request.caller_id[:64]):
                 reachable, version = self.probe_peer(request.node_id)
         except Busy as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
+            self._refuse(exc, context)
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} holds no address for {request.node_id!r}")
         reply = pb.PeerProbeReply(reachable=reachable, snapshot_version=version)
@@ -455,7 +459,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         except ItemError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"classify: {exc}")
         index = names.index(request.task)
-        with self._memory(activation_bytes(len(inputs), snap.learner), "this batch", context):
+        with self._memory(activation_bytes(len(inputs), snap.learner.cfg, self.classifier.view), "this batch",
+                          context):
             predictions = self.classifier.run(snap, index, inputs, max(1, request.top))
         reply = pb.ClassifyReply(snapshot_version=snap.version, task=request.task, predictions=[
             pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top],

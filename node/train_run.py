@@ -145,20 +145,31 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
     return metrics
 
 
+def run_config(out: Path) -> RunConfig:
+    """The resolved config of a run folder (``crossback train --out``) or a node's state folder."""
+    path = Path(out) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: give a crossback train --out folder or a node's state_dir")
+    return parse_config(json.loads(path.read_text(encoding="utf-8")), str(path))
+
+
+def load_run(out: Path) -> tuple[RunConfig, Path, ContinualLearner, dict]:
+    """(config, latest checkpoint folder, its learner verified against its digests, its run state)."""
+    cfg = run_config(out)
+    latest = latest_checkpoint(Path(out) / CHECKPOINTS)
+    if latest is None:
+        raise FileNotFoundError(f"{Path(out) / CHECKPOINTS} holds no finished checkpoint")
+    learner, state = load_checkpoint(latest)
+    return cfg, latest, learner, state
+
+
 def evaluate_run(out: Path) -> tuple[list[float], list[float]]:
     """Reload the latest checkpoint of a run folder (``crossback train --out``) or of a node's state
     folder (``node.state_dir``: the same layout) and re-score every task on its test split.
 
     Returns (recomputed, reported) test accuracies of the last finished row.
     """
-    out = Path(out)
-    if not (out / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{out} holds no {CONFIG_FILE}: give a crossback train --out folder or a node's state_dir")
-    cfg = parse_config(json.loads((out / CONFIG_FILE).read_text(encoding="utf-8")), str(out / CONFIG_FILE))
-    latest = latest_checkpoint(out / CHECKPOINTS)
-    if latest is None:
-        raise FileNotFoundError(f"{out / CHECKPOINTS} holds no finished checkpoint")
-    learner, state = load_checkpoint(latest)
+    cfg, _, learner, state = load_run(out)
     tasks, _ = prepare_tasks(cfg)
     recomputed = [evaluate(learner, j, tasks[j].test, cfg.train.eval_batch_size) for j in range(len(learner.tasks))]
     return recomputed, state["accuracy_matrix"][-1]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compose_node import compose_config, start_node  # noqa: E402
 
 
 def mib(pid: int, key: str) -> float:
@@ -79,30 +78,6 @@ class HealthChecker:
         out, _ = self.proc.communicate(timeout=120)
         times, failed = json.loads(out)
         return times, failed
-
-
-def start_node(folder: Path) -> tuple[subprocess.Popen, str]:
-    cfg = yaml.safe_load((ROOT / "examples" / "swarm" / "img-0.yaml").read_text())
-    cfg["tasks"] = cfg["tasks"][:1]
-    cfg["train"]["epochs"] = 2
-    cfg["method"]["packnet"]["retrain_epochs"] = 1
-    cfg["node"] = {"node_id": "target", "listen": "127.0.0.1:0", "state_dir": str(folder / "state"),
-                   "log_dir": str(folder / "logs"), "serve": ["kv", "ddv", "backbone"]}
-    cfg["selection"] = {"enabled": False}
-    path = folder / "target.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = folder / "logs" / "target.jsonl"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        if any(e["event"] == "serving" for e in events):
-            return proc, next(e for e in events if e["event"] == "node_started")["address"]
-        if proc.poll() is not None:
-            raise SystemExit(f"the node exited with {proc.returncode}")
-        time.sleep(0.5)
-    raise SystemExit("the node did not serve within 600 s")
 
 
 def phase_watch(address: str) -> dict:
@@ -195,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        proc, address = start_node(Path(tmp))
+        cfg = compose_config(Path(tmp), "target", epochs=2, tasks=1, serve=["kv", "ddv", "backbone"])
+        proc, address = start_node(Path(tmp), cfg, until="serving", timeout=600)
         try:
             report = {"watch": phase_watch(address), "burst": phase_burst(address),
                       "probes": phase_probes(address, proc.pid),

@@ -20,7 +20,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,27 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compose_node import compose_config, start_node  # noqa: E402
 from masked_step import cpu_name  # noqa: E402
 
 BATCHES = (1, 32, 512)
 CALLS = {1: 200, 32: 40, 512: 8}
-
-
-def compose_config(folder: Path, epochs: int, tasks: int, serve_classify: bool = False) -> dict:
-    cfg = yaml.safe_load((ROOT / "examples" / "swarm" / "img-0.yaml").read_text())
-    cfg["tasks"] = cfg["tasks"][:tasks]
-    cfg["train"]["epochs"] = epochs
-    cfg["method"]["packnet"]["retrain_epochs"] = 1
-    cfg["node"] = {"node_id": "bench", "listen": "127.0.0.1:0", "state_dir": str(folder / "state"),
-                   "log_dir": str(folder / "logs"),
-                   "serve": ["kv", "ddv", "backbone"] + (["classify"] if serve_classify else [])}
-    cfg["selection"] = {"enabled": False}
-    return cfg
 
 
 def timed(fn, calls: int) -> list[float]:
@@ -66,25 +52,6 @@ def summary(times: list[float], batch: int) -> dict:
     p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"items_per_s": round(batch / statistics.median(times), 1), "p50_ms": round(1000 * p(0.5), 3),
             "p99_ms": round(1000 * p(0.99), 3), "calls": len(times)}
-
-
-def start_node(folder: Path, cfg: dict) -> tuple[subprocess.Popen, str]:
-    """A node process of ``cfg``; returns once it has published a snapshot (its log may hold earlier runs)."""
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    log = folder / "logs" / "bench.jsonl"
-    before = len(log.read_text().splitlines()) if log.exists() else 0
-    proc = subprocess.Popen([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        events = [json.loads(x) for x in log.read_text().splitlines()[before:]] if log.exists() else []
-        if any(e["event"] == "snapshot_published" for e in events):
-            return proc, next(e for e in events if e["event"] == "node_started")["address"]
-        if proc.poll() is not None:
-            raise SystemExit(f"the node exited with {proc.returncode}")
-        time.sleep(0.5)
-    raise SystemExit("no snapshot within 900 s")
 
 
 def bomb_png(width: int, height: int) -> bytes:
@@ -151,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         # the node learns its first task and serves it (idle: every in-process arm is measured then too);
         # restarted with two more tasks of many epochs, it resumes, serves that snapshot and trains (busy)
-        idle_cfg = compose_config(folder, epochs=args.epochs, tasks=1, serve_classify=True)
-        busy_cfg = compose_config(folder, epochs=500, tasks=3, serve_classify=True)
+        serve = ["kv", "ddv", "backbone", "classify"]
+        idle_cfg = compose_config(folder, "bench", epochs=args.epochs, tasks=1, serve=serve)
+        busy_cfg = compose_config(folder, "bench", epochs=500, tasks=3, serve=serve)
         task = idle_cfg["tasks"][0]
         state, log = folder / "state", folder / "logs" / "bench.jsonl"
         events = lambda: [json.loads(x)["event"] for x in log.read_text().splitlines()]  # noqa: E731
-        proc, address = start_node(folder, idle_cfg)
+        proc, address = start_node(folder, idle_cfg, until="snapshot_published")
         client = PeerClient(address, "bench", CallPolicy(timeout=60.0, attempts=1))
         try:
             while "serving" not in events():
@@ -206,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             client.close()
             proc.terminate()
             proc.wait(timeout=60)
-            proc, address = start_node(folder, busy_cfg)  # resumes task 1, publishes it, trains task 2
+            proc, address = start_node(folder, busy_cfg, until="snapshot_published")  # resumes task 1, trains task 2
             client = PeerClient(address, "bench", CallPolicy(timeout=60.0, attempts=1))
             while "task_started" not in events()[-5:]:
                 time.sleep(0.2)
