@@ -20,7 +20,7 @@ COPY wheels /src/wheels
 # torch first (its own layer, kept while only crossback's sources change), so nothing below pulls a CUDA build
 RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; python -m venv /opt/crossback && sh /src/docker/install-torch.sh
 COPY . /src
-RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; pip install /src && python -c "import crossback.node.cli"
+RUN [ -n "$PIP_NO_INDEX" ] || unset PIP_NO_INDEX; pip install /src && python -c "import crossback.app.cli"
 
 # The node image: the virtual environment and the example configs, no build inputs (no wheels).
 FROM ${BASE}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import BootstrapConfig
+from crossback.config.bench import BootstrapConfig
 from .report import _ci, stratum
 from .stats import summary
 

@@ -11,9 +11,10 @@ from typing import Callable
 
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import kv_shapes
-from crossback.node.checkpoint import latest_intact_checkpoint, save_checkpoint
+from crossback.models.persistence import latest_intact_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
-from crossback.node.server import PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, serve
+from crossback.config.node import PAYLOAD_KINDS
+from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership

@@ -23,7 +23,7 @@ import math
 import os
 from pathlib import Path
 
-from crossback.orchestrator_free.scores import CHEAP_SCORES, SCORES
+from crossback.config.selection import CHEAP_SCORES, SCORES
 
 from .stats import spearman, summary
 

@@ -26,20 +26,20 @@ from crossback.models.borrowed import average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
-from crossback.node.checkpoint import write_json_atomic
-from crossback.node.config import ConfigError
+from crossback.models.persistence import write_json_atomic
+from crossback.config.errors import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
 from crossback.orchestrator_free.selection import (Candidate, arm_payload, can_average, ddv_score, pairs_of,
                                                    probe_candidates)
 from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.shortlist import decide, shortlist_of
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.transfer.registry import make_strategy
 
-from .config import BenchConfig, BenchNode
+from crossback.config.bench import BenchConfig, BenchNode
 from .peers import BENCH_PAIR_SECRET, published, serve_snapshots, untrained_learner
 
 CONTROL = "untrained"

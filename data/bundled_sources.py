@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, DataError, Item
+from crossback.data.catalog import Catalog, Item
+from crossback.config.errors import DataError
 
 EMOJI_FILE = Path(__file__).parent / "bundled" / "emoji.npz"
 FASHION_FILE = Path(__file__).parent / "bundled" / "fashion.npz"

@@ -13,11 +13,8 @@ from typing import Union
 
 import numpy as np
 
+
 ImageRef = Union[np.ndarray, Path]  # HxW (grey) or HxWxC uint8 array, or an image file
-
-
-class DataError(ValueError):
-    """Bad or missing data: the message names the file, class or key at fault."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .catalog import Catalog, DataError, Item
+from crossback.data.catalog import Catalog, Item
+from crossback.config.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 

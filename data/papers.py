@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, DataError, Item
+from crossback.data.catalog import Catalog, Item
+from crossback.config.errors import DataError
 from .folder import read_captions
 
 

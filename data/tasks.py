@@ -4,61 +4,21 @@ from __future__ import annotations
 import difflib
 import random
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from crossback.config.data import SplitSpec, TaskSpec
 from crossback.models.text_encoders import encode_texts
-from crossback.models.bounds import bounded, check_bounds
+from crossback.config.data import View
 from crossback.models.methods import TaskData
 from crossback.models.training import Split
 
-from .catalog import Catalog, DataError, ImageRef, Item
+from crossback.data.catalog import Catalog, ImageRef, Item
+from crossback.config.errors import DataError
 from .public_set import split_public
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task is a superclass (all of its classes big enough to split) or an explicit class list."""
-
-    name: str
-    superclass: str | None = None
-    classes: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    train: float = bounded(0.6, gt=0.0, lt=1.0)
-    val: float = bounded(0.2, gt=0.0, lt=1.0)
-    test: float = bounded(0.2, gt=0.0, lt=1.0)
-    min_items_per_class: int = bounded(4, ge=3)  # one item per split at least
-    max_items_per_class: int | None = bounded(None, ge=3)
-    # hold this fraction of the items out of every task: the public paired set (crossback.data.public_set)
-    public_fraction: float = bounded(0.0, ge=0.0, lt=1.0)
-    public_salt: str = "crossback-public-v1"
-
-    def __post_init__(self):
-        try:
-            check_bounds(self, "split")
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
-            raise DataError(f"split fractions must sum to 1, got {self.train + self.val + self.test}")
-
-
-@dataclass(frozen=True)
-class View:
-    """How items become tensors: which modality, image size and channels, text length."""
-
-    modality: str
-    image_size: int = 32
-    channels: int = 3
-    text_max_length: int = 64
-    text_encoder: str = "bytes"  # bytes | minilm (crossback.models.text_encoders)
-    image_encoder: str = "patches"  # patches | efficientnet (crossback.models.image_encoders)
 
 
 def _suggest(name: str, known: list[str]) -> str:

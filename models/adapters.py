@@ -5,11 +5,10 @@ Different input sizes only change the token count N; the Perceiver core does not
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from .bounds import bounded
-from .image_encoders import FEATURE_DIM, FEATURE_SIZE, IMAGE_ENCODERS
-from .text_encoders import MINILM_DIM, TEXT_ENCODERS
+from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
+from .image_encoders import FEATURE_DIM, FEATURE_SIZE
+from .text_encoders import MINILM_DIM
 
 import torch
 from einops import rearrange
@@ -19,23 +18,6 @@ import torch.nn.functional as F
 # transformers' PerceiverTokenizer: ids 0-5 are [PAD] [BOS] [EOS] [MASK] [CLS] [SEP], bytes follow.
 PAD_ID, CLS_ID, SEP_ID, BYTE_OFFSET = 0, 4, 5, 6
 BYTE_VOCAB = 256 + BYTE_OFFSET
-
-
-@dataclass(frozen=True)
-class ImageAdapterConfig:
-    channels: int = bounded(3, ge=1, le=64)
-    patch_size: int = bounded(4, ge=1, le=256)
-    num_freq_bands: int = bounded(6, ge=1, le=64)
-    max_freq: float = bounded(16.0, gt=0.0)
-    # patches: pixels, learned patch embedding; efficientnet: frozen EfficientNet-Lite0 features, projected to C
-    encoder: str = bounded("patches", choices=IMAGE_ENCODERS)
-
-
-@dataclass(frozen=True)
-class TextAdapterConfig:
-    max_length: int = bounded(64, ge=3, le=65536)  # [CLS] + bytes + [SEP] (or MiniLM word pieces)
-    # bytes: UTF-8 byte ids, learned embeddings; minilm: frozen MiniLM token embeddings, projected to C
-    encoder: str = bounded("bytes", choices=TEXT_ENCODERS)
 
 
 def fourier_positions(h: int, w: int, num_bands: int, max_freq: float, device=None) -> Tensor:

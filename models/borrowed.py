@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crossback.config.transfer import PART_KINDS
 from .perceiver import ENCODER_KV, join_kv, split_kv
 
-PART_KINDS = ("kv", "latents", "block", "backbone", "encoder", "task")
 HEAD_PARTS = ("query", "head.weight", "head.bias")  # what ``task`` adds to ``backbone``
 BLOCK_PREFIX = "core.cross_attend_block."
 # what reads the modality's tokens: stays the task's own under ``backbone``

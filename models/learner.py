@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .adapters import ImageAdapterConfig, TextAdapterConfig
+from crossback.config.model import PickOptions
+from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
 from .borrowed import check_parts, kv_parts
-from .bounds import bounded
 from .masks import MaskedLayer, TrainingMasks, binarize, effective_weight, init_uniform_
-from .perceiver import ENCODER_KV, KEY, PerceiverClassifier, PerceiverConfig, split_kv
+from crossback.models.perceiver import ENCODER_KV, KEY, PerceiverClassifier, split_kv
+from crossback.config.model import PerceiverConfig
 
 METHODS = ("packnet", "piggyback", "cpg")
 HEAD_NAMES = ("query", "head.weight", "head.bias")
@@ -33,21 +34,6 @@ class TaskRecord:
     events: list[dict] = field(default_factory=list)
     classes: list[str] | None = None  # class names in label order (label i is classes[i]); None: not recorded
     train_samples: int = 0  # samples the task was learned from (0: not recorded)
-
-
-@dataclass(frozen=True)
-class PickOptions:
-    """Piggyback-style real-valued mask scores, binarised at ``threshold``. A new mask starts with every
-    score at ``init_score``, so the threshold must lie below it: otherwise the mask starts all-zero and
-    masks away everything it covers (a borrowed K/V included)."""
-
-    threshold: float = bounded(5e-3, gt=0.0, lt=1e3)
-    init_score: float = bounded(1e-2, gt=0.0, lt=1e3)
-
-    def __post_init__(self):
-        if self.threshold >= self.init_score:
-            raise ValueError(f"threshold {self.threshold} must be below init_score {self.init_score}: a new mask "
-                             "would start all-zero and mask away every weight it covers")
 
 
 def _ff_groups(net: PerceiverClassifier) -> dict[str, tuple[str, str]]:
@@ -487,3 +473,9 @@ class ContinualLearner:
             learner.task_params.append(params)
             learner.pick_masks.append(picks)
         return learner
+
+
+def new_learner(cfg, genesis: int | None = None) -> ContinualLearner:
+    """The learner a run config (``crossback.config.run.RunConfig``) describes; ``genesis``: a swarm
+    genesis seed (default: the run's own seed initialises the network)."""
+    return ContinualLearner(cfg.model, cfg.data.modality, cfg.method.name, cfg.seed, cfg.method.piggyback, genesis)

@@ -12,41 +12,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .bounds import bounded
-from .learner import METHODS, ContinualLearner, PickOptions, TaskRecord
+from crossback.config.model import CPGOptions, MethodConfig, PackNetOptions
+from crossback.models.learner import ContinualLearner, TaskRecord
 from .masks import magnitude_prune
 from .parallel import DataParallel
-from .training import Progress, Split, TrainOptions, evaluate, fit
-
-
-@dataclass(frozen=True)
-class PackNetOptions:
-    prune_ratio: float = bounded(0.5, ge=0.0, lt=1.0)
-    retrain_epochs: int = bounded(5, ge=0, le=100_000)
-
-
-@dataclass(frozen=True)
-class CPGOptions:
-    max_sparsity: float = bounded(0.75, ge=0.0, lt=1.0)
-    prune_steps: int = bounded(3, ge=1, le=1000)
-    step_epochs: int = bounded(3, ge=0, le=100_000)
-    tolerance: float = bounded(0.02, ge=0.0, le=1.0)
-    accuracy_goal: float | None = bounded(None, gt=0.0, le=1.0)  # validation accuracy below which the network grows
-    grow_units: int = bounded(32, ge=1, le=65536)
-    max_grow: int = bounded(2, ge=0, le=100)
-    grow_epochs: int = bounded(10, ge=0, le=100_000)
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str = bounded("packnet", choices=METHODS)
-    packnet: PackNetOptions = field(default_factory=PackNetOptions)
-    piggyback: PickOptions = field(default_factory=PickOptions)
-    cpg: CPGOptions = field(default_factory=CPGOptions)
+from crossback.models.training import Progress, Split, evaluate, fit
+from crossback.config.model import TrainOptions
 
 
 @dataclass

@@ -13,37 +13,17 @@ splits with ``chunk(2)``: key rows first, value rows second. Our stable names ar
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 from perceiver_pytorch.perceiver_io import PerceiverIO
 from torch import Tensor, nn
 
-from .adapters import ImageAdapterConfig, TextAdapterConfig, build_adapter
-from .bounds import bounded
+from crossback.config.model import PerceiverConfig
+from crossback.models.adapters import build_adapter
 
 KEY, VALUE = "cross_attn.key", "cross_attn.value"
 KV_NAMES = (KEY, VALUE)
 ENCODER_KV = "core.cross_attend_block.cross_attn.fn.to_kv.weight"
-
-
-@dataclass(frozen=True)
-class PerceiverConfig:
-    token_dim: int = bounded(64, ge=1, le=65536)  # C, the swarm-wide token width
-    num_latents: int = bounded(32, ge=1, le=65536)
-    latent_dim: int = bounded(64, ge=1, le=65536)
-    depth: int = bounded(2, ge=1, le=65536)
-    cross_heads: int = bounded(1, ge=1, le=65536)
-    cross_dim_head: int = bounded(64, ge=1, le=65536)  # with cross_heads, sets d of the KV contract
-    latent_heads: int = bounded(4, ge=1, le=65536)
-    latent_dim_head: int = bounded(16, ge=1, le=65536)
-    queries_dim: int = bounded(64, ge=1, le=65536)
-    image: ImageAdapterConfig = field(default_factory=ImageAdapterConfig)
-    text: TextAdapterConfig = field(default_factory=TextAdapterConfig)
-
-    @property
-    def kv_dim(self) -> int:
-        return self.cross_heads * self.cross_dim_head
 
 
 class PerceiverClassifier(nn.Module):

@@ -8,19 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .bounds import bounded
+from crossback.config.model import TrainOptions
 from .learner import ContinualLearner
 from .optim import Adam
 from .parallel import DataParallel, as_parameters, distributed_forward
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = bounded(20, ge=1, le=100_000)
-    batch_size: int = bounded(32, ge=1, le=1_000_000)
-    lr: float = bounded(1e-3, gt=0.0, le=10.0)
-    mask_lr: float = bounded(5e-4, gt=0.0, le=10.0)
-    eval_batch_size: int = bounded(256, ge=1, le=1_000_000)
 
 
 @dataclass

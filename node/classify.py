@@ -17,9 +17,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from crossback.data.tasks import View, image_inputs, load_image, text_inputs
+from crossback.config.data import View
+from crossback.data.tasks import image_inputs, load_image, text_inputs
 
-from .predict import Prediction, TaskModel, classify, task_model
+from crossback.models.inference import Prediction, TaskModel, classify, task_model
 from .snapshot import Snapshot
 
 MAX_ITEMS = 256

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ConfigError
+from crossback.config.errors import ConfigError
 
 
 def resolve_device(name: str, key: str = "node.device") -> torch.device:

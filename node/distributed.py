@@ -1,7 +1,7 @@
 """`crossback node --nproc N`: one node trained by N processes (or GPUs) with torch.distributed.
 
 torchrun-compatible: a rank reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT, so
-``torchrun --nproc-per-node N -m crossback.node.cli node ...`` works as well as ``--nproc N``, which
+``torchrun --nproc-per-node N -m crossback.app.cli node ...`` works as well as ``--nproc N``, which
 starts the N ranks itself on loopback. Rank 0 is the node the swarm sees: it serves gRPC, gossips,
 selects and borrows. The other ranks only train, and receive the learner from rank 0 after every
 task's transfer step. The process group is this node's alone: swarm nodes never share one, so one
@@ -29,7 +29,7 @@ import torch
 from crossback.models.learner import ContinualLearner
 from crossback.models.parallel import DataParallel
 
-from .errors import ConfigError
+from crossback.config.errors import ConfigError
 
 # A rank waits on rank 0 while it selects, borrows and adapts (minutes); a dead rank is the launcher's
 # (or torchrun's) to notice, so the collective timeout only has to outlast a long transfer step.
@@ -179,7 +179,7 @@ def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
                LOCAL_WORLD_SIZE=str(nproc), TORCHELASTIC_USE_AGENT_STORE="True")
     if not threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    children = [subprocess.Popen([sys.executable, "-m", "crossback.node.cli", *argv],
+    children = [subprocess.Popen([sys.executable, "-m", "crossback.app.cli", *argv],
                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
 
     def forward(signum, _frame):

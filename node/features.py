@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from crossback.models.training import Split, features
-from crossback.orchestrator_free.pairs import item_hash
+from crossback.transfer.pairs import item_hash
 
 from .snapshot import Snapshot
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-from crossback.models.bounds import bounded
+from crossback.config.node import CallLimits
 
 
 class Busy(Exception):
@@ -24,20 +23,6 @@ class Busy(Exception):
 
 class TooLarge(Busy):
     """The call alone would exceed the memory budget: retrying cannot help."""
-
-
-@dataclass(frozen=True)
-class CallLimits:
-    slots: int = bounded(2, ge=1, le=256)  # expensive calls running at once
-    waiting: int = bounded(4, ge=0, le=1024)  # more that may wait for a slot
-    per_caller: int = bounded(2, ge=1, le=256)  # in flight per caller id
-    wait: float = bounded(10.0, gt=0.0, le=600.0)  # seconds a waiting call waits before it is refused
-    memory_mib: int = bounded(128, ge=8, le=1 << 20)  # estimated memory the running calls may hold at once
-
-    @property
-    def threads(self) -> int:
-        """Worker threads these calls can hold at most."""
-        return self.slots + self.waiting
 
 
 class CallLimiter:

@@ -16,15 +16,24 @@ import os
 from pathlib import Path
 
 from crossback.data.public_set import public_set_for
-from crossback.orchestrator_free.backbone import ExperimentConfig
-from crossback.orchestrator_free.genesis import SwarmSettings
-from crossback.orchestrator_free.selection import SelectionConfig, check_combine
-from crossback.transfer.base import AdaptationConfig
-from crossback.transfer.registry import TransferConfig, make_strategy
+from crossback.config.selection import ExperimentConfig
+from crossback.config.selection import SwarmSettings
+from crossback.config.selection import SelectionConfig
+from crossback.orchestrator_free.selection import check_combine
+from crossback.config.transfer import AdaptationConfig
+from crossback.config.transfer import TransferConfig
+from crossback.transfer.registry import make_strategy
 
-from .config import RUN_SECTIONS, ConfigError, from_mapping, key_paths, parse_config, read_yaml
+from crossback.config.run import RUN_SECTIONS, parse_config
+from crossback.config.loader import from_mapping, key_paths, read_yaml
+from crossback.config.bounds import check_bounds
+from crossback.config.errors import ConfigError
+from crossback.config.node import OUTER_GRAD_KINDS, PAYLOAD_KINDS
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
+from .devices import resolve_device
 from .pair_secret import load_pair_secret
-from .process import NodeConfig, NodeSettings
+from .tls import check_tls
+from crossback.config.node import NodeConfig, NodeSettings
 
 ENV = {
     "node_id": "CROSSBACK_NODE_ID",
@@ -75,7 +84,7 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     overrides.pop("tls_dir", None)
     settings = dataclasses.replace(node, **overrides)
     try:
-        settings.validate()
+        check_settings(settings)
         secret, _ = load_pair_secret(sections["swarm"].pair_secret_file, settings.tls.dir)
         if "features" in settings.serve and not (settings.tls.enabled and secret):
             raise ConfigError("node.serve: features answers only swarm members (node.tls) about item ids "
@@ -88,3 +97,37 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return NodeConfig(settings, run, **sections, pair_secret=secret)
+
+
+def check_settings(s: NodeSettings) -> None:
+    """Rules that can only be checked once flags and environment are applied."""
+    if not s.node_id:
+        raise ConfigError("node.node_id: required (config, --node-id or CROSSBACK_NODE_ID)")
+    if node_id_problem(s.node_id):
+        raise ConfigError(f"node.node_id: {node_id_problem(s.node_id)}")
+    try:
+        check_bounds(s, "node")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if s.failure_timeout <= s.heartbeat_interval:
+        raise ConfigError("node.failure_timeout: must exceed node.heartbeat_interval")
+    unknown = [k for k in s.serve if k not in PAYLOAD_KINDS]
+    if unknown:
+        raise ConfigError(f"node.serve: unknown payload kinds {unknown}; choose from {list(PAYLOAD_KINDS)}")
+    half = [k for k in OUTER_GRAD_KINDS if k not in s.serve]
+    if "outer_grad" in s.serve and half:
+        raise ConfigError(f"node.serve: outer_grad travels with the encoder body it is taken at; add {half}")
+    if s.rpc_attempts < 1:
+        raise ConfigError("node.rpc_attempts: must be at least 1")
+    if not _is_host_port(s.listen):  # port 0 picks a free one
+        raise ConfigError(f"node.listen: {s.listen!r} is not host:port")
+    for key, value in (("advertise", s.advertise), *(("seed_peers", s) for s in s.seed_peers)):
+        if value is not None and address_problem(value):
+            raise ConfigError(f"node.{key}: {address_problem(value)}")
+    check_tls(s.tls, s.node_id)
+    resolve_device(s.device)
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)

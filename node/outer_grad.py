@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import threading
 
+from crossback.config.node import DEFAULT_BATCHES, DEFAULT_BATCH_SIZE
 from crossback.transfer.alignment import OuterGradient, outer_gradient
 
 from .snapshot import Snapshot
 
 # batches are drawn in an order seeded by the snapshot version alone, so every caller gets the same answer
 ORDER_SALT = 7_919
-DEFAULT_BATCHES, DEFAULT_BATCH_SIZE = 4, 64  # node.outer_grad_batches / node.outer_grad_batch_size
-
-
 class OuterGradService:
     """Answers FetchOuterGrad: at most ``max_batches`` batches of ``batch_size`` items per request, and
     each (snapshot, batch count) is computed once however many peers ask (a peer cannot make this node

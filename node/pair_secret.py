@@ -1,5 +1,5 @@
 """The swarm's pair secret: the key under which nodes hash item ids to find the items they both hold
-(payload kind ``features``; crossback.orchestrator_free.pairs). A caller without it cannot form one
+(payload kind ``features``; crossback.transfer.pairs). A caller without it cannot form one
 matching hash, so FetchSharedFeatures tells an outsider nothing about which items a node trained on.
 
 Where it comes from: ``swarm.pair_secret_file`` (relative to the working directory, as state_dir), else
@@ -13,9 +13,9 @@ import os
 import secrets
 from pathlib import Path
 
-from crossback.orchestrator_free.pairs import MIN_SECRET_BYTES
+from crossback.transfer.pairs import MIN_SECRET_BYTES
 
-from .errors import ConfigError
+from crossback.config.errors import ConfigError
 
 PAIR_KEY = "pair.key"
 

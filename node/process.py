@@ -11,135 +11,44 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from crossback.config.node import NodeConfig
 from crossback.models.methods import learn_task
 from crossback.models.parallel import DataParallel
 from crossback.models.perceiver import kv_shapes
 from crossback.models.training import evaluate
-from crossback.models.bounds import bounded, check_bounds
-from crossback.orchestrator_free.backbone import ExperimentConfig, transfer_step
+from crossback.orchestrator_free.backbone import transfer_step
 from crossback.orchestrator_free.candidates import ProbeHistory
-from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, DEFAULT_FANOUT, DEFAULT_INDIRECT, GossipLoop
+from crossback.node.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.base import AdaptationConfig, AdaptOptions
-from crossback.orchestrator_free.genesis import SwarmSettings, genesis_id
-from crossback.transfer.registry import TransferConfig, make_strategy
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+from crossback.transfer.base import AdaptOptions
+from crossback.orchestrator_free.genesis import genesis_id
+from crossback.transfer.registry import make_strategy
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
 from crossback.data.public_set import public_set_for
 from crossback.data.tasks import data_warnings
 
 from .classify import ClassifyService
-from .checkpoint import FORMAT, CheckpointError, CheckpointWriteError, is_legacy, latest_intact_checkpoint, save_checkpoint, write_json_atomic
-from .config import ConfigError, RunConfig, config_to_dict
+from crossback.models.persistence import (FORMAT, CheckpointError, CheckpointWriteError, is_legacy, latest_intact_checkpoint, save_checkpoint, write_json_atomic)
+from crossback.config.errors import ConfigError
+from crossback.config.run import config_to_dict
 from .devices import device_name, resolve_device
 from .distributed import Rank, broadcast_learner, join_group, leave_group, rank_device, ranks_agree
 from .events import EventLog
-from .outer_grad import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES, OuterGradService
-from crossback.orchestrator_free.identity import address_problem, node_id_problem
-from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
+from crossback.node.outer_grad import OuterGradService
 
-from .limits import CallLimiter, CallLimits
-from .server import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS, PAYLOAD_KINDS, NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
+from crossback.node.limits import CallLimiter
+from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .state_lock import StateLock
-from .tls import TlsSettings, load_tls
-from .train_run import new_learner, prepare_public, prepare_tasks
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    node_id: str = ""
-    listen: str = "127.0.0.1:0"
-    advertise: str | None = None  # host:port peers should dial; default: see addresses.advertise_address
-    seed_peers: tuple[str, ...] = ()
-    device: str = "auto"
-    state_dir: str = "state"
-    log_dir: str = "logs"
-    heartbeat_interval: float = bounded(1.0, gt=0.0, le=3600.0)  # seconds between gossip rounds
-    failure_timeout: float = bounded(5.0, gt=0.0, le=86400.0)  # silence after which a peer is dead
-    rpc_timeout: float = bounded(5.0, gt=0.0, le=3600.0)
-    rpc_attempts: int = bounded(3, ge=1, le=20)
-    # a KV chunk is up to 1 MiB, so a smaller limit could not carry one
-    max_message_bytes: int = bounded(4 << 20, ge=2 << 20, le=1 << 30)
-    exit_when_done: bool = False  # default: keep serving peers after the last task
-    threads: int = bounded(0, ge=0, le=4096)  # torch CPU threads; 0 = torch's default
-    serve: tuple[str, ...] = DEFAULT_SERVE  # payload kinds handed to peers (server.PAYLOAD_KINDS)
-    # FetchOuterGrad (serve: encoder + outer_grad): at most this many batches of this many own items
-    outer_grad_batches: int = bounded(DEFAULT_BATCHES, ge=1, le=64)
-    outer_grad_batch_size: int = bounded(DEFAULT_BATCH_SIZE, ge=2, le=4096)
-    # proven peers this node keeps (and as many candidate addresses); a peer dead this long is forgotten
-    max_peers: int = bounded(DEFAULT_MAX_PEERS, ge=1, le=100_000)
-    dead_peer_ttl: float = bounded(60.0, gt=0.0, le=86_400.0)
-    # per gossip round: proven peers probed (0: every peer), entries per message, indirect-probe helpers
-    gossip_fanout: int = bounded(DEFAULT_FANOUT, ge=0, le=100_000)
-    gossip_entries: int = bounded(DEFAULT_ENTRIES, ge=1, le=1024)
-    indirect_probes: int = bounded(DEFAULT_INDIRECT, ge=0, le=16)
-    # ProbeDDV refuses a spec whose pair_count x token_count x C exceeds this
-    probe_budget: int = bounded(DEFAULT_PROBE_BUDGET, ge=1, le=1 << 34)
-    # the RPCs that cost work (probes, tensor and feature streams) share this bounded pool
-    expensive: CallLimits = field(default_factory=CallLimits)
-    tls: TlsSettings = field(default_factory=TlsSettings)  # mutual TLS (node/tls.py); unset: plaintext
-
-    def validate(self) -> None:
-        """Rules that can only be checked once flags and environment are applied."""
-        if not self.node_id:
-            raise ConfigError("node.node_id: required (config, --node-id or CROSSBACK_NODE_ID)")
-        if node_id_problem(self.node_id):
-            raise ConfigError(f"node.node_id: {node_id_problem(self.node_id)}")
-        try:
-            check_bounds(self, "node")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.failure_timeout <= self.heartbeat_interval:
-            raise ConfigError("node.failure_timeout: must exceed node.heartbeat_interval")
-        unknown = [k for k in self.serve if k not in PAYLOAD_KINDS]
-        if unknown:
-            raise ConfigError(f"node.serve: unknown payload kinds {unknown}; choose from {list(PAYLOAD_KINDS)}")
-        half = [k for k in OUTER_GRAD_KINDS if k not in self.serve]
-        if "outer_grad" in self.serve and half:
-            raise ConfigError(f"node.serve: outer_grad travels with the encoder body it is taken at; add {half}")
-        if self.rpc_attempts < 1:
-            raise ConfigError("node.rpc_attempts: must be at least 1")
-        if not _is_host_port(self.listen):  # port 0 picks a free one
-            raise ConfigError(f"node.listen: {self.listen!r} is not host:port")
-        for key, value in (("advertise", self.advertise), *(("seed_peers", s) for s in self.seed_peers)):
-            if value is not None and address_problem(value):
-                raise ConfigError(f"node.{key}: {address_problem(value)}")
-        self.tls.validate(self.node_id)
-        resolve_device(self.device)
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    node: NodeSettings
-    run: RunConfig = field(repr=False)
-    selection: SelectionConfig = field(default_factory=SelectionConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
-    adaptation: AdaptationConfig = field(default_factory=AdaptationConfig)
-    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
-    swarm: SwarmSettings = field(default_factory=SwarmSettings)
-    pair_secret: bytes = field(default=b"", repr=False)  # node/pair_secret.py
-
-    @property
-    def genesis(self) -> str:
-        return genesis_id(self.swarm.genesis, self.run.model)
-
-    @property
-    def public_set(self) -> str:
-        """The public paired set this node holds out of its tasks ("" for none)."""
-        return public_set_for(self.run.data.source, self.run.data.split)
-
-
-def _is_host_port(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+from crossback.node.tls import load_tls
+from crossback.models.learner import new_learner
+from crossback.data.prepare import prepare_public, prepare_tasks
 
 
 CHECKPOINT_RETRY_FIRST, CHECKPOINT_RETRY_MAX = 0.5, 30.0  # seconds between tries of a failed checkpoint write
@@ -154,6 +63,8 @@ class Node:
         """``rank``: this process is one rank of a node trained by several (node.distributed); rank 0
         is the node, the others only train and keep no log, state or port of their own."""
         self.cfg, self.settings, self.run_cfg = cfg, cfg.node, cfg.run
+        self.genesis = genesis_id(cfg.swarm.genesis, cfg.run.model)  # "" without a swarm genesis
+        self.public_set = public_set_for(cfg.run.data.source, cfg.run.data.split)  # the public paired set held out
         s = self.settings
         self.rank = rank
         self.state_dir, self.log_dir = Path(s.state_dir), Path(s.log_dir)
@@ -231,7 +142,7 @@ class Node:
         host = s.listen.rpartition(":")[0]
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model), tuple(s.serve), self.cfg.genesis, self.cfg.public_set)
+                                kv_shapes(run.model), tuple(s.serve), self.genesis, self.public_set)
         membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
                                 max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
                                 allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
@@ -358,9 +269,9 @@ class Node:
             if self.cfg.selection.enabled:
                 peers = [(p.node_id, p.address) for p in self._membership.alive()]
                 transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              make_strategy(self.cfg.transfer, self.cfg.public_set, self.cfg.pair_secret),
+                              make_strategy(self.cfg.transfer, self.public_set, self.cfg.pair_secret),
                               AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
-                              self.events.emit, self.cfg.experiment, self.cfg.genesis, self._probe_history)
+                              self.events.emit, self.cfg.experiment, self.genesis, self._probe_history)
             if parallel is not None:
                 broadcast_learner(parallel, learner, self.device)
                 ranks["synced"] = ranks_agree(parallel, learner)

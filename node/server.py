@@ -15,25 +15,32 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from crossback.orchestrator_free.ddv import ProbeSpec, ProbeSpecError, ddv, probe_bytes
-from crossback.orchestrator_free.gossip import DEFAULT_ENTRIES, sample_entries
-from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS, Membership
-from crossback.orchestrator_free.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
-from crossback.orchestrator_free.wire import WireError, decode, encode_all
+from crossback.config.node import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS
+from crossback.config.selection import ProbeSpec, ProbeSpecError
+from crossback.orchestrator_free.ddv import ddv, probe_bytes
+from crossback.config.node import DEFAULT_ENTRIES
+from crossback.node.gossip import sample_entries
+from crossback.config.node import DEFAULT_MAX_PEERS
+from crossback.orchestrator_free.membership import Membership
+from crossback.node.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
+from crossback.config.errors import WireError
+from crossback.node.wire import decode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
-from crossback.orchestrator_free.tls import TlsMaterial
+from crossback.node.tls_material import TlsMaterial
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
-from crossback.orchestrator_free.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_PAIR_ITEMS, MAX_SET_NAME, SALT_BYTES
+from crossback.transfer.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_SET_NAME, SALT_BYTES
+from crossback.config.transfer import MAX_PAIR_ITEMS
 
 from .admission import Admission, AdmissionLimits, caller_of
-from .errors import StateInUse
+from crossback.config.errors import StateInUse
 from .events import EventLog, PayloadTally
 from .classify import ClassifyService, ItemError, activation_bytes, encode_request
 from .features import FeatureService
-from .limits import Busy, CallLimiter, CallLimits, TooLarge
+from crossback.node.limits import Busy, CallLimiter, TooLarge
+from crossback.config.node import CallLimits
 from .memory import trim as trim_memory
 from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
@@ -41,28 +48,8 @@ from .snapshot import Snapshot
 from .tls import PeerAuth
 
 SERVICE_NAME = "crossback.v1.PeerService"
-# what a node can serve: K/V (FetchKV and FetchPayload "kv"), DDV answers, the larger borrowable parts,
-# and MoNA's outer-loss gradient with the encoder body it is taken at (FetchOuterGrad)
-# and frequency-decoupled KD's teacher features (FetchPublicFeatures, FetchSharedFeatures)
-PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features",
-                 "task", "classify")
 TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
-# a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
-# a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
-# outer_grad is opt-in: it is computed on the node's own items, and a gradient says something about them
-DEFAULT_SERVE = ("kv", "ddv", "backbone")
-# features (on items both nodes hold) is opt-in too: it answers about the node's own items.
-# public_features answers about public items only, but costs a forward pass over them: opt-in as well.
-# task (MatchTask, FetchTask: a whole task, head included, to a peer with the same label set) is opt-in:
-# a head says which classes a node learned and how it separates them.
-# classify (the Classify RPC: inference on the caller's raw items) is opt-in: it does work for anyone
-# who reaches the port; bind it to a trusted network or run with TLS
-OUTER_GRAD_KINDS = ("encoder", "outer_grad")
 KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
-# ProbeDDV's work grows with pair_count x token_count x C (the probe tokens every forward pass reads);
-# this default admits 4x the largest probe the benchmarks use (256 x 16 x 64) and refuses what took
-# seconds and gigabytes (512 x 1024 x 64: 32x over it)
-DEFAULT_PROBE_BUDGET = 1 << 20
 MAX_GOSSIP_ENTRIES = 4 * DEFAULT_MAX_PEERS  # a node gossips at most its proven peers
 
 

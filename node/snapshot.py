@@ -11,7 +11,7 @@ from crossback.models.borrowed import BORROWED_EVENT, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.training import Split
 
-from .checkpoint import load_checkpoint
+from crossback.models.persistence import load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import StateInUse
+from crossback.config.errors import StateInUse
 
 LOCK_FILE = "node.lock"
 

@@ -11,49 +11,25 @@ only. Relative paths are taken from the working directory, as ``state_dir`` is.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from crossback.config.node import TlsSettings
 from crossback.orchestrator_free.identity import SWARM_NAME, node_id_problem
-from crossback.orchestrator_free.tls import TlsMaterial
+from crossback.node.tls_material import TlsMaterial
 
-from .certs import CA_CERT
-from .errors import ConfigError
+from crossback.config.errors import ConfigError
 from .rpc_guard import wrap_handler
 
 
-@dataclass(frozen=True)
-class TlsSettings:
-    dir: str = ""  # a `crossback certs` folder: ca.pem, <node_id>.pem and <node_id>.key unless named below
-    ca: str = ""  # the swarm CA's certificate
-    cert: str = ""  # this node's certificate (its identity must be the node id)
-    key: str = ""  # its private key
-    allow: tuple[str, ...] = ()  # node ids admitted (this node is always); empty: every swarm member
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.dir or self.ca or self.cert or self.key)
-
-    def paths(self, node_id: str) -> dict[str, Path]:
-        """The three files by key; ConfigError when one is neither named nor implied by ``dir``."""
-        folder = Path(self.dir) if self.dir else None
-        defaults = {"ca": CA_CERT, "cert": f"{node_id}.pem", "key": f"{node_id}.key"}
-        paths = {}
-        for name, default in defaults.items():
-            given = getattr(self, name)
-            if not given and folder is None:
-                raise ConfigError(f"node.tls.{name}: required (or node.tls.dir, the folder crossback certs wrote)")
-            paths[name] = Path(given) if given else folder / default
-        return paths
-
-    def validate(self, node_id: str) -> None:
-        for i, allowed in enumerate(self.allow):
-            if node_id_problem(allowed):
-                raise ConfigError(f"node.tls.allow[{i}]: {node_id_problem(allowed)}")
-        if self.enabled:
-            self.paths(node_id)
+def check_tls(settings: TlsSettings, node_id: str) -> None:
+    """The TLS section's rules that need the node id."""
+    for i, allowed in enumerate(settings.allow):
+        if node_id_problem(allowed):
+            raise ConfigError(f"node.tls.allow[{i}]: {node_id_problem(allowed)}")
+    if settings.enabled:
+        settings.paths(node_id)
 
 
 def _read(path: Path, key: str) -> bytes:

@@ -12,41 +12,21 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from crossback.config.selection import ExperimentConfig
 from crossback.models.borrowed import BORROWED_EVENT, average_parts
-from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.models.perceiver import kv_shapes
 from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from .selection import Candidate, SelectionConfig, arm_payload, can_average, fetch_parts, pairs_of
+from crossback.orchestrator_free.selection import Candidate, arm_payload, can_average, fetch_parts, pairs_of
+from crossback.config.selection import SelectionConfig
 from .same_task import NO_MATCH, find_same_task
 from .shortlist import select
-
-
-KEEP_ARMS = ("selected", "none", "random", "oracle")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """The ``experiment:`` section: settings for comparisons, not part of the method."""
-
-    oracle: bool = False  # also adapt on every candidate and report the best (evaluation only)
-    keep: str = bounded("selected", choices=KEEP_ARMS)  # the arm the task keeps (none / random: for comparisons)
-    # also adapt on a uniformly drawn candidate (fetching its payload too: experiment bytes, not selection's)
-    random: bool = True
-
-    def __post_init__(self):
-        if self.keep == "oracle" and not self.oracle:
-            raise ValueError("keep: oracle needs experiment.oracle: true")
-        if self.keep == "random" and not self.random:
-            raise ValueError("keep: random needs experiment.random: true")
 
 
 def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,

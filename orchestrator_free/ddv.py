@@ -13,43 +13,17 @@ holds test vectors (spec -> probe values and digests -> DDV of a small published
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from einops import repeat
 from torch import Tensor
 
-from crossback.models.bounds import bounded, check_bounds
+from crossback.config.selection import ProbeSpec
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import join_kv
 
 CROSS_ATTN = "core.cross_attend_block.cross_attn"
-KV_SOURCES = ("self", "inline")
-MAX_PAIRS, MAX_TOKENS = 512, 1024
-
-
-class ProbeSpecError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    seed: int = bounded(0, ge=0, lt=2**63)
-    pair_count: int = bounded(32, ge=1, le=MAX_PAIRS)
-    token_count: int = bounded(16, ge=1, le=MAX_TOKENS)
-    perturbation: float = bounded(0.1, gt=0.0, le=10.0)
-    kv_source: str = bounded("self", choices=KV_SOURCES)
-
-    def validate(self) -> "ProbeSpec":
-        """The same bounds a config file is held to, for a spec that arrived over the wire."""
-        try:
-            check_bounds(self)
-        except ValueError as exc:
-            raise ProbeSpecError(str(exc)) from None
-        return self
-
-
 GOLDEN, MIX1, MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 

@@ -10,22 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
-from crossback.models.bounds import bounded
-from crossback.models.perceiver import PerceiverConfig
+from crossback.config.model import PerceiverConfig
 
 CORE_FIELDS = ("token_dim", "num_latents", "latent_dim", "depth", "cross_heads", "cross_dim_head", "latent_heads",
                "latent_dim_head", "queries_dim")
-
-
-@dataclass(frozen=True)
-class SwarmSettings:
-    """The ``swarm:`` section: what every node of one swarm agrees on."""
-
-    genesis: int | None = bounded(None, ge=0, lt=2**31)  # None: each node initialises from its own seed
-    # the key item ids are hashed under to find items two nodes both hold (node/pair_secret.py)
-    pair_secret_file: str = ""
 
 
 def genesis_id(genesis: int | None, model: PerceiverConfig) -> str:

@@ -41,9 +41,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
+from crossback.config.node import DEFAULT_MAX_PEERS
 from .identity import valid_peer
 
-DEFAULT_MAX_PEERS = 256
 CANDIDATES_PER_ROUND = 8  # candidate addresses dialled per gossip round, least recently tried first
 CANDIDATE_ATTEMPTS = 3  # a candidate that never answers is dropped after this many dials
 PER_SOURCE = 16  # hearsay candidates one source may hold

@@ -22,10 +22,11 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.transfer.base import InjectionError
 
-from .pairs import HASH_BYTES, SALT_BYTES, new_salt
-from .selection import SKIPPED, Candidate, SelectionConfig, _parallel, choose
+from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
+from crossback.orchestrator_free.selection import SKIPPED, Candidate, _parallel, choose
+from crossback.config.selection import SelectionConfig
 from .shortlist import Selection, _stage
-from .wire import WireError
+from crossback.config.errors import WireError
 
 MAX_CLASS_HASHES = 1024
 CONFIRM_SCORE = "task_val"  # the receiver's validation accuracy of a fetched task, run as borrowed

@@ -44,16 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossback.config.selection import SCORES
 from crossback.models.borrowed import kv_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.methods import TaskData
 from crossback.models.training import Split, features
 
-CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_drift", "logme_kv")  # K/V + DDV only
-PAYLOAD_SCORES = ("local_loss", "logme")  # the borrowed payload (a backbone)
-SCORES = CHEAP_SCORES + PAYLOAD_SCORES
-DDV_SCORES = ("ddv", "ddv_cos")
 GENESIS_SCORES = ("kv_motion", "kv_drift")  # need the swarm genesis K/V
 
 

@@ -25,67 +25,21 @@ import grpc
 import torch
 from torch import Tensor
 
+from crossback.config.selection import SelectionConfig
 from crossback.models.borrowed import accept_parts, kv_parts, part_names
-from crossback.models.bounds import bounded
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import KV_NAMES
 
-from .ddv import ProbeSpec, ddv
-from .pairs import FEATURE_KINDS, NoPairs, Pairs, fetch_pairs
-from .scores import CHEAP_SCORES, DDV_SCORES, PAYLOAD_SCORES, SCORES
-from .transport import PeerClient
-from .wire import WireError
+from crossback.config.selection import ProbeSpec
+from crossback.orchestrator_free.ddv import ddv
+from crossback.transfer.pairs import FEATURE_KINDS, NoPairs, Pairs, fetch_pairs
+from crossback.node.transport import PeerClient
+from crossback.config.errors import WireError
 
 
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
-MAX_SHORTLIST = 4096
-
-
-@dataclass(frozen=True)
-class SelectionConfig:
-    enabled: bool = True
-    # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
-    # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
-    # (kv_motion + a shortlist of 2 confirmed by logme: the transfer benchmark's best trade of regret
-    # against bytes, benchmarks/results/starved_genesis-backbone.md; without a swarm genesis no
-    # candidate has kv_motion and every one is confirmed)
-    score: str = bounded("kv_motion", choices=SCORES)
-    # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
-    # score alone (only the winner's payload moves); all: every candidate is fetched and confirmed
-    shortlist: int | str = 2
-    confirm: str = bounded("logme", choices=PAYLOAD_SCORES)
-    # what the task borrows: best = the chosen candidate's payload; average = the uniform average of every
-    # payload stage 2 fetched (with shortlist: all, every candidate's: a model soup; strategies that borrow
-    # parts only). The transfer benchmark's `average` and `shortlist_average` arms measure the two.
-    combine: str = bounded("best", choices=("best", "average"))
-    # a selection probes at most this many peers (0: every alive peer); see .candidates for the order
-    max_candidates: int = bounded(0, ge=0, le=100_000)
-    # also compute every other score each candidate's fetched payloads allow, for the log
-    log_scores: bool = False
-    scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
-    deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for each stage of probing candidates
-    euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)
-    probe: ProbeSpec = field(default_factory=ProbeSpec)
-
-    def __post_init__(self):
-        k = self.shortlist
-        if isinstance(k, bool) or not (k == "all" or isinstance(k, int) and 0 <= k <= MAX_SHORTLIST):
-            raise ValueError(f"shortlist: expected an integer in 0..{MAX_SHORTLIST} or 'all', got {k!r}")
-
-    @property
-    def cheap(self) -> bool:
-        """Whether the ranking score needs only K/V + DDV (then `shortlist` and `confirm` apply)."""
-        return self.score in CHEAP_SCORES
-
-    def kinds_needed(self) -> set[str]:
-        """The payload kinds a candidate must serve for the ranking score."""
-        if self.score in DDV_SCORES:
-            return {"kv", "ddv"}
-        return {"kv"} if self.cheap else set()
-
-
 def can_average(strategy) -> bool:
     """Whether a strategy's payloads can be averaged: it borrows parts that run alone (mona's body
     travels with the peer's gradient for it, and a mean of bodies has none)."""

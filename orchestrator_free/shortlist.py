@@ -22,8 +22,8 @@ from crossback.models.perceiver import kv_shapes
 
 from .candidates import ProbeHistory
 from .scores import Receiver, apply_score
-from .selection import (SKIPPED, Candidate, SelectionConfig, choose, fetch_all, fetch_parts, pairs_of, probe_candidates,
-                        ranked)
+from crossback.orchestrator_free.selection import (SKIPPED, Candidate, choose, fetch_all, fetch_parts, pairs_of, probe_candidates, ranked)
+from crossback.config.selection import SelectionConfig
 
 
 @dataclass

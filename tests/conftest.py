@@ -10,9 +10,11 @@ import pytest
 import yaml
 
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
-from crossback.models.adapters import ImageAdapterConfig, TextAdapterConfig
-from crossback.models.perceiver import PerceiverConfig
+from crossback.config.data import SplitSpec, TaskSpec
+from crossback.data.tasks import build_task
+from crossback.config.data import View
+from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
+from crossback.config.model import PerceiverConfig
 from crossback.node.events import read_events
 
 
@@ -56,7 +58,7 @@ def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str], output=sub
     ``output``: where its console (stdout and stderr) goes."""
     path = root / f"{node_id}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
+    args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", node_id,
             "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id), "--log-dir", str(root / "logs")]
     if seeds:
         args += ["--seed-peers", ",".join(seeds)]
@@ -86,9 +88,9 @@ def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interva
     Returns (address, membership, stop)."""
     from crossback.node.events import EventLog
     from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve
-    from crossback.orchestrator_free.gossip import GossipLoop
+    from crossback.node.gossip import GossipLoop
     from crossback.orchestrator_free.membership import Membership
-    from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
+    from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
     server, port = bind("127.0.0.1:0", workers=4, tls=tls)
     address = f"127.0.0.1:{port}"

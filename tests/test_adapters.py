@@ -1,7 +1,7 @@
 import torch
 
-from crossback.models.adapters import (CLS_ID, PAD_ID, SEP_ID, ImageAdapter, ImageAdapterConfig,
-                                       fourier_positions)
+from crossback.models.adapters import CLS_ID, PAD_ID, SEP_ID, ImageAdapter, fourier_positions
+from crossback.config.model import ImageAdapterConfig
 from crossback.models.text_encoders import encode_utf8
 from crossback.models.learner import ContinualLearner
 

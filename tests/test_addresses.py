@@ -37,7 +37,7 @@ import grpc  # noqa: E402
 import pytest  # noqa: E402
 
 from crossback.orchestrator_free.identity import address_problem, dial_target  # noqa: E402
-from crossback.orchestrator_free.tls import open_channel  # noqa: E402
+from crossback.node.tls_material import open_channel
 
 SCHEME_ADDRESSES = ["unix-abstract:50183", "unix:50084", "xds:50085", "dns:50086", "ipv4:50087", "ipv6:50088",
                     "vsock:50089", "google-c2p:50090", "passthrough:50091", "UNIX:50092"]

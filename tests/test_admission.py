@@ -12,16 +12,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import tiny_config, wait_for
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, learn_task
+from crossback.config.model import MethodConfig
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
-from crossback.models.training import TrainOptions
+from crossback.config.model import TrainOptions
 from crossback.node.admission import AdmissionLimits, ClassLimits
-from crossback.node.checkpoint import save_checkpoint
+from crossback.models.persistence import save_checkpoint
 from crossback.node.events import EventLog
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
 

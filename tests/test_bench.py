@@ -7,11 +7,11 @@ import sys
 import pytest
 import yaml
 
-from crossback.bench.config import parse_bench_config
+from crossback.config.bench import parse_bench_config
 from crossback.bench.report import analyse, unit_arms
 from crossback.bench.runner import run_bench
 from crossback.bench.stats import bootstrap_ci, spearman, summary
-from crossback.node.config import ConfigError
+from crossback.config.errors import ConfigError
 from crossback.orchestrator_free.backbone import decide_keep
 
 TINY = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16, "latent_heads": 2,
@@ -103,7 +103,7 @@ def test_cli_writes_results_table_and_plot(tmp_path):
     data = bench_dict()
     data["nodes"] = [n for n in data["nodes"] if n["name"] != "wide"]
     cfg.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "bench", "transfer", "--config", str(cfg),
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "bench", "transfer", "--config", str(cfg),
                            "--seeds", "1", "--out", str(tmp_path / "out"), "--quick", "--no-progress"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -189,8 +189,8 @@ def test_genesis_gives_every_node_the_same_starting_core():
 def test_a_regime_can_start_from_a_base_config_and_override_named_nodes(tmp_path):
     import yaml
 
-    from crossback.bench.config import load_bench_config
-    from crossback.node.config import ConfigError
+    from crossback.config.bench import load_bench_config
+    from crossback.config.errors import ConfigError
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(bench_dict()))
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "regime": "child", "genesis": True,

@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from crossback.bench.peers import serve_snapshots
-from crossback.models.borrowed import HEAD_PARTS, PART_KINDS, TOKEN_READERS, accept_parts, part_names
+from crossback.models.borrowed import HEAD_PARTS, TOKEN_READERS, accept_parts, part_names
+from crossback.config.transfer import PART_KINDS
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
@@ -19,8 +22,9 @@ from crossback.orchestrator_free.backbone import record_provenance
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.scores import logme_evidence
-from crossback.orchestrator_free.selection import SKIPPED, SelectionConfig, probe_candidates
-from crossback.orchestrator_free.transport import ClientPool, PeerClient
+from crossback.orchestrator_free.selection import SKIPPED, probe_candidates
+from crossback.config.selection import SelectionConfig
+from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.crossback import CrossBackTransfer, TaskTransfer
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import node_events, start_node, stop_nodes, tiny_node_config, wait_for
 
-from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+from crossback.node.transport import CallPolicy, PeerClient
 
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 

@@ -6,8 +6,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from crossback.node.certs import certificate_node_id, init_ca, issue
-from crossback.node.cli import main
-from crossback.node.errors import ConfigError
+from crossback.app.cli import main
+from crossback.config.errors import ConfigError
 from crossback.orchestrator_free.identity import SWARM_NAME
 
 

@@ -11,7 +11,7 @@ import grpc
 from conftest import node_events, start_node, tiny_node_config, wait_for
 
 from crossback.node.events import read_events
-from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+from crossback.node.transport import CallPolicy, PeerClient
 
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}]
 

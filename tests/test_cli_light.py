@@ -8,12 +8,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from crossback.node.cli import main
+from crossback.app.cli import main
 from crossback.node.health_probe import ProbeError, check
 
 PROBE = """
 import sys
-from crossback.node.cli import main
+from crossback.app.cli import main
 rc = main([{args}])
 heavy = sorted(m for m in ("torch", "numpy", "transformers", "safetensors", "scipy") if m in sys.modules)
 heavy += ["grpc"] * (sys.argv[1] == "health" and "grpc" in sys.modules)  # health speaks HTTP/2 itself

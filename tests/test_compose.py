@@ -9,7 +9,7 @@ import pytest
 
 from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
-from crossback.node.train_run import prepare_tasks
+from crossback.data.prepare import prepare_tasks
 from docker_engine import compose_binary
 
 ROOT = Path(__file__).parent.parent
@@ -138,7 +138,7 @@ def test_the_image_is_built_without_its_build_inputs():
 
 @needs_compose
 def test_tls_override_gives_each_node_its_own_certificate_and_never_the_ca_key(tmp_path):
-    from crossback.node.cli import main
+    from crossback.app.cli import main
 
     certs = tmp_path / "certs"
     proc = compose(["docker-compose.yml", "docker-compose.tls.yml"], "config", "--format", "json",

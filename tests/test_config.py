@@ -1,6 +1,7 @@
 import pytest
 
-from crossback.node.config import ConfigError, config_to_dict, load_config, parse_config
+from crossback.config.errors import ConfigError
+from crossback.config.run import config_to_dict, load_config, parse_config
 
 BASE = {"tasks": ["Smileys & Emotion"]}
 
@@ -91,10 +92,10 @@ def test_a_relative_data_root_is_resolved_against_the_config_files_folder(tmp_pa
     monkeypatch.chdir(tmp_path.parent)  # anywhere but the config's folder
     cfg = load_config(cfg_path)
     assert cfg.data.root == str((tmp_path / "data").resolve())
-    from crossback.node.train_run import prepare_tasks
+    from crossback.data.prepare import prepare_tasks
     tasks, infos = prepare_tasks(cfg)
     assert infos[0]["classes"] == ["cats", "dogs"] and infos[0]["majority"] == pytest.approx(0.5)
     cfg_path.write_text("data: {source: folder, root: ../nowhere}\ntasks: [pets]\n")
-    from crossback.data.catalog import DataError
+    from crossback.config.errors import DataError
     with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
         prepare_tasks(load_config(cfg_path))

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import CPGOptions, MethodConfig, PackNetOptions, learn_task
-from crossback.models.training import TrainOptions, evaluate, predict
+from crossback.config.model import CPGOptions, MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
+from crossback.config.model import TrainOptions
+from crossback.models.training import evaluate, predict
 
 from conftest import tiny_config
 

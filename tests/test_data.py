@@ -7,10 +7,12 @@ from PIL import Image
 from scipy.io import savemat
 
 from crossback.data.build_emoji import collapse_key
-from crossback.data.catalog import DataError
+from crossback.config.errors import DataError
 from crossback.data.papers import load_cifar100, load_cub200, load_oxford102
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task, split_items
+from crossback.config.data import SplitSpec, TaskSpec
+from crossback.data.tasks import build_task, split_items
+from crossback.config.data import View
 
 IMAGE = View("image", image_size=16)
 TEXT = View("text", text_max_length=40)
@@ -261,7 +263,9 @@ def test_the_bundled_fashion_subset_is_the_first_300_items_of_each_class_and_bui
     import numpy as np
 
     from crossback.data.sources import load_catalog
-    from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+    from crossback.config.data import SplitSpec, TaskSpec
+    from crossback.data.tasks import build_task
+    from crossback.config.data import View
 
     catalog = load_catalog("fashion")
     by_class = catalog.by_class()

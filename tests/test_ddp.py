@@ -18,7 +18,7 @@ from conftest import node_events, start_serving, stop_nodes, tiny_node_config, w
 
 from crossback.models.learner import ContinualLearner
 from crossback.node.distributed import _pack, _unpack, learner_digest, rank_from_env
-from crossback.node.errors import ConfigError
+from crossback.config.errors import ConfigError
 
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]},
          {"name": "c", "classes": ["6", "7", "8", "9"]}]
@@ -58,7 +58,7 @@ def node_config(method: dict, tasks: list[dict], **node) -> dict:
 def node_command(root: Path, node_id: str, cfg: dict, nproc: int, *extra: str) -> list[str]:
     path = root / f"{node_id}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
+    return [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", node_id,
             "--nproc", str(nproc), "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id),
             "--log-dir", str(root / "logs"), *extra]
 
@@ -215,8 +215,9 @@ def test_nproc_is_checked_before_any_rank_starts(tmp_path):
 
 def test_the_learner_crosses_ranks_as_tensors_and_arrives_whole(digits_tasks):
     from conftest import tiny_config
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
 
     learner = ContinualLearner(tiny_config(), "image", "piggyback", seed=3)
     for data in digits_tasks[:2]:

@@ -17,7 +17,7 @@ ALLOWED_PAYLOADS = {"kv", "ddv", "backbone", "membership", "info", "info_request
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "demo", "--out", str(out), "--nodes", "4",
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "demo", "--out", str(out), "--nodes", "4",
                            "--epochs", "3", "--adapt-epochs", "1", "--seed", "0", "--timeout", "240"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -93,7 +93,7 @@ def test_only_declared_payload_kinds_left_any_node(demo):
 
 def test_selections_command_renders_every_node_and_task(demo):
     out, summary, _ = demo
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "selections", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "selections", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     body = proc.stdout.splitlines()[2:]
@@ -103,7 +103,7 @@ def test_selections_command_renders_every_node_and_task(demo):
 def test_swarm_compare_pairs_arms_within_each_task(tmp_path):
     cfg = tmp_path / "swarm.yaml"
     cfg.write_text("nodes: 2\nepochs: 2\nadapt_epochs: 1\ntimeout: 120\nresamples: 200\n")
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "swarm", "--config", str(cfg), "--compare",
                            "none,selected", "--seeds", "0", "--out", str(tmp_path / "cmp")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -121,7 +121,7 @@ def test_swarm_compare_pairs_arms_within_each_task(tmp_path):
 def test_swarm_compare_rejects_unknown_arms(tmp_path):
     cfg = tmp_path / "swarm.yaml"
     cfg.write_text("nodes: 2\n")
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "swarm", "--config", str(cfg), "--compare",
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "swarm", "--config", str(cfg), "--compare",
                            "none,best", "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown arm(s) ['best']" in proc.stderr
 
@@ -131,7 +131,7 @@ import sys, time, yaml
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_node_config
-from crossback.node.demo import launch_node
+from crossback.app.demo import launch_node
 out = Path({out!r})
 cfg = tiny_node_config(0, [{{"name": "a", "classes": ["0", "1"]}}], 0.5, 5.0)
 cfg["node"]["node_id"] = "orphan"

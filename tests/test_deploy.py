@@ -25,7 +25,7 @@ from conftest import wait_for
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
-CLI = [sys.executable, "-m", "crossback.node.cli"]
+CLI = [sys.executable, "-m", "crossback.app.cli"]
 
 
 def documented(prefix: str) -> list[str]:
@@ -129,8 +129,8 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
 def test_up_refuses_a_busy_port_and_a_wildcard_without_advertise_host(tmp_path):
     import threading
 
-    from crossback.node.config import ConfigError
-    from crossback.node.local_swarm import run_up
+    from crossback.config.errors import ConfigError
+    from crossback.app.local_swarm import run_up
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

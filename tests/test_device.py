@@ -3,12 +3,15 @@ import pytest
 import torch
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import CPGOptions, MethodConfig, learn_task
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
-from crossback.node.config import ConfigError
+from crossback.config.model import CPGOptions, MethodConfig
+from crossback.models.methods import learn_task
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
+from crossback.config.errors import ConfigError
 from crossback.node.devices import resolve_device
-from crossback.orchestrator_free.ddv import ProbeSpec, ddv
+from crossback.config.selection import ProbeSpec
+from crossback.orchestrator_free.ddv import ddv
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.crossback import CrossBackTransfer
 

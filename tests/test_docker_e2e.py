@@ -120,7 +120,7 @@ def exercise(list_containers, what: str) -> None:
 
 
 def test_docker_compose_up_with_mutual_tls(image, tmp_path):
-    from crossback.node.cli import main
+    from crossback.app.cli import main
 
     project = f"cbe2e-{RUN_ID}"
     label = f"com.docker.compose.project={project}"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from crossback.node.config import load_config
-from crossback.node.train_run import evaluate_run, run_training
+from crossback.config.run import load_config
+from crossback.app.train_run import evaluate_run, run_training
 
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.yaml") if "tasks:" in p.read_text())
 

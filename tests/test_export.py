@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from crossback.node.config import parse_config
-from crossback.node.predict import load_task_model
-from crossback.node.train_run import prepare_tasks, run_training
+from crossback.config.run import parse_config
+from crossback.app.predict import load_task_model
+from crossback.data.prepare import prepare_tasks
+from crossback.app.train_run import run_training
 
 TINY = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16, "latent_heads": 2,
         "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}, "text": {"max_length": 40}}
@@ -45,11 +46,11 @@ def export(folder, task, fmt, out, process: bool = False):
     """`crossback export` as a process (``process``) or through the same entry point in this one."""
     args = ["export", "--state", str(folder), "--task", task, "--format", fmt, "--out", str(out)]
     if process:
-        proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", *args], capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     else:
-        from crossback.node.cli import main
+        from crossback.app.cli import main
 
         assert main(args) == 0
     return json.loads(out.with_name(out.name + ".json").read_text())
@@ -85,7 +86,7 @@ def test_export_refuses_an_unknown_task_and_format(run, tmp_path):
     import contextlib
     import io
 
-    from crossback.node.cli import main
+    from crossback.app.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -5,8 +5,9 @@ import torch
 
 from crossback.models.fold import fold
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, learn_task
-from crossback.models.training import TrainOptions
+from crossback.config.model import MethodConfig
+from crossback.models.methods import learn_task
+from crossback.config.model import TrainOptions
 
 from conftest import tiny_config
 

@@ -9,13 +9,17 @@ import torch
 
 from crossback.bench.peers import serve_snapshots
 from crossback.data.public_set import is_public, public_set_name
-from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task, public_items
+from crossback.config.data import SplitSpec, TaskSpec
+from crossback.data.tasks import build_task, public_items
+from crossback.config.data import View
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
-from crossback.node.config import ConfigError
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
+from crossback.config.errors import ConfigError
 from crossback.node.events import EventLog
 from crossback.node.features import item_features
 from crossback.node.node_config import load_node_config
@@ -23,12 +27,15 @@ from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
 from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
-from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, Pairs, item_hash
+from crossback.config.transfer import MAX_PAIR_ITEMS
+from crossback.transfer.pairs import Pairs, item_hash
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, SelectionConfig, pairs_of, probe_candidates
-from crossback.orchestrator_free.transport import ClientPool, PeerClient
+from crossback.orchestrator_free.selection import SKIPPED, pairs_of, probe_candidates
+from crossback.config.selection import SelectionConfig
+from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
-from crossback.transfer.freqkd import FreqKDConfig, FreqKDTransfer
+from crossback.config.transfer import FreqKDConfig
+from crossback.transfer.freqkd import FreqKDTransfer
 
 from conftest import tiny_config
 
@@ -301,8 +308,8 @@ def test_shared_item_features_need_tls_and_the_swarm_pair_secret(tmp_path):
 def test_the_demo_runs_its_nodes_on_freqkd_when_asked(tmp_path):
     import yaml
 
-    from crossback.node.demo import GROUPS, node_config
-    from crossback.node.train_run import prepare_public, prepare_tasks
+    from crossback.app.demo import GROUPS, node_config
+    from crossback.data.prepare import prepare_public, prepare_tasks
 
     path = tmp_path / "txt-0.yaml"
     path.write_text(yaml.safe_dump(node_config({"node_id": "txt-0", "modality": "text", "role": "receiver",

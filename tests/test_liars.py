@@ -9,18 +9,20 @@ import torch
 
 from crossback.bench.peers import serve_snapshots
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
-from crossback.models.training import TrainOptions
-from crossback.node.checkpoint import save_checkpoint
+from crossback.config.model import TrainOptions
+from crossback.models.persistence import save_checkpoint
 from crossback.node.events import EventLog
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SelectionConfig, choose, probe_candidates
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.wire import encode, encode_all
+from crossback.config.selection import SelectionConfig
+from crossback.orchestrator_free.selection import choose, probe_candidates
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
+from crossback.node.wire import encode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 
 from conftest import tiny_config

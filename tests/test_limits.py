@@ -10,17 +10,21 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
-from crossback.models.training import TrainOptions
-from crossback.node.checkpoint import save_checkpoint
+from crossback.config.model import TrainOptions
+from crossback.models.persistence import save_checkpoint
 from crossback.node.events import EventLog
-from crossback.node.limits import Busy, CallLimiter, CallLimits
-from crossback.node.server import DEFAULT_PROBE_BUDGET, NodeIdentity, PeerServicer, bind, serve
+from crossback.node.limits import Busy, CallLimiter
+from crossback.config.node import CallLimits
+from crossback.config.node import DEFAULT_PROBE_BUDGET
+from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
-from crossback.orchestrator_free.ddv import ProbeSpec, ddv
+from crossback.config.selection import ProbeSpec
+from crossback.orchestrator_free.ddv import ddv
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
 from conftest import tiny_config

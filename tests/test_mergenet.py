@@ -6,18 +6,23 @@ import torch
 
 from crossback.bench.peers import serve_snapshots
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, SelectionConfig, probe_candidates
-from crossback.orchestrator_free.transport import ClientPool, PeerClient
+from crossback.orchestrator_free.selection import SKIPPED, probe_candidates
+from crossback.config.selection import SelectionConfig
+from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.lpka import LPKA, low_rank
-from crossback.transfer.mergenet import MergeNetConfig, MergeNetTransfer
-from crossback.transfer.registry import TransferConfig, make_strategy
+from crossback.config.transfer import MergeNetConfig
+from crossback.transfer.mergenet import MergeNetTransfer
+from crossback.config.transfer import TransferConfig
+from crossback.transfer.registry import make_strategy
 
 from conftest import tiny_config
 

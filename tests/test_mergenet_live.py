@@ -4,7 +4,7 @@ import pytest
 
 from conftest import node_events, start_serving, stop_nodes, tiny_node_config
 
-from crossback.node.selections import render_table, selection_rows
+from crossback.app.selections import render_table, selection_rows
 
 TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
 

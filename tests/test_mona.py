@@ -9,20 +9,24 @@ import torch.nn.functional as F
 
 from crossback.bench.peers import serve_snapshots
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import ENCODER_KV, kv_shapes
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
 from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import SKIPPED, Candidate, SelectionConfig, fetch_extra, probe_candidates
-from crossback.orchestrator_free.transport import ClientPool, PeerClient
+from crossback.orchestrator_free.selection import SKIPPED, Candidate, fetch_extra, probe_candidates
+from crossback.config.selection import SelectionConfig
+from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.alignment import alignment_uniformity, body_names, outer_gradient, outer_loss
 from crossback.transfer.base import AdaptOptions
-from crossback.transfer.mona import OUTER_GRAD, MonaConfig, MonaTransfer, embedder_names, first_order_objective
+from crossback.transfer.mona import OUTER_GRAD, MonaTransfer, embedder_names, first_order_objective
+from crossback.config.transfer import MonaConfig
 
 from conftest import tiny_config
 
@@ -246,7 +250,7 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
 def test_the_demo_runs_its_nodes_on_mona_when_asked(tmp_path):
     import yaml
 
-    from crossback.node.demo import GROUPS, node_config
+    from crossback.app.demo import GROUPS, node_config
     from crossback.node.node_config import load_node_config
 
     path = tmp_path / "img-0.yaml"

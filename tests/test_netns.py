@@ -151,7 +151,7 @@ class NsNode:
         if epochs is not None:
             config["train"]["epochs"] = epochs
         cfg.write_text(yaml.safe_dump(config))
-        args = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg),
+        args = ["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.app.cli", "node", "--config", str(cfg),
                 "--node-id", role, "--listen", self.address, "--state-dir", str(root / "state" / role),
                 "--log-dir", str(root / "logs")]
         if seeds:
@@ -164,7 +164,7 @@ class NsNode:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """A crossback CLI command run inside this node's namespace."""
-        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.node.cli", *args],
+        return subprocess.run(["ip", "netns", "exec", self.ns, sys.executable, "-m", "crossback.app.cli", *args],
                               capture_output=True, text=True, timeout=30)
 
 

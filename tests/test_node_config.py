@@ -4,8 +4,9 @@ import sys
 import pytest
 import yaml
 
-from crossback.node.config import ConfigError
+from crossback.config.errors import ConfigError
 from crossback.node.events import read_events
+from crossback.orchestrator_free.genesis import genesis_id
 from crossback.node.node_config import load_node_config
 
 from test_node_integration import CONFIG
@@ -48,7 +49,7 @@ def test_bad_node_settings_name_their_key(tmp_path, node, needle):
 
 def test_node_with_unreachable_seeds_runs_its_tasks_alone(tmp_path):
     path = write(tmp_path, node_id="solo", seed_peers=["127.0.0.1:1"], exit_when_done=True)
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path),
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path),
                            "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "logs")],
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -57,7 +58,7 @@ def test_node_with_unreachable_seeds_runs_its_tasks_alone(tmp_path):
     assert names.count("task_finished") == 2 and "tasks_done" in names and "peer_joined" not in names
     assert (tmp_path / "state" / "checkpoints" / "task-002" / "learner.json").is_file()
     # a node's state folder is a run folder: crossback evaluate re-scores what the node reported
-    ev = subprocess.run([sys.executable, "-m", "crossback.node.cli", "evaluate", str(tmp_path / "state")],
+    ev = subprocess.run([sys.executable, "-m", "crossback.app.cli", "evaluate", str(tmp_path / "state")],
                         capture_output=True, text=True, timeout=120)
     assert ev.returncode == 0, ev.stdout + ev.stderr
     assert ev.stdout.count(" ok") == 2 and "MISMATCH" not in ev.stdout
@@ -65,13 +66,13 @@ def test_node_with_unreachable_seeds_runs_its_tasks_alone(tmp_path):
 
 def test_bad_node_config_exits_nonzero_naming_the_key(tmp_path):
     path = write(tmp_path, node_id="x", hearbeat_interval=1)
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "node.hearbeat_interval" in proc.stderr and "heartbeat_interval" in proc.stderr
 
 
 def _node_cmd(path, tmp_path):
-    return [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path),
+    return [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path),
             "--state-dir", str(tmp_path / "state"), "--log-dir", str(tmp_path / "logs")]
 
 
@@ -186,7 +187,7 @@ def test_genesis_serve_and_borrow_reach_the_node(tmp_path):
                                     "adaptation": {"head_probe": False}}))
     cfg = load_node_config(path, {}, {})
     assert cfg.node.serve == ("kv", "backbone") and cfg.transfer.borrow == "block" and not cfg.adaptation.head_probe
-    assert cfg.genesis.startswith("4:") and cfg.swarm.genesis == 4
+    assert genesis_id(cfg.swarm.genesis, cfg.run.model).startswith("4:") and cfg.swarm.genesis == 4
 
 
 def test_a_mona_node_parses_its_strategy_and_what_it_serves(tmp_path):

@@ -16,11 +16,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import tiny_node_config, wait_for
 
-from crossback.node.checkpoint import latest_checkpoint, load_checkpoint
+from crossback.models.persistence import latest_checkpoint, load_checkpoint
 from crossback.node.events import read_events
-from crossback.orchestrator_free.ddv import ProbeSpec
-from crossback.orchestrator_free.transport import CallPolicy, PeerClient
-from crossback.orchestrator_free.wire import encode_all
+from crossback.config.selection import ProbeSpec
+from crossback.node.transport import CallPolicy, PeerClient
+from crossback.node.wire import encode_all
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
@@ -38,7 +38,7 @@ class NodeProc:
         self.proc = None
 
     def start(self) -> "NodeProc":
-        args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(self.config),
+        args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(self.config),
                 "--node-id", self.node_id, "--listen", "127.0.0.1:0", "--state-dir", str(self.root / "state" / self.node_id),
                 "--log-dir", str(self.root / "logs")]
         if self.seeds:
@@ -199,7 +199,7 @@ def test_sigkilled_node_is_reported_dead_then_readmitted_with_its_tasks(swarm):
 
 
 def test_cli_peers_and_status_against_a_live_node(swarm):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "crossback.node.cli", *args],
+    run = lambda *args: subprocess.run([sys.executable, "-m", "crossback.app.cli", *args],
                                        capture_output=True, text=True, timeout=60)
     status = run("status", "--target", swarm["a"].address)
     assert status.returncode == 0 and "finished tasks: a, b" in status.stdout and "cross_attn.key [16, 32]" in status.stdout

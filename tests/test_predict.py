@@ -15,8 +15,9 @@ import yaml
 from PIL import Image
 
 from crossback.data.sources import load_catalog
-from crossback.node.config import parse_config
-from crossback.node.train_run import evaluate_run, prepare_tasks, run_training
+from crossback.config.run import parse_config
+from crossback.app.train_run import evaluate_run, run_training
+from crossback.data.prepare import prepare_tasks
 
 from conftest import tiny_node_config
 
@@ -26,7 +27,7 @@ TINY_MODEL = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "
 
 def crossback(*args) -> subprocess.CompletedProcess:
     """A real `crossback` process."""
-    return subprocess.run([sys.executable, "-m", "crossback.node.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "crossback.app.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -35,7 +36,7 @@ def cli(*args) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from crossback.node.cli import main
+    from crossback.app.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -208,7 +209,7 @@ def test_classify_over_grpc_answers_what_predict_answers_locally(serving_node, t
 def test_classify_refuses_bombs_long_strings_unknown_tasks_and_stays_healthy(serving_node):
     import grpc
 
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.node.transport import CallPolicy, PeerClient
 
     _, address, _ = serving_node
     client = PeerClient(address, "app", CallPolicy(timeout=10.0, attempts=1))
@@ -233,7 +234,7 @@ def test_classify_refuses_bombs_long_strings_unknown_tasks_and_stays_healthy(ser
 
 
 def test_a_long_string_is_refused_before_it_is_encoded():
-    from crossback.data.tasks import View
+    from crossback.config.data import View
     from crossback.node.classify import ItemError, encode_request
 
     with pytest.raises(ItemError, match="item 1: a string of 1048576 characters"):
@@ -245,7 +246,7 @@ def test_a_node_that_does_not_serve_classify_refuses_it(tmp_path):
     import grpc
 
     from conftest import start_inprocess_node
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.node.transport import CallPolicy, PeerClient
 
     address, _, stop = start_inprocess_node(tmp_path, "plain")
     client = PeerClient(address, "app", CallPolicy(timeout=5.0, attempts=1))

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.wire import DTYPES, WireError, decode, encode_all
+from crossback.node.wire import DTYPES, decode, encode_all
+from crossback.config.errors import WireError
 from crossback.proto.v1 import peer_pb2 as pb
 
 names = st.text(min_size=0, max_size=300)

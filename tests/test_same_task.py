@@ -6,10 +6,10 @@ import torch
 from conftest import node_events, start_node, start_serving, stop_nodes, tiny_config, tiny_node_config, wait_for
 
 from crossback.models.learner import ContinualLearner
-from crossback.orchestrator_free.pairs import new_salt
+from crossback.transfer.pairs import new_salt
 from crossback.orchestrator_free.same_task import (class_hashes, label_order, matching_tasks, request_problem,
                                                    task_parts)
-from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+from crossback.node.transport import CallPolicy, PeerClient
 
 
 def _learner(*tasks: list[str]) -> ContinualLearner:

@@ -47,9 +47,11 @@ def test_ddvs_computed_from_many_threads_equal_sequential_ones(digits_tasks):
 
     from conftest import tiny_config
     from crossback.models.learner import ContinualLearner
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions
-    from crossback.orchestrator_free.ddv import ProbeSpec, ddv
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
+    from crossback.config.selection import ProbeSpec
+    from crossback.orchestrator_free.ddv import ddv
 
     learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
     learn_task(learner, digits_tasks[0], MethodConfig(), TrainOptions(epochs=1, batch_size=64))
@@ -67,8 +69,10 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
 
     from conftest import tiny_config
     from crossback.models.learner import ContinualLearner
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions, predict
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
+    from crossback.models.training import predict
     from crossback.models.borrowed import kv_parts
     from crossback.orchestrator_free.scores import apply_score
 

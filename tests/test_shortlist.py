@@ -6,16 +6,19 @@ import torch
 
 from crossback.bench.peers import published, serve_snapshots, untrained_learner
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import ENCODER_KV, split_kv
-from crossback.models.training import TrainOptions
+from crossback.config.model import TrainOptions
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
-from crossback.orchestrator_free.scores import Receiver, genesis_kv, kv_motion
-from crossback.orchestrator_free.selection import Candidate, SelectionConfig
+from crossback.orchestrator_free.scores import genesis_kv, kv_motion
+from crossback.orchestrator_free.selection import Candidate
+from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
-from crossback.transfer.registry import TransferConfig, make_strategy
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
+from crossback.config.transfer import TransferConfig
+from crossback.transfer.registry import make_strategy
 
 from conftest import tiny_config
 
@@ -170,7 +173,7 @@ class PayloadLiar:
         import time as _time
 
         from crossback.node.server import PeerServicer
-        from crossback.orchestrator_free.wire import encode_all
+        from crossback.node.wire import encode_all
 
         class Liar(PeerServicer):
             def FetchPayload(self, request, context):
@@ -192,7 +195,8 @@ class PayloadLiar:
 def liars(tmp_path_factory, digits_tasks):
     from crossback.models.perceiver import kv_shapes
     from crossback.node.events import EventLog
-    from crossback.node.server import PAYLOAD_KINDS, NodeIdentity, bind, serve
+    from crossback.config.node import PAYLOAD_KINDS
+    from crossback.node.server import NodeIdentity, bind, serve
     from crossback.orchestrator_free.membership import Membership
 
     root = tmp_path_factory.mktemp("payload-liars")
@@ -233,7 +237,8 @@ def test_a_peer_that_wins_stage_one_and_lies_in_stage_two_does_not_deny_the_sele
 @pytest.mark.parametrize("k", [2, "all"])
 def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no_origin(k, donors, digits_tasks):
     from crossback.models.borrowed import BORROWED_EVENT, average_parts
-    from crossback.orchestrator_free.backbone import ExperimentConfig, arm_seed, run_arm, transfer_step
+    from crossback.config.selection import ExperimentConfig
+    from crossback.orchestrator_free.backbone import arm_seed, run_arm, transfer_step
     from crossback.transfer.base import AdaptOptions
 
     cfg = SelectionConfig(score="kv_motion", shortlist=k, combine="average")
@@ -271,7 +276,8 @@ def test_combine_average_is_refused_for_a_strategy_without_parts_to_average():
     check_combine(SelectionConfig(combine="average"), make_strategy(TransferConfig(borrow="backbone")))
     with pytest.raises(ValueError, match="combine: average.*'mergenet'"):
         check_combine(SelectionConfig(combine="average"), make_strategy(TransferConfig(strategy="mergenet")))
-    from crossback.node.config import ConfigError, from_mapping
+    from crossback.config.errors import ConfigError
+    from crossback.config.loader import from_mapping
 
     with pytest.raises(ConfigError, match="selection.combine"):
         from_mapping(SelectionConfig, {"combine": "median"}, "selection")

@@ -6,7 +6,7 @@ import time
 import grpc
 import pytest
 
-from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
 from conftest import start_inprocess_node, wait_for

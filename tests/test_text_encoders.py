@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from crossback.models.adapters import BYTE_OFFSET, CLS_ID, PAD_ID, SEP_ID, TextAdapterConfig
+from crossback.models.adapters import BYTE_OFFSET, CLS_ID, PAD_ID, SEP_ID
+from crossback.config.model import TextAdapterConfig
 from crossback.models.text_encoders import MINILM_DIM, encode_minilm, encode_texts, encode_utf8
 
 
@@ -39,10 +40,14 @@ def test_a_text_node_learns_through_the_minilm_front_end(emoji_catalog):
     from dataclasses import replace
 
     from conftest import tiny_config
-    from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+    from crossback.config.data import SplitSpec, TaskSpec
+    from crossback.data.tasks import build_task
+    from crossback.config.data import View
     from crossback.models.learner import ContinualLearner
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions, evaluate
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
+    from crossback.models.training import evaluate
 
     cfg = replace(tiny_config(), text=TextAdapterConfig(max_length=16, encoder="minilm"))
     spec = TaskSpec("four-groups", classes=("animal-mammal", "transport-ground", "clothing", "sky & weather"))

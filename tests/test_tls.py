@@ -7,10 +7,11 @@ import grpc
 import pytest
 
 from crossback.node.certs import init_ca, issue
-from crossback.node.errors import ConfigError
+from crossback.config.errors import ConfigError
 from crossback.node.health_probe import ProbeError, check, tls_context
-from crossback.node.tls import TlsSettings, load_tls
-from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+from crossback.config.node import TlsSettings
+from crossback.node.tls import check_tls, load_tls
+from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
 from conftest import node_events, start_inprocess_node, start_serving, stop_nodes, tiny_node_config, wait_for
@@ -66,9 +67,9 @@ def test_certificate_files_are_checked_and_errors_name_the_key_and_file(pki, tmp
     with pytest.raises(ConfigError, match=r"node.tls.ca: .*junk.pem is not a PEM certificate"):
         load_tls(TlsSettings(dir=str(pki / "swarm"), ca=str(tmp_path / "junk.pem")), "a")
     with pytest.raises(ConfigError, match=r"node.tls.key: required"):
-        TlsSettings(ca="x", cert="y").validate("a")
+        check_tls(TlsSettings(ca="x", cert="y"), "a")
     with pytest.raises(ConfigError, match=r"node.tls.allow\[1\]"):
-        TlsSettings(dir="d", allow=("b", "../x")).validate("a")
+        check_tls(TlsSettings(dir="d", allow=("b", "../x")), "a")
     assert material(pki, "a", allow=["b"]).allow == {"a", "b"}  # a node always admits itself
 
 
@@ -193,7 +194,7 @@ def test_the_allow_list_refuses_other_members(pki, tmp_path):
 
 def test_cli_status_and_health_speak_tls_with_the_named_certificate(pki, node_a):
     address, _ = node_a
-    cli = [sys.executable, "-m", "crossback.node.cli"]
+    cli = [sys.executable, "-m", "crossback.app.cli"]
     tls = ["--tls-dir", str(pki / "swarm"), "--as", "b"]
     status = subprocess.run(cli + ["status", "--target", address, *tls], capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "node      a at" in status.stdout, status.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossback.node import checkpoint as ckpt
-from crossback.node.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from crossback.models import persistence as ckpt
+from crossback.models.persistence import latest_checkpoint, load_checkpoint, save_checkpoint
 
 TINY_MODEL = {"token_dim": 32, "num_latents": 8, "latent_dim": 32, "depth": 1, "cross_dim_head": 16,
               "latent_heads": 2, "latent_dim_head": 16, "queries_dim": 32, "image": {"channels": 1, "patch_size": 2}}
@@ -29,7 +29,7 @@ def write_config(path: Path, tasks=TASKS, method="packnet", epochs=3, **extra) -
 
 
 def crossback(*args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "crossback.node.cli", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"crossback {args} failed ({proc.returncode}):\n{proc.stderr}")
@@ -128,7 +128,7 @@ def test_missing_dataset_root_is_named(tmp_path):
 def test_sigkill_mid_run_then_restart_finishes_the_sequence(tmp_path):
     out = tmp_path / "run"
     config = write_config(tmp_path / "c.yaml", epochs=40)
-    proc = subprocess.Popen([sys.executable, "-m", "crossback.node.cli", "train", "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "crossback.app.cli", "train", "--config", str(config),
                              "--out", str(out), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while latest_checkpoint(out / "checkpoints") is None and time.monotonic() < deadline and proc.poll() is None:
@@ -145,8 +145,9 @@ def test_sigkill_mid_run_then_restart_finishes_the_sequence(tmp_path):
 
 def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch, digits_tasks):
     from crossback.models.learner import ContinualLearner
-    from crossback.models.methods import MethodConfig, learn_task
-    from crossback.models.training import TrainOptions
+    from crossback.config.model import MethodConfig
+    from crossback.models.methods import learn_task
+    from crossback.config.model import TrainOptions
 
     from conftest import tiny_config
 

@@ -3,11 +3,14 @@ import pytest
 import torch
 
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, PackNetOptions, learn_task
+from crossback.config.model import MethodConfig, PackNetOptions
+from crossback.models.methods import learn_task
 from crossback.models.perceiver import ENCODER_KV
-from crossback.models.training import TrainOptions, predict
-from crossback.node.checkpoint import load_checkpoint, save_checkpoint
-from crossback.transfer.base import AdaptationConfig, AdaptOptions
+from crossback.config.model import TrainOptions
+from crossback.models.training import predict
+from crossback.models.persistence import load_checkpoint, save_checkpoint
+from crossback.config.transfer import AdaptationConfig
+from crossback.transfer.base import AdaptOptions
 from crossback.transfer.crossback import CrossBackTransfer, InjectionError
 
 from conftest import tiny_config

@@ -3,7 +3,8 @@ import hashlib
 import pytest
 import torch
 
-from crossback.orchestrator_free.wire import CHUNK_BYTES, WireError, decode, encode, encode_all
+from crossback.node.wire import CHUNK_BYTES, decode, encode, encode_all
+from crossback.config.errors import WireError
 
 SHAPES = {"k": (700, 600)}
 

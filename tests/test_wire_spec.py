@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from crossback.orchestrator_free.ddv import ProbeSpec, normals, probe_pairs, splitmix64
+from crossback.config.selection import ProbeSpec
+from crossback.orchestrator_free.ddv import normals, probe_pairs, splitmix64
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "proto" / "v1" / "test_vectors.json"
@@ -46,7 +47,7 @@ def test_committed_vectors_are_current_and_hold():
     # the DDV answer is float32 arithmetic: BLAS kernels differ in summation order between CPUs, so it is
     # held to the tolerance another implementation is (tests/js/probes.mjs), everything else to the byte
     committed_ddv, current_ddv = vectors["ddv"].pop("ddv"), current["ddv"].pop("ddv")
-    assert vectors == current, "proto/v1/test_vectors.json is stale: run python proto/vectors.py"
+    assert vectors == current, "proto/v1/test_vectors.json is stale: run python node/wire_vectors.py"
     assert current_ddv == pytest.approx(committed_ddv, rel=1e-4, abs=1e-6), "the committed DDV answer is stale"
     for p in vectors["probes"]:
         x, xp = probe_pairs(ProbeSpec(seed=int(p["seed"]), pair_count=p["pair_count"], token_count=p["token_count"],

@@ -6,26 +6,14 @@ from typing import Protocol
 
 import torch
 
-from crossback.models.bounds import bounded
+from crossback.config.transfer import AdaptationConfig
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.models.training import TrainOptions
+from crossback.config.model import TrainOptions
 
 
 class InjectionError(RuntimeError):
     """The borrowed weights did not reach the model (or equal what it already had)."""
-
-
-@dataclass(frozen=True)
-class AdaptationConfig:
-    """How every arm finishes a task (the ``adaptation:`` section): the same budget for all of them."""
-
-    epochs: int = bounded(10, ge=0, le=100_000)
-    # also retrain the shared weights the task owns, as the paper's CL.train_with_mask does
-    own_weights: bool = True
-    # before adapting on borrowed parts, refit the head by a linear probe on the features they give
-    # (the task's head was learned on its own body; see crossback.models.training.fit_head)
-    head_probe: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from crossback.models.borrowed import PART_KINDS
+from crossback.config.transfer import PART_KINDS
 from crossback.models.training import accuracy, fit, fit_head, predict
 
 from .base import AdaptOptions, InjectionError

@@ -2,7 +2,7 @@
 Distillation"), between a student node and a teacher peer that sees the same items in another modality.
 
 The teacher sends only features: for every paired item, the mean of what its published task's head
-reads over the item's samples (``crossback.orchestrator_free.pairs``; pairs come from the public paired
+reads over the item's samples (``crossback.transfer.pairs``; pairs come from the public paired
 set or from item ids both nodes hold). The student finishes its task on
 
     L = L_task + L_align + lambda_1 L_low + lambda_2 L_high                      (Eq. 11)
@@ -35,33 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossback.config.transfer import FreqKDConfig, PAIR_KINDS
 from crossback.models.optim import Adam
-from crossback.models.bounds import bounded
 from crossback.models.training import Split, features, fit_linear
-from crossback.orchestrator_free.pairs import MAX_PAIR_ITEMS, MIN_SECRET_BYTES, Pairs
+from crossback.transfer.pairs import MIN_SECRET_BYTES, Pairs
 
 from .base import AdaptOptions
 from .freqkd_bands import decoupled_losses, split_bands, standardise
-
-PAIR_KINDS = {"public": "public_features", "shared_ids": "features"}
-
-
-@dataclass(frozen=True)
-class FreqKDConfig:
-    """The ``transfer.freqkd`` section."""
-
-    # where paired items come from: the public set every node holds out (data.split.public_fraction),
-    # or the ids of items both nodes hold (the teacher must serve ``features``)
-    pairs: str = bounded("public", choices=tuple(PAIR_KINDS))
-    low_weight: float = bounded(1.0, ge=0.0, le=1e6)  # lambda_1 (the paper's default)
-    high_weight: float = bounded(1.0, ge=0.0, le=1e6)  # lambda_2 (the paper's default)
-    low_fraction: float = bounded(0.5, gt=0.0, lt=1.0)  # share of the non-DC bins in the low band
-    decouple: bool = True  # false: the ablation without the band split
-    # fit the shared classifiers by a linear probe before adapting (else they start random)
-    probe_classifiers: bool = True
-    pair_batch: int = bounded(32, ge=1, le=4096)  # paired samples per step, beside each batch of own items
-    max_pairs: int = bounded(1024, ge=1, le=MAX_PAIR_ITEMS)  # items named in one request
-
 
 @dataclass
 class _Pool:

@@ -18,12 +18,11 @@ arms differ only in the adapter's use of the peer's matrix.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
+from crossback.config.transfer import MergeNetConfig
 from crossback.models.optim import AdamW
-from crossback.models.bounds import bounded
 from crossback.models.perceiver import ENCODER_KV
 
 LATENTS = "core.latents"
@@ -33,26 +32,6 @@ from .base import AdaptOptions
 from .lpka import LPKA
 
 MATRICES = {"kv": ENCODER_KV, "latents": LATENTS}  # matrix = the payload kind it arrives in -> parameter it goes into
-
-
-@dataclass(frozen=True)
-class MergeNetConfig:
-    """The ``transfer.mergenet`` section. The paper's settings where it gives them (2 knowledge-transfer
-    layers, 8 heads, adapter lr 1e-3 and weight decay 1e-2 with AdamW, T_cycle 2 for its cross-modal
-    runs); it does not state the rank or the attention width."""
-
-    matrix: str = bounded("kv", choices=tuple(MATRICES))
-    rank: int = bounded(8, ge=1, le=4096)
-    t_cycle: int = bounded(2, ge=1, le=1_000_000)
-    layers: int = bounded(2, ge=1, le=16)
-    heads: int = bounded(8, ge=1, le=64)
-    dim: int = bounded(64, ge=1, le=4096)
-    lr: float = bounded(1e-3, gt=0.0, le=10.0)
-    weight_decay: float = bounded(1e-2, ge=0.0, le=10.0)
-
-    def __post_init__(self):
-        if self.dim % self.heads:
-            raise ValueError(f"mergenet.dim {self.dim} is not divisible by mergenet.heads {self.heads}")
 
 
 class MergeNetTransfer:

@@ -25,15 +25,14 @@ term (embedder warm-up, then adaptation): arms differ only in the peer's body an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossback.config.transfer import MonaConfig
 from crossback.models.optim import Adam
 from crossback.models.borrowed import TOKEN_READERS
-from crossback.models.bounds import bounded
 from crossback.models.learner import HEAD_NAMES
 from crossback.models.perceiver import ENCODER_KV
 
@@ -42,20 +41,6 @@ from .base import AdaptOptions
 from .crossback import adapt_on_parts
 
 OUTER_GRAD = "outer_grad::"  # prefix of the gradient tensors inside a mona payload
-
-
-@dataclass(frozen=True)
-class MonaConfig:
-    """The ``transfer.mona`` section."""
-
-    # lambda: the paper finds its optimum in [0.3, 0.5]
-    trade_off: float = bounded(0.4, ge=0.0, le=1000.0)
-    # alpha: the virtual inner step (plain gradient descent) whose effect on the peer's loss stage 1
-    # anticipates; the paper does not state it (see the README for how this default was chosen)
-    inner_lr: float = bounded(1.0, gt=0.0, le=1e6)
-    stage1_epochs: int = bounded(5, ge=0, le=100_000)  # the paper: 5 epochs of embedder training suffice
-    lr: float | None = bounded(None, gt=0.0, le=10.0)  # stage 1's Adam lr (default: train.lr)
-    outer_batches: int = bounded(4, ge=1, le=64)  # ask the peer to average its gradient over at most this
 
 
 def embedder_names(params: dict) -> list[str]:

@@ -1,43 +1,68 @@
-"""Transfer strategies by the name a node's config uses (``transfer.strategy``)."""
+"""The one place transfer strategies are listed, by the name a node's config uses (``transfer.strategy``).
+
+A strategy is registered with a factory ``(TransferConfig, StrategyContext) -> TransferStrategy``. Adding
+one is a module in ``transfer/`` and a ``register`` call; nothing in selection or the node names it.
+Registration is process-wide (like a plugin), not per node: a node's config only picks a name.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
-from crossback.models.borrowed import PART_KINDS
-from crossback.models.bounds import bounded
+from crossback.config.errors import ConfigError
+from crossback.config.transfer import TransferConfig
 
+from .base import TransferStrategy
 from .crossback import CrossBackTransfer, TaskTransfer
-from .freqkd import FreqKDConfig, FreqKDTransfer
-from .mergenet import MergeNetConfig, MergeNetTransfer
-from .mona import MonaConfig, MonaTransfer
-
-STRATEGIES = {"crossback": CrossBackTransfer, "mergenet": MergeNetTransfer, "mona": MonaTransfer, "freqkd": FreqKDTransfer}
+from .freqkd import FreqKDTransfer
+from .mergenet import MergeNetTransfer
+from .mona import MonaTransfer
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    """The ``transfer:`` section: how a task borrows from the chosen peer."""
+class StrategyContext:
+    """What a node knows that a strategy may need besides its config section."""
 
-    strategy: str = bounded("crossback", choices=tuple(STRATEGIES))
-    # crossback: which of the peer's parts the task runs on (see crossback.models.borrowed); backbone is
-    # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not; task:
-    # a peer's model of the same label set, head included (falls back to backbone where none matches)
-    borrow: str = bounded("backbone", choices=PART_KINDS)
-    mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
-    mona: MonaConfig = field(default_factory=MonaConfig)
-    freqkd: FreqKDConfig = field(default_factory=FreqKDConfig)
+    public_set: str = ""  # the public paired set this node holds out (crossback.data.public_set), "" for none
+    pair_secret: bytes = b""  # the swarm's pair secret (crossback.transfer.pairs), b"" for none
 
 
-def make_strategy(cfg: TransferConfig, public_set: str = "", pair_secret: bytes = b""):
-    """The configured strategy; ``public_set``: the name of the public paired set this node holds out
-    (crossback.data.public_set), which freqkd with ``pairs: public`` needs; ``pair_secret``: the swarm's
-    (crossback.orchestrator_free.pairs), which ``pairs: shared_ids`` needs."""
-    if cfg.strategy == "freqkd":
-        return FreqKDTransfer(cfg.freqkd, public_set, pair_secret)
-    if cfg.strategy == "mergenet":
-        return MergeNetTransfer(cfg.mergenet)
-    if cfg.strategy == "mona":
-        return MonaTransfer(cfg.mona)
-    if cfg.borrow == "task":
-        return TaskTransfer()
-    return CrossBackTransfer(borrow=cfg.borrow)
+Factory = Callable[[TransferConfig, StrategyContext], TransferStrategy]
+
+
+def _crossback(cfg: TransferConfig, ctx: StrategyContext) -> TransferStrategy:
+    return TaskTransfer() if cfg.borrow == "task" else CrossBackTransfer(borrow=cfg.borrow)
+
+
+_FACTORIES: dict[str, Factory] = {
+    "crossback": _crossback,
+    "mergenet": lambda cfg, ctx: MergeNetTransfer(cfg.mergenet),
+    "mona": lambda cfg, ctx: MonaTransfer(cfg.mona),
+    "freqkd": lambda cfg, ctx: FreqKDTransfer(cfg.freqkd, ctx.public_set, ctx.pair_secret),
+}
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(_FACTORIES)
+
+
+@contextmanager
+def registered(name: str, factory: Factory) -> Iterator[None]:
+    """Make ``name`` a valid ``transfer.strategy`` while the block runs (a strategy outside this
+    package, e.g. a test's or an experiment's); it cannot replace a listed one."""
+    if name in _FACTORIES:
+        raise ValueError(f"transfer strategy {name!r} is already registered")
+    _FACTORIES[name] = factory
+    try:
+        yield
+    finally:
+        del _FACTORIES[name]
+
+
+def make_strategy(cfg: TransferConfig, public_set: str = "", pair_secret: bytes = b"") -> TransferStrategy:
+    """The configured strategy; ``public_set`` and ``pair_secret``: see ``StrategyContext``."""
+    factory = _FACTORIES.get(cfg.strategy)
+    if factory is None:
+        raise ConfigError(f"transfer.strategy: {cfg.strategy!r} is not one of {list(_FACTORIES)}")
+    return factory(cfg, StrategyContext(public_set, pair_secret))

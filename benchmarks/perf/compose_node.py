@@ -33,7 +33,7 @@ def start_node(folder: Path, cfg: dict, until: str, timeout: float = 900.0) -> t
     path, log = folder / f"{node_id}.yaml", Path(cfg["node"]["log_dir"]) / f"{node_id}.jsonl"
     path.write_text(yaml.safe_dump(cfg))
     before = len(log.read_text().splitlines()) if log.exists() else 0
-    proc = subprocess.Popen([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

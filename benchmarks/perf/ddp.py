@@ -47,7 +47,7 @@ def run(root: Path, name: str, cfg: dict, nproc: int) -> dict:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "crossback.node.cli", "node", "--config", str(path), "--node-id", name,
+    done = subprocess.run([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", name,
                            "--nproc", str(nproc), "--state-dir", str(root / name), "--log-dir", str(root / "logs")],
                           capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:

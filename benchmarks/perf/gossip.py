@@ -27,9 +27,9 @@ from masked_step import cpu_name  # noqa: E402
 
 from crossback.node.events import EventLog  # noqa: E402
 from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve  # noqa: E402
-from crossback.orchestrator_free.gossip import GossipLoop  # noqa: E402
+from crossback.node.gossip import GossipLoop
 from crossback.orchestrator_free.membership import Membership  # noqa: E402
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient  # noqa: E402
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
 
 class Tally:

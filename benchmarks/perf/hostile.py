@@ -81,7 +81,7 @@ class HealthChecker:
 
 
 def phase_watch(address: str) -> dict:
-    from crossback.orchestrator_free.transport import PROTOCOL, CallPolicy, PeerClient
+    from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
     from crossback.proto.v1 import peer_pb2 as pb
 
     channel = grpc.insecure_channel(address)
@@ -112,7 +112,7 @@ def phase_watch(address: str) -> dict:
 
 
 def phase_burst(address: str) -> dict:
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.node.transport import CallPolicy, PeerClient
 
     channel = grpc.insecure_channel(address)
     clients = [PeerClient(address, f"burst{i}", CallPolicy(timeout=20.0, attempts=1)) for i in range(20)]
@@ -137,8 +137,8 @@ def phase_burst(address: str) -> dict:
 
 
 def phase_probes(address: str, pid: int) -> dict:
-    from crossback.orchestrator_free.ddv import ProbeSpec
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.config.selection import ProbeSpec
+    from crossback.node.transport import CallPolicy, PeerClient
 
     spec = ProbeSpec(seed=1, pair_count=512, token_count=32)  # 512 x 32 x 64 = the default budget
     before = {"rss_mib": round(mib(pid, "VmRSS"), 1), "hwm_mib": round(mib(pid, "VmHWM"), 1)}

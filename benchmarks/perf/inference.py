@@ -70,7 +70,7 @@ def refusals(client, task: str) -> dict:
     """Milliseconds to refuse a 144-megapixel PNG over the RPC, and a 1 MiB string in the request check."""
     import grpc
 
-    from crossback.data.tasks import View
+    from crossback.config.data import View
     from crossback.node.classify import ItemError, encode_request
 
     bomb = bomb_png(12_000, 12_000)
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from crossback.data.tasks import image_inputs, load_image
     from crossback.models.training import predict as masked_predict
-    from crossback.node.checkpoint import latest_checkpoint, load_checkpoint
-    from crossback.node.export import export_task
-    from crossback.node.predict import load_task_model
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.models.persistence import latest_checkpoint, load_checkpoint
+    from crossback.app.export import export_task
+    from crossback.app.predict import load_task_model
+    from crossback.node.transport import CallPolicy, PeerClient
 
     report = {"machine": cpu_name(), "torch_threads": torch.get_num_threads(), "device": args.device, "arms": {}}
     arms = report["arms"]

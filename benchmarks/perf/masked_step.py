@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from crossback.models.fold import fold
 from crossback.models.learner import ContinualLearner
 from crossback.models.masks import magnitude_prune
-from crossback.models.perceiver import PerceiverClassifier, PerceiverConfig
+from crossback.models.perceiver import PerceiverClassifier
+from crossback.config.model import PerceiverConfig
 
 # the model of examples/swarm/img-0.yaml (the compose swarm's image nodes), 32x32 RGB emoji
 MODEL = dict(token_dim=64, num_latents=24, latent_dim=64, depth=2, cross_dim_head=64, latent_heads=4,

@@ -25,19 +25,23 @@ import torch
 
 from crossback.bench.peers import published, serve_snapshots, untrained_learner
 from crossback.data.sources import load_catalog
-from crossback.data.tasks import SplitSpec, TaskSpec, View, build_task
+from crossback.config.data import SplitSpec, TaskSpec
+from crossback.data.tasks import build_task
+from crossback.config.data import View
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import MethodConfig, learn_task
-from crossback.models.adapters import ImageAdapterConfig
-from crossback.models.perceiver import PerceiverConfig
-from crossback.models.training import TrainOptions
+from crossback.config.model import MethodConfig
+from crossback.models.methods import learn_task
+from crossback.config.model import ImageAdapterConfig
+from crossback.config.model import PerceiverConfig
+from crossback.config.model import TrainOptions
 from crossback.orchestrator_free.candidates import ProbeHistory
-from crossback.orchestrator_free.ddv import ProbeSpec
+from crossback.config.selection import ProbeSpec
 from crossback.orchestrator_free.genesis import genesis_id
-from crossback.orchestrator_free.selection import SelectionConfig
+from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
-from crossback.orchestrator_free.transport import CallPolicy, ClientPool, PeerClient
-from crossback.transfer.registry import TransferConfig, make_strategy
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
+from crossback.config.transfer import TransferConfig
+from crossback.transfer.registry import make_strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from masked_step import cpu_name  # noqa: E402

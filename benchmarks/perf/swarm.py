@@ -55,7 +55,7 @@ def node_config(seed: int, score: str, borrow: str, scale: int = 1, selection: d
 def model_bytes(scale: int) -> int:
     """float32 bytes of one node's whole model (one task's head)."""
     from crossback.models.perceiver import PerceiverClassifier
-    from crossback.node.config import parse_config
+    from crossback.config.run import parse_config
 
     run = parse_config({k: v for k, v in node_config(0, "ddv", "kv", scale).items()
                         if k not in ("node", "selection", "transfer", "adaptation")})
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         config = node_config(len(procs), args.score, args.borrow, args.scale, extra, args.genesis)
         config["train"]["epochs"] = epochs
         cfg.write_text(yaml.safe_dump(config))
-        cmd = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg), "--node-id", name,
+        cmd = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(cfg), "--node-id", name,
                "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
         if seeds:
             cmd += ["--seed-peers", ",".join(seeds)]

@@ -8,38 +8,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from crossback.data.sources import load_catalog
-from crossback.data.tasks import build_task, data_warnings, public_items
-from crossback.models.learner import ContinualLearner
+from crossback.data.prepare import prepare_tasks
+from crossback.data.tasks import data_warnings
+from crossback.models.learner import ContinualLearner, new_learner
 from crossback.models.methods import TaskData, learn_task
 from crossback.models.metrics import summarize
 from crossback.models.training import evaluate
 
-from .checkpoint import latest_checkpoint, latest_intact_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
-from .config import ConfigError, RunConfig, config_to_dict, parse_config
-from .devices import resolve_device
+from crossback.models.persistence import (latest_checkpoint, latest_intact_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic)
+from crossback.config.errors import ConfigError
+from crossback.config.run import RunConfig, config_to_dict, parse_config
+from crossback.node.devices import resolve_device
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"
-
-
-def new_learner(cfg: RunConfig, genesis: int | None = None) -> ContinualLearner:
-    """``genesis``: a swarm genesis seed (default: the run's own seed initialises the network)."""
-    return ContinualLearner(cfg.model, cfg.data.modality, cfg.method.name, cfg.seed, cfg.method.piggyback, genesis)
-
-
-def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
-    """Build every task's splits up front, so bad data fails before any training or checkpoint."""
-    catalog = load_catalog(cfg.data.source, cfg.data.root)
-    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), split_seed, cfg.data.shots) for spec in cfg.tasks]
-    return [d for d, _ in built], [info for _, info in built]
-
-
-def prepare_public(cfg: RunConfig):
-    """Every item of the public paired set in this node's view (None: the split holds none out)."""
-    if cfg.data.split.public_fraction <= 0:
-        return None
-    return public_items(load_catalog(cfg.data.source, cfg.data.root), cfg.data.split, cfg.view())
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:

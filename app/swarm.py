@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossback.bench.stats import summary as paired_summary
-from crossback.models.bounds import bounded
+from crossback.config.bounds import bounded
 
-from .config import ConfigError, from_mapping, read_yaml
-from .demo import run_demo
-from .selections import selection_rows
+from crossback.config.errors import ConfigError
+from crossback.config.loader import from_mapping, read_yaml
+from crossback.app.demo import run_demo
+from crossback.app.selections import selection_rows
 
 ARMS = ("none", "random", "selected", "oracle")
 

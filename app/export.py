@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
-from .predict import TaskModel, load_task_model
+from crossback.config.errors import ConfigError
+from crossback.models.inference import TaskModel
+from crossback.app.predict import load_task_model
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
@@ -40,7 +41,7 @@ def metadata(tm: TaskModel) -> dict:
 
 
 def example_inputs(tm: TaskModel, batch: int = 2) -> torch.Tensor:
-    from .predict import encode
+    from crossback.app.predict import encode
 
     view = tm.view
     if view.modality == "image":

@@ -12,20 +12,14 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from crossback.config.errors import WireError
+
 from crossback.proto.v1 import peer_pb2 as pb
 
 CHUNK_BYTES = 1 << 20
 MAX_TENSOR_NAME, MAX_RANK = 256, 8
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-
-
-class WireError(ValueError):
-    """A malformed payload. ``status`` is the gRPC status name the server answers with."""
-
-    def __init__(self, message: str, status: str = "INVALID_ARGUMENT"):
-        super().__init__(message)
-        self.status = status
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:

@@ -35,16 +35,14 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crossback.data.sources import SOURCES
-from crossback.data.tasks import SplitSpec, TaskSpec, View
-from crossback.models.bounds import bounded
-from crossback.models.methods import MethodConfig
-from crossback.models.perceiver import PerceiverConfig
-from crossback.models.training import TrainOptions
-from crossback.node.config import MODALITIES, ConfigError, from_mapping, key_paths, read_yaml
-from crossback.orchestrator_free.selection import SelectionConfig
-from crossback.transfer.base import AdaptationConfig
-from crossback.transfer.registry import TransferConfig
+from .bounds import bounded
+from .data import MODALITIES, SOURCES, SplitSpec, TaskSpec, View
+from .errors import ConfigError
+from .loader import from_mapping, key_paths, read_yaml
+from .model import MethodConfig, PerceiverConfig, TrainOptions
+from .selection import SelectionConfig
+from .transfer import AdaptationConfig, TransferConfig
+
 
 ROLES = ("donor", "receiver", "both")
 

@@ -28,7 +28,7 @@ from safetensors.torch import save as st_save
 
 from crossback.models.learner import ContinualLearner
 
-from .errors import CheckpointError  # re-exported: its home for callers
+from crossback.config.errors import CheckpointError
 
 FORMAT = "crossback.checkpoint/2"
 LEGACY_FORMATS = ("crossback.checkpoint/1",)  # no digests: loaded unverified

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from .identity import SWARM_NAME, dial_target
+from crossback.orchestrator_free.identity import SWARM_NAME, dial_target
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .events import read_events
+from crossback.node.events import read_events
 
 
 def log_files(run_dir: Path) -> list[Path]:

@@ -10,36 +10,19 @@ from its file gets the logits ``crossback evaluate`` scored it with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from crossback.data.tasks import View, image_inputs, load_image, text_inputs
-from crossback.models.fold import fold
+from crossback.config.data import View
+from crossback.data.tasks import image_inputs, load_image, text_inputs
+from crossback.models.inference import Prediction, TaskModel, task_model
 
-from .devices import resolve_device
-from .errors import ConfigError
-from .train_run import load_run
+from crossback.node.devices import resolve_device
+from crossback.config.errors import ConfigError
+from crossback.app.train_run import load_run
 
 MAX_TEXT_CHARS = 1 << 16  # a string longer than this is refused, not truncated silently
-
-
-@dataclass(frozen=True)
-class TaskModel:
-    task: str
-    classes: list[str]  # label order
-    view: View
-    model: nn.Module  # folded, eval mode, on ``device``
-    device: torch.device
-    checkpoint: Path | None = None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
 
 
 def load_task_model(folder: Path, task: str, device: str = "cpu") -> TaskModel:
@@ -52,13 +35,6 @@ def load_task_model(folder: Path, task: str, device: str = "cpu") -> TaskModel:
     return task_model(learner, names.index(task), cfg.view(), resolve_device(device, "--device"), latest)
 
 
-def task_model(learner, index: int, view: View, device: torch.device, checkpoint: Path | None = None) -> TaskModel:
-    """Finished task ``index`` of ``learner`` folded into a plain model on ``device``."""
-    record = learner.tasks[index]
-    classes = list(record.classes) if record.classes else [str(k) for k in range(record.num_classes)]
-    return TaskModel(record.name, classes, view, fold(learner, index).to(device), device, checkpoint)
-
-
 def encode(values: list[str], view: View) -> Tensor:
     """Image file paths (image tasks) or strings (text tasks) as the model's inputs, preprocessed
     exactly as in training."""
@@ -68,20 +44,6 @@ def encode(values: list[str], view: View) -> Tensor:
         if len(text) > MAX_TEXT_CHARS:
             raise ConfigError(f"input {i}: a string of {len(text)} characters; at most {MAX_TEXT_CHARS}")
     return text_inputs(values, view)
-
-
-@torch.no_grad()
-def classify(tm: TaskModel, inputs: Tensor, top: int = 3, batch_size: int = 256) -> list[Prediction]:
-    out = []
-    k = max(1, min(top, len(tm.classes)))
-    for start in range(0, inputs.shape[0], batch_size):
-        logits = tm.model(inputs[start:start + batch_size].to(tm.device)).float().cpu()
-        probs = logits.softmax(dim=1)
-        values, index = probs.topk(k, dim=1)
-        for row, (v, i) in enumerate(zip(values.tolist(), index.tolist())):
-            best = int(logits[row].argmax())  # argmax of the logits: what evaluate scores
-            out.append(Prediction(tm.classes[best], [(tm.classes[c], p) for c, p in zip(i, v)]))
-    return out
 
 
 def read_text_file(path: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """Test vectors for another implementation of the peer contract (proto/v1/peer.proto):
 
-    python proto/vectors.py        # writes proto/v1/test_vectors.json
+    python node/wire_vectors.py        # writes proto/v1/test_vectors.json
 
 Seeds and 64-bit outputs are decimal strings (a JSON number loses digits past 2^53 in many parsers).
 
@@ -35,12 +35,14 @@ def _digest(t) -> str:
 
 
 def build() -> dict:
-    import torch
 
-    from crossback.models.borrowed import PART_KINDS, part_names
+    from crossback.config.transfer import PART_KINDS
+    from crossback.models.borrowed import part_names
     from crossback.models.learner import ContinualLearner
-    from crossback.models.perceiver import PerceiverConfig, split_kv
-    from crossback.orchestrator_free.ddv import CROSS_ATTN, ProbeSpec, ddv, normals, probe_pairs, splitmix64
+    from crossback.config.model import PerceiverConfig
+    from crossback.models.perceiver import split_kv
+    from crossback.orchestrator_free.ddv import CROSS_ATTN, ddv, normals, probe_pairs, splitmix64
+    from crossback.config.selection import ProbeSpec
     from crossback.orchestrator_free.genesis import genesis_id
 
     out: dict = {"splitmix64": [{"seed": str(s), "outputs": [str(int(v)) for v in splitmix64(s, 4)]}

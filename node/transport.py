@@ -12,10 +12,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
-from .tls import TlsMaterial, open_channel
+from crossback.node.tls_material import TlsMaterial, open_channel
 
 if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/status` must not load it
-    from .ddv import ProbeSpec
+    from crossback.config.selection import ProbeSpec
 
 PROTOCOL = pb.PROTOCOL_VERSION_1
 MAX_MESSAGE_BYTES = 4 << 20
@@ -104,7 +104,7 @@ class PeerClient:
         req = pb.KVRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version)
         self.on_payload("kv_request", self.address, req.ByteSize())
 
-        from .wire import decode
+        from crossback.node.wire import decode
 
         def fetch():
             chunks = list(self._stub.FetchKV(req, timeout=self.policy.timeout))
@@ -124,7 +124,7 @@ class PeerClient:
     def _tensor_stream(self, rpc, req, expected, max_total_bytes: int):
         """(tensors, snapshot_version; -1 if the chunks disagree) of one streamed TensorChunk reply, decoded
         as the chunks arrive: the size limit holds before the stream is in memory."""
-        from .wire import decode
+        from crossback.node.wire import decode
 
         versions = set()
 
@@ -143,7 +143,8 @@ class PeerClient:
         each tensor verified. ``held``: (version, {name: shape}) of a body we already have: the peer
         leaves it out if its snapshot is still that version (the body returned is then empty) and the
         gradient must have those names and shapes; otherwise the gradient must match the body sent."""
-        from .wire import WireError, decode
+        from crossback.config.errors import WireError
+        from crossback.node.wire import decode
 
         req = pb.OuterGradRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
                                   max_batches=max_batches, have_body_version=held[0] if held else 0)
@@ -180,7 +181,8 @@ class PeerClient:
         """(features or None, matched positions, snapshot_version) from FetchPublicFeatures (``kind``
         public_features: ``keys`` of ``public_set``) or FetchSharedFeatures (features: ``hashes`` under
         ``salt``). The features tensor is verified and bounded; its rows are checked by the caller."""
-        from .wire import WireError, decode
+        from crossback.config.errors import WireError
+        from crossback.node.wire import decode
 
         if kind == "public_features":
             req = pb.PublicFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
@@ -229,7 +231,7 @@ class PeerClient:
             seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,
             perturbation=spec.perturbation, kv_source=KV_SOURCES[spec.kv_source]))
         if inline_kv is not None:
-            from .wire import encode_all
+            from crossback.node.wire import encode_all
 
             req.kv.extend(encode_all(inline_kv))
         self.on_payload("probe_spec" if inline_kv is None else "probe_spec+kv", self.address, req.ByteSize())

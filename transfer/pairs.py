@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.models.training import Split
 
 FEATURE_KINDS = ("public_features", "features")
-MAX_PAIR_ITEMS = 4096  # items one request may name
 MAX_ITEM_ID = 128  # characters of a public item id
 MAX_SET_NAME = 256
 HASH_BYTES = 32
@@ -108,7 +108,7 @@ def fetch_pairs(client, pairs: Pairs, peer: str, min_version: int = 1) -> tuple[
 
 def check_answer(features: Tensor | None, matched: list[int], requested: int, peer: str) -> Tensor:
     """The teacher's answer, checked: distinct in-range positions, one finite row per position."""
-    from .wire import WireError
+    from crossback.config.errors import WireError
 
     if len(set(matched)) != len(matched) or any(not 0 <= m < requested for m in matched):
         raise WireError(f"peer {peer[:MAX_SET_NAME]!r}: matched positions are not distinct positions of the request")

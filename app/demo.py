@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from .events import read_events
-from .selections import selection_rows
+from crossback.node.events import read_events
+from crossback.app.selections import selection_rows
 
 GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects"]
 DEMO_MODEL = {"token_dim": 64, "num_latents": 24, "latent_dim": 64, "depth": 2, "cross_dim_head": 64,
@@ -84,7 +84,7 @@ def launch_node(cfg_path: Path, out: Path, node_id: str, listen: str, seeds: lis
     ``console`` receives the node's console (None: this terminal). The node gets its own session, so a
     Ctrl-C reaches only us and we stop the nodes in order.
     """
-    args = [sys.executable, "-m", "crossback.node.cli", "node", "--config", str(cfg_path), "--listen", listen,
+    args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(cfg_path), "--listen", listen,
             "--state-dir", str(out / "state" / node_id), "--log-dir", str(out / "logs")]
     if seeds:
         args += ["--seed-peers", ",".join(seeds)]
@@ -179,8 +179,9 @@ def example_predictions(out: Path, plan: list[dict]) -> list[dict]:
     from crossback.data.sources import load_catalog
     from crossback.data.tasks import task_items, text_inputs
 
-    from .predict import classify, encode, load_task_model
-    from .train_run import CONFIG_FILE, run_config
+    from crossback.models.inference import classify
+    from crossback.app.predict import encode, load_task_model
+    from crossback.app.train_run import CONFIG_FILE, run_config
 
     examples = []
     for entry in (e for e in plan if e.get("role") == "receiver"):

@@ -18,17 +18,14 @@ from typing import Callable
 
 import grpc
 
+from crossback.config.node import DEFAULT_ENTRIES, DEFAULT_INDIRECT
 from crossback.proto.v1 import peer_pb2 as pb
 
-from .membership import DEFAULT_MAX_PEERS, Membership
-from .transport import PROTOCOL, ClientPool
+from crossback.config.node import DEFAULT_MAX_PEERS
+from crossback.orchestrator_free.membership import Membership
+from crossback.node.transport import PROTOCOL, ClientPool
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
-DEFAULT_FANOUT = 3  # proven peers probed per round (besides suspects, seeds and candidates)
-DEFAULT_ENTRIES = 3  # peer entries per gossip message (with fan-out 3: the same message at 4 nodes and at 400)
-DEFAULT_INDIRECT = 3  # helpers asked to probe a peer that did not answer us
-
-
 def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:
     """At most ``k`` entries: peers the view holds dead first (news of a failure travels fastest), then
     alive ones at random."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from .addresses import WILDCARD_HOSTS, join_host_port
-from .config import ConfigError
-from .demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
+from crossback.node.addresses import WILDCARD_HOSTS, join_host_port
+from crossback.config.errors import ConfigError
+from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
 
 
 def _check_free(host: str, port: int) -> None:

@@ -1,67 +1,19 @@
-"""Run configuration: YAML validated strictly into frozen dataclasses.
-
-The dataclasses are the one schema: their types, their declared bounds (``crossback.models.bounds``)
-and their ``__post_init__`` rules for settings that constrain each other. Every unknown key is an error
-naming its dotted path, with a suggestion or the place where that key belongs; every value is
-type-checked and range-checked, and every float must be finite.
-"""
+"""Strict YAML -> frozen dataclasses: every unknown key, wrong type or out-of-bounds value is an error
+naming its dotted path, with a suggestion or the place where that key belongs."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from crossback.data.sources import SOURCES
-from crossback.data.tasks import SplitSpec, TaskSpec, View
-from crossback.models.bounds import bounded, field_violation
-from crossback.models.methods import MethodConfig
-from crossback.models.perceiver import PerceiverConfig
-from crossback.models.training import TrainOptions
-
-from .errors import ConfigError  # re-exported: callers import it from here
-
-MODALITIES = ("image", "text")
-
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = bounded("emoji", choices=SOURCES)
-    root: str | None = None  # a relative root is resolved against the config file's folder
-    modality: str = bounded("image", choices=MODALITIES)
-    image_size: int = bounded(32, ge=1, le=65536)
-    split: SplitSpec = field(default_factory=SplitSpec)
-    # seed of the item split (default: the run's seed); nodes that compare test accuracies, or whose
-    # donors must never have trained on a receiver's test items, share one
-    split_seed: int | None = bounded(None, ge=0, lt=2**31)
-    # keep only this many items per class in train and in val (a data-starved device); test is untouched
-    shots: int | None = bounded(None, ge=1, le=1_000_000)
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    scratch_baseline: bool = False  # train each task alone too, for forward transfer
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    tasks: tuple[TaskSpec, ...]
-    seed: int = bounded(0, ge=0, lt=2**31)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: PerceiverConfig = field(default_factory=PerceiverConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def view(self) -> View:
-        return View(self.data.modality, self.data.image_size, self.model.image.channels, self.model.text.max_length,
-                    self.model.text.encoder, self.model.image.encoder)
+from .bounds import field_violation
+from .data import TaskSpec
+from .errors import ConfigError
 
 
 def _type_name(tp: Any) -> str:
@@ -174,39 +126,6 @@ def from_mapping(cls: type, data: Any, path: str, homes: dict[str, list[str]] | 
         raise ConfigError(f"{path or 'config'}: {exc}") from exc
 
 
-def _check(cfg: RunConfig) -> None:
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
-
-    need(cfg.data.image_size >= cfg.model.image.patch_size, "data.image_size", "must be at least model.image.patch_size")
-    names = [t.name for t in cfg.tasks]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    need(not dup, "tasks", f"task names must be unique, repeated: {dup}")
-    for i, t in enumerate(cfg.tasks):
-        need(not (t.superclass and t.classes), f"tasks[{i}]", "give either superclass or classes, not both")
-
-
-RUN_SECTIONS = {"": RunConfig}
-
-
-def parse_config(data: Any, source: str = "config", base_dir: Path | None = None,
-                 homes: dict[str, list[str]] | None = None) -> RunConfig:
-    """Validate a run config. A relative ``data.root`` is resolved against ``base_dir`` (the config
-    file's folder), so a config means the same wherever it is run from."""
-    try:
-        cfg = from_mapping(RunConfig, data, "", homes if homes is not None else key_paths(RUN_SECTIONS))
-        _check(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    if cfg.data.root is not None:
-        root = Path(cfg.data.root).expanduser()
-        if not root.is_absolute() and base_dir is not None:
-            root = (base_dir / root).resolve()
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)))
-    return cfg
-
-
 def read_yaml(path: Path, what: str = "config") -> Any:
     """A YAML file's content ({} when empty); unreadable files and bad YAML name the file."""
     try:
@@ -218,23 +137,3 @@ def read_yaml(path: Path, what: str = "config") -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     return {} if data is None else data
-
-
-def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
-    return parse_config(read_yaml(path), str(path), path.parent)
-
-
-def config_to_dict(cfg: RunConfig) -> dict:
-    """Plain JSON-able form; ``parse_config(config_to_dict(c)) == c``."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        return v
-
-    out = plain(cfg)
-    out["tasks"] = [{k: v for k, v in t.items() if v is not None} for t in out["tasks"]]
-    return out

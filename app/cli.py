@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError, StateInUse
+from crossback.config.errors import CheckpointError, ConfigError, DataError, StateInUse
 
 # Only light imports up here: `health`, `peers` and `status` run as container health checks on busy
 # devices and must not pay for torch (2+ s); every command imports what it needs when it runs. `health`
@@ -14,8 +14,8 @@ from .errors import CheckpointError, ConfigError, StateInUse
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train_run import run_training
+    from crossback.config.run import load_config
+    from crossback.app.train_run import run_training
 
     cfg = load_config(args.config)
     metrics = run_training(cfg, args.out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .train_run import evaluate_run
+    from crossback.app.train_run import evaluate_run
 
     recomputed, reported = evaluate_run(args.run_dir)
     for j, (a, b) in enumerate(zip(recomputed, reported)):
@@ -36,7 +36,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import classify, encode, load_task_model, read_text_file, report
+    from crossback.models.inference import classify
+    from crossback.app.predict import encode, load_task_model, read_text_file, report
 
     values = list(args.inputs) + (read_text_file(args.text_file) if args.text_file else [])
     if not values:
@@ -57,7 +58,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_task
+    from crossback.app.export import export_task
 
     meta = export_task(args.state, args.task, args.format, args.out)
     print(f"wrote {args.out} ({args.format}: {meta['modality']} task {meta['task']!r}, {len(meta['classes'])} classes, "
@@ -67,8 +68,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _classify_remote(args: argparse.Namespace, values: list[str]):
     """Predictions from a node's Classify RPC: image files are sent as their bytes, strings as they are."""
-    from .classify import MAX_ITEMS
-    from .predict import Prediction
+    from crossback.node.classify import MAX_ITEMS
+    from crossback.models.inference import Prediction
 
     client = _cli_client(args)
     out = []
@@ -92,10 +93,10 @@ def _classify_remote(args: argparse.Namespace, values: list[str]):
 
 
 def _node(args: argparse.Namespace) -> int:
-    from .node_config import load_node_config
-    from .process import Node, install_signal_handlers
+    from crossback.node.node_config import load_node_config
+    from crossback.node.process import Node, install_signal_handlers
 
-    from .distributed import launch, rank_from_env
+    from crossback.node.distributed import launch, rank_from_env
 
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
@@ -108,7 +109,7 @@ def _node(args: argparse.Namespace) -> int:
         return launch(args.nproc, args.argv, cfg.node.threads)
     if rank is not None and args.nproc not in (None, rank.world):
         raise ConfigError(f"--nproc {args.nproc} but the launcher started WORLD_SIZE={rank.world} ranks")
-    from .memory import limit_arenas
+    from crossback.node.memory import limit_arenas
 
     limit_arenas()  # before the server's worker threads allocate (node/memory.py)
     # a health check waiting for the GIL behind busy handler threads waits a switch interval per turn
@@ -122,14 +123,15 @@ def _cli_client(args: argparse.Namespace):
     """A client for `peers` / `status`: plaintext, or with --tls-dir the certificate of --as (its id is
     the caller id every request claims)."""
     from crossback.orchestrator_free.identity import address_problem
-    from crossback.orchestrator_free.transport import CallPolicy, PeerClient
+    from crossback.node.transport import CallPolicy, PeerClient
 
     if address_problem(args.target):
         raise ConfigError(f"--target: {address_problem(args.target)}")
     policy = CallPolicy(timeout=args.timeout, attempts=2)
     if not args.tls_dir:
         return PeerClient(args.target, "crossback-cli", policy)
-    from .tls import TlsSettings, load_tls
+    from crossback.config.node import TlsSettings
+    from crossback.node.tls import load_tls
 
     if not args.as_id:
         raise ConfigError("--tls-dir needs --as NODE_ID (or CROSSBACK_NODE_ID): whose certificate to present")
@@ -168,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from crossback.app.demo import run_demo
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                        timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
@@ -196,7 +198,7 @@ def _up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .local_swarm import run_up
+    from crossback.app.local_swarm import run_up
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,7 +209,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _swarm(args: argparse.Namespace) -> int:
-    from .swarm import compare, load_swarm_config, render
+    from crossback.app.swarm import compare, load_swarm_config, render
 
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -223,7 +225,7 @@ def _swarm(args: argparse.Namespace) -> int:
 def _bench_transfer(args: argparse.Namespace) -> int:
     import shlex
 
-    from crossback.bench.config import load_bench_config
+    from crossback.config.bench import load_bench_config
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
 
@@ -279,14 +281,14 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
 
 def _selections(args: argparse.Namespace) -> int:
-    from .selections import render_table, selection_rows
+    from crossback.app.selections import render_table, selection_rows
 
     print(render_table(selection_rows(args.run_dir)))
     return 0
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .health_probe import ProbeError, check, tls_context
+    from crossback.node.health_probe import ProbeError, check, tls_context
 
     try:
         tls = None
@@ -436,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _certs_init(args) -> int:
-    from .certs import init_ca
+    from crossback.node.certs import init_ca
 
     _check_node_ids(args.node_ids)
     print(f"wrote {init_ca(args.dir)} and its key (keep {args.dir / 'ca.key'} off the nodes)")
@@ -453,19 +455,13 @@ def _check_node_ids(node_ids: list[str]) -> None:
 
 
 def _certs_issue(args) -> int:
-    from .certs import issue
+    from crossback.node.certs import issue
 
     _check_node_ids(args.node_ids)
     for node_id in args.node_ids:
         cert, key = issue(args.dir, node_id)
         print(f"wrote {cert} and {key} for node {node_id}")
     return 0
-
-
-def _data_error() -> type[Exception]:
-    """DataError if the data package was loaded (only then can it have been raised)."""
-    module = sys.modules.get("crossback.data.catalog")
-    return module.DataError if module is not None else ConfigError
 
 
 def _rpc_error() -> type[Exception]:
@@ -479,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc starts once per rank
     try:
         return args.func(args)
-    except (ConfigError, _data_error(), CheckpointError, StateInUse, FileNotFoundError, TimeoutError,
+    except (ConfigError, DataError, CheckpointError, StateInUse, FileNotFoundError, TimeoutError,
             ChildProcessError) as exc:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
