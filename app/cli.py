@@ -69,7 +69,6 @@ def _export(args: argparse.Namespace) -> int:
 def _classify_remote(args: argparse.Namespace, values: list[str]):
     """Predictions from a node's Classify RPC: image files are sent as their bytes, strings as they are."""
     from crossback.node.classify import MAX_ITEMS
-    from crossback.models.inference import Prediction
 
     client = _cli_client(args)
     out = []
@@ -83,10 +82,9 @@ def _classify_remote(args: argparse.Namespace, values: list[str]):
                     blobs = [Path(v).read_bytes() for v in batch]
                 except OSError as exc:
                     raise ConfigError(f"cannot read image {exc.filename}: {exc.strerror}") from None
-                reply = client.classify(args.task, images=blobs, top=args.top)
+                out += client.classify(args.task, images=blobs, top=args.top)
             else:
-                reply = client.classify(args.task, texts=batch, top=args.top)
-            out += [Prediction(p.label, list(zip(p.top_classes, p.top_probabilities))) for p in reply.predictions]
+                out += client.classify(args.task, texts=batch, top=args.top)
     finally:
         client.close()
     return out
@@ -140,17 +138,15 @@ def _cli_client(args: argparse.Namespace):
 
 
 def _peers(args: argparse.Namespace) -> int:
-    from crossback.proto.v1 import peer_pb2 as pb
-
     client = _cli_client(args)
     try:
         info = client.get_info()
-        view = client.exchange_peers(pb.PeerList(protocol=pb.PROTOCOL_VERSION_1))
+        members = client.members()
     finally:
         client.close()
-    print(f"{info.node_id} ({info.address}) sees {len(view.peers)} peer(s):")
+    print(f"{info.node_id} ({info.address}) sees {len(members)} peer(s):")
     print(f"  {'peer':<20} {'address':<24} {'state':<6} snapshot")
-    for p in view.peers:
+    for p in members:
         print(f"  {p.node_id:<20} {p.address:<24} {'alive' if p.alive else 'dead':<6} {p.snapshot_version}")
     return 0
 
@@ -163,7 +159,7 @@ def _status(args: argparse.Namespace) -> int:
         client.close()
     print(f"node      {info.node_id} at {info.address}")
     print(f"modality  {info.modality} (C = {info.token_dim}), method {info.method}")
-    print("kv        " + ", ".join(f"{s.name} {list(s.dims)}" for s in info.kv_shapes))
+    print("kv        " + ", ".join(f"{name} {list(dims)}" for name, dims in info.kv_shapes.items()))
     print(f"snapshot  version {info.snapshot_version}; finished tasks: {', '.join(info.finished_tasks) or '(none)'}")
     print(f"serves    {', '.join(info.payload_kinds)}; software {info.software_version}, protocol v{info.protocol}")
     return 0

@@ -30,7 +30,7 @@ from crossback.models.persistence import write_json_atomic
 from crossback.config.errors import ConfigError
 from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import (Candidate, arm_payload, can_average, ddv_score, pairs_of,
+from crossback.orchestrator_free.selection import (Candidate, Want, arm_payload, can_average, ddv_score,
                                                    probe_candidates)
 from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.shortlist import decide, shortlist_of
@@ -160,8 +160,7 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                     continue
             unit_strategy = strategy.fallback if strategy.borrow == "task" else strategy
             probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      unit_strategy.borrow, genesis, unit_strategy.any_shape, unit_strategy.needs,
-                                      pairs_of(unit_strategy, data))
+                                      Want.of(unit_strategy, data), genesis)
             usable = [c for c in probed if c.error is None and c.parts is not None]
             apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
             _stability_scores(cfg, learner, i, usable, clients)
@@ -230,8 +229,7 @@ def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, pe
               if any(n.startswith("adapter.") for n in c.parts)]
     fallback = strategy.fallback
     ctrl = probe_candidates(learner, i, [p for p in peers if p[0] == control], clients, cfg.selection,
-                            kv_shapes(learner.cfg), fallback.borrow, genesis_id(_genesis(cfg, seed), node.model),
-                            fallback.any_shape, fallback.needs)
+                            kv_shapes(learner.cfg), Want.of(fallback), genesis_id(_genesis(cfg, seed), node.model))
     arms |= _arms(learner, i, data, fallback, base, [c for c in ctrl if c.error is None and c.parts], opts, s, clients)
     limit = max(limits) if limits else None
     return (sel.candidates + ctrl, arms, none, sel.chosen,

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from crossback.config.data import View
 
 from .fold import fold
+from .prediction import Prediction
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,6 @@ class TaskModel:
     model: nn.Module  # folded, eval mode, on ``device``
     device: torch.device
     checkpoint: Path | None = None
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    top: list[tuple[str, float]]  # (class, probability), most probable first
 
 
 def task_model(learner, index: int, view: View, device: torch.device, checkpoint: Path | None = None) -> TaskModel:

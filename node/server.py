@@ -16,13 +16,17 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crossback.config.node import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS
-from crossback.config.selection import ProbeSpec, ProbeSpecError
+from crossback.config.selection import ProbeSpecError
 from crossback.orchestrator_free.ddv import ddv, probe_bytes
 from crossback.config.node import DEFAULT_ENTRIES
 from crossback.node.gossip import sample_entries
 from crossback.config.node import DEFAULT_MAX_PEERS
 from crossback.orchestrator_free.membership import Membership
-from crossback.node.transport import KV_SOURCES, MAX_MESSAGE_BYTES, PROTOCOL, channel_options
+from crossback.node.transport import MAX_MESSAGE_BYTES, channel_options
+from crossback.orchestrator_free.messages import PeerInfo, TensorOrigin
+
+from . import serde
+from .serde import PROTOCOL
 from crossback.config.errors import WireError
 from crossback.node.wire import decode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
@@ -49,7 +53,6 @@ from .tls import PeerAuth
 
 SERVICE_NAME = "crossback.v1.PeerService"
 TENSOR_KINDS = ("kv", "latents", "block", "backbone", "encoder")  # FetchPayload's kinds
-KV_SOURCE_NAMES = {enum: name for name, enum in KV_SOURCES.items()}
 MAX_GOSSIP_ENTRIES = 4 * DEFAULT_MAX_PEERS  # a node gossips at most its proven peers
 
 
@@ -201,13 +204,12 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._check_request(request, context)
         snap = self.snapshot()
         ident = self.identity
-        info = pb.NodeInfo(
+        info = serde.info_to_pb(PeerInfo(
             node_id=ident.node_id, address=ident.address, modality=ident.modality, token_dim=ident.token_dim,
-            kv_shapes=[pb.TensorShape(name=n, dims=list(s)) for n, s in ident.kv_shapes.items()],
-            finished_tasks=snap.finished_tasks if snap else [], snapshot_version=snap.version if snap else 0,
-            software_version=software_version(), protocol=PROTOCOL, payload_kinds=list(ident.serve),
-            method=ident.method, genesis=ident.genesis,
-            origins=[pb.TensorOrigin(name=n, node_id=o) for n, o in sorted((snap.origins() if snap else {}).items())])
+            kv_shapes=dict(ident.kv_shapes), finished_tasks=tuple(snap.finished_tasks if snap else ()),
+            snapshot_version=snap.version if snap else 0, software_version=software_version(), protocol=PROTOCOL,
+            payload_kinds=tuple(ident.serve), method=ident.method, genesis=ident.genesis,
+            origins=tuple(TensorOrigin(n, o) for n, o in sorted((snap.origins() if snap else {}).items()))))
         self._sent("info", request.caller_id, info.ByteSize())
         return info
 
@@ -393,11 +395,10 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self._check_request(request, context)
         self._require_serving("ddv", context)
         snap = self._require_snapshot(context)
-        s = request.spec
-        if s.kv_source not in KV_SOURCE_NAMES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: unknown kv_source {s.kv_source}")
-        spec = ProbeSpec(seed=s.seed, pair_count=s.pair_count, token_count=s.token_count,
-                         perturbation=s.perturbation, kv_source=KV_SOURCE_NAMES[s.kv_source])
+        try:
+            spec = serde.probe_spec_from_pb(request.spec)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"probe spec: {exc}")
         try:
             spec.validate()  # each field in its bounds first, then their product against the budget
         except ProbeSpecError as exc:
@@ -405,7 +406,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         cost = spec.pair_count * spec.token_count * self.identity.token_dim
         if cost > self.probe_budget:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"probe spec: pair_count x token_count x C = {s.pair_count} x {s.token_count} x "
+                          f"probe spec: pair_count x token_count x C = {spec.pair_count} x {spec.token_count} x "
                           f"{self.identity.token_dim} = {cost} exceeds this node's budget {self.probe_budget}")
         try:
             spec.validate()

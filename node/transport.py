@@ -11,16 +11,20 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
+from crossback.config.errors import PeerCallError
+from crossback.models.prediction import Prediction
+from crossback.orchestrator_free.messages import DdvAnswer, Member, PeerInfo, TaskMatches
 
-from crossback.node.tls_material import TlsMaterial, open_channel
+from . import serde
+from .serde import PROTOCOL
+from .tls_material import TlsMaterial, open_channel
+
 
 if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/status` must not load it
     from crossback.config.selection import ProbeSpec
 
-PROTOCOL = pb.PROTOCOL_VERSION_1
 MAX_MESSAGE_BYTES = 4 << 20
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-KV_SOURCES = {"self": pb.KV_SOURCE_SELF, "inline": pb.KV_SOURCE_INLINE}  # ProbeSpec.kv_source <-> wire enum
 
 
 def channel_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -32,6 +36,35 @@ class CallPolicy:
     timeout: float = 5.0  # deadline of every call, seconds
     attempts: int = 3
     backoff_max: float = 1.0
+
+
+class PeerCallFailed(PeerCallError, grpc.RpcError):
+    """A failed call as every layer sees it: ``status`` / ``detail`` (PeerCallError) above the node, and
+    ``code()`` / ``details()`` like the grpc.RpcError it came from, for code that speaks gRPC."""
+
+    def __init__(self, cause: grpc.RpcError):
+        code = cause.code() if callable(getattr(cause, "code", None)) else grpc.StatusCode.UNKNOWN
+        details = cause.details() if callable(getattr(cause, "details", None)) else str(cause)
+        super().__init__(details)
+        self._code, self._details = code, details or ""
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    @property
+    def status(self) -> str:
+        return self._code.name
+
+    @property
+    def detail(self) -> str:
+        return self._details
+
+
+def _failed(exc: grpc.RpcError) -> PeerCallFailed:
+    return exc if isinstance(exc, PeerCallFailed) else PeerCallFailed(exc)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -65,30 +98,40 @@ class PeerClient:
         retrying = Retrying(stop=stop_after_attempt(self.policy.attempts),
                             wait=wait_random_exponential(multiplier=0.05, max=self.policy.backoff_max),
                             retry=retry_if_exception(_transient), reraise=True)
-        return retrying(fn)
+        try:
+            return retrying(fn)
+        except grpc.RpcError as exc:
+            raise _failed(exc) from exc
 
-    def get_info(self) -> pb.NodeInfo:
+    def get_info(self) -> PeerInfo:
         req = pb.InfoRequest(protocol=PROTOCOL, caller_id=self.caller_id)
         self.on_payload("info_request", self.address, req.ByteSize())
-        return self._call(lambda: self._stub.GetInfo(req, timeout=self.policy.timeout))
+        return serde.info_from_pb(self._call(lambda: self._stub.GetInfo(req, timeout=self.policy.timeout)))
 
     def exchange_peers(self, peers: pb.PeerList) -> pb.PeerList:
         self.on_payload("membership", self.address, peers.ByteSize())
         return self._call(lambda: self._stub.ExchangePeers(peers, timeout=self.policy.timeout))
 
+    def members(self) -> list[Member]:
+        """The peer's membership view (an exchange that offers no entries of ours)."""
+        return serde.members_from_pb(self.exchange_peers(pb.PeerList(protocol=PROTOCOL)))
+
     def probe_peer(self, node_id: str) -> pb.PeerProbeReply:
         """Ask this peer to probe ``node_id`` for us (SWIM's indirect probe); one attempt, no retries."""
         req = pb.PeerProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, node_id=node_id)
         self.on_payload("membership", self.address, req.ByteSize())
-        return self._stub.ProbePeer(req, timeout=2 * self.policy.timeout)
+        try:
+            return self._stub.ProbePeer(req, timeout=2 * self.policy.timeout)
+        except grpc.RpcError as exc:
+            raise _failed(exc) from exc
 
-    def match_task(self, salt: bytes, hashes: list[bytes], min_version: int = 0) -> tuple[pb.TaskMatchReply, int]:
+    def match_task(self, salt: bytes, hashes: list[bytes], min_version: int = 0) -> tuple[TaskMatches, int]:
         """(the peer's tasks with exactly this label set, the reply's size in bytes); see same_task."""
         req = pb.TaskMatchRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
                                   salt=salt, class_hashes=hashes)
         self.on_payload("task_request", self.address, req.ByteSize())
         reply = self._call(lambda: self._stub.MatchTask(req, timeout=self.policy.timeout))
-        return reply, reply.ByteSize()
+        return serde.task_matches_from_pb(reply), reply.ByteSize()
 
     def fetch_task(self, salt: bytes, hashes: list[bytes], task: int, min_version: int = 0,
                    max_total_bytes: int = 64 << 20):
@@ -172,7 +215,8 @@ class PeerClient:
             shapes = held[1] if omitted else {n: tuple(t.shape) for n, t in tensors.items()}
             grads = decode(grad, shapes, max_total_bytes)
             versions = {c.snapshot_version for c in body + grad} | {version}
-            return tensors, grads, summaries[0], (versions.pop() if len(versions) == 1 else -1)
+            summary = serde.outer_grad_summary_from_pb(summaries[0])
+            return tensors, grads, summary, (versions.pop() if len(versions) == 1 else -1)
 
         return self._call(fetch)
 
@@ -219,23 +263,21 @@ class PeerClient:
         return self._call(fetch)
 
     def classify(self, task: str, images: list[bytes] | None = None, texts: list[str] | None = None,
-                 top: int = 1) -> pb.ClassifyReply:
+                 top: int = 1) -> list[Prediction]:
         """The node's predictions for a batch of image files' bytes or strings (the Classify RPC)."""
         req = pb.ClassifyRequest(protocol=PROTOCOL, caller_id=self.caller_id, task=task, images=images or [],
                                  texts=texts or [], top=top)
         self.on_payload("classify_request", self.address, req.ByteSize())
-        return self._call(lambda: self._stub.Classify(req, timeout=self.policy.timeout))
+        return serde.predictions_from_pb(self._call(lambda: self._stub.Classify(req, timeout=self.policy.timeout)))
 
-    def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> pb.ProbeResponse:
-        req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=pb.ProbeSpec(
-            seed=spec.seed, pair_count=spec.pair_count, token_count=spec.token_count,
-            perturbation=spec.perturbation, kv_source=KV_SOURCES[spec.kv_source]))
+    def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> DdvAnswer:
+        req = pb.ProbeRequest(protocol=PROTOCOL, caller_id=self.caller_id, spec=serde.probe_spec_to_pb(spec))
         if inline_kv is not None:
             from crossback.node.wire import encode_all
 
             req.kv.extend(encode_all(inline_kv))
         self.on_payload("probe_spec" if inline_kv is None else "probe_spec+kv", self.address, req.ByteSize())
-        return self._call(lambda: self._stub.ProbeDDV(req, timeout=self.policy.timeout))
+        return serde.ddv_answer_from_pb(self._call(lambda: self._stub.ProbeDDV(req, timeout=self.policy.timeout)))
 
 
 class ClientPool:

@@ -1,6 +1,6 @@
 """Test vectors for another implementation of the peer contract (proto/v1/peer.proto):
 
-    python node/wire_vectors.py        # writes proto/v1/test_vectors.json
+    python -m crossback.node.wire_vectors   # writes proto/v1/test_vectors.json
 
 Seeds and 64-bit outputs are decimal strings (a JSON number loses digits past 2^53 in many parsers).
 
@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-VECTORS = Path(__file__).resolve().parent / "v1" / "test_vectors.json"
+VECTORS = Path(__file__).resolve().parents[1] / "proto" / "v1" / "test_vectors.json"
 SPECS = [dict(seed=0, pair_count=2, token_count=3, perturbation=0.1, token_dim=4),
          dict(seed=7, pair_count=5, token_count=16, perturbation=0.25, token_dim=64),
          dict(seed=2**63 - 1, pair_count=1, token_count=1, perturbation=1.0, token_dim=3)]

@@ -23,7 +23,7 @@ from crossback.models.methods import TaskData
 from crossback.models.training import accuracy, evaluate, predict
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from crossback.orchestrator_free.selection import Candidate, arm_payload, can_average, fetch_parts, pairs_of
+from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, fetch_parts
 from crossback.config.selection import SelectionConfig
 from .same_task import NO_MATCH, find_same_task
 from .shortlist import select
@@ -132,12 +132,11 @@ def averaged_members(sel, cfg: SelectionConfig, strategy: TransferStrategy) -> l
     return members if len(members) > 1 else []
 
 
-def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, strategy, pairs, sel) -> bool:
+def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, want: Want, sel) -> bool:
     """Make sure an experiment arm's candidate has its payload (the random draw, the oracle's others)."""
     if sel.fetch is not None:
         return sel.fetch(cand)
-    return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, strategy.borrow, strategy.any_shape,
-                       pairs)
+    return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, want)
 
 
 def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id: str, peers: list[tuple[str, str]],
@@ -175,21 +174,21 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
     seed_ = arm_seed(seed, task)
     base = learner.task_state(task)
     oracle_tried = None
-    pairs = pairs_of(strategy, data)
+    want = Want.of(strategy, data)
     spent = sum(c.bytes for c in cands)
     arms = {"none": _arm(learner, task, data, strategy, base, None, opts, seed_, clients)}
     if chosen is not None:
         if experiment.random:
             rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
             draw = rng.choice(pool)
-            if _fetched(clients, draw, learner, task, strategy, pairs, sel):
+            if _fetched(clients, draw, learner, task, want, sel):
                 arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
         if averaged:  # the chosen candidate's own arm only if the averaged payload cannot run
             arms["selected"] = _average_arm(learner, task, data, strategy, base, averaged, opts, seed_)
         if arms.get("selected") is None:
             arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
         if experiment.oracle:
-            tried = [a for c in pool if _fetched(clients, c, learner, task, strategy, pairs, sel)
+            tried = [a for c in pool if _fetched(clients, c, learner, task, want, sel)
                      and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),

@@ -13,7 +13,6 @@ import hashlib
 import math
 import time
 
-import grpc
 import torch
 from torch import Tensor
 
@@ -26,7 +25,7 @@ from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
 from crossback.orchestrator_free.selection import SKIPPED, Candidate, _parallel, choose
 from crossback.config.selection import SelectionConfig
 from .shortlist import Selection, _stage
-from crossback.config.errors import WireError
+from crossback.config.errors import PeerCallError, WireError
 
 MAX_CLASS_HASHES = 1024
 CONFIRM_SCORE = "task_val"  # the receiver's validation accuracy of a fetched task, run as borrowed
@@ -109,9 +108,9 @@ def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
     started = time.perf_counter()
     try:
         reply, nbytes = client.match_task(labels.salt, labels.hashes)
-    except grpc.RpcError as exc:
-        denied = exc.code() == grpc.StatusCode.PERMISSION_DENIED
-        cand.error = f"{SKIPPED} does not serve task" if denied else f"match failed: {exc.code().name}: {exc.details()}"
+    except PeerCallError as exc:
+        denied = exc.status == "PERMISSION_DENIED"
+        cand.error = f"{SKIPPED} does not serve task" if denied else f"match failed: {exc.status}: {exc.detail}"
         return
     cand.latency = round(time.perf_counter() - started, 4)
     cand.kv_bytes = cand.bytes = nbytes
@@ -144,8 +143,8 @@ def fetch_task(client, cand: Candidate, learner: ContinualLearner, task: int, la
         cand.parts = accept_parts("task", received, learner.part_shapes(task))
         cand.origin = cand.peer
         cand.origins = {n: cand.peer for n in cand.parts}
-    except grpc.RpcError as exc:
-        cand.error = f"task fetch failed: {exc.code().name}: {exc.details()}"
+    except PeerCallError as exc:
+        cand.error = f"task fetch failed: {exc.status}: {exc.detail}"
     except (WireError, ValueError) as exc:
         cand.error = f"task fetch failed: bad payload: {exc}"
     cand.payload_seconds = round(time.perf_counter() - started, 4)

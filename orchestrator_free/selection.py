@@ -16,12 +16,10 @@ peer id. Failed or late peers are skipped and reported; with no candidate there 
 """
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-import grpc
 import torch
 from torch import Tensor
 
@@ -32,14 +30,35 @@ from crossback.models.perceiver import KV_NAMES
 
 from crossback.config.selection import ProbeSpec
 from crossback.orchestrator_free.ddv import ddv
-from crossback.transfer.pairs import FEATURE_KINDS, NoPairs, Pairs, fetch_pairs
-from crossback.node.transport import PeerClient
-from crossback.config.errors import WireError
+from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
+from crossback.config.errors import PeerCallError, WireError
 
 
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
+@dataclass(frozen=True)
+class Want:
+    """What a selection asks every candidate for, as the strategy declares it (``Want.of``)."""
+
+    borrow: str = "kv"  # the payload kind fetched in stage 2
+    needs: frozenset[str] = frozenset()  # kinds a candidate must serve
+    any_shape: bool = False  # candidates whose K/V shapes differ from ours are admitted (matrices of any shape)
+    features: bool = False  # the payload is features on ``pairs`` (items both sides hold), not tensors
+    pairs: Pairs | None = None
+
+    @classmethod
+    def of(cls, strategy, data=None) -> "Want":
+        """``data``: the task's, from which a feature-borrowing strategy picks the items it asks about."""
+        features = bool(getattr(strategy, "borrows_features", False))
+        pairs = strategy.pairs_for(data) if features and data is not None else None
+        return cls(strategy.borrow, frozenset(strategy.needs), strategy.any_shape, features, pairs)
+
+
+def _want(want: Want | str) -> Want:
+    return Want(borrow=want) if isinstance(want, str) else want
+
+
 def can_average(strategy) -> bool:
     """Whether a strategy's payloads can be averaged: it borrows parts that run alone (mona's body
     travels with the peer's gradient for it, and a mean of bodies has none)."""
@@ -101,7 +120,7 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
     return cos, euc, cos - euc_weight * euc
 
 
-def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict[str, Tensor] | None,
+def ddv_score(client, learner: ContinualLearner, task: int, kv: dict[str, Tensor] | None,
               spec: ProbeSpec, euc_weight: float, version: int | None = None) -> tuple[tuple[float, float, float], int]:
     """((cos, euc, score), reply bytes): the local DDV through the peer's K/V (``kv``; None: through
     our own, for a peer whose K/V cannot run in our model) against the peer's own. ``version``: the
@@ -115,11 +134,11 @@ def ddv_score(client: PeerClient, learner: ContinualLearner, task: int, kv: dict
         raise WireError(f"peer DDV has {remote.numel()} values (finite?), expected {local.numel()}")
     if not bool(torch.isfinite(local).all()):
         raise WireError("our DDV through the peer's K/V is not finite")
-    return score_ddvs(local, remote, euc_weight), reply.ByteSize()
+    return score_ddvs(local, remote, euc_weight), reply.nbytes
 
 
 def _origins(info, peer: str) -> dict[str, str]:
-    entries = list(info.origins)
+    entries = info.origins
     if len(entries) > MAX_ORIGINS or any(len(o.name) > MAX_NAME or len(o.node_id) > MAX_NAME or not o.node_id
                                          for o in entries):
         raise WireError(f"peer {peer[:MAX_NAME]!r} advertises malformed provenance")
@@ -162,8 +181,8 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
 
 def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig, needs: set[str], genesis: str,
                  any_shape: bool) -> str | None:
-    """Why a peer (its ``NodeInfo``) is not a candidate (None: it is)."""
-    shapes = {s.name: tuple(s.dims) for s in info.kv_shapes}
+    """Why a peer (its ``PeerInfo``) is not a candidate (None: it is)."""
+    shapes = info.kv_shapes
     served = set(info.payload_kinds)
     if genesis and info.genesis != genesis:
         return f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
@@ -178,9 +197,8 @@ def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig
     return None
 
 
-def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int,
-               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, borrow: str, genesis: str,
-               any_shape: bool = False, needs: frozenset[str] = frozenset()) -> Candidate:
+def _probe_one(client, cand: Candidate, learner: ContinualLearner, task: int,
+               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, want: Want, genesis: str) -> Candidate:
     """Stage 1 of a selection: the candidate's info, eligibility, published K/V and DDV answer (where it
     serves them) — what every cheap score needs, a few % of the model."""
     started = time.perf_counter()
@@ -188,12 +206,12 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
         info = client.get_info()
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         served = set(info.payload_kinds)
-        required = {borrow} | set(needs) | cfg.kinds_needed()
-        cand.error = _eligibility(info, learner, expected, cfg, required, genesis, any_shape)
+        required = {want.borrow} | set(want.needs) | cfg.kinds_needed()
+        cand.error = _eligibility(info, learner, expected, cfg, required, genesis, want.any_shape)
         if cand.error is None:
             cand.advertised = _origins(info, cand.peer)
             if "kv" in served:
-                same = {s.name: tuple(s.dims) for s in info.kv_shapes} == expected
+                same = info.kv_shapes == expected
                 kv, version = client.fetch_kv(expected=expected if same else None, min_version=1)
                 cand.kv = kv if same else foreign_kv(kv, cand.peer)
                 cand.snapshot_version = version
@@ -202,26 +220,27 @@ def _probe_one(client: PeerClient, cand: Candidate, learner: ContinualLearner, t
                     (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None,
                                                                      cfg.probe, cfg.euc_weight, version)
                     cand.bytes += reply_bytes
-    except (grpc.RpcError, WireError, ValueError) as exc:
+    except (PeerCallError, WireError, ValueError) as exc:
         _failed(cand, exc)
     cand.latency = round(time.perf_counter() - started, 4)
     cand.kv_bytes = cand.bytes
     return cand
 
 
-def fetch_parts(client: PeerClient, cand: Candidate, learner: ContinualLearner, task: int, borrow: str,
-                any_shape: bool = False, pairs: Pairs | None = None) -> bool:
+def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, want: Want | str) -> bool:
     """Stage 2, for a shortlisted or chosen candidate: what the strategy borrows (``cand.parts``, with
     its provenance), from the snapshot its K/V came from. False (``cand.error`` says why) when it
     could not be had."""
     if cand.parts is not None:
         return True
+    want = _want(want)
+    borrow = want.borrow
     started = time.perf_counter()
     try:
-        if borrow in FEATURE_KINDS:  # a teacher's features on our paired items (freqkd)
-            if pairs is None:
+        if want.features:  # a teacher's features on our paired items (freqkd)
+            if want.pairs is None:
                 raise ValueError(f"borrowing {borrow} needs items to pair")
-            cand.parts, cand.snapshot_version, received = fetch_pairs(client, pairs, cand.peer)
+            cand.parts, cand.snapshot_version, received = fetch_pairs(client, want.pairs, cand.peer)
             cand.payload_bytes = received
         elif borrow == "kv" and cand.kv is not None:
             cand.parts = kv_parts(cand.kv)
@@ -233,11 +252,11 @@ def fetch_parts(client: PeerClient, cand: Candidate, learner: ContinualLearner, 
             cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
             own = learner.part_shapes(task)
             fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
-            cand.parts = (foreign_parts(borrow, received, own, cand.peer) if any_shape and not fits
+            cand.parts = (foreign_parts(borrow, received, own, cand.peer) if want.any_shape and not fits
                           else accept_parts(borrow, received, own))
         cand.origins = {n: cand.advertised.get(n, cand.peer) for n in cand.parts}
         cand.origin = _dominant(cand.origins, cand.parts)
-    except (grpc.RpcError, NoPairs, WireError, ValueError) as exc:
+    except (PeerCallError, NoPairs, WireError, ValueError) as exc:
         _failed(cand, exc)
     cand.bytes += cand.payload_bytes
     cand.payload_seconds = round(time.perf_counter() - started, 4)
@@ -251,8 +270,8 @@ def _failed(cand: Candidate, exc: Exception) -> None:
     the selection closes its channels must not replace that reason)."""
     if cand.late:
         return
-    if isinstance(exc, grpc.RpcError):
-        cand.error = f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, PeerCallError):
+        cand.error = f"{exc.status}: {exc.detail}"
     elif isinstance(exc, NoPairs):
         cand.error = f"{SKIPPED} {exc}"
     else:
@@ -276,34 +295,27 @@ def _parallel(fn, items: list, deadline: float, what: str) -> None:
 
 
 def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
-                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]], borrow: str = "kv",
-                     genesis: str = "", any_shape: bool = False, needs: frozenset[str] = frozenset(),
-                     pairs: Pairs | None = None, parts: bool = True) -> list[Candidate]:
+                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]], want: Want | str = "kv",
+                     genesis: str = "", parts: bool = True) -> list[Candidate]:
     """Probe every peer ``(node_id, address)`` given, in parallel under ``cfg.deadline``: its info, its
-    K/V and DDV answer (stage 1, when it serves them), and with ``parts`` the payload ``borrow`` names
-    (stage 2). With a ``genesis`` id, peers of another genesis are skipped; with ``any_shape`` (a
-    strategy that reads matrices of any shape, ``borrow: kv`` only) peers whose K/V shapes differ from
-    ``expected`` are candidates too; a peer that does not serve every kind in ``needs`` (the
-    strategy's) is skipped. ``pairs``: the items a feature-borrowing strategy (freqkd) asks every
-    candidate about."""
+    K/V and DDV answer (stage 1, when it serves them), and with ``parts`` the payload ``want`` names
+    (stage 2; a plain string: that payload kind). With a ``genesis`` id, peers of another genesis are
+    skipped; see ``Want`` for what the strategy's declarations admit and fetch."""
+    want = _want(want)
     cands = [Candidate(p, a) for p, a in peers]
-    _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, learner, task, expected, cfg, borrow, genesis,
-                                   any_shape, needs), cands, cfg.deadline, "info, K/V and DDV")
+    _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, learner, task, expected, cfg, want, genesis),
+              cands, cfg.deadline, "info, K/V and DDV")
     if parts:
-        fetch_all(learner, task, [c for c in cands if c.error is None], clients, cfg, borrow, any_shape, pairs)
+        fetch_all(learner, task, [c for c in cands if c.error is None], clients, cfg, want)
     return sorted(cands, key=lambda c: c.peer)
 
 
 def fetch_all(learner: ContinualLearner, task: int, cands: list[Candidate], clients, cfg: SelectionConfig,
-              borrow: str, any_shape: bool = False, pairs: Pairs | None = None) -> None:
+              want: Want | str) -> None:
     """Stage 2 for every candidate in ``cands``, in parallel under ``cfg.deadline``."""
-    _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, borrow, any_shape, pairs),
-              [c for c in cands if c.parts is None], cfg.deadline, borrow)
-
-
-def pairs_of(strategy, data) -> Pairs | None:
-    """The items a feature-borrowing strategy asks teachers about for this task (None for the others)."""
-    return strategy.pairs_for(data) if strategy.borrow in FEATURE_KINDS else None
+    want = _want(want)
+    _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, want),
+              [c for c in cands if c.parts is None], cfg.deadline, want.borrow)
 
 
 def _value(name: str | None):
@@ -329,44 +341,14 @@ def choose(cands: list[Candidate], name: str | None = None) -> tuple[Candidate |
     return best, f"{label} {value(best):.4f}" + (f", margin {margin:.4f}" if margin is not None else ", only candidate")
 
 
-MAX_SAMPLES = 1 << 40  # bound on a peer's claimed sample count
-
-
-def fetch_extra(client: PeerClient, cand: Candidate, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
-    """The payload an arm of a strategy with an ``extra`` kind runs on (fetched once per candidate, kept
-    in ``cand.payload``). ``outer_grad`` (mona): the peer's encoder body with its outer-loss gradient,
-    both checked against our body's names and shapes; the body replaces the one selection fetched when
-    the peer has published a newer snapshot since (body and gradient always come from one snapshot).
-    The peer leaves out the body we already hold when its snapshot has not moved. Raises WireError /
-    grpc.RpcError."""
+def fetch_extra(client, cand: Candidate, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
+    """The payload an arm of a strategy with an ``extra`` kind runs on (``strategy.fetch_extra``, once
+    per candidate, kept in ``cand.payload``). Raises WireError / PeerCallError."""
     if cand.payload is not None:
         return cand.payload
-    if strategy.extra != "outer_grad":
-        raise ValueError(f"unknown extra payload kind {strategy.extra!r}")
-    from crossback.transfer.mona import OUTER_GRAD
-
-    held = (cand.snapshot_version, {n: tuple(t.shape) for n, t in cand.parts.items()}) if cand.parts else None
-    body, grad, summary, version = client.fetch_outer_grad(min_version=cand.snapshot_version,
-                                                           max_batches=strategy.outer_batches, held=held)
-    if not body and held is not None and version == held[0]:
-        body = cand.parts  # the body selection fetched: the peer's snapshot has not moved since
-    wanted = accept_parts("encoder", body, own)
-    if set(wanted) != set(body):
-        raise WireError(f"peer {cand.peer[:MAX_NAME]!r}: outer-gradient body holds {sorted(set(body) - set(wanted))[:4]}, "
-                        "not our encoder body")
-    figures = {"outer_loss": summary.outer_loss, "align_loss": summary.align_loss, "uniform_loss": summary.uniform_loss}
-    if not 2 <= summary.sample_count <= MAX_SAMPLES or summary.batch_count < 1 or not all(
-            map(math.isfinite, figures.values())):
-        raise WireError(f"peer {cand.peer[:MAX_NAME]!r}: malformed outer-gradient summary "
-                        f"(samples {summary.sample_count}, batches {summary.batch_count})")
-    cand.extra = {"sample_count": summary.sample_count, "batch_count": summary.batch_count,
-                  **{k: round(v, 6) for k, v in figures.items()}, "snapshot_version": version}
-    sent = grad.values() if body is cand.parts else (*body.values(), *grad.values())
-    cand.bytes += sum(t.numel() * t.element_size() for t in sent)
-    if version != cand.snapshot_version:
-        cand.snapshot_version = version
-    cand.parts = wanted
-    cand.payload = wanted | {OUTER_GRAD + n: g for n, g in grad.items()}
+    got = strategy.fetch_extra(client, cand.peer, cand.parts, cand.snapshot_version, own)
+    cand.extra, cand.snapshot_version, cand.parts, cand.payload = got.summary, got.snapshot_version, got.parts, got.payload
+    cand.bytes += got.nbytes
     return cand.payload
 
 
@@ -377,8 +359,8 @@ def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[
         return cand.parts if cand else None
     try:
         return fetch_extra(clients.get(cand.address, cand.peer), cand, strategy, own)
-    except grpc.RpcError as exc:
-        cand.error = f"{strategy.extra} failed: {exc.code().name}: {exc.details()}"
+    except PeerCallError as exc:
+        cand.error = f"{strategy.extra} failed: {exc.status}: {exc.detail}"
     except (WireError, ValueError) as exc:
         cand.error = f"{strategy.extra} failed: bad payload: {exc}"
     return None

@@ -22,7 +22,7 @@ from crossback.models.perceiver import kv_shapes
 
 from .candidates import ProbeHistory
 from .scores import Receiver, apply_score
-from crossback.orchestrator_free.selection import (SKIPPED, Candidate, choose, fetch_all, fetch_parts, pairs_of, probe_candidates, ranked)
+from crossback.orchestrator_free.selection import (SKIPPED, Candidate, choose, Want, fetch_all, fetch_parts, probe_candidates, ranked)
 from crossback.config.selection import SelectionConfig
 
 
@@ -58,17 +58,16 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     if cfg.max_candidates:
         history.forget({p for p, _ in peers})
         peers = history.pick(peers, cfg.max_candidates, task)
-    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), strategy.borrow, genesis,
-                              strategy.any_shape, strategy.needs, parts=False)
+    want = Want.of(strategy, data)
+    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), want, genesis, parts=False)
     receiver = Receiver(learner, task, data, cfg.euc_weight)
     answered = [c for c in probed if c.error is None]
     if cfg.cheap:
         apply_score(cfg.score, answered, learner, task, data, cfg.euc_weight, cfg.log_scores, receiver)
     stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in probed))}
     second = time.perf_counter()
-    pairs = pairs_of(strategy, data)
     shortlist, mode = shortlist_of(answered, cfg)
-    fetch_all(learner, task, shortlist, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
+    fetch_all(learner, task, shortlist, clients, cfg, want)
     while mode == CONFIRM and not any(c.error is None for c in shortlist):
         # peers that win stage 1 and fail stage 2 must not deny the selection: the next ones, twice as
         # many each round (a few rounds, each under the deadline, even against many such peers)
@@ -77,12 +76,11 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
             break
         for c in more:
             c.shortlisted = True
-        fetch_all(learner, task, more, clients, cfg, strategy.borrow, strategy.any_shape, pairs)
+        fetch_all(learner, task, more, clients, cfg, want)
         shortlist += more
     if mode == CHEAP:  # the cheap score alone: the payload of its best candidate that can hand it over
         next((c for c in ranked(answered)
-              if fetch_parts(clients.get(c.address, c.peer), c, learner, task, strategy.borrow, strategy.any_shape,
-                             pairs)), None)
+              if fetch_parts(clients.get(c.address, c.peer), c, learner, task, want)), None)
     else:
         name = cfg.score if mode == PAYLOAD else cfg.confirm
         apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,

@@ -30,7 +30,7 @@ from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
 from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.transfer.pairs import Pairs, item_hash
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, pairs_of, probe_candidates
+from crossback.orchestrator_free.selection import SKIPPED, Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -174,8 +174,7 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
         student = learner_for("image", [tasks["image", "A"]], seed=6)
         strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
         (cand,) = probe_candidates(student, 0, [("private", address)], pool, SelectionConfig(score="logme"),
-                                   kv_shapes(student.cfg), strategy.borrow, "", strategy.any_shape, strategy.needs,
-                                   pairs_of(strategy, tasks["image", "A"]))
+                                   kv_shapes(student.cfg), Want.of(strategy, tasks["image", "A"]))
         assert cand.error.startswith(SKIPPED) and "features" in cand.error
     finally:
         pool.close()
@@ -191,8 +190,7 @@ def _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B"):
     with serve_snapshots({"teacher": teacher}, tmp_path / "logs", {"teacher": PUBLIC}) as addresses:
         try:
             (cand,) = probe_candidates(student, 1, [("teacher", addresses["teacher"])], pool,
-                                       SelectionConfig(score="logme"), kv_shapes(student.cfg), strategy.borrow, "",
-                                       strategy.any_shape, strategy.needs, pairs_of(strategy, data))
+                                       SelectionConfig(score="logme"), kv_shapes(student.cfg), Want.of(strategy, data))
             apply_score("logme", [cand], student, 1, data, 0.5)
         finally:
             pool.close()
@@ -203,7 +201,7 @@ def test_freqkd_distils_on_public_pairs_and_leaves_every_earlier_task_bit_identi
     strategy = FreqKDTransfer(FreqKDConfig(), PUBLIC)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy)
     assert cand.error is None and cand.modality == "text" and "logme" in cand.scores and cand.score is not None
-    asked = pairs_of(strategy, data)
+    asked = strategy.pairs_for(data)
     assert cand.parts["features"].shape == (len(asked.keys), 32)  # the teacher holds every public item
     assert cand.bytes >= cand.parts["features"].numel() * 4
     probe = tasks["image", "A"].test.inputs

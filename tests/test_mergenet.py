@@ -14,7 +14,7 @@ from crossback.models.training import predict
 from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, probe_candidates
+from crossback.orchestrator_free.selection import SKIPPED, Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -141,8 +141,8 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
         clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
             (plain,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg), "kv")
-            (merge,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg), "kv",
-                                        any_shape=True)
+            (merge,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
+                                        Want("kv", any_shape=True))
         finally:
             clients.close()
     assert plain.error.startswith(SKIPPED) and "KV shapes" in plain.error
@@ -165,7 +165,7 @@ def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks,
         clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
             (cand,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
-                                       "latents", any_shape=True)
+                                       Want("latents", any_shape=True))
         finally:
             clients.close()
     assert cand.error is None and cand.parts["core.latents"].shape == (12, 48)

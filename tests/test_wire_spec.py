@@ -36,18 +36,13 @@ def test_probes_do_not_depend_on_torch_rng_state():
 
 
 def test_committed_vectors_are_current_and_hold():
-    import sys
+    from crossback.node.wire_vectors import render
 
-    sys.path.insert(0, str(ROOT / "proto"))
-    try:
-        from vectors import render
-    finally:
-        sys.path.pop(0)
     vectors, current = json.loads(VECTORS.read_text()), json.loads(render())
     # the DDV answer is float32 arithmetic: BLAS kernels differ in summation order between CPUs, so it is
     # held to the tolerance another implementation is (tests/js/probes.mjs), everything else to the byte
     committed_ddv, current_ddv = vectors["ddv"].pop("ddv"), current["ddv"].pop("ddv")
-    assert vectors == current, "proto/v1/test_vectors.json is stale: run python node/wire_vectors.py"
+    assert vectors == current, "proto/v1/test_vectors.json is stale: run python -m crossback.node.wire_vectors"
     assert current_ddv == pytest.approx(committed_ddv, rel=1e-4, abs=1e-6), "the committed DDV answer is stale"
     for p in vectors["probes"]:
         x, xp = probe_pairs(ProbeSpec(seed=int(p["seed"]), pair_count=p["pair_count"], token_count=p["token_count"],

@@ -11,6 +11,8 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.config.model import TrainOptions
 
+from .pairs import Pairs
+
 
 class InjectionError(RuntimeError):
     """The borrowed weights did not reach the model (or equal what it already had)."""
@@ -28,19 +30,62 @@ class AdaptOptions:
         return cls(cfg.epochs, train, cfg.own_weights, cfg.head_probe)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """What a strategy's ``extra`` payload kind brought for one candidate (``fetch_extra``)."""
+
+    parts: dict[str, torch.Tensor]  # the borrowed parts the arm runs on (may replace what selection fetched)
+    payload: dict[str, torch.Tensor]  # what ``adapt`` receives: the parts plus the extra tensors
+    summary: dict  # facts for the selection log (JSON-able)
+    snapshot_version: int  # the peer snapshot both came from
+    nbytes: int  # tensor bytes that crossed the wire for it
+
+
 class TransferStrategy(Protocol):
+    """Everything selection and the node need of a strategy. ``Strategy`` gives the defaults."""
+
     name: str
-    needs: frozenset[str]  # payload kinds it asks a peer for, e.g. {"kv"}
-    borrow: str  # the payload kind selection fetches from each candidate
+    needs: frozenset[str]  # payload kinds a candidate must serve, e.g. {"kv"}; others are skipped with that reason
+    borrow: str  # the payload kind selection fetches from each candidate it ranks or picks
     any_shape: bool  # reads a peer's matrices of any shape: peers with other K/V shapes are candidates
     borrows_parts: bool  # the task runs the peer's tensors (provenance is recorded), not weights of its own
-    # a payload kind fetched after selection, only for the candidates whose arms run (mona: outer_grad);
+    # the payload is a teacher's features on items both sides hold (``pairs_for`` names them), not tensors
+    borrows_features: bool
+    # a payload kind fetched after selection, only for the candidates whose arms run (``fetch_extra``);
     # None: what selection fetched is the whole payload
     extra: str | None
     keep_rule: str  # how the task decides between the borrowed arm and none: "accuracy" or "sign" (decide_keep)
+
+    def pairs_for(self, data: TaskData) -> Pairs | None:
+        """The items to ask every candidate about for this task (feature-borrowing strategies; None: none)."""
+        ...
+
+    def fetch_extra(self, client, peer: str, parts: dict[str, torch.Tensor] | None, snapshot_version: int,
+                    own: dict[str, tuple[int, ...]]) -> Extra:
+        """Fetch the ``extra`` kind from ``client`` (a ``crossback.node.transport.PeerClient``) for a
+        candidate whose ``parts`` (from ``snapshot_version``) selection holds; ``own``: our part shapes.
+        Raises WireError (malformed) or PeerCallError (the call failed)."""
+        ...
 
     def adapt(self, learner: ContinualLearner, task: int, data: TaskData, payload: dict | None,
               opts: AdaptOptions, generator: torch.Generator) -> dict:
         """Finish ``task`` (already learned locally) with the peer's ``payload`` (None: no peer).
         Changes only that task's stored state; returns facts worth logging."""
         ...
+
+
+class Strategy:
+    """The interface's defaults: a strategy that borrows tensors of our shapes, whole, at selection."""
+
+    needs: frozenset[str] = frozenset()
+    any_shape = False
+    borrows_parts = True
+    borrows_features = False
+    extra: str | None = None
+    keep_rule = "accuracy"
+
+    def pairs_for(self, data: TaskData) -> Pairs | None:
+        return None
+
+    def fetch_extra(self, client, peer, parts, snapshot_version, own) -> Extra:
+        raise ValueError(f"transfer strategy {self.name!r} has no extra payload kind")

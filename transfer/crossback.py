@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from crossback.config.transfer import PART_KINDS
 from crossback.models.training import accuracy, fit, fit_head, predict
 
-from .base import AdaptOptions, InjectionError
+from .base import AdaptOptions, InjectionError, Strategy
 
 
-class CrossBackTransfer:
+class CrossBackTransfer(Strategy):
     name = "crossback"
     any_shape = False  # the task runs the peer's parts, so they must have its shapes
     borrows_parts = True

@@ -40,7 +40,7 @@ from crossback.models.optim import Adam
 from crossback.models.training import Split, features, fit_linear
 from crossback.transfer.pairs import MIN_SECRET_BYTES, Pairs
 
-from .base import AdaptOptions
+from .base import AdaptOptions, Strategy
 from .freqkd_bands import decoupled_losses, split_bands, standardise
 
 @dataclass
@@ -53,10 +53,11 @@ class _Pool:
     student_terms: bool  # public items are not the task's own: learn their labels too (both arms)
 
 
-class FreqKDTransfer:
+class FreqKDTransfer(Strategy):
     name = "freqkd"
     any_shape = True  # only features cross; their widths may differ (a learned projection bridges them)
     borrows_parts = False  # the task keeps only its own tensors: nothing to record as borrowed
+    borrows_features = True  # a teacher's features on the items pairs_for names
     keep_rule = "accuracy"
     extra = None
 

@@ -28,13 +28,13 @@ from crossback.models.perceiver import ENCODER_KV
 LATENTS = "core.latents"
 from crossback.models.training import fit
 
-from .base import AdaptOptions
+from .base import AdaptOptions, Strategy
 from .lpka import LPKA
 
 MATRICES = {"kv": ENCODER_KV, "latents": LATENTS}  # matrix = the payload kind it arrives in -> parameter it goes into
 
 
-class MergeNetTransfer:
+class MergeNetTransfer(Strategy):
     name = "mergenet"
     any_shape = True  # the adapter reads matrices of any shape: peers with other K/V shapes are candidates
     borrows_parts = False  # the task runs its own (generated) weights, not the peer's

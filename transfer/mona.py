@@ -26,21 +26,26 @@ term (embedder warm-up, then adaptation): arms differ only in the peer's body an
 from __future__ import annotations
 
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from crossback.config.transfer import MonaConfig
 from crossback.models.optim import Adam
-from crossback.models.borrowed import TOKEN_READERS
+from crossback.config.errors import WireError
+from crossback.models.borrowed import TOKEN_READERS, accept_parts
 from crossback.models.learner import HEAD_NAMES
 from crossback.models.perceiver import ENCODER_KV
 
 from .alignment import body_names
-from .base import AdaptOptions
+from .base import AdaptOptions, Extra, Strategy
 from .crossback import adapt_on_parts
 
 OUTER_GRAD = "outer_grad::"  # prefix of the gradient tensors inside a mona payload
+MAX_SAMPLES = 1 << 40  # bound on a peer's claimed sample count
+MAX_NAME = 256  # characters of a peer id shown in an error
 
 
 def embedder_names(params: dict) -> list[str]:
@@ -74,7 +79,7 @@ def first_order_objective(logits_fn, theta: dict[str, Tensor], labels: Tensor, g
     return inner - weight * dot, inner, dot, g_in
 
 
-class MonaTransfer:
+class MonaTransfer(Strategy):
     name = "mona"
     borrow = "encoder"  # selection fetches every candidate's body and scores it
     extra = "outer_grad"  # fetched only for the candidates whose arms run, once each
@@ -85,7 +90,33 @@ class MonaTransfer:
 
     def __init__(self, cfg: MonaConfig = MonaConfig()):
         self.cfg = cfg
-        self.outer_batches = cfg.outer_batches  # what fetch_extra asks the peer for
+
+    def fetch_extra(self, client, peer: str, parts: dict | None, snapshot_version: int,
+                    own: dict[str, tuple[int, ...]]) -> Extra:
+        """The peer's encoder body with its outer-loss gradient, both checked against our body's names
+        and shapes. The peer leaves out the body we already hold (``parts``) when its snapshot has not
+        moved; when it has, the new body replaces the one selection fetched (body and gradient always
+        come from one snapshot)."""
+        held = (snapshot_version, {n: tuple(t.shape) for n, t in parts.items()}) if parts else None
+        body, grad, summary, version = client.fetch_outer_grad(min_version=snapshot_version,
+                                                               max_batches=self.cfg.outer_batches, held=held)
+        if not body and held is not None and version == held[0]:
+            body = parts  # the body selection fetched: the peer's snapshot has not moved since
+        wanted = accept_parts("encoder", body, own)
+        if set(wanted) != set(body):
+            raise WireError(f"peer {peer[:MAX_NAME]!r}: outer-gradient body holds {sorted(set(body) - set(wanted))[:4]}, "
+                            "not our encoder body")
+        figures = {"outer_loss": summary.outer_loss, "align_loss": summary.align_loss,
+                   "uniform_loss": summary.uniform_loss}
+        if not 2 <= summary.sample_count <= MAX_SAMPLES or summary.batch_count < 1 or not all(
+                map(math.isfinite, figures.values())):
+            raise WireError(f"peer {peer[:MAX_NAME]!r}: malformed outer-gradient summary "
+                            f"(samples {summary.sample_count}, batches {summary.batch_count})")
+        facts = {"sample_count": summary.sample_count, "batch_count": summary.batch_count,
+                 **{k: round(v, 6) for k, v in figures.items()}, "snapshot_version": version}
+        sent = grad.values() if body is parts else (*body.values(), *grad.values())
+        return Extra(wanted, wanted | {OUTER_GRAD + n: g for n, g in grad.items()}, facts, version,
+                     sum(t.numel() * t.element_size() for t in sent))
 
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
         body, g_outer = split_payload(payload)
