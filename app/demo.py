@@ -21,8 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
 
+from crossback.config.node import write_node_config
 from crossback.node.events import read_events
 from crossback.app.selections import selection_rows
 
@@ -152,7 +152,7 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
                 cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
                 cfg = node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle, adapt_own_weights,
                                   genesis=seed, pretrained=pretrained, strategy=strategy)
-                cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+                write_node_config(cfg_path, cfg)
                 with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
                     procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses,
                                                           console)

@@ -11,8 +11,8 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
 
+from crossback.config.node import write_node_config
 from crossback.node.addresses import WILDCARD_HOSTS, join_host_port
 from crossback.config.errors import ConfigError
 from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
@@ -51,7 +51,7 @@ def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epoc
             cfg = node_config(entry, seed + i, epochs, adapt_epochs)
             cfg["node"]["advertise"] = addresses[i]
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            write_node_config(cfg_path, cfg)
             others = addresses[:i] + addresses[i + 1:]
             procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], join_host_port(host, port + i),
                                                   others, console=None)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bounds import bounded
-from .data import MODALITIES, SOURCES, SplitSpec, TaskSpec, View
+from .data import Inputs, SplitSpec, TaskSpec, View
 from .errors import ConfigError
 from .loader import from_mapping, key_paths, read_yaml
 from .model import MethodConfig, PerceiverConfig, TrainOptions
@@ -47,15 +47,14 @@ from .transfer import AdaptationConfig, TransferConfig
 ROLES = ("donor", "receiver", "both")
 
 
-@dataclass(frozen=True)
-class BenchNode:
+@dataclass(frozen=True, kw_only=True)
+class BenchNode(Inputs):
+    """One node of a regime: its items (``Inputs``: the keys of a node's ``data:`` section, written flat
+    here), its tasks and its role."""
+
     name: str
     tasks: tuple[TaskSpec, ...]
     role: str = bounded("receiver", choices=ROLES)
-    source: str = bounded("emoji", choices=SOURCES)
-    root: str | None = None
-    modality: str = bounded("image", choices=MODALITIES)
-    image_size: int = bounded(32, ge=1, le=65536)
     shots: tuple[int, ...] = ()  # receivers: items per class in train and val, one run per value
     model: PerceiverConfig = field(default_factory=PerceiverConfig)
 
@@ -74,8 +73,7 @@ class BenchNode:
         return self.role in ("donor", "both")
 
     def view(self) -> View:
-        return View(self.modality, self.image_size, self.model.image.channels, self.model.text.max_length,
-                    self.model.text.encoder, self.model.image.encoder)
+        return self.view_for(self.model)
 
 
 @dataclass(frozen=True)

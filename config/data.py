@@ -55,11 +55,23 @@ MODALITIES = ("image", "text")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class Inputs:
+    """Where a node's items come from and at what size: a node's ``data:`` section and a benchmark
+    node (``crossback.config.bench.BenchNode``) both start with these keys."""
+
     source: str = bounded("emoji", choices=SOURCES)
     root: str | None = None  # a relative root is resolved against the config file's folder
     modality: str = bounded("image", choices=MODALITIES)
     image_size: int = bounded(32, ge=1, le=65536)
+
+    def view_for(self, model) -> View:
+        """How these items become tensors for ``model`` (a ``crossback.config.model.PerceiverConfig``)."""
+        return View(self.modality, self.image_size, model.image.channels, model.text.max_length,
+                    model.text.encoder, model.image.encoder)
+
+
+@dataclass(frozen=True)
+class DataConfig(Inputs):
     split: SplitSpec = field(default_factory=SplitSpec)
     # seed of the item split (default: the run's seed); nodes that compare test accuracies, or whose
     # donors must never have trained on a receiver's test items, share one

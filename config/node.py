@@ -9,8 +9,11 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from .bounds import bounded
 from .errors import ConfigError
@@ -129,3 +132,27 @@ class NodeConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     swarm: SwarmSettings = field(default_factory=SwarmSettings)
     pair_secret: bytes = field(default=b"", repr=False)  # node/pair_secret.py
+
+
+# a node's own sections (beside the run config's keys)
+SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
+            "adaptation": AdaptationConfig, "experiment": ExperimentConfig, "swarm": SwarmSettings}
+
+
+# keys of the old mixed ``transfer:`` section, and where they live now
+MOVED = {"transfer.adapt_epochs": "adaptation.epochs", "transfer.adapt_own_weights": "adaptation.own_weights",
+         **{f"transfer.{k}": f"selection.{k}" for k in ("enabled", "scope", "deadline", "euc_weight", "probe")},
+         **{f"transfer.{k}": f"experiment.{k}" for k in ("oracle", "keep")}}
+
+
+def write_node_config(path: str | Path, mapping: dict[str, Any]) -> Path:
+    """Write a node config (plain mappings, as YAML; key order kept) for ``crossback node --config``:
+    the one writer the demo, local swarms, benchmarks and tests share. A top-level key a node would
+    not read is refused here, before a process is started on it."""
+    known = {f.name for f in fields(RunConfig)} | set(SECTIONS)
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise ConfigError(f"{path}: not node config sections: {unknown} (known: {sorted(known)})")
+    path = Path(path)
+    path.write_text(yaml.safe_dump(mapping, sort_keys=False), encoding="utf-8")
+    return path

@@ -30,8 +30,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def view(self) -> View:
-        return View(self.data.modality, self.data.image_size, self.model.image.channels, self.model.text.max_length,
-                    self.model.text.encoder, self.model.image.encoder)
+        return self.data.view_for(self.model)
 
 
 def _check(cfg: RunConfig) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,11 +60,9 @@ def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_s
     n = len(data)
     last = float("nan")
     step = 0
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator)
+    for epoch, batches in enumerate(epoch_batches(n, opts.batch_size, epochs, generator)):
         total, seen = 0.0, 0
-        for start in range(0, n, opts.batch_size):
-            idx = order[start : start + opts.batch_size]
+        for idx in batches:
             weight = None
             if parallel is not None:
                 idx, weight = parallel.shard(idx)
@@ -92,6 +90,15 @@ def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_s
         if progress:
             progress(phase, epoch + 1, epochs, last)
     return last
+
+
+def epoch_batches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[list[Tensor]]:
+    """Per epoch, the minibatches of a fresh shuffle of ``range(n)`` (the one epoch loop every trainer
+    uses). Each epoch's permutation is drawn when that epoch starts, so a trainer that also draws from
+    ``generator`` inside an epoch gets the same numbers as if it had written the loop itself."""
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        yield [order[start : start + batch_size] for start in range(0, n, batch_size)]
 
 
 @torch.no_grad()

@@ -16,19 +16,14 @@ import os
 from pathlib import Path
 
 from crossback.data.public_set import public_set_for
-from crossback.config.selection import ExperimentConfig
-from crossback.config.selection import SwarmSettings
-from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.selection import check_combine
-from crossback.config.transfer import AdaptationConfig
-from crossback.config.transfer import TransferConfig
 from crossback.transfer.registry import make_strategy
 
 from crossback.config.run import RUN_SECTIONS, parse_config
 from crossback.config.loader import from_mapping, key_paths, read_yaml
 from crossback.config.bounds import check_bounds
 from crossback.config.errors import ConfigError
-from crossback.config.node import OUTER_GRAD_KINDS, PAYLOAD_KINDS
+from crossback.config.node import MOVED, OUTER_GRAD_KINDS, PAYLOAD_KINDS, SECTIONS
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from .devices import resolve_device
 from .pair_secret import load_pair_secret
@@ -45,14 +40,6 @@ ENV = {
     "log_dir": "CROSSBACK_LOG_DIR",
     "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
 }
-SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
-            "adaptation": AdaptationConfig, "experiment": ExperimentConfig, "swarm": SwarmSettings}
-# keys of the old mixed ``transfer:`` section, and where they live now
-MOVED = {"transfer.adapt_epochs": "adaptation.epochs", "transfer.adapt_own_weights": "adaptation.own_weights",
-         **{f"transfer.{k}": f"selection.{k}" for k in ("enabled", "scope", "deadline", "euc_weight", "probe")},
-         **{f"transfer.{k}": f"experiment.{k}" for k in ("oracle", "keep")}}
-
-
 def _split_peers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from crossback.config.node import write_node_config
 from crossback.data.sources import load_catalog
 from crossback.config.data import SplitSpec, TaskSpec
 from crossback.data.tasks import build_task
@@ -57,7 +57,7 @@ def start_node(root: Path, node_id: str, cfg: dict, seeds: list[str], output=sub
     """A real `crossback node` process on a free loopback port, its state and log under ``root``;
     ``output``: where its console (stdout and stderr) goes."""
     path = root / f"{node_id}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    write_node_config(path, cfg)
     args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", node_id,
             "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / node_id), "--log-dir", str(root / "logs")]
     if seeds:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from crossback.config.transfer import FreqKDConfig, PAIR_KINDS
 from crossback.models.optim import Adam
-from crossback.models.training import Split, features, fit_linear
+from crossback.models.training import Split, epoch_batches, features, fit_linear
 from crossback.transfer.pairs import MIN_SECRET_BYTES, Pairs
 
 from .base import AdaptOptions, Strategy
@@ -112,11 +112,8 @@ class FreqKDTransfer(Strategy):
                                           {"params": extra.params(), "lr": opts.train.lr}])
             sums: dict[str, float] = {}
             steps = 0
-            n, bs = len(data.train), opts.train.batch_size
-            for _ in range(opts.epochs):
-                order = torch.randperm(n, generator=generator)
-                for start in range(0, n, bs):
-                    idx = order[start : start + bs]
+            for batches in epoch_batches(len(data.train), opts.train.batch_size, opts.epochs, generator):
+                for idx in batches:
                     terms = self._own_terms(learner, task, extra, data.train, idx)
                     if pool is not None:
                         pick = torch.randint(len(pool.labels), (min(cfg.pair_batch, len(pool.labels)),), generator=generator)

@@ -38,6 +38,7 @@ from crossback.config.errors import WireError
 from crossback.models.borrowed import TOKEN_READERS, accept_parts
 from crossback.models.learner import HEAD_NAMES
 from crossback.models.perceiver import ENCODER_KV
+from crossback.models.training import epoch_batches
 
 from .alignment import body_names
 from .base import AdaptOptions, Extra, Strategy
@@ -135,11 +136,8 @@ class MonaTransfer(Strategy):
         weight = cfg.trade_off * cfg.inner_lr
         g_out = None if g_outer is None else {n: g.to(learner.device) for n, g in g_outer.items()}
         inner_losses, dots, cosines, norms = [], [], [], []
-        n, bs = len(data.train), opts.train.batch_size
-        for _ in range(cfg.stage1_epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, bs):
-                idx = order[start : start + bs]
+        for batches in epoch_batches(len(data.train), opts.train.batch_size, cfg.stage1_epochs, generator):
+            for idx in batches:
                 x, y = data.train.inputs[idx].to(learner.device), data.train.labels[idx].to(learner.device)
                 params = dict(learner.params_for(task))
                 theta = {k: params[k].detach().requires_grad_(True) for k in body}  # the peer's values, every step

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from crossback.config.node import write_node_config
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +33,7 @@ def start_node(folder: Path, cfg: dict, until: str, timeout: float = 900.0) -> t
     in the same log do not count)."""
     node_id = cfg["node"]["node_id"]
     path, log = folder / f"{node_id}.yaml", Path(cfg["node"]["log_dir"]) / f"{node_id}.jsonl"
-    path.write_text(yaml.safe_dump(cfg))
+    write_node_config(path, cfg)
     before = len(log.read_text().splitlines()) if log.exists() else 0
     proc = subprocess.Popen([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -19,33 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_node import digits_node  # noqa: E402
 from masked_step import cpu_name  # noqa: E402
 
-TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]},
-         {"name": "c", "classes": ["6", "7", "8", "9"]}]
-
+from crossback.config.node import write_node_config  # noqa: E402
 
 def node_config(method: str, scale: int, epochs: int, threads: int, device: str) -> dict:
-    w = 32 * scale
-    return {
-        "seed": 0,
-        "data": {"source": "digits", "modality": "image", "image_size": 8},
-        "tasks": TASKS,
-        "model": {"token_dim": w, "num_latents": 8, "latent_dim": w, "depth": 1, "cross_dim_head": w // 2,
-                  "latent_heads": 2, "latent_dim_head": w // 2, "queries_dim": w, "image": {"channels": 1, "patch_size": 2}},
-        "method": {"name": method},
-        "train": {"epochs": epochs, "batch_size": 64},
-        "node": {"exit_when_done": True, "threads": threads, "device": device},
-        "selection": {"enabled": False},
-    }
+    return digits_node(0, scale, 3, epochs, method, node={"exit_when_done": True, "threads": threads, "device": device},
+                       selection={"enabled": False})
 
 
 def run(root: Path, name: str, cfg: dict, nproc: int) -> dict:
     path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    write_node_config(path, cfg)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "crossback.app.cli", "node", "--config", str(path), "--node-id", name,
                            "--nproc", str(nproc), "--state-dir", str(root / name), "--log-dir", str(root / "logs")],

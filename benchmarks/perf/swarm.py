@@ -22,34 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_node import digits_node  # noqa: E402
 from masked_step import cpu_name  # noqa: E402
 
-TASKS = [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}]
-
+from crossback.config.node import write_node_config  # noqa: E402
 
 def node_config(seed: int, score: str, borrow: str, scale: int = 1, selection: dict | None = None,
                 genesis: int | None = None) -> dict:
-    """``scale`` multiplies every width of the tiny model (token, latent, query and head dimensions);
-    ``selection``: more keys of the selection section (shortlist, max_candidates, ...)."""
-    w = 32 * scale
-    return {
-        "seed": seed,
-        "data": {"source": "digits", "modality": "image", "image_size": 8},
-        "tasks": TASKS,
-        "model": {"token_dim": w, "num_latents": 8, "latent_dim": w, "depth": 1, "cross_dim_head": w // 2,
-                  "latent_heads": 2, "latent_dim_head": w // 2, "queries_dim": w, "image": {"channels": 1, "patch_size": 2}},
-        "method": {"name": "packnet"},
-        "train": {"epochs": 2, "batch_size": 64},
-        "node": {"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
-        "selection": {"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0, "score": score,
-                      **(selection or {})},
-        "transfer": {"borrow": borrow},
-        "adaptation": {"epochs": 1},
-        **({"swarm": {"genesis": genesis}} if genesis is not None else {}),
-    }
+    """``scale``: see digits_node; ``selection``: more keys of the selection section (shortlist, max_candidates, ...)."""
+    return digits_node(seed, scale, 2, 2, "packnet",
+                       node={"heartbeat_interval": 1.0, "failure_timeout": 10.0, "rpc_timeout": 10.0, "threads": 1},
+                       selection={"probe": {"pair_count": 8, "token_count": 4}, "deadline": 60.0, "score": score,
+                                  **(selection or {})},
+                       transfer={"borrow": borrow}, adaptation={"epochs": 1},
+                       **({"swarm": {"genesis": genesis}} if genesis is not None else {}))
 
 
 def model_bytes(scale: int) -> int:
@@ -111,7 +99,7 @@ def main(argv=None) -> int:
             extra["shortlist"] = int(args.shortlist) if args.shortlist.isdigit() else args.shortlist
         config = node_config(len(procs), args.score, args.borrow, args.scale, extra, args.genesis)
         config["train"]["epochs"] = epochs
-        cfg.write_text(yaml.safe_dump(config))
+        write_node_config(cfg, config)
         cmd = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(cfg), "--node-id", name,
                "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
         if seeds:
