@@ -1,10 +1,10 @@
-"""The README's "what it is worth" block, rendered from the committed benchmark results.
+"""The "what it is worth" block of docs/benchmarks.md, rendered from the committed benchmark results.
 
     python -m crossback.bench.readme            # rewrite the block between the bench markers
-    python -m crossback.bench.readme --check    # exit 1 if the README and the results disagree
+    python -m crossback.bench.readme --check    # exit 1 if the page and the results disagree
 
 Results live in ``benchmarks/results/<regime>.json`` (copied from a run's ``results.json``, whose
-``command`` made them); a test keeps the README in step with them.
+``command`` made them); a test keeps the page in step with them.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from .report import _ci, _pct, _seconds
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "benchmarks.md"
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REGIMES = ("starved_genesis-backbone", "starved_genesis-block", "starved_genesis-kv", "starved_genesis_pretrained-backbone",
@@ -267,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    readme = ROOT / "README.md"
+    readme = PAGE
     text = readme.read_text(encoding="utf-8")
     new = replace_block(text, render())
     if args.check:
         if new != text:
-            print("README.md's bench block is stale: run python -m crossback.bench.readme", file=sys.stderr)
+            print(f"{PAGE}'s bench block is stale: run python -m crossback.bench.readme", file=sys.stderr)
             return 1
         return 0
     readme.write_text(new, encoding="utf-8")

@@ -134,6 +134,18 @@ class NodeConfig:
     pair_secret: bytes = field(default=b"", repr=False)  # node/pair_secret.py
 
 
+# environment variables a node reads (CROSSBACK_*), by the node key they set (tls_dir: node.tls.dir)
+ENV_VARS = {
+    "node_id": "CROSSBACK_NODE_ID",
+    "listen": "CROSSBACK_LISTEN",
+    "advertise": "CROSSBACK_ADVERTISE",
+    "seed_peers": "CROSSBACK_SEED_PEERS",  # comma-separated
+    "device": "CROSSBACK_DEVICE",
+    "state_dir": "CROSSBACK_STATE_DIR",
+    "log_dir": "CROSSBACK_LOG_DIR",
+    "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
+}
+
 # a node's own sections (beside the run config's keys)
 SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,
             "adaptation": AdaptationConfig, "experiment": ExperimentConfig, "swarm": SwarmSettings}

@@ -51,7 +51,7 @@ class MonaConfig:
     # lambda: the paper finds its optimum in [0.3, 0.5]
     trade_off: float = bounded(0.4, ge=0.0, le=1000.0)
     # alpha: the virtual inner step (plain gradient descent) whose effect on the peer's loss stage 1
-    # anticipates; the paper does not state it (see the README for how this default was chosen)
+    # anticipates; the paper does not state it (docs/transfer.md says how this default was chosen)
     inner_lr: float = bounded(1.0, gt=0.0, le=1e6)
     stage1_epochs: int = bounded(5, ge=0, le=100_000)  # the paper: 5 epochs of embedder training suffice
     lr: float | None = bounded(None, gt=0.0, le=10.0)  # stage 1's Adam lr (default: train.lr)

@@ -23,23 +23,13 @@ from crossback.config.run import RUN_SECTIONS, parse_config
 from crossback.config.loader import from_mapping, key_paths, read_yaml
 from crossback.config.bounds import check_bounds
 from crossback.config.errors import ConfigError
-from crossback.config.node import MOVED, OUTER_GRAD_KINDS, PAYLOAD_KINDS, SECTIONS
+from crossback.config.node import ENV_VARS, MOVED, OUTER_GRAD_KINDS, PAYLOAD_KINDS, SECTIONS
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from .devices import resolve_device
 from .pair_secret import load_pair_secret
 from .tls import check_tls
 from crossback.config.node import NodeConfig, NodeSettings
 
-ENV = {
-    "node_id": "CROSSBACK_NODE_ID",
-    "listen": "CROSSBACK_LISTEN",
-    "advertise": "CROSSBACK_ADVERTISE",
-    "seed_peers": "CROSSBACK_SEED_PEERS",  # comma-separated
-    "device": "CROSSBACK_DEVICE",
-    "state_dir": "CROSSBACK_STATE_DIR",
-    "log_dir": "CROSSBACK_LOG_DIR",
-    "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
-}
 def _split_peers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
@@ -59,7 +49,7 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
         raise ConfigError(f"{path}: {exc}") from None
     run = parse_config(data, str(path), path.parent, homes)
     overrides = {}
-    for key, var in ENV.items():
+    for key, var in ENV_VARS.items():
         if environ.get(var):
             overrides[key] = _split_peers(environ[var]) if key == "seed_peers" else environ[var]
     for key, value in (flags or {}).items():

@@ -28,16 +28,16 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_examples_exist():
-    text = (ROOT / "README.md").read_text()
-    for config in re.findall(r"`(\w+\.yaml)`", text):
-        if config not in ("node.yaml",):
-            assert (ROOT / "examples" / config).is_file(), config
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for config in re.findall(r"`(\w+\.yaml)`", page.read_text()):
+            if config not in ("node.yaml",):
+                assert (ROOT / "examples" / config).is_file(), f"{page.name}: {config}"
 
 
-def test_readme_worth_section_is_rendered_from_the_committed_bench_results():
-    from crossback.bench.readme import BEGIN, END, render
+def test_benchmarks_worth_section_is_rendered_from_the_committed_bench_results():
+    from crossback.bench.readme import BEGIN, END, PAGE, render
 
-    text = (ROOT / "README.md").read_text()
+    text = PAGE.read_text()
     block = text[text.index(BEGIN) + len(BEGIN) + 1 : text.index(END)]
     assert block == render()
     assert (ROOT / "benchmarks" / "results" / "starved.json").is_file()
