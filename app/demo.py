@@ -21,10 +21,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
+from crossback.app.selections import selection_rows
 from crossback.config.node import write_node_config
 from crossback.node.events import read_events
-from crossback.app.selections import selection_rows
 
 GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects"]
 DEMO_MODEL = {"token_dim": 64, "num_latents": 24, "latent_dim": 64, "depth": 2, "cross_dim_head": 64,
@@ -176,12 +175,11 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
 def example_predictions(out: Path, plan: list[dict]) -> list[dict]:
     """Per receiver: the first test item of its last finished task, predicted from its state folder as
     `crossback predict` would (the folded model of the verified checkpoint)."""
-    from crossback.data.sources import load_catalog
-    from crossback.data.tasks import task_items, text_inputs
-
-    from crossback.models.inference import classify
     from crossback.app.predict import encode, load_task_model
     from crossback.app.train_run import CONFIG_FILE, run_config
+    from crossback.data.sources import load_catalog
+    from crossback.data.tasks import task_items, text_inputs
+    from crossback.models.inference import classify
 
     examples = []
     for entry in (e for e in plan if e.get("role") == "receiver"):

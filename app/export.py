@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from crossback.app.predict import load_task_model
 from crossback.config.errors import ConfigError
 from crossback.models.inference import TaskModel
-from crossback.app.predict import load_task_model
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 17

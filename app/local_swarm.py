@@ -11,11 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-
+from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
+from crossback.config.errors import ConfigError
 from crossback.config.node import write_node_config
 from crossback.node.addresses import WILDCARD_HOSTS, join_host_port
-from crossback.config.errors import ConfigError
-from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
 
 
 def _check_free(host: str, port: int) -> None:

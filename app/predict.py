@@ -14,13 +14,12 @@ from pathlib import Path
 
 from torch import Tensor
 
+from crossback.app.train_run import load_run
 from crossback.config.data import View
+from crossback.config.errors import ConfigError
 from crossback.data.tasks import image_inputs, load_image, text_inputs
 from crossback.models.inference import Prediction, TaskModel, task_model
-
 from crossback.node.devices import resolve_device
-from crossback.config.errors import ConfigError
-from crossback.app.train_run import load_run
 
 MAX_TEXT_CHARS = 1 << 16  # a string longer than this is refused, not truncated silently
 

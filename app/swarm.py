@@ -12,13 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossback.bench.stats import summary as paired_summary
-from crossback.config.bounds import bounded
-
-from crossback.config.errors import ConfigError
-from crossback.config.loader import from_mapping, read_yaml
 from crossback.app.demo import run_demo
 from crossback.app.selections import selection_rows
+from crossback.bench.stats import summary as paired_summary
+from crossback.config.bounds import bounded
+from crossback.config.errors import ConfigError
+from crossback.config.loader import from_mapping, read_yaml
 
 ARMS = ("none", "random", "selected", "oracle")
 

@@ -8,16 +8,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from crossback.config.errors import ConfigError
+from crossback.config.run import RunConfig, config_to_dict, parse_config
 from crossback.data.prepare import prepare_tasks
 from crossback.data.tasks import data_warnings
 from crossback.models.learner import ContinualLearner, new_learner
 from crossback.models.methods import TaskData, learn_task
 from crossback.models.metrics import summarize
+from crossback.models.persistence import (
+    latest_checkpoint,
+    latest_intact_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from crossback.models.training import evaluate
-
-from crossback.models.persistence import (latest_checkpoint, latest_intact_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic)
-from crossback.config.errors import ConfigError
-from crossback.config.run import RunConfig, config_to_dict, parse_config
 from crossback.node.devices import resolve_device
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"

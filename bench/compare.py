@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from crossback.config.bench import BootstrapConfig
+
 from .report import _ci, stratum
 from .stats import summary
 

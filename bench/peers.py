@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from crossback.config.node import PAYLOAD_KINDS
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import latest_intact_checkpoint, save_checkpoint
 from crossback.node.events import EventLog
-from crossback.config.node import PAYLOAD_KINDS
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.genesis import genesis_id

@@ -313,52 +313,8 @@ def markdown(result: dict, title: str, command: str) -> str:
         lines.append(f"torch {env['torch']}, {env['threads']} thread(s), Python {env['python']}, {env['machine']}.")
     lines.append("")
     for name, group in result["groups"].items():
-        lines += [f"## {name} ({group['units']} units; test items per task: min {group['test_items']['min']}, "
-                  f"median {group['test_items']['median']})", "",
-                  "| arm | accuracy | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | beats random |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for arm, row in group["arms"].items():
-            d = row["vs_none"]
-            beats = row.get("beats_random")
-            lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
-                         f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
-                         f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
-        versus = {arm: row["vs_average"] for arm, row in group["arms"].items() if "vs_average" in row}
-        if versus:
-            lines += ["", "Against the average of every trained candidate's payload: "
-                      + "; ".join(f"{arm} Δ {_ci(d)}" for arm, d in versus.items()
-                                  if not arm.startswith("selected:") or arm in ("selected:logme", "selected:kv_motion>2"))]
-        limited = {arm: row for arm, row in group["arms"].items() if "of_limit" in row}
-        if limited:
-            lines += ["", "Against the limit (the best same-view donor's own model on the receiver's test split, "
-                          f"accuracy {group['arms']['limit']['accuracy']:.3f}): "
-                      + "; ".join(f"{arm} reaches {row['of_limit']:.1%} of it, Δ {_ci(row['vs_limit'])}"
-                                  for arm, row in limited.items() if arm in ("none", "kept", "untrained", "oracle"))]
-        if group["scores"]:
-            lines += ["", "| score (cheap>k: its top k confirmed by logme) | Spearman(score, gain) [CI] | regret vs oracle [CI] | "
-                          "random's regret [CI] | picked the best | ranked the untrained control first | KiB per selection | "
-                          "s per selection |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-            for score, row in group["scores"].items():
-                lines.append(f"| {score} | {_rho(row['spearman'])} | {_ci(row['regret'])} | "
-                             f"{_ci(row.get('regret_random'))} | {row['picked_best']:.0%} | "
-                             f"{row['ranked_control_first']:.0%} | {_kib(row.get('bytes_per_selection'))} | "
-                             f"{_num(row.get('seconds_per_selection'))} |")
-            stable = [(score, key, rho) for score, row in group["scores"].items()
-                      for key, rho in row.get("rank_stability", {}).items()]
-            if stable:
-                lines += ["", "Rank stability (Spearman between a unit's candidates ranked under the configured probe "
-                              "seed and under another): " + "; ".join(f"{key} {_rho(rho)}" for _, key, rho in stable)]
-        lines.append("")
-    directions = result.get("directions") or {}
-    if directions:
-        lines += ["## by direction: every trained donor's own arm (receiver <- donor modality)", "",
-                  "| direction | arms | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | KiB per candidate | "
-                  "adaptation s (vs none) |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for key, row in directions.items():
-            d = row["vs_none"]
-            lines.append(f"| {key} | {row['arms']} | {_ci(d)} | {d['wins']} / {d['losses']} / {d['ties']} | "
-                         f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | {_seconds(row)} |")
-        lines.append("")
+        lines += _group_lines(name, group) + _score_lines(group) + [""]
+    lines += _direction_lines(result.get("directions") or {})
     c = result.get("cost") or {}
     if c.get("bytes_per_candidate") is not None:
         ratio = c.get("adapt_time_vs_none")
@@ -371,6 +327,64 @@ def markdown(result: dict, title: str, command: str) -> str:
         lines += ["Warnings:", ""] + [f"- {w}" for w in result["warnings"]] + [""]
     return "\n".join(lines)
 
+
+def _group_lines(name: str, group: dict) -> list[str]:
+    """One group's arms table, and how they compare with the average and the limit."""
+    lines = [f"## {name} ({group['units']} units; test items per task: min {group['test_items']['min']}, "
+             f"median {group['test_items']['median']})", "",
+             "| arm | accuracy | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | beats random |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for arm, row in group["arms"].items():
+        d = row["vs_none"]
+        beats = row.get("beats_random")
+        lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
+                     f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
+                     f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
+    versus = {arm: row["vs_average"] for arm, row in group["arms"].items() if "vs_average" in row}
+    if versus:
+        lines += ["", "Against the average of every trained candidate's payload: "
+                  + "; ".join(f"{arm} Δ {_ci(d)}" for arm, d in versus.items()
+                              if not arm.startswith("selected:") or arm in ("selected:logme", "selected:kv_motion>2"))]
+    limited = {arm: row for arm, row in group["arms"].items() if "of_limit" in row}
+    if limited:
+        lines += ["", "Against the limit (the best same-view donor's own model on the receiver's test split, "
+                      f"accuracy {group['arms']['limit']['accuracy']:.3f}): "
+                  + "; ".join(f"{arm} reaches {row['of_limit']:.1%} of it, Δ {_ci(row['vs_limit'])}"
+                              for arm, row in limited.items() if arm in ("none", "kept", "untrained", "oracle"))]
+    return lines
+
+
+def _score_lines(group: dict) -> list[str]:
+    """The scores table of one group: how well each ranked the candidates, and at what cost."""
+    if not group["scores"]:
+        return []
+    lines = ["", "| score (cheap>k: its top k confirmed by logme) | Spearman(score, gain) [CI] | regret vs oracle [CI] | "
+                 "random's regret [CI] | picked the best | ranked the untrained control first | KiB per selection | "
+                 "s per selection |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for score, row in group["scores"].items():
+        lines.append(f"| {score} | {_rho(row['spearman'])} | {_ci(row['regret'])} | "
+                     f"{_ci(row.get('regret_random'))} | {row['picked_best']:.0%} | "
+                     f"{row['ranked_control_first']:.0%} | {_kib(row.get('bytes_per_selection'))} | "
+                     f"{_num(row.get('seconds_per_selection'))} |")
+    stable = [(score, key, rho) for score, row in group["scores"].items()
+              for key, rho in row.get("rank_stability", {}).items()]
+    if stable:
+        lines += ["", "Rank stability (Spearman between a unit's candidates ranked under the configured probe "
+                      "seed and under another): " + "; ".join(f"{key} {_rho(rho)}" for _, key, rho in stable)]
+    return lines
+
+
+def _direction_lines(directions: dict) -> list[str]:
+    if not directions:
+        return []
+    lines = ["## by direction: every trained donor's own arm (receiver <- donor modality)", "",
+             "| direction | arms | Δ vs none [CI] | wins / losses / ties | Δ vs untrained [CI] | KiB per candidate | "
+             "adaptation s (vs none) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, row in directions.items():
+        d = row["vs_none"]
+        lines.append(f"| {key} | {row['arms']} | {_ci(d)} | {d['wins']} / {d['losses']} / {d['ties']} | "
+                     f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | {_seconds(row)} |")
+    return lines + [""]
 
 def plot(result: dict, records: list[dict], path: Path) -> None:
     import matplotlib

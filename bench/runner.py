@@ -18,28 +18,26 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from crossback.data.sources import load_catalog
+from crossback.config.bench import BenchConfig, BenchNode
+from crossback.config.errors import ConfigError
 from crossback.data.public_set import public_set_for
-from crossback.data.sources import DataError
+from crossback.data.sources import DataError, load_catalog
 from crossback.data.tasks import build_task, data_warnings, public_items, resolve_classes
 from crossback.models.borrowed import average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import write_json_atomic
-from crossback.config.errors import ConfigError
-from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
-from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import (Candidate, Want, arm_payload, can_average, ddv_score,
-                                                   probe_candidates)
-from crossback.orchestrator_free.same_task import find_same_task
-from crossback.orchestrator_free.shortlist import decide, shortlist_of
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.transfer.base import AdaptOptions, InjectionError
+from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
 from crossback.orchestrator_free.genesis import genesis_id
+from crossback.orchestrator_free.same_task import find_same_task
+from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, ddv_score, probe_candidates
+from crossback.orchestrator_free.shortlist import decide, shortlist_of
+from crossback.transfer.base import AdaptOptions, InjectionError
 from crossback.transfer.registry import make_strategy
 
-from crossback.config.bench import BenchConfig, BenchNode
 from .peers import BENCH_PAIR_SECRET, published, serve_snapshots, untrained_learner
 
 CONTROL = "untrained"
@@ -134,66 +132,77 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
                  catalogs: dict) -> list[dict]:
     """One receiver's task sequence with every arm; one record per task."""
     node = cfg.nodes[index]
-    learner = _learner(cfg, node, seed, index)
-    genesis = genesis_id(_genesis(cfg, seed), node.model)
-    train = _train_opts(cfg, node, receiving=True)
-    opts = AdaptOptions.from_config(cfg.adaptation, train)
-    strategy = make_strategy(cfg.transfer, public_set_for(node.source, cfg.split), BENCH_PAIR_SECRET)
-    control = f"{CONTROL}-{node.modality}"
-    peers = [(name, addr) for name, addr in addresses.items()
-             if name != node.name and (not name.startswith(CONTROL + "-") or name == control)]
-    clients = ClientPool(lambda a, _expected: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
-    records = []
+    unit = ReceiverUnits(cfg, node, _learner(cfg, node, seed, index), shots, seed, addresses)
     try:
-        for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs)):
-            learn_task(learner, data, cfg.method, train)
-            same = same_task_donors(cfg, node, node.tasks[i])
-            if strategy.borrow == "task":
-                done = _same_task_unit(cfg, node, learner, i, data, peers, control, clients, strategy, opts, seed)
-                if done is not None:
-                    probed, arms, none, chosen, limit = done
-                    decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
-                    kept, why = decide_keep(decision, "selected", strategy.keep_rule)
-                    learner.set_task_state(i, decision[kept]["state"])
-                    records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen,
-                                                kept, why, same) | {"path": "task", "limit": limit})
-                    continue
-            unit_strategy = strategy.fallback if strategy.borrow == "task" else strategy
-            probed = probe_candidates(learner, i, peers, clients, cfg.selection, kv_shapes(learner.cfg),
-                                      Want.of(unit_strategy, data), genesis)
-            usable = [c for c in probed if c.error is None and c.parts is not None]
-            apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
-            _stability_scores(cfg, learner, i, usable, clients)
-            base, s = learner.task_state(i), arm_seed(seed, i)
-            none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
-            arms = _arms(learner, i, data, unit_strategy, base, usable, opts, s, clients)
-            trained = [c for c in usable if c.peer != control and c.peer in arms]
-            shortlist, mode = shortlist_of(trained, cfg.selection)
-            chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
-            extra = {"path": "fallback"} if unit_strategy is not strategy else {}
-            averages = can_average(unit_strategy)
-            if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
-                extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
-                    "peers": len(trained), "tensors": len(avg)}
-            # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
-            soup = None
-            soup_wanted = cfg.average or cfg.selection.combine == "average"
-            if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
-                soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
-                extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
-                                                                  "tensors": len(avg)}
-            # the arm a node would keep or drop: the chosen candidate's, or with combine: average the soup's
-            preferred = soup if soup is not None and cfg.selection.combine == "average" else (
-                arms[chosen.peer] if chosen else None)
-            decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
-            kept, why = decide_keep(decision, "selected")
-            learner.set_task_state(i, decision[kept]["state"])
-            records.append(_task_record(cfg, node, shots, seed, i, info, none, probed, arms, control, chosen, kept, why,
-                                        same, decision[kept]) | extra)
+        return [unit.task(i, data, info) for i, (data, info) in enumerate(_tasks(cfg, node, seed, shots, catalogs))]
     finally:
-        clients.close()
-    return records
+        unit.clients.close()
 
+
+class ReceiverUnits:
+    """One receiver of one seed and shot count: learns each task, then runs every arm of it (one unit)."""
+
+    def __init__(self, cfg: BenchConfig, node, learner, shots: int | None, seed: int, addresses: dict[str, str]):
+        self.cfg, self.node, self.learner, self.shots, self.seed = cfg, node, learner, shots, seed
+        self.genesis = genesis_id(_genesis(cfg, seed), node.model)
+        self.train = _train_opts(cfg, node, receiving=True)
+        self.opts = AdaptOptions.from_config(cfg.adaptation, self.train)
+        self.strategy = make_strategy(cfg.transfer, public_set_for(node.source, cfg.split), BENCH_PAIR_SECRET)
+        self.control = f"{CONTROL}-{node.modality}"
+        self.peers = [(name, addr) for name, addr in addresses.items()
+                      if name != node.name and (not name.startswith(CONTROL + "-") or name == self.control)]
+        self.clients = ClientPool(lambda a, _expected: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
+
+    def task(self, i: int, data, info) -> dict:
+        cfg, node, learner, strategy = self.cfg, self.node, self.learner, self.strategy
+        learn_task(learner, data, cfg.method, self.train)
+        same = same_task_donors(cfg, node, node.tasks[i])
+        if strategy.borrow == "task":
+            done = _same_task_unit(cfg, node, learner, i, data, self.peers, self.control, self.clients, strategy,
+                                   self.opts, self.seed)
+            if done is not None:
+                probed, arms, none, chosen, limit = done
+                decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
+                kept, why = decide_keep(decision, "selected", strategy.keep_rule)
+                learner.set_task_state(i, decision[kept]["state"])
+                return _task_record(cfg, node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
+                                    kept, why, same) | {"path": "task", "limit": limit}
+        return self._borrow(i, data, info, same, strategy.fallback if strategy.borrow == "task" else strategy)
+
+    def _borrow(self, i: int, data, info, same, unit_strategy) -> dict:
+        """Every candidate's arm, the averages, and what a node's selection would have chosen and kept."""
+        cfg, learner, opts = self.cfg, self.learner, self.opts
+        probed = probe_candidates(learner, i, self.peers, self.clients, cfg.selection, kv_shapes(learner.cfg),
+                                  Want.of(unit_strategy, data), self.genesis)
+        usable = [c for c in probed if c.error is None and c.parts is not None]
+        apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
+        _stability_scores(cfg, learner, i, usable, self.clients)
+        base, s = learner.task_state(i), arm_seed(self.seed, i)
+        none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
+        arms = _arms(learner, i, data, unit_strategy, base, usable, opts, s, self.clients)
+        trained = [c for c in usable if c.peer != self.control and c.peer in arms]
+        shortlist, mode = shortlist_of(trained, cfg.selection)
+        chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
+        extra = {"path": "fallback"} if unit_strategy is not self.strategy else {}
+        averages = can_average(unit_strategy)
+        if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
+            extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
+                "peers": len(trained), "tensors": len(avg)}
+        # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
+        soup = None
+        soup_wanted = cfg.average or cfg.selection.combine == "average"
+        if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
+            soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
+            extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
+                                                              "tensors": len(avg)}
+        # the arm a node would keep or drop: the chosen candidate's, or with combine: average the soup's
+        preferred = soup if soup is not None and cfg.selection.combine == "average" else (
+            arms[chosen.peer] if chosen else None)
+        decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
+        kept, why = decide_keep(decision, "selected")
+        learner.set_task_state(i, decision[kept]["state"])
+        return _task_record(cfg, self.node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
+                            kept, why, same, decision[kept]) | extra
 
 def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:
     """Every candidate's arm, from the same state, seed and budget."""

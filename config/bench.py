@@ -43,7 +43,6 @@ from .model import MethodConfig, PerceiverConfig, TrainOptions
 from .selection import SelectionConfig
 from .transfer import AdaptationConfig, TransferConfig
 
-
 ROLES = ("donor", "receiver", "both")
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crossback.data.catalog import Catalog, Item
 from crossback.config.errors import DataError
+from crossback.data.catalog import Catalog, Item
 
 EMOJI_FILE = Path(__file__).parent / "bundled" / "emoji.npz"
 FASHION_FILE = Path(__file__).parent / "bundled" / "fashion.npz"

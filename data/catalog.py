@@ -13,7 +13,6 @@ from typing import Union
 
 import numpy as np
 
-
 ImageRef = Union[np.ndarray, Path]  # HxW (grey) or HxWxC uint8 array, or an image file
 
 

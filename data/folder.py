@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crossback.data.catalog import Catalog, Item
 from crossback.config.errors import DataError
+from crossback.data.catalog import Catalog, Item
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 

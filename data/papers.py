@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from crossback.data.catalog import Catalog, Item
 from crossback.config.errors import DataError
+from crossback.data.catalog import Catalog, Item
+
 from .folder import read_captions
 
 

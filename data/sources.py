@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bundled_sources import load_digits, load_emoji, load_fashion
-from crossback.data.catalog import Catalog
 from crossback.config.errors import DataError
+from crossback.data.catalog import Catalog
+
+from .bundled_sources import load_digits, load_emoji, load_fashion
 from .folder import load_folder
 from .papers import load_cifar100, load_cub200, load_oxford102
 

@@ -10,14 +10,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from crossback.config.data import SplitSpec, TaskSpec
-from crossback.models.text_encoders import encode_texts
-from crossback.config.data import View
+from crossback.config.data import SplitSpec, TaskSpec, View
+from crossback.config.errors import DataError
+from crossback.data.catalog import Catalog, ImageRef, Item
 from crossback.models.methods import TaskData
+from crossback.models.text_encoders import encode_texts
 from crossback.models.training import Split
 
-from crossback.data.catalog import Catalog, ImageRef, Item
-from crossback.config.errors import DataError
 from .public_set import split_public
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import math
 
-from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
-from .image_encoders import FEATURE_DIM, FEATURE_SIZE
-from .text_encoders import MINILM_DIM
-
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-import torch.nn.functional as F
+
+from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
+
+from .image_encoders import FEATURE_DIM, FEATURE_SIZE
+from .text_encoders import MINILM_DIM
 
 # transformers' PerceiverTokenizer: ids 0-5 are [PAD] [BOS] [EOS] [MASK] [CLS] [SEP], bytes follow.
 PAD_ID, CLS_ID, SEP_ID, BYTE_OFFSET = 0, 4, 5, 6

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from crossback.config.transfer import PART_KINDS
+
 from .perceiver import ENCODER_KV, join_kv, split_kv
 
 HEAD_PARTS = ("query", "head.weight", "head.bias")  # what ``task`` adds to ``backbone``

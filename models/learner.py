@@ -7,7 +7,6 @@ widths it was learned at. Running task ``i`` means calling the network with exac
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 
@@ -15,12 +14,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from crossback.config.model import PickOptions
-from crossback.config.model import ImageAdapterConfig, TextAdapterConfig
+from crossback.config.model import ImageAdapterConfig, PerceiverConfig, PickOptions, TextAdapterConfig
+from crossback.models.perceiver import ENCODER_KV, KEY, PerceiverClassifier, split_kv
+
 from .borrowed import check_parts, kv_parts
 from .masks import MaskedLayer, TrainingMasks, binarize, effective_weight, init_uniform_
-from crossback.models.perceiver import ENCODER_KV, KEY, PerceiverClassifier, split_kv
-from crossback.config.model import PerceiverConfig
 
 METHODS = ("packnet", "piggyback", "cpg")
 HEAD_NAMES = ("query", "head.weight", "head.bias")
@@ -399,9 +397,11 @@ class ContinualLearner:
             else:
                 store[task] = state[key]
 
-    # ---------------------------------------------------------------- snapshots and (de)serialisation
+    # ---------------------------------------------------------------- in-task rollback
 
-    def snapshot(self) -> dict[str, dict[str, Tensor]]:
+    def rollback_point(self) -> dict[str, dict[str, Tensor]]:
+        """The active task's shared weights, owners, own tensors and mask scores, to ``rollback`` to
+        (CPG's compaction tries a sparsity and undoes it); not the published ``node.snapshot.Snapshot``."""
         i = self._require_active()
         return {
             "weights": {n: l.weight.detach().clone() for n, l in self.layers.items()},
@@ -410,7 +410,7 @@ class ContinualLearner:
             "scores": {n: s.detach().clone() for n, s in self.scores.items()},
         }
 
-    def restore(self, snap: dict[str, dict[str, Tensor]]) -> None:
+    def rollback(self, snap: dict[str, dict[str, Tensor]]) -> None:
         i = self._require_active()
         with torch.no_grad():
             for n, layer in self.layers.items():
@@ -420,59 +420,6 @@ class ContinualLearner:
                 t.copy_(snap["task"][n])
             for n, s in self.scores.items():
                 s.copy_(snap["scores"][n])
-
-    def metadata(self) -> dict:
-        return {
-            "model": dataclasses.asdict(self.cfg),
-            "modality": self.modality,
-            "method": self.method,
-            "seed": self.seed,
-            "genesis": self.genesis,
-            "pick": dataclasses.asdict(self.pick),
-            "tasks": [dataclasses.asdict(t) for t in self.tasks],
-        }
-
-    def shared_tensors(self) -> dict[str, Tensor]:
-        out = {}
-        for n, layer in self.layers.items():
-            out[n] = layer.weight.detach().cpu().contiguous()
-            out[f"{n}::owner"] = layer.owner.cpu().contiguous()
-        return out
-
-    def task_tensors(self, task: int) -> dict[str, Tensor]:
-        out = {n: t.detach().cpu().contiguous() for n, t in self.task_params[task].items()}
-        out |= {f"pick::{n}": m.cpu().contiguous() for n, m in self.pick_masks[task].items()}
-        out |= {f"borrowed::{n}": w.cpu().contiguous() for n, w in self.borrowed.get(task, {}).items()}
-        out |= {f"bmask::{n}": m.cpu().contiguous() for n, m in self.borrow_masks.get(task, {}).items()}
-        return out
-
-    @classmethod
-    def from_tensors(cls, meta: dict, shared: dict[str, Tensor], per_task: list[dict[str, Tensor]]) -> "ContinualLearner":
-        learner = cls(config_from_dict(meta["model"]), meta["modality"], meta["method"], meta["seed"],
-                      PickOptions(**meta["pick"]), meta.get("genesis"))
-        for n, layer in learner.layers.items():
-            if n not in shared or f"{n}::owner" not in shared:
-                raise KeyError(f"checkpoint lacks shared weight {n!r}")
-            layer.weight = nn.Parameter(shared[n].clone(), requires_grad=False)
-            layer.owner = shared[f"{n}::owner"].clone()
-        if len(per_task) != len(meta["tasks"]):
-            raise ValueError(f"checkpoint lists {len(meta['tasks'])} tasks but holds tensors for {len(per_task)}")
-        for record, tensors in zip(meta["tasks"], per_task):
-            learner.tasks.append(TaskRecord(**record))
-            params, picks = {}, {}
-            for n, t in tensors.items():
-                if n.startswith("pick::"):
-                    picks[n.removeprefix("pick::")] = t.clone()
-                elif n.startswith("borrowed::"):
-                    learner.borrowed.setdefault(len(learner.tasks) - 1, {})[n.removeprefix("borrowed::")] = t.clone()
-                elif n.startswith(("bmask::", "kvmask::")):  # kvmask: checkpoints from before block/backbone
-                    name = n.split("::", 1)[1]
-                    learner.borrow_masks.setdefault(len(learner.tasks) - 1, {})[name] = t.clone()
-                else:
-                    params[n] = t.clone()
-            learner.task_params.append(params)
-            learner.pick_masks.append(picks)
-        return learner
 
 
 def new_learner(cfg, genesis: int | None = None) -> ContinualLearner:

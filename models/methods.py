@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from crossback.config.model import CPGOptions, MethodConfig, PackNetOptions
+from crossback.config.model import CPGOptions, MethodConfig, PackNetOptions, TrainOptions
 from crossback.models.learner import ContinualLearner, TaskRecord
+from crossback.models.training import Progress, Split, evaluate, fit
+
 from .masks import magnitude_prune
 from .parallel import DataParallel
-from crossback.models.training import Progress, Split, evaluate, fit
-from crossback.config.model import TrainOptions
 
 
 @dataclass
@@ -113,16 +113,16 @@ def _cpg_compact(learner, i, data, opts: CPGOptions, train: TrainOptions, gen, p
         learner.tasks[i].events.append({"event": "compact", "sparsity": None, "dense_val": dense_val,
                                         "val_accuracy": dense_val, "floor": floor, "reason": "no own weights"})
         return
-    accepted, accepted_val, snap = 0.0, dense_val, learner.snapshot()
+    accepted, accepted_val, snap = 0.0, dense_val, learner.rollback_point()
     for k in range(1, opts.prune_steps + 1):
         sparsity = opts.max_sparsity * (1.0 - (1.0 - k / opts.prune_steps) ** 3)
         _prune_to(learner, i, {n: h - math.floor(h * sparsity) for n, h in start.items()})
         fit(learner, i, data.train, opts.step_epochs, train, gen, f"compact{k}", progress, parallel=parallel)
         val = evaluate(learner, i, data.val, train.eval_batch_size)
         if val < floor:
-            learner.restore(snap)
+            learner.rollback(snap)
             break
-        accepted, accepted_val, snap = sparsity, val, learner.snapshot()
+        accepted, accepted_val, snap = sparsity, val, learner.rollback_point()
     learner.tasks[i].events.append({
         "event": "compact",
         "sparsity": accepted,

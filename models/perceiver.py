@@ -13,7 +13,6 @@ splits with ``chunk(2)``: key rows first, value rows second. Our stable names ar
 """
 from __future__ import annotations
 
-
 import torch
 from perceiver_pytorch.perceiver_io import PerceiverIO
 from torch import Tensor, nn

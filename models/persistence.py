@@ -26,9 +26,9 @@ from typing import Callable
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from crossback.models.learner import ContinualLearner
-
 from crossback.config.errors import CheckpointError
+from crossback.models.learner import ContinualLearner
+from crossback.models.serialise import learner_from_tensors, learner_metadata, shared_tensors, task_tensors
 
 FORMAT = "crossback.checkpoint/2"
 LEGACY_FORMATS = ("crossback.checkpoint/1",)  # no digests: loaded unverified
@@ -92,12 +92,12 @@ def save_checkpoint(root: Path, learner: ContinualLearner, state: dict) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        files = {"shared.safetensors": st_save(learner.shared_tensors())}
+        files = {"shared.safetensors": st_save(shared_tensors(learner))}
         for t in range(len(learner.tasks)):
-            files[f"task-{t:03d}.safetensors"] = st_save(learner.task_tensors(t))
+            files[f"task-{t:03d}.safetensors"] = st_save(task_tensors(learner, t))
         for name, data in files.items():
             _write(tmp / name, data)
-        meta = {"format": FORMAT, "learner": learner.metadata(), "state": state,
+        meta = {"format": FORMAT, "learner": learner_metadata(learner), "state": state,
                 "files": {name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()}}
         meta["meta_sha256"] = _meta_digest(meta)
         _write(tmp / META, _meta_bytes(meta))  # written last: marks complete
@@ -234,7 +234,7 @@ def load_checkpoint(folder: Path) -> tuple[ContinualLearner, dict]:
     shared = tensors("shared.safetensors")
     per_task = [tensors(f"task-{t:03d}.safetensors") for t in range(count)]
     try:
-        learner = ContinualLearner.from_tensors(meta["learner"], shared, per_task)
+        learner = learner_from_tensors(meta["learner"], shared, per_task)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{folder}: checkpoint does not fit its own config: {exc}") from exc
     return learner, meta.get("state", {})

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossback.config.model import TrainOptions
+
 from .learner import ContinualLearner
 from .optim import Adam
 from .parallel import DataParallel, as_parameters, distributed_forward

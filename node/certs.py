@@ -12,10 +12,10 @@ import datetime as dt
 import os
 from pathlib import Path
 
+from crossback.config.errors import ConfigError
 from crossback.config.node import CA_CERT, CA_KEY
 from crossback.orchestrator_free.identity import SWARM_NAME, node_id_problem
 
-from crossback.config.errors import ConfigError
 
 def _x509():
     try:

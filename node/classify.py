@@ -19,8 +19,8 @@ from torch import Tensor
 
 from crossback.config.data import View
 from crossback.data.tasks import image_inputs, load_image, text_inputs
-
 from crossback.models.inference import Prediction, TaskModel, classify, task_model
+
 from .snapshot import Snapshot
 
 MAX_ITEMS = 256

@@ -26,10 +26,10 @@ from typing import Mapping
 
 import torch
 
+from crossback.config.errors import ConfigError
 from crossback.models.learner import ContinualLearner
 from crossback.models.parallel import DataParallel
-
-from crossback.config.errors import ConfigError
+from crossback.models.serialise import learner_from_tensors, learner_metadata, shared_tensors, task_tensors
 
 # A rank waits on rank 0 while it selects, borrows and adapts (minutes); a dead rank is the launcher's
 # (or torchrun's) to notice, so the collective timeout only has to outlast a long transfer step.
@@ -96,9 +96,9 @@ def leave_group(parallel: DataParallel | None = None) -> None:
 # ---------------------------------------------------------------- the learner across ranks
 
 def _tensors(learner: ContinualLearner) -> dict[str, torch.Tensor]:
-    out = {f"shared/{n}": t for n, t in learner.shared_tensors().items()}
+    out = {f"shared/{n}": t for n, t in shared_tensors(learner).items()}
     for i in range(len(learner.tasks)):
-        out |= {f"task/{i}/{n}": t for n, t in learner.task_tensors(i).items()}
+        out |= {f"task/{i}/{n}": t for n, t in task_tensors(learner, i).items()}
     return out
 
 
@@ -111,7 +111,7 @@ def _pack(learner: ContinualLearner) -> tuple[bytes, bytes]:
         chunks.append(raw)
         offset += int(raw.numel())
     body = torch.cat(chunks).numpy().tobytes() if chunks else b""
-    header = {"meta": learner.metadata(), "tensors": entries, "crc32": zlib.crc32(body)}
+    header = {"meta": learner_metadata(learner), "tensors": entries, "crc32": zlib.crc32(body)}
     return json.dumps(header, sort_keys=True).encode(), body
 
 
@@ -137,7 +137,7 @@ def _unpack(header: bytes, body: bytes) -> ContinualLearner:
         else:
             task, _, name = rest.partition("/")
             per_task[int(task)][name] = t
-    return ContinualLearner.from_tensors(head["meta"], shared, per_task)
+    return learner_from_tensors(head["meta"], shared, per_task)
 
 
 def _broadcast_bytes(parallel: DataParallel, data: bytes | None) -> bytes:

@@ -18,12 +18,10 @@ from typing import Callable
 
 import grpc
 
-from crossback.config.node import DEFAULT_ENTRIES, DEFAULT_INDIRECT
-from crossback.proto.v1 import peer_pb2 as pb
-
-from crossback.config.node import DEFAULT_MAX_PEERS
-from crossback.orchestrator_free.membership import Membership
+from crossback.config.node import DEFAULT_ENTRIES, DEFAULT_INDIRECT, DEFAULT_MAX_PEERS
 from crossback.node.transport import PROTOCOL, ClientPool
+from crossback.orchestrator_free.membership import Membership
+from crossback.proto.v1 import peer_pb2 as pb
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
 def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:

@@ -15,20 +15,20 @@ import dataclasses
 import os
 from pathlib import Path
 
+from crossback.config.bounds import check_bounds
+from crossback.config.errors import ConfigError
+from crossback.config.loader import from_mapping, key_paths, read_yaml
+from crossback.config.node import ENV_VARS, MOVED, OUTER_GRAD_KINDS, PAYLOAD_KINDS, SECTIONS, NodeConfig, NodeSettings
+from crossback.config.run import RUN_SECTIONS, parse_config
 from crossback.data.public_set import public_set_for
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.selection import check_combine
 from crossback.transfer.registry import make_strategy
 
-from crossback.config.run import RUN_SECTIONS, parse_config
-from crossback.config.loader import from_mapping, key_paths, read_yaml
-from crossback.config.bounds import check_bounds
-from crossback.config.errors import ConfigError
-from crossback.config.node import ENV_VARS, MOVED, OUTER_GRAD_KINDS, PAYLOAD_KINDS, SECTIONS
-from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from .devices import resolve_device
 from .pair_secret import load_pair_secret
 from .tls import check_tls
-from crossback.config.node import NodeConfig, NodeSettings
+
 
 def _split_peers(value: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in value.split(",") if p.strip())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from crossback.config.node import DEFAULT_BATCHES, DEFAULT_BATCH_SIZE
+from crossback.config.node import DEFAULT_BATCH_SIZE, DEFAULT_BATCHES
 from crossback.transfer.alignment import OuterGradient, outer_gradient
 
 from .snapshot import Snapshot

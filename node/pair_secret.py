@@ -13,9 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
-from crossback.transfer.pairs import MIN_SECRET_BYTES
-
 from crossback.config.errors import ConfigError
+from crossback.transfer.pairs import MIN_SECRET_BYTES
 
 PAIR_KEY = "pair.key"
 

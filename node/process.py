@@ -15,41 +15,46 @@ from pathlib import Path
 
 import torch
 
+from crossback.config.errors import ConfigError
 from crossback.config.node import NodeConfig
+from crossback.config.run import config_to_dict
+from crossback.data.prepare import prepare_public, prepare_tasks
+from crossback.data.public_set import public_set_for
+from crossback.data.tasks import data_warnings
+from crossback.models.learner import new_learner
 from crossback.models.methods import learn_task
 from crossback.models.parallel import DataParallel
 from crossback.models.perceiver import kv_shapes
+from crossback.models.persistence import (
+    FORMAT,
+    CheckpointError,
+    CheckpointWriteError,
+    is_legacy,
+    latest_intact_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+)
 from crossback.models.training import evaluate
-from crossback.orchestrator_free.backbone import transfer_step
-from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.node.gossip import GossipLoop
+from crossback.node.limits import CallLimiter
+from crossback.node.outer_grad import OuterGradService
+from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
+from crossback.node.tls import load_tls
+from crossback.node.transport import CallPolicy, ClientPool, PeerClient
+from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
+from crossback.orchestrator_free.candidates import ProbeHistory
+from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
 from crossback.transfer.base import AdaptOptions
-from crossback.orchestrator_free.genesis import genesis_id
 from crossback.transfer.registry import make_strategy
-from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
 from .addresses import advertise_address
-from crossback.data.public_set import public_set_for
-from crossback.data.tasks import data_warnings
-
 from .classify import ClassifyService
-from crossback.models.persistence import (FORMAT, CheckpointError, CheckpointWriteError, is_legacy, latest_intact_checkpoint, save_checkpoint, write_json_atomic)
-from crossback.config.errors import ConfigError
-from crossback.config.run import config_to_dict
 from .devices import device_name, resolve_device
 from .distributed import Rank, broadcast_learner, join_group, leave_group, rank_device, ranks_agree
 from .events import EventLog
-from crossback.node.outer_grad import OuterGradService
-
-from crossback.node.limits import CallLimiter
-from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from .snapshot import Snapshot
 from .state_lock import StateLock
-from crossback.node.tls import load_tls
-from crossback.models.learner import new_learner
-from crossback.data.prepare import prepare_public, prepare_tasks
-
 
 CHECKPOINT_RETRY_FIRST, CHECKPOINT_RETRY_MAX = 0.5, 30.0  # seconds between tries of a failed checkpoint write
 
@@ -134,54 +139,14 @@ class Node:
             lock.release()
 
     def _serve(self, tasks, infos, tls) -> int:
-        s, run = self.settings, self.run_cfg
-        self._public = prepare_public(run) if "public_features" in s.serve else None
-        # expensive calls get expensive.threads workers of their own: Health and gossip have theirs (admission.py)
-        server, port = bind(s.listen, workers=s.expensive.threads, max_message_bytes=s.max_message_bytes,
-                            events=self.events, tls=tls)
-        host = s.listen.rpartition(":")[0]
-        address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
-        identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
-                                kv_shapes(run.model), tuple(s.serve), self.genesis, self.public_set)
-        membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, on_event=self.events.emit,
-                                max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
-                                allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
-        servicer = PeerServicer(identity, self.snapshot, membership, self.events,
-                                OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
-                                CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,
-                                pair_secret=self.cfg.pair_secret,
-                                classifier=ClassifyService(run.view(), self.device) if "classify" in s.serve else None)
-        health = serve(server, servicer)
-        self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=f"{host}:{port}",
-                         pid=os.getpid(),
-                         modality=run.data.modality, method=run.method.name, device=str(self.device),
-                         device_name=device_name(self.device),
-                         software=software_version(), seeds=list(s.seed_peers))
-        if self.rank is not None:
-            self.events.emit("distributed", world_size=self.rank.world, backend=self._parallel.backend,
-                             threads_per_rank=torch.get_num_threads())
-        if tls:
-            self.events.emit("tls", identity=tls.node_id, ca=str(s.tls.paths(s.node_id)["ca"]),
-                             allow=sorted(tls.allow) or "every holder of a swarm certificate")
-        else:
-            self.events.emit("unauthenticated", warning="plaintext gRPC without TLS: any process that reaches "
-                             f"{address} can call this node and claim any node id; run it only on a network you "
-                             "trust, or set node.tls (crossback certs)")
-        for warning in data_warnings(infos):
-            self.events.emit("data_warning", warning=warning)
-        on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
-        gossip_policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
-                                   backoff_max=s.heartbeat_interval / 4)
-        gossip_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, gossip_policy, on_payload, tls, expected))
-        gossip = GossipLoop(membership, gossip_clients, servicer.self_entry, lambda: peer_entries(membership),
-                            s.heartbeat_interval, entries=s.gossip_entries, indirect=s.indirect_probes, seed=run.seed)
-        servicer.probe_peer = gossip.probe_for
-        gossip.start()
+        s = self.settings
+        self._public = prepare_public(self.run_cfg) if "public_features" in s.serve else None
+        server, servicer, health, address = self._start_server(tls, infos)
+        gossip, gossip_clients = self._start_gossip(servicer, tls)
         call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
-        self._probe_history = ProbeHistory(run.seed)
-        self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, on_payload, tls,
-                                                                       expected))
-        self._membership = membership
+        self._probe_history = ProbeHistory(self.run_cfg.seed)
+        self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, servicer.payloads,
+                                                                       tls, expected))
         try:
             self._learn(tasks)
             if self._parallel is not None:
@@ -206,6 +171,61 @@ class Node:
             leave_group()
         return 0
 
+    def _start_server(self, tls, infos):
+        """Bind, serve peers from the published snapshot and announce it: (server, servicer, health, address)."""
+        s, run = self.settings, self.run_cfg
+        # expensive calls get expensive.threads workers of their own: Health and gossip have theirs (admission.py)
+        server, port = bind(s.listen, workers=s.expensive.threads, max_message_bytes=s.max_message_bytes,
+                            events=self.events, tls=tls)
+        address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
+        identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
+                                kv_shapes(run.model), tuple(s.serve), self.genesis, self.public_set)
+        self._membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout,
+                                      on_event=self.events.emit, max_peers=s.max_peers,
+                                      dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
+                                      allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
+        servicer = PeerServicer(identity, self.snapshot, self._membership, self.events,
+                                OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
+                                CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,
+                                pair_secret=self.cfg.pair_secret,
+                                classifier=ClassifyService(run.view(), self.device) if "classify" in s.serve else None)
+        health = serve(server, servicer)
+        self._announce(address, advertised_from, f"{s.listen.rpartition(':')[0]}:{port}", tls, infos)
+        return server, servicer, health, address
+
+    def _announce(self, address: str, advertised_from: str, listen: str, tls, infos) -> None:
+        s, run = self.settings, self.run_cfg
+        self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=listen,
+                         pid=os.getpid(),
+                         modality=run.data.modality, method=run.method.name, device=str(self.device),
+                         device_name=device_name(self.device),
+                         software=software_version(), seeds=list(s.seed_peers))
+        if self.rank is not None:
+            self.events.emit("distributed", world_size=self.rank.world, backend=self._parallel.backend,
+                             threads_per_rank=torch.get_num_threads())
+        if tls:
+            self.events.emit("tls", identity=tls.node_id, ca=str(s.tls.paths(s.node_id)["ca"]),
+                             allow=sorted(tls.allow) or "every holder of a swarm certificate")
+        else:
+            self.events.emit("unauthenticated", warning="plaintext gRPC without TLS: any process that reaches "
+                             f"{address} can call this node and claim any node id; run it only on a network you "
+                             "trust, or set node.tls (crossback certs)")
+        for warning in data_warnings(infos):
+            self.events.emit("data_warning", warning=warning)
+
+    def _start_gossip(self, servicer: PeerServicer, tls) -> tuple[GossipLoop, ClientPool]:
+        s = self.settings
+        on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
+        policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
+                            backoff_max=s.heartbeat_interval / 4)
+        clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, policy, on_payload, tls, expected))
+        gossip = GossipLoop(self._membership, clients, servicer.self_entry, lambda: peer_entries(self._membership),
+                            s.heartbeat_interval, entries=s.gossip_entries, indirect=s.indirect_probes,
+                            seed=self.run_cfg.seed)
+        servicer.probe_peer = gossip.probe_for
+        gossip.start()
+        return gossip, clients
+
     def _follow(self, tasks) -> None:
         """A rank other than 0: train every task together with rank 0, then take the learner it ended
         the task with (what it borrowed and adapted included), so the next task starts from the same one."""
@@ -226,65 +246,72 @@ class Node:
         ckpt_root = self.state_dir / "checkpoints"
         self.state_dir.mkdir(parents=True, exist_ok=True)  # config.json beside the checkpoints: crossback evaluate
         write_json_atomic(self.state_dir / "config.json", config_to_dict(self.run_cfg))
+        learner, rows = self._resume(ckpt_root, tasks)
+        if self._parallel is not None:
+            broadcast_learner(self._parallel, learner, self.device)
+        for i in range(len(learner.tasks), len(tasks)):
+            if self._stopping() or not self._learn_task(learner, i, tasks, rows, ckpt_root):
+                return
+        self.events.emit("tasks_done", finished=len(learner.tasks))
+
+    def _resume(self, ckpt_root: Path, tasks) -> tuple:
+        """(learner, accuracy rows) from the newest intact checkpoint (publishing it), or a new learner."""
         def corrupt(exc, moved):
             self.events.emit("checkpoint_corrupt", file=str(exc.path), expected_sha256=exc.expected,
                              actual_sha256=exc.actual, moved_to=str(moved), error=str(exc)[:1000])
 
         intact = latest_intact_checkpoint(ckpt_root, corrupt)
-        if intact is not None:
-            latest, learner, state = intact
-            if is_legacy(latest):  # written before digests: adopt it as it is now, so later damage is caught
-                latest = save_checkpoint(ckpt_root, learner, state)
-                self.events.emit("checkpoint_upgraded", checkpoint=str(latest), format=FORMAT)
-            learner.to(self.device)
-            genesis = self.cfg.swarm.genesis
-            if learner.genesis != genesis:
-                raise ConfigError(f"{self.state_dir} was initialised from swarm.genesis {learner.genesis}, not "
-                                  f"{genesis}: it belongs to another swarm; use a new state dir")
-            names = [t.name for t in learner.tasks]
-            if names != [t.name for t in tasks[: len(names)]]:
-                raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
-            rows = state.get("accuracy_matrix", [])
-            self.publish(latest, tasks[len(names) - 1].train)
-            self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
-        else:
-            learner, rows = new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
-        parallel = self._parallel
+        if intact is None:
+            return new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
+        latest, learner, state = intact
+        if is_legacy(latest):  # written before digests: adopt it as it is now, so later damage is caught
+            latest = save_checkpoint(ckpt_root, learner, state)
+            self.events.emit("checkpoint_upgraded", checkpoint=str(latest), format=FORMAT)
+        learner.to(self.device)
+        genesis = self.cfg.swarm.genesis
+        if learner.genesis != genesis:
+            raise ConfigError(f"{self.state_dir} was initialised from swarm.genesis {learner.genesis}, not "
+                              f"{genesis}: it belongs to another swarm; use a new state dir")
+        names = [t.name for t in learner.tasks]
+        if names != [t.name for t in tasks[: len(names)]]:
+            raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
+        self.publish(latest, tasks[len(names) - 1].train)
+        self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
+        return learner, state.get("accuracy_matrix", [])
+
+    def _learn_task(self, learner, i: int, tasks, rows: list, ckpt_root: Path) -> bool:
+        """Task ``i``: learn it locally, borrow (selection on), checkpoint and publish; False if stopped."""
+        data, parallel = tasks[i], self._parallel
+        self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
+        started = time.perf_counter()
+        try:
+            learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
+        except Interrupted:
+            self.events.emit("task_interrupted", task=data.name, index=i)
+            return False
+        ranks = {}
+        if parallel is not None:  # DDP keeps the ranks' learners bit-identical; this checks it did
+            ranks = {"world_size": parallel.world, "in_step": ranks_agree(parallel, learner)}
+        if self.cfg.selection.enabled:
+            peers = [(p.node_id, p.address) for p in self._membership.alive()]
+            access = PeerAccess(self.settings.node_id, peers, self._peer_clients, self.genesis, self._probe_history)
+            transfer_step(learner, i, data, access, self.cfg.selection,
+                          make_strategy(self.cfg.transfer, self.public_set, self.cfg.pair_secret),
+                          AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
+                          self.events.emit, self.cfg.experiment)
         if parallel is not None:
             broadcast_learner(parallel, learner, self.device)
-        for i in range(len(learner.tasks), len(tasks)):
-            if self._stopping():
-                return
-            data = tasks[i]
-            self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
-            started = time.perf_counter()
-            try:
-                learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
-            except Interrupted:
-                self.events.emit("task_interrupted", task=data.name, index=i)
-                return
-            ranks = {}
-            if parallel is not None:  # DDP keeps the ranks' learners bit-identical; this checks it did
-                ranks = {"world_size": parallel.world, "in_step": ranks_agree(parallel, learner)}
-            if self.cfg.selection.enabled:
-                peers = [(p.node_id, p.address) for p in self._membership.alive()]
-                transfer_step(learner, i, data, self.settings.node_id, peers, self._peer_clients, self.cfg.selection,
-                              make_strategy(self.cfg.transfer, self.public_set, self.cfg.pair_secret),
-                              AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
-                              self.events.emit, self.cfg.experiment, self.genesis, self._probe_history)
-            if parallel is not None:
-                broadcast_learner(parallel, learner, self.device)
-                ranks["synced"] = ranks_agree(parallel, learner)
-            rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
-            folder = self._checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
-            if folder is None:  # asked to stop before the disk took it: the task is relearned next start
-                self.events.emit("task_interrupted", task=data.name, index=i, reason="checkpoint not written")
-                return
-            self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
-                             accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3),
-                             **({"ranks": ranks} if ranks else {}))
-            self.publish(folder, data.train)
-        self.events.emit("tasks_done", finished=len(learner.tasks))
+            ranks["synced"] = ranks_agree(parallel, learner)
+        rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
+        folder = self._checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
+        if folder is None:  # asked to stop before the disk took it: the task is relearned next start
+            self.events.emit("task_interrupted", task=data.name, index=i, reason="checkpoint not written")
+            return False
+        self.events.emit("task_finished", task=data.name, index=i, accuracy=rows[-1][-1],
+                         accuracies=rows[-1], seconds=round(time.perf_counter() - started, 3),
+                         **({"ranks": ranks} if ranks else {}))
+        self.publish(folder, data.train)
+        return True
 
     def _checkpoint(self, root: Path, learner, state: dict) -> Path | None:
         """Write the finished task's checkpoint, retrying with backoff while the disk refuses (a full

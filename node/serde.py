@@ -5,8 +5,15 @@ from __future__ import annotations
 
 from crossback.config.selection import ProbeSpec
 from crossback.models.prediction import Prediction
-from crossback.orchestrator_free.messages import (DdvAnswer, Member, OuterGradSummary, PeerInfo, TaskMatch, TaskMatches,
-                                                  TensorOrigin)
+from crossback.orchestrator_free.messages import (
+    DdvAnswer,
+    Member,
+    OuterGradSummary,
+    PeerInfo,
+    TaskMatch,
+    TaskMatches,
+    TensorOrigin,
+)
 from crossback.proto.v1 import peer_pb2 as pb
 
 PROTOCOL = pb.PROTOCOL_VERSION_1

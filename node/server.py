@@ -5,8 +5,6 @@ import functools
 import inspect
 import math
 import random
-import threading
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Callable
@@ -15,39 +13,41 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from crossback.config.node import DEFAULT_PROBE_BUDGET, DEFAULT_SERVE, OUTER_GRAD_KINDS
+from crossback.config.errors import StateInUse, WireError
+from crossback.config.node import (
+    DEFAULT_ENTRIES,
+    DEFAULT_MAX_PEERS,
+    DEFAULT_PROBE_BUDGET,
+    DEFAULT_SERVE,
+    OUTER_GRAD_KINDS,
+    CallLimits,
+)
 from crossback.config.selection import ProbeSpecError
-from crossback.orchestrator_free.ddv import ddv, probe_bytes
-from crossback.config.node import DEFAULT_ENTRIES
+from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.node.gossip import sample_entries
-from crossback.config.node import DEFAULT_MAX_PEERS
-from crossback.orchestrator_free.membership import Membership
+from crossback.node.limits import Busy, CallLimiter
+from crossback.node.tls_material import TlsMaterial
 from crossback.node.transport import MAX_MESSAGE_BYTES, channel_options
-from crossback.orchestrator_free.messages import PeerInfo, TensorOrigin
-
-from . import serde
-from .serde import PROTOCOL
-from crossback.config.errors import WireError
 from crossback.node.wire import decode, encode_all
+from crossback.orchestrator_free.ddv import ddv, probe_bytes
+from crossback.orchestrator_free.identity import address_problem, node_id_problem
+from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.messages import PeerInfo, TensorOrigin
+from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
-
-from crossback.orchestrator_free.identity import address_problem, node_id_problem
-from crossback.node.tls_material import TlsMaterial
-from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.transfer.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_SET_NAME, SALT_BYTES
-from crossback.config.transfer import MAX_PAIR_ITEMS
 
+from . import serde
 from .admission import Admission, AdmissionLimits, caller_of
-from crossback.config.errors import StateInUse
-from .events import EventLog, PayloadTally
 from .classify import ClassifyService, ItemError, activation_bytes, encode_request
+from .events import EventLog, PayloadTally
+from .expensive_work import ExpensiveWork
 from .features import FeatureService
-from crossback.node.limits import Busy, CallLimiter, TooLarge
-from crossback.config.node import CallLimits
-from .memory import trim as trim_memory
-from .rpc_guard import RpcGuard
 from .outer_grad import OuterGradService
+from .request_rules import RequestRules
+from .rpc_guard import RpcGuard
+from .serde import PROTOCOL
 from .snapshot import Snapshot
 from .tls import PeerAuth
 
@@ -61,15 +61,15 @@ def expensive(handler):
     if inspect.isgeneratorfunction(handler):
         @functools.wraps(handler)
         def stream(self, request, context):
-            self._check_request(request, context)  # before it takes a slot
-            with self._expensive(request.caller_id, context):
+            self.rules.check(request, context)  # before it takes a slot
+            with self.work.admit(request.caller_id, context):
                 yield from handler(self, request, context)
         return stream
 
     @functools.wraps(handler)
     def unary(self, request, context):
-        self._check_request(request, context)
-        with self._expensive(request.caller_id, context):
+        self.rules.check(request, context)
+        with self.work.admit(request.caller_id, context):
             return handler(self, request, context)
     return unary
 
@@ -113,85 +113,12 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.probe_limiter = CallLimiter(CallLimits(slots=2, waiting=0, per_caller=1, wait=2.0))
         self.outer_grad = outer_grad or OuterGradService()
         self.limiter = limiter or CallLimiter()
+        self.work = ExpensiveWork(self.limiter, identity.node_id)
+        self.rules = RequestRules(identity.node_id, identity.serve, snapshot)
         self.probe_budget = probe_budget
         self.payloads = payloads or PayloadTally(events.emit)  # what this node sends, for its log
         self.features = FeatureService(pair_secret)
         self.classifier = classifier  # None: Classify answers FAILED_PRECONDITION
-        self._trim_lock, self._trim_timer = threading.Lock(), None
-
-    # -------------------------------------------------------------- helpers
-
-    def _refuse(self, exc: Busy, context) -> None:
-        """A call the limiter did not admit: UNAVAILABLE (retry later), RESOURCE_EXHAUSTED if it never fits."""
-        if isinstance(exc, TooLarge):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.identity.node_id}: {exc}")
-        context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.identity.node_id} is busy: {exc}")
-
-    @contextmanager
-    def _expensive(self, caller: str, context):
-        try:
-            with self.limiter.admit(caller[:64]):
-                yield
-        except Busy as exc:
-            self._refuse(exc, context)
-        finally:
-            if self.limiter.in_flight() == 0 and self.limiter.trim_due():  # drained after real work
-                self._trim_when_quiet()
-
-    def _trim_when_quiet(self) -> None:
-        """Give the heap back a second from now if no expensive call runs then: a trim in the request
-        path cost the next calls their pages (a Classify batch of 32 took 2x as long)."""
-        def trim_if_idle():
-            if self.limiter.in_flight() == 0:
-                trim_memory()
-
-        with self._trim_lock:
-            if self._trim_timer is None or not self._trim_timer.is_alive():
-                self._trim_timer = threading.Timer(1.0, trim_if_idle)
-                self._trim_timer.daemon = True
-                self._trim_timer.start()
-
-    @contextmanager
-    def _memory(self, nbytes: int, what: str, context):
-        """Hold ``nbytes`` of the node's memory budget for expensive work (limits.CallLimiter.reserve)."""
-        held = ExitStack()
-        try:
-            held.enter_context(self.limiter.reserve(nbytes, what))
-        except Busy as exc:  # only the reservation's refusal: the body's exceptions pass untouched
-            self._refuse(exc, context)
-        with held:
-            yield
-
-    def _check_request(self, request, context) -> None:
-        """Protocol version, and the caller's id (if the message has one) before it is used or logged."""
-        self._check_protocol(request.protocol, context)
-        caller = getattr(request, "caller_id", "")
-        if caller and node_id_problem(caller):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"caller_id: {node_id_problem(caller)}")
-
-    def _check_protocol(self, protocol: int, context) -> None:
-        if protocol != PROTOCOL:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"unsupported protocol version {protocol}; {self.identity.node_id} speaks {PROTOCOL}")
-
-    def _require_snapshot(self, context) -> Snapshot:
-        snap = self.snapshot()
-        if snap is None:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} has no finished task yet")
-        return snap
-
-    def _require_serving(self, kind: str, context) -> None:
-        if kind not in self.identity.serve:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{self.identity.node_id} does not serve payload kind {kind!r} (serves {list(self.identity.serve)})")
-
-    def _sent(self, kind: str, peer: str, nbytes: int) -> None:
-        self.payloads(kind, peer, nbytes)
-
-    def _require_version(self, snap: Snapshot, minimum: int, context) -> None:
-        if snap.version < minimum:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"snapshot {snap.version} is older than the requested {minimum}")
 
     def self_entry(self) -> pb.PeerEntry:
         snap = self.snapshot()
@@ -201,7 +128,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
     # -------------------------------------------------------------- rpcs
 
     def GetInfo(self, request, context):
-        self._check_request(request, context)
+        self.rules.check(request, context)
         snap = self.snapshot()
         ident = self.identity
         info = serde.info_to_pb(PeerInfo(
@@ -210,11 +137,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             snapshot_version=snap.version if snap else 0, software_version=software_version(), protocol=PROTOCOL,
             payload_kinds=tuple(ident.serve), method=ident.method, genesis=ident.genesis,
             origins=tuple(TensorOrigin(n, o) for n, o in sorted((snap.origins() if snap else {}).items()))))
-        self._sent("info", request.caller_id, info.ByteSize())
+        self.payloads("info", request.caller_id, info.ByteSize())
         return info
 
     def ExchangePeers(self, request, context):
-        self._check_request(request, context)
+        self.rules.check(request, context)
         sender = request.sender
         entries = ([sender] if sender.node_id else []) + list(request.peers)
         if len(entries) > MAX_GOSSIP_ENTRIES:
@@ -234,11 +161,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if sender.node_id:  # gossip gets a bounded sample; a bare request (crossback peers) the whole view
             view = sample_entries(view, self.gossip_entries, self._rng)
         reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=view)
-        self._sent("membership", sender.node_id, reply.ByteSize())
+        self.payloads("membership", sender.node_id, reply.ByteSize())
         return reply
 
     def ProbePeer(self, request, context):
-        self._check_request(request, context)
+        self.rules.check(request, context)
         problem = node_id_problem(request.node_id)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node_id: {problem}")
@@ -248,80 +175,80 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             with self.probe_limiter.admit(request.caller_id[:64]):
                 reachable, version = self.probe_peer(request.node_id)
         except Busy as exc:
-            self._refuse(exc, context)
+            self.work.refuse(exc, context)
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} holds no address for {request.node_id!r}")
         reply = pb.PeerProbeReply(reachable=reachable, snapshot_version=version)
-        self._sent("membership", request.caller_id, reply.ByteSize())
+        self.payloads("membership", request.caller_id, reply.ByteSize())
         return reply
 
     @expensive
     def FetchKV(self, request, context):
-        self._check_request(request, context)
-        self._require_serving("kv", context)
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
-        with self._memory(tensor_bytes({n: tuple(t.shape) for n, t in snap.kv.items()}), "K/V", context):
+        self.rules.check(request, context)
+        self.rules.serving("kv", context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
+        with self.work.memory(tensor_bytes({n: tuple(t.shape) for n, t in snap.kv.items()}), "K/V", context):
             chunks = encode_all(snap.kv, snap.version)
-            self._sent("kv", request.caller_id, sum(len(c.data) for c in chunks))
+            self.payloads("kv", request.caller_id, sum(len(c.data) for c in chunks))
             yield from chunks
 
     @expensive
     def FetchPayload(self, request, context):
-        self._check_request(request, context)
+        self.rules.check(request, context)
         if request.kind not in TENSOR_KINDS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"unknown payload kind {request.kind[:64]!r}; tensor kinds: {', '.join(TENSOR_KINDS)}")
-        self._require_serving(request.kind, context)
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
-        with self._memory(tensor_bytes(snap.part_shapes(request.kind)), f"payload {request.kind}", context):
+        self.rules.serving(request.kind, context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
+        with self.work.memory(tensor_bytes(snap.part_shapes(request.kind)), f"payload {request.kind}", context):
             chunks = encode_all(snap.parts(request.kind), snap.version)
-            self._sent(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
+            self.payloads(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
             yield from chunks
 
     def _label_set(self, request, context) -> tuple[Snapshot, bytes, list[bytes]]:
-        self._check_request(request, context)
-        self._require_serving("task", context)
+        self.rules.check(request, context)
+        self.rules.serving("task", context)
         salt, hashes = bytes(request.salt), list(request.class_hashes)
         problem = request_problem(salt, hashes)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label set: {problem}")
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
         return snap, salt, hashes
 
     def MatchTask(self, request, context):
         snap, salt, hashes = self._label_set(request, context)
         reply = pb.TaskMatchReply(snapshot_version=snap.version,
                                   matches=[pb.TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes)])
-        self._sent("task_match", request.caller_id, reply.ByteSize())
+        self.payloads("task_match", request.caller_id, reply.ByteSize())
         return reply
 
     @expensive
     def FetchTask(self, request, context):
         snap, salt, hashes = self._label_set(request, context)
-        with self._memory(tensor_bytes(snap.part_shapes("task"), copies=3), "a task", context):
+        with self.work.memory(tensor_bytes(snap.part_shapes("task"), copies=3), "a task", context):
             parts = task_parts(snap.learner, request.task, salt, hashes)
             if parts is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no task {request.task} "
                                                          f"with that label set in snapshot {snap.version}")
             chunks = encode_all(parts, snap.version)
-            self._sent("task", request.caller_id, sum(len(c.data) for c in chunks))
+            self.payloads("task", request.caller_id, sum(len(c.data) for c in chunks))
             yield from chunks
 
     @expensive
     def FetchOuterGrad(self, request, context):
-        self._check_request(request, context)
+        self.rules.check(request, context)
         for kind in OUTER_GRAD_KINDS:
-            self._require_serving(kind, context)
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
+            self.rules.serving(kind, context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
         if snap.data is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no labelled items for its published task")
         try:  # the body, its gradient, their chunks and the batches' activations
-            with self._memory(tensor_bytes(snap.part_shapes("encoder"), copies=6), "an outer gradient", context):
+            with self.work.memory(tensor_bytes(snap.part_shapes("encoder"), copies=6), "an outer gradient", context):
                 result = self.outer_grad.get(snap, request.max_batches)
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -333,8 +260,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         body = [] if held else encode_all(result.body, snap.version)
         grad = encode_all(result.grad, snap.version)
         if body:
-            self._sent("encoder", request.caller_id, sum(len(c.data) for c in body))
-        self._sent("outer_grad", request.caller_id, sum(len(c.data) for c in grad) + summary.ByteSize())
+            self.payloads("encoder", request.caller_id, sum(len(c.data) for c in body))
+        self.payloads("outer_grad", request.caller_id, sum(len(c.data) for c in grad) + summary.ByteSize())
         yield pb.OuterGradChunk(summary=summary)
         for c in body:
             yield pb.OuterGradChunk(encoder=c)
@@ -343,8 +270,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchPublicFeatures(self, request, context):
-        self._check_request(request, context)
-        self._require_serving("public_features", context)
+        self.rules.check(request, context)
+        self.rules.serving("public_features", context)
         ids = list(request.item_ids)
         if len(ids) > MAX_PAIR_ITEMS or any(not 0 < len(i) <= MAX_ITEM_ID for i in ids):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -354,8 +281,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds out public set {mine or '(none)'!r}, not "
                           f"{request.public_set[:MAX_SET_NAME]!r}")
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
         if snap.public is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} holds no public items")
         yield from self._features_stream("public_features", request.caller_id, snap, len(ids),
@@ -363,8 +290,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchSharedFeatures(self, request, context):
-        self._check_request(request, context)
-        self._require_serving("features", context)
+        self.rules.check(request, context)
+        self.rules.serving("features", context)
         hashes = list(request.item_hashes)
         if len(request.salt) != SALT_BYTES or len(hashes) > MAX_PAIR_ITEMS or any(len(h) != HASH_BYTES for h in hashes):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -373,8 +300,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if not self.features.pair_secret:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no swarm pair secret to hash item ids under")
-        snap = self._require_snapshot(context)
-        self._require_version(snap, request.min_snapshot_version, context)
+        snap = self.rules.snapshot(context)
+        self.rules.version(snap, request.min_snapshot_version, context)
         if snap.data is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no items for its published task")
@@ -385,16 +312,16 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         summary = pb.FeaturesSummary(snapshot_version=snap.version, requested=requested, matched=matched,
                                      width=int(feats.shape[1]) if feats is not None else 0)
         chunks = encode_all({"features": feats.float()}, snap.version) if feats is not None else []
-        self._sent(kind, caller, summary.ByteSize() + sum(len(c.data) for c in chunks))
+        self.payloads(kind, caller, summary.ByteSize() + sum(len(c.data) for c in chunks))
         yield pb.FeaturesChunk(summary=summary)
         for c in chunks:
             yield pb.FeaturesChunk(tensor=c)
 
     @expensive
     def ProbeDDV(self, request, context):
-        self._check_request(request, context)
-        self._require_serving("ddv", context)
-        snap = self._require_snapshot(context)
+        self.rules.check(request, context)
+        self.rules.serving("ddv", context)
+        snap = self.rules.snapshot(context)
         try:
             spec = serde.probe_spec_from_pb(request.spec)
         except ValueError as exc:
@@ -422,22 +349,22 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         except WireError as exc:
             context.abort(getattr(grpc.StatusCode, exc.status), f"probe kv: {exc}")
         inline = sum(t.numel() * 4 for t in kv.values()) if spec.kv_source == "inline" else 0
-        with self._memory(probe_bytes(spec, snap.learner.cfg) + inline, "this probe", context):
+        with self.work.memory(probe_bytes(spec, snap.learner.cfg) + inline, "this probe", context):
             vector = ddv(snap.learner, snap.task, kv, spec)
         if not bool(torch.isfinite(vector).all()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "probe kv: the DDV it gives is not finite")
         reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,
                                  ddv=vector.tolist(), token_dim=self.identity.token_dim)
-        self._sent("ddv", request.caller_id, reply.ByteSize())
+        self.payloads("ddv", request.caller_id, reply.ByteSize())
         return reply
 
 
     @expensive
     def Classify(self, request, context):
-        self._require_serving("classify", context)
+        self.rules.serving("classify", context)
         if self.classifier is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} runs no classifier")
-        snap = self._require_snapshot(context)
+        snap = self.rules.snapshot(context)
         names = snap.finished_tasks
         if request.task not in names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no finished task "
@@ -447,13 +374,13 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         except ItemError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"classify: {exc}")
         index = names.index(request.task)
-        with self._memory(activation_bytes(len(inputs), snap.learner.cfg, self.classifier.view), "this batch",
+        with self.work.memory(activation_bytes(len(inputs), snap.learner.cfg, self.classifier.view), "this batch",
                           context):
             predictions = self.classifier.run(snap, index, inputs, max(1, request.top))
         reply = pb.ClassifyReply(snapshot_version=snap.version, task=request.task, predictions=[
             pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top],
                                top_probabilities=[q for _, q in p.top]) for p in predictions])
-        self._sent("classify", request.caller_id, reply.ByteSize())
+        self.payloads("classify", request.caller_id, reply.ByteSize())
         return reply
 
 

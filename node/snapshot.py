@@ -9,9 +9,8 @@ from torch import Tensor
 
 from crossback.models.borrowed import BORROWED_EVENT, part_names
 from crossback.models.learner import ContinualLearner
-from crossback.models.training import Split
-
 from crossback.models.persistence import load_checkpoint
+from crossback.models.training import Split
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import grpc
 
-from crossback.config.node import TlsSettings
-from crossback.orchestrator_free.identity import SWARM_NAME, node_id_problem
-from crossback.node.tls_material import TlsMaterial
-
 from crossback.config.errors import ConfigError
+from crossback.config.node import TlsSettings
+from crossback.node.tls_material import TlsMaterial
+from crossback.orchestrator_free.identity import SWARM_NAME, node_id_problem
+
 from .rpc_guard import wrap_handler
 
 

@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING, Callable
 import grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from crossback.proto.v1 import peer_pb2 as pb
-from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 from crossback.config.errors import PeerCallError
 from crossback.models.prediction import Prediction
 from crossback.orchestrator_free.messages import DdvAnswer, Member, PeerInfo, TaskMatches
+from crossback.proto.v1 import peer_pb2 as pb
+from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from . import serde
 from .serde import PROTOCOL
 from .tls_material import TlsMaterial, open_channel
-
 
 if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/status` must not load it
     from crossback.config.selection import ProbeSpec

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from crossback.config.errors import WireError
-
 from crossback.proto.v1 import peer_pb2 as pb
 
 CHUNK_BYTES = 1 << 20

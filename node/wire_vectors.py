@@ -36,13 +36,13 @@ def _digest(t) -> str:
 
 def build() -> dict:
 
+    from crossback.config.model import PerceiverConfig
+    from crossback.config.selection import ProbeSpec
     from crossback.config.transfer import PART_KINDS
     from crossback.models.borrowed import part_names
     from crossback.models.learner import ContinualLearner
-    from crossback.config.model import PerceiverConfig
     from crossback.models.perceiver import split_kv
     from crossback.orchestrator_free.ddv import CROSS_ATTN, ddv, normals, probe_pairs, splitmix64
-    from crossback.config.selection import ProbeSpec
     from crossback.orchestrator_free.genesis import genesis_id
 
     out: dict = {"splitmix64": [{"seed": str(s), "outputs": [str(int(v)) for v in splitmix64(s, 4)]}

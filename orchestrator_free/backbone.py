@@ -12,19 +12,21 @@ from __future__ import annotations
 import random
 import time
 import zlib
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from crossback.config.selection import ExperimentConfig
+from crossback.config.selection import ExperimentConfig, SelectionConfig
 from crossback.models.borrowed import BORROWED_EVENT, average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.training import accuracy, evaluate, predict
+from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, fetch_parts
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, fetch_parts
-from crossback.config.selection import SelectionConfig
+from .candidates import ProbeHistory
 from .same_task import NO_MATCH, find_same_task
 from .shortlist import select
 
@@ -139,27 +141,68 @@ def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, wan
     return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, want)
 
 
-def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id: str, peers: list[tuple[str, str]],
-                  clients, cfg: SelectionConfig, strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
-                  experiment: ExperimentConfig = ExperimentConfig(), genesis: str = "", history=None) -> dict:
+@dataclass(frozen=True)
+class PeerAccess:
+    """Whom a selecting node can ask, and how: its id, the alive peers ``(node_id, address)``, a client
+    pool (``clients.get(address, node_id)``), its swarm genesis id and its memory of earlier probes."""
+
+    node_id: str
+    peers: list[tuple[str, str]]
+    clients: Any
+    genesis: str = ""
+    history: ProbeHistory | None = None
+
+
+def transfer_step(learner: ContinualLearner, task: int, data: TaskData, access: PeerAccess, cfg: SelectionConfig,
+                  strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
+                  experiment: ExperimentConfig = ExperimentConfig()) -> dict:
+    """Algorithm 1 for one task learned locally: select a peer, run every arm from the same state, keep
+    one (logged as ``backbone_selected`` and ``transfer_done``)."""
     started = time.perf_counter()
-    if strategy.borrow == "task":
-        sel = find_same_task(learner, task, data, peers, clients, cfg,
-                             lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), history)
-        emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
-             reason=sel.reason, matched=[c.public() for c in sel.candidates],
-             unmatched=len([c for c in sel.skipped if NO_MATCH in (c.error or "")]),
-             skipped=[{"peer": c.peer, "reason": c.error} for c in sel.skipped if NO_MATCH not in (c.error or "")],
-             stages=sel.stages, fallback=None if sel.chosen else strategy.fallback.borrow)
-        if sel.chosen is None:  # no peer learned this label set: borrow the usual way
-            strategy = strategy.fallback
-            sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
-    else:
-        sel = select(learner, task, data, peers, clients, cfg, strategy, genesis, history)
-    chosen, cands, pool = sel.chosen, sel.candidates, sel.pool
+    sel, strategy = _select(learner, task, data, access, cfg, strategy, opts, emit)
     averaged = averaged_members(sel, cfg, strategy)
-    deciding = [c for c in pool if sel.score_name in c.scores]
-    runner_up = max((c.scores[sel.score_name] for c in deciding if c is not chosen), default=None)
+    _log_selection(emit, data, task, sel, cfg, strategy, averaged, len(access.peers), started)
+    spent = sum(c.bytes for c in sel.candidates)
+    arms, oracle_tried = _run_arms(learner, task, data, access, sel, strategy, averaged, opts, seed, experiment)
+    kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
+    learner.set_task_state(task, arms[kept]["state"])
+    if kept != "none" and strategy.borrows_parts:
+        if "averaged" in arms[kept]:
+            record_average(learner, task, arms[kept]["averaged"], strategy.borrow)
+        else:
+            record_provenance(learner, task, next(c for c in sel.pool if c.peer == arms[kept]["peer"]), strategy.borrow)
+    summary = {name: {k: v for k, v in arm.items() if k not in ("state", "val_correct")} for name, arm in arms.items()}
+    emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
+         arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
+         experiment_bytes=sum(c.bytes for c in sel.candidates) - spent,
+         **({"oracle_tried": oracle_tried} if oracle_tried is not None else {}))
+    return {"chosen": sel.chosen, "candidates": sel.candidates, "arms": summary, "kept": kept, "stages": sel.stages}
+
+
+def _select(learner, task: int, data: TaskData, access: PeerAccess, cfg: SelectionConfig, strategy, opts, emit):
+    """(the selection, the strategy that borrows): a same-task strategy first looks for a peer that learned
+    this label set and falls back to its usual borrowing when none did."""
+    peers, clients = access.peers, access.clients
+    if strategy.borrow != "task":
+        return select(learner, task, data, peers, clients, cfg, strategy, access.genesis, access.history), strategy
+    sel = find_same_task(learner, task, data, peers, clients, cfg,
+                         lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), access.history)
+    emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
+         reason=sel.reason, matched=[c.public() for c in sel.candidates],
+         unmatched=len([c for c in sel.skipped if NO_MATCH in (c.error or "")]),
+         skipped=[{"peer": c.peer, "reason": c.error} for c in sel.skipped if NO_MATCH not in (c.error or "")],
+         stages=sel.stages, fallback=None if sel.chosen else strategy.fallback.borrow)
+    if sel.chosen is not None:
+        return sel, strategy
+    fallback = strategy.fallback  # no peer learned this label set: borrow the usual way
+    return select(learner, task, data, peers, clients, cfg, fallback, access.genesis, access.history), fallback
+
+
+def _log_selection(emit, data: TaskData, task: int, sel, cfg: SelectionConfig, strategy, averaged, alive: int,
+                   started: float) -> None:
+    chosen, cands = sel.chosen, sel.candidates
+    runner_up = max((c.scores[sel.score_name] for c in sel.pool if sel.score_name in c.scores and c is not chosen),
+                    default=None)
     value = chosen.scores.get(sel.score_name) if chosen else None
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
          skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in sel.skipped],
@@ -169,41 +212,34 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, node_id:
          shortlist=cfg.shortlist if cfg.cheap else "all",
          margin=(value - runner_up) if value is not None and runner_up is not None else None, reason=sel.reason,
          scope=cfg.scope, seconds=round(time.perf_counter() - started, 4), stages=sel.stages,
-         alive=len(peers), probed=len(cands) + len(sel.skipped),
+         alive=alive, probed=len(cands) + len(sel.skipped),
          bytes=sum(c.bytes for c in cands), combine=cfg.combine, averaged=sorted(c.peer for c in averaged))
-    seed_ = arm_seed(seed, task)
-    base = learner.task_state(task)
-    oracle_tried = None
-    want = Want.of(strategy, data)
-    spent = sum(c.bytes for c in cands)
-    arms = {"none": _arm(learner, task, data, strategy, base, None, opts, seed_, clients)}
+
+
+def _run_arms(learner, task: int, data: TaskData, access: PeerAccess, sel, strategy, averaged, opts: AdaptOptions,
+              seed: int, experiment: ExperimentConfig) -> tuple[dict, list | None]:
+    """Every arm from the same state and seed: none, selected (or the average), and the experiment's
+    random and oracle arms; (arms that ran, the oracle's tries or None)."""
+    chosen, pool, clients = sel.chosen, sel.pool, access.clients
+    seed_, base, want = arm_seed(seed, task), learner.task_state(task), Want.of(strategy, data)
+
+    def arm(cand):
+        return _arm(learner, task, data, strategy, base, cand, opts, seed_, clients)
+
+    arms, oracle_tried = {"none": arm(None)}, None
     if chosen is not None:
         if experiment.random:
-            rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(node_id.encode()))
+            rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(access.node_id.encode()))
             draw = rng.choice(pool)
             if _fetched(clients, draw, learner, task, want, sel):
-                arms["random"] = _arm(learner, task, data, strategy, base, draw, opts, seed_, clients)
+                arms["random"] = arm(draw)
         if averaged:  # the chosen candidate's own arm only if the averaged payload cannot run
             arms["selected"] = _average_arm(learner, task, data, strategy, base, averaged, opts, seed_)
         if arms.get("selected") is None:
-            arms["selected"] = _arm(learner, task, data, strategy, base, chosen, opts, seed_, clients)
+            arms["selected"] = arm(chosen)
         if experiment.oracle:
-            tried = [a for c in pool if _fetched(clients, c, learner, task, want, sel)
-                     and (a := _arm(learner, task, data, strategy, base, c, opts, seed_, clients))]
+            tried = [a for c in pool if _fetched(clients, c, learner, task, want, sel) and (a := arm(c))]
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]
-    arms = {name: arm for name, arm in arms.items() if arm is not None}
-    kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
-    learner.set_task_state(task, arms[kept]["state"])
-    if kept != "none" and strategy.borrows_parts:
-        if "averaged" in arms[kept]:
-            record_average(learner, task, arms[kept]["averaged"], strategy.borrow)
-        else:
-            record_provenance(learner, task, next(c for c in pool if c.peer == arms[kept]["peer"]), strategy.borrow)
-    summary = {name: {k: v for k, v in arm.items() if k not in ("state", "val_correct")} for name, arm in arms.items()}
-    emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
-         arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
-         experiment_bytes=sum(c.bytes for c in cands) - spent,
-         **({"oracle_tried": oracle_tried} if oracle_tried is not None else {}))
-    return {"chosen": chosen, "candidates": cands, "arms": summary, "kept": kept, "stages": sel.stages}
+    return {name: a for name, a in arms.items() if a is not None}, oracle_tried

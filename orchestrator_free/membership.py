@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from crossback.config.node import DEFAULT_MAX_PEERS
+
 from .identity import valid_peer
 
 CANDIDATES_PER_ROUND = 8  # candidate addresses dialled per gossip round, least recently tried first

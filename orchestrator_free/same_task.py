@@ -16,16 +16,16 @@ import time
 import torch
 from torch import Tensor
 
+from crossback.config.errors import PeerCallError, WireError
+from crossback.config.selection import SelectionConfig
 from crossback.models.borrowed import accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.transfer.base import InjectionError
-
-from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
 from crossback.orchestrator_free.selection import SKIPPED, Candidate, _parallel, choose
-from crossback.config.selection import SelectionConfig
+from crossback.transfer.base import InjectionError
+from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
+
 from .shortlist import Selection, _stage
-from crossback.config.errors import PeerCallError, WireError
 
 MAX_CLASS_HASHES = 1024
 CONFIRM_SCORE = "task_val"  # the receiver's validation accuracy of a fetched task, run as borrowed

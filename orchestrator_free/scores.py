@@ -47,8 +47,8 @@ from torch import Tensor
 from crossback.config.selection import SCORES
 from crossback.models.borrowed import kv_parts
 from crossback.models.learner import ContinualLearner
-from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.methods import TaskData
+from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.training import Split, features
 
 GENESIS_SCORES = ("kv_motion", "kv_drift")  # need the swarm genesis K/V

@@ -23,16 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from crossback.config.selection import SelectionConfig
+from crossback.config.errors import PeerCallError, WireError
+from crossback.config.selection import ProbeSpec, SelectionConfig
 from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import KV_NAMES
-
-from crossback.config.selection import ProbeSpec
 from crossback.orchestrator_free.ddv import ddv
 from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
-from crossback.config.errors import PeerCallError, WireError
-
 
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance

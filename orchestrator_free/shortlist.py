@@ -16,14 +16,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from crossback.config.selection import SelectionConfig
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import kv_shapes
+from crossback.orchestrator_free.selection import (
+    SKIPPED,
+    Candidate,
+    Want,
+    choose,
+    fetch_all,
+    fetch_parts,
+    probe_candidates,
+    ranked,
+)
 
 from .candidates import ProbeHistory
 from .scores import Receiver, apply_score
-from crossback.orchestrator_free.selection import (SKIPPED, Candidate, choose, Want, fetch_all, fetch_parts, probe_candidates, ranked)
-from crossback.config.selection import SelectionConfig
 
 
 @dataclass

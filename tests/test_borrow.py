@@ -5,6 +5,7 @@ import grpc
 import pytest
 import torch
 
+from crossback.models.serialise import learner_from_tensors, learner_metadata, shared_tensors, task_tensors
 from crossback.bench.peers import serve_snapshots
 from crossback.models.borrowed import HEAD_PARTS, TOKEN_READERS, accept_parts, part_names
 from crossback.config.transfer import PART_KINDS
@@ -104,13 +105,13 @@ def learned(digits_tasks):
 @pytest.mark.parametrize("kind", PART_KINDS)
 def test_every_borrow_level_changes_only_the_adapted_task_and_survives_a_checkpoint(kind, learned, digits_tasks, tmp_path):
     base, peer, twin = learned
-    local = ContinualLearner.from_tensors(base.metadata(), base.shared_tensors(), [base.task_tensors(i) for i in range(2)])
+    local = learner_from_tensors(learner_metadata(base), shared_tensors(base), [task_tensors(base, i) for i in range(2)])
     task0 = predict(local, 0, digits_tasks[0].test.inputs)
     task1 = predict(local, 1, digits_tasks[1].test.inputs)
     peer = twin if kind == "task" else peer  # a whole task (head included) comes from a peer of the same classes
     parts = peer.extract_parts(part_names(kind, peer.part_shapes(0)), 0)
     strategy = TaskTransfer() if kind == "task" else CrossBackTransfer(kind)
-    facts = strategy.adapt(local, 1, digits_tasks[1], parts, AdaptOptions(2, OPTS, own_weights=True),
+    facts = strategy.adapt(local, 1, digits_tasks[1], parts, AdaptOptions(epochs=2, train=OPTS, own_weights=True),
                                           torch.Generator().manual_seed(0))
     assert facts["changed_tensors"] >= (1 if kind in ("kv", "latents") else 10)
     if kind == "latents":  # a per-task tensor only: the task's new starting value, no mask over it
@@ -195,13 +196,13 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
 def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, tmp_path):
     """A learns, B borrows A's backbone and re-serves it, C borrowing from B is told the parts are A's."""
     base, a, _ = learned
-    b = ContinualLearner.from_tensors(base.metadata(), base.shared_tensors(), [base.task_tensors(i) for i in range(2)])
+    b = learner_from_tensors(learner_metadata(base), shared_tensors(base), [task_tensors(base, i) for i in range(2)])
     mine = genesis_id(11, tiny_config())
     with serve_snapshots({"A": _snapshot(a, tmp_path, "A")}, tmp_path / "logs-a") as addresses:
         clients = ClientPool(lambda x, _expected: PeerClient(x, "B"))
         (cand,) = probe_candidates(b, 1, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "backbone", mine)
         clients.close()
-    CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.parts, AdaptOptions(1, OPTS), torch.Generator())
+    CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator())
     record_provenance(b, 1, cand, "backbone")
     snap_b = _snapshot(b, tmp_path, "B")
     assert set(snap_b.origins().values()) == {"A"}

@@ -53,7 +53,7 @@ def test_training_inference_and_transfer_run_on_the_device(device, digits_tasks,
     peer = ContinualLearner(tiny_config(), "image", "packnet", seed=9)
     peer.begin_task("p", 2)
     peer.end_task()
-    CrossBackTransfer("kv").adapt(learner, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(1, OPTS),
+    CrossBackTransfer("kv").adapt(learner, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(epochs=1, train=OPTS),
                               torch.Generator().manual_seed(0))
     assert all(w.device.type == device for w in learner.borrowed[1].values())
     # a checkpoint written on the device loads anywhere (here: on the CPU)

@@ -101,7 +101,7 @@ def test_mergenet_changes_only_the_adapted_tasks_own_copy_and_survives_a_checkpo
         task0_params = {n: t.clone() for n, t in local.params_for(0).items()}
     shared = {n: (l.weight.detach().clone(), l.owner.clone()) for n, l in local.layers.items()}
     strategy = MergeNetTransfer(MergeNetConfig(rank=4, dim=16, heads=4, t_cycle=2))
-    facts = strategy.adapt(local, 1, digits_tasks[1], source, AdaptOptions(3, OPTS, own_weights=False),
+    facts = strategy.adapt(local, 1, digits_tasks[1], source, AdaptOptions(epochs=3, train=OPTS, own_weights=False),
                            torch.Generator().manual_seed(0))
     assert facts["generations"] > 0 and facts["source_shape"] == list(source[ENCODER_KV].shape)
     assert any(w != 0 for layer in facts["mixing_weights"] for w in layer)  # the adapter learned to mix
@@ -123,7 +123,7 @@ def test_mergenet_changes_only_the_adapted_tasks_own_copy_and_survives_a_checkpo
 
 def test_without_a_peer_mergenet_adapts_the_copy_with_no_generation(two_sizes, digits_tasks):
     local, _ = two_sizes
-    facts = MergeNetTransfer().adapt(local, 1, digits_tasks[1], None, AdaptOptions(1, OPTS), torch.Generator())
+    facts = MergeNetTransfer().adapt(local, 1, digits_tasks[1], None, AdaptOptions(epochs=1, train=OPTS), torch.Generator())
     assert "generations" not in facts and facts["delta_norm"] > 0 and local.own_copies(1) == [ENCODER_KV]
 
 
@@ -150,7 +150,7 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
     apply_score("ddv", [merge], local, 1, digits_tasks[1], SELECT.euc_weight)
     assert set(merge.scores) == {"ddv", "ddv_cos"}  # scores that run our task through its parts need our shapes
     facts = MergeNetTransfer(MergeNetConfig(rank=4, dim=16, heads=4)).adapt(
-        local, 1, digits_tasks[1], merge.parts, AdaptOptions(1, OPTS), torch.Generator().manual_seed(0))
+        local, 1, digits_tasks[1], merge.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator().manual_seed(0))
     assert facts["source_shape"] == [48, 48]
 
 
@@ -173,7 +173,7 @@ def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks,
     latents0 = local.task_params[0]["core.latents"].clone()
     strategy = MergeNetTransfer(MergeNetConfig(matrix="latents", rank=4, dim=16, heads=4))
     assert strategy.needs == {"latents"}
-    facts = strategy.adapt(local, 1, digits_tasks[1], cand.parts, AdaptOptions(2, OPTS), torch.Generator().manual_seed(0))
+    facts = strategy.adapt(local, 1, digits_tasks[1], cand.parts, AdaptOptions(epochs=2, train=OPTS), torch.Generator().manual_seed(0))
     assert facts["matrix"] == "core.latents" and facts["source_shape"] == [12, 48] and facts["generations"] > 0
     assert local.own_copies(1) == []  # the latents were the task's own already: no copy of a shared matrix
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0)

@@ -238,7 +238,7 @@ def test_a_peer_that_wins_stage_one_and_lies_in_stage_two_does_not_deny_the_sele
 def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no_origin(k, donors, digits_tasks):
     from crossback.models.borrowed import BORROWED_EVENT, average_parts
     from crossback.config.selection import ExperimentConfig
-    from crossback.orchestrator_free.backbone import arm_seed, run_arm, transfer_step
+    from crossback.orchestrator_free.backbone import PeerAccess, arm_seed, run_arm, transfer_step
     from crossback.transfer.base import AdaptOptions
 
     cfg = SelectionConfig(score="kv_motion", shortlist=k, combine="average")
@@ -250,9 +250,9 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     events = []
     clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
     try:
-        out = transfer_step(rx, 0, digits_tasks[0], "rx", sorted(donors.items()), clients, cfg, strategy, opts, 5,
-                            lambda event, **f: events.append({"event": event, **f}),
-                            ExperimentConfig(random=False), genesis_id(GENESIS, rx.cfg))
+        access = PeerAccess("rx", sorted(donors.items()), clients, genesis_id(GENESIS, rx.cfg))
+        out = transfer_step(rx, 0, digits_tasks[0], access, cfg, strategy, opts, 5,
+                            lambda event, **f: events.append({"event": event, **f}), ExperimentConfig(random=False))
     finally:
         clients.close()
     selected = next(e for e in events if e["event"] == "backbone_selected")

@@ -4,6 +4,7 @@ module of crossback naming it: the strategy interface and the registry are all s
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from crossback.bench.peers import published, serve_snapshots
 from crossback.config.errors import ConfigError
@@ -16,13 +17,11 @@ from crossback.models.methods import learn_task
 from crossback.models.training import predict
 from crossback.node.node_config import load_node_config
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.backbone import transfer_step
+from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.transfer.base import AdaptOptions, Strategy
 from crossback.transfer.crossback import adapt_on_parts
 from crossback.transfer.registry import make_strategy, registered, strategy_names
-
-from conftest import tiny_config
 
 OPTS = TrainOptions(epochs=2, batch_size=64)
 PACKNET = MethodConfig(name="packnet", packnet=PackNetOptions(0.5, 1))
@@ -95,10 +94,10 @@ def test_a_fifth_strategy_runs_through_a_real_selection(donors, digits_tasks):
     try:
         with registered("latents-only", lambda cfg, ctx: toy):
             strategy = make_strategy(TransferConfig(strategy="latents-only"))
-            out = transfer_step(rx, 1, digits_tasks[1], "rx", sorted(donors.items()), clients,
-                                SelectionConfig(score="logme"), strategy, AdaptOptions(epochs=1, train=OPTS), 5,
-                                lambda event, **f: events.append({"event": event, **f}),
-                                ExperimentConfig(random=False), genesis_id(GENESIS, rx.cfg))
+            access = PeerAccess("rx", sorted(donors.items()), clients, genesis_id(GENESIS, rx.cfg))
+            out = transfer_step(rx, 1, digits_tasks[1], access, SelectionConfig(score="logme"), strategy,
+                                AdaptOptions(epochs=1, train=OPTS), 5,
+                                lambda event, **f: events.append({"event": event, **f}), ExperimentConfig(random=False))
     finally:
         clients.close()
     (selected,) = [e for e in events if e["event"] == "backbone_selected"]

@@ -33,7 +33,7 @@ def test_borrowed_kv_runs_under_a_learned_mask_and_changes_only_that_task(two_le
     task0_before = predict(local, 0, digits_tasks[0].test.inputs)
     task1_before = predict(local, 1, digits_tasks[1].test.inputs)
     shared_before = {n: l.weight.detach().clone() for n, l in local.layers.items()}
-    facts = CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(3, OPTS, own_weights=False),
+    facts = CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(epochs=3, train=OPTS, own_weights=False),
                                       torch.Generator().manual_seed(0))
     assert facts["changed_tensors"] == 1 and facts["changed_fraction"] > 0.5 and 0.0 < facts["mask_kept"] <= 1.0
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0_before)
@@ -47,7 +47,7 @@ def test_borrowed_kv_runs_under_a_learned_mask_and_changes_only_that_task(two_le
 
 def test_borrowed_kv_and_mask_survive_a_checkpoint(two_learners, digits_tasks, tmp_path):
     local, peer = two_learners
-    CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(2, OPTS),
+    CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(epochs=2, train=OPTS),
                               torch.Generator().manual_seed(0))
     expected = predict(local, 1, digits_tasks[1].test.inputs)
     restored, _ = load_checkpoint(save_checkpoint(tmp_path, local, {}))
@@ -58,14 +58,14 @@ def test_borrowed_kv_and_mask_survive_a_checkpoint(two_learners, digits_tasks, t
 def test_injecting_the_local_kv_is_refused(two_learners, digits_tasks):
     local, _ = two_learners
     with pytest.raises(InjectionError, match="nothing was transferred"):
-        CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], local.extract_kv(1), AdaptOptions(1, OPTS),
+        CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], local.extract_kv(1), AdaptOptions(epochs=1, train=OPTS),
                                   torch.Generator().manual_seed(0))
     assert local.active is None  # the task was closed again
 
 
 def test_no_payload_is_the_plain_adaptation_baseline(two_learners, digits_tasks):
     local, _ = two_learners
-    facts = CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], None, AdaptOptions(1, OPTS),
+    facts = CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], None, AdaptOptions(epochs=1, train=OPTS),
                                       torch.Generator().manual_seed(0))
     assert facts == {} and 1 not in local.borrowed
 
@@ -75,7 +75,7 @@ def test_adapting_own_weights_moves_only_the_newest_tasks_weights(two_learners, 
     task0_before = predict(local, 0, digits_tasks[0].test.inputs)
     before = {n: (l.weight.detach().clone(), l.owner.clone()) for n, l in local.layers.items()}
     base = local.task_state(1)
-    CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(2, OPTS, own_weights=True),
+    CrossBackTransfer("kv").adapt(local, 1, digits_tasks[1], peer.extract_kv(0), AdaptOptions(epochs=2, train=OPTS, own_weights=True),
                               torch.Generator().manual_seed(0))
     moved = False
     for n, l in local.layers.items():
@@ -92,4 +92,4 @@ def test_adapting_own_weights_moves_only_the_newest_tasks_weights(two_learners, 
 
 def test_arms_retrain_the_tasks_own_weights_by_default():
     assert AdaptOptions().own_weights and AdaptationConfig().own_weights
-    assert AdaptOptions.from_config(AdaptationConfig(epochs=3, own_weights=False), OPTS) == AdaptOptions(3, OPTS, False)
+    assert AdaptOptions.from_config(AdaptationConfig(epochs=3, own_weights=False), OPTS) == AdaptOptions(epochs=3, train=OPTS, own_weights=False)

@@ -1,15 +1,15 @@
 """The transfer-strategy interface: what a strategy needs from a peer and how it finishes a task with it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
 
+from crossback.config.model import TrainOptions
 from crossback.config.transfer import AdaptationConfig
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.config.model import TrainOptions
 
 from .pairs import Pairs
 
@@ -19,15 +19,14 @@ class InjectionError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class AdaptOptions:
-    epochs: int = 10
+class AdaptOptions(AdaptationConfig):
+    """The ``adaptation:`` budget every arm finishes a task with, and the training options it runs with."""
+
     train: TrainOptions = TrainOptions()
-    own_weights: bool = True  # also retrain the shared weights the task owns
-    head_probe: bool = True  # refit the head on borrowed features before adapting
 
     @classmethod
     def from_config(cls, cfg: AdaptationConfig, train: TrainOptions) -> "AdaptOptions":
-        return cls(cfg.epochs, train, cfg.own_weights, cfg.head_probe)
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, train=train)
 
 
 @dataclass(frozen=True)

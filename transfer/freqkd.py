@@ -35,13 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossback.config.transfer import FreqKDConfig, PAIR_KINDS
+from crossback.config.transfer import PAIR_KINDS, FreqKDConfig
 from crossback.models.optim import Adam
 from crossback.models.training import Split, epoch_batches, features, fit_linear
 from crossback.transfer.pairs import MIN_SECRET_BYTES, Pairs
 
 from .base import AdaptOptions, Strategy
 from .freqkd_bands import decoupled_losses, split_bands, standardise
+
 
 @dataclass
 class _Pool:

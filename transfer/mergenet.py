@@ -18,7 +18,6 @@ arms differ only in the adapter's use of the peer's matrix.
 """
 from __future__ import annotations
 
-
 import torch
 
 from crossback.config.transfer import MergeNetConfig

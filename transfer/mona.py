@@ -25,18 +25,17 @@ term (embedder warm-up, then adaptation): arms differ only in the peer's body an
 """
 from __future__ import annotations
 
-
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossback.config.transfer import MonaConfig
-from crossback.models.optim import Adam
 from crossback.config.errors import WireError
+from crossback.config.transfer import MonaConfig
 from crossback.models.borrowed import TOKEN_READERS, accept_parts
 from crossback.models.learner import HEAD_NAMES
+from crossback.models.optim import Adam
 from crossback.models.perceiver import ENCODER_KV
 from crossback.models.training import epoch_batches
 

@@ -96,6 +96,61 @@ def refusals(client, task: str) -> dict:
             "healthy_after": client.get_info().snapshot_version == healthy}
 
 
+def image_pool(view, n: int = 512) -> tuple[np.ndarray, list[bytes]]:
+    """``n`` random images in the task's view, and the first 32 as PNG files' bytes (what a client sends)."""
+    pool = np.random.default_rng(0).integers(0, 256, (n, view.image_size, view.image_size, view.channels), dtype=np.uint8)
+    pngs = []
+    for a in pool[:32]:
+        buf = io.BytesIO()
+        Image.fromarray(a.squeeze(-1) if view.channels == 1 else a).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pool, pngs
+
+
+def local_arms(state: Path, task: str, folder: Path, tm, pool: np.ndarray, device: str, arms: dict) -> None:
+    """In-process inference: the masked learner, the folded model, ONNX Runtime and TorchScript."""
+    import onnxruntime as ort
+
+    from crossback.app.export import export_task
+    from crossback.data.tasks import image_inputs
+    from crossback.models.persistence import latest_checkpoint, load_checkpoint
+    from crossback.models.training import predict as masked_predict
+
+    learner, _ = load_checkpoint(latest_checkpoint(state / "checkpoints"))
+    learner.to(device)
+    export_task(state, task, "onnx", folder / "m.onnx")
+    export_task(state, task, "torchscript", folder / "m.pt")
+    session = ort.InferenceSession(str(folder / "m.onnx"), providers=["CPUExecutionProvider"])
+    scripted = torch.jit.load(str(folder / "m.pt")).to(device)
+    x_all = image_inputs(list(pool), tm.view)
+    for batch in BATCHES:
+        x, xn = x_all[:batch].to(device), x_all[:batch].numpy()
+        with torch.no_grad():
+            runs = {"masked": lambda: masked_predict(learner, 0, x, batch_size=512),
+                    "folded": lambda: tm.model(x),
+                    "onnxruntime": lambda: session.run(None, {"inputs": xn}),
+                    "torchscript": lambda: scripted(x)}
+            for name, fn in runs.items():
+                arms.setdefault(name, {})[batch] = summary(timed(fn, CALLS[batch]), batch)
+
+
+def rpc_arms(client, task: str, tm, pngs: list[bytes], device: str, arms: dict, phase: str) -> None:
+    """The Classify RPC against decoding and classifying the same PNGs in-process, at batch 1 and 32."""
+    from crossback.data.tasks import image_inputs, load_image
+
+    def in_process(batch):
+        def run():
+            arrays = [load_image(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), tm.view) for b in pngs[:batch]]
+            with torch.no_grad():
+                tm.model(image_inputs(arrays, tm.view).to(device)).argmax(1)
+        return run
+
+    for batch in (1, 32):
+        arms.setdefault(f"classify_rpc_{phase}", {})[batch] = summary(
+            timed(lambda: client.classify(task, images=pngs[:batch]), CALLS[batch]), batch)
+        arms.setdefault(f"in_process_{phase}", {})[batch] = summary(timed(in_process(batch), CALLS[batch]), batch)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
@@ -103,12 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the first task (the one classified)")
     args = parser.parse_args(argv)
 
-    import onnxruntime as ort
-
-    from crossback.data.tasks import image_inputs, load_image
-    from crossback.models.training import predict as masked_predict
-    from crossback.models.persistence import latest_checkpoint, load_checkpoint
-    from crossback.app.export import export_task
     from crossback.app.predict import load_task_model
     from crossback.node.transport import CallPolicy, PeerClient
 
@@ -130,46 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             while "serving" not in events():
                 time.sleep(0.5)
             tm = load_task_model(state, task, args.device)
-            view = tm.view
-            rng = np.random.default_rng(0)
-            pool = rng.integers(0, 256, (512, view.image_size, view.image_size, view.channels), dtype=np.uint8)
-            pngs = []
-            for a in pool[:32]:
-                buf = io.BytesIO()
-                Image.fromarray(a.squeeze(-1) if view.channels == 1 else a).save(buf, format="PNG")
-                pngs.append(buf.getvalue())
-
-            def in_process(batch):
-                def run():
-                    arrays = [load_image(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), view) for b in pngs[:batch]]
-                    with torch.no_grad():
-                        tm.model(image_inputs(arrays, view).to(args.device)).argmax(1)
-                return run
-
-            def rpc_phase(phase):
-                for batch in (1, 32):
-                    arms.setdefault(f"classify_rpc_{phase}", {})[batch] = summary(
-                        timed(lambda: client.classify(task, images=pngs[:batch]), CALLS[batch]), batch)
-                    arms.setdefault(f"in_process_{phase}", {})[batch] = summary(
-                        timed(in_process(batch), CALLS[batch]), batch)
-
-            learner, _ = load_checkpoint(latest_checkpoint(state / "checkpoints"))
-            learner.to(args.device)
-            export_task(state, task, "onnx", folder / "m.onnx")
-            export_task(state, task, "torchscript", folder / "m.pt")
-            session = ort.InferenceSession(str(folder / "m.onnx"), providers=["CPUExecutionProvider"])
-            scripted = torch.jit.load(str(folder / "m.pt")).to(args.device)
-            x_all = image_inputs(list(pool), view)
-            for batch in BATCHES:
-                x, xn = x_all[:batch].to(args.device), x_all[:batch].numpy()
-                with torch.no_grad():
-                    runs = {"masked": lambda: masked_predict(learner, 0, x, batch_size=512),
-                            "folded": lambda: tm.model(x),
-                            "onnxruntime": lambda: session.run(None, {"inputs": xn}),
-                            "torchscript": lambda: scripted(x)}
-                    for name, fn in runs.items():
-                        arms.setdefault(name, {})[batch] = summary(timed(fn, CALLS[batch]), batch)
-            rpc_phase("idle")
+            pool, pngs = image_pool(tm.view)
+            local_arms(state, task, folder, tm, pool, args.device, arms)
+            rpc_arms(client, task, tm, pngs, args.device, arms, "idle")
             report["refusals"] = refusals(client, task)
             client.close()
             proc.terminate()
@@ -178,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             client = PeerClient(address, "bench", CallPolicy(timeout=60.0, attempts=1))
             while "task_started" not in events()[-5:]:
                 time.sleep(0.2)
-            rpc_phase("while_training")
+            rpc_arms(client, task, tm, pngs, args.device, arms, "while_training")
             report["node_was_training"] = events()[-1] != "task_finished" and "tasks_done" not in events()[-3:]
         finally:
             client.close()
@@ -192,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

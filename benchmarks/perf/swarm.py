@@ -73,7 +73,7 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=1500.0)
@@ -86,86 +86,99 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", type=int, default=1, help="multiply the model's widths (model size sweep)")
     parser.add_argument("--late-epochs", type=int, default=40, help="train.epochs of the late receiver")
     parser.add_argument("--json")
-    args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="crossback-swarm-"))
-    procs, rss = {}, {}
-    started = time.monotonic()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return parser.parse_args(argv)
 
-    def start(name: str, seeds: list[str], epochs: int = 2) -> subprocess.Popen:
-        cfg = root / f"{name}.yaml"
+
+class Swarm:
+    """The node processes of one measurement, their logs and resident memory at each stage."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.root = args, Path(tempfile.mkdtemp(prefix="crossback-swarm-"))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.rss: dict[str, dict] = {}
+        self.started = time.monotonic()
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def log(self, name: str) -> list[dict]:
+        return read_events(self.root / "logs" / f"{name}.jsonl")
+
+    def start(self, name: str, seeds: list[str], epochs: int = 2) -> None:
+        args, cfg = self.args, self.root / f"{name}.yaml"
         extra = {"max_candidates": args.max_candidates}
         if args.shortlist is not None:
             extra["shortlist"] = int(args.shortlist) if args.shortlist.isdigit() else args.shortlist
-        config = node_config(len(procs), args.score, args.borrow, args.scale, extra, args.genesis)
+        config = node_config(len(self.procs), args.score, args.borrow, args.scale, extra, args.genesis)
         config["train"]["epochs"] = epochs
         write_node_config(cfg, config)
         cmd = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(cfg), "--node-id", name,
-               "--listen", "127.0.0.1:0", "--state-dir", str(root / "state" / name), "--log-dir", str(root / "logs")]
+               "--listen", "127.0.0.1:0", "--state-dir", str(self.root / "state" / name),
+               "--log-dir", str(self.root / "logs")]
         if seeds:
             cmd += ["--seed-peers", ",".join(seeds)]
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        self.procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
 
-    names = [f"n{i:02d}" for i in range(args.nodes)]
-    log = lambda name: read_events(root / "logs" / f"{name}.jsonl")  # noqa: E731
-    try:
-        procs[names[0]] = start(names[0], [])
-        while not (first := [e for e in log(names[0]) if e["event"] == "node_started"]):
-            if time.monotonic() - started > 120:
-                raise RuntimeError("node 0 did not start")
+    def first_address(self, name: str) -> str:
+        while not (first := [e for e in self.log(name) if e["event"] == "node_started"]):
+            if time.monotonic() - self.started > 120:
+                raise RuntimeError(f"{name} did not start")
             time.sleep(0.2)
-        seed = first[0]["address"]
-        for name in names[1:]:
-            procs[name] = start(name, [seed])
-        serving_at = None
-        while time.monotonic() - started < args.timeout:
+        return first[0]["address"]
+
+    def until_all_serve(self) -> float:
+        """Seconds until every node serves, sampling each one's RSS when it starts and finishes a task."""
+        while time.monotonic() - self.started < self.args.timeout:
             done = 0
-            for name, proc in procs.items():
+            for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}")
-                events = {e["event"] for e in log(name)}
-                marks = rss.setdefault(name, {})
+                events = {e["event"] for e in self.log(name)}
+                marks = self.rss.setdefault(name, {})
                 if "node_started" in events and "start" not in marks:
                     marks["start"] = rss_mib(proc.pid)
                 if "task_finished" in events and "after_task" not in marks:
                     marks["after_task"] = rss_mib(proc.pid)
                 done += "serving" in events
-            if done == len(procs):
-                serving_at = time.monotonic() - started
-                break
+            if done == len(self.procs):
+                return time.monotonic() - self.started
             time.sleep(0.5)
-        if serving_at is None:
-            raise RuntimeError(f"not every node was serving within {args.timeout} s")
-        # a late node selects among every one of them: seeded with every address (what is measured is
-        # selection among N live peers, not how fast gossip shows them; a short --late-epochs on a fast
-        # machine ended the task before gossip had)
-        everyone = [next(e["address"] for e in log(n) if e["event"] == "node_started") for n in names]
-        procs["rx"] = start("rx", everyone, args.late_epochs)
-        while not any(e["event"] == "serving" for e in log("rx")):
-            if time.monotonic() - started > args.timeout or procs["rx"].poll() is not None:
+        raise RuntimeError(f"not every node was serving within {self.args.timeout} s")
+
+    def late_receiver(self, names: list[str]) -> None:
+        """A late node selects among every one of them: seeded with every address (what is measured is
+        selection among N live peers, not how fast gossip shows them; a short --late-epochs on a fast
+        machine ended the task before gossip had)."""
+        everyone = [next(e["address"] for e in self.log(n) if e["event"] == "node_started") for n in names]
+        self.start("rx", everyone, self.args.late_epochs)
+        while not any(e["event"] == "serving" for e in self.log("rx")):
+            if time.monotonic() - self.started > self.args.timeout or self.procs["rx"].poll() is not None:
                 raise RuntimeError("the late receiver did not finish")
             time.sleep(0.5)
-        time.sleep(args.serve_for)
-        for name, proc in procs.items():
-            if name in rss:
-                rss[name]["serving"] = rss_mib(proc.pid)
-    finally:
-        for proc in procs.values():
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
             proc.terminate()
-        for proc in procs.values():
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def selection_figures(swarm: Swarm, names: list[str]) -> list[dict]:
     selections = []
     for name in names + ["rx"]:
-        for e in log(name):
+        for e in swarm.log(name):
             if e["event"] == "backbone_selected":
                 scored = [c for c in e["candidates"] if c.get("score") is not None]
                 n = max(1, len(e["candidates"]))
                 selections.append({"candidates": len(e["candidates"]), "scored": len(scored),
                                    "seconds": e["seconds"], "bytes_per_candidate": e["bytes"] / n})
-    late = [e for e in log("rx") if e["event"] == "backbone_selected"][-1]
+    return selections
+
+
+def figures_of(swarm: Swarm, names: list[str], serving_at: float, selections: list[dict]) -> dict:
+    args, rss = swarm.args, swarm.rss
+    late = [e for e in swarm.log("rx") if e["event"] == "backbone_selected"][-1]
     figures = {
         "machine": f"{cpu_name()} ({os.cpu_count()} cores)", "nodes": args.nodes,
         "all_serving_s": round(serving_at, 1),
@@ -185,11 +198,32 @@ def main(argv=None) -> int:
         "max_candidates": args.max_candidates, "genesis": args.genesis, "model_bytes": model_bytes(args.scale), "scale": args.scale,
     }
     figures["bytes_per_candidate_vs_model"] = figures["late_receiver"]["bytes_per_candidate"] / figures["model_bytes"]
+    return figures
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    swarm = Swarm(args)
+    names = [f"n{i:02d}" for i in range(args.nodes)]
+    try:
+        swarm.start(names[0], [])
+        seed = swarm.first_address(names[0])
+        for name in names[1:]:
+            swarm.start(name, [seed])
+        serving_at = swarm.until_all_serve()
+        swarm.late_receiver(names)
+        time.sleep(args.serve_for)
+        for name, proc in swarm.procs.items():
+            if name in swarm.rss:
+                swarm.rss[name]["serving"] = rss_mib(proc.pid)
+    finally:
+        swarm.stop()
+    selections = selection_figures(swarm, names)
+    figures = figures_of(swarm, names, serving_at, selections)
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps({**figures, "per_selection": selections}, indent=2))
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
