@@ -8,10 +8,11 @@ Results live in ``benchmarks/results/<regime>.json`` (copied from a run's ``resu
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from crossback.config.reference import write_or_check
 
 from .report import _ci, _pct, _seconds
 
@@ -265,20 +266,8 @@ def replace_block(readme: str, block: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    readme = PAGE
-    text = readme.read_text(encoding="utf-8")
-    new = replace_block(text, render())
-    if args.check:
-        if new != text:
-            print(f"{PAGE}'s bench block is stale: run python -m crossback.bench.readme", file=sys.stderr)
-            return 1
-        return 0
-    readme.write_text(new, encoding="utf-8")
-    return 0
-
+    new = replace_block(PAGE.read_text(encoding="utf-8"), render())
+    return write_or_check(PAGE, new, argv, "python -m crossback.bench.readme")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -157,19 +157,22 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write or check docs/config-reference.md")
+def write_or_check(page: Path, text: str, argv: list[str] | None, how: str) -> int:
+    """The command line of a generated page: write ``text`` to ``page``, or with ``--check`` exit 1 (saying
+    ``how`` to regenerate it) when the committed page differs. Shared by every generated page."""
+    parser = argparse.ArgumentParser(description=f"write or check {page.name}")
     parser.add_argument("--check", action="store_true")
-    args = parser.parse_args(argv)
-    page = render()
-    if args.check:
-        if not PAGE.exists() or PAGE.read_text(encoding="utf-8") != page:
-            print(f"{PAGE} is stale: run python -m crossback.config.reference", file=sys.stderr)
+    if parser.parse_args(argv).check:
+        if not page.exists() or page.read_text(encoding="utf-8") != text:
+            print(f"{page} is stale: run {how}", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(page, encoding="utf-8")
+    page.write_text(text, encoding="utf-8")
     return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    return write_or_check(PAGE, render(), argv, "python -m crossback.config.reference")
 
 if __name__ == "__main__":
     sys.exit(main())

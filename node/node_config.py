@@ -1,11 +1,5 @@
-"""A node's config file: the run config (data, tasks, model, method, train) plus the node's sections.
-
-- ``node:`` the process (identity, addresses, gossip, timeouts, device, folders);
-- ``selection:`` whom to borrow from (score, scope, deadline, probe);
-- ``transfer:`` how to borrow (the strategy);
-- ``adaptation:`` the budget every arm finishes a task with;
-- ``experiment:`` comparison settings that are not part of the method (oracle, which arm to keep);
-- ``swarm:`` what every node of one swarm agrees on (the genesis seed its network starts from).
+"""Loading a node's config file (its schema: ``crossback.config.node``) with the command line and the
+environment applied, then the checks that need the runtime (addresses, device, TLS files, the strategy).
 
 Precedence: command-line flags, then ``CROSSBACK_*`` environment variables, then the file.
 """

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from crossback.app.cli import build_parser
+from test_layering import LAYERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -88,9 +89,31 @@ def test_every_module_script_and_file_a_page_names_exists(page):
             assert importlib.util.find_spec(module) is not None, f"{page.name}: no module {module}"
         for script in re.findall(r"python3? ((?:benchmarks|examples|proto|docker)/[\w/.-]+\.py)", code):
             assert (ROOT / script).is_file(), f"{page.name}: no script {script}"
-    for path in re.findall(r"`((?:examples|benchmarks|docker|proto|docs|tests)/[\w/.-]+\.(?:yaml|yml|py|json|md|proto|sh))`",
-                           text):
+    folders = "examples|benchmarks|docker|docs|tests|" + "|".join(("proto", *LAYERS))
+    for path in re.findall(rf"`((?:{folders})/[\w/.-]+\.(?:yaml|yml|py|json|md|proto|sh))`", text):
         assert (ROOT / path).exists(), f"{page.name}: names {path}, which does not exist"
+    packages = "|".join(LAYERS)
+    for dotted in set(re.findall(rf"\bcrossback\.(?:{packages})\.[A-Za-z_][\w.]*\w", text)):
+        assert _resolves(dotted), f"{page.name}: names {dotted}, which is no module or attribute"
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``dotted`` is a module of crossback, or an attribute reached from one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 1, -1):
+        module = ".".join(parts[:cut])
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            obj = importlib.import_module(module)
+            for name in parts[cut:]:
+                if not hasattr(obj, name):
+                    return False
+                obj = getattr(obj, name)
+            return True
+    return False
 
 
 def test_the_readme_is_an_index_with_install_and_first_run_on_the_first_screen():
@@ -100,8 +123,6 @@ def test_the_readme_is_an_index_with_install_and_first_run_on_the_first_screen()
     assert first_run < 40
     for folder in ("config", "models", "data", "transfer", "orchestrator_free", "node", "bench", "app", "proto"):
         assert f"`{folder}/`" in README, f"the folder map does not list {folder}/"
-    from test_layering import LAYERS
-
     assert " -> ".join(reversed(LAYERS)) in README, "the README's layering arrow is not tests/test_layering.LAYERS"
     linked = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", README))
     assert linked == {f"docs/{p.name}" for p in PAGES[1:]}, "every docs page is linked from the README, and only those"

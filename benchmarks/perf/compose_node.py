@@ -47,3 +47,11 @@ def start_node(folder: Path, cfg: dict, until: str, timeout: float = 900.0) -> t
         time.sleep(0.5)
     proc.kill()
     raise SystemExit(f"no {until} within {timeout:.0f} s")
+
+
+def print_report(report: dict, path: Path | None) -> None:
+    """The benchmark's figures as JSON on stdout, and in ``path`` when given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")

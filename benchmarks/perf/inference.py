@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose_node import compose_config, start_node  # noqa: E402
+from compose_node import compose_config, print_report, start_node  # noqa: E402
 from masked_step import cpu_name  # noqa: E402
 
 BATCHES = (1, 32, 512)
@@ -199,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, rows in report["arms"].items():
         print(f"{name:28s} " + "  ".join(f"b{b}: {r['items_per_s']:>9.1f}/s p50 {r['p50_ms']:7.2f} p99 {r['p99_ms']:7.2f} ms"
                                          for b, r in rows.items()))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_report(report, args.json)
     return 0
 
 if __name__ == "__main__":
