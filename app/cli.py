@@ -229,6 +229,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
     from crossback.config.bench import load_bench_config
+    from crossback.transfer.registry import strategy_names
 
     cfg, _ = load_bench_config(args.config, quick=args.quick)
     if args.borrow:
@@ -237,6 +238,9 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     if args.strategy:
         cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, strategy=args.strategy),
                                   regime=f"{cfg.regime}, strategy {args.strategy}")
+    if cfg.transfer.strategy not in strategy_names():  # before any node trains
+        where = "--strategy" if args.strategy else f"{args.config}: transfer.strategy"
+        raise ConfigError(f"{where}: {cfg.transfer.strategy!r} is not one of {list(strategy_names())}")
     seeds = args.seeds if args.seeds is not None else cfg.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {seeds}")

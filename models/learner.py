@@ -18,6 +18,7 @@ from crossback.config.model import ImageAdapterConfig, PerceiverConfig, PickOpti
 from crossback.models.perceiver import ENCODER_KV, KEY, PerceiverClassifier, split_kv
 
 from .borrowed import check_parts, kv_parts
+from .borrowing import BorrowedParts
 from .masks import MaskedLayer, TrainingMasks, binarize, effective_weight, init_uniform_
 
 METHODS = ("packnet", "piggyback", "cpg")
@@ -80,10 +81,7 @@ class ContinualLearner:
         self.tasks: list[TaskRecord] = []
         self.task_params: list[dict[str, Tensor]] = []
         self.pick_masks: list[dict[str, Tensor]] = []
-        # task -> {shared-weight name -> a peer's weight it runs with (frozen)}; see .borrowed
-        self.borrowed: dict[int, dict[str, Tensor]] = {}
-        self.borrow_masks: dict[int, dict[str, Tensor]] = {}  # task -> its learned binary masks over them
-        self.borrow_scores: dict[str, nn.Parameter] = {}  # real-valued mask scores while adapting
+        self.borrowing = BorrowedParts(pick.threshold, pick.init_score)  # what it runs of its peers
         # task -> the fused encoder K/V it started learning from (this process only; not checkpointed)
         self.kv_starts: dict[int, Tensor] = {}
         self.adapting = self.adapt_own = False
@@ -94,6 +92,16 @@ class ContinualLearner:
         # functional_call swaps tensors into the shared modules while it runs, so two threads calling
         # it on one learner (parallel DDV probes, a server answering several peers) would mix tensors
         self._call_lock = threading.RLock()
+
+    @property
+    def borrowed(self) -> dict[int, dict[str, Tensor]]:
+        """task -> {shared-weight name -> a peer's weight it runs with (frozen)}; see ``.borrowing``."""
+        return self.borrowing.weights
+
+    @property
+    def borrow_masks(self) -> dict[int, dict[str, Tensor]]:
+        """task -> the binary masks it learned over its borrowed weights."""
+        return self.borrowing.masks
 
     def to(self, device: str | torch.device) -> "ContinualLearner":
         """Move every tensor the learner runs with to ``device`` (training and inference follow).
@@ -109,9 +117,8 @@ class ContinualLearner:
         self._init_params = mv(self._init_params)
         self.task_params = [mv(p) for p in self.task_params]
         self.pick_masks = [mv(p) for p in self.pick_masks]
-        self.borrowed = {t: mv(d) for t, d in self.borrowed.items()}
-        self.borrow_masks = {t: mv(d) for t, d in self.borrow_masks.items()}
-        self.scores, self.borrow_scores = {}, {}
+        self.borrowing.to(device)
+        self.scores = {}
         self.device = device
         return self
 
@@ -244,18 +251,8 @@ class ContinualLearner:
             else:
                 params[name] = effective_weight(weight, owner, task + 1, train=False, pick=pick)
         for name in self.borrowed.get(task, {}):
-            params[name] = self._borrowed_weight(task, name, train)
+            params[name] = self.borrowing.weight(task, name, train, adapting=task == self.active)
         return params
-
-    def _borrowed_weight(self, task: int, name: str, train: bool) -> Tensor:
-        borrowed = self.borrowed[task][name]
-        if task == self.active and name in self.borrow_scores:
-            scores = self.borrow_scores[name]
-            if train:
-                return borrowed * binarize(scores, self.pick.threshold)
-            return torch.where(scores.detach() > self.pick.threshold, borrowed, torch.zeros(()))
-        mask = self.borrow_masks.get(task, {}).get(name)
-        return borrowed if mask is None else torch.where(mask, borrowed, torch.zeros(()))
 
     def _pick(self, task: int, name: str, train: bool) -> Tensor | None:
         if task == self.active and name in self.scores:
@@ -277,7 +274,7 @@ class ContinualLearner:
         if self.adapting:  # the task's own tensors and KV mask move; shared weights only if it owns them
             owned = [l.weight.requires_grad_(True) for l in self.layers.values()
                      if self.adapt_own and bool((l.owner == i + 1).any())]
-            return owned + list(self.task_params[i].values()), list(self.borrow_scores.values())
+            return owned + list(self.task_params[i].values()), list(self.borrowing.scores.values())
         owner = i + 1
         weights = [l.weight.requires_grad_(True) for l in self.layers.values() if bool((l.owner == owner).any())]
         return weights + list(self.task_params[i].values()), list(self.scores.values())
@@ -330,8 +327,7 @@ class ContinualLearner:
             else:
                 own = self.task_params[task][name]
                 self.task_params[task][name] = t.detach().to(self.device, own.dtype).clone().requires_grad_(own.requires_grad)
-        self.borrowed[task] = weights
-        self.borrow_masks.pop(task, None)
+        self.borrowing.load(task, weights)
 
     def own_copies(self, task: int) -> list[str]:
         """Shared matrices ``task`` runs as a per-task copy of its own (stored with its tensors)."""
@@ -365,16 +361,13 @@ class ContinualLearner:
         self.adapt_own = own_weights
         if parts is not None:
             self.load_parts(task, kv_parts(parts) if KEY in parts else parts)
-            self.borrow_scores = {n: nn.Parameter(torch.full(w.shape, self.pick.init_score, device=self.device))
-                                  for n, w in self.borrowed[task].items()}
+            self.borrowing.open_scores(task, self.device)
         self.task_params[task] = {n: t.detach().clone().requires_grad_(True) for n, t in self.task_params[task].items()}
         self.active, self.adapting = task, True
 
     def end_adaptation(self) -> None:
         task = self._require_active()
-        if self.borrow_scores:
-            self.borrow_masks[task] = {n: s.detach() > self.pick.threshold for n, s in self.borrow_scores.items()}
-            self.borrow_scores = {}
+        self.borrowing.close_scores(task)
         self.task_params[task] = {n: t.detach().requires_grad_(False) for n, t in self.task_params[task].items()}
         for layer in self.layers.values():
             layer.weight.requires_grad_(False)
@@ -384,18 +377,14 @@ class ContinualLearner:
         """Everything that distinguishes one way of finishing ``task`` from another (for comparing arms)."""
         return {"params": {n: t.detach().clone() for n, t in self.task_params[task].items()},
                 "owned": {n: l.weight.detach()[l.owner == task + 1].clone() for n, l in self.layers.items()},
-                "borrowed": self.borrowed.get(task), "masks": self.borrow_masks.get(task)}
+                **self.borrowing.state(task)}
 
     def set_task_state(self, task: int, state: dict) -> None:
         self.task_params[task] = {n: t.clone() for n, t in state["params"].items()}
         with torch.no_grad():
             for n, layer in self.layers.items():
                 layer.weight[layer.owner == task + 1] = state["owned"][n]
-        for store, key in ((self.borrowed, "borrowed"), (self.borrow_masks, "masks")):
-            if state[key] is None:
-                store.pop(task, None)
-            else:
-                store[task] = state[key]
+        self.borrowing.set_state(task, state)
 
     # ---------------------------------------------------------------- in-task rollback
 

@@ -146,3 +146,9 @@ def pytest_collection_modifyitems(config, items):
                                        "or set CROSSBACK_DOCKER_E2E=1")
         for item in docker_items:
             item.add_marker(skip)
+    if os.environ.get("CROSSBACK_SLOW_EXAMPLES") != "1":
+        slow = pytest.mark.skip(reason="an example that trains for a minute: .ci/run runs it "
+                                       "(CROSSBACK_SLOW_EXAMPLES=1 pytest -m slow_example tests/test_examples.py)")
+        for item in items:
+            if item.get_closest_marker("slow_example"):
+                item.add_marker(slow)

@@ -8,6 +8,8 @@ from crossback.config.run import load_config
 from crossback.app.train_run import evaluate_run, run_training
 
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.yaml") if "tasks:" in p.read_text())
+# the two that train for most of a minute each on 2 cores run in .ci/run's second step, not in every full run
+SLOW = {"emoji_text_packnet", "emoji_image_cpg"}
 
 
 def test_the_four_promised_examples_exist():
@@ -15,7 +17,8 @@ def test_the_four_promised_examples_exist():
     assert {"emoji_image_packnet", "emoji_text_packnet", "emoji_image_cpg", "digits_piggyback"} <= names
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow_example) if p.stem in SLOW else p
+                                  for p in EXAMPLES], ids=lambda p: p.stem)
 def test_example_trains_above_chance_without_forgetting(path, tmp_path):
     cfg = load_config(path)
     metrics = run_training(cfg, tmp_path / "run", progress=False, log=lambda m: None)

@@ -108,3 +108,16 @@ def test_a_fifth_strategy_runs_through_a_real_selection(donors, digits_tasks):
     assert toy.calls == [None, latents]
     assert out["arms"]["selected"]["facts"]["latents_only"] is True and out["kept"] in ("selected", "none")
     assert torch.equal(predict(rx, 0, probe), before)  # zero forgetting holds for a strategy we never saw
+
+
+def test_a_benchmark_naming_an_unknown_strategy_fails_before_anything_trains(tmp_path, capsys):
+    from crossback.app.cli import main
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"nodes": [{"name": "r", "role": "receiver", "tasks": ["Smileys & Emotion"]}],
+                                    "transfer": {"strategy": "latents-only"}}))
+    assert main(["bench", "transfer", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert f"{path}: transfer.strategy: 'latents-only' is not one of ['crossback'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--strategy", "nope"]) == 2
+    assert "--strategy: 'nope' is not one of" in capsys.readouterr().err
