@@ -104,7 +104,7 @@ def _node(args: argparse.Namespace) -> int:
     rank = rank_from_env(os.environ)
     cfg = load_node_config(args.config, flags)  # a bad config fails once, before any rank starts
     if rank is None and (args.nproc or 1) > 1:
-        return launch(args.nproc, args.argv, cfg.node.threads)
+        return launch(args.nproc, [sys.executable, "-m", "crossback.app.cli", *args.argv], cfg.node.threads)
     if rank is not None and args.nproc not in (None, rank.world):
         raise ConfigError(f"--nproc {args.nproc} but the launcher started WORLD_SIZE={rank.world} ranks")
     from crossback.node.memory import limit_arenas

@@ -166,8 +166,9 @@ def ranks_agree(parallel: DataParallel, learner: ContinualLearner) -> bool:
 
 # ---------------------------------------------------------------- the launcher behind --nproc
 
-def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
-    """Run ``crossback <argv>`` as ``nproc`` ranks on this machine and wait for them. A rank that fails
+def launch(nproc: int, command: list[str], threads: int = 0) -> int:
+    """Run ``command`` (the node's own command line, e.g. ``python -m crossback.app.cli node ...``) as
+    ``nproc`` ranks on this machine and wait for them. A rank that fails
     stops the others (as torchrun does); SIGTERM / SIGINT are passed on to every rank. ``threads``: torch
     threads per rank (0: the cores split evenly between ranks, so N ranks do not oversubscribe them)."""
     from torch.distributed import TCPStore
@@ -179,7 +180,7 @@ def launch(nproc: int, argv: list[str], threads: int = 0) -> int:
                LOCAL_WORLD_SIZE=str(nproc), TORCHELASTIC_USE_AGENT_STORE="True")
     if not threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    children = [subprocess.Popen([sys.executable, "-m", "crossback.app.cli", *argv],
+    children = [subprocess.Popen(command,
                                  env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(nproc)]
 
     def forward(signum, _frame):
