@@ -157,7 +157,7 @@ class ReceiverUnits:
         cfg, node, learner, strategy = self.cfg, self.node, self.learner, self.strategy
         learn_task(learner, data, cfg.method, self.train)
         same = same_task_donors(cfg, node, node.tasks[i])
-        if strategy.borrow == "task":
+        if strategy.matches_tasks:
             done = _same_task_unit(cfg, node, learner, i, data, self.peers, self.control, self.clients, strategy,
                                    self.opts, self.seed)
             if done is not None:
@@ -167,7 +167,7 @@ class ReceiverUnits:
                 learner.set_task_state(i, decision[kept]["state"])
                 return _task_record(cfg, node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
                                     kept, why, same) | {"path": "task", "limit": limit}
-        return self._borrow(i, data, info, same, strategy.fallback if strategy.borrow == "task" else strategy)
+        return self._borrow(i, data, info, same, strategy.fallback if strategy.matches_tasks else strategy)
 
     def _borrow(self, i: int, data, info, same, unit_strategy) -> dict:
         """Every candidate's arm, the averages, and what a node's selection would have chosen and kept."""

@@ -128,7 +128,7 @@ def averaged_members(sel, cfg: SelectionConfig, strategy: TransferStrategy) -> l
     """``selection.combine: average``: the candidates whose fetched payloads are averaged — every
     shortlisted one whose payload arrived intact; [] when fewer than two did (``shortlist: 0`` fetches
     one) or on the same-task path, which borrows a matched task whole (its fallback may average)."""
-    if cfg.combine != "average" or not can_average(strategy) or strategy.borrow == "task":
+    if cfg.combine != "average" or not can_average(strategy) or strategy.matches_tasks:
         return []
     members = [c for c in sel.pool if c.shortlisted and c.parts is not None]
     return members if len(members) > 1 else []
@@ -183,7 +183,7 @@ def _select(learner, task: int, data: TaskData, access: PeerAccess, cfg: Selecti
     """(the selection, the strategy that borrows): a same-task strategy first looks for a peer that learned
     this label set and falls back to its usual borrowing when none did."""
     peers, clients = access.peers, access.clients
-    if strategy.borrow != "task":
+    if not strategy.matches_tasks:
         return select(learner, task, data, peers, clients, cfg, strategy, access.genesis, access.history), strategy
     sel = find_same_task(learner, task, data, peers, clients, cfg,
                          lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), access.history)

@@ -54,9 +54,18 @@ class TransferStrategy(Protocol):
     # None: what selection fetched is the whole payload
     extra: str | None
     keep_rule: str  # how the task decides between the borrowed arm and none: "accuracy" or "sign" (decide_keep)
+    # first look for a peer that learned this very label set (salted class hashes) and borrow its whole task,
+    # judged by ``as_borrowed``; where none did, borrow the way ``fallback`` does
+    matches_tasks: bool
+    fallback: "TransferStrategy | None"
 
     def pairs_for(self, data: TaskData) -> Pairs | None:
         """The items to ask every candidate about for this task (feature-borrowing strategies; None: none)."""
+        ...
+
+    def as_borrowed(self, learner: ContinualLearner, task: int, data: TaskData, parts: dict, opts: AdaptOptions,
+                    split=None) -> tuple[float, float]:
+        """(accuracy, loss) of ``task`` run on a matched peer's ``parts`` unchanged (``matches_tasks`` only)."""
         ...
 
     def fetch_extra(self, client, peer: str, parts: dict[str, torch.Tensor] | None, snapshot_version: int,
@@ -82,6 +91,8 @@ class Strategy:
     borrows_features = False
     extra: str | None = None
     keep_rule = "accuracy"
+    matches_tasks = False
+    fallback = None
 
     def pairs_for(self, data: TaskData) -> Pairs | None:
         return None

@@ -88,6 +88,7 @@ class TaskTransfer(CrossBackTransfer):
     (``keep_rule: sign``): a handful of items must not overrule a model of the very same classes."""
 
     keep_rule = "sign"
+    matches_tasks = True
 
     def __init__(self):
         super().__init__("task")
