@@ -6,6 +6,15 @@ import os
 import sys
 from pathlib import Path
 
+from crossback.app.json_output import (
+    dumps,
+    error_json,
+    evaluate_json,
+    health_json,
+    peers_json,
+    selections_json,
+    status_json,
+)
 from crossback.config.errors import CheckpointError, ConfigError, DataError, StateInUse
 from crossback.config.transfer import PART_KINDS
 
@@ -31,6 +40,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from crossback.app.train_run import evaluate_run
 
     recomputed, reported = evaluate_run(args.run_dir)
+    if args.json:
+        from crossback.app.train_run import run_config
+
+        names = [t.name for t in run_config(args.run_dir).tasks]
+        print(dumps(evaluate_json(str(args.run_dir), names, recomputed, reported)))
+        return 0 if recomputed == reported else 1
     for j, (a, b) in enumerate(zip(recomputed, reported)):
         print(f"task {j}: reloaded {a:.6f}  reported {b:.6f}  {'ok' if a == b else 'MISMATCH'}")
     return 0 if recomputed == reported else 1
@@ -144,6 +159,9 @@ def _peers(args: argparse.Namespace) -> int:
         members = client.members()
     finally:
         client.close()
+    if args.json:
+        print(dumps(peers_json(info, members)))
+        return 0
     print(f"{info.node_id} ({info.address}) sees {len(members)} peer(s):")
     print(f"  {'peer':<20} {'address':<24} {'state':<6} snapshot")
     for p in members:
@@ -157,6 +175,9 @@ def _status(args: argparse.Namespace) -> int:
         info = client.get_info()
     finally:
         client.close()
+    if args.json:
+        print(dumps(status_json(info)))
+        return 0
     print(f"node      {info.node_id} at {info.address}")
     print(f"modality  {info.modality} (C = {info.token_dim}), method {info.method}")
     print("kv        " + ", ".join(f"{name} {list(dims)}" for name, dims in info.kv_shapes.items()))
@@ -286,7 +307,8 @@ def _bench_compare(args: argparse.Namespace) -> int:
 def _selections(args: argparse.Namespace) -> int:
     from crossback.app.selections import render_table, selection_rows
 
-    print(render_table(selection_rows(args.run_dir)))
+    rows = selection_rows(args.run_dir)
+    print(dumps(selections_json(str(args.run_dir), rows)) if args.json else render_table(rows))
     return 0
 
 
@@ -302,9 +324,11 @@ def _health(args: argparse.Namespace) -> int:
             tls = tls_context(folder / "ca.pem", folder / f"{args.as_id}.pem", folder / f"{args.as_id}.key")
         status = check(args.target, "crossback.v1.PeerService", args.timeout, tls)
     except ProbeError as exc:
+        if args.json:
+            print(dumps(health_json(args.target, None, (exc.code, exc.detail))))
         print(f"crossback health: {args.target}: {exc.code}: {exc.detail}", file=sys.stderr)
         return 3
-    print(f"{args.target}: {status}")
+    print(dumps(health_json(args.target, status)) if args.json else f"{args.target}: {status}")
     return 0 if status == "SERVING" else 1
 
 
@@ -334,6 +358,7 @@ def _add_run_commands(sub) -> None:
     train.set_defaults(func=_train)
     ev = sub.add_parser("evaluate", help="reload a run's latest checkpoint and re-score its tasks")
     ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--json", action="store_true", help="one JSON object (docs/json.md)")
     ev.set_defaults(func=_evaluate)
     pr = sub.add_parser("predict", help="classify image files or strings with a finished task's model")
     pr.add_argument("--state", type=Path,
@@ -422,6 +447,7 @@ def _add_swarm_commands(sub) -> None:
     swarm.set_defaults(func=_swarm)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
+    sel.add_argument("--json", action="store_true", help="one JSON object: every row the table shows (docs/json.md)")
     sel.set_defaults(func=_selections)
 
 
@@ -455,6 +481,7 @@ def _add_live_commands(sub) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--target", required=True, help="host:port of the node")
         p.add_argument("--timeout", type=float, default=5.0)
+        p.add_argument("--json", action="store_true", help="one JSON object (docs/json.md)")
         p.add_argument("--tls-dir", default=os.environ.get("CROSSBACK_TLS_DIR") or None,
                        help="a node serving mutual TLS: the certificates folder (default: $CROSSBACK_TLS_DIR)")
         p.add_argument("--as", dest="as_id", default=os.environ.get("CROSSBACK_NODE_ID") or None,
@@ -505,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossback {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except _rpc_error() as exc:
+        if getattr(args, "json", False):  # peers / status: the error in the same one-object form
+            print(dumps(error_json(args.command, getattr(args, "target", None), exc.code().name, exc.details())))
         print(f"crossback {args.command}: {getattr(args, 'target', 'peer')}: {exc.code().name}: {exc.details()}",
               file=sys.stderr)
         return 3
