@@ -146,9 +146,8 @@ def pytest_collection_modifyitems(config, items):
                                        "or set CROSSBACK_DOCKER_E2E=1")
         for item in docker_items:
             item.add_marker(skip)
-    if os.environ.get("CROSSBACK_SLOW_EXAMPLES") != "1":
-        slow = pytest.mark.skip(reason="an example that trains for a minute: .ci/run runs it "
-                                       "(CROSSBACK_SLOW_EXAMPLES=1 pytest -m slow_example tests/test_examples.py)")
+    if os.environ.get("CROSSBACK_SLOW") != "1":
+        slow = pytest.mark.skip(reason="a minute-long end-to-end check: .ci/run runs it (CROSSBACK_SLOW=1 pytest -m slow)")
         for item in items:
-            if item.get_closest_marker("slow_example"):
+            if item.get_closest_marker("slow"):
                 item.add_marker(slow)

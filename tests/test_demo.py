@@ -100,6 +100,7 @@ def test_selections_command_renders_every_node_and_task(demo):
     assert len(body) == len(summary["selections"]) == sum(len(n["tasks"]) for n in summary["nodes"])
 
 
+@pytest.mark.slow  # a second swarm of processes (the demo's own runs in every full run)
 def test_swarm_compare_pairs_arms_within_each_task(tmp_path):
     cfg = tmp_path / "swarm.yaml"
     cfg.write_text("nodes: 2\nepochs: 2\nadapt_epochs: 1\ntimeout: 120\nresamples: 200\n")

@@ -17,7 +17,7 @@ def test_the_four_promised_examples_exist():
     assert {"emoji_image_packnet", "emoji_text_packnet", "emoji_image_cpg", "digits_piggyback"} <= names
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow_example) if p.stem in SLOW else p
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW else p
                                   for p in EXAMPLES], ids=lambda p: p.stem)
 def test_example_trains_above_chance_without_forgetting(path, tmp_path):
     cfg = load_config(path)
