@@ -188,10 +188,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from crossback.app.demo import run_demo
-    from crossback.transfer.registry import strategy_names
+    from crossback.transfer.registry import check_name
 
-    if args.strategy not in strategy_names():
-        raise ConfigError(f"--strategy: {args.strategy!r} is not one of {list(strategy_names())}")
+    check_name(args.strategy, "--strategy")
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                        timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
@@ -250,7 +249,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
     from crossback.config.bench import load_bench_config
-    from crossback.transfer.registry import strategy_names
+    from crossback.transfer.registry import check_name
 
     cfg, _ = load_bench_config(args.config, quick=args.quick)
     if args.borrow:
@@ -259,9 +258,8 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     if args.strategy:
         cfg = dataclasses.replace(cfg, transfer=dataclasses.replace(cfg.transfer, strategy=args.strategy),
                                   regime=f"{cfg.regime}, strategy {args.strategy}")
-    if cfg.transfer.strategy not in strategy_names():  # before any node trains
-        where = "--strategy" if args.strategy else f"{args.config}: transfer.strategy"
-        raise ConfigError(f"{where}: {cfg.transfer.strategy!r} is not one of {list(strategy_names())}")
+    # before any node trains
+    check_name(cfg.transfer.strategy, "--strategy" if args.strategy else f"{args.config}: transfer.strategy")
     seeds = args.seeds if args.seeds is not None else cfg.seeds
     if seeds < 1:
         raise ConfigError(f"--seeds: must be at least 1, got {seeds}")

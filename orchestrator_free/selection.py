@@ -47,9 +47,8 @@ class Want:
     @classmethod
     def of(cls, strategy, data=None) -> "Want":
         """``data``: the task's, from which a feature-borrowing strategy picks the items it asks about."""
-        features = bool(getattr(strategy, "borrows_features", False))
-        pairs = strategy.pairs_for(data) if features and data is not None else None
-        return cls(strategy.borrow, frozenset(strategy.needs), strategy.any_shape, features, pairs)
+        pairs = strategy.pairs_for(data) if strategy.borrows_features and data is not None else None
+        return cls(strategy.borrow, frozenset(strategy.needs), strategy.any_shape, strategy.borrows_features, pairs)
 
 
 def _want(want: Want | str) -> Want:

@@ -60,9 +60,13 @@ def registered(name: str, factory: Factory) -> Iterator[None]:
         del _FACTORIES[name]
 
 
+def check_name(name: str, where: str = "transfer.strategy") -> None:
+    """ConfigError naming ``where`` unless ``name`` is a registered strategy."""
+    if name not in _FACTORIES:
+        raise ConfigError(f"{where}: {name!r} is not one of {list(_FACTORIES)}")
+
+
 def make_strategy(cfg: TransferConfig, public_set: str = "", pair_secret: bytes = b"") -> TransferStrategy:
     """The configured strategy; ``public_set`` and ``pair_secret``: see ``StrategyContext``."""
-    factory = _FACTORIES.get(cfg.strategy)
-    if factory is None:
-        raise ConfigError(f"transfer.strategy: {cfg.strategy!r} is not one of {list(_FACTORIES)}")
-    return factory(cfg, StrategyContext(public_set, pair_secret))
+    check_name(cfg.strategy)
+    return _FACTORIES[cfg.strategy](cfg, StrategyContext(public_set, pair_secret))
