@@ -386,6 +386,7 @@ def _direction_lines(directions: dict) -> list[str]:
                      f"{_ci(row['vs_untrained'])} | {row['kib_per_candidate']:.1f} | {_seconds(row)} |")
     return lines + [""]
 
+
 def plot(result: dict, records: list[dict], path: Path) -> None:
     import matplotlib
 

@@ -204,6 +204,7 @@ class ReceiverUnits:
         return _task_record(cfg, self.node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
                             kept, why, same, decision[kept]) | extra
 
+
 def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:
     """Every candidate's arm, from the same state, seed and budget."""
     arms: dict[str, dict] = {}

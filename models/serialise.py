@@ -22,6 +22,7 @@ def learner_metadata(learner: ContinualLearner) -> dict:
         "tasks": [dataclasses.asdict(t) for t in learner.tasks],
     }
 
+
 def shared_tensors(learner: ContinualLearner) -> dict[str, Tensor]:
     out = {}
     for n, layer in learner.layers.items():
@@ -29,12 +30,14 @@ def shared_tensors(learner: ContinualLearner) -> dict[str, Tensor]:
         out[f"{n}::owner"] = layer.owner.cpu().contiguous()
     return out
 
+
 def task_tensors(learner: ContinualLearner, task: int) -> dict[str, Tensor]:
     out = {n: t.detach().cpu().contiguous() for n, t in learner.task_params[task].items()}
     out |= {f"pick::{n}": m.cpu().contiguous() for n, m in learner.pick_masks[task].items()}
     out |= {f"borrowed::{n}": w.cpu().contiguous() for n, w in learner.borrowed.get(task, {}).items()}
     out |= {f"bmask::{n}": m.cpu().contiguous() for n, m in learner.borrow_masks.get(task, {}).items()}
     return out
+
 
 def learner_from_tensors(meta: dict, shared: dict[str, Tensor], per_task: list[dict[str, Tensor]]) -> ContinualLearner:
     learner = ContinualLearner(config_from_dict(meta["model"]), meta["modality"], meta["method"], meta["seed"],

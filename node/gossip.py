@@ -24,6 +24,8 @@ from crossback.orchestrator_free.membership import Membership
 from crossback.proto.v1 import peer_pb2 as pb
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
+
+
 def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:
     """At most ``k`` entries: peers the view holds dead first (news of a failure travels fastest), then
     alive ones at random."""

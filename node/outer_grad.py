@@ -10,6 +10,8 @@ from .snapshot import Snapshot
 
 # batches are drawn in an order seeded by the snapshot version alone, so every caller gets the same answer
 ORDER_SALT = 7_919
+
+
 class OuterGradService:
     """Answers FetchOuterGrad: at most ``max_batches`` batches of ``batch_size`` items per request, and
     each (snapshot, batch count) is computed once however many peers ask (a peer cannot make this node

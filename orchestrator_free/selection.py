@@ -34,6 +34,8 @@ from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
 SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
+
+
 @dataclass(frozen=True)
 class Want:
     """What a selection asks every candidate for, as the strategy declares it (``Want.of``)."""

@@ -26,6 +26,7 @@ from masked_step import cpu_name  # noqa: E402
 
 from crossback.config.node import write_node_config  # noqa: E402
 
+
 def node_config(method: str, scale: int, epochs: int, threads: int, device: str) -> dict:
     return digits_node(0, scale, 3, epochs, method, node={"exit_when_done": True, "threads": threads, "device": device},
                        selection={"enabled": False})

@@ -29,6 +29,7 @@ from masked_step import cpu_name  # noqa: E402
 
 from crossback.config.node import write_node_config  # noqa: E402
 
+
 def node_config(seed: int, score: str, borrow: str, scale: int = 1, selection: dict | None = None,
                 genesis: int | None = None) -> dict:
     """``scale``: see digits_node; ``selection``: more keys of the selection section (shortlist, max_candidates, ...)."""
