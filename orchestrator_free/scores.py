@@ -51,7 +51,6 @@ from crossback.models.methods import TaskData
 from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.training import Split, features
 
-GENESIS_SCORES = ("kv_motion", "kv_drift")  # need the swarm genesis K/V
 
 
 def _with_parts(learner: ContinualLearner, task: int, parts: dict) -> dict:
