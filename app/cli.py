@@ -113,7 +113,7 @@ def _node(args: argparse.Namespace) -> int:
 
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
-             "log_dir": args.log_dir, "tls_dir": args.tls_dir}
+             "log_dir": args.log_dir, "tls_dir": args.tls_dir, "metrics": args.metrics}
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
     rank = rank_from_env(os.environ)
@@ -395,6 +395,8 @@ def _add_node_commands(sub) -> None:
     node.add_argument("--state-dir")
     node.add_argument("--log-dir")
     node.add_argument("--tls-dir", help="serve and dial mutual TLS with the certificates crossback certs wrote here")
+    node.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
+                      "(node.metrics.listen; port 0 picks a free one)")
     node.add_argument("--nproc", type=int, help="train with N processes (DDP; one per GPU on a GPU node); rank 0 "
                       "serves, gossips and selects. Under torchrun, leave it out or give WORLD_SIZE")
     node.set_defaults(func=_node)

@@ -88,6 +88,17 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    # host:port of the Prometheus /metrics endpoint (port 0 picks a free one); empty: off. It answers
+    # anyone who reaches it: bind it to the host or a network you scrape from
+    listen: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     node_id: str = ""
     listen: str = "127.0.0.1:0"
@@ -120,6 +131,7 @@ class NodeSettings:
     # the RPCs that cost work (probes, tensor and feature streams) share this bounded pool
     expensive: CallLimits = field(default_factory=CallLimits)
     tls: TlsSettings = field(default_factory=TlsSettings)  # mutual TLS (node/tls.py); unset: plaintext
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)  # Prometheus (node/metrics.py); unset: off
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,9 @@ ENV_VARS = {
     "state_dir": "CROSSBACK_STATE_DIR",
     "log_dir": "CROSSBACK_LOG_DIR",
     "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
+    "metrics": "CROSSBACK_METRICS",  # node.metrics.listen
 }
+NESTED_ENV = {"tls_dir": "tls.dir", "metrics": "metrics.listen"}  # the keys above that set a nested one
 
 # a node's own sections (beside the run config's keys)
 SECTIONS = {"node": NodeSettings, "selection": SelectionConfig, "transfer": TransferConfig,

@@ -18,7 +18,7 @@ from pathlib import Path
 from .bench import BenchConfig
 from .bounds import BOUNDS
 from .data import TaskSpec
-from .node import ENV_VARS, SECTIONS
+from .node import ENV_VARS, NESTED_ENV, SECTIONS
 from .run import RunConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
@@ -152,7 +152,7 @@ def render() -> str:
     lines += ["## Environment variables (`crossback node`)", "",
               "Precedence: command-line flags, then these variables, then the file.", "",
               "| variable | key |", "|---|---|",
-              *(f"| `{var}` | `node.{key if key != 'tls_dir' else 'tls.dir'}` |" for key, var in ENV_VARS.items()), ""]
+              *(f"| `{var}` | `node.{NESTED_ENV.get(key, key)}` |" for key, var in ENV_VARS.items()), ""]
     lines += render_root("Benchmark config (`crossback bench transfer`)", BenchConfig)
     return "\n".join(lines).rstrip() + "\n"
 

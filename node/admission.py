@@ -96,8 +96,9 @@ def caller_of(context) -> str:
 
 
 class Admission(grpc.ServerInterceptor):
-    def __init__(self, limits: AdmissionLimits = AdmissionLimits()):
-        self.limits = limits
+    def __init__(self, limits: AdmissionLimits = AdmissionLimits(), on_refused=None):
+        """``on_refused(by, reason)``: told of each refusal (the node's metrics)."""
+        self.limits, self.on_refused = limits, on_refused
         self.pools = {name: CountingPool(getattr(limits, name).workers, name)
                       for name in ("health", "control", "bulk", "watch")}
         self._refusers = CountingPool(limits.refusers, "refuse")
@@ -127,11 +128,16 @@ class Admission(grpc.ServerInterceptor):
         name = self.class_of(details.method)
         pool = self.pools[name]
         if pool.pending >= pool.workers + getattr(self.limits, name).queue:
+            self._refused(name)
             return self._refusal(handler, f"{details.method}: {name} calls are at their bound "
                                           f"({pool.pending} running or queued); retry later")
         if name == "watch":
             return self._watch(handler, pool)
         return _on_pool(handler, pool)
+
+    def _refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused("admission", reason)
 
     def _refusal(self, handler, message: str):
         def refuse(request, context, *_callback):
@@ -158,6 +164,7 @@ class Admission(grpc.ServerInterceptor):
                 if refused is None:
                     self._watching[caller] = mine + 1
             if refused:
+                self._refused("watch_streams")
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{refused} ({limits.watch_total} in all, "
                                                                   f"{limits.watch_per_caller} per caller)")
 

@@ -17,8 +17,10 @@ class EventLog:
     file starts, so a node's log takes at most twice that on disk however long it runs."""
 
     def __init__(self, node_id: str, path: Path | None, console: TextIO | None = sys.stderr,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+                 max_bytes: int = DEFAULT_MAX_BYTES, listeners: tuple = ()):
+        """``listeners``: called with every record once it is written (the node's metrics)."""
         self.node_id, self.console, self.path, self.max_bytes = node_id, console, path, max_bytes
+        self.listeners = tuple(listeners)
         self._lock = threading.Lock()
         self._file = None
         self._size = 0
@@ -47,6 +49,8 @@ class EventLog:
                 stamp = time.strftime("%H:%M:%S", time.localtime(record["ts"]))
                 detail = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
                 print(f"{stamp} {self.node_id} {event} {detail}".rstrip(), file=self.console, flush=True)
+        for listener in self.listeners:
+            listener(record)
         return record
 
     def close(self) -> None:
@@ -61,14 +65,18 @@ class PayloadTally:
     seconds instead of one ``payload_sent`` line per exchange; every other kind is logged per payload."""
 
     def __init__(self, emit, kinds: frozenset[str] = frozenset({"membership"}), interval: float = 60.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, count=None):
+        """``count(kind, nbytes)``: told of every payload at once, summarised or not (the node's metrics)."""
         self.emit, self.kinds, self.interval, self.clock = emit, kinds, interval, clock
+        self.count = count
         self._lock = threading.Lock()
         self._since = clock()
         self._counts: dict[tuple[str, str], list[int]] = {}
 
     def __call__(self, kind: str, peer: str, nbytes: int) -> None:
         peer = peer[:256] or "?"
+        if self.count is not None:
+            self.count(kind, nbytes)
         if kind not in self.kinds:
             self.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
             return

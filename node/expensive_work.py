@@ -13,12 +13,15 @@ from .memory import trim as trim_memory
 
 
 class ExpensiveWork:
-    def __init__(self, limiter: CallLimiter, node_id: str):
-        self.limiter, self.node_id = limiter, node_id
+    def __init__(self, limiter: CallLimiter, node_id: str, on_refused=None):
+        """``on_refused(by, reason)``: told of each refusal (the node's metrics)."""
+        self.limiter, self.node_id, self.on_refused = limiter, node_id, on_refused
         self._trim_lock, self._trim_timer = threading.Lock(), None
 
     def refuse(self, exc: Busy, context) -> None:
         """A call the limiter did not admit: UNAVAILABLE (retry later), RESOURCE_EXHAUSTED if it never fits."""
+        if self.on_refused is not None:
+            self.on_refused("expensive_work", "too_large" if isinstance(exc, TooLarge) else "busy")
         if isinstance(exc, TooLarge):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.node_id}: {exc}")
         context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.node_id} is busy: {exc}")

@@ -53,6 +53,9 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     if overrides.get("tls_dir"):
         node = dataclasses.replace(node, tls=dataclasses.replace(node.tls, dir=overrides["tls_dir"]))
     overrides.pop("tls_dir", None)
+    if overrides.get("metrics"):
+        node = dataclasses.replace(node, metrics=dataclasses.replace(node.metrics, listen=overrides["metrics"]))
+    overrides.pop("metrics", None)
     settings = dataclasses.replace(node, **overrides)
     try:
         check_settings(settings)
@@ -92,6 +95,8 @@ def check_settings(s: NodeSettings) -> None:
         raise ConfigError("node.rpc_attempts: must be at least 1")
     if not _is_host_port(s.listen):  # port 0 picks a free one
         raise ConfigError(f"node.listen: {s.listen!r} is not host:port")
+    if s.metrics.enabled and not _is_host_port(s.metrics.listen):
+        raise ConfigError(f"node.metrics.listen: {s.metrics.listen!r} is not host:port (e.g. 0.0.0.0:9100)")
     for key, value in (("advertise", s.advertise), *(("seed_peers", s) for s in s.seed_peers)):
         if value is not None and address_problem(value):
             raise ConfigError(f"node.{key}: {address_problem(value)}")

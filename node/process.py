@@ -53,6 +53,8 @@ from .classify import ClassifyService
 from .devices import device_name, resolve_device
 from .distributed import Rank, broadcast_learner, join_group, leave_group, rank_device, ranks_agree
 from .events import EventLog
+from .metrics import NodeMetrics
+from .metrics_http import serve_metrics
 from .snapshot import Snapshot
 from .state_lock import StateLock
 
@@ -74,8 +76,13 @@ class Node:
         self.rank = rank
         self.state_dir, self.log_dir = Path(s.state_dir), Path(s.log_dir)
         serves = rank is None or rank.serves
-        self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console) if serves else None
+        # Prometheus metrics (node.metrics): fed by every event the log gets, so the two cannot disagree
+        self.metrics = NodeMetrics(s.node_id, cfg.run.data.modality, cfg.run.method.name, software_version()) \
+            if serves and s.metrics.enabled else None
+        self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console,
+                               listeners=(self.metrics.observe,) if self.metrics else ()) if serves else None
         self._snapshot: Snapshot | None = None
+        self._metrics_http = None
         self._public = None  # the public paired set in this node's view, when it serves public_features
         self._stop = threading.Event()
         self.device = resolve_device(s.device)
@@ -116,6 +123,12 @@ class Node:
         if self._stopping():
             raise Interrupted()
 
+    def _epoch_done(self, *progress) -> None:
+        """After every training epoch (models.training's progress): the metrics, then whether to stop."""
+        if self.metrics is not None:
+            self.metrics.progress(*progress)
+        self._check_stop()
+
     def _stopping(self) -> bool:
         """Whether to stop; the ranks of one node decide together, or one would wait on the others forever."""
         stop = self._stop.is_set()
@@ -145,8 +158,9 @@ class Node:
         gossip, gossip_clients = self._start_gossip(servicer, tls)
         call_policy = CallPolicy(timeout=s.rpc_timeout, attempts=s.rpc_attempts)
         self._probe_history = ProbeHistory(self.run_cfg.seed)
+        fetched = self.metrics.fetched if self.metrics else None
         self._peer_clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, call_policy, servicer.payloads,
-                                                                       tls, expected))
+                                                                       tls, expected, fetched))
         try:
             self._learn(tasks)
             if self._parallel is not None:
@@ -165,6 +179,9 @@ class Node:
             gossip_clients.close()
             self._peer_clients.close()
             server.admission.close()
+            if self._metrics_http is not None:
+                self._metrics_http.shutdown()
+                self._metrics_http.server_close()
             servicer.payloads.flush()
             self.events.emit("node_stopped")
             self.events.close()
@@ -176,7 +193,7 @@ class Node:
         s, run = self.settings, self.run_cfg
         # expensive calls get expensive.threads workers of their own: Health and gossip have theirs (admission.py)
         server, port = bind(s.listen, workers=s.expensive.threads, max_message_bytes=s.max_message_bytes,
-                            events=self.events, tls=tls)
+                            events=self.events, tls=tls, metrics=self.metrics)
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model), tuple(s.serve), self.genesis, self.public_set)
@@ -188,15 +205,26 @@ class Node:
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
                                 CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,
                                 pair_secret=self.cfg.pair_secret,
-                                classifier=ClassifyService(run.view(), self.device) if "classify" in s.serve else None)
+                                classifier=ClassifyService(run.view(), self.device) if "classify" in s.serve else None,
+                                metrics=self.metrics)
+        metrics_address = self._serve_metrics(servicer)
         health = serve(server, servicer)
-        self._announce(address, advertised_from, f"{s.listen.rpartition(':')[0]}:{port}", tls, infos)
+        self._announce(address, advertised_from, f"{s.listen.rpartition(':')[0]}:{port}", tls, infos, metrics_address)
         return server, servicer, health, address
 
-    def _announce(self, address: str, advertised_from: str, listen: str, tls, infos) -> None:
+    def _serve_metrics(self, servicer: PeerServicer) -> str | None:
+        """Start /metrics (node.metrics.listen) reading this node's membership, snapshot and pools; its address."""
+        self._metrics_http = None
+        if self.metrics is None:
+            return None
+        self.metrics.watch(self._membership, self.snapshot, servicer.limiter, self.device)
+        self._metrics_http, address = serve_metrics(self.settings.metrics.listen, self.metrics.registry)
+        return address
+
+    def _announce(self, address: str, advertised_from: str, listen: str, tls, infos, metrics: str | None) -> None:
         s, run = self.settings, self.run_cfg
         self.events.emit("node_started", address=address, advertised_from=advertised_from, listen=listen,
-                         pid=os.getpid(),
+                         pid=os.getpid(), **({"metrics": f"http://{metrics}/metrics"} if metrics else {}),
                          modality=run.data.modality, method=run.method.name, device=str(self.device),
                          device_name=device_name(self.device),
                          software=software_version(), seeds=list(s.seed_peers))
@@ -218,7 +246,8 @@ class Node:
         on_payload = servicer.payloads  # gossip requests are tallied per interval like gossip replies
         policy = CallPolicy(timeout=min(s.rpc_timeout, max(0.5, s.heartbeat_interval)), attempts=2,
                             backoff_max=s.heartbeat_interval / 4)
-        clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, policy, on_payload, tls, expected))
+        fetched = self.metrics.fetched if self.metrics else None
+        clients = ClientPool(lambda a, expected: PeerClient(a, s.node_id, policy, on_payload, tls, expected, fetched))
         gossip = GossipLoop(self._membership, clients, servicer.self_entry, lambda: peer_entries(self._membership),
                             s.heartbeat_interval, entries=s.gossip_entries, indirect=s.indirect_probes,
                             seed=self.run_cfg.seed)
@@ -285,7 +314,7 @@ class Node:
         self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
         started = time.perf_counter()
         try:
-            learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._check_stop, parallel)
+            learn_task(learner, data, self.run_cfg.method, self.run_cfg.train, self._epoch_done, parallel)
         except Interrupted:
             self.events.emit("task_interrupted", task=data.name, index=i)
             return False

@@ -43,6 +43,8 @@ from .admission import Admission, AdmissionLimits, caller_of
 from .classify import ClassifyService, ItemError, activation_bytes, encode_request
 from .events import EventLog, PayloadTally
 from .expensive_work import ExpensiveWork
+from .metrics import NodeMetrics
+from .rpc_metrics import RpcMetrics
 from .features import FeatureService
 from .outer_grad import OuterGradService
 from .request_rules import RequestRules
@@ -104,7 +106,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                  events: EventLog, outer_grad: OuterGradService | None = None, limiter: CallLimiter | None = None,
                  probe_budget: int = DEFAULT_PROBE_BUDGET, payloads: PayloadTally | None = None,
                  gossip_entries: int = DEFAULT_ENTRIES, pair_secret: bytes = b"",
-                 classifier: ClassifyService | None = None):
+                 classifier: ClassifyService | None = None, metrics: NodeMetrics | None = None):
         self.identity, self.snapshot, self.membership, self.events = identity, snapshot, membership, events
         self.gossip_entries, self._rng = gossip_entries, random.Random(identity.node_id)
         # ProbePeer: set to the gossip loop's probe_for once it exists; a few at a time, one per caller
@@ -113,10 +115,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.probe_limiter = CallLimiter(CallLimits(slots=2, waiting=0, per_caller=1, wait=2.0))
         self.outer_grad = outer_grad or OuterGradService()
         self.limiter = limiter or CallLimiter()
-        self.work = ExpensiveWork(self.limiter, identity.node_id)
+        self.work = ExpensiveWork(self.limiter, identity.node_id, metrics.refused if metrics else None)
         self.rules = RequestRules(identity.node_id, identity.serve, snapshot)
         self.probe_budget = probe_budget
-        self.payloads = payloads or PayloadTally(events.emit)  # what this node sends, for its log
+        # what this node sends, for its log (and its metrics)
+        self.payloads = payloads or PayloadTally(events.emit, count=metrics.sent if metrics else None)
         self.features = FeatureService(pair_secret)
         self.classifier = classifier  # None: Classify answers FAILED_PRECONDITION
 
@@ -391,16 +394,19 @@ def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
 
 def bind(listen: str, workers: int = CallLimits().threads, max_message_bytes: int = MAX_MESSAGE_BYTES,
          events: EventLog | None = None, tls: TlsMaterial | None = None,
-         admission: AdmissionLimits | None = None) -> tuple[grpc.Server, int]:
+         admission: AdmissionLimits | None = None, metrics: NodeMetrics | None = None) -> tuple[grpc.Server, int]:
     """A server bound to ``listen`` (``host:0`` picks a free port), not yet serving; returns (server, port).
     Calls run on per-class thread pools (``.admission``): ``workers`` threads for the expensive RPCs,
     others for health checks and gossip that those can never take.
     With ``events``, undecodable requests get INVALID_ARGUMENT and handler failures are logged there.
-    With ``tls``, the port speaks mutual TLS only and every call passes ``PeerAuth``."""
+    With ``tls``, the port speaks mutual TLS only and every call passes ``PeerAuth``.
+    With ``metrics``, every call is counted and timed there, refusals included."""
     limits = admission or AdmissionLimits()
     limits = replace(limits, bulk=replace(limits.bulk, workers=workers, queue=max(limits.bulk.queue, 2 * workers)))
-    gate = Admission(limits)
-    interceptors = [gate] + ([RpcGuard(events.emit)] if events else []) + ([PeerAuth(tls)] if tls else [])
+    refused = metrics.refused if metrics else None
+    gate = Admission(limits, refused)
+    interceptors = ([RpcMetrics(metrics)] if metrics else []) + [gate] + ([RpcGuard(events.emit)] if events else []) \
+        + ([PeerAuth(tls, refused)] if tls else [])
     # so_reuseport off: a second process on a port already in use fails to bind instead of sharing it
     options = [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
     server = grpc.server(gate.pools["control"], options=options, maximum_concurrent_rpcs=limits.capacity(),

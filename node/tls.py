@@ -118,19 +118,22 @@ class PeerAuth(grpc.ServerInterceptor):
     """With mTLS: the caller's certificate must name an admitted node id, and every node id the request
     claims must be that one, or the call ends PERMISSION_DENIED before its handler runs."""
 
-    def __init__(self, tls: TlsMaterial):
-        self.tls = tls
+    def __init__(self, tls: TlsMaterial, on_refused=None):
+        """``on_refused(by, reason)``: told of each refusal (the node's metrics)."""
+        self.tls, self.on_refused = tls, on_refused
 
-    def refusal(self, request, context) -> str | None:
+    def refusal(self, request, context) -> tuple[str, str] | None:
+        """(reason kind, message) when the call is refused, else None."""
         names = context.auth_context().get("x509_common_name") or []
         if len(names) != 1:
-            return "the caller presented no certificate with one node id"
+            return "no_certificate", "the caller presented no certificate with one node id"
         cert_id = names[0].decode("utf-8", "replace")[:64]
         if not self.tls.permits(cert_id):
-            return f"node {cert_id!r} is not on {self.tls.node_id}'s allow-list"
+            return "not_allowed", f"node {cert_id!r} is not on {self.tls.node_id}'s allow-list"
         claimed = claimed_id(request)
         if claimed is not None and claimed != cert_id:
-            return f"the request claims node id {claimed[:64]!r} but the caller's certificate is {cert_id!r}"
+            return "claims_other_id", (f"the request claims node id {claimed[:64]!r} but the caller's certificate "
+                                       f"is {cert_id!r}")
         return None
 
     def intercept_service(self, continuation, details):
@@ -141,5 +144,7 @@ class PeerAuth(grpc.ServerInterceptor):
         def check(request, context):
             problem = self.refusal(request, context)
             if problem:
-                context.abort(grpc.StatusCode.PERMISSION_DENIED, problem)
+                if self.on_refused is not None:
+                    self.on_refused("peer_auth", problem[0])
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, problem[1])
         return wrap_handler(handler, check)

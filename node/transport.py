@@ -16,6 +16,7 @@ from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 
 from . import serde
+from .rpc_metrics import FetchedBytes
 from .serde import PROTOCOL
 from .tls_material import TlsMaterial, open_channel
 
@@ -71,18 +72,19 @@ def _transient(exc: BaseException) -> bool:
 
 
 class PeerClient:
-    """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends.
-    With ``tls`` the channel is mTLS and its handshake checks that the peer's certificate names
+    """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends,
+    ``on_fetched(kind, nbytes)`` every reply message received (rpc_metrics.FetchedBytes). With ``tls`` the channel is mTLS and its handshake checks that the peer's certificate names
     ``expected_id`` (None: any swarm member), see ``.tls``."""
 
     def __init__(self, address: str, caller_id: str, policy: CallPolicy = CallPolicy(),
                  on_payload: Callable[[str, str, int], None] | None = None, tls: TlsMaterial | None = None,
-                 expected_id: str | None = None):
+                 expected_id: str | None = None, on_fetched: Callable[[str, int], None] | None = None):
         self.address, self.caller_id, self.policy = address, caller_id, policy
         self.tls, self.expected_id = tls, expected_id
         self.on_payload = on_payload or (lambda kind, peer, nbytes: None)
         self._channel = open_channel(address, channel_options(), tls, expected_id)
-        self._stub = pb_grpc.PeerServiceStub(self._channel)
+        channel = grpc.intercept_channel(self._channel, FetchedBytes(on_fetched)) if on_fetched else self._channel
+        self._stub = pb_grpc.PeerServiceStub(channel)
 
     def proves(self, node_id: str) -> bool:
         """Whether an answer from this channel proves that ``node_id`` is at its address. Plaintext: the

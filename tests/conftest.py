@@ -82,23 +82,26 @@ def stop_nodes(procs: dict) -> None:
 
 
 def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interval=None, fanout=None,
-                         client_factory=None, failure_timeout: float = 30.0):
+                         client_factory=None, failure_timeout: float = 30.0, metrics=None):
     """A node without a model in this process: a real gRPC server (TLS with ``tls``), its membership and,
-    with ``interval``, its gossip loop. ``client_factory(address, expected_id)`` replaces how it dials.
-    Returns (address, membership, stop)."""
+    with ``interval``, its gossip loop. ``client_factory(address, expected_id)`` replaces how it dials;
+    ``metrics``: a NodeMetrics its server, log and payloads feed. Returns (address, membership, stop)."""
     from crossback.node.events import EventLog
     from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve
     from crossback.node.gossip import GossipLoop
     from crossback.orchestrator_free.membership import Membership
     from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
-    server, port = bind("127.0.0.1:0", workers=4, tls=tls)
+    events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None,
+                      listeners=(metrics.observe,) if metrics else ())
+    server, port = bind("127.0.0.1:0", workers=4, events=events, tls=tls, metrics=metrics)
     address = f"127.0.0.1:{port}"
-    events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None)
     membership = Membership(node_id, address, list(seeds), failure_timeout, on_event=events.emit,
                             allow=tls.allow if tls else frozenset(), fanout=fanout)
     servicer = PeerServicer(NodeIdentity(node_id, address, "image", "packnet", 32, {}), lambda: None, membership,
-                            events)
+                            events, metrics=metrics)
+    if metrics:
+        metrics.watch(membership, lambda: None, servicer.limiter)
     serve(server, servicer)
     loop = None
     if interval:

@@ -9,6 +9,7 @@ import pytest
 from crossback.node.certs import init_ca, issue
 from crossback.config.errors import ConfigError
 from crossback.node.health_probe import ProbeError, check, tls_context
+from crossback.node.metrics import NodeMetrics
 from crossback.config.node import TlsSettings
 from crossback.node.tls import check_tls, load_tls
 from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
@@ -37,10 +38,22 @@ def material(pki, node_id, folder="swarm", allow=()):
 
 
 @pytest.fixture(scope="module")
-def node_a(pki, tmp_path_factory):
-    address, membership, stop = start_inprocess_node(tmp_path_factory.mktemp("a"), "a", material(pki, "a"))
+def a_metrics():
+    return NodeMetrics("a", process=False)
+
+
+@pytest.fixture(scope="module")
+def node_a(pki, tmp_path_factory, a_metrics):
+    address, membership, stop = start_inprocess_node(tmp_path_factory.mktemp("a"), "a", material(pki, "a"),
+                                                     metrics=a_metrics)
     yield address, membership
     stop()
+
+
+def refusals(metrics: NodeMetrics, reason: str) -> float:
+    """PeerAuth's refusals of ``reason`` counted in a node's metrics."""
+    return metrics.registry.get_sample_value("crossback_requests_refused_total",
+                                             {"by": "peer_auth", "reason": reason}) or 0.0
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
@@ -100,8 +113,9 @@ def test_a_certificate_from_another_ca_never_gets_past_the_handshake(pki, node_a
         rogue.close()
 
 
-def test_a_valid_certificate_that_claims_another_nodes_id_is_refused(pki, node_a):
+def test_a_valid_certificate_that_claims_another_nodes_id_is_refused(pki, node_a, a_metrics):
     address, membership = node_a
+    before = refusals(a_metrics, "claims_other_id")
     liar = PeerClient(address, "c", POLICY, tls=material(pki, "b"))  # b's certificate, c's id
     try:
         code, details = code_of(liar.get_info)
@@ -121,6 +135,7 @@ def test_a_valid_certificate_that_claims_another_nodes_id_is_refused(pki, node_a
         assert view.sender.node_id == "a"
     finally:
         anonymous.close()
+    assert refusals(a_metrics, "claims_other_id") - before == 4  # each refusal counted once in the node's metrics
 
 
 def test_plaintext_and_tls_never_meet(pki, node_a, tmp_path):
@@ -176,7 +191,8 @@ def test_garbage_before_the_handshake_is_dropped_and_the_node_keeps_serving(pki,
 
 
 def test_the_allow_list_refuses_other_members(pki, tmp_path):
-    address, _, stop = start_inprocess_node(tmp_path, "a", material(pki, "a", allow=["b"]))
+    metrics = NodeMetrics("a", process=False)
+    address, _, stop = start_inprocess_node(tmp_path, "a", material(pki, "a", allow=["b"]), metrics=metrics)
     try:
         for node_id, expected in (("b", None), ("c", grpc.StatusCode.PERMISSION_DENIED)):
             client = PeerClient(address, node_id, POLICY, tls=material(pki, node_id))
@@ -188,6 +204,7 @@ def test_the_allow_list_refuses_other_members(pki, tmp_path):
                     assert code == expected and "allow-list" in details
             finally:
                 client.close()
+        assert refusals(metrics, "not_allowed") == 1
     finally:
         stop()
 
