@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import GaugeMetricFamily
 
 from crossback.config.node import PAYLOAD_KINDS
-from crossback.orchestrator_free.skip_reasons import KINDS as SKIP_KINDS
 from crossback.orchestrator_free.skip_reasons import skip_kind
 
 from .rpc_metrics import OTHER

@@ -43,12 +43,12 @@ from .admission import Admission, AdmissionLimits, caller_of
 from .classify import ClassifyService, ItemError, activation_bytes, encode_request
 from .events import EventLog, PayloadTally
 from .expensive_work import ExpensiveWork
-from .metrics import NodeMetrics
-from .rpc_metrics import RpcMetrics
 from .features import FeatureService
+from .metrics import NodeMetrics
 from .outer_grad import OuterGradService
 from .request_rules import RequestRules
 from .rpc_guard import RpcGuard
+from .rpc_metrics import RpcMetrics
 from .serde import PROTOCOL
 from .snapshot import Snapshot
 from .tls import PeerAuth

@@ -15,6 +15,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import tiny_node_config, wait_for
+from prometheus_server import BINARY, query, running_prometheus
 
 from crossback.models.persistence import latest_checkpoint, load_checkpoint
 from crossback.node.events import read_events
@@ -27,6 +28,7 @@ from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
 HEARTBEAT, TIMEOUT = 0.25, 2.0
 CONFIG = tiny_node_config(0, [{"name": "a", "classes": ["0", "1", "2"]}, {"name": "b", "classes": ["3", "4", "5"]}],
                           HEARTBEAT, TIMEOUT)
+CONFIG["node"]["metrics"] = {"listen": "127.0.0.1:0"}  # every node serves /metrics on a free port
 
 
 class NodeProc:
@@ -174,6 +176,61 @@ def test_wrong_protocol_on_every_rpc(swarm):
         with pytest.raises(grpc.RpcError) as info:
             call(req, timeout=5)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def logged_bytes(node: NodeProc) -> dict[str, int]:
+    """Bytes sent per payload kind, as the node's own log counts them (kinds logged one payload per line)."""
+    out: dict[str, int] = {}
+    for e in node.events("payload_sent"):
+        out[e["kind"]] = out.get(e["kind"], 0) + e["bytes"]
+    return out
+
+
+def prometheus_agrees(url: str, swarm: dict) -> list[str]:
+    """What a real Prometheus reports that differs from the nodes' logs (empty: nothing)."""
+    by_node = lambda promql: {labels["node"]: value for labels, value in query(url, promql)}  # noqa: E731
+    problems = []
+    finished = by_node("crossback_tasks_finished_total")
+    selections = by_node("sum by (node) (crossback_selections_total)")
+    fetched_kv = by_node('sum by (node) (crossback_grpc_server_handled_total{grpc_method="FetchKV",grpc_code="OK"})')
+    for name, node in swarm.items():
+        if finished.get(name) != len(node.events("task_finished")):
+            problems.append(f"{name}: tasks finished {finished.get(name)} != {len(node.events('task_finished'))}")
+        if selections.get(name) != len(node.events("backbone_selected")):
+            problems.append(f"{name}: selections {selections.get(name)} != {len(node.events('backbone_selected'))}")
+        kv_sent = [e for e in node.events("payload_sent") if e["kind"] == "kv"]
+        if fetched_kv.get(name, 0) != len(kv_sent):
+            problems.append(f"{name}: FetchKV answered {fetched_kv.get(name)} != {len(kv_sent)} kv payloads logged")
+        sent = {labels["kind"]: v for labels, v in query(url, f'crossback_payload_bytes_sent_total{{node="{name}"}}')}
+        for kind, nbytes in logged_bytes(node).items():
+            if sent.get(kind) != nbytes:
+                problems.append(f"{name}: {kind} bytes sent {sent.get(kind)} != {nbytes} logged")
+    total = query(url, "sum(crossback_tasks_finished_total)")
+    if not total or total[0][1] != sum(len(n.events("task_finished")) for n in swarm.values()):
+        problems.append(f"sum(crossback_tasks_finished_total) = {total}")
+    return problems
+
+
+@pytest.mark.skipif(BINARY is None, reason="needs Debian's prometheus package (.ci/run installs it)")
+def test_a_real_prometheus_scrapes_every_node_and_agrees_with_their_logs(swarm, tmp_path):
+    targets = {name: node.events("node_started")[-1]["metrics"].split("/")[2] for name, node in swarm.items()}
+    client(swarm["a"].address).fetch_kv()  # traffic of a kind logged per payload, after the nodes settled
+    with running_prometheus(tmp_path / "prometheus", targets) as url:
+        wait_for(lambda: len([v for _, v in query(url, "up") if v == 1]) == 3, 30, "every target up")
+        problems = []
+
+        def agrees() -> bool:
+            nonlocal problems
+            problems = prometheus_agrees(url, swarm)
+            return not problems
+        try:
+            wait_for(agrees, 20, "prometheus agrees with the logs", step=0.5)
+        except AssertionError:
+            pytest.fail("\n".join(problems))
+        alive = {labels["node"]: v for labels, v in query(url, 'crossback_peers{state="alive"}')}
+        assert alive == {"a": 2, "b": 2, "c": 2}
+        assert all(v > 0 for _, v in query(url, "process_resident_memory_bytes"))
+        assert {labels["node"]: v for labels, v in query(url, "crossback_snapshot_version")} == {"a": 2, "b": 2, "c": 2}
 
 
 def test_sigkilled_node_is_reported_dead_then_readmitted_with_its_tasks(swarm):

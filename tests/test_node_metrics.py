@@ -10,18 +10,26 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import start_inprocess_node, tiny_node_config
+from prometheus_client.parser import text_string_to_metric_families
 
 from crossback.config.errors import ConfigError, StateInUse
 from crossback.config.node import write_node_config
-from crossback.node.metrics import (ARMS, EVENTS, PEER_STATES, PHASES, REFUSERS, SECONDS, SELECTION_SECONDS,
-                                    TRAFFIC_KINDS, NodeMetrics)
+from crossback.node.metrics import (
+    ARMS,
+    EVENTS,
+    PEER_STATES,
+    PHASES,
+    REFUSERS,
+    SECONDS,
+    SELECTION_SECONDS,
+    TRAFFIC_KINDS,
+    NodeMetrics,
+)
 from crossback.node.metrics_http import MAX_SCRAPES, serve_metrics
 from crossback.node.node_config import load_node_config
-from crossback.node.transport import CallPolicy, PeerClient
 from crossback.node.rpc_metrics import METHODS, OTHER
+from crossback.node.transport import CallPolicy, PeerClient
 from crossback.orchestrator_free.skip_reasons import KINDS, STATUS_CODES, skip_kind
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
