@@ -28,6 +28,6 @@ ENV PYTHONUNBUFFERED=1 PATH=/opt/crossback/bin:$PATH
 COPY --from=build /opt/crossback /opt/crossback
 COPY examples /app/examples
 WORKDIR /app
-EXPOSE 50051
+EXPOSE 50051 9100
 ENTRYPOINT ["crossback"]
 CMD ["--help"]

@@ -11,14 +11,12 @@ distinct ones arrive, the number of series stays bounded.
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from typing import Callable, Iterable
 
 from crossback.config.node import PAYLOAD_KINDS
 from crossback.orchestrator_free.skip_reasons import skip_kind
 
+from .prom import Family, Registry, gauge, process_families
 from .rpc_metrics import OTHER
 
 # what a node sends or fetches besides the payload kinds it serves: replies and the small requests
@@ -40,8 +38,9 @@ REFUSERS = {"admission": ("health", "control", "bulk", "watch", "watch_streams")
             "peer_auth": ("no_certificate", "not_allowed", "claims_other_id")}
 PEER_STATES = ("alive", "suspect", "dead")
 
-SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SELECTION_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# histogram buckets: every bucket is a series per method, and what a scrape costs grows with the series
+SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+SELECTION_SECONDS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 def label(value, allowed) -> str:
@@ -51,56 +50,53 @@ def label(value, allowed) -> str:
 
 class NodeMetrics:
     def __init__(self, node_id: str, modality: str = "", method: str = "", software: str = "", process: bool = True):
-        self.registry = r = CollectorRegistry(auto_describe=True)
-        if process:  # resident memory, CPU seconds, open files (Linux /proc): process_* as every exporter names them
-            ProcessCollector(registry=r)
-        Gauge("crossback_node_info", "This node (value 1)", ["node_id", "modality", "method", "software"],
-              registry=r).labels(node_id, modality, method, software).set(1)
-        self.events = Counter("crossback_events", "Events written to the node's log, by name", ["event"], registry=r)
+        self.registry = r = Registry()
+        if process:  # resident memory, CPU seconds, open files (Linux /proc), named as every exporter names them
+            r.add_collector(process_families)
+        r.gauge("crossback_node_info", "This node (value 1)", ("node_id", "modality", "method", "software")).labels(
+            node_id, modality, method, software).set(1)
+        self.events = r.counter("crossback_events_total", "Events written to the node's log, by name", ("event",))
         self._task_metrics(r)
         self._selection_metrics(r)
-        self.payload_bytes_sent = Counter("crossback_payload_bytes_sent", "Bytes of payloads and requests this node "
-                                          "sent to peers (as its payload log counts them)", ["kind"], registry=r)
-        self.payloads_sent = Counter("crossback_payloads_sent", "Payloads and requests sent to peers", ["kind"],
-                                     registry=r)
-        self.payload_bytes_fetched = Counter("crossback_payload_bytes_fetched", "Serialized bytes of the replies "
-                                             "this node received from peers", ["kind"], registry=r)
-        self.rpcs = Counter("crossback_grpc_server_handled", "RPCs this node answered, by method and status code",
-                            ["grpc_method", "grpc_code"], registry=r)
-        self.rpc_seconds = Histogram("crossback_grpc_server_handling_seconds", "Time from admission to the last "
-                                     "reply message, by method", ["grpc_method"], buckets=SECONDS, registry=r)
-        self.refusals = Counter("crossback_requests_refused", "Requests turned away before their work: by the "
-                                "admission classes, the expensive-work pool or PeerAuth (mutual TLS)",
-                                ["by", "reason"], registry=r)
+        self.payload_bytes_sent = r.counter("crossback_payload_bytes_sent_total", "Bytes of payloads and requests "
+                                            "this node sent to peers (as its payload log counts them)", ("kind",))
+        self.payloads_sent = r.counter("crossback_payloads_sent_total", "Payloads and requests sent to peers", ("kind",))
+        self.payload_bytes_fetched = r.counter("crossback_payload_bytes_fetched_total", "Serialized bytes of the "
+                                               "replies this node received from peers", ("kind",))
+        self.rpcs = r.counter("crossback_grpc_server_handled_total", "RPCs this node answered, by method and status "
+                              "code", ("grpc_method", "grpc_code"))
+        self.rpc_seconds = r.histogram("crossback_grpc_server_handling_seconds", "Time from admission to the last "
+                                       "reply message, by method", SECONDS, ("grpc_method",))
+        self.refusals = r.counter("crossback_requests_refused_total", "Requests turned away before their work: by "
+                                  "the admission classes, the expensive-work pool or PeerAuth (mutual TLS)",
+                                  ("by", "reason"))
         self._sources = _ScrapeTime()
-        r.register(self._sources)
+        r.add_collector(self._sources.collect)
 
-    def _task_metrics(self, r) -> None:
-        self.tasks_finished = Counter("crossback_tasks_finished", "Tasks learned, checkpointed and published",
-                                      registry=r)
-        self.task_index = Gauge("crossback_task_index", "Index of the task being learned (-1: none)", registry=r)
+    def _task_metrics(self, r: Registry) -> None:
+        self.tasks_finished = r.counter("crossback_tasks_finished_total", "Tasks learned, checkpointed and published")
+        self.task_index = r.gauge("crossback_task_index", "Index of the task being learned (-1: none)")
         self.task_index.set(-1)
-        self.epoch = Gauge("crossback_train_epoch", "Epoch just finished in the current training phase", registry=r)
-        self.loss = Gauge("crossback_train_loss", "Training loss of the last epoch", registry=r)
-        self.epochs = Counter("crossback_train_epochs", "Training epochs run, by phase", ["phase"], registry=r)
-        self.task_accuracy = Gauge("crossback_task_accuracy", "Test accuracy of the last finished task, "
-                                   "right after it was learned", registry=r)
-        self.average_accuracy = Gauge("crossback_average_accuracy", "Mean test accuracy over every task learned "
-                                      "so far (the last row of the accuracy matrix)", registry=r)
+        self.epoch = r.gauge("crossback_train_epoch", "Epoch just finished in the current training phase")
+        self.loss = r.gauge("crossback_train_loss", "Training loss of the last epoch")
+        self.epochs = r.counter("crossback_train_epochs_total", "Training epochs run, by phase", ("phase",))
+        self.task_accuracy = r.gauge("crossback_task_accuracy", "Test accuracy of the last finished task, right "
+                                     "after it was learned")
+        self.average_accuracy = r.gauge("crossback_average_accuracy", "Mean test accuracy over every task learned "
+                                        "so far (the last row of the accuracy matrix)")
 
-    def _selection_metrics(self, r) -> None:
-        self.selections = Counter("crossback_selections", "Peer selections run, by whether a peer was chosen",
-                                  ["result"], registry=r)
-        self.selection_seconds = Histogram("crossback_selection_seconds", "Time a selection took (probe, "
-                                           "scores, stage-2 fetch)", buckets=SELECTION_SECONDS, registry=r)
-        self.probed = Counter("crossback_candidates_probed", "Peers probed as candidates", registry=r)
-        self.scored = Counter("crossback_candidates_scored", "Candidates that answered and were scored", registry=r)
-        self.skipped = Counter("crossback_candidates_skipped", "Candidates not scored, by the kind of reason "
-                               "(refused: the peer turned the call away)", ["reason"], registry=r)
-        self.kept = Counter("crossback_transfers", "Tasks that ran the transfer arms, by the arm kept", ["kept"],
-                            registry=r)
-        self.selection_bytes = Counter("crossback_selection_bytes", "Bytes selections fetched from candidates",
-                                       registry=r)
+    def _selection_metrics(self, r: Registry) -> None:
+        self.selections = r.counter("crossback_selections_total", "Peer selections run, by whether a peer was chosen",
+                                    ("result",))
+        self.selection_seconds = r.histogram("crossback_selection_seconds", "Time a selection took (probe, scores, "
+                                             "stage-2 fetch)", SELECTION_SECONDS)
+        self.probed = r.counter("crossback_candidates_probed_total", "Peers probed as candidates")
+        self.scored = r.counter("crossback_candidates_scored_total", "Candidates that answered and were scored")
+        self.skipped = r.counter("crossback_candidates_skipped_total", "Candidates not scored, by the kind of reason "
+                                 "(refused: the peer turned the call away)", ("reason",))
+        self.kept = r.counter("crossback_transfers_total", "Tasks that ran the transfer arms, by the arm kept",
+                              ("kept",))
+        self.selection_bytes = r.counter("crossback_selection_bytes_total", "Bytes selections fetched from candidates")
 
     # ------------------------------------------------------------ what feeds it
 
@@ -143,7 +139,7 @@ class NodeMetrics:
 
     def series(self) -> int:
         """How many samples a scrape returns now (the cardinality the flood tests bound)."""
-        return sum(len(m.samples) for m in self.registry.collect())
+        return len(self.registry.samples())
 
 
 def _task_started(m: NodeMetrics, rec: dict) -> None:
@@ -189,39 +185,36 @@ def _int(value, default: int) -> int:
 
 
 class _ScrapeTime:
-    """The gauges read when Prometheus scrapes (a custom collector: one pass over membership)."""
+    """The gauges read when Prometheus scrapes (one pass over membership)."""
 
     membership = snapshot = limiter = device = None
 
-    def describe(self):
-        return []
-
-    def collect(self):
-        peers = GaugeMetricFamily("crossback_peers", "Known peers by membership state", labels=["state"])
+    def collect(self) -> Iterable[Family]:
+        peers = Family("crossback_peers", "Known peers by membership state", "gauge", ("state",))
         counts = dict.fromkeys(PEER_STATES, 0)
         if self.membership is not None:
             for p in self.membership.peers():
                 counts["dead" if not p.alive else "suspect" if p.suspect_since is not None else "alive"] += 1
         for state, n in counts.items():
-            peers.add_metric([state], n)
+            peers.labels(state).set(n)
         yield peers
         snap = self.snapshot() if self.snapshot is not None else None
-        yield GaugeMetricFamily("crossback_snapshot_version", "Version of the snapshot served to peers (0: none)",
-                                value=snap.version if snap is not None else 0)
+        yield gauge("crossback_snapshot_version", "Version of the snapshot served to peers (0: none)",
+                    snap.version if snap is not None else 0)
         if self.limiter is not None:
-            yield GaugeMetricFamily("crossback_expensive_calls_in_flight", "Expensive calls running or waiting",
-                                    value=self.limiter.in_flight())
-            yield GaugeMetricFamily("crossback_expensive_memory_reserved_bytes", "Memory the running expensive "
-                                    "calls reserved from node.expensive.memory_mib", value=self.limiter.reserved())
+            yield gauge("crossback_expensive_calls_in_flight", "Expensive calls running or waiting",
+                        self.limiter.in_flight())
+            yield gauge("crossback_expensive_memory_reserved_bytes", "Memory the running expensive calls reserved "
+                        "from node.expensive.memory_mib", self.limiter.reserved())
         yield from _gpu_memory(self.device)
 
 
-def _gpu_memory(device):
+def _gpu_memory(device) -> Iterable[Family]:
     if device is None or getattr(device, "type", None) != "cuda":
         return
     import torch
 
-    yield GaugeMetricFamily("crossback_gpu_memory_allocated_bytes", "GPU memory held by tensors (torch)",
-                            value=torch.cuda.memory_allocated(device))
-    yield GaugeMetricFamily("crossback_gpu_memory_reserved_bytes", "GPU memory torch's caching allocator holds",
-                            value=torch.cuda.memory_reserved(device))
+    yield gauge("crossback_gpu_memory_allocated_bytes", "GPU memory held by tensors (torch)",
+                torch.cuda.memory_allocated(device))
+    yield gauge("crossback_gpu_memory_reserved_bytes", "GPU memory torch's caching allocator holds",
+                torch.cuda.memory_reserved(device))

@@ -180,8 +180,7 @@ class Node:
             self._peer_clients.close()
             server.admission.close()
             if self._metrics_http is not None:
-                self._metrics_http.shutdown()
-                self._metrics_http.server_close()
+                self._metrics_http.close()
             servicer.payloads.flush()
             self.events.emit("node_stopped")
             self.events.close()

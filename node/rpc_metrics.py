@@ -3,7 +3,7 @@ code, and its time (``RpcMetrics``); on the client, the bytes of every reply rec
 
 ``RpcMetrics`` is the outermost interceptor, so it also sees the calls admission, PeerAuth and the
 request rules turn away. Method names outside this node's services count as ``other``: a caller
-choosing names cannot add series. This module does not import prometheus_client (the CLI's clients use it).
+choosing names cannot add series. The CLI's clients load this module: it imports no metrics machinery.
 """
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
@@ -28,7 +30,8 @@ def compose(files: list[str], *args: str, env: dict | None = None) -> subprocess
 
 @needs_compose
 @pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"],
-                                   ["docker-compose.yml", "docker-compose.jetson.yml"]])
+                                   ["docker-compose.yml", "docker-compose.jetson.yml"],
+                                   ["docker-compose.yml", "docker-compose.metrics.yml"]])
 def test_compose_files_validate(files):
     proc = compose(files, "config", "-q")
     assert proc.returncode == 0, proc.stderr
@@ -57,6 +60,39 @@ def test_public_override_publishes_each_node_and_advertises_that_port():
         assert service["environment"]["CROSSBACK_ADVERTISE"] == f"192.0.2.10:{port['published']}", name
         published.add(port["published"])
     assert len(published) == len(services) == 4
+
+
+@needs_compose
+def test_metrics_override_scrapes_every_node_on_the_port_it_serves():
+    proc = compose(["docker-compose.yml", "docker-compose.metrics.yml"], "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    services = json.loads(proc.stdout)["services"]
+    nodes = {name: s for name, s in services.items() if name != "prometheus"}
+    assert len(nodes) == 4
+    served = {}
+    for name, service in nodes.items():
+        listen = service["environment"]["CROSSBACK_METRICS"]
+        cfg = load_node_config(ROOT / service["command"][2].replace("/app/", ""),
+                               environ={**SWARM_ENV, "CROSSBACK_METRICS": listen})
+        assert cfg.node.metrics.listen == listen
+        served[name] = f"{name}:{listen.rpartition(':')[2]}"
+        assert listen.rpartition(":")[2] in service["expose"]
+    scrape = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    targets = {group["labels"]["node"]: target for group in job["static_configs"] for target in group["targets"]}
+    assert targets == served
+    prometheus = services["prometheus"]
+    assert prometheus["build"]["context"].endswith("docker/prometheus") and "image" in prometheus
+    assert [p["target"] for p in prometheus["ports"]] == [9090] and prometheus["ports"][0]["host_ip"] == "127.0.0.1"
+    dockerfile = (ROOT / "docker/prometheus/Dockerfile").read_text()
+    assert "ARG BASE=python:3.11-slim" in dockerfile and "apt-get install" in dockerfile  # no registry but Debian's
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs Debian's prometheus package (.ci/run installs it)")
+def test_the_compose_scrape_config_passes_promtool():
+    proc = subprocess.run(["promtool", "check", "config", str(ROOT / "docker/prometheus/prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @needs_compose

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,7 @@ from crossback.node.metrics import (
     TRAFFIC_KINDS,
     NodeMetrics,
 )
-from crossback.node.metrics_http import MAX_SCRAPES, serve_metrics
+from crossback.node.metrics_http import TIMEOUT, WORKERS, serve_metrics
 from crossback.node.node_config import load_node_config
 from crossback.node.rpc_metrics import METHODS, OTHER
 from crossback.node.transport import CallPolicy, PeerClient
@@ -42,12 +43,12 @@ ALLOWED = {"grpc_method": {*METHODS.values(), OTHER}, "grpc_code": {*STATUS_CODE
            "kind": {*TRAFFIC_KINDS, OTHER}, "event": {*EVENTS, OTHER}, "state": set(PEER_STATES),
            "by": {*REFUSERS, OTHER}, "reason": {*KINDS, *(r for rs in REFUSERS.values() for r in rs), OTHER},
            "phase": {*PHASES, OTHER}, "kept": {*ARMS, OTHER}, "result": {"chosen", "none"},
-           "le": {*(str(b) for b in SECONDS + SELECTION_SECONDS), "+Inf"},
+           "le": {*(repr(float(b)) for b in SECONDS + SELECTION_SECONDS), "+Inf"},
            "node_id": {"victim"}, "modality": {""}, "method": {""}, "software": {""}}
 
 
 def sample(metrics: NodeMetrics, name: str, **labels) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    return metrics.registry.value(name, **labels) or 0.0
 
 
 def test_every_event_the_code_writes_has_its_own_label():
@@ -170,13 +171,11 @@ def test_a_grpc_flood_of_distinct_callers_peers_and_kinds_adds_no_series(victim)
         flood(0, 500)
     finally:
         channel.close()
-    for family in m.registry.collect():  # every label value is one of a fixed list, none a caller's string
-        for name, labels, *_ in family.samples:
-            for key, value in labels.items():
-                assert value in ALLOWED[key], f"{name}{{{key}={value!r}}}"
+    for name, labels, _ in m.registry.samples():  # every label value is one of a fixed list, none a caller's string
+        for key, value in labels.items():
+            assert value in ALLOWED[key], f"{name}{{{key}={value!r}}}"
     handled = {(labels["grpc_method"], labels["grpc_code"]): value
-               for family in m.registry.collect() if family.name == "crossback_grpc_server_handled"
-               for name, labels, value, *_ in family.samples if name.endswith("_total")}
+               for name, labels, value in m.registry.samples() if name == "crossback_grpc_server_handled_total"}
     calls = lambda method: sum(v for (name, _), v in handled.items() if name == method)  # noqa: E731
     assert calls("ExchangePeers") == 500 and calls("FetchPayload") == 500 and calls("GetInfo") == 1000
     assert {code for name, code in handled if name == "FetchPayload"} <= {"INVALID_ARGUMENT", "UNAVAILABLE"}
@@ -216,28 +215,48 @@ def test_the_endpoint_serves_the_text_format_and_bounds_open_connections():
             urllib.request.urlopen(f"http://{address}/secrets", timeout=5)
         assert err.value.code == 404
         host, port = address.rsplit(":", 1)
-        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(MAX_SCRAPES)]
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(WORKERS)]
         try:
-            extra = socket.create_connection((host, int(port)), timeout=5)
+            extra = socket.create_connection((host, int(port)), timeout=0.5)
             extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            assert extra.recv(100) == b""  # closed unanswered while the slots are held
-            extra.close()
+            with pytest.raises(socket.timeout):
+                extra.recv(100)  # every worker is held by a connection that sends nothing
         finally:
             for s in idle:
                 s.close()
-        for _ in range(50):  # the slots come back as the idle connections end
-            try:
-                if urllib.request.urlopen(f"http://{address}/metrics", timeout=5).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-        else:
-            pytest.fail("the endpoint did not answer again after the idle connections closed")
+        extra.settimeout(5)
+        assert extra.recv(100).startswith(b"HTTP/1.1 200 OK")  # answered once the idle ones went away
+        extra.close()
+        slow = socket.create_connection((host, int(port)), timeout=10)
+        slow.sendall(b"GET /metrics HTTP/1.0\r\n")  # never finishes its request
+        started = time.monotonic()
+        assert slow.recv(100) == b"" and time.monotonic() - started <= TIMEOUT + 2  # dropped after the timeout
+        slow.close()
         with pytest.raises(StateInUse, match="node.metrics.listen"):
             serve_metrics(address, m.registry)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+def test_the_text_format_parses_back_to_every_sample_with_prometheus_own_parser():
+    m = NodeMetrics("n\\o\"de\n", modality="image", process=False)  # needs escaping
+    m.handled("GetInfo", "OK", 0.003)
+    m.handled("GetInfo", "OK", 7.0)
+    m.handled("FetchKV", "UNAVAILABLE", 120.0)  # past the last bucket: only +Inf
+    m.sent("kv", 4096)
+    m.observe({"event": "backbone_selected", "chosen": None, "seconds": 0.2, "candidates": [], "skipped": []})
+    m.loss.set(float("nan"))
+    parsed = {(s.name, tuple(sorted(s.labels.items())), s.value)
+              for family in text_string_to_metric_families(m.registry.render().decode()) for s in family.samples}
+    ours = {(name, tuple(sorted(labels.items())), value) for name, labels, value in m.registry.samples()}
+    nan = lambda rows: {r for r in rows if r[2] != r[2]}  # noqa: E731  (NaN != NaN)
+    assert {r[:2] for r in nan(parsed)} == {r[:2] for r in nan(ours)} == {("crossback_train_loss", ())}
+    assert parsed - nan(parsed) == ours - nan(ours)
+    assert m.registry.value("crossback_grpc_server_handling_seconds_bucket", grpc_method="GetInfo", le="0.005") == 1
+    assert m.registry.value("crossback_grpc_server_handling_seconds_bucket", grpc_method="FetchKV", le="60.0") == 0
+    assert m.registry.value("crossback_grpc_server_handling_seconds_bucket", grpc_method="FetchKV", le="+Inf") == 1
+    with pytest.raises(ValueError, match="crossback_payloads_sent_total"):
+        m.payloads_sent.labels("kv", "extra")
 
 
 def test_two_nodes_in_one_process_count_apart():

@@ -66,3 +66,18 @@ def test_selection_scale_benchmark_probes_at_most_m_peers_of_a_large_view(tmp_pa
     rows = {(r["peers"], r["max_candidates"]): r for r in json.loads(out.read_text())["rows"]}
     assert rows[(6, 3)]["probed"] == rows[(12, 3)]["probed"] == 3 and rows[(12, 0)]["probed"] == 12
     assert rows[(12, 3)]["bytes_median"] < rows[(12, 0)]["bytes_median"]
+
+
+def test_metrics_benchmark_measures_training_rpcs_a_flood_and_scrapes(tmp_path, monkeypatch):
+    out = tmp_path / "metrics.json"
+    _run_script("metrics.py", ["--repeats", "1", "--calls", "20", "--flood", "50", "--scrapes", "20",
+                               "--json", str(out)], monkeypatch)
+    figures = json.loads(out.read_text())
+    assert figures["training"]["ratio"] > 0 and 0 < figures["training"]["metrics_share_of_a_step"] < 0.02
+    assert figures["rpc"]["ratio"] > 0 and figures["flood"]["distinct_caller_ids"] == 50
+    assert figures["flood"]["added"] <= 5  # distinct hostile ids never become labels
+    for name in ("busy_node", "every_label"):
+        scrape = figures["scrape"][name]
+        assert scrape["count"] == 60 and scrape["series"] > 100 and scrape["node_p50_ms"] > 0
+        assert len(scrape["node_p99_ms_by_round"]) == 3
+    assert figures["scrape"]["every_label"]["series"] > figures["scrape"]["busy_node"]["series"]

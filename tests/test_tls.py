@@ -52,8 +52,7 @@ def node_a(pki, tmp_path_factory, a_metrics):
 
 def refusals(metrics: NodeMetrics, reason: str) -> float:
     """PeerAuth's refusals of ``reason`` counted in a node's metrics."""
-    return metrics.registry.get_sample_value("crossback_requests_refused_total",
-                                             {"by": "peer_auth", "reason": reason}) or 0.0
+    return metrics.registry.value("crossback_requests_refused_total", by="peer_auth", reason=reason) or 0.0
 
 
 def code_of(call) -> tuple[grpc.StatusCode, str]:
