@@ -29,10 +29,11 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     metrics = run_training(cfg, args.out, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-                           device=args.device)
+                           device=args.device, tensorboard=args.tensorboard)
     print(f"average accuracy {metrics['average_accuracy']:.3f}  bwt {_fmt(metrics['bwt'])}  "
           f"forgetting {_fmt(metrics['forgetting'])}  ({metrics['seconds']:.1f}s)")
-    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'metrics.csv'}"
+          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if args.tensorboard else ""))
     return 0
 
 
@@ -353,6 +354,8 @@ def _add_run_commands(sub) -> None:
     train.add_argument("--out", required=True, type=Path, help="run folder; re-running resumes it")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto: CUDA, MPS, CPU)")
+    train.add_argument("--tensorboard", type=Path, metavar="DIR", help="also write TensorBoard event files here "
+                       "(loss and accuracy per epoch, the accuracy matrix, BWT, forgetting; Avalanche's names)")
     train.set_defaults(func=_train)
     ev = sub.add_parser("evaluate", help="reload a run's latest checkpoint and re-score its tasks")
     ev.add_argument("run_dir", type=Path)

@@ -14,6 +14,7 @@ from crossback.data.prepare import prepare_tasks
 from crossback.data.tasks import data_warnings
 from crossback.models.learner import ContinualLearner, new_learner
 from crossback.models.methods import TaskData, learn_task
+from crossback.models.metric_log import MetricLog
 from crossback.models.metrics import summarize
 from crossback.models.persistence import (
     latest_checkpoint,
@@ -25,7 +26,7 @@ from crossback.models.persistence import (
 from crossback.models.training import evaluate
 from crossback.node.devices import resolve_device
 
-CONFIG_FILE, METRICS_FILE, CHECKPOINTS = "config.json", "metrics.json", "checkpoints"
+CONFIG_FILE, METRICS_FILE, METRICS_CSV, CHECKPOINTS = "config.json", "metrics.json", "metrics.csv", "checkpoints"
 
 
 def _check_resume(out: Path, cfg: RunConfig) -> None:
@@ -45,11 +46,12 @@ def _check_resume(out: Path, cfg: RunConfig) -> None:
                           "the config may only append tasks")
 
 
-def _progress_bar(task: str, index: int, total_tasks: int, enabled: bool):
+def _progress_bar(task: str, index: int, total_tasks: int, enabled: bool, log: MetricLog):
     bar = tqdm(desc=f"task {index + 1}/{total_tasks} {task}", unit="ep", file=sys.stderr,
                disable=not enabled, leave=True, dynamic_ncols=True)
 
-    def update(phase: str, epoch: int, epochs: int, loss: float) -> None:
+    def update(phase: str, epoch: int, epochs: int, loss: float, accuracy: float) -> None:
+        log.epoch(index, loss, accuracy)
         bar.set_postfix_str(f"{phase} {epoch}/{epochs} loss {loss:.3f}")
         bar.update(1)
 
@@ -94,7 +96,10 @@ def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict]
     return payload
 
 
-def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, device: str = "cpu") -> dict:
+def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, device: str = "cpu",
+                 tensorboard: Path | None = None) -> dict:
+    """Learn the config's tasks into ``out`` (resuming what it holds): checkpoints, metrics.json and
+    metrics.csv (Avalanche's metric names, models.metric_log), and with ``tensorboard`` event files there."""
     out = Path(out)
     target = resolve_device(device, "--device")
     _check_resume(out, cfg)
@@ -109,25 +114,33 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
         latest, learner, state = intact
         learner.to(target)
         rows, scratch, seconds = state["accuracy_matrix"], state.get("scratch_accuracy"), state["seconds"]
+        history = state.get("metric_rows", [])
         log(f"resuming from {latest} ({len(learner.tasks)} finished task(s))")
     else:
         learner, rows, scratch, seconds = new_learner(cfg).to(target), [], ([] if cfg.eval.scratch_baseline else None), 0.0
+        history = []
     metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
-    for i in range(len(learner.tasks), len(tasks)):
-        started = time.perf_counter()
-        data = tasks[i]
-        bar, update = _progress_bar(data.name, i, len(tasks), progress)
-        learn_task(learner, data, cfg.method, cfg.train, update)
-        bar.total = bar.n
-        bar.close()
-        rows.append([evaluate(learner, j, tasks[j].test, cfg.train.eval_batch_size) for j in range(i + 1)])
-        if scratch is not None:
-            scratch.append(scratch_accuracy(cfg, data))
-        seconds += time.perf_counter() - started
-        save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows, "scratch_accuracy": scratch, "seconds": seconds})
-        metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
-        write_json_atomic(out / METRICS_FILE, metrics)
-        log(f"task {i + 1}/{len(tasks)} {data.name!r}: " + ", ".join(f"{a:.3f}" for a in rows[-1]))
+    curves = MetricLog(out / METRICS_CSV, tensorboard, history)
+    try:
+        for i in range(len(learner.tasks), len(tasks)):
+            started = time.perf_counter()
+            data = tasks[i]
+            bar, update = _progress_bar(data.name, i, len(tasks), progress, curves)
+            learn_task(learner, data, cfg.method, cfg.train, update)
+            bar.total = bar.n
+            bar.close()
+            rows.append([evaluate(learner, j, tasks[j].test, cfg.train.eval_batch_size) for j in range(i + 1)])
+            if scratch is not None:
+                scratch.append(scratch_accuracy(cfg, data))
+            seconds += time.perf_counter() - started
+            curves.task_done(rows, scratch)
+            save_checkpoint(ckpt_root, learner, {"accuracy_matrix": rows, "scratch_accuracy": scratch, "seconds": seconds,
+                                                 "metric_rows": curves.rows})
+            metrics = metrics_payload(cfg, learner, infos, rows, scratch, seconds)
+            write_json_atomic(out / METRICS_FILE, metrics)
+            log(f"task {i + 1}/{len(tasks)} {data.name!r}: " + ", ".join(f"{a:.3f}" for a in rows[-1]))
+    finally:
+        curves.close()
     return metrics
 
 

@@ -25,8 +25,9 @@ class Split:
         return int(self.labels.shape[0])
 
 
-# progress(phase, step, total, loss): called once per epoch
-Progress = Callable[[str, int, int, float], None]
+# progress(phase, epoch, epochs, loss, accuracy): called once per epoch, with the epoch's mean training
+# loss and its accuracy on the training batches as they were trained (Avalanche's Top1_Acc_Epoch)
+Progress = Callable[[str, int, int, float, float], None]
 
 
 # before_step(step) / after_step(step): called around every optimiser step, counted from 0
@@ -62,7 +63,7 @@ def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_s
     last = float("nan")
     step = 0
     for epoch, batches in enumerate(epoch_batches(n, opts.batch_size, epochs, generator)):
-        total, seen = 0.0, 0
+        total, seen, correct = 0.0, 0, 0
         for idx in batches:
             weight = None
             if parallel is not None:
@@ -70,13 +71,16 @@ def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_s
             x, y = data.inputs[idx].to(learner.device), data.labels[idx].to(learner.device)
             if before_step:
                 before_step(step)
+            logits = forward(x)
             if weight is None:
-                loss = F.cross_entropy(forward(x), y)
+                loss = F.cross_entropy(logits, y)
                 batch_loss, items = float(loss.detach()) * len(idx), len(idx)
             else:
-                summed = F.cross_entropy(forward(x), y, reduction="sum")
+                summed = F.cross_entropy(logits, y, reduction="sum")
                 loss = summed * weight
                 batch_loss, items = (float(summed.detach()), len(idx)) if weight else (0.0, 0)
+            if items:
+                correct += int((logits.detach().argmax(1) == y).sum())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -86,10 +90,10 @@ def _fit(learner, task, data, epochs, opts, generator, phase, progress, before_s
             total += batch_loss
             seen += items
         if parallel is not None:
-            total, seen = parallel.sum(total, seen)
+            total, seen, correct = parallel.sum(total, seen, correct)
         last = total / max(seen, 1)
         if progress:
-            progress(phase, epoch + 1, epochs, last)
+            progress(phase, epoch + 1, epochs, last, correct / max(seen, 1))
     return last
 
 

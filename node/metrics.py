@@ -79,6 +79,7 @@ class NodeMetrics:
         self.task_index.set(-1)
         self.epoch = r.gauge("crossback_train_epoch", "Epoch just finished in the current training phase")
         self.loss = r.gauge("crossback_train_loss", "Training loss of the last epoch")
+        self.train_accuracy = r.gauge("crossback_train_accuracy", "Accuracy on the training batches of the last epoch")
         self.epochs = r.counter("crossback_train_epochs_total", "Training epochs run, by phase", ("phase",))
         self.task_accuracy = r.gauge("crossback_task_accuracy", "Test accuracy of the last finished task, right "
                                      "after it was learned")
@@ -115,10 +116,11 @@ class NodeMetrics:
         if handler is not None:
             handler(self, record)
 
-    def progress(self, phase: str, epoch: int, _total: int, loss: float) -> None:
+    def progress(self, phase: str, epoch: int, _total: int, loss: float, accuracy: float = float("nan")) -> None:
         """An epoch finished (models.training's progress callback)."""
         self.epoch.set(epoch)
         self.loss.set(loss)
+        self.train_accuracy.set(accuracy)
         self.epochs.labels(label(re.sub(r"\d+$", "", phase), PHASES)).inc()
 
     def sent(self, kind: str, nbytes: int) -> None:
