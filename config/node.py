@@ -132,6 +132,9 @@ class NodeSettings:
     expensive: CallLimits = field(default_factory=CallLimits)
     tls: TlsSettings = field(default_factory=TlsSettings)  # mutual TLS (node/tls.py); unset: plaintext
     metrics: MetricsSettings = field(default_factory=MetricsSettings)  # Prometheus (node/metrics.py); unset: off
+    # a folder for TensorBoard event files of this node's curves and selections; empty: none (the same
+    # values always go to log_dir/<node_id>.metrics.csv)
+    tensorboard: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ ENV_VARS = {
     "log_dir": "CROSSBACK_LOG_DIR",
     "tls_dir": "CROSSBACK_TLS_DIR",  # node.tls.dir
     "metrics": "CROSSBACK_METRICS",  # node.metrics.listen
+    "tensorboard": "CROSSBACK_TENSORBOARD",
 }
 NESTED_ENV = {"tls_dir": "tls.dir", "metrics": "metrics.listen"}  # the keys above that set a nested one
 

@@ -23,6 +23,7 @@ from crossback.data.public_set import public_set_for
 from crossback.data.tasks import data_warnings
 from crossback.models.learner import new_learner
 from crossback.models.methods import learn_task
+from crossback.models.metric_log import MetricLog, selection_rows
 from crossback.models.parallel import DataParallel
 from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import (
@@ -79,8 +80,11 @@ class Node:
         # Prometheus metrics (node.metrics): fed by every event the log gets, so the two cannot disagree
         self.metrics = NodeMetrics(s.node_id, cfg.run.data.modality, cfg.run.method.name, software_version()) \
             if serves and s.metrics.enabled else None
+        self._curves: MetricLog | None = None  # this node's curves and selections (models.metric_log), rank 0
+        self._learning = -1  # the task being learned
+        listeners = ((self.metrics.observe,) if self.metrics else ()) + (self._log_selection,)
         self.events = EventLog(s.node_id, self.log_dir / f"{s.node_id}.jsonl", console=console,
-                               listeners=(self.metrics.observe,) if self.metrics else ()) if serves else None
+                               listeners=listeners) if serves else None
         self._snapshot: Snapshot | None = None
         self._metrics_http = None
         self._public = None  # the public paired set in this node's view, when it serves public_features
@@ -127,7 +131,14 @@ class Node:
         """After every training epoch (models.training's progress): the metrics, then whether to stop."""
         if self.metrics is not None:
             self.metrics.progress(*progress)
+        if self._curves is not None:
+            self._curves.epoch(self._learning, progress[3], progress[4])
         self._check_stop()
+
+    def _log_selection(self, record: dict) -> None:
+        """An event-log listener: a selection's scores and arms' accuracies into the curves."""
+        if self._curves is not None and record["event"] in ("backbone_selected", "transfer_done"):
+            self._curves.add(selection_rows(record.get("index", self._learning), record))
 
     def _stopping(self) -> bool:
         """Whether to stop; the ranks of one node decide together, or one would wait on the others forever."""
@@ -274,23 +285,31 @@ class Node:
         ckpt_root = self.state_dir / "checkpoints"
         self.state_dir.mkdir(parents=True, exist_ok=True)  # config.json beside the checkpoints: crossback evaluate
         write_json_atomic(self.state_dir / "config.json", config_to_dict(self.run_cfg))
-        learner, rows = self._resume(ckpt_root, tasks)
+        learner, rows, history = self._resume(ckpt_root, tasks)
         if self._parallel is not None:
             broadcast_learner(self._parallel, learner, self.device)
-        for i in range(len(learner.tasks), len(tasks)):
-            if self._stopping() or not self._learn_task(learner, i, tasks, rows, ckpt_root):
-                return
+        s = self.settings
+        self._curves = MetricLog(self.log_dir / f"{s.node_id}.metrics.csv",
+                                 Path(s.tensorboard) if s.tensorboard else None, history)
+        try:
+            for i in range(len(learner.tasks), len(tasks)):
+                if self._stopping() or not self._learn_task(learner, i, tasks, rows, ckpt_root):
+                    return
+        finally:
+            self._curves.close()
+            self._curves = None
         self.events.emit("tasks_done", finished=len(learner.tasks))
 
     def _resume(self, ckpt_root: Path, tasks) -> tuple:
-        """(learner, accuracy rows) from the newest intact checkpoint (publishing it), or a new learner."""
+        """(learner, accuracy rows, metric-log rows) from the newest intact checkpoint (publishing it), or a
+        new learner."""
         def corrupt(exc, moved):
             self.events.emit("checkpoint_corrupt", file=str(exc.path), expected_sha256=exc.expected,
                              actual_sha256=exc.actual, moved_to=str(moved), error=str(exc)[:1000])
 
         intact = latest_intact_checkpoint(ckpt_root, corrupt)
         if intact is None:
-            return new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), []
+            return new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), [], []
         latest, learner, state = intact
         if is_legacy(latest):  # written before digests: adopt it as it is now, so later damage is caught
             latest = save_checkpoint(ckpt_root, learner, state)
@@ -305,11 +324,12 @@ class Node:
             raise ConfigError(f"{self.state_dir} holds tasks {names}, which the config's tasks do not start with")
         self.publish(latest, tasks[len(names) - 1].train)
         self.events.emit("resumed", checkpoint=str(latest), finished_tasks=names)
-        return learner, state.get("accuracy_matrix", [])
+        return learner, state.get("accuracy_matrix", []), state.get("metric_rows", [])
 
     def _learn_task(self, learner, i: int, tasks, rows: list, ckpt_root: Path) -> bool:
         """Task ``i``: learn it locally, borrow (selection on), checkpoint and publish; False if stopped."""
         data, parallel = tasks[i], self._parallel
+        self._learning = i
         self.events.emit("task_started", task=data.name, index=i, classes=len(data.classes))
         started = time.perf_counter()
         try:
@@ -331,7 +351,8 @@ class Node:
             broadcast_learner(parallel, learner, self.device)
             ranks["synced"] = ranks_agree(parallel, learner)
         rows.append([evaluate(learner, j, tasks[j].test) for j in range(i + 1)])
-        folder = self._checkpoint(ckpt_root, learner, {"accuracy_matrix": rows})
+        self._curves.task_done(rows)
+        folder = self._checkpoint(ckpt_root, learner, {"accuracy_matrix": rows, "metric_rows": self._curves.rows})
         if folder is None:  # asked to stop before the disk took it: the task is relearned next start
             self.events.emit("task_interrupted", task=data.name, index=i, reason="checkpoint not written")
             return False

@@ -1,4 +1,5 @@
 """`crossback demo`: a real 4-process swarm on loopback, end to end, and the privacy contract."""
+import csv
 import json
 import math
 import subprocess
@@ -18,7 +19,8 @@ ALLOWED_PAYLOADS = {"kv", "ddv", "backbone", "membership", "info", "info_request
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "demo", "--out", str(out), "--nodes", "4",
-                           "--epochs", "3", "--adapt-epochs", "1", "--seed", "0", "--timeout", "240"],
+                           "--epochs", "3", "--adapt-epochs", "1", "--seed", "0", "--timeout", "240",
+                           "--tensorboard", str(out / "board")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, json.loads((out / "summary.json").read_text()), proc
@@ -185,3 +187,24 @@ def test_the_demo_ends_with_one_example_prediction_per_receiver(demo):
         assert ex["task"] == receivers[node]["tasks"][-1] and ex["label"] == ex["top"][0][0]
         assert len(ex["top"]) == 3 and ex["truth"] and abs(sum(p for _, p in ex["top"])) <= 1.0 + 1e-6
         assert f"{node} predicts" in proc.stdout
+
+
+def test_every_node_writes_its_curves_and_the_demo_one_csv_of_them(demo):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, summary, _ = demo
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    nodes = {n["node_id"] for n in summary["nodes"]}
+    assert {r["node"] for r in rows} == nodes
+    for node in nodes:
+        board = EventAccumulator(str(out / "board" / node), size_guidance={"scalars": 0})
+        board.Reload()
+        mine = [r for r in rows if r["node"] == node]
+        assert {r["metric"] for r in mine} == set(board.Tags()["scalars"])
+        assert any(r["metric"].startswith("Top1_Acc_Epoch/train_phase/train_stream/") for r in mine)
+    scored = [r for r in rows if r["metric"].startswith("Selection/")]
+    assert scored and {r["metric"].split("/")[2] for r in scored} <= nodes  # candidates are the swarm's nodes
+    receivers = {n["node_id"] for n in summary["nodes"] if n["role"] == "receiver"}
+    kept = {(r["node"], r["metric"]) for r in rows if r["metric"].startswith("Transfer/Top1_Acc/")}
+    assert {node for node, _ in kept} >= receivers and ("" not in {m for _, m in kept})

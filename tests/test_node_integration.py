@@ -1,6 +1,7 @@
 """Real node processes on 127.0.0.1 talking gRPC: membership, failure detection, KV, bad requests."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -42,7 +43,7 @@ class NodeProc:
     def start(self) -> "NodeProc":
         args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(self.config),
                 "--node-id", self.node_id, "--listen", "127.0.0.1:0", "--state-dir", str(self.root / "state" / self.node_id),
-                "--log-dir", str(self.root / "logs")]
+                "--log-dir", str(self.root / "logs"), "--tensorboard", str(self.root / "tensorboard" / self.node_id)]
         if self.seeds:
             args += ["--seed-peers", ",".join(self.seeds)]
         self.started_at = len(read_events(self.log))
@@ -231,6 +232,44 @@ def test_a_real_prometheus_scrapes_every_node_and_agrees_with_their_logs(swarm, 
         assert alive == {"a": 2, "b": 2, "c": 2}
         assert all(v > 0 for _, v in query(url, "process_resident_memory_bytes"))
         assert {labels["node"]: v for labels, v in query(url, "crossback_snapshot_version")} == {"a": 2, "b": 2, "c": 2}
+
+
+def test_each_node_writes_its_curves_matrix_and_selections_to_csv_and_tensorboard(swarm):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    stream = "eval_phase/test_stream"
+    for name, node in swarm.items():
+        with open(node.root / "logs" / f"{name}.metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        board = EventAccumulator(str(node.root / "tensorboard" / name), size_guidance={"scalars": 0})
+        board.Reload()
+        tags = set(board.Tags()["scalars"])
+        assert {r["metric"] for r in rows} == tags  # the same values in both
+        for finished in node.events("task_finished"):  # the matrix's row i: what the node logged after task i
+            i = finished["index"]
+            for j, accuracy in enumerate(finished["accuracies"]):
+                tag = f"Top1_Acc_Exp/{stream}/Task{j:03d}/Exp{j:03d}"
+                assert [e.value for e in board.Scalars(tag) if e.step == i] == [pytest.approx(accuracy, rel=1e-6)]
+        assert any(t.startswith("Loss_Epoch/train_phase/train_stream/Task001") for t in tags)
+        assert f"StreamBWT/{stream}" in tags and f"Top1_Acc_Stream/{stream}" in tags
+        for selected in node.events("backbone_selected"):
+            for cand in (c for c in selected["candidates"] if c.get("scores")):
+                score = next(iter(cand["scores"]))
+                assert f"Selection/{score}/{cand['peer']}" in tags
+        for done in node.events("transfer_done"):
+            assert {f"Transfer/Top1_Acc/{arm}" for arm in done["accuracy"]} <= tags
+    assert any(t.startswith("Selection/") for t in tags_of(swarm))  # someone scored a candidate
+
+
+def tags_of(swarm: dict) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = set()
+    for name, node in swarm.items():
+        board = EventAccumulator(str(node.root / "tensorboard" / name))
+        board.Reload()
+        out |= set(board.Tags()["scalars"])
+    return out
 
 
 def test_sigkilled_node_is_reported_dead_then_readmitted_with_its_tasks(swarm):
