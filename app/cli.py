@@ -248,6 +248,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
     import dataclasses
     import shlex
 
+    from crossback.bench.curves import write_curves
     from crossback.bench.report import analyse, environment, write_report
     from crossback.bench.runner import run_bench
     from crossback.config.bench import load_bench_config
@@ -280,8 +281,10 @@ def _bench_transfer(args: argparse.Namespace) -> int:
         + (["--quick"] if args.quick else []) + (["--borrow", args.borrow] if args.borrow else [])
         + (["--strategy", args.strategy] if args.strategy else []))
     write_report(result, records, Path(args.out), f"Transfer benchmark: {cfg.regime}", command)
+    write_curves(records, Path(args.out), args.tensorboard)
     print((Path(args.out) / "results.md").read_text())
-    print(f"wrote {Path(args.out) / 'results.json'}, results.md and results.png")
+    print(f"wrote {Path(args.out) / 'results.json'}, results.md, results.png and results.csv"
+          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if args.tensorboard else ""))
     return 0
 
 
@@ -469,6 +472,8 @@ def _add_bench_commands(sub) -> None:
     bt.add_argument("--quick", action="store_true", help="apply the config's quick: overrides (a CI-sized run)")
     bt.add_argument("--borrow", choices=PART_KINDS, help="override transfer.borrow of the config")
     bt.add_argument("--strategy", help="override transfer.strategy of the config (a name transfer/registry.py lists)")
+    bt.add_argument("--tensorboard", type=Path, metavar="DIR", help="also write TensorBoard event files here: one "
+                    "run per receiver, shots and seed (arm accuracies and selection scores by task)")
     bt.add_argument("--run-seeds", help="run only these of the seeds (e.g. 0,2,4; another process may run the "
                     "others into the same --out); the report covers every seed found there")
     bt.add_argument("--no-progress", action="store_true")

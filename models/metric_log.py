@@ -78,7 +78,7 @@ class MetricLog:
             self._writer.writerow(HEADER)
             self._writer.writerows(self.rows)
             self._csv.flush()
-        self._tb = _summary_writer(tensorboard, self.epochs + 1) if tensorboard is not None else None
+        self._tb = summary_writer(tensorboard, self.epochs + 1) if tensorboard is not None else None
 
     def add(self, rows: list[Row]) -> None:
         for row in rows:
@@ -127,7 +127,7 @@ def matrix_markdown(matrix: list[list[float | None]]) -> str:
     return "\n".join(lines)
 
 
-def _summary_writer(folder: Path, purge_step: int):
+def summary_writer(folder: Path, purge_step: int = 0):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

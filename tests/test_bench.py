@@ -1,4 +1,5 @@
 """The transfer benchmark: every arm from the same M_loc, the untrained control, paired CIs, resumable."""
+import csv
 import json
 import os
 import subprocess
@@ -104,7 +105,8 @@ def test_cli_writes_results_table_and_plot(tmp_path):
     data["nodes"] = [n for n in data["nodes"] if n["name"] != "wide"]
     cfg.write_text(yaml.safe_dump(data))
     proc = subprocess.run([sys.executable, "-m", "crossback.app.cli", "bench", "transfer", "--config", str(cfg),
-                           "--seeds", "1", "--out", str(tmp_path / "out"), "--quick", "--no-progress"],
+                           "--seeds", "1", "--out", str(tmp_path / "out"), "--quick", "--no-progress",
+                           "--tensorboard", str(tmp_path / "board")],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -113,6 +115,23 @@ def test_cli_writes_results_table_and_plot(tmp_path):
     assert "| untrained |" in md and "| selected:ddv |" in md and "Spearman" in md
     assert (tmp_path / "out" / "results.png").stat().st_size > 10_000
     assert len(result["per_unit"]) == 2
+    with open(tmp_path / "out" / "results.csv", newline="") as f:  # every arm of every unit, as results.json
+        rows = list(csv.DictReader(f))
+    for unit in result["per_unit"]:
+        for arm, accuracy in unit["arms"].items():
+            (row,) = [r for r in rows if r["task"] == unit["task"] and r["seed"] == str(unit["seed"])
+                      and r["metric"] == f"Top1_Acc_Exp/eval_phase/test_stream/{arm}"]
+            assert float(row["value"]) == accuracy
+    assert any(r["metric"].startswith("Selection/ddv/") for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (run,) = [p.parent for p in (tmp_path / "board").rglob("events.out.tfevents.*")]
+    board = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    board.Reload()
+    unit = result["per_unit"][0]
+    index = next(int(r["index"]) for r in rows if r["task"] == unit["task"])
+    none = [e.value for e in board.Scalars("Top1_Acc_Exp/eval_phase/test_stream/none") if e.step == index]
+    assert none == [pytest.approx(unit["arms"]["none"], rel=1e-6)]
 
 
 @pytest.mark.parametrize("over, needle", [
