@@ -45,30 +45,12 @@ class RpcMetrics(grpc.ServerInterceptor):
         method = METHODS.get(details.method, OTHER)
         done = self.metrics.handled
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary(request, context):
-                started, failed = time.perf_counter(), True
-                try:
-                    reply = inner(request, context)
-                    failed = False
-                    return reply
-                finally:
-                    done(method, _code(context, failed), time.perf_counter() - started)
-            return grpc.unary_unary_rpc_method_handler(_keep(inner, unary), handler.request_deserializer,
-                                                       handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(_counted(handler.unary_unary, method, done),
+                                                       handler.request_deserializer, handler.response_serializer)
         inner_stream = handler.unary_stream
         if getattr(inner_stream, "experimental_non_blocking", False):  # Health/Watch: counted when it opens
-            def opened(request, context, send_response_callback=None):
-                started, failed = time.perf_counter(), True
-                try:
-                    result = inner_stream(request, context, send_response_callback=send_response_callback)
-                    failed = False
-                    return result
-                finally:
-                    done(method, _code(context, failed), time.perf_counter() - started)
-            return grpc.unary_stream_rpc_method_handler(_keep(inner_stream, opened), handler.request_deserializer,
-                                                        handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(_counted(inner_stream, method, done),
+                                                        handler.request_deserializer, handler.response_serializer)
 
         def stream(request, context):
             started, failed, code = time.perf_counter(), True, None
@@ -82,6 +64,19 @@ class RpcMetrics(grpc.ServerInterceptor):
                 done(method, code or _code(context, failed), time.perf_counter() - started)
         return grpc.unary_stream_rpc_method_handler(_keep(inner_stream, stream), handler.request_deserializer,
                                                     handler.response_serializer)
+
+
+def _counted(inner, method: str, done):
+    """``inner`` (a unary behaviour, or a non-blocking stream's opening) counted and timed when it returns."""
+    def call(request, context, *args, **kwargs):
+        started, failed = time.perf_counter(), True
+        try:
+            result = inner(request, context, *args, **kwargs)
+            failed = False
+            return result
+        finally:
+            done(method, _code(context, failed), time.perf_counter() - started)
+    return _keep(inner, call)
 
 
 def _keep(inner, outer):

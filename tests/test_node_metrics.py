@@ -277,3 +277,20 @@ def test_the_setting_comes_from_the_file_the_environment_or_the_flag(tmp_path):
     assert not load_node_config(plain, environ={}).node.metrics.enabled
     with pytest.raises(ConfigError, match=r"n\.yaml.*node\.metrics\.listen: '9100' is not host:port"):
         load_node_config(path, {"metrics": "9100"}, environ={})
+
+
+def test_a_health_watch_stream_through_the_counting_interceptor_still_streams(victim):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address, m = victim
+    channel = grpc.insecure_channel(address)
+    try:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+        stream.cancel()
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        channel.close()
+    assert sample(m, "crossback_grpc_server_handled_total", grpc_method="Health.Watch", grpc_code="OK") == 1
+    assert sample(m, "crossback_grpc_server_handled_total", grpc_method="Health.Check", grpc_code="OK") == 1
