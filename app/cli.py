@@ -227,7 +227,7 @@ def _up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     return run_up(args.out, stop, nodes=args.nodes, seed=args.seed, epochs=args.epochs, adapt_epochs=args.adapt_epochs,
                   host=args.host, port=args.port, advertise_host=args.advertise_host,
-                  log=lambda m: print(m, file=sys.stderr, flush=True))
+                  log=lambda m: print(m, file=sys.stderr, flush=True), metrics_port=args.metrics_port)
 
 
 def _swarm(args: argparse.Namespace) -> int:
@@ -449,6 +449,8 @@ def _add_swarm_commands(sub) -> None:
     up.add_argument("--host", default="127.0.0.1", help="address the nodes bind (0.0.0.0: every interface)")
     up.add_argument("--port", type=int, default=50051, help="node i listens on PORT+i")
     up.add_argument("--advertise-host", help="address other machines dial (default: --host)")
+    up.add_argument("--metrics-port", type=int, help="node i serves Prometheus metrics on PORT+i; OUT/prometheus.yml "
+                    "scrapes them all (docs/metrics.md)")
     up.set_defaults(func=_up)
     swarm = sub.add_parser("swarm", help="run the demo swarm once per kept arm and seed; mean ± std table")
     swarm.add_argument("--config", required=True, type=Path, help="YAML: nodes, epochs, adapt_epochs, timeout")

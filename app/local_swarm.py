@@ -11,29 +11,41 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, wait_for_event
 from crossback.config.errors import ConfigError
 from crossback.config.node import write_node_config
 from crossback.node.addresses import WILDCARD_HOSTS, join_host_port
 
 
-def _check_free(host: str, port: int) -> None:
+def _check_free(host: str, port: int, flag: str = "--port") -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"--port: {join_host_port(host, port)} is not free ({exc.strerror or exc})") from None
+            raise ConfigError(f"{flag}: {join_host_port(host, port)} is not free ({exc.strerror or exc})") from None
+
+
+def scrape_config(targets: dict[str, str], interval: float = 5.0) -> dict:
+    """A Prometheus config scraping each node's ``/metrics``; ``targets``: node id -> host:port (its
+    metrics address). Every series gets a ``node`` label, the node's id."""
+    return {"global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
+            "scrape_configs": [{"job_name": "crossback", "metrics_path": "/metrics", "static_configs": [
+                {"targets": [address], "labels": {"node": node}} for node, address in targets.items()]}]}
 
 
 def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epochs: int = 30, adapt_epochs: int = 8,
            host: str = "127.0.0.1", port: int = 50051, advertise_host: str | None = None, log=print,
-           start_timeout: float = 60.0) -> int:
-    """Run until ``stop`` is set; returns 0, or 1 when a node process died on its own."""
+           start_timeout: float = 60.0, metrics_port: int | None = None) -> int:
+    """Run until ``stop`` is set; returns 0, or 1 when a node process died on its own. ``metrics_port``:
+    node i serves Prometheus metrics on HOST:METRICS_PORT+i, and ``out/prometheus.yml`` scrapes them."""
     if nodes < 2:
         raise ConfigError("--nodes: a swarm needs at least 2")
-    if not 1 <= port <= 65535 - nodes:
-        raise ConfigError(f"--port: {port} leaves no room for {nodes} consecutive ports")
+    for flag, first in (("--port", port), ("--metrics-port", metrics_port)):
+        if first is not None and not 1 <= first <= 65535 - nodes:
+            raise ConfigError(f"{flag}: {first} leaves no room for {nodes} consecutive ports")
     advertise_host = advertise_host or host
     if advertise_host in WILDCARD_HOSTS:
         raise ConfigError(f"--advertise-host: required when --host is {host!r} (the address other machines dial)")
@@ -41,6 +53,8 @@ def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epoc
     plan = node_plan(nodes)
     for i in range(nodes):
         _check_free(host, port + i)
+        if metrics_port is not None:
+            _check_free(host, metrics_port + i, "--metrics-port")
     addresses = [join_host_port(advertise_host, port + i) for i in range(nodes)]
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -49,6 +63,8 @@ def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epoc
         for i, entry in enumerate(plan):
             cfg = node_config(entry, seed + i, epochs, adapt_epochs)
             cfg["node"]["advertise"] = addresses[i]
+            if metrics_port is not None:
+                cfg["node"]["metrics"] = {"listen": join_host_port(host, metrics_port + i)}
             cfg_path = out / "configs" / f"{entry['node_id']}.yaml"
             write_node_config(cfg_path, cfg)
             others = addresses[:i] + addresses[i + 1:]
@@ -58,6 +74,12 @@ def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epoc
         for entry, address in zip(plan, addresses):
             wait_for_event(*procs[entry["node_id"]], "node_started", deadline)
             log(f"{entry['node_id']:<8} {entry['modality']:<6} {address:<22} {', '.join(entry['tasks'])}")
+        if metrics_port is not None:
+            scrape = out / "prometheus.yml"
+            targets = {e["node_id"]: join_host_port(advertise_host, metrics_port + i) for i, e in enumerate(plan)}
+            scrape.write_text(yaml.safe_dump(scrape_config(targets), sort_keys=False), encoding="utf-8")
+            log(f"metrics at http://{targets[plan[0]['node_id']]}/metrics ...; scrape them all with:\n"
+                f"  prometheus --config.file={scrape}   (queries: docs/metrics.md)")
         log(f"swarm of {nodes} serving; logs in {out / 'logs'}. Join it with:\n"
             f"  crossback node --config examples/swarm/laptop.yaml --seed-peers {addresses[0]}\n"
             f"Inspect with: crossback peers --target {addresses[0]}   crossback selections {out}\n"

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from crossback.app.local_swarm import scrape_config
+
 BINARY = shutil.which("prometheus")
-
-
-def scrape_config(targets: dict[str, str], interval: float = 1.0) -> dict:
-    """One job, ``crossback``, scraping each node's ``/metrics``; ``targets``: node id -> host:port."""
-    return {"global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
-            "scrape_configs": [{"job_name": "crossback", "metrics_path": "/metrics", "static_configs": [
-                {"targets": [address], "labels": {"node": node}} for node, address in sorted(targets.items())]}]}
 
 
 def _free_port() -> int:
@@ -36,7 +31,7 @@ def running_prometheus(folder: Path, targets: dict[str, str], timeout: float = 6
     """Prometheus scraping ``targets`` every second; yields its base URL once it is ready."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(targets)), encoding="utf-8")
+    config.write_text(yaml.safe_dump(scrape_config(targets, interval=1.0)), encoding="utf-8")
     port = _free_port()
     log = open(folder / "prometheus.log", "wb")
     proc = subprocess.Popen([BINARY, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crossback.app.local_swarm import scrape_config
 from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
 from crossback.data.prepare import prepare_tasks
@@ -78,6 +79,7 @@ def test_metrics_override_scrapes_every_node_on_the_port_it_serves():
         served[name] = f"{name}:{listen.rpartition(':')[2]}"
         assert listen.rpartition(":")[2] in service["expose"]
     scrape = yaml.safe_load((ROOT / "docker/prometheus/prometheus.yml").read_text())
+    assert scrape == scrape_config({name: served[name] for name in ("img-0", "txt-0", "img-1", "txt-1")})
     (job,) = scrape["scrape_configs"]
     targets = {group["labels"]["node"]: target for group in job["static_configs"] for target in group["targets"]}
     assert targets == served

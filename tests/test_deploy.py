@@ -15,9 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crossback.node.events import read_events
 
@@ -74,10 +76,12 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
     laptop_cmd = documented("crossback node --config examples/swarm/laptop.yaml")
     seed = laptop_cmd[laptop_cmd.index("--seed-peers") + 1]
     assert seed == "127.0.0.1:50051", "the laptop section's local example seeds the first `crossback up` node"
-    port = free_port_block(4)
+    port = free_port_block(8)
+    metrics_port = port + 4  # the block's second half
     run_dir = tmp_path / "swarm"
     up_args = [a if a != up_cmd[up_cmd.index("--out") + 1] else str(run_dir) for a in up_cmd[1:]]
-    up = subprocess.Popen(CLI + up_args + ["--port", str(port), "--epochs", "3", "--adapt-epochs", "1"], cwd=ROOT,
+    up = subprocess.Popen(CLI + up_args + ["--port", str(port), "--epochs", "3", "--adapt-epochs", "1",
+                                           "--metrics-port", str(metrics_port)], cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     laptop = None
     swarm_logs = [run_dir / "logs" / f"{n}.jsonl" for n in ("img-0", "txt-0", "img-1", "txt-1")]
@@ -118,6 +122,14 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
 
         peers = subprocess.run(CLI + ["peers", "--target", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
         assert peers.returncode == 0 and re.search(r"laptop-0\s+127\.0\.0\.1:\d+\s+alive", peers.stdout), peers.stdout
+        # --metrics-port: every node serves /metrics, and the written scrape config names each one
+        scrape = yaml.safe_load((run_dir / "prometheus.yml").read_text())
+        groups = scrape["scrape_configs"][0]["static_configs"]
+        assert [(g["labels"]["node"], g["targets"]) for g in groups] == [
+            (log.stem, [f"127.0.0.1:{metrics_port + i}"]) for i, log in enumerate(swarm_logs)]
+        for i, log in enumerate(swarm_logs):
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + i}/metrics", timeout=10).read().decode()
+            assert f'crossback_node_info{{node_id="{log.stem}"' in text and "crossback_tasks_finished_total" in text
     finally:
         if laptop is not None:
             stop(laptop)
