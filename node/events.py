@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 QUIET_ON_CONSOLE = {"payload_sent", "payload_summary"}  # frequent; they stay in the JSON log
-DEFAULT_MAX_BYTES = 64 << 20  # a log file this large is rotated to <name>.1 (one old file is kept)
+DEFAULT_MAX_BYTES = 64 << 20
+OTHER_PEERS = "(other peers)"  # PayloadTally's line for the peers past its bound in one interval  # a log file this large is rotated to <name>.1 (one old file is kept)
 
 
 class EventLog:
@@ -62,13 +63,15 @@ class EventLog:
 
 class PayloadTally:
     """Heartbeat-rate payloads (gossip) as one ``payload_summary`` line per (kind, peer) per ``interval``
-    seconds instead of one ``payload_sent`` line per exchange; every other kind is logged per payload."""
+    seconds instead of one ``payload_sent`` line per exchange; every other kind is logged per payload.
+    At most ``max_peers`` peers are tallied apart per interval (a peer id is the sender's claim): the
+    rest share one line, peer ``OTHER_PEERS``, so a flood of invented ids costs no memory or log lines."""
 
     def __init__(self, emit, kinds: frozenset[str] = frozenset({"membership"}), interval: float = 60.0,
-                 clock=time.monotonic, count=None):
+                 clock=time.monotonic, count=None, max_peers: int = 1024):
         """``count(kind, nbytes)``: told of every payload at once, summarised or not (the node's metrics)."""
         self.emit, self.kinds, self.interval, self.clock = emit, kinds, interval, clock
-        self.count = count
+        self.count, self.max_peers = count, max_peers
         self._lock = threading.Lock()
         self._since = clock()
         self._counts: dict[tuple[str, str], list[int]] = {}
@@ -81,6 +84,8 @@ class PayloadTally:
             self.emit("payload_sent", kind=kind, peer=peer, bytes=nbytes)
             return
         with self._lock:
+            if (kind, peer) not in self._counts and len(self._counts) >= self.max_peers:
+                peer = OTHER_PEERS
             entry = self._counts.setdefault((kind, peer), [0, 0])
             entry[0] += 1
             entry[1] += nbytes

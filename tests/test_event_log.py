@@ -1,5 +1,5 @@
 """The node's event log stays bounded: it rotates past its size cap and tallies gossip payloads."""
-from crossback.node.events import EventLog, PayloadTally, read_events
+from crossback.node.events import OTHER_PEERS, EventLog, PayloadTally, read_events
 
 
 def test_the_log_rotates_past_its_cap_keeping_one_old_file(tmp_path):
@@ -31,3 +31,16 @@ def test_gossip_payloads_are_tallied_per_interval_and_others_logged_each(tmp_pat
     tally("membership", "x" * 5000, 1)
     tally.flush()
     assert len(out[-1][1]["peer"]) == 256  # a caller's claimed id is cut before it is logged
+
+
+def test_a_flood_of_invented_peer_ids_shares_one_tally_line_past_the_bound():
+    out = []
+    tally = PayloadTally(lambda event, **f: out.append(f), interval=60.0, clock=lambda: 0.0, max_peers=100)
+    tally("membership", "real-peer", 10)
+    for i in range(5000):
+        tally("membership", f"invented-{i}", 10)
+    tally("membership", "real-peer", 10)  # a peer tallied before the flood keeps its own line
+    tally.flush()
+    assert len(out) == 101 and sum(f["count"] for f in out) == 5002 and sum(f["bytes"] for f in out) == 50_020
+    lines = {f["peer"]: f["count"] for f in out}
+    assert lines["real-peer"] == 2 and lines[OTHER_PEERS] == 5000 - 99
