@@ -179,6 +179,16 @@ def test_wrong_protocol_on_every_rpc(swarm):
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def documented_queries() -> list[str]:
+    """The PromQL lines the README and docs/metrics.md show (indented code lines naming crossback_ series)."""
+    root = Path(__file__).resolve().parents[1]
+    lines = [line.strip() for page in (root / "README.md", root / "docs" / "metrics.md")
+             for line in page.read_text(encoding="utf-8").splitlines() if line.startswith("    ")]
+    queries = list(dict.fromkeys(q for q in lines if "crossback_" in q and not q.startswith(("crossback ", "prometheus "))))
+    assert len(queries) >= 5, queries
+    return queries
+
+
 def logged_bytes(node: NodeProc) -> dict[str, int]:
     """Bytes sent per payload kind, as the node's own log counts them (kinds logged one payload per line)."""
     out: dict[str, int] = {}
@@ -230,6 +240,10 @@ def test_a_real_prometheus_scrapes_every_node_and_agrees_with_their_logs(swarm, 
             pytest.fail("\n".join(problems))
         alive = {labels["node"]: v for labels, v in query(url, 'crossback_peers{state="alive"}')}
         assert alive == {"a": 2, "b": 2, "c": 2}
+        for promql in documented_queries():  # every query the README and docs/metrics.md show runs as written
+            query(url, promql)
+            if "tasks_finished" in promql or "payload_bytes_sent" in promql or "histogram_quantile" in promql:
+                wait_for(lambda promql=promql: query(url, promql), 15, f"series for the documented query {promql}")
         assert all(v > 0 for _, v in query(url, "process_resident_memory_bytes"))
         assert {labels["node"]: v for labels, v in query(url, "crossback_snapshot_version")} == {"a": 2, "b": 2, "c": 2}
 
