@@ -8,6 +8,8 @@ node borrows across containers from the other modality, a SIGKILLed node process
 restart policy with its finished tasks (`resumed`, nothing retrained), and the teardown leaves no container,
 volume or network behind. Slow (about 10 minutes with the build): a full `pytest` run skips it unless
 CROSSBACK_DOCKER_E2E=1; `pytest tests/test_docker_e2e.py` runs it wherever an engine answers.
+With CROSSBACK_DOCKER_METRICS=1 it also runs compose with docker-compose.metrics.yml (the Prometheus image
+built from Debian's package) and checks that Prometheus's figures equal the nodes' logs (about 5 minutes).
 """
 from __future__ import annotations
 
@@ -182,3 +184,59 @@ def test_docker_stack_deploy_on_one_node_swarm(image):
     poll(lambda: leftovers(label) == {"containers": [], "volumes": [], "networks": []}, 60,
          f"nothing of stack {stack} left ({leftovers(label)})", step=2)
     assert docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
+
+
+QUERY = """
+import json, sys, urllib.parse, urllib.request
+url = "http://localhost:9090/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
+print(json.dumps(json.load(urllib.request.urlopen(url, timeout=10))["data"]["result"]))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("CROSSBACK_DOCKER_METRICS"),
+                    reason="the compose metrics override on a real engine (a few minutes more): set "
+                           "CROSSBACK_DOCKER_METRICS=1; the default suite checks the files with compose and promtool")
+def test_docker_compose_metrics_override_is_scraped_and_agrees_with_the_logs(image):
+    import json
+
+    project = f"cbe2e-metrics-{RUN_ID}"
+    label = f"com.docker.compose.project={project}"
+    prometheus_image = f"crossback-prometheus-e2e:{RUN_ID}"
+    env = {**image, "CROSSBACK_PROMETHEUS_IMAGE": prometheus_image}
+    files = ("-f", "docker-compose.yml", "-f", "docker-compose.metrics.yml")
+    compose = lambda *args, **kw: run(COMPOSE, "-p", project, *files, *args, env=env, **kw)  # noqa: E731
+
+    def running() -> dict[str, dict]:
+        return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in containers(label) if c["State"]["Running"]}
+
+    def finished():
+        current = running()
+        if not set(current) >= {*SERVICES, "prometheus"}:
+            return None
+        reader = current["img-0"]["Id"]
+        return current if all(any(e["event"] == "tasks_done" for e in read_events(reader, n)) for n in SERVICES) else None
+
+    try:
+        compose("build", "prometheus", timeout=900)
+        compose("up", "-d", "--no-build", timeout=600)
+        current = poll(finished, 600, "metrics override: every node finished its tasks", step=5)
+        reader, server = current["img-0"]["Id"], current["prometheus"]["Id"]
+
+        def by_node(promql: str) -> dict[str, float]:
+            out = docker("exec", server, "python3", "-c", QUERY, promql).stdout
+            return {r["metric"]["node"]: float(r["value"][1]) for r in json.loads(out)}
+
+        def agrees():
+            logged = {n: sum(e["bytes"] for e in read_events(reader, n)
+                             if e["event"] == "payload_sent" and e["kind"] == "backbone") for n in SERVICES}
+            served = by_node('crossback_payload_bytes_sent_total{kind="backbone"}')
+            done = by_node("crossback_tasks_finished_total")
+            wanted = {n: b for n, b in logged.items() if b}
+            return served == wanted and done == dict.fromkeys(SERVICES, TASKS_PER_NODE)
+
+        poll(agrees, 60, "metrics override: Prometheus's figures equal the nodes' logs", step=5)
+        assert set(by_node("up")) == set(SERVICES)
+    finally:
+        compose("down", "-v", "--timeout", "20", timeout=300, check=False)
+        docker("rmi", prometheus_image, check=False)
+    assert leftovers(label) == {"containers": [], "volumes": [], "networks": []}
