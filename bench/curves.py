@@ -4,10 +4,9 @@ the names models.metric_log uses: each arm's test accuracy, each candidate's sel
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
-from crossback.models.metric_log import summary_writer
+from crossback.models.metric_log import selection_rows, summary_writer
 
 from .report import unit_arms
 
@@ -18,11 +17,10 @@ def unit_rows(record: dict) -> list[tuple[str, float]]:
     """(metric, value) of one unit: every arm's accuracy, every candidate's scores and adapted accuracy."""
     rows = [(f"Top1_Acc_Exp/eval_phase/test_stream/{arm}", value) for arm, value in unit_arms(record).items()
             if isinstance(value, (int, float))]
-    for cand in record["candidates"]:
-        rows += [(f"Selection/{score}/{cand['peer']}", value) for score, value in sorted(cand["scores"].items())
-                 if isinstance(value, (int, float)) and math.isfinite(value)]
-        if cand.get("error") is None and isinstance(cand.get("test"), (int, float)):
-            rows.append((f"Transfer/Top1_Acc/{cand['peer']}", cand["test"]))
+    rows += [(name, value) for name, _, _, value in selection_rows(record["index"], record)
+             if name.startswith("Selection/")]
+    rows += [(f"Transfer/Top1_Acc/{c['peer']}", c["test"]) for c in record["candidates"]
+             if c.get("error") is None and isinstance(c.get("test"), (int, float))]
     return rows
 
 

@@ -97,10 +97,6 @@ class MetricLog:
         self.add([(f"Loss_Epoch/train_phase/train_stream/Task{task:03d}", task, self.epochs, loss),
                   (f"Top1_Acc_Epoch/train_phase/train_stream/Task{task:03d}", task, self.epochs, accuracy)])
 
-    def progress(self, task: int):
-        """A models.training progress callback logging every epoch of ``task``."""
-        return lambda _phase, _epoch, _epochs, loss, accuracy: self.epoch(task, loss, accuracy)
-
     def task_done(self, matrix: list[list[float | None]], scratch: list[float] | None = None) -> None:
         self.add(eval_rows(matrix, scratch))
         if self._tb is not None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import TextIO
 
 QUIET_ON_CONSOLE = {"payload_sent", "payload_summary"}  # frequent; they stay in the JSON log
-DEFAULT_MAX_BYTES = 64 << 20
-OTHER_PEERS = "(other peers)"  # PayloadTally's line for the peers past its bound in one interval  # a log file this large is rotated to <name>.1 (one old file is kept)
+DEFAULT_MAX_BYTES = 64 << 20  # a log file this large is rotated to <name>.1 (one old file is kept)
+OTHER_PEERS = "(other peers)"  # PayloadTally's line for the peers past its bound in one interval
 
 
 class EventLog:

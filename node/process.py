@@ -127,12 +127,12 @@ class Node:
         if self._stopping():
             raise Interrupted()
 
-    def _epoch_done(self, *progress) -> None:
+    def _epoch_done(self, phase: str, epoch: int, epochs: int, loss: float, accuracy: float) -> None:
         """After every training epoch (models.training's progress): the metrics, then whether to stop."""
         if self.metrics is not None:
-            self.metrics.progress(*progress)
+            self.metrics.progress(phase, epoch, epochs, loss, accuracy)
         if self._curves is not None:
-            self._curves.epoch(self._learning, progress[3], progress[4])
+            self._curves.epoch(self._learning, loss, accuracy)
         self._check_stop()
 
     def _log_selection(self, record: dict) -> None:
@@ -224,7 +224,6 @@ class Node:
 
     def _serve_metrics(self, servicer: PeerServicer) -> str | None:
         """Start /metrics (node.metrics.listen) reading this node's membership, snapshot and pools; its address."""
-        self._metrics_http = None
         if self.metrics is None:
             return None
         self.metrics.watch(self._membership, self.snapshot, servicer.limiter, self.device)

@@ -73,7 +73,8 @@ def _transient(exc: BaseException) -> bool:
 
 class PeerClient:
     """Typed calls to one peer. ``on_payload(kind, peer, nbytes)`` sees every request this side sends,
-    ``on_fetched(kind, nbytes)`` every reply message received (rpc_metrics.FetchedBytes). With ``tls`` the channel is mTLS and its handshake checks that the peer's certificate names
+    ``on_fetched(kind, nbytes)`` every reply message received (rpc_metrics.FetchedBytes).
+    With ``tls`` the channel is mTLS and its handshake checks that the peer's certificate names
     ``expected_id`` (None: any swarm member), see ``.tls``."""
 
     def __init__(self, address: str, caller_id: str, policy: CallPolicy = CallPolicy(),
