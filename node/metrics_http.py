@@ -1,60 +1,112 @@
 """The ``/metrics`` HTTP endpoint of one node: Prometheus' text format from that node's registry.
 
-Bounded like the gRPC port: ``WORKERS`` threads accept and answer one connection at a time each (more
-wait in the listen backlog), a request must arrive whole within ``TIMEOUT`` seconds and ``MAX_REQUEST``
-bytes, and only ``GET /metrics`` does any work. A minimal HTTP/1.0-style exchange (one request per
-connection) is all Prometheus needs; http.server's machinery cost half a millisecond per scrape on 2 cores.
+One thread serves every connection without blocking on any (a selector), so connections that send
+nothing cannot hold back a scrape: each must send its request (at most ``MAX_REQUEST`` bytes) and take
+its answer within ``TIMEOUT`` seconds, at most ``MAX_CONNECTIONS`` are open at once (more are closed
+at once), and only ``GET /metrics`` does any work. A minimal one-request-per-connection exchange is all
+Prometheus needs; http.server's machinery cost half a millisecond per scrape on 2 cores, and a handful
+of idle connections could hold every thread of a pool.
 """
 from __future__ import annotations
 
+import selectors
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 
 from crossback.config.errors import StateInUse
 
 from .prom import CONTENT_TYPE, Registry
 
-WORKERS = 4
+MAX_CONNECTIONS = 256
 TIMEOUT = 5.0
 MAX_REQUEST = 8192
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+@dataclass
+class _Exchange:
+    deadline: float
+    received: bytearray = field(default_factory=bytearray)
+    reply: bytes | None = None  # what is left to send, once the request is complete
 
 
 class MetricsServer:
     def __init__(self, sock: socket.socket, registry: Registry):
         self.registry, self._sock = registry, sock
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._serve, name=f"metrics-http-{i}", daemon=True)
-                         for i in range(WORKERS)]
-        for t in self._threads:
-            t.start()
+        self._selector = selectors.DefaultSelector()
+        self._wake, self._waker = socket.socketpair()
+        self._open: dict[socket.socket, _Exchange] = {}
+        for s in (sock, self._wake):
+            s.setblocking(False)
+            self._selector.register(s, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()  # blocking: the kernel wakes one waiting worker per connection
-            except OSError:  # the listening socket was shut down
-                return
-            with conn:
-                try:
-                    self._answer(conn)
-                except OSError:  # the scraper went away or was too slow
-                    pass
+        while True:
+            soonest = min((x.deadline for x in self._open.values()), default=time.monotonic() + 1.0)
+            for key, events in self._selector.select(max(0.0, soonest - time.monotonic())):
+                if key.fileobj is self._wake:
+                    return
+                if key.fileobj is self._sock:
+                    self._accept()
+                elif events & selectors.EVENT_WRITE:
+                    self._send(key.fileobj)
+                else:
+                    self._receive(key.fileobj)
+            now = time.monotonic()
+            for conn in [c for c, x in self._open.items() if x.deadline <= now]:  # too slow: dropped
+                self._drop(conn)
 
-    def _answer(self, conn: socket.socket) -> None:
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        if len(self._open) >= MAX_CONNECTIONS:
+            conn.close()
+            return
+        conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        deadline, data = time.monotonic() + TIMEOUT, b""
-        while b"\r\n\r\n" not in data and b"\n\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0 or len(data) > MAX_REQUEST:
-                return
-            conn.settimeout(left)
+        self._open[conn] = _Exchange(time.monotonic() + TIMEOUT)
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _receive(self, conn: socket.socket) -> None:
+        exchange = self._open[conn]
+        try:
             chunk = conn.recv(4096)
-            if not chunk:
-                return
-            data += chunk
-        method, _, rest = data.partition(b"\r\n")[0].decode("latin-1").partition(" ")
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        exchange.received += chunk
+        if not chunk or len(exchange.received) > MAX_REQUEST:
+            self._drop(conn)
+        elif b"\n\r\n" in exchange.received or b"\n\n" in exchange.received:
+            exchange.reply = self._reply(bytes(exchange.received))
+            self._selector.modify(conn, selectors.EVENT_WRITE)
+
+    def _send(self, conn: socket.socket) -> None:
+        exchange = self._open[conn]
+        try:
+            sent = conn.send(exchange.reply)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(exchange.reply)
+        exchange.reply = exchange.reply[sent:]
+        if not exchange.reply:
+            self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        del self._open[conn]
+        conn.close()
+
+    def _reply(self, request: bytes) -> bytes:
+        method, _, rest = request.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1").partition(" ")
         path = rest.partition(" ")[0].partition("?")[0]
         if method not in ("GET", "HEAD"):
             status, body, kind = 405, b"only GET /metrics\n", "text/plain"
@@ -66,17 +118,16 @@ class MetricsServer:
             status, body, kind = 404, b"not found: this port serves /metrics\n", "text/plain"
         head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n").encode("latin-1")
-        conn.sendall(head + (body if method == "GET" else b""))
+        return head + (body if method == "GET" else b"")
 
     def close(self) -> None:
-        self._stop.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in accept()
-        except OSError:
-            pass
-        self._sock.close()
-        for t in self._threads:
-            t.join(timeout=2 * TIMEOUT)
+        self._waker.send(b"x")
+        self._thread.join(timeout=2 * TIMEOUT)
+        for conn in list(self._open):
+            self._drop(conn)
+        self._selector.close()
+        for s in (self._sock, self._wake, self._waker):
+            s.close()
 
 
 def serve_metrics(listen: str, registry: Registry) -> tuple[MetricsServer, str]:
@@ -87,7 +138,7 @@ def serve_metrics(listen: str, registry: Registry) -> tuple[MetricsServer, str]:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind((host, int(port)))
-        sock.listen(64)
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise StateInUse(f"node.metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None
