@@ -214,13 +214,14 @@ def scrapes_of(metrics: NodeMetrics, count: int, rounds: int = 3) -> dict:
 def _scrape_round(metrics: NodeMetrics, count: int) -> tuple[list[float], list[float]]:
     http, address = serve_metrics("127.0.0.1:0", metrics.registry)
     inside: list[float] = []
-    answer = http._answer
+    reply = http._reply
 
-    def timed(conn):
+    def timed(request):  # the node's work per scrape: render the registry and the response
         started = time.perf_counter()
-        answer(conn)
+        out = reply(request)
         inside.append(time.perf_counter() - started)
-    http._answer = timed
+        return out
+    http._reply = timed
     host, port = address.rsplit(":", 1)
     out = subprocess.run([sys.executable, "-c", SCRAPER, host, port, str(count)], capture_output=True, text=True,
                          timeout=600, check=True)
