@@ -40,6 +40,22 @@ class SplitSpec:
 
 
 @dataclass(frozen=True)
+class ItemPartition:
+    """This node holds part ``index`` of ``parts`` of every class's train and val items, parts disjoint:
+    equal parts, or with ``alpha`` Dirichlet(alpha) shares drawn per class (the federated label-skew
+    convention: small alpha, few classes per node). The test split is whole on every node."""
+
+    parts: int = bounded(1, ge=1, le=100_000)
+    index: int = bounded(0, ge=0, lt=100_000)
+    alpha: float | None = bounded(None, gt=0.0, le=1e6)
+    seed: int = bounded(0, ge=0, lt=2**31)
+
+    def __post_init__(self):
+        if self.index >= self.parts:
+            raise DataError(f"partition.index {self.index} must be below partition.parts {self.parts}")
+
+
+@dataclass(frozen=True)
 class View:
     """How items become tensors: which modality, image size and channels, text length."""
 
@@ -78,3 +94,5 @@ class DataConfig(Inputs):
     split_seed: int | None = bounded(None, ge=0, lt=2**31)
     # keep only this many items per class in train and in val (a data-starved device); test is untouched
     shots: int | None = bounded(None, ge=1, le=1_000_000)
+    # one part of every class's train and val items (applied before shots); unset: all of them
+    partition: ItemPartition | None = None

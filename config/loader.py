@@ -44,6 +44,10 @@ def _convert(value: Any, tp: Any, path: str, homes=None, moved=None) -> Any:
         return tuple(_convert(v, inner, f"{path}[{i}]", homes, moved) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return from_mapping(tp, value, path, homes, moved)
+    if tp is dict:  # a free-form section another schema checks (a scenario's node-config overrides)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")

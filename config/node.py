@@ -132,6 +132,11 @@ class NodeSettings:
     expensive: CallLimits = field(default_factory=CallLimits)
     tls: TlsSettings = field(default_factory=TlsSettings)  # mutual TLS (node/tls.py); unset: plaintext
     metrics: MetricsSettings = field(default_factory=MetricsSettings)  # Prometheus (node/metrics.py); unset: off
+    # task i arrives task_arrivals[i] seconds after arrival_origin and is learned no sooner (tasks past
+    # the list: as soon as the one before is done); arrival_origin is a Unix time, 0: when this process
+    # started. A node restarted with the same origin does not wait again for what has already arrived
+    task_arrivals: tuple[float, ...] = ()
+    arrival_origin: float = bounded(0.0, ge=0.0, le=1e11)
     # a folder for TensorBoard event files of this node's curves and selections; empty: none (the same
     # values always go to log_dir/<node_id>.metrics.csv)
     tensorboard: str = ""

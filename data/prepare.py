@@ -16,7 +16,8 @@ def prepare_tasks(cfg: RunConfig) -> tuple[list[TaskData], list[dict]]:
     """Build every task's splits up front, so bad data fails before any training or checkpoint."""
     catalog = load_catalog(cfg.data.source, cfg.data.root)
     split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), split_seed, cfg.data.shots) for spec in cfg.tasks]
+    built = [build_task(catalog, spec, cfg.data.split, cfg.view(), split_seed, cfg.data.shots,
+                        cfg.data.partition) for spec in cfg.tasks]
     return [d for d, _ in built], [info for _, info in built]
 
 

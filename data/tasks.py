@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from crossback.config.data import SplitSpec, TaskSpec, View
+from crossback.config.data import ItemPartition, SplitSpec, TaskSpec, View
 from crossback.config.errors import DataError
 from crossback.data.catalog import Catalog, ImageRef, Item
 from crossback.models.methods import TaskData
 from crossback.models.text_encoders import encode_texts
 from crossback.models.training import Split
 
+from .partition import take_part
 from .public_set import split_public
 
 
@@ -142,16 +143,21 @@ def to_split(items: list[Item], labels: list[int], view: View) -> Split:
 
 
 def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
-               shots: int | None = None) -> tuple[TaskData, dict]:
+               shots: int | None = None, partition: ItemPartition | None = None) -> tuple[TaskData, dict]:
     """The task's tensors and a description (classes, dropped classes, item and sample counts).
 
     ``shots`` keeps only that many (seeded, random) items per class in train and in val, for a
     data-starved learner; the test split is untouched, so it is the same as without ``shots``.
     With ``split.public_fraction`` the public items are in no split; those of the task's classes are
-    the task's ``public`` split."""
+    the task's ``public`` split. ``partition``: only this node's part of each class's train and val
+    items (before ``shots``)."""
     if not catalog.has_view(view.modality):
         raise DataError(f"dataset {catalog.name} has no {view.modality} view")
-    classes, dropped, parts, public = _resolve_task(catalog, spec, split, view, seed, shots)
+    classes, dropped, parts, public = _resolve_task(catalog, spec, split, view, seed, shots, partition)
+    empty = [c for y, c in enumerate(classes) if y not in parts["train"][1] or y not in parts["val"][1]]
+    if empty:
+        raise DataError(f"task {spec.name!r}: this node's part of the items holds no train or no val item of "
+                        f"class(es) {empty} (data.partition: part {partition.index} of {partition.parts})")
     tensors = {name: to_split(items, ys, view) for name, (items, ys) in parts.items()}
     index = {c: y for y, c in enumerate(classes)}
     mine = [it for it in _usable(public, view) if it.label in index]
@@ -169,29 +175,34 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     return TaskData(spec.name, classes, tensors["train"], tensors["val"], tensors["test"], public_split), info
 
 
-def _resolve_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int, shots: int | None):
+def _resolve_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int, shots: int | None,
+                  partition: ItemPartition | None = None):
     """(classes, dropped classes, split name -> (items, labels), public items) of one task."""
     public = []
     if split.public_fraction > 0:
         catalog, public = split_public(catalog, split.public_fraction, split.public_salt)
     classes, dropped = resolve_classes(catalog, spec, split, view)
-    return classes, dropped, _split_items_by_class(catalog, classes, split, view, seed, shots), public
+    return classes, dropped, _split_items_by_class(catalog, classes, split, view, seed, shots, partition), public
 
 
 def task_items(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, seed: int,
-               shots: int | None = None) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
+               shots: int | None = None, partition: ItemPartition | None = None,
+               ) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
     """(the task's classes in label order, split name -> (its items, their labels)): the raw items
     behind the tensors ``build_task`` makes, for a test or an example prediction."""
-    classes, _, parts, _ = _resolve_task(catalog, spec, split, view, seed, shots)
+    classes, _, parts, _ = _resolve_task(catalog, spec, split, view, seed, shots, partition)
     return classes, parts
 
 
 def _split_items_by_class(catalog: Catalog, classes: list[str], split: SplitSpec, view: View, seed: int,
-                          shots: int | None) -> dict[str, tuple[list[Item], list[int]]]:
+                          shots: int | None, partition: ItemPartition | None = None,
+                          ) -> dict[str, tuple[list[Item], list[int]]]:
     by_class = catalog.by_class()
     parts: dict[str, tuple[list[Item], list[int]]] = {"train": ([], []), "val": ([], []), "test": ([], [])}
     for y, c in enumerate(classes):
         for name, chosen in split_items(_usable(by_class[c], view), split, seed, c).items():
+            if partition is not None and name != "test":
+                chosen = take_part(chosen, partition, c)
             if shots is not None and name != "test":
                 chosen = chosen[:shots]
             parts[name][0].extend(chosen)

@@ -27,7 +27,7 @@ TRAFFIC_KINDS = frozenset((*PAYLOAD_KINDS, *REPLY_KINDS, *REQUEST_KINDS))
 # every event a node's log can hold (tests/test_node_metrics.py keeps it equal to what the code emits)
 EVENTS = frozenset({
     "node_started", "node_stopped", "serving", "distributed", "tls", "unauthenticated", "data_warning",
-    "task_started", "task_finished", "task_interrupted", "tasks_done", "resumed",
+    "task_started", "task_finished", "task_interrupted", "tasks_done", "resumed", "task_waiting", "task_arrived",
     "snapshot_published", "publish_refused", "checkpoint_failed", "checkpoint_corrupt", "checkpoint_upgraded",
     "task_matched", "backbone_selected", "transfer_done", "rpc_failed", "payload_sent", "payload_summary",
     "peer_joined", "peer_returned", "peer_dead", "peer_evicted"})

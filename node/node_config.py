@@ -42,6 +42,11 @@ def load_node_config(path: str | Path, flags: dict | None = None, environ: dict 
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     run = parse_config(data, str(path), path.parent, homes)
+    arrivals = sections["node"].task_arrivals
+    if len(arrivals) > len(run.tasks):
+        raise ConfigError(f"{path}: node.task_arrivals: {len(arrivals)} times for {len(run.tasks)} task(s)")
+    if any(not 0 <= t <= 1e9 for t in arrivals) or list(arrivals) != sorted(arrivals):
+        raise ConfigError(f"{path}: node.task_arrivals: seconds from 0 to 1e9, in order; got {list(arrivals)}")
     overrides = {}
     for key, var in ENV_VARS.items():
         if environ.get(var):

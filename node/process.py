@@ -89,6 +89,7 @@ class Node:
         self._metrics_http = None
         self._public = None  # the public paired set in this node's view, when it serves public_features
         self._stop = threading.Event()
+        self._origin = s.arrival_origin or time.time()  # what node.task_arrivals count from
         self.device = resolve_device(s.device)
         if rank is not None:
             self.device = rank_device(self.device, rank)
@@ -292,12 +293,27 @@ class Node:
                                  Path(s.tensorboard) if s.tensorboard else None, history)
         try:
             for i in range(len(learner.tasks), len(tasks)):
-                if self._stopping() or not self._learn_task(learner, i, tasks, rows, ckpt_root):
+                if self._stopping() or not self._await_arrival(i, tasks[i].name) \
+                        or not self._learn_task(learner, i, tasks, rows, ckpt_root):
                     return
         finally:
             self._curves.close()
             self._curves = None
         self.events.emit("tasks_done", finished=len(learner.tasks))
+
+    def _await_arrival(self, i: int, name: str) -> bool:
+        """Wait until task ``i`` arrives (node.task_arrivals), serving peers meanwhile; False if stopped."""
+        arrivals = self.settings.task_arrivals
+        if i >= len(arrivals):
+            return True
+        due = self._origin + arrivals[i]
+        wait = due - time.time()
+        if wait > 0:
+            self.events.emit("task_waiting", task=name, index=i, arrives_in=round(wait, 3))
+            if self._stop.wait(wait):  # other ranks of a distributed node wait in their next collective
+                return False
+        self.events.emit("task_arrived", task=name, index=i, due=round(due, 3), late=round(time.time() - due, 3))
+        return True
 
     def _resume(self, ckpt_root: Path, tasks) -> tuple:
         """(learner, accuracy rows, metric-log rows) from the newest intact checkpoint (publishing it), or a
