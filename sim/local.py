@@ -1,0 +1,182 @@
+"""The local backend: every device a real `crossback node` process on this machine.
+
+Each device's traffic goes through its faces on the relay (``.relay``: rate, latency, jitter, loss and
+partitions), its CPU share and memory limit are its own cgroup (``.resources``, as root), and its torch
+threads are set in its node config. The node itself is the unmodified `crossback node`: it only sees an
+advertised address, a ``grpc_proxy`` and a task list with arrival times.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossback.config.node import write_node_config
+
+from .plan import DevicePlan, Plan, merge
+from .relay import DeviceFaces, Relay
+from .resources import Controllers, DeviceCgroup
+
+STOP_GRACE = 15.0  # seconds a SIGTERMed node has to stop before it is killed
+
+
+def _child_setup(cgroup: DeviceCgroup | None, parent: int):
+    """In the child, before exec: join the device's cgroup, die with the simulator (PR_SET_PDEATHSIG)."""
+    def setup() -> None:
+        if cgroup is not None:
+            cgroup.join()
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                os._exit(1)
+    return setup
+
+
+@dataclass
+class Device:
+    plan: DevicePlan
+    faces: DeviceFaces
+    config: Path
+    log: Path
+    cgroup: DeviceCgroup | None
+    proc: subprocess.Popen | None = None
+    state: str = "planned"  # planned | running | paused | left | crashed | exited | oom_killed
+    starts: int = 0
+    pids: list = field(default_factory=list)
+    oom_seen: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, plan: Plan, out: Path, origin: float, relay: Relay | None = None):
+        """``origin``: the Unix time the run started (task arrivals count from it plus a device's join)."""
+        self.plan, self.out, self.origin = plan, Path(out), origin
+        self.relay = relay or Relay(seed=plan.seed)
+        self.controllers = Controllers.detect(f"{plan.name}-{os.getpid()}")
+        self.devices: dict[str, Device] = {}
+        for folder in ("configs", "logs", "state"):
+            (self.out / folder).mkdir(parents=True, exist_ok=True)
+        for d in plan.devices:
+            faces = self.relay.add_device(d.device, d.link)
+            cgroup = self.controllers.device_group(d.device, d.profile) if self.controllers.version else None
+            self.devices[d.device] = Device(d, faces, self.out / "configs" / f"{d.device}.yaml",
+                                            self.out / "logs" / f"{d.device}.jsonl", cgroup)
+        for dev in self.devices.values():
+            write_node_config(dev.config, self._config(dev))
+
+    def mechanisms(self) -> dict:
+        """What enforces each part of the plan here, and what could not be applied (per device)."""
+        c = self.controllers
+        cg = f"cgroup v{c.version}" if c.version else None
+        missing = {d: self.controllers.missing(dev.plan.profile) for d, dev in self.devices.items()}
+        return {"backend": self.name,
+                "rate": "relay (userspace, per device and direction, shared by its connections)",
+                "latency": "relay", "jitter": "relay (uniform, order kept)",
+                "loss": "relay (a chunk that would lose a packet arrives one RTO late)",
+                "partition": "relay (blackhole: no answer across until the heal)",
+                "cpus": f"{cg} CFS quota" if c.cpu else None, "memory": f"{cg} limit" if c.memory else None,
+                "threads": "node.threads and OMP_NUM_THREADS",
+                "not_applied": {d: m for d, m in missing.items() if m}}
+
+    def _config(self, dev: Device) -> dict:
+        seeds = [self.devices[s].faces.inbound for s in dev.plan.seeds]
+        return merge(dev.plan.config, {"node": {
+            "node_id": dev.plan.device, "listen": "127.0.0.1:0", "advertise": dev.faces.inbound,
+            "seed_peers": seeds, "threads": dev.plan.profile.threads,
+            "task_arrivals": list(dev.plan.arrivals), "arrival_origin": round(self.origin + dev.plan.join, 3)}})
+
+    # ------------------------------------------------------------ actions
+
+    def start(self, device: str) -> str:
+        dev = self.devices[device]
+        if dev.running:
+            return "already running"
+        args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(dev.config),
+                "--state-dir", str(self.out / "state" / device), "--log-dir", str(self.out / "logs")]
+        threads = str(dev.plan.profile.threads)
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "grpc_proxy": f"http://{dev.faces.proxy}", "PYTHONUNBUFFERED": "1"}
+        for var in ("no_grpc_proxy", "no_proxy", "NO_PROXY", "http_proxy", "https_proxy"):
+            env.pop(var, None)
+        console = open(self.out / "logs" / f"{device}.console", "a", encoding="utf-8")
+        dev.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console,
+                                    start_new_session=True, preexec_fn=_child_setup(dev.cgroup, os.getpid()))
+        console.close()
+        dev.state, dev.starts = "running", dev.starts + 1
+        dev.pids.append(dev.proc.pid)
+        return "started" if dev.starts == 1 else "restarted"
+
+    def signal(self, device: str, sig: int, state: str) -> str:
+        dev = self.devices[device]
+        if not dev.running:
+            return f"not running ({dev.state})"
+        if sig in (signal.SIGTERM, signal.SIGKILL) and dev.state == "paused":
+            dev.proc.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
+        dev.proc.send_signal(sig)
+        dev.state = state
+        return "ok"
+
+    def leave(self, device: str) -> str:
+        result = self.signal(device, signal.SIGTERM, "left")
+        if result == "ok":
+            try:
+                self.devices[device].proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.devices[device].proc.kill()
+                result = f"killed after {STOP_GRACE:g} s"
+        return result
+
+    def crash(self, device: str) -> str:
+        result = self.signal(device, signal.SIGKILL, "crashed")
+        if result == "ok":
+            self.devices[device].proc.wait()
+        return result
+
+    def pause(self, device: str) -> str:
+        return self.signal(device, signal.SIGSTOP, "paused")
+
+    def resume(self, device: str) -> str:
+        dev = self.devices[device]
+        if dev.state != "paused":
+            return f"not paused ({dev.state})"
+        return self.signal(device, signal.SIGCONT, "running")
+
+    def poll(self) -> list[tuple[str, str, int]]:
+        """Devices whose process ended on its own since the last poll: (device, state, exit code)."""
+        ended = []
+        for name, dev in self.devices.items():
+            if dev.state in ("running", "paused") and dev.proc is not None and dev.proc.poll() is not None:
+                kills = dev.cgroup.oom_kills() if dev.cgroup else 0
+                dev.state = "oom_killed" if kills > dev.oom_seen else "exited"
+                dev.oom_seen = kills
+                ended.append((name, dev.state, dev.proc.returncode))
+        return ended
+
+    def stop_all(self) -> None:
+        live = [d for d in self.devices.values() if d.running]
+        for dev in live:
+            if dev.state == "paused":
+                dev.proc.send_signal(signal.SIGCONT)
+            dev.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for dev in live:
+            try:
+                dev.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                dev.proc.kill()
+                dev.proc.wait()
+
+    def close(self) -> None:
+        self.stop_all()
+        self.relay.close()
+        self.controllers.remove()
