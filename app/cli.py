@@ -307,6 +307,27 @@ def _bench_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from crossback.sim.simulate import prepare, simulate
+
+    if args.plan_only:
+        plan = prepare(args.scenario, args.out, args.seed)
+        print(f"wrote {args.out / 'plan.json'}: {len(plan.devices)} devices, {len(plan.events)} events, "
+              f"digest {plan.digest}")
+        return 0
+    report = simulate(args.scenario, args.out, args.seed, args.backend, log=lambda m: print(m, file=sys.stderr),
+                      fidelity=not args.no_fidelity)
+    print(report["text"])
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from crossback.sim.report import write_report
+
+    print(write_report(args.run_dir)["text"])
+    return 0
+
+
 def _selections(args: argparse.Namespace) -> int:
     from crossback.app.selections import render_table, selection_rows
 
@@ -458,6 +479,18 @@ def _add_swarm_commands(sub) -> None:
     swarm.add_argument("--seeds", default="0,1,2")
     swarm.add_argument("--out", required=True, type=Path)
     swarm.set_defaults(func=_swarm)
+    sim = sub.add_parser("simulate", help="run a scenario: a population of devices with resources, links, task "
+                         "arrivals and a timeline, as real node processes (docs/simulation.md)")
+    sim.add_argument("scenario", type=Path, help="the scenario YAML")
+    sim.add_argument("--out", required=True, type=Path, help="a new folder for the run and its report")
+    sim.add_argument("--seed", type=int, help="the plan's seed (default: the scenario's seed)")
+    sim.add_argument("--backend", default="local", help="local (processes on this machine)")
+    sim.add_argument("--plan-only", action="store_true", help="write plan.json and every device's config; run nothing")
+    sim.add_argument("--no-fidelity", action="store_true", help="skip measuring the links before and during the run")
+    sim.set_defaults(func=_simulate)
+    rep = sub.add_parser("report", help="re-render a simulation's report from its run folder")
+    rep.add_argument("run_dir", type=Path)
+    rep.set_defaults(func=_report)
     sel = sub.add_parser("selections", help="table of every node's backbone choices in a run folder")
     sel.add_argument("run_dir", type=Path)
     sel.add_argument("--json", action="store_true", help="one JSON object: every row the table shows (docs/json.md)")

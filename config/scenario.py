@@ -136,6 +136,8 @@ class Scenario:
     seed: int = bounded(0, ge=0, lt=2**31)
     duration: float = bounded(600.0, gt=0.0, le=1e7)  # seconds; the run ends then, or once every task is done
     until: str = bounded("done", choices=("done", "duration"))
+    # with until: done, the run goes on this long after the last event and task (views reconverge)
+    settle: float = bounded(15.0, ge=0.0, le=1e6)
     genesis: int = bounded(0, ge=0, lt=2**31)  # the swarm genesis every device starts from
     profiles: tuple[Profile, ...] = ()
     links: tuple[Link, ...] = ()

@@ -71,6 +71,7 @@ class Plan:
     seed: int
     duration: float
     until: str
+    settle: float
     genesis: int
     target_accuracy: float | None
     devices: tuple[DevicePlan, ...]
@@ -101,7 +102,8 @@ def plan_from_dict(data: dict) -> Plan:
                                   "seeds": tuple(d["seeds"])}) for d in data["devices"])
     events = tuple(PlannedEvent(**{**e, "devices": tuple(e["devices"]), "sides": tuple(tuple(s) for s in e["sides"])})
                    for e in data["events"])
-    return Plan(data["name"], data["seed"], data["duration"], data["until"], data["genesis"], data["target_accuracy"],
+    return Plan(data["name"], data["seed"], data["duration"], data["until"], data["settle"], data["genesis"],
+                data["target_accuracy"],
                 devices, events, links, profiles)
 
 
@@ -136,7 +138,7 @@ def make_plan(sc: Scenario, seed: int | None = None) -> Plan:
                 shared=stream.shared, seeds=(), config=_node_config(sc, group, gi, i, stream, seed)))
     devices = _with_seeds(devices, seed)
     events = _events(sc, devices, seed)
-    return Plan(sc.name, seed, sc.duration, sc.until, sc.genesis, sc.target_accuracy, tuple(devices), events,
+    return Plan(sc.name, seed, sc.duration, sc.until, sc.settle, sc.genesis, sc.target_accuracy, tuple(devices), events,
                 links, profiles)
 
 

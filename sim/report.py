@@ -1,0 +1,163 @@
+"""A simulation's report: report.json (everything), report.md (what a paper needs, as text), CSV tables
+(tasks, groups, selections, timeline, resources, detections), timeline.png, and prometheus.yml when the
+devices served metrics. ``write_report(RUN)`` recomputes all of it from the run folder."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from . import analysis
+from .plot import plot_timeline
+
+
+def build(out: Path) -> dict:
+    run = analysis.load_run(out)
+    tasks = analysis.task_rows(run)
+    selections = analysis.selection_rows(run)
+    fd = analysis.failure_detection(run)
+    return {
+        "format": "crossback.sim.report/1",
+        "run": {"scenario": run.plan.name, "seed": run.plan.seed, "devices": len(run.plan.devices),
+                "target_accuracy": run.plan.target_accuracy,
+                "ended": run.summary.get("ended"), "seconds": run.summary.get("seconds"),
+                "plan_digest": json.loads((Path(out) / "plan.json").read_text())["digest"],
+                "mechanisms": run.summary.get("mechanisms", {})},
+        "fidelity": run.summary.get("fidelity", {}),
+        "groups": analysis.group_rows(run, tasks),
+        "tasks": tasks,
+        "selections": selections,
+        "selections_by_link": analysis.by_link(selections),
+        "traffic": analysis.traffic(run),
+        "borrowed": analysis.borrow_edges(tasks),
+        "failure_detection": fd,
+        "resources": analysis.resource_rows(run),
+        "timeline": run.timeline,
+    }
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+
+
+def write_report(out: Path) -> dict:
+    out = Path(out)
+    report = build(out)
+    report["text"] = render(report)
+    (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    (out / "report.md").write_text(report["text"] + "\n", encoding="utf-8")
+    for name in ("tasks", "groups", "selections", "resources", "timeline"):
+        _csv(out / f"{name}.csv", report[name])
+    _csv(out / "detections.csv", report["failure_detection"]["detections"]
+         + [{**fp, "cause": "false_positive"} for fp in report["failure_detection"]["false_positives"]])
+    plot_timeline(analysis.load_run(out), report, out / "timeline.png")
+    return report
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _s(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _gain(d) -> str:
+    if not d:
+        return "n/a"
+    return f"{100 * d['mean']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] (n={d['n']})"
+
+
+def _kb(x) -> str:
+    return "n/a" if x is None else f"{x / 1e3:.0f}"
+
+
+def render(r: dict) -> str:
+    run = r["run"]
+    lines = [f"# Simulation {run['scenario']} (seed {run['seed']}, {run['devices']} devices, "
+             f"{_s(run['seconds'])} s, ended: {run['ended']})", ""]
+    mech = run.get("mechanisms", {})
+    if mech:
+        lines += [f"Backend {mech.get('backend')}: rate by {mech.get('rate')}; latency, jitter, loss by the relay; "
+                  f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; memory by {mech.get('memory') or 'nothing (not applied)'}."]
+        for device, missing in (mech.get("not_applied") or {}).items():
+            lines.append(f"- not applied on {device}: {', '.join(missing)}")
+        lines.append("")
+    fid = [f for when in ("idle", "loaded") for f in r["fidelity"].get(when) or []]
+    if fid:
+        lines += ["## Links: configured vs measured", "",
+                  "| link | when | RTT ms (set) | up Mbit/s (set) | down Mbit/s (set) |", "|---|---|---|---|---|"]
+        for f in fid:
+            lines.append(f"| {f['link']} | {f['when']} | {f['rtt_ms']['measured']:.1f} ({f['rtt_ms']['configured']:g}) | "
+                         f"{f['up_mbit']['measured']:.2f} ({f['up_mbit']['configured']}) | "
+                         f"{f['down_mbit']['measured']:.2f} ({f['down_mbit']['configured']}) |")
+        lines.append("")
+    lines += ["## Groups", "",
+              "| group | devices | tasks done | accuracy | alone (none) | kept - none, points [95 % CI] | selected - none | "
+              "borrowed | time to finish s | time to target alone / borrowing s (reached) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in r["groups"]:
+        relearned = f" ({g['relearned']} relearned)" if g["relearned"] else ""
+        lines.append(f"| {g['group']} | {g['devices']} | {g['finished']}/{g['tasks']}{relearned} | {_pct(g['accuracy'])} | "
+                     f"{_pct(g['none'])} | {_gain(g['kept_minus_none'])} | {_gain(g['selected_minus_none'])} | "
+                     f"{g['borrowed']} | {_s(g['time_to_finish'])} | {_s(g['tta_alone'])} ({g['reached_alone']}) / "
+                     f"{_s(g['tta_borrowing'])} ({g['reached_borrowing']}) |")
+    target = run.get("target_accuracy")
+    lines += ["", "Time to target: from a task's arrival until a device learning alone (local training and the "
+              "`none` arm) or borrowing (local training, selection and the selected arm) holds a model at the target: "
+              + (f"{_pct(target)} % test accuracy" if target is not None else "each task's own accuracy learned alone")
+              + "; a task whose arm falls short does not count as reached.", ""]
+    if r["selections_by_link"]:
+        lines += ["## Selections by link", "",
+                  "| link | selections | seconds (median, max) | probe s | payload s | KB (probe + payload) |",
+                  "|---|---|---|---|---|---|"]
+        for s in r["selections_by_link"]:
+            lines.append(f"| {s['link']} | {s['selections']} | {_s(s['seconds'])}, {_s(s['max_seconds'])} | "
+                         f"{_s(s['probe_seconds'])} | {_s(s['payload_seconds'])} | "
+                         f"{_kb(s['bytes'])} ({_kb(s['probe_bytes'])} + {_kb(s['payload_bytes'])}) |")
+        lines.append("")
+    wire = r["traffic"]["wire"]
+    if wire:
+        lines += ["## Bytes on the wire by link class", "", "| link | up MB | down MB | retransmissions | sent by kind (MB) |",
+                  "|---|---|---|---|---|"]
+        for link, w in sorted(wire.items()):
+            kinds = r["traffic"]["sent_by_kind"].get(link, {})
+            top = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
+            lines.append(f"| {link} | {w['up_bytes'] / 1e6:.2f} | {w['down_bytes'] / 1e6:.2f} | {w['retransmits']} | {top} |")
+        lines.append("")
+    if r["borrowed"]:
+        lines += ["## Who borrowed from whom", ""]
+        lines += [f"- {e['receiver']} ({e['task']}) <- {e['donor']} ({e['arm']}, {_gain_pts(e['gain'])})" for e in r["borrowed"]]
+        lines.append("")
+    fd = r["failure_detection"]
+    lines += ["## Failure detection", "",
+              f"failure_timeout {fd['failure_timeout']:g} s; {len(fd['detections'])} detection(s), "
+              f"{len(fd['false_positives'])} false positive(s)."]
+    for cause, v in sorted(fd["by_cause"].items()):
+        lines.append(f"- {cause}: {v['n']} detection(s), delay median {_s(v['median_delay'])} s, max {_s(v['max_delay'])} s")
+    for rc in fd["reconverged"]:
+        lines.append(f"- partition {rc['partition']:.0f}-{rc['heal']:.0f} s: every view whole again "
+                     f"{_s(rc['seconds'])} s after the heal ({rc['not_reconverged']} of {rc['observers']} not)")
+    lines += ["", "## Devices", "", "| device | profile | starts | CPU s | peak RSS MiB | peak PSS MiB | OOM kills |",
+              "|---|---|---|---|---|---|---|"]
+    for d in r["resources"]:
+        lines.append(f"| {d['device']} | {d['profile']} | {d['starts']} | {_s(d['cpu_seconds'])} | {_s(d['peak_rss_mib'])} | "
+                     f"{_s(d['peak_pss_mib'])} | {d['oom_killed']} |")
+    events = [e for e in r["timeline"] if e.get("do") not in (None,)]
+    lines += ["", f"## Timeline ({len(events)} events as applied)", ""]
+    for e in events[:60]:
+        who = ",".join(e.get("devices") or []) or " | ".join(",".join(s) for s in e.get("sides") or [])
+        late = f" (planned {e['at']:g})" if "at" in e else ""
+        lines.append(f"- {e['t']:.1f} s {e['do']} {who[:80]}{late}")
+    if len(events) > 60:
+        lines.append(f"- ... {len(events) - 60} more in timeline.csv")
+    return "\n".join(lines)
+
+
+def _gain_pts(g) -> str:
+    return "n/a" if g is None else f"{100 * g:+.1f} points over alone"
