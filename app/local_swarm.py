@@ -17,6 +17,7 @@ from crossback.app.demo import launch_node, node_config, node_plan, stop_nodes, 
 from crossback.config.errors import ConfigError
 from crossback.config.node import write_node_config
 from crossback.node.addresses import WILDCARD_HOSTS, join_host_port
+from crossback.node.metrics_http import scrape_config
 
 
 def _check_free(host: str, port: int, flag: str = "--port") -> None:
@@ -26,14 +27,6 @@ def _check_free(host: str, port: int, flag: str = "--port") -> None:
             s.bind((host, port))
         except OSError as exc:
             raise ConfigError(f"{flag}: {join_host_port(host, port)} is not free ({exc.strerror or exc})") from None
-
-
-def scrape_config(targets: dict[str, str], interval: float = 5.0) -> dict:
-    """A Prometheus config scraping each node's ``/metrics``; ``targets``: node id -> host:port (its
-    metrics address). Every series gets a ``node`` label, the node's id."""
-    return {"global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
-            "scrape_configs": [{"job_name": "crossback", "metrics_path": "/metrics", "static_configs": [
-                {"targets": [address], "labels": {"node": node}} for node, address in targets.items()]}]}
 
 
 def run_up(out: Path, stop: threading.Event, nodes: int = 4, seed: int = 0, epochs: int = 30, adapt_epochs: int = 8,

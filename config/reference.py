@@ -20,6 +20,7 @@ from .bounds import BOUNDS
 from .data import TaskSpec
 from .node import ENV_VARS, NESTED_ENV, SECTIONS
 from .run import RunConfig
+from .scenario import Scenario
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 INTRO = """# Config reference
@@ -154,6 +155,7 @@ def render() -> str:
               "| variable | key |", "|---|---|",
               *(f"| `{var}` | `node.{NESTED_ENV.get(key, key)}` |" for key, var in ENV_VARS.items()), ""]
     lines += render_root("Benchmark config (`crossback bench transfer`)", BenchConfig)
+    lines += render_root("Scenario (`crossback simulate`; docs/simulation.md)", Scenario)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -143,3 +143,11 @@ def serve_metrics(listen: str, registry: Registry) -> tuple[MetricsServer, str]:
         sock.close()
         raise StateInUse(f"node.metrics.listen: cannot listen on {listen}: {exc.strerror or exc}") from None
     return MetricsServer(sock, registry), f"{listen.rpartition(':')[0]}:{sock.getsockname()[1]}"
+
+
+def scrape_config(targets: dict[str, str], interval: float = 5.0) -> dict:
+    """A Prometheus config scraping each node's ``/metrics``; ``targets``: node id -> host:port (its
+    metrics address). Every series gets a ``node`` label, the node's id."""
+    return {"global": {"scrape_interval": f"{interval:g}s", "scrape_timeout": f"{interval:g}s"},
+            "scrape_configs": [{"job_name": "crossback", "metrics_path": "/metrics", "static_configs": [
+                {"targets": [address], "labels": {"node": node}} for node, address in targets.items()]}]}

@@ -10,19 +10,29 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from crossback.config.node import write_node_config
+from crossback.node.metrics_http import scrape_config
 
 from .plan import DevicePlan, Plan, merge
 from .relay import DeviceFaces, Relay
 from .resources import Controllers, DeviceCgroup
 
 STOP_GRACE = 15.0  # seconds a SIGTERMed node has to stop before it is killed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _child_setup(cgroup: DeviceCgroup | None, parent: int):
@@ -71,8 +81,11 @@ class LocalBackend:
             cgroup = self.controllers.device_group(d.device, d.profile) if self.controllers.version else None
             self.devices[d.device] = Device(d, faces, self.out / "configs" / f"{d.device}.yaml",
                                             self.out / "logs" / f"{d.device}.jsonl", cgroup)
+        self.metrics = {d: f"127.0.0.1:{_free_port()}" for d in self.devices}  # out of band: not on the link
         for dev in self.devices.values():
             write_node_config(dev.config, self._config(dev))
+        scrape = scrape_config(self.metrics)
+        (self.out / "prometheus.yml").write_text(yaml.safe_dump(scrape, sort_keys=False), encoding="utf-8")
 
     def mechanisms(self) -> dict:
         """What enforces each part of the plan here, and what could not be applied (per device)."""
@@ -93,6 +106,7 @@ class LocalBackend:
         return merge(dev.plan.config, {"node": {
             "node_id": dev.plan.device, "listen": "127.0.0.1:0", "advertise": dev.faces.inbound,
             "seed_peers": seeds, "threads": dev.plan.profile.threads,
+            "metrics": {"listen": self.metrics[dev.plan.device]},
             "task_arrivals": list(dev.plan.arrivals), "arrival_origin": round(self.origin + dev.plan.join, 3)}})
 
     # ------------------------------------------------------------ actions

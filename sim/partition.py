@@ -7,7 +7,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from crossback.config.data import SplitSpec, View
+from crossback.config.data import SplitSpec
 from crossback.config.errors import ConfigError
 from crossback.config.scenario import DeviceGroup
 from crossback.data.catalog import Catalog

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from crossback.app.local_swarm import scrape_config
+from crossback.node.metrics_http import scrape_config
 
 BINARY = shutil.which("prometheus")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossback.app.local_swarm import scrape_config
+from crossback.node.metrics_http import scrape_config
 from crossback.models.perceiver import kv_shapes
 from crossback.node.node_config import load_node_config
 from crossback.data.prepare import prepare_tasks

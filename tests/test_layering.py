@@ -1,6 +1,6 @@
 """The shape of the code: packages depend one way, only the node touches the wire contract.
 
-    config  <-  models  <-  data  <-  transfer  <-  orchestrator_free  <-  node  <-  bench  <-  app
+    config  <-  models  <-  data  <-  transfer  <-  orchestrator_free  <-  node  <-  bench  <-  sim  <-  app
 
 A package may import only packages to its left (and itself); ``proto`` (the generated wire contract)
 is imported by ``node`` alone. Every import counts: module level, inside functions, under
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["config", "models", "data", "transfer", "orchestrator_free", "node", "bench", "app"]
+LAYERS = ["config", "models", "data", "transfer", "orchestrator_free", "node", "bench", "sim", "app"]
 WIRE_USERS = {"node"}
 
 
