@@ -18,7 +18,7 @@ from .loader import from_mapping, key_paths, read_yaml
 
 PARTITIONS = ("fixed", "dirichlet")
 ARRIVALS = ("start", "scheduled", "poisson")
-ACTIONS = ("join", "leave", "crash", "restart", "pause", "resume", "partition", "heal", "link")
+ACTIONS = ("join", "leave", "crash", "restart", "pause", "resume", "partition", "heal", "link", "pressure")
 CHURN_MODELS = ("exponential", "trace")
 CHURN_ACTIONS = ("leave", "crash")
 
@@ -103,7 +103,9 @@ class DeviceGroup:
 class Event:
     """One timeline entry. ``target``: a device id (``cams-2``), a group name or ``all``; ``sides``: the
     two sides of a partition, each a list of groups or devices; ``duration``: seconds until the matching
-    resume / heal / restart / rejoin (none: it lasts); ``link``: the link a ``link`` event switches to."""
+    resume / heal / restart / rejoin (none: it lasts); ``link``: the link a ``link`` event switches to;
+    ``mib``: what a ``pressure`` event's other application takes of the device's memory for ``duration``
+    (with the node over the profile's memory limit, the kernel kills the node, not that application)."""
 
     at: float = bounded(ge=0.0, le=1e7)
     do: str = bounded(choices=ACTIONS)
@@ -111,6 +113,7 @@ class Event:
     sides: tuple[tuple[str, ...], ...] = ()
     duration: float | None = bounded(None, gt=0.0, le=1e7)
     link: str | None = None
+    mib: int | None = bounded(None, ge=1, le=1 << 24)
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,12 @@ def _check(sc: Scenario, presets: dict[str, Any]) -> None:
                 raise ConfigError(f"{where}.link: unknown link {ev.link!r} (known: {sorted(links)})")
         elif ev.link is not None:
             raise ConfigError(f"{where}.link: only for do: link")
-        if ev.duration is not None and ev.do not in ("leave", "crash", "pause", "partition", "link"):
+        if ev.do == "pressure":
+            if ev.mib is None or ev.duration is None:
+                raise ConfigError(f"{where}: a pressure event needs mib and duration")
+        elif ev.mib is not None:
+            raise ConfigError(f"{where}.mib: only for do: pressure")
+        if ev.duration is not None and ev.do not in ("leave", "crash", "pause", "partition", "link", "pressure"):
             raise ConfigError(f"{where}.duration: {ev.do} takes none (it ends something)")
     for i, ch in enumerate(sc.churn):
         where = f"churn[{i}]"

@@ -174,6 +174,8 @@ class Driver:
         if ev.do in ("partition", "heal"):
             getattr(b.relay, ev.do)(*ev.sides)
             result = {"sides": [list(s) for s in ev.sides]}
+        elif ev.do == "pressure":
+            result = {d: b.pressure(d, ev.mib, ev.duration) for d in ev.devices}
         elif ev.do == "link":
             for device in ev.devices:
                 b.relay.set_link(device, self.plan.links[ev.link])
@@ -183,6 +185,7 @@ class Driver:
                    "resume": b.resume}[ev.do]
             result = {d: act(d) for d in ev.devices}
         self.record({"do": ev.do, "at": ev.at, "devices": list(ev.devices), "sides": [list(s) for s in ev.sides],
-                     **({"link": ev.link} if ev.link else {}), "source": ev.source, "result": result})
+                     **({"link": ev.link} if ev.link else {}), **({"mib": ev.mib} if ev.mib else {}),
+                     "source": ev.source, "result": result})
         what = ev.link if ev.do == "link" else " | ".join(",".join(s) for s in ev.sides) if ev.sides else ""
         self.log(f"{self.now():7.1f}s {ev.do:<9} {','.join(ev.devices)[:60]} {what} ({ev.source})")

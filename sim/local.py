@@ -35,11 +35,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child_setup(cgroup: DeviceCgroup | None, parent: int):
-    """In the child, before exec: join the device's cgroup, die with the simulator (PR_SET_PDEATHSIG)."""
+def _child_setup(cgroup: DeviceCgroup | None, parent: int, victim: bool = True):
+    """In the child, before exec: join the device's cgroup, die with the simulator (PR_SET_PDEATHSIG).
+    ``victim``: the node is what the kernel's OOM killer picks first in its device (the device's other
+    applications stand for its operating system, which a phone or a board keeps alive first)."""
     def setup() -> None:
         if cgroup is not None:
             cgroup.join()
+        if victim:
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)  # raising it needs no privilege
+            os.write(fd, b"1000")
+            os.close(fd)
         if sys.platform.startswith("linux"):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:
@@ -74,6 +80,7 @@ class LocalBackend:
         self.relay = relay or Relay(seed=plan.seed)
         self.controllers = Controllers.detect(f"{plan.name}-{os.getpid()}")
         self.devices: dict[str, Device] = {}
+        self.hogs: list[subprocess.Popen] = []  # pressure events' memory takers
         for folder in ("configs", "logs", "state"):
             (self.out / folder).mkdir(parents=True, exist_ok=True)
         for d in plan.devices:
@@ -165,6 +172,18 @@ class LocalBackend:
             return f"not paused ({dev.state})"
         return self.signal(device, signal.SIGCONT, "running")
 
+    def pressure(self, device: str, mib: int, seconds: float) -> str:
+        """Another application on the device takes ``mib`` MiB for ``seconds``, inside the device's memory
+        cgroup; the node is the OOM killer's first pick, so it is what the kernel kills if both do not fit."""
+        dev = self.devices[device]
+        if dev.plan.profile.memory_mib is None or self.controllers.memory is None:
+            return "not applied (no memory limit on this device)"
+        code = ("import time\nx = bytearray(%d)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n"
+                "time.sleep(%f)\n" % (mib << 20, seconds))
+        self.hogs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, preexec_fn=_child_setup(dev.cgroup, os.getpid(), victim=False)))
+        return "ok"
+
     def poll(self) -> list[tuple[str, str, int]]:
         """Devices whose process ended on its own since the last poll: (device, state, exit code)."""
         ended = []
@@ -177,6 +196,10 @@ class LocalBackend:
         return ended
 
     def stop_all(self) -> None:
+        for hog in self.hogs:
+            if hog.poll() is None:
+                hog.kill()
+                hog.wait()
         live = [d for d in self.devices.values() if d.running]
         for dev in live:
             if dev.state == "paused":

@@ -62,6 +62,8 @@ class PlannedEvent:
     devices: tuple[str, ...] = ()
     sides: tuple[tuple[str, ...], ...] = ()  # partition / heal: device ids on each side
     link: str | None = None
+    mib: int | None = None  # pressure: memory another application takes
+    duration: float | None = None  # pressure: for how long
     source: str = ""  # the scenario key it came from (timeline[3], churn[0], devices[1].join, ...)
 
 
@@ -264,6 +266,14 @@ def _timeline_event(ev: Event, source: str, devices: list[DevicePlan], add) -> N
             add(PlannedEvent(ev.at + ev.duration, "heal", sides=sides, source=source))
         return
     targets = _resolve(ev.target, devices)
+    if ev.do == "pressure":
+        for d in devices:
+            if d.device in targets and d.profile.memory_mib is not None and ev.mib >= d.profile.memory_mib:
+                raise ConfigError(f"{source}.mib: {ev.mib} MiB does not fit under {d.device}'s memory limit "
+                                  f"({d.profile.memory_mib} MiB, profile {d.profile.name}): the node must be the "
+                                  "one the kernel kills")
+        add(PlannedEvent(ev.at, ev.do, targets, mib=ev.mib, duration=ev.duration, source=source))
+        return
     add(PlannedEvent(ev.at, ev.do, targets, link=ev.link, source=source))
     if ev.duration is None:
         return
