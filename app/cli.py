@@ -308,7 +308,13 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import signal
+
     from crossback.sim.simulate import prepare, simulate
+
+    def stop(*_):  # SIGTERM as Ctrl-C: the devices are stopped and the cgroups removed on the way out
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
 
     if args.plan_only:
         plan = prepare(args.scenario, args.out, args.seed)
@@ -316,7 +322,7 @@ def _simulate(args: argparse.Namespace) -> int:
               f"digest {plan.digest}")
         return 0
     report = simulate(args.scenario, args.out, args.seed, args.backend, log=lambda m: print(m, file=sys.stderr),
-                      fidelity=not args.no_fidelity)
+                      fidelity=not args.no_fidelity, network=args.network)
     print(report["text"])
     return 0
 
@@ -487,6 +493,8 @@ def _add_swarm_commands(sub) -> None:
     sim.add_argument("--backend", default="local", help="local (processes on this machine)")
     sim.add_argument("--plan-only", action="store_true", help="write plan.json and every device's config; run nothing")
     sim.add_argument("--no-fidelity", action="store_true", help="skip measuring the links before and during the run")
+    sim.add_argument("--network", default="auto", help="namespaces (each device in its own network namespace, "
+                     "rates by tc; root), loopback (the relay shapes everything) or auto (namespaces where possible)")
     sim.set_defaults(func=_simulate)
     rep = sub.add_parser("report", help="re-render a simulation's report from its run folder")
     rep.add_argument("run_dir", type=Path)

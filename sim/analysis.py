@@ -36,18 +36,6 @@ class Run:
         return round(record["ts"] - self.origin, 3)
 
 
-def _jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
-
-
 def load_run(out: Path) -> Run:
     out = Path(out)
     if not (out / "plan.json").exists():
@@ -56,7 +44,7 @@ def load_run(out: Path) -> Run:
     run = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").exists() else {}
     logs = {d.device: read_events(out / "logs" / f"{d.device}.jsonl") for d in plan.devices}
     origin = run.get("origin") or min((e[0]["ts"] for e in logs.values() if e), default=0.0)
-    return Run(out, plan, origin, run, _jsonl(out / "timeline.jsonl"), _jsonl(out / "resources.jsonl"), logs)
+    return Run(out, plan, origin, run, read_events(out / "timeline.jsonl"), read_events(out / "resources.jsonl"), logs)
 
 
 def _median(values) -> float | None:
@@ -134,7 +122,10 @@ def group_rows(run: Run, tasks: list[dict]) -> list[dict]:
             "tta_alone": _median(r.get("tta_alone") for r in done),
             "tta_borrowing": _median(r.get("tta_borrowing") for r in done),
             "reached_alone": sum(r.get("tta_alone") is not None for r in done),
-            "reached_borrowing": sum(r.get("tta_borrowing") is not None for r in done)})
+            "reached_borrowing": sum(r.get("tta_borrowing") is not None for r in done),
+            # paired, on the tasks both reached: what borrowing adds to the time to target
+            "tta_borrowing_minus_alone": _median(r["tta_borrowing"] - r["tta_alone"] for r in done
+                                                 if r.get("tta_borrowing") is not None and r.get("tta_alone") is not None)})
     return out
 
 
@@ -289,26 +280,38 @@ def failure_detection(run: Run) -> dict:
         by_cause[det["cause"]].append(det["delay"])
     return {"failure_timeout": timeout, "detections": detections, "false_positives": false_positives,
             "by_cause": {c: {"n": len(v), "median_delay": _median(v), "max_delay": max(v)} for c, v in by_cause.items()},
-            "reconverged": _reconverged(run, parts)}
+            "reconverged": _reconverged(run, parts, downs)}
 
 
-def _reconverged(run: Run, parts) -> list[dict]:
-    """After each heal: how long until every device of each side saw the other side alive again."""
+def _reconverged(run: Run, parts, downs) -> list[dict]:
+    """After each heal: for every pair (observer, peer across the cut) where the observer declared the
+    peer dead during the partition and neither was down at the heal, how long until the observer saw the
+    peer again (``peer_returned``)."""
     out = []
     for start, end, a, b in parts:
         if end is None:
             continue
-        seen = []
+        times, missing = [], 0
         for observer, others in [(x, b) for x in a] + [(y, a) for y in b]:
-            back = {}
-            for e in run.logs.get(observer, []):
-                if e["event"] in ("peer_returned", "peer_joined") and e.get("peer") in others and run.t(e) >= end:
-                    back.setdefault(e["peer"], run.t(e))
-            seen.append(max(back.values()) - end if len(back) == len(others) else None)
-        missing = sum(s is None for s in seen)
-        out.append({"partition": start, "heal": end, "observers": len(seen), "not_reconverged": missing,
-                    "seconds": round(max(s for s in seen if s is not None), 3) if missing < len(seen) else None})
+            log = run.logs.get(observer, [])
+            cut = {e["peer"] for e in log if e["event"] == "peer_dead" and e.get("peer") in others
+                   and start <= run.t(e) <= end}
+            for peer in sorted(cut):
+                if _down_at(downs, observer, end) or _down_at(downs, peer, end):
+                    continue
+                back = [run.t(e) for e in log if e["event"] in ("peer_returned", "peer_joined")
+                        and e.get("peer") == peer and run.t(e) >= end]
+                if back:
+                    times.append(back[0] - end)
+                else:
+                    missing += 1
+        out.append({"partition": start, "heal": end, "pairs": len(times) + missing, "not_reconverged": missing,
+                    "median_seconds": _median(times), "seconds": round(max(times), 3) if times else None})
     return out
+
+
+def _down_at(downs, device: str, t: float) -> bool:
+    return any(s <= t and (e is None or e >= t) for s, e, _ in downs.get(device, []))
 
 
 # ------------------------------------------------------------ resources

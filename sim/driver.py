@@ -18,13 +18,14 @@ SAMPLE_EVERY = 1.0  # seconds between resource samples
 LOADED_FIDELITY_AFTER = 20.0  # seconds into the run the links are measured again, under the devices' load
 
 
-def measure_links(relay, plan: Plan, when: str, log=print) -> list[dict]:
-    """Every link the plan uses, measured through probe faces on ``relay`` (``.fidelity``)."""
+def measure_links(relay, plan: Plan, when: str, log=print, nets=None) -> list[dict]:
+    """Every link the plan uses, measured through probe faces on ``relay`` (``.fidelity``); ``nets``: from
+    a probe namespace behind token buckets, as the devices are."""
     links = {d.link.name: d.link for d in plan.devices}
     links.update({ev.link: plan.links[ev.link] for ev in plan.events if ev.link})
     out = []
     for link in links.values():
-        result = measure_link(relay, link, name=f"probe-{when}-{link.name}")
+        result = measure_link(relay, link, name=f"probe-{when}-{link.name}", nets=nets)
         out.append({"when": when, **result})
         log(f"link {link.name:<10} ({when}) rtt {result['rtt_ms']['measured']:.1f} ms "
             f"(set {result['rtt_ms']['configured']:g}); up {result['up_mbit']['measured']:.2f} Mbit/s "
@@ -101,7 +102,7 @@ class Driver:
                     next_sample = now + SAMPLE_EVERY
                 if self.fidelity and loaded_at is not None and now >= loaded_at:  # beside the timeline
                     loaded = threading.Thread(target=lambda: fidelity.update(
-                        loaded=measure_links(self.backend.relay, self.plan, "loaded", self.log)),
+                        loaded=measure_links(self.backend.relay, self.plan, "loaded", self.log, self.backend.nets)),
                                               name="sim-fidelity", daemon=True)
                     loaded.start()
                     loaded_at = None
@@ -125,6 +126,7 @@ class Driver:
             self._timeline.close()
             self._resources.close()
         summary = {"origin": self.origin, "ended": ended, "seconds": round(self.now(), 3),
+                   "relay_overhead_ms": round(self.backend.relay.overhead * 1e3, 4),
                    "mechanisms": self.backend.mechanisms(), "links": self.backend.relay.counters(),
                    "peak": self._peak, "fidelity": fidelity}
         (self.out / "run.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
@@ -177,9 +179,7 @@ class Driver:
         elif ev.do == "pressure":
             result = {d: b.pressure(d, ev.mib, ev.duration) for d in ev.devices}
         elif ev.do == "link":
-            for device in ev.devices:
-                b.relay.set_link(device, self.plan.links[ev.link])
-            result = {d: "ok" for d in ev.devices}
+            result = {d: b.set_link(d, self.plan.links[ev.link]) for d in ev.devices}
         else:
             act = {"join": b.start, "restart": b.start, "leave": b.leave, "crash": b.crash, "pause": b.pause,
                    "resume": b.resume}[ev.do]

@@ -28,8 +28,9 @@ class Shape:
     loss: float  # share of packets lost
 
     @classmethod
-    def of(cls, link: Link, up: bool) -> "Shape":
-        mbit = link.up_mbit if up else link.down_mbit
+    def of(cls, link: Link, up: bool, kernel_rate: bool = False) -> "Shape":
+        """``link``'s shape one way; ``kernel_rate``: its rate is enforced elsewhere (a token bucket)."""
+        mbit = None if kernel_rate else (link.up_mbit if up else link.down_mbit)
         return cls(mbit * 1e6 / 8 if mbit else None, link.latency_ms / 1e3, link.jitter_ms / 1e3, link.loss)
 
     @property
@@ -45,6 +46,7 @@ class Direction:
         self._lock = threading.Lock()
         self.bytes = 0
         self.retransmits = 0
+        self.overhead = 0.0  # seconds the path itself takes one way, left out of the latency added
 
     def set(self, shape: Shape) -> None:
         with self._lock:
@@ -57,7 +59,7 @@ class Direction:
             sent = start + (nbytes / s.rate if s.rate else 0.0)
             self._free_at = sent
             self.bytes += nbytes
-            delay = s.latency + (self._rng.uniform(-s.jitter, s.jitter) if s.jitter else 0.0)
+            delay = max(0.0, s.latency - self.overhead) + (self._rng.uniform(-s.jitter, s.jitter) if s.jitter else 0.0)
             if s.loss:
                 lost = 1.0 - (1.0 - s.loss) ** math.ceil(max(nbytes, 1) / MSS)
                 if self._rng.random() < lost:

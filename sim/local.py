@@ -1,9 +1,9 @@
 """The local backend: every device a real `crossback node` process on this machine.
 
-Each device's traffic goes through its faces on the relay (``.relay``: rate, latency, jitter, loss and
-partitions), its CPU share and memory limit are its own cgroup (``.resources``, as root), and its torch
-threads are set in its node config. The node itself is the unmodified `crossback node`: it only sees an
-advertised address, a ``grpc_proxy`` and a task list with arrival times.
+Each device's traffic goes through its faces on the relay (``.relay``: latency, jitter, loss, partitions,
+and rates unless the kernel shapes them: ``.netns``, as root); its CPU share and memory limit are its own
+cgroup (``.resources``, as root); its torch threads are set in its node config. The node itself is the
+unmodified `crossback node`: it only sees its addresses, a ``grpc_proxy`` and a task list with arrival times.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import yaml
 from crossback.config.node import write_node_config
 from crossback.node.metrics_http import scrape_config
 
+from .netns import METRICS_PORT, NODE_PORT, Namespaces
 from .plan import DevicePlan, Plan, merge
 from .relay import DeviceFaces, Relay
 from .resources import Controllers, DeviceCgroup
@@ -74,21 +75,31 @@ class Device:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, plan: Plan, out: Path, origin: float, relay: Relay | None = None):
-        """``origin``: the Unix time the run started (task arrivals count from it plus a device's join)."""
-        self.plan, self.out, self.origin = plan, Path(out), origin
+    def __init__(self, plan: Plan, out: Path, origin: float, relay: Relay | None = None,
+                 nets: Namespaces | None = None):
+        """``origin``: the Unix time the run started (task arrivals count from it plus a device's join).
+        ``nets``: every device in a network namespace of its own, its rates by tc (``.netns``); the relay
+        then listens on the bridge and adds latency, jitter and loss. None: every device on loopback."""
+        self.plan, self.out, self.origin, self.nets = plan, Path(out), origin, nets
         self.relay = relay or Relay(seed=plan.seed)
+        self.shaped: dict[str, dict] = {}  # device -> what tc set on its veth ends
         self.controllers = Controllers.detect(f"{plan.name}-{os.getpid()}")
         self.devices: dict[str, Device] = {}
         self.hogs: list[subprocess.Popen] = []  # pressure events' memory takers
+        self.stopping: dict[str, float] = {}  # device -> when its SIGTERMed node is killed
         for folder in ("configs", "logs", "state"):
             (self.out / folder).mkdir(parents=True, exist_ok=True)
         for d in plan.devices:
-            faces = self.relay.add_device(d.device, d.link)
+            faces = self.relay.add_device(d.device, d.link, kernel_rate=nets is not None)
+            if nets is not None:
+                nets.add(d.device)
+                self.shaped[d.device] = nets.shape(d.device, d.link)
             cgroup = self.controllers.device_group(d.device, d.profile) if self.controllers.version else None
             self.devices[d.device] = Device(d, faces, self.out / "configs" / f"{d.device}.yaml",
                                             self.out / "logs" / f"{d.device}.jsonl", cgroup)
-        self.metrics = {d: f"127.0.0.1:{_free_port()}" for d in self.devices}  # out of band: not on the link
+        # metrics are scraped out of band: from the host, not through the device's link
+        self.metrics = {d: f"{nets.devices[d].address}:{METRICS_PORT}" if nets else f"127.0.0.1:{_free_port()}"
+                        for d in self.devices}
         for dev in self.devices.values():
             write_node_config(dev.config, self._config(dev))
         scrape = scrape_config(self.metrics)
@@ -99,8 +110,9 @@ class LocalBackend:
         c = self.controllers
         cg = f"cgroup v{c.version}" if c.version else None
         missing = {d: self.controllers.missing(dev.plan.profile) for d, dev in self.devices.items()}
-        return {"backend": self.name,
-                "rate": "relay (userspace, per device and direction, shared by its connections)",
+        rate = "tc tbf on both ends of each device's veth pair (its own network namespace)" if self.nets else \
+            "relay (userspace, per device and direction, shared by its connections)"
+        return {"backend": self.name, "network": "namespaces" if self.nets else "loopback", "rate": rate,
                 "latency": "relay", "jitter": "relay (uniform, order kept)",
                 "loss": "relay (a chunk that would lose a packet arrives one RTO late)",
                 "partition": "relay (blackhole: no answer across until the heal)",
@@ -111,7 +123,8 @@ class LocalBackend:
     def _config(self, dev: Device) -> dict:
         seeds = [self.devices[s].faces.inbound for s in dev.plan.seeds]
         return merge(dev.plan.config, {"node": {
-            "node_id": dev.plan.device, "listen": "127.0.0.1:0", "advertise": dev.faces.inbound,
+            "node_id": dev.plan.device, "advertise": dev.faces.inbound,
+            "listen": f"{self.nets.devices[dev.plan.device].address}:{NODE_PORT}" if self.nets else "127.0.0.1:0",
             "seed_peers": seeds, "threads": dev.plan.profile.threads,
             "metrics": {"listen": self.metrics[dev.plan.device]},
             "task_arrivals": list(dev.plan.arrivals), "arrival_origin": round(self.origin + dev.plan.join, 3)}})
@@ -120,9 +133,16 @@ class LocalBackend:
 
     def start(self, device: str) -> str:
         dev = self.devices[device]
+        note = ""
+        if dev.running and dev.state in ("left", "crashed"):  # back before its old node is gone
+            dev.proc.kill()
+            dev.proc.wait()
+            note = " (its old node killed first)" if dev.state == "left" else ""
         if dev.running:
             return "already running"
-        args = [sys.executable, "-m", "crossback.app.cli", "node", "--config", str(dev.config),
+        self.stopping.pop(device, None)
+        prefix = self.nets.devices[device].exec_prefix() if self.nets else []
+        args = [*prefix, sys.executable, "-m", "crossback.app.cli", "node", "--config", str(dev.config),
                 "--state-dir", str(self.out / "state" / device), "--log-dir", str(self.out / "logs")]
         threads = str(dev.plan.profile.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
@@ -135,7 +155,7 @@ class LocalBackend:
         console.close()
         dev.state, dev.starts = "running", dev.starts + 1
         dev.pids.append(dev.proc.pid)
-        return "started" if dev.starts == 1 else "restarted"
+        return ("started" if dev.starts == 1 else "restarted") + note
 
     def signal(self, device: str, sig: int, state: str) -> str:
         dev = self.devices[device]
@@ -148,19 +168,14 @@ class LocalBackend:
         return "ok"
 
     def leave(self, device: str) -> str:
+        """SIGTERM; the node stops at its next epoch boundary (``poll`` kills it past ``STOP_GRACE``)."""
         result = self.signal(device, signal.SIGTERM, "left")
         if result == "ok":
-            try:
-                self.devices[device].proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.devices[device].proc.kill()
-                result = f"killed after {STOP_GRACE:g} s"
+            self.stopping[device] = time.monotonic() + STOP_GRACE
         return result
 
     def crash(self, device: str) -> str:
         result = self.signal(device, signal.SIGKILL, "crashed")
-        if result == "ok":
-            self.devices[device].proc.wait()
         return result
 
     def pause(self, device: str) -> str:
@@ -171,6 +186,12 @@ class LocalBackend:
         if dev.state != "paused":
             return f"not paused ({dev.state})"
         return self.signal(device, signal.SIGCONT, "running")
+
+    def set_link(self, device: str, link) -> str:
+        self.relay.set_link(device, link)
+        if self.nets is not None:
+            self.shaped[device] = self.nets.shape(device, link)
+        return "ok"
 
     def pressure(self, device: str, mib: int, seconds: float) -> str:
         """Another application on the device takes ``mib`` MiB for ``seconds``, inside the device's memory
@@ -187,6 +208,14 @@ class LocalBackend:
     def poll(self) -> list[tuple[str, str, int]]:
         """Devices whose process ended on its own since the last poll: (device, state, exit code)."""
         ended = []
+        for name, deadline in list(self.stopping.items()):
+            proc = self.devices[name].proc
+            if proc.poll() is not None:
+                del self.stopping[name]
+            elif time.monotonic() > deadline:
+                proc.kill()
+                ended.append((name, "killed after leaving", -9))
+                del self.stopping[name]
         for name, dev in self.devices.items():
             if dev.state in ("running", "paused") and dev.proc is not None and dev.proc.poll() is not None:
                 kills = dev.cgroup.oom_kills() if dev.cgroup else 0
@@ -216,4 +245,6 @@ class LocalBackend:
     def close(self) -> None:
         self.stop_all()
         self.relay.close()
+        if self.nets is not None:
+            self.nets.close()
         self.controllers.remove()

@@ -84,7 +84,8 @@ def render(r: dict) -> str:
     mech = run.get("mechanisms", {})
     if mech:
         lines += [f"Backend {mech.get('backend')}: rate by {mech.get('rate')}; latency, jitter, loss by the relay; "
-                  f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; memory by {mech.get('memory') or 'nothing (not applied)'}."]
+                  f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; "
+                  f"memory by {mech.get('memory') or 'nothing (not applied)'}."]
         for device, missing in (mech.get("not_applied") or {}).items():
             lines.append(f"- not applied on {device}: {', '.join(missing)}")
         lines.append("")
@@ -99,19 +100,20 @@ def render(r: dict) -> str:
         lines.append("")
     lines += ["## Groups", "",
               "| group | devices | tasks done | accuracy | alone (none) | kept - none, points [95 % CI] | selected - none | "
-              "borrowed | time to finish s | time to target alone / borrowing s (reached) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "borrowed | time to finish s | time to target alone / borrowing s (reached) | borrowing adds s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in r["groups"]:
         relearned = f" ({g['relearned']} relearned)" if g["relearned"] else ""
         lines.append(f"| {g['group']} | {g['devices']} | {g['finished']}/{g['tasks']}{relearned} | {_pct(g['accuracy'])} | "
                      f"{_pct(g['none'])} | {_gain(g['kept_minus_none'])} | {_gain(g['selected_minus_none'])} | "
                      f"{g['borrowed']} | {_s(g['time_to_finish'])} | {_s(g['tta_alone'])} ({g['reached_alone']}) / "
-                     f"{_s(g['tta_borrowing'])} ({g['reached_borrowing']}) |")
+                     f"{_s(g['tta_borrowing'])} ({g['reached_borrowing']}) | {_s(g['tta_borrowing_minus_alone'])} |")
     target = run.get("target_accuracy")
     lines += ["", "Time to target: from a task's arrival until a device learning alone (local training and the "
               "`none` arm) or borrowing (local training, selection and the selected arm) holds a model at the target: "
               + (f"{_pct(target)} % test accuracy" if target is not None else "each task's own accuracy learned alone")
-              + "; a task whose arm falls short does not count as reached.", ""]
+              + "; a task whose arm falls short does not count as reached. `borrowing adds`: the median, over tasks "
+              "both reached, of the difference.", ""]
     if r["selections_by_link"]:
         lines += ["## Selections by link", "",
                   "| link | selections | seconds (median, max) | probe s | payload s | KB (probe + payload) |",
@@ -139,15 +141,17 @@ def render(r: dict) -> str:
               f"failure_timeout {fd['failure_timeout']:g} s; {len(fd['detections'])} detection(s), "
               f"{len(fd['false_positives'])} false positive(s)."]
     for cause, v in sorted(fd["by_cause"].items()):
-        lines.append(f"- {cause}: {v['n']} detection(s), delay median {_s(v['median_delay'])} s, max {_s(v['max_delay'])} s")
+        lines.append(f"- {cause}: {v['n']} detection(s), delay median {_s(v['median_delay'])} s, "
+                     f"max {_s(v['max_delay'])} s")
     for rc in fd["reconverged"]:
-        lines.append(f"- partition {rc['partition']:.0f}-{rc['heal']:.0f} s: every view whole again "
-                     f"{_s(rc['seconds'])} s after the heal ({rc['not_reconverged']} of {rc['observers']} not)")
+        lines.append(f"- partition {rc['partition']:.0f}-{rc['heal']:.0f} s: of {rc['pairs']} peers declared dead "
+                     f"across the cut, seen again {_s(rc['median_seconds'])} s (median), {_s(rc['seconds'])} s "
+                     f"(last) after the heal; {rc['not_reconverged']} not before the end")
     lines += ["", "## Devices", "", "| device | profile | starts | CPU s | peak RSS MiB | peak PSS MiB | OOM kills |",
               "|---|---|---|---|---|---|---|"]
     for d in r["resources"]:
-        lines.append(f"| {d['device']} | {d['profile']} | {d['starts']} | {_s(d['cpu_seconds'])} | {_s(d['peak_rss_mib'])} | "
-                     f"{_s(d['peak_pss_mib'])} | {d['oom_killed']} |")
+        lines.append(f"| {d['device']} | {d['profile']} | {d['starts']} | {_s(d['cpu_seconds'])} | "
+                     f"{_s(d['peak_rss_mib'])} | {_s(d['peak_pss_mib'])} | {d['oom_killed']} |")
     events = [e for e in r["timeline"] if e.get("do") not in (None,)]
     lines += ["", f"## Timeline ({len(events)} events as applied)", ""]
     for e in events[:60]:

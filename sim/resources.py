@@ -48,6 +48,7 @@ class Controllers:
         found = {}
         for ctl in ("cpu", "memory"):
             mount = root / ctl
+            _forget_dead_runs(mount / "crossback")
             if _writable(mount):
                 try:
                     (mount / "crossback" / name).mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,18 @@ class Controllers:
                     _rmdir(child)
             _rmdir(base)
             _rmdir(base.parent)  # crossback/, once no other run uses it
+
+
+def _forget_dead_runs(base: Path) -> None:
+    """Remove the empty cgroups of earlier runs whose simulator died without cleaning up (``name-PID``)."""
+    if not base.is_dir():
+        return
+    for run in base.iterdir():
+        pid = run.name.rpartition("-")[2]
+        if run.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for child in [c for c in run.iterdir() if c.is_dir()]:
+                _rmdir(child)
+            _rmdir(run)
 
 
 def _try_write(path: Path, value: str) -> None:

@@ -6,6 +6,7 @@ timeline.png). ``crossback report RUN`` re-renders the report from those files a
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,13 +14,16 @@ from pathlib import Path
 from crossback.config.errors import ConfigError
 from crossback.config.scenario import load_scenario
 
+from . import netns
 from .driver import Driver, measure_links
+from .fidelity import calibrate
 from .local import LocalBackend
 from .plan import Plan, make_plan
 from .relay import Relay
 from .report import write_report
 
 BACKENDS = ("local",)
+NETWORKS = ("auto", "namespaces", "loopback")
 
 
 def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
@@ -34,20 +38,34 @@ def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
 
 
 def simulate(scenario: Path, out: Path, seed: int | None = None, backend: str = "local", log=print,
-             fidelity: bool = True) -> dict:
+             fidelity: bool = True, network: str = "auto") -> dict:
+    """``network``: ``namespaces`` (every device in a network namespace, rates by tc; root), ``loopback``
+    (every device on loopback, everything by the relay) or ``auto`` (namespaces where possible)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: {backend!r} is not one of {list(BACKENDS)}")
+    if network not in NETWORKS:
+        raise ConfigError(f"--network: {network!r} is not one of {list(NETWORKS)}")
+    why = netns.unavailable()
+    if network == "namespaces" and why:
+        raise ConfigError(f"--network namespaces: not possible here ({why})")
     out = Path(out)
     plan = prepare(Path(scenario), out, seed)
     log(f"plan {plan.digest[:12]}: {len(plan.devices)} devices, {len(plan.events)} events, "
         f"seed {plan.seed}, up to {plan.duration:g} s")
-    relay = Relay(seed=plan.seed)
+    nets = netns.Namespaces(os.getpid()) if network != "loopback" and not why else None
+    if network == "auto" and why:
+        log(f"devices share loopback and the relay shapes their rates too: no network namespaces ({why})")
+    relay = Relay(host=nets.gateway if nets else "127.0.0.1", seed=plan.seed)
     try:  # the links measured idle before any device starts; the run's clock starts after
-        idle = measure_links(relay, plan, "idle", log) if fidelity else None
+        overhead = calibrate(relay, nets)
+        log(f"the relay's own path: {2e3 * overhead:.2f} ms round trip, left out of every link's latency")
+        idle = measure_links(relay, plan, "idle", log, nets) if fidelity else None
+        runner = LocalBackend(plan, out, origin=time.time(), relay=relay, nets=nets)
     except BaseException:
         relay.close()
+        if nets is not None:
+            nets.close()
         raise
-    runner = LocalBackend(plan, out, origin=time.time(), relay=relay)
     for device, parts in runner.mechanisms()["not_applied"].items():
         log(f"{device}: not applied: {', '.join(parts)}")
     try:

@@ -2,7 +2,9 @@
 10 % of the configured values, a link changed at run time, partitions that blackhole and heal."""
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 import time
 
@@ -141,3 +143,29 @@ def test_the_link_model_queues_shares_and_keeps_order():
     lossy = Direction(Shape(rate=None, latency=0.01, jitter=0.0, loss=0.5), random.Random(0))
     late = [lossy.delivery(1448 * 4, now=0.0) for _ in range(200)]
     assert lossy.retransmits > 150 and max(late) >= 0.2  # a lost packet costs at least the minimum RTO
+
+
+def test_a_kernel_shaped_link_from_a_namespace_measures_within_ten_percent():
+    """As root: the probe in its own network namespace behind tc token buckets, the relay on the bridge
+    adding only latency and jitter."""
+    from crossback.sim import netns
+
+    why = netns.unavailable()
+    if why:
+        pytest.skip(f"no network namespaces here: {why}")
+    nets = netns.Namespaces(os.getpid())
+    relay = Relay(host=nets.gateway, seed=1)
+    try:
+        m = measure_link(relay, LTE, seconds=1.0, nets=nets)
+        assert relay.devices[next(iter(relay.devices))].kernel_rate
+        (probe,) = nets.devices.values()
+        shown = subprocess.run(["tc", "-n", probe.netns, "qdisc", "show", "dev", probe.device_if],
+                               capture_output=True, text=True).stdout
+        assert "tbf" in shown and "8Mbit" in shown, shown
+    finally:
+        relay.close()
+        nets.close()
+    for key in ("rtt_ms", "up_mbit", "down_mbit"):
+        assert abs(m[key]["error"]) <= 0.10, m
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert probe.netns not in names, "the namespaces are removed"

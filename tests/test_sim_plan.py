@@ -133,8 +133,8 @@ def test_dirichlet_partition_is_what_each_node_loads(tmp_path):
 
 
 def test_a_partition_that_leaves_a_class_empty_is_named():
-    from crossback.data.tasks import build_task
     from crossback.config.data import TaskSpec, View
+    from crossback.data.tasks import build_task
 
     catalog = load_catalog("digits")
     with pytest.raises(DataError, match="holds no train or no val item of class"):
