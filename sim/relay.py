@@ -139,11 +139,18 @@ class Relay:
                 for tunnel in list(faces.tunnels):
                     for w in tunnel.writers:
                         w.close()
+            await asyncio.sleep(0.05)  # the transports see their connections lost
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         try:
             self._call(shutdown())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            if not self._thread.is_alive():
+                self._loop.close()
 
     # ------------------------------------------------------------ the loop
 
