@@ -141,6 +141,18 @@ def _paired(diffs: list[float]) -> dict | None:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()}
 
 
+def accuracy_curve(run: Run) -> list[dict]:
+    """Accuracy over wall time: after every finished task, the device's mean test accuracy over the tasks
+    it has learned (``accuracies`` of ``task_finished``: old tasks re-scored, so forgetting would show)."""
+    rows = []
+    for d in run.plan.devices:
+        for e in run.logs[d.device]:
+            if e["event"] == "task_finished" and e.get("accuracies"):
+                rows.append({"t": run.t(e), "device": d.device, "group": d.group, "tasks": len(e["accuracies"]),
+                             "mean_accuracy": round(sum(e["accuracies"]) / len(e["accuracies"]), 4)})
+    return sorted(rows, key=lambda r: (r["t"], r["device"]))
+
+
 # ------------------------------------------------------------ selections and traffic
 
 def selection_rows(run: Run) -> list[dict]:

@@ -46,3 +46,32 @@ def plot_timeline(run: Run, report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_accuracy(report: dict, path: Path) -> None:
+    """Every device's mean accuracy over its learned tasks against wall time, and each group's mean."""
+    rows = report["accuracy"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for gi, group in enumerate(groups):
+        colour = colours[gi % len(colours)]
+        latest: dict[str, float] = {}
+        xs, ys = [], []
+        for r in (r for r in rows if r["group"] == group):
+            latest[r["device"]] = r["mean_accuracy"]
+            xs.append(r["t"])
+            ys.append(sum(latest.values()) / len(latest))
+        for device in dict.fromkeys(r["device"] for r in rows if r["group"] == group):
+            mine = [r for r in rows if r["device"] == device]
+            ax.step([r["t"] for r in mine], [r["mean_accuracy"] for r in mine], where="post", color=colour,
+                    alpha=0.15, lw=1)
+        ax.step(xs, ys, where="post", color=colour, lw=2.5, label=f"{group} (mean over its devices)")
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("mean test accuracy over learned tasks")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{report['run']['scenario']}: accuracy over wall time", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

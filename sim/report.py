@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from . import analysis
-from .plot import plot_timeline
+from .plot import plot_accuracy, plot_timeline
 
 
 def build(out: Path) -> dict:
@@ -26,6 +26,7 @@ def build(out: Path) -> dict:
         "fidelity": run.summary.get("fidelity", {}),
         "groups": analysis.group_rows(run, tasks),
         "tasks": tasks,
+        "accuracy": analysis.accuracy_curve(run),
         "selections": selections,
         "selections_by_link": analysis.by_link(selections),
         "traffic": analysis.traffic(run),
@@ -51,11 +52,12 @@ def write_report(out: Path) -> dict:
     report["text"] = render(report)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "report.md").write_text(report["text"] + "\n", encoding="utf-8")
-    for name in ("tasks", "groups", "selections", "resources", "timeline"):
+    for name in ("tasks", "groups", "selections", "resources", "timeline", "accuracy"):
         _csv(out / f"{name}.csv", report[name])
     _csv(out / "detections.csv", report["failure_detection"]["detections"]
          + [{**fp, "cause": "false_positive"} for fp in report["failure_detection"]["false_positives"]])
     plot_timeline(analysis.load_run(out), report, out / "timeline.png")
+    plot_accuracy(report, out / "accuracy.png")
     return report
 
 

@@ -33,6 +33,7 @@ def run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sim")
     scenario = yaml.safe_load(SMALL.read_text())
     scenario["timeline"] += PRESSURE
+    scenario["settle"] = 20  # time after the heal for every view to be whole again, with margin
     path = folder / "small-pressure.yaml"
     path.write_text(yaml.safe_dump(scenario), encoding="utf-8")
     out = folder / "run"
@@ -86,7 +87,7 @@ def test_a_partition_splits_the_views_which_reconverge_after_the_heal(run):
                 if e["event"] in ("peer_returned", "peer_joined") and e["ts"] - origin >= heal["t"]}
         assert set(others) - {"phones-1"} <= back, (observer, back)
     (rc,) = r["failure_detection"]["reconverged"]
-    assert rc["heal"] == heal["t"] and rc["pairs"] >= 2 and rc["not_reconverged"] == 0 and rc["seconds"] < 15
+    assert rc["heal"] == heal["t"] and rc["pairs"] >= 2 and rc["not_reconverged"] == 0 and rc["seconds"] < 20
     assert r["failure_detection"]["by_cause"]["partition"]["n"] >= 2 * len(cams) * len(phones) - 2 * len(cams)
 
 
