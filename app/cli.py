@@ -308,13 +308,7 @@ def _bench_compare(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import signal
-
     from crossback.sim.simulate import prepare, simulate
-
-    def stop(*_):  # SIGTERM as Ctrl-C: the devices are stopped and the cgroups removed on the way out
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
 
     if args.plan_only:
         plan = prepare(args.scenario, args.out, args.seed)

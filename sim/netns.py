@@ -51,6 +51,22 @@ class DeviceNet:
         return ["ip", "netns", "exec", self.netns]
 
 
+def forget_dead_runs() -> list[str]:
+    """Remove the namespaces and bridges of earlier runs whose simulator died without cleaning up (their
+    names carry its process id); what was removed."""
+    listed = _run("ip", "netns", "list", check=False).stdout.split("\n")
+    names = [line.split()[0] for line in listed if line.startswith("cb") and "-" in line.split()[0]]
+    bridges = [line.split(": ")[1].split("@")[0] for line in
+               _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines() if ": cb" in line]
+    gone = []
+    for name in names + bridges:
+        tag = name[2:].split("-")[0]
+        if tag.isdigit() and not os.path.exists(f"/proc/{int(tag)}"):
+            _run("ip", "netns" if "-" in name else "link", "del", name, check=False)
+            gone.append(name)
+    return gone
+
+
 class Namespaces:
     def __init__(self, run_id: int):
         self.tag = f"{run_id % 100000:05d}"
@@ -59,6 +75,7 @@ class Namespaces:
         self.gateway = str(self.network.network_address + 1)
         self.devices: dict[str, DeviceNet] = {}
         self._count = 0
+        forget_dead_runs()
         _run("ip", "link", "add", "name", self.bridge, "type", "bridge")
         try:
             _run("ip", "addr", "add", f"{self.gateway}/{self.network.prefixlen}", "dev", self.bridge)

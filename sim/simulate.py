@@ -6,8 +6,11 @@ timeline.png). ``crossback report RUN`` re-renders the report from those files a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +42,26 @@ def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
 
 def simulate(scenario: Path, out: Path, seed: int | None = None, backend: str = "local", log=print,
              fidelity: bool = True, network: str = "auto") -> dict:
+    with _sigterm_as_interrupt():  # a SIGTERMed simulator still stops its devices and removes what it made
+        return _simulate(scenario, out, seed, backend, log, fidelity, network)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fidelity: bool, network: str) -> dict:
     """``network``: ``namespaces`` (every device in a network namespace, rates by tc; root), ``loopback``
     (every device on loopback, everything by the relay) or ``auto`` (namespaces where possible)."""
     if backend not in BACKENDS:
