@@ -15,7 +15,7 @@ from crossback.config.scenario import Link
 
 from .relay import Relay, raise_priority
 
-PINGS = 15
+PINGS = 31
 MIN_BYTES, MAX_BYTES = 64 << 10, 8 << 20
 UNLIMITED_BYTES = 4 << 20  # what an unlimited direction is measured with
 

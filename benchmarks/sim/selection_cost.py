@@ -49,6 +49,13 @@ def pool(reports: list[dict]) -> dict:
                 cells[(link, kind)]["gain"].append(task["selected"] - task["none"])
                 cells[(link, kind)]["tta_alone"].append(task.get("tta_alone"))
                 cells[(link, kind)]["tta_borrowing"].append(task.get("tta_borrowing"))
+    pooled = []
+    for kind in SELECTIONS:  # the accuracy does not depend on the link: every receiver of one selection
+        gains = [g for (link, k), c in cells.items() if k == kind for g in c["gain"]]
+        if gains:
+            g = summary(gains, 2000, 0.95)
+            pooled.append({"selection": kind, "n": len(gains),
+                           "selected_minus_none": {k: round(v, 4) if isinstance(v, float) else v for k, v in g.items()}})
     rows = []
     for link in LINKS:
         for kind in SELECTIONS:
@@ -64,7 +71,7 @@ def pool(reports: list[dict]) -> dict:
                          "selected_minus_none": {k: round(v, 4) if isinstance(v, float) else v for k, v in gain.items()}
                          if gain else None,
                          "tta_alone": _median(c["tta_alone"]), "tta_borrowing": _median(c["tta_borrowing"])})
-    return {"rows": rows}
+    return {"rows": rows, "pooled": pooled}
 
 
 def markdown(result: dict) -> str:
@@ -77,6 +84,12 @@ def markdown(result: dict) -> str:
                      f"{r['payload_seconds'] or 0:.2f} | {r['bytes'] / 1e3:.0f} | {gain} | "
                      f"{r['tta_alone'] if r['tta_alone'] is not None else 'n/a'} / "
                      f"{r['tta_borrowing'] if r['tta_borrowing'] is not None else 'n/a'} |")
+    lines += ["", "| selection | receivers (every link) | selected - none, points [95 % CI] | wins / losses |",
+              "|---|---|---|---|"]
+    for p in result["pooled"]:
+        g = p["selected_minus_none"]
+        lines.append(f"| {p['selection']} | {p['n']} | {100 * g['mean']:+.1f} [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}] "
+                     f"| {g['wins']} / {g['losses']} |")
     return "\n".join(lines)
 
 
@@ -85,10 +98,14 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--json", type=Path)
+    p.add_argument("--reuse", action="store_true", help="pool the reports already in OUT/seed-*/ (no new runs)")
     args = p.parse_args()
     reports, started = [], time.monotonic()
     for seed in range(args.seeds):
         out = args.out / f"seed-{seed}"
+        if args.reuse:
+            reports.append(json.loads((out / "report.json").read_text()))
+            continue
         reports.append(simulate(SCENARIO, out, seed=seed, log=lambda m: print(m, file=sys.stderr, flush=True)))
     result = {"scenario": str(SCENARIO.relative_to(Path.cwd()) if SCENARIO.is_relative_to(Path.cwd()) else SCENARIO),
               "seeds": args.seeds, "selections": SELECTIONS, **pool(reports),
