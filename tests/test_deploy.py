@@ -111,12 +111,15 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
         assert answered and {c["peer"] for c in answered} <= swarm_ids
         assert all(math.isfinite(c["score"]) for c in answered)
         # the documented two-stage rule: the top `shortlist` by the cheap score, the winner by the confirming one
-        by_cheap = sorted(answered, key=lambda c: (-c["score"], c["peer"]))
-        shortlisted = [c for c in answered if c["shortlisted"]]
+        # (a shortlisted candidate whose backbone then failed to arrive keeps its cheap score and its mark)
+        ranked = [c for c in sel["candidates"] if math.isfinite((c.get("scores") or {}).get("kv_motion", math.nan))]
+        by_cheap = sorted(ranked, key=lambda c: (-c["scores"]["kv_motion"], c["peer"]))
+        shortlisted = [c for c in ranked if c["shortlisted"]]
         assert sel["rank_score"] == "kv_motion" and sel["shortlist"] == 2
         assert {c["peer"] for c in shortlisted} == {c["peer"] for c in by_cheap[:2]}
         decided = sel["score_name"]
-        best = sorted((c for c in shortlisted if decided in c["scores"]), key=lambda c: (-c["scores"][decided], c["peer"]))
+        best = sorted((c for c in shortlisted if decided in c["scores"] and c["error"] is None),
+                      key=lambda c: (-c["scores"][decided], c["peer"]))
         assert sel["chosen"] == best[0]["peer"]
         assert sel["bytes"] > 0
 

@@ -1,0 +1,59 @@
+"""Device profiles by cgroups: limits written where the kernel reads them, a process in its device's
+cgroup, the kernel's OOM kill counted; without root, every part named that could not be applied."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from crossback.config.scenario import Profile
+from crossback.sim.local import _child_setup
+from crossback.sim.resources import Controllers, usage
+
+SMALL = Profile("small", cpus=0.25, memory_mib=160)
+
+
+def test_without_cgroups_every_part_of_a_profile_is_named():
+    none = Controllers(0, None, None)
+    missing = none.missing(SMALL)
+    assert [m.split(" ")[0] for m in missing] == ["cpus", "memory_mib"]
+    assert all("not root" in m or "no writable cgroup" in m for m in missing)
+    assert none.missing(Profile("free")) == []
+
+
+@pytest.fixture
+def controllers():
+    c = Controllers.detect(f"test-{os.getpid()}")
+    if c.cpu is None or c.memory is None:
+        pytest.skip("needs root and writable CPU and memory cgroup controllers")
+    yield c
+    c.remove()
+
+
+def test_a_device_cgroup_holds_its_limits_and_its_process(controllers):
+    group = controllers.device_group("dev-0", SMALL)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                            preexec_fn=_child_setup(group, os.getpid(), victim=False))
+    try:
+        for folder in group.folders:
+            assert str(proc.pid) in (folder / "cgroup.procs").read_text().split()
+        if controllers.version == 1:
+            assert (controllers.cpu / "dev-0" / "cpu.cfs_quota_us").read_text().strip() == "25000"
+            assert int((controllers.memory / "dev-0" / "memory.limit_in_bytes").read_text()) == 160 << 20
+        else:
+            assert (controllers.cpu / "dev-0" / "cpu.max").read_text().split() == ["25000", "100000"]
+        u = usage(proc.pid)
+        assert u is not None and u.rss_bytes > 0 and u.cpu_seconds >= 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_kernel_kills_a_process_over_its_devices_memory_and_it_is_counted(controllers):
+    group = controllers.device_group("dev-1", SMALL)
+    hog = "x = bytearray(400 << 20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n"
+    done = subprocess.run([sys.executable, "-c", hog], preexec_fn=_child_setup(group, os.getpid()), timeout=120)
+    assert done.returncode == -9
+    assert group.oom_kills() >= 1
