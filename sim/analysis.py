@@ -125,7 +125,8 @@ def group_rows(run: Run, tasks: list[dict]) -> list[dict]:
             "reached_borrowing": sum(r.get("tta_borrowing") is not None for r in done),
             # paired, on the tasks both reached: what borrowing adds to the time to target
             "tta_borrowing_minus_alone": _median(r["tta_borrowing"] - r["tta_alone"] for r in done
-                                                 if r.get("tta_borrowing") is not None and r.get("tta_alone") is not None)})
+                                                 if r.get("tta_borrowing") is not None
+                                                 and r.get("tta_alone") is not None)})
     return out
 
 
@@ -277,7 +278,8 @@ def failure_detection(run: Run) -> dict:
             if e["event"] != "peer_dead":
                 continue
             t, peer = run.t(e), e.get("peer")
-            cause = next(((s, why) for s, end, why in downs.get(peer, []) if s <= t and (end is None or end >= t - slack)), None)
+            cause = next(((s, why) for s, end, why in downs.get(peer, [])
+                          if s <= t and (end is None or end >= t - slack)), None)
             cut = _cut(parts, d.device, peer, t - slack, t)
             if cause is not None:
                 detections.append({"observer": d.device, "peer": peer, "cause": cause[1], "t": t,
@@ -291,7 +293,8 @@ def failure_detection(run: Run) -> dict:
     for det in detections:
         by_cause[det["cause"]].append(det["delay"])
     return {"failure_timeout": timeout, "detections": detections, "false_positives": false_positives,
-            "by_cause": {c: {"n": len(v), "median_delay": _median(v), "max_delay": max(v)} for c, v in by_cause.items()},
+            "by_cause": {c: {"n": len(v), "median_delay": _median(v), "max_delay": max(v)}
+                         for c, v in by_cause.items()},
             "reconverged": _reconverged(run, parts, downs)}
 
 

@@ -119,7 +119,8 @@ def _measure(relay: Relay, link: Link, seconds: float, name: str, nets=None) -> 
     configured_rtt = 2 * link.latency_ms  # one way per direction: out and back over one link
     return {"link": link.name,
             "rtt_ms": {"configured": round(configured_rtt, 3), "measured": round(rtt * 1e3, 3),
-                       "p10": round(sorted(rtts)[len(rtts) // 10] * 1e3, 3), "p90": round(sorted(rtts)[-1 - len(rtts) // 10] * 1e3, 3),
+                       "p10": round(sorted(rtts)[len(rtts) // 10] * 1e3, 3),
+                       "p90": round(sorted(rtts)[-1 - len(rtts) // 10] * 1e3, 3),
                        "error": _error(rtt * 1e3, configured_rtt)},
             "up_mbit": {"configured": link.up_mbit, "measured": round(up, 3), "bytes": up_bytes,
                         "error": _error(up, link.up_mbit)},

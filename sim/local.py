@@ -201,8 +201,9 @@ class LocalBackend:
             return "not applied (no memory limit on this device)"
         code = ("import time\nx = bytearray(%d)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n"
                 "time.sleep(%f)\n" % (mib << 20, seconds))
+        setup = _child_setup(dev.cgroup, os.getpid(), victim=False)
         self.hogs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, preexec_fn=_child_setup(dev.cgroup, os.getpid(), victim=False)))
+                                          stderr=subprocess.DEVNULL, preexec_fn=setup))
         return "ok"
 
     def poll(self) -> list[tuple[str, str, int]]:

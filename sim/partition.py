@@ -47,7 +47,8 @@ def class_pool(group: DeviceGroup, where: str) -> list[str]:
         pool = sorted(c for c, items in usable.items() if len(items) >= SPLIT.min_items_per_class)
     small = [c for c in pool if len(usable[c]) < SPLIT.min_items_per_class]
     if small:
-        raise ConfigError(f"{where}.classes: {small} have fewer than {SPLIT.min_items_per_class} {group.modality} items")
+        raise ConfigError(f"{where}.classes: {small} have fewer than {SPLIT.min_items_per_class} "
+                          f"{group.modality} items")
     if len(pool) < group.partition.classes_per_task:
         raise ConfigError(f"{where}.partition.classes_per_task: {group.partition.classes_per_task} classes per task, "
                           f"but the group's pool has {len(pool)}")

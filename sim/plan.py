@@ -181,7 +181,8 @@ def _node_config(sc: Scenario, group: DeviceGroup, gi: int, i: int, stream, seed
                           "addresses, folders)")
     data = {"source": group.source, "modality": group.modality, "split_seed": sc.genesis,
             **({"root": group.root} if group.root else {}),
-            **({"image_size": group.image_size or source_view.get("image_size", 32)} if group.modality == "image" else {}),
+            **({"image_size": group.image_size or source_view.get("image_size", 32)}
+               if group.modality == "image" else {}),
             **({"shots": group.shots} if group.shots else {}),
             **({"partition": stream.partition} if stream.partition else {})}
     cfg["data"] = merge(cfg.get("data", {}), data)

@@ -80,6 +80,12 @@ def _kb(x) -> str:
 
 
 def render(r: dict) -> str:
+    """report.md: one section per question a researcher asks of the run."""
+    sections = (_header, _links, _groups, _selections, _wire, _borrowed, _detection, _devices, _timeline)
+    return "\n".join(line for section in sections for line in section(r)).rstrip("\n")
+
+
+def _header(r: dict) -> list[str]:
     run = r["run"]
     lines = [f"# Simulation {run['scenario']} (seed {run['seed']}, {run['devices']} devices, "
              f"{_s(run['seconds'])} s, ended: {run['ended']})", ""]
@@ -88,60 +94,85 @@ def render(r: dict) -> str:
         lines += [f"Backend {mech.get('backend')}: rate by {mech.get('rate')}; latency, jitter, loss by the relay; "
                   f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; "
                   f"memory by {mech.get('memory') or 'nothing (not applied)'}."]
-        for device, missing in (mech.get("not_applied") or {}).items():
-            lines.append(f"- not applied on {device}: {', '.join(missing)}")
+        lines += [f"- not applied on {device}: {', '.join(missing)}"
+                  for device, missing in (mech.get("not_applied") or {}).items()]
         lines.append("")
+    return lines
+
+
+def _links(r: dict) -> list[str]:
     fid = [f for when in ("idle", "loaded") for f in r["fidelity"].get(when) or []]
-    if fid:
-        lines += ["## Links: configured vs measured", "",
-                  "| link | when | RTT ms (set) | up Mbit/s (set) | down Mbit/s (set) |", "|---|---|---|---|---|"]
-        for f in fid:
-            lines.append(f"| {f['link']} | {f['when']} | {f['rtt_ms']['measured']:.1f} ({f['rtt_ms']['configured']:g}) | "
-                         f"{f['up_mbit']['measured']:.2f} ({f['up_mbit']['configured']}) | "
-                         f"{f['down_mbit']['measured']:.2f} ({f['down_mbit']['configured']}) |")
-        lines.append("")
-    lines += ["## Groups", "",
-              "| group | devices | tasks done | accuracy | alone (none) | kept - none, points [95 % CI] | selected - none | "
-              "borrowed | time to finish s | time to target alone / borrowing s (reached) | borrowing adds s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if not fid:
+        return []
+    lines = ["## Links: configured vs measured", "",
+             "| link | when | RTT ms (set) | up Mbit/s (set) | down Mbit/s (set) |", "|---|---|---|---|---|"]
+    for f in fid:
+        rtt, up, down = f["rtt_ms"], f["up_mbit"], f["down_mbit"]
+        lines.append(f"| {f['link']} | {f['when']} | {rtt['measured']:.1f} ({rtt['configured']:g}) | "
+                     f"{up['measured']:.2f} ({up['configured']}) | {down['measured']:.2f} ({down['configured']}) |")
+    return lines + [""]
+
+
+def _groups(r: dict) -> list[str]:
+    lines = ["## Groups", "",
+             "| group | devices | tasks done | accuracy | alone (none) | kept - none, points [95 % CI] | "
+             "selected - none | borrowed | time to finish s | time to target alone / borrowing s (reached) | "
+             "borrowing adds s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in r["groups"]:
         relearned = f" ({g['relearned']} relearned)" if g["relearned"] else ""
-        lines.append(f"| {g['group']} | {g['devices']} | {g['finished']}/{g['tasks']}{relearned} | {_pct(g['accuracy'])} | "
-                     f"{_pct(g['none'])} | {_gain(g['kept_minus_none'])} | {_gain(g['selected_minus_none'])} | "
-                     f"{g['borrowed']} | {_s(g['time_to_finish'])} | {_s(g['tta_alone'])} ({g['reached_alone']}) / "
-                     f"{_s(g['tta_borrowing'])} ({g['reached_borrowing']}) | {_s(g['tta_borrowing_minus_alone'])} |")
-    target = run.get("target_accuracy")
-    lines += ["", "Time to target: from a task's arrival until a device learning alone (local training and the "
-              "`none` arm) or borrowing (local training, selection and the selected arm) holds a model at the target: "
-              + (f"{_pct(target)} % test accuracy" if target is not None else "each task's own accuracy learned alone")
-              + "; a task whose arm falls short does not count as reached. `borrowing adds`: the median, over tasks "
-              "both reached, of the difference.", ""]
-    if r["selections_by_link"]:
-        lines += ["## Selections by link", "",
-                  "| link | selections | seconds (median, max) | probe s | payload s | KB (probe + payload) |",
-                  "|---|---|---|---|---|---|"]
-        for s in r["selections_by_link"]:
-            lines.append(f"| {s['link']} | {s['selections']} | {_s(s['seconds'])}, {_s(s['max_seconds'])} | "
-                         f"{_s(s['probe_seconds'])} | {_s(s['payload_seconds'])} | "
-                         f"{_kb(s['bytes'])} ({_kb(s['probe_bytes'])} + {_kb(s['payload_bytes'])}) |")
-        lines.append("")
+        lines.append(f"| {g['group']} | {g['devices']} | {g['finished']}/{g['tasks']}{relearned} | "
+                     f"{_pct(g['accuracy'])} | {_pct(g['none'])} | {_gain(g['kept_minus_none'])} | "
+                     f"{_gain(g['selected_minus_none'])} | {g['borrowed']} | {_s(g['time_to_finish'])} | "
+                     f"{_s(g['tta_alone'])} ({g['reached_alone']}) / {_s(g['tta_borrowing'])} "
+                     f"({g['reached_borrowing']}) | {_s(g['tta_borrowing_minus_alone'])} |")
+    target = r["run"].get("target_accuracy")
+    goal = f"{_pct(target)} % test accuracy" if target is not None else "each task's own accuracy learned alone"
+    return lines + ["", "Time to target: from a task's arrival until a device learning alone (local training and "
+                    "the `none` arm) or borrowing (local training, selection and the selected arm) holds a model at "
+                    f"the target: {goal}; a task whose arm falls short does not count as reached. `borrowing adds`: "
+                    "the median, over tasks both reached, of the difference.", ""]
+
+
+def _selections(r: dict) -> list[str]:
+    if not r["selections_by_link"]:
+        return []
+    lines = ["## Selections by link", "",
+             "| link | selections | seconds (median, max) | probe s | payload s | KB (probe + payload) |",
+             "|---|---|---|---|---|---|"]
+    for s in r["selections_by_link"]:
+        lines.append(f"| {s['link']} | {s['selections']} | {_s(s['seconds'])}, {_s(s['max_seconds'])} | "
+                     f"{_s(s['probe_seconds'])} | {_s(s['payload_seconds'])} | "
+                     f"{_kb(s['bytes'])} ({_kb(s['probe_bytes'])} + {_kb(s['payload_bytes'])}) |")
+    return lines + [""]
+
+
+def _wire(r: dict) -> list[str]:
     wire = r["traffic"]["wire"]
-    if wire:
-        lines += ["## Bytes on the wire by link class", "", "| link | up MB | down MB | retransmissions | sent by kind (MB) |",
-                  "|---|---|---|---|---|"]
-        for link, w in sorted(wire.items()):
-            kinds = r["traffic"]["sent_by_kind"].get(link, {})
-            top = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
-            lines.append(f"| {link} | {w['up_bytes'] / 1e6:.2f} | {w['down_bytes'] / 1e6:.2f} | {w['retransmits']} | {top} |")
-        lines.append("")
-    if r["borrowed"]:
-        lines += ["## Who borrowed from whom", ""]
-        lines += [f"- {e['receiver']} ({e['task']}) <- {e['donor']} ({e['arm']}, {_gain_pts(e['gain'])})" for e in r["borrowed"]]
-        lines.append("")
+    if not wire:
+        return []
+    lines = ["## Bytes on the wire by link class", "",
+             "| link | up MB | down MB | retransmissions | sent by kind (MB) |", "|---|---|---|---|---|"]
+    for link, w in sorted(wire.items()):
+        kinds = sorted(r["traffic"]["sent_by_kind"].get(link, {}).items(), key=lambda kv: -kv[1])[:5]
+        top = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in kinds)
+        lines.append(f"| {link} | {w['up_bytes'] / 1e6:.2f} | {w['down_bytes'] / 1e6:.2f} | {w['retransmits']} | "
+                     f"{top} |")
+    return lines + [""]
+
+
+def _borrowed(r: dict) -> list[str]:
+    if not r["borrowed"]:
+        return []
+    return ["## Who borrowed from whom", "",
+            *(f"- {e['receiver']} ({e['task']}) <- {e['donor']} ({e['arm']}, {_gain_pts(e['gain'])})"
+              for e in r["borrowed"]), ""]
+
+
+def _detection(r: dict) -> list[str]:
     fd = r["failure_detection"]
-    lines += ["## Failure detection", "",
-              f"failure_timeout {fd['failure_timeout']:g} s; {len(fd['detections'])} detection(s), "
-              f"{len(fd['false_positives'])} false positive(s)."]
+    lines = ["## Failure detection", "",
+             f"failure_timeout {fd['failure_timeout']:g} s; {len(fd['detections'])} detection(s), "
+             f"{len(fd['false_positives'])} false positive(s)."]
     for cause, v in sorted(fd["by_cause"].items()):
         lines.append(f"- {cause}: {v['n']} detection(s), delay median {_s(v['median_delay'])} s, "
                      f"max {_s(v['max_delay'])} s")
@@ -149,20 +180,28 @@ def render(r: dict) -> str:
         lines.append(f"- partition {rc['partition']:.0f}-{rc['heal']:.0f} s: of {rc['pairs']} peers declared dead "
                      f"across the cut, seen again {_s(rc['median_seconds'])} s (median), {_s(rc['seconds'])} s "
                      f"(last) after the heal; {rc['not_reconverged']} not before the end")
-    lines += ["", "## Devices", "", "| device | profile | starts | CPU s | peak RSS MiB | peak PSS MiB | OOM kills |",
-              "|---|---|---|---|---|---|---|"]
+    return lines + [""]
+
+
+def _devices(r: dict) -> list[str]:
+    lines = ["## Devices", "", "| device | profile | starts | CPU s | peak RSS MiB | peak PSS MiB | OOM kills |",
+             "|---|---|---|---|---|---|---|"]
     for d in r["resources"]:
         lines.append(f"| {d['device']} | {d['profile']} | {d['starts']} | {_s(d['cpu_seconds'])} | "
                      f"{_s(d['peak_rss_mib'])} | {_s(d['peak_pss_mib'])} | {d['oom_killed']} |")
-    events = [e for e in r["timeline"] if e.get("do") not in (None,)]
-    lines += ["", f"## Timeline ({len(events)} events as applied)", ""]
+    return lines + [""]
+
+
+def _timeline(r: dict) -> list[str]:
+    events = r["timeline"]
+    lines = [f"## Timeline ({len(events)} events as applied)", ""]
     for e in events[:60]:
         who = ",".join(e.get("devices") or []) or " | ".join(",".join(s) for s in e.get("sides") or [])
         late = f" (planned {e['at']:g})" if "at" in e else ""
         lines.append(f"- {e['t']:.1f} s {e['do']} {who[:80]}{late}")
     if len(events) > 60:
         lines.append(f"- ... {len(events) - 60} more in timeline.csv")
-    return "\n".join(lines)
+    return lines
 
 
 def _gain_pts(g) -> str:

@@ -46,7 +46,8 @@ def write(tmp_path: Path, data: dict, name: str = "s.yaml") -> Path:
     (lambda s: s["devices"][0].update(arrivals={"kind": "scheduled", "at": [30, 0]}), "in order"),
     (lambda s: s.update(timeline=[{"at": 5, "do": "crash", "target": "cams-9"}]), "timeline[0].target: 'cams-9'"),
     (lambda s: s.update(timeline=[{"at": 5, "do": "explode", "target": "cams-1"}]), "timeline[0].do: 'explode'"),
-    (lambda s: s.update(timeline=[{"at": 5, "do": "partition", "sides": [["cams"]]}]), "timeline[0].sides: a partition has two"),
+    (lambda s: s.update(timeline=[{"at": 5, "do": "partition", "sides": [["cams"]]}]),
+     "timeline[0].sides: a partition has two"),
     (lambda s: s.update(timeline=[{"at": 5, "do": "link", "target": "cams"}]), "timeline[0].link: required"),
     (lambda s: s.update(timeline=[{"at": 5, "do": "resume", "target": "cams", "duration": 3}]), "timeline[0].duration"),
     (lambda s: s.update(churn=[{"model": "trace"}]), "churn[0].file: required"),
@@ -153,7 +154,8 @@ def test_timeline_expands_durations_and_resolves_targets():
     plan = make_plan(sc)
     seen = [(e.at, e.do, e.devices, e.link) for e in plan.events if e.source.startswith("timeline")]
     assert (10, "crash", ("cams-1",), None) in seen and (25, "restart", ("cams-1",), None) in seen
-    assert (12, "pause", ("phones-0", "phones-1"), None) in seen and (17, "resume", ("phones-0", "phones-1"), None) in seen
+    phones = ("phones-0", "phones-1")
+    assert (12, "pause", phones, None) in seen and (17, "resume", phones, None) in seen
     assert (40, "link", ("cams-0",), "3g") in seen and (50, "link", ("cams-0",), "lte") in seen
     assert (60, "leave", ("phones-1",), None) in seen and not any(e[0] > 60 and e[2] == ("phones-1",) for e in seen)
     part = [e for e in plan.events if e.do in ("partition", "heal")]
