@@ -34,9 +34,10 @@ def controllers():
 
 def test_a_device_cgroup_holds_its_limits_and_its_process(controllers):
     group = controllers.device_group("dev-0", SMALL)
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
-                            preexec_fn=_child_setup(group, os.getpid(), victim=False))
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+                            stdout=subprocess.PIPE, text=True, preexec_fn=_child_setup(group, os.getpid(), victim=False))
     try:
+        assert proc.stdout.readline().strip() == "up"  # running its own program, not still in exec
         for folder in group.folders:
             assert str(proc.pid) in (folder / "cgroup.procs").read_text().split()
         if controllers.version == 1:
