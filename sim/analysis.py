@@ -26,6 +26,7 @@ RESAMPLES = 2000
 class Run:
     out: Path
     plan: Plan
+    digest: str  # the plan's, as plan.json records it
     origin: float
     summary: dict  # run.json
     timeline: list[dict]
@@ -40,11 +41,13 @@ def load_run(out: Path) -> Run:
     out = Path(out)
     if not (out / "plan.json").exists():
         raise FileNotFoundError(f"{out} holds no simulation run (plan.json); run crossback simulate first")
-    plan = plan_from_dict(json.loads((out / "plan.json").read_text(encoding="utf-8")))
+    stored = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    plan = plan_from_dict(stored)
     run = json.loads((out / "run.json").read_text(encoding="utf-8")) if (out / "run.json").exists() else {}
     logs = {d.device: read_events(out / "logs" / f"{d.device}.jsonl") for d in plan.devices}
     origin = run.get("origin") or min((e[0]["ts"] for e in logs.values() if e), default=0.0)
-    return Run(out, plan, origin, run, read_events(out / "timeline.jsonl"), read_events(out / "resources.jsonl"), logs)
+    return Run(out, plan, stored["digest"], origin, run, read_events(out / "timeline.jsonl"),
+               read_events(out / "resources.jsonl"), logs)
 
 
 def _median(values) -> float | None:

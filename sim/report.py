@@ -11,8 +11,7 @@ from . import analysis
 from .plot import plot_accuracy, plot_timeline
 
 
-def build(out: Path) -> dict:
-    run = analysis.load_run(out)
+def build(run: analysis.Run) -> dict:
     tasks = analysis.task_rows(run)
     selections = analysis.selection_rows(run)
     fd = analysis.failure_detection(run)
@@ -21,7 +20,7 @@ def build(out: Path) -> dict:
         "run": {"scenario": run.plan.name, "seed": run.plan.seed, "devices": len(run.plan.devices),
                 "target_accuracy": run.plan.target_accuracy,
                 "ended": run.summary.get("ended"), "seconds": run.summary.get("seconds"),
-                "plan_digest": json.loads((Path(out) / "plan.json").read_text())["digest"],
+                "plan_digest": run.digest,
                 "mechanisms": run.summary.get("mechanisms", {})},
         "fidelity": run.summary.get("fidelity", {}),
         "groups": analysis.group_rows(run, tasks),
@@ -48,7 +47,8 @@ def _csv(path: Path, rows: list[dict]) -> None:
 
 def write_report(out: Path) -> dict:
     out = Path(out)
-    report = build(out)
+    run = analysis.load_run(out)
+    report = build(run)
     report["text"] = render(report)
     (out / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     (out / "report.md").write_text(report["text"] + "\n", encoding="utf-8")
@@ -56,7 +56,7 @@ def write_report(out: Path) -> dict:
         _csv(out / f"{name}.csv", report[name])
     _csv(out / "detections.csv", report["failure_detection"]["detections"]
          + [{**fp, "cause": "false_positive"} for fp in report["failure_detection"]["false_positives"]])
-    plot_timeline(analysis.load_run(out), report, out / "timeline.png")
+    plot_timeline(run, report, out / "timeline.png")
     plot_accuracy(report, out / "accuracy.png")
     return report
 
@@ -85,6 +85,12 @@ def render(r: dict) -> str:
     return "\n".join(line for section in sections for line in section(r)).rstrip("\n")
 
 
+def _table(title: str, columns: list[str], rows) -> list[str]:
+    """A markdown section: its heading, a table of ``rows`` (each a list of cells), a blank line."""
+    return [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
+
+
 def _header(r: dict) -> list[str]:
     run = r["run"]
     lines = [f"# Simulation {run['scenario']} (seed {run['seed']}, {run['devices']} devices, "
@@ -104,60 +110,55 @@ def _links(r: dict) -> list[str]:
     fid = [f for when in ("idle", "loaded") for f in r["fidelity"].get(when) or []]
     if not fid:
         return []
-    lines = ["## Links: configured vs measured", "",
-             "| link | when | RTT ms (set) | up Mbit/s (set) | down Mbit/s (set) |", "|---|---|---|---|---|"]
-    for f in fid:
-        rtt, up, down = f["rtt_ms"], f["up_mbit"], f["down_mbit"]
-        lines.append(f"| {f['link']} | {f['when']} | {rtt['measured']:.1f} ({rtt['configured']:g}) | "
-                     f"{up['measured']:.2f} ({up['configured']}) | {down['measured']:.2f} ({down['configured']}) |")
-    return lines + [""]
+    return _table("Links: configured vs measured", ["link", "when", "RTT ms (set)", "up Mbit/s (set)",
+                                                     "down Mbit/s (set)"],
+                  ([f["link"], f["when"], f"{f['rtt_ms']['measured']:.1f} ({f['rtt_ms']['configured']:g})",
+                    f"{f['up_mbit']['measured']:.2f} ({f['up_mbit']['configured']})",
+                    f"{f['down_mbit']['measured']:.2f} ({f['down_mbit']['configured']})"] for f in fid))
 
 
 def _groups(r: dict) -> list[str]:
-    lines = ["## Groups", "",
-             "| group | devices | tasks done | accuracy | alone (none) | kept - none, points [95 % CI] | "
-             "selected - none | borrowed | time to finish s | time to target alone / borrowing s (reached) | "
-             "borrowing adds s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for g in r["groups"]:
-        relearned = f" ({g['relearned']} relearned)" if g["relearned"] else ""
-        lines.append(f"| {g['group']} | {g['devices']} | {g['finished']}/{g['tasks']}{relearned} | "
-                     f"{_pct(g['accuracy'])} | {_pct(g['none'])} | {_gain(g['kept_minus_none'])} | "
-                     f"{_gain(g['selected_minus_none'])} | {g['borrowed']} | {_s(g['time_to_finish'])} | "
-                     f"{_s(g['tta_alone'])} ({g['reached_alone']}) / {_s(g['tta_borrowing'])} "
-                     f"({g['reached_borrowing']}) | {_s(g['tta_borrowing_minus_alone'])} |")
+    columns = ["group", "devices", "tasks done", "accuracy", "alone (none)", "kept - none, points [95 % CI]",
+               "selected - none", "borrowed", "time to finish s", "time to target alone / borrowing s (reached)",
+               "borrowing adds s"]
+    rows = ([g["group"], g["devices"],
+             f"{g['finished']}/{g['tasks']}" + (f" ({g['relearned']} relearned)" if g["relearned"] else ""),
+             _pct(g["accuracy"]), _pct(g["none"]), _gain(g["kept_minus_none"]), _gain(g["selected_minus_none"]),
+             g["borrowed"], _s(g["time_to_finish"]),
+             f"{_s(g['tta_alone'])} ({g['reached_alone']}) / {_s(g['tta_borrowing'])} ({g['reached_borrowing']})",
+             _s(g["tta_borrowing_minus_alone"])] for g in r["groups"])
     target = r["run"].get("target_accuracy")
     goal = f"{_pct(target)} % test accuracy" if target is not None else "each task's own accuracy learned alone"
-    return lines + ["", "Time to target: from a task's arrival until a device learning alone (local training and "
-                    "the `none` arm) or borrowing (local training, selection and the selected arm) holds a model at "
-                    f"the target: {goal}; a task whose arm falls short does not count as reached. `borrowing adds`: "
-                    "the median, over tasks both reached, of the difference.", ""]
+    return _table("Groups", columns, rows)[:-1] + [
+        "", "Time to target: from a task's arrival until a device learning alone (local training and "
+        "the `none` arm) or borrowing (local training, selection and the selected arm) holds a model at "
+        f"the target: {goal}; a task whose arm falls short does not count as reached. `borrowing adds`: "
+        "the median, over tasks both reached, of the difference.", ""]
 
 
 def _selections(r: dict) -> list[str]:
     if not r["selections_by_link"]:
         return []
-    lines = ["## Selections by link", "",
-             "| link | selections | seconds (median, max) | probe s | payload s | KB (probe + payload) |",
-             "|---|---|---|---|---|---|"]
-    for s in r["selections_by_link"]:
-        lines.append(f"| {s['link']} | {s['selections']} | {_s(s['seconds'])}, {_s(s['max_seconds'])} | "
-                     f"{_s(s['probe_seconds'])} | {_s(s['payload_seconds'])} | "
-                     f"{_kb(s['bytes'])} ({_kb(s['probe_bytes'])} + {_kb(s['payload_bytes'])}) |")
-    return lines + [""]
+    return _table("Selections by link", ["link", "selections", "seconds (median, max)", "probe s", "payload s",
+                                          "KB (probe + payload)"],
+                  ([s["link"], s["selections"], f"{_s(s['seconds'])}, {_s(s['max_seconds'])}",
+                    _s(s["probe_seconds"]), _s(s["payload_seconds"]),
+                    f"{_kb(s['bytes'])} ({_kb(s['probe_bytes'])} + {_kb(s['payload_bytes'])})"]
+                   for s in r["selections_by_link"]))
 
 
 def _wire(r: dict) -> list[str]:
     wire = r["traffic"]["wire"]
     if not wire:
         return []
-    lines = ["## Bytes on the wire by link class", "",
-             "| link | up MB | down MB | retransmissions | sent by kind (MB) |", "|---|---|---|---|---|"]
-    for link, w in sorted(wire.items()):
+
+    def top(link: str) -> str:
         kinds = sorted(r["traffic"]["sent_by_kind"].get(link, {}).items(), key=lambda kv: -kv[1])[:5]
-        top = ", ".join(f"{k} {v / 1e6:.2f}" for k, v in kinds)
-        lines.append(f"| {link} | {w['up_bytes'] / 1e6:.2f} | {w['down_bytes'] / 1e6:.2f} | {w['retransmits']} | "
-                     f"{top} |")
-    return lines + [""]
+        return ", ".join(f"{k} {v / 1e6:.2f}" for k, v in kinds)
+    return _table("Bytes on the wire by link class",
+                  ["link", "up MB", "down MB", "retransmissions", "sent by kind (MB)"],
+                  ([link, f"{w['up_bytes'] / 1e6:.2f}", f"{w['down_bytes'] / 1e6:.2f}", w["retransmits"], top(link)]
+                   for link, w in sorted(wire.items())))
 
 
 def _borrowed(r: dict) -> list[str]:
@@ -184,12 +185,9 @@ def _detection(r: dict) -> list[str]:
 
 
 def _devices(r: dict) -> list[str]:
-    lines = ["## Devices", "", "| device | profile | starts | CPU s | peak RSS MiB | peak PSS MiB | OOM kills |",
-             "|---|---|---|---|---|---|---|"]
-    for d in r["resources"]:
-        lines.append(f"| {d['device']} | {d['profile']} | {d['starts']} | {_s(d['cpu_seconds'])} | "
-                     f"{_s(d['peak_rss_mib'])} | {_s(d['peak_pss_mib'])} | {d['oom_killed']} |")
-    return lines + [""]
+    return _table("Devices", ["device", "profile", "starts", "CPU s", "peak RSS MiB", "peak PSS MiB", "OOM kills"],
+                  ([d["device"], d["profile"], d["starts"], _s(d["cpu_seconds"]), _s(d["peak_rss_mib"]),
+                    _s(d["peak_pss_mib"]), d["oom_killed"]] for d in r["resources"]))
 
 
 def _timeline(r: dict) -> list[str]:
