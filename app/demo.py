@@ -26,6 +26,7 @@ from crossback.app.selections import selection_rows
 from crossback.config.node import write_node_config
 from crossback.models.metric_log import HEADER
 from crossback.node.events import read_events
+from crossback.node.launch import die_with_parent
 
 GROUPS = ["Smileys & Emotion", "Travel & Places", "Objects"]
 DEMO_MODEL = {"token_dim": 64, "num_latents": 24, "latent_dim": 64, "depth": 2, "cross_dim_head": 64,
@@ -91,22 +92,8 @@ def launch_node(cfg_path: Path, out: Path, node_id: str, listen: str, seeds: lis
         args += ["--seed-peers", ",".join(seeds)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console, start_new_session=True,
-                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
     return proc, out / "logs" / f"{node_id}.jsonl"
-
-
-def _die_with_parent(launcher: int) -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the launcher dies, even by SIGKILL (a node
-    in its own session would otherwise be orphaned and keep its port). Elsewhere: nothing to do."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != launcher:  # the launcher died between fork and prctl
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def wait_for_event(proc: subprocess.Popen, log: Path, event: str, deadline: float) -> dict:

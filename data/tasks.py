@@ -154,7 +154,8 @@ def build_task(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: View, s
     if not catalog.has_view(view.modality):
         raise DataError(f"dataset {catalog.name} has no {view.modality} view")
     classes, dropped, parts, public = _resolve_task(catalog, spec, split, view, seed, shots, partition)
-    empty = [c for y, c in enumerate(classes) if y not in parts["train"][1] or y not in parts["val"][1]]
+    empty = [c for y, c in enumerate(classes) if y not in parts["train"][1] or y not in parts["val"][1]] \
+        if partition is not None else []
     if empty:
         raise DataError(f"task {spec.name!r}: this node's part of the items holds no train or no val item of "
                         f"class(es) {empty} (data.partition: part {partition.index} of {partition.parts})")

@@ -7,7 +7,6 @@ unmodified `crossback node`: it only sees its addresses, a ``grpc_proxy`` and a 
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from crossback.config.node import write_node_config
+from crossback.node.launch import die_with_parent
 from crossback.node.metrics_http import scrape_config
 
 from .netns import METRICS_PORT, NODE_PORT, Namespaces
@@ -47,10 +47,7 @@ def _child_setup(cgroup: DeviceCgroup | None, parent: int, victim: bool = True):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)  # raising it needs no privilege
             os.write(fd, b"1000")
             os.close(fd)
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != parent:
-                os._exit(1)
+        die_with_parent(parent, signal.SIGKILL)
     return setup
 
 

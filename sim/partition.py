@@ -6,6 +6,7 @@ import random
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from math import comb
 
 from crossback.config.data import SplitSpec
 from crossback.config.errors import ConfigError
@@ -71,16 +72,10 @@ def _fixed_stream(pool: list[str], k: int, tasks: int, rng: random.Random) -> li
         chunks, seen = [], set()
         while len(chunks) < tasks:
             chunk = rng.sample(pool, k)
-            if frozenset(chunk) not in seen or len(seen) >= _sets(len(pool), k):
+            if frozenset(chunk) not in seen or len(seen) >= comb(len(pool), k):
                 seen.add(frozenset(chunk))
                 chunks.append(chunk)
     return [{"name": task_name(sorted(c)), "classes": sorted(c)} for c in chunks]
-
-
-def _sets(n: int, k: int) -> int:
-    from math import comb
-
-    return comb(n, k)
 
 
 def _dirichlet_streams(group: DeviceGroup, pool: list[str], genesis: int, seed: int, where: str) -> list[Stream]:
