@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from crossback.config.data import ItemPartition, SplitSpec, TaskSpec, View
 from crossback.config.errors import DataError
@@ -17,6 +17,7 @@ from crossback.models.methods import TaskData
 from crossback.models.text_encoders import encode_texts
 from crossback.models.training import Split
 
+from .images import ImageProblem, open_image, to_array
 from .partition import take_part
 from .public_set import split_public
 
@@ -95,17 +96,18 @@ def split_items(items: list[Item], split: SplitSpec, seed: int, label: str) -> d
 
 
 def load_image(ref: ImageRef, view: View) -> np.ndarray:
-    mode = "L" if view.channels == 1 else "RGB"
+    """One image as the model reads it: (S, S, C) uint8. A file is read within ``.images``' bounds;
+    DataError names it and says why it cannot be read."""
+    if isinstance(ref, np.ndarray):
+        try:
+            return to_array(Image.fromarray(ref), view)
+        except (ImageProblem, TypeError, ValueError) as exc:
+            raise DataError(f"cannot read image array of shape {ref.shape}: {exc}") from None
     try:
-        image = Image.fromarray(ref) if isinstance(ref, np.ndarray) else Image.open(ref)
-        image = image.convert(mode)
-    except (OSError, UnidentifiedImageError, ValueError, TypeError) as exc:
-        where = ref if isinstance(ref, Path) else "array"
-        raise DataError(f"cannot read image {where}: {exc}") from exc
-    if image.size != (view.image_size, view.image_size):
-        image = image.resize((view.image_size, view.image_size), Image.Resampling.BILINEAR)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+        with open_image(Path(ref), view) as image:
+            return to_array(image, view)
+    except ImageProblem as exc:
+        raise DataError(f"cannot read image {ref}: {exc}") from None
 
 
 def image_inputs(arrays: list[np.ndarray], view: View) -> torch.Tensor:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +32,14 @@ def task_model(learner, index: int, view: View, device: torch.device, checkpoint
 
 
 @torch.no_grad()
-def classify(tm: TaskModel, inputs: Tensor, top: int = 3, batch_size: int = 256) -> list[Prediction]:
+def classify(tm: TaskModel, inputs: Tensor, top: int = 3, batch_size: int = 256,
+             check: Callable[[], None] = lambda: None) -> list[Prediction]:
+    """Predictions for ``inputs``, ``batch_size`` at a time; ``check()`` runs before each batch (it
+    raises to stop the work)."""
     out = []
     k = max(1, min(top, len(tm.classes)))
     for start in range(0, inputs.shape[0], batch_size):
+        check()
         logits = tm.model(inputs[start:start + batch_size].to(tm.device)).float().cpu()
         probs = logits.softmax(dim=1)
         values, index = probs.topk(k, dim=1)

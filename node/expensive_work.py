@@ -1,6 +1,7 @@
 """Admission of the RPCs that cost real work, as a handler sees it: a slot from the node's CallLimiter
-(``admit``), a share of its memory budget (``memory``), a refusal with the status a peer can act on,
-and the heap given back once the node is quiet."""
+(``admit``, one share per caller as ``admission.caller_of`` names it: its address or certificate, never
+the id it claims), a share of its memory budget (``memory``), a refusal with the status a peer can act
+on, a stop once the caller has gone (``still_wanted``), and the heap given back once the node is quiet."""
 from __future__ import annotations
 
 import threading
@@ -28,14 +29,35 @@ class ExpensiveWork:
 
     @contextmanager
     def admit(self, caller: str, context):
+        """A slot for ``caller`` (``admission.caller_of``); a call whose caller left while it waited ends
+        before its body runs."""
         try:
-            with self.limiter.admit(caller[:64]):
+            with self.limiter.admit(caller[:80]):
+                self.still_wanted(context)()
                 yield
         except Busy as exc:
             self.refuse(exc, context)
         finally:
             if self.limiter.in_flight() == 0 and self.limiter.trim_due():  # drained after real work
                 self._trim_when_quiet()
+
+    def still_wanted(self, context):
+        """A check for long work to call between items and batches: it ends the call (CANCELLED) once
+        the caller has cancelled or its deadline has passed, so no CPU goes to an answer nobody reads."""
+        def check() -> None:
+            remaining = context.time_remaining()
+            if context.is_active() and (remaining is None or remaining > 0):
+                return
+            if self.on_refused is not None:
+                self.on_refused("expensive_work", "caller_gone")
+            context.abort(grpc.StatusCode.CANCELLED, f"{self.node_id}: the caller has gone or its deadline passed")
+        return check
+
+    def over_budget(self, message: str, context) -> None:
+        """A request that would cost more than any request may: RESOURCE_EXHAUSTED, retrying cannot help."""
+        if self.on_refused is not None:
+            self.on_refused("expensive_work", "over_budget")
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.node_id}: {message}")
 
     @contextmanager
     def memory(self, nbytes: int, what: str, context):

@@ -34,7 +34,7 @@ EVENTS = frozenset({
 ARMS = ("none", "selected", "random", "oracle")
 PHASES = ("train", "retrain", "grow", "compact")
 REFUSERS = {"admission": ("health", "control", "bulk", "watch", "watch_streams"),
-            "expensive_work": ("busy", "too_large"),
+            "expensive_work": ("busy", "too_large", "over_budget", "caller_gone"),
             "peer_auth": ("no_certificate", "not_allowed", "claims_other_id")}
 PEER_STATES = ("alive", "suspect", "dead")
 

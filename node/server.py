@@ -40,7 +40,7 @@ from crossback.transfer.pairs import HASH_BYTES, MAX_ITEM_ID, MAX_SET_NAME, SALT
 
 from . import serde
 from .admission import Admission, AdmissionLimits, caller_of
-from .classify import ClassifyService, ItemError, activation_bytes, encode_request
+from .classify import ClassifyService, ItemError, OverBudget, activation_bytes, plan_request
 from .events import EventLog, PayloadTally
 from .expensive_work import ExpensiveWork
 from .features import FeatureService
@@ -64,14 +64,14 @@ def expensive(handler):
         @functools.wraps(handler)
         def stream(self, request, context):
             self.rules.check(request, context)  # before it takes a slot
-            with self.work.admit(request.caller_id, context):
+            with self.work.admit(caller_of(context), context):
                 yield from handler(self, request, context)
         return stream
 
     @functools.wraps(handler)
     def unary(self, request, context):
         self.rules.check(request, context)
-        with self.work.admit(request.caller_id, context):
+        with self.work.admit(caller_of(context), context):
             return handler(self, request, context)
     return unary
 
@@ -176,7 +176,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if self.probe_peer is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} does not probe for peers")
         try:
-            with self.probe_limiter.admit(request.caller_id[:64]):
+            with self.probe_limiter.admit(caller_of(context)):
                 reachable, version = self.probe_peer(request.node_id)
         except Busy as exc:
             self.work.refuse(exc, context)
@@ -373,14 +373,24 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if request.task not in names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no finished task "
                                                      f"{request.task[:64]!r}; its finished tasks: {names}")
-        try:
-            inputs = encode_request(list(request.images), list(request.texts), self.classifier.view)
+        try:  # every header read and the decode's cost known before any pixel is decoded
+            plan = plan_request(list(request.images), list(request.texts), self.classifier.view)
+        except OverBudget as exc:
+            self.work.over_budget(f"classify: {exc}", context)
         except ItemError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"classify: {exc}")
         index = names.index(request.task)
-        with self.work.memory(activation_bytes(len(inputs), snap.learner.cfg, self.classifier.view), "this batch",
-                          context):
-            predictions = self.classifier.run(snap, index, inputs, max(1, request.top))
+        check = self.work.still_wanted(context)
+        try:
+            held = plan.held_bytes + activation_bytes(plan.count, snap.learner.cfg, self.classifier.view)
+            with self.work.memory(held, "this request", context):
+                try:
+                    inputs = plan.inputs(check)
+                except ItemError as exc:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"classify: {exc}")
+                predictions = self.classifier.run(snap, index, inputs, max(1, request.top), check)
+        finally:
+            plan.close()
         reply = pb.ClassifyReply(snapshot_version=snap.version, task=request.task, predictions=[
             pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top],
                                top_probabilities=[q for _, q in p.top]) for p in predictions])

@@ -235,11 +235,11 @@ def test_classify_refuses_bombs_long_strings_unknown_tasks_and_stays_healthy(ser
 
 def test_a_long_string_is_refused_before_it_is_encoded():
     from crossback.config.data import View
-    from crossback.node.classify import ItemError, encode_request
+    from crossback.node.classify import ItemError, plan_request
 
     with pytest.raises(ItemError, match="item 1: a string of 1048576 characters"):
-        encode_request([], ["fine", "x" * (1 << 20)], View("text", text_max_length=40))
-    assert encode_request([], ["fine"], View("text", text_max_length=40)).shape[0] == 1
+        plan_request([], ["fine", "x" * (1 << 20)], View("text", text_max_length=40))
+    assert plan_request([], ["fine"], View("text", text_max_length=40)).inputs().shape[0] == 1
 
 
 def test_a_node_that_does_not_serve_classify_refuses_it(tmp_path):

@@ -71,7 +71,7 @@ def refusals(client, task: str) -> dict:
     import grpc
 
     from crossback.config.data import View
-    from crossback.node.classify import ItemError, encode_request
+    from crossback.node.classify import ItemError, plan_request
 
     bomb = bomb_png(12_000, 12_000)
 
@@ -85,7 +85,7 @@ def refusals(client, task: str) -> dict:
 
     def long_string():
         try:
-            encode_request([], ["x" * (1 << 20)], View("text", text_max_length=48))
+            plan_request([], ["x" * (1 << 20)], View("text", text_max_length=48))
         except ItemError:
             return
         raise AssertionError("the string was accepted")
