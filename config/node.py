@@ -52,7 +52,7 @@ CA_CERT, CA_KEY = "ca.pem", "ca.key"  # file names in a `crossback certs` folder
 class CallLimits:
     slots: int = bounded(2, ge=1, le=256)  # expensive calls running at once
     waiting: int = bounded(4, ge=0, le=1024)  # more that may wait for a slot
-    per_caller: int = bounded(2, ge=1, le=256)  # in flight per caller id
+    per_caller: int = bounded(2, ge=1, le=256)  # in flight per caller: its address, its certificate under TLS
     wait: float = bounded(10.0, gt=0.0, le=600.0)  # seconds a waiting call waits before it is refused
     memory_mib: int = bounded(128, ge=8, le=1 << 20)  # estimated memory the running calls may hold at once
 

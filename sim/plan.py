@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossback.config.errors import ConfigError
+from crossback.config.node import CallLimits
 from crossback.config.presets import PRESETS
 from crossback.config.scenario import DeviceGroup, Event, Link, Profile, Scenario
 
@@ -179,6 +180,7 @@ def _node_config(sc: Scenario, group: DeviceGroup, gi: int, i: int, stream, seed
     if fixed:
         raise ConfigError(f"devices[{gi}]: node.{fixed[0]} is set per device by the simulator (profile, arrivals, "
                           "addresses, folders)")
+    cfg["node"] = {**node, "expensive": _one_caller_behind_the_relay(node.get("expensive", {}))}
     data = {"source": group.source, "modality": group.modality, "split_seed": sc.genesis,
             **({"root": group.root} if group.root else {}),
             **({"image_size": group.image_size or source_view.get("image_size", 32)}
@@ -190,6 +192,17 @@ def _node_config(sc: Scenario, group: DeviceGroup, gi: int, i: int, stream, seed
     cfg["tasks"] = [dict(t) for t in stream.tasks]
     cfg["swarm"] = {"genesis": sc.genesis}
     return cfg
+
+
+def _one_caller_behind_the_relay(expensive: dict) -> dict:
+    """A node shares its expensive work per caller *address* (its certificate under TLS); behind the
+    relay every plaintext caller has the relay's address, so one caller's share is the whole pool
+    unless the scenario says otherwise."""
+    if "per_caller" in expensive:
+        return dict(expensive)
+    default = CallLimits()
+    whole = expensive.get("slots", default.slots) + expensive.get("waiting", default.waiting)
+    return {**expensive, "per_caller": min(256, whole)}
 
 
 def _with_seeds(devices: list[DevicePlan], seed: int) -> list[DevicePlan]:

@@ -154,3 +154,52 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("slow"):
                 item.add_marker(slow)
+
+
+class FromAddress:
+    """A TCP forwarder on 127.0.0.1 whose connections reach ``target`` from ``source`` (another loopback
+    address, 127.0.0.2 and up): the server sees a caller at that address, as it would a remote host.
+    Threads are daemons; ``close()`` ends every connection."""
+
+    def __init__(self, target: str, source: str):
+        import socket
+        import threading
+
+        host, _, port = target.rpartition(":")
+        self._target, self._source, self._socket = (host, int(port)), source, socket
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+                upstream = self._socket.create_connection(self._target, timeout=5, source_address=(self._source, 0))
+            except OSError:
+                return
+            upstream.settimeout(None)
+            self._open += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src, dst) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(self._socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+        for s in self._open:
+            s.close()

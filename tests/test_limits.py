@@ -27,7 +27,7 @@ from crossback.orchestrator_free.membership import Membership
 from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
-from conftest import tiny_config
+from conftest import FromAddress, tiny_config
 
 LIMITS = CallLimits(slots=2, waiting=4, per_caller=2, wait=20.0)
 # the most expensive spec the default budget admits at C = 32
@@ -137,37 +137,64 @@ def _latency(call, stop: threading.Event) -> list[float]:
     return times
 
 
+def _eight_probes(clients: list[PeerClient]) -> list:
+    with ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(c.probe_ddv, MAX_SPEC) for c in clients]
+    outcomes = []
+    for f in futures:
+        try:
+            outcomes.append(len(f.result().ddv))
+        except grpc.RpcError as exc:
+            outcomes.append((exc.code(), exc.details()))
+    return outcomes
+
+
 def test_health_and_gossip_stay_fast_while_eight_maximum_cost_probes_run(node):
+    """Eight callers at eight addresses: slots + waiting answered, the rest refused at once."""
     address, _ = node
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel)
     gossip = PeerClient(address, "g")
-    clients = [PeerClient(address, f"p{i}", CallPolicy(timeout=60.0, attempts=1)) for i in range(8)]
+    hosts = [FromAddress(address, f"127.0.0.{i + 2}") for i in range(8)]
+    clients = [PeerClient(h.address, f"p{i}", CallPolicy(timeout=60.0, attempts=1)) for i, h in enumerate(hosts)]
     stop = threading.Event()
     check = lambda: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # noqa: E731
     peers = pb.PeerList(protocol=PROTOCOL, sender=pb.PeerEntry(node_id="g", address="127.0.0.1:1"))
     try:
-        with ThreadPoolExecutor(10) as pool:
+        with ThreadPoolExecutor(2) as pool:
             watchers = [pool.submit(_latency, check, stop), pool.submit(_latency, lambda: gossip.exchange_peers(peers), stop)]
             time.sleep(0.3)
-            probes = [pool.submit(c.probe_ddv, MAX_SPEC) for c in clients]
-            outcomes = []
-            for f in probes:
-                try:
-                    outcomes.append(len(f.result().ddv))
-                except grpc.RpcError as exc:
-                    outcomes.append(exc.code())
+            outcomes = _eight_probes(clients)
             stop.set()
             health_times, gossip_times = (w.result() for w in watchers)
     finally:
         stop.set()
         for c in [gossip, *clients]:
             c.close()
+        for h in hosts:
+            h.close()
         channel.close()
-    assert outcomes.count(512) == LIMITS.threads  # two running, four waiting: all answered
-    assert outcomes.count(grpc.StatusCode.UNAVAILABLE) == 8 - LIMITS.threads  # the rest refused at once
+    assert outcomes.count(512) == LIMITS.threads, outcomes  # two running, four waiting: all answered
+    refused = [o for o in outcomes if o != 512]
+    assert len(refused) == 8 - LIMITS.threads and all(  # the rest refused at once
+        code == grpc.StatusCode.UNAVAILABLE and "running or waiting" in why for code, why in refused), refused
     for times in (health_times, gossip_times):
         assert len(times) >= 5 and sorted(times)[int(0.95 * len(times))] < 0.1, times
+
+
+def test_one_address_claiming_eight_ids_gets_one_callers_share(node):
+    """Fairness is keyed on what a caller cannot choose (its address here, its certificate under TLS)."""
+    address, _ = node
+    clients = [PeerClient(address, f"claimed-{i}", CallPolicy(timeout=60.0, attempts=1)) for i in range(8)]
+    try:
+        outcomes = _eight_probes(clients)
+    finally:
+        for c in clients:
+            c.close()
+    assert outcomes.count(512) == LIMITS.per_caller, outcomes
+    refused = [o for o in outcomes if o != 512]
+    assert all(code == grpc.StatusCode.UNAVAILABLE and "caller 'ip:127.0.0.1' already has 2" in why
+               for code, why in refused), refused
 
 
 def test_a_malformed_caller_id_is_refused_before_anything_is_done_or_logged(node, tmp_path):
@@ -289,3 +316,55 @@ def test_a_chunked_probe_answers_what_one_forward_pass_answers(node):
     b = ddv_module.attn_rep(snap.learner, snap.task, snap.kv, x_prime)
     whole = 1.0 - torch.nn.functional.cosine_similarity(a, b, dim=1)
     assert chunked.shape == (150,) and torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def _stops_when_the_caller_goes(call) -> float:
+    """Seconds from the caller giving up (``call(stub)`` returns that moment) until the handler's
+    still_wanted check ended its loop, on a real gRPC server."""
+    from crossback.node.expensive_work import ExpensiveWork
+
+    work = ExpensiveWork(CallLimiter(LIMITS), "n")
+    stopped = threading.Event()
+    stopped_at = []
+
+    def handler(request, context):
+        check = work.still_wanted(context)
+        try:
+            for _ in range(2000):  # 20 s at most
+                check()
+                time.sleep(0.01)
+        finally:
+            stopped_at.append(time.monotonic())
+            stopped.set()
+        return b""
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "t.T", {"Work": grpc.unary_unary_rpc_method_handler(handler)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        gave_up = call(channel.unary_unary("/t.T/Work", request_serializer=bytes, response_deserializer=bytes))
+        assert stopped.wait(5), "the handler went on after its caller left"
+        return stopped_at[0] - gave_up
+    finally:
+        channel.close()
+        server.stop(grace=None)
+
+
+def test_expensive_work_stops_once_the_deadline_passes_or_the_caller_cancels():
+    def deadline(stub):
+        with pytest.raises(grpc.RpcError) as err:
+            stub(b"", timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        return time.monotonic()
+
+    def cancel(stub):
+        future = stub.future(b"", timeout=30)
+        time.sleep(0.3)
+        future.cancel()
+        return time.monotonic()
+
+    assert _stops_when_the_caller_goes(deadline) < 0.5
+    assert _stops_when_the_caller_goes(cancel) < 0.5

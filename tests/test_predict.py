@@ -257,3 +257,62 @@ def test_a_node_that_does_not_serve_classify_refuses_it(tmp_path):
     finally:
         client.close()
         stop()
+
+
+def _png(size: tuple[int, int], mode: str = "1") -> bytes:
+    import io
+
+    out = io.BytesIO()
+    Image.new(mode, size, 0).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_requests_decode_is_counted_from_headers_before_any_pixel_is_decoded():
+    import io
+
+    from crossback.config.data import View
+    from crossback.node.classify import MAX_REQUEST_PIXELS, OverBudget, pixel_budget, plan_request
+
+    view = View("image", image_size=32, channels=3)
+    bomb = _png((4096, 4096))  # 2 KB that decode to 16.8 megapixels
+    assert len(bomb) < 4096 and pixel_budget(256, view) == MAX_REQUEST_PIXELS
+    with pytest.raises(OverBudget, match=r"item 2: the images up to this one decode to 50\.3 megapixels.*at most 48\.0"):
+        plan_request([bomb] * 256, [], view)
+    plan = plan_request([bomb, bomb] + [_png((32, 32))] * 254, [], view)  # within the budget: answered
+    assert plan.held_bytes == 4096 * 4096 * 8 + 256 * 3 * 32 * 32
+    assert plan.inputs().shape == (256, 3, 32, 32)
+    photo = io.BytesIO()  # a camera-sized JPEG decodes at the scale that still covers the view
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), dtype=np.uint8)).save(
+        photo, "JPEG", quality=30)
+    plan = plan_request([photo.getvalue()], [], view)
+    assert plan.images[0].size == (500, 375) and plan.inputs().shape == (1, 3, 32, 32)
+
+
+def test_decoding_and_classifying_stop_when_the_check_says_the_caller_is_gone(digits_run):
+    from crossback.config.data import View
+    from crossback.app.predict import load_task_model
+    from crossback.models.inference import classify
+    from crossback.node.classify import plan_request
+
+    class Gone(Exception):
+        pass
+
+    def gone_after(n: int, calls: list):
+        def check():
+            calls.append(1)
+            if len(calls) > n:
+                raise Gone
+        return check
+
+    calls = []
+    plan = plan_request([_png((64, 64))] * 10, [], View("image", image_size=8, channels=1))
+    with pytest.raises(Gone):
+        plan.inputs(gone_after(3, calls))
+    assert len(calls) == 4  # one check per item: the fourth stopped the decode
+    run, _ = digits_run
+    model = load_task_model(run, "a")
+    inputs = plan_request([_png((8, 8))] * 100, [], model.view).inputs()
+    calls = []
+    with pytest.raises(Gone):
+        classify(model, inputs, batch_size=32, check=gone_after(1, calls))
+    assert len(calls) == 2  # one check per batch of 32

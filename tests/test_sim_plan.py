@@ -227,3 +227,14 @@ def test_presets_cover_the_documented_links():
     assert lte.down_mbit > lte.up_mbit and lte.latency_ms > PRESETS["links"]["wifi"].latency_ms
     assert all(p.memory_mib is None or p.memory_mib >= 1024 for p in PRESETS["profiles"].values())
     assert dataclasses.asdict(PRESETS["profiles"]["rpi4"])["cpus"] == 0.25
+
+
+def test_every_plaintext_caller_behind_the_relay_shares_one_address_so_one_share_is_the_pool():
+    data = scenario()
+    data["devices"][0]["overrides"] = {"node": {"expensive": {"slots": 3}}}
+    data["devices"][1]["overrides"] = {"node": {"expensive": {"per_caller": 1}}}
+    plan = make_plan(parse_scenario(data))
+    by_group = {d.group: d.config["node"]["expensive"] for d in plan.devices}
+    first, second = (data["devices"][i]["name"] for i in (0, 1))
+    assert by_group[first] == {"slots": 3, "per_caller": 7}  # 3 running + 4 waiting
+    assert by_group[second] == {"per_caller": 1}  # what the scenario says stands
