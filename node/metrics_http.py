@@ -2,8 +2,11 @@
 
 One thread serves every connection without blocking on any (a selector), so connections that send
 nothing cannot hold back a scrape: each must send its request (at most ``MAX_REQUEST`` bytes) and take
-its answer within ``TIMEOUT`` seconds, at most ``MAX_CONNECTIONS`` are open at once (more are closed
-at once), and only ``GET /metrics`` does any work. A minimal one-request-per-connection exchange is all
+its answer within ``TIMEOUT`` seconds, and only ``GET /metrics`` does any work. At most
+``MAX_CONNECTIONS`` are open at once and ``MAX_PER_ADDRESS`` from one address: a new connection beyond
+either bound takes the place of the oldest one still waiting for its request (from its own address
+first), so a scraper, which sends its request the moment it connects, always gets in, however many
+idle connections are held open against it. A minimal one-request-per-connection exchange is all
 Prometheus needs; http.server's machinery cost half a millisecond per scrape on 2 cores, and a handful
 of idle connections could hold every thread of a pool.
 """
@@ -20,6 +23,7 @@ from crossback.config.errors import StateInUse
 from .prom import CONTENT_TYPE, Registry
 
 MAX_CONNECTIONS = 256
+MAX_PER_ADDRESS = 32
 TIMEOUT = 5.0
 MAX_REQUEST = 8192
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
@@ -28,6 +32,7 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
 @dataclass
 class _Exchange:
     deadline: float
+    address: str
     received: bytearray = field(default_factory=bytearray)
     reply: bytes | None = None  # what is left to send, once the request is complete
 
@@ -37,7 +42,8 @@ class MetricsServer:
         self.registry, self._sock = registry, sock
         self._selector = selectors.DefaultSelector()
         self._wake, self._waker = socket.socketpair()
-        self._open: dict[socket.socket, _Exchange] = {}
+        self._open: dict[socket.socket, _Exchange] = {}  # oldest first
+        self._per_address: dict[str, int] = {}
         for s in (sock, self._wake):
             s.setblocking(False)
             self._selector.register(s, selectors.EVENT_READ)
@@ -62,16 +68,35 @@ class MetricsServer:
 
     def _accept(self) -> None:
         try:
-            conn, _ = self._sock.accept()
+            conn, peer = self._sock.accept()
         except OSError:
             return
-        if len(self._open) >= MAX_CONNECTIONS:
+        address = str(peer[0]) if isinstance(peer, tuple) else "?"
+        if self._per_address.get(address, 0) >= MAX_PER_ADDRESS:
+            room = self._evict_oldest_waiting(address)
+        elif len(self._open) >= MAX_CONNECTIONS:
+            room = self._evict_oldest_waiting(None)
+        else:
+            room = True
+        if not room:  # every one of them is being answered: the newcomer waits for nothing
             conn.close()
             return
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._open[conn] = _Exchange(time.monotonic() + TIMEOUT)
+        self._open[conn] = _Exchange(time.monotonic() + TIMEOUT, address)
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         self._selector.register(conn, selectors.EVENT_READ)
+
+    def _evict_oldest_waiting(self, address: str | None) -> bool:
+        """Close the oldest connection still waiting for its request (from ``address``, or any)."""
+        for conn, exchange in self._open.items():
+            if exchange.reply is None and (address is None or exchange.address == address):
+                self._drop(conn)
+                return True
+        return False
+
+    def open_connections(self) -> int:
+        return len(self._open)
 
     def _receive(self, conn: socket.socket) -> None:
         exchange = self._open[conn]
@@ -102,7 +127,12 @@ class MetricsServer:
 
     def _drop(self, conn: socket.socket) -> None:
         self._selector.unregister(conn)
-        del self._open[conn]
+        address = self._open.pop(conn).address
+        left = self._per_address[address] - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
         conn.close()
 
     def _reply(self, request: bytes) -> bytes:

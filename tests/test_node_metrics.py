@@ -3,7 +3,9 @@ bounded in series whatever callers and peers send."""
 from __future__ import annotations
 
 import re
+import select
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +29,7 @@ from crossback.node.metrics import (
     TRAFFIC_KINDS,
     NodeMetrics,
 )
-from crossback.node.metrics_http import MAX_CONNECTIONS, TIMEOUT, serve_metrics
+from crossback.node.metrics_http import MAX_CONNECTIONS, MAX_PER_ADDRESS, TIMEOUT, serve_metrics
 from crossback.node.node_config import load_node_config
 from crossback.node.rpc_metrics import METHODS, OTHER
 from crossback.node.transport import CallPolicy, PeerClient
@@ -220,15 +222,6 @@ def test_the_endpoint_serves_the_text_format_and_bounds_open_connections():
             started = time.monotonic()
             assert urllib.request.urlopen(f"http://{address}/metrics", timeout=5).status == 200
             assert time.monotonic() - started < 1.0
-            idle += [socket.create_connection((host, int(port)), timeout=5) for _ in range(MAX_CONNECTIONS - 40)]
-            time.sleep(0.2)  # accepted
-            extra = socket.create_connection((host, int(port)), timeout=5)
-            extra.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            try:  # past the bound of open connections: closed unanswered (a reset when our bytes were unread)
-                assert extra.recv(100) == b""
-            except ConnectionResetError:
-                pass
-            extra.close()
         finally:
             for s in idle:
                 s.close()
@@ -246,6 +239,66 @@ def test_the_endpoint_serves_the_text_format_and_bounds_open_connections():
             serve_metrics(address, m.registry)
     finally:
         server.close()
+
+
+def _open_idle(address: str, count: int, sources: list[str]) -> list[socket.socket]:
+    host, port = address.rsplit(":", 1)
+    return [socket.create_connection((host, int(port)), timeout=5, source_address=(sources[i % len(sources)], 0))
+            for i in range(count)]
+
+
+def _scrape_seconds(address: str) -> float:
+    started = time.monotonic()
+    assert urllib.request.urlopen(f"http://{address}/metrics", timeout=5).status == 200
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize("addresses", [1, 100])
+def test_a_scrape_gets_in_past_300_idle_connections_from_one_address_or_many(addresses):
+    server, address = serve_metrics("127.0.0.1:0", NodeMetrics("n").registry)
+    sources = ["127.0.0.1"] if addresses == 1 else [f"127.0.1.{i + 1}" for i in range(addresses)]
+    idle = []
+    try:
+        idle = _open_idle(address, 300, sources)
+        time.sleep(0.3)  # all accepted, the oldest evicted
+        held = MAX_PER_ADDRESS if addresses == 1 else MAX_CONNECTIONS
+        assert server.open_connections() == held
+        closed = [s for s in idle if select.select([s], [], [], 0)[0] and s.recv(1) == b""]
+        assert closed == idle[:300 - held]  # the oldest went first
+        assert max(_scrape_seconds(address) for _ in range(5)) < 1.0
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_a_scrape_gets_in_while_idle_connections_are_reopened_as_fast_as_they_are_dropped():
+    server, address = serve_metrics("127.0.0.1:0", NodeMetrics("n").registry)
+    sources = [f"127.0.2.{i + 1}" for i in range(50)]
+    stop, reopened = threading.Event(), []
+
+    def churn():
+        conns = _open_idle(address, 300, sources)
+        deadline = time.monotonic() + 10  # bounded however the test goes
+        while not stop.is_set() and time.monotonic() < deadline:
+            for s in select.select(conns, [], [], 0.05)[0]:
+                conns.remove(s)
+                s.close()
+                conns += _open_idle(address, 1, sources)
+                reopened.append(1)
+        for s in conns:
+            s.close()
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        times = [_scrape_seconds(address) for _ in range(10)]
+    finally:
+        stop.set()
+        worker.join(15)
+        server.close()
+    assert reopened and max(times) < 1.0, (len(reopened), times)
 
 
 def test_the_text_format_parses_back_to_every_sample_with_prometheus_own_parser():
