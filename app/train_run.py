@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from crossback.models.methods import TaskData, learn_task
 from crossback.models.metric_log import MetricLog
 from crossback.models.metrics import summarize
 from crossback.models.persistence import (
+    clean_leftovers,
     latest_checkpoint,
     latest_intact_checkpoint,
     load_checkpoint,
@@ -96,6 +98,20 @@ def metrics_payload(cfg: RunConfig, learner: ContinualLearner, infos: list[dict]
     return payload
 
 
+def writer_gone(pid: int) -> bool:
+    """Whether the process that wrote a temporary checkpoint folder is gone (or is this one: a container
+    restarted under the same pid)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, device: str = "cpu",
                  tensorboard: Path | None = None) -> dict:
     """Learn the config's tasks into ``out`` (resuming what it holds): checkpoints, metrics.json and
@@ -109,6 +125,8 @@ def run_training(cfg: RunConfig, out: Path, progress: bool = True, log=print, de
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(cfg))
     ckpt_root = out / CHECKPOINTS
+    for done in clean_leftovers(ckpt_root, writer_gone):
+        log(f"{done} (left by a killed run)")
     intact = latest_intact_checkpoint(ckpt_root, lambda exc, moved: log(f"warning: {exc}; moved to {moved}"))
     if intact is not None:
         latest, learner, state = intact

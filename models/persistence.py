@@ -117,6 +117,35 @@ def save_checkpoint(root: Path, learner: ContinualLearner, state: dict) -> Path:
     return final
 
 
+LEFTOVER = re.compile(r"^\.(tmp|stale)-(task-\d{3,})-(\d+)$")
+
+
+def clean_leftovers(root: Path, writer_gone: Callable[[int], bool] = lambda pid: True) -> list[str]:
+    """Remove what killed writers left under ``root`` (``.tmp-task-NNN-<pid>`` folders never finished,
+    ``.stale-task-NNN-<pid>`` ones already replaced) when ``writer_gone(pid)``; names of what was done.
+    A stale folder whose replacement never landed (killed between the two renames) is put back, not
+    removed: it is the only copy of that checkpoint. Call it where no other writer can be running
+    (under the state lock), or with a ``writer_gone`` that says which writers are dead."""
+    root = Path(root)
+    done = []
+    if not root.is_dir():
+        return done
+    for path in sorted(root.iterdir()):
+        m = LEFTOVER.match(path.name)
+        if not m or not path.is_dir() or not writer_gone(int(m.group(3))):
+            continue
+        final = root / m.group(2)
+        if m.group(1) == "stale" and not final.exists():
+            os.replace(path, final)
+            done.append(f"restored {final.name} from {path.name}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}")
+    if done:
+        _fsync_dir(root)
+    return done
+
+
 def checkpoints(root: Path) -> list[Path]:
     """Finished checkpoint folders under ``root``, newest first (not yet verified)."""
     if not Path(root).is_dir():

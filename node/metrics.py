@@ -29,6 +29,7 @@ EVENTS = frozenset({
     "node_started", "node_stopped", "serving", "distributed", "tls", "unauthenticated", "data_warning",
     "task_started", "task_finished", "task_interrupted", "tasks_done", "resumed", "task_waiting", "task_arrived",
     "snapshot_published", "publish_refused", "checkpoint_failed", "checkpoint_corrupt", "checkpoint_upgraded",
+    "checkpoint_leftover",
     "task_matched", "backbone_selected", "transfer_done", "rpc_failed", "payload_sent", "payload_summary",
     "peer_joined", "peer_returned", "peer_dead", "peer_evicted"})
 ARMS = ("none", "selected", "random", "oracle")

@@ -30,6 +30,7 @@ from crossback.models.persistence import (
     FORMAT,
     CheckpointError,
     CheckpointWriteError,
+    clean_leftovers,
     is_legacy,
     latest_intact_checkpoint,
     save_checkpoint,
@@ -322,6 +323,8 @@ class Node:
             self.events.emit("checkpoint_corrupt", file=str(exc.path), expected_sha256=exc.expected,
                              actual_sha256=exc.actual, moved_to=str(moved), error=str(exc)[:1000])
 
+        for done in clean_leftovers(ckpt_root):  # under the state lock: every other writer is dead
+            self.events.emit("checkpoint_leftover", action=done)
         intact = latest_intact_checkpoint(ckpt_root, corrupt)
         if intact is None:
             return new_learner(self.run_cfg, self.cfg.swarm.genesis).to(self.device), [], []

@@ -236,6 +236,26 @@ def test_a_node_whose_disk_fills_keeps_serving_its_last_snapshot_and_retries(tmp
     assert "Traceback" not in proc.stderr.read()
 
 
+def test_leftovers_of_killed_writers_are_removed_and_a_stale_only_copy_is_put_back(two_checkpoints, tmp_path):
+    import os
+
+    from crossback.app.train_run import writer_gone
+    from crossback.models.persistence import checkpoints, clean_leftovers
+
+    root = shutil.copytree(two_checkpoints, tmp_path / "checkpoints")
+    shutil.copytree(root / "task-002", root / ".tmp-task-003-999999")  # never finished
+    os.replace(root / "task-002", root / ".stale-task-002-999998")  # killed between the two renames
+    shutil.copytree(root / "task-001", root / ".stale-task-001-999997")  # its replacement landed
+    shutil.copytree(root / "task-001", root / f".tmp-task-003-{os.getppid()}")  # a live writer's
+    done = clean_leftovers(root, writer_gone)
+    assert sorted(done) == ["removed .stale-task-001-999997", "removed .tmp-task-003-999999",
+                            "restored task-002 from .stale-task-002-999998"]
+    assert [p.name for p in checkpoints(root)] == ["task-002", "task-001"]
+    load_checkpoint(root / "task-002")  # intact: every digest verifies
+    assert sorted(p.name for p in root.iterdir()) == [f".tmp-task-003-{os.getppid()}", "task-001", "task-002"]
+    assert clean_leftovers(root) == [f"removed .tmp-task-003-{os.getppid()}"]  # under the lock: every one
+
+
 def test_a_node_moves_a_corrupt_newest_checkpoint_aside_resumes_from_the_intact_one_and_relearns(tmp_path):
     cfg = {**tiny_node_config(0, TASKS, 0.25, 2.0), "node": {"exit_when_done": True}}
     state = tmp_path / "state"
@@ -246,6 +266,8 @@ def test_a_node_moves_a_corrupt_newest_checkpoint_aside_resumes_from_the_intact_
     reported = [e["accuracies"] for e in first_run if e["event"] == "task_finished"]
     victim = state / "checkpoints" / "task-002" / "shared.safetensors"
     flip_one_byte(victim, random.Random(3))
+    leftover = state / "checkpoints" / ".tmp-task-002-424242"  # what a writer killed mid-write left
+    shutil.copytree(state / "checkpoints" / "task-001", leftover)
     subprocess.run(args, check=True, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = read_events(log)[len(first_run):]
     names = [e["event"] for e in second]
@@ -262,6 +284,8 @@ def test_a_node_moves_a_corrupt_newest_checkpoint_aside_resumes_from_the_intact_
     learner, saved = load_checkpoint(state / "checkpoints" / "task-001")
     assert saved["accuracy_matrix"][-1] == reported[0]
     assert (state / "checkpoints" / "task-002.corrupt-0").is_dir() and (state / "checkpoints" / "task-002").is_dir()
+    assert not leftover.exists()
+    assert [e["action"] for e in second if e["event"] == "checkpoint_leftover"] == ["removed .tmp-task-002-424242"]
 
 
 def test_one_node_per_state_folder_and_per_port(tmp_path):
