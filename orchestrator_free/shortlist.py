@@ -140,6 +140,8 @@ def decide(cands: list[Candidate], shortlist: list[Candidate], mode: str,
     other shapes: any-shape strategies) are decided by the cheap score if none of them can be."""
     if mode in (PAYLOAD, CHEAP):
         return (*choose(cands), cfg.score)
+    if not shortlist:  # nobody there, or nobody answered: nothing was ranked or confirmed
+        return (*choose(cands), cfg.score)
     chosen, reason = choose(shortlist, cfg.confirm)
     if mode == UNRANKED:
         return chosen, f"{reason}: no candidate has {cfg.score}, so every one was confirmed", cfg.confirm

@@ -162,6 +162,12 @@ def test_the_decision_rule_in_each_mode():
     short, mode = shortlist_of([p, q], cfg)
     chosen, reason, name = decide([p, q], short, mode, cfg)
     assert chosen is q and name == "kv_motion" and "no shortlisted candidate has logme" in reason
+    # nobody there, or nobody answered: the reason says so, not that anyone was confirmed
+    short, mode = shortlist_of([], cfg)
+    assert decide([], short, mode, cfg)[:2] == (None, "no eligible peer")
+    down = Candidate("z", "h:z", error="UNAVAILABLE: connection refused")
+    short, mode = shortlist_of([], cfg)
+    assert decide([down], short, mode, cfg)[:2] == (None, "no candidate answered")
 
 
 class PayloadLiar:
