@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,7 +28,7 @@ from crossback.config.errors import PeerCallError, WireError
 from crossback.config.selection import ProbeSpec, SelectionConfig
 from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.learner import ContinualLearner
-from crossback.models.perceiver import KV_NAMES
+from crossback.models.perceiver import KV_NAMES, kv_shapes
 from crossback.orchestrator_free.ddv import ddv
 from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
 
@@ -98,6 +99,7 @@ class Candidate:
     late: bool = False  # missed a stage's deadline (its call may still finish; its result is ignored)
     score_seconds: dict[str, float] = field(default_factory=dict)  # compute time of each score
     advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
+    reprobed: bool = False  # its snapshot moved between the stages: stage 1 ran again on the new one
 
     def public(self) -> dict:
         return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins", "payload", "advertised")}
@@ -225,10 +227,12 @@ def _probe_one(client, cand: Candidate, learner: ContinualLearner, task: int,
     return cand
 
 
-def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, want: Want | str) -> bool:
+def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, want: Want | str,
+                reprobe: Callable[[object, Candidate, int], None] | None = None) -> bool:
     """Stage 2, for a shortlisted or chosen candidate: what the strategy borrows (``cand.parts``, with
-    its provenance), from the snapshot its K/V came from. False (``cand.error`` says why) when it
-    could not be had."""
+    its provenance), from the snapshot its K/V came from. A peer that published a new snapshot since
+    stage 1 is probed once more on it (``reprobe(client, cand, version)``, see ``reprobe_with``) and
+    kept when its K/V and payload then agree. False (``cand.error`` says why) when it could not be had."""
     if cand.parts is not None:
         return True
     want = _want(want)
@@ -245,7 +249,13 @@ def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, w
         else:
             received, version = client.fetch_payload(borrow, min_version=max(cand.snapshot_version, 1))
             if cand.kv is not None and version != cand.snapshot_version:
-                raise WireError(f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}")
+                moved = f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}"
+                if reprobe is None or cand.reprobed:
+                    raise WireError(moved)
+                cand.reprobed = True  # it published between the stages (it learns too): once more, on the new one
+                reprobe(client, cand, version)
+                if version != cand.snapshot_version:
+                    raise WireError(f"{moved}; probed again, its K/V came from {cand.snapshot_version}")
             cand.snapshot_version = version
             cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
             own = learner.part_shapes(task)
@@ -261,6 +271,22 @@ def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, w
     if cand.error is not None:
         cand.parts = None
     return cand.error is None
+
+
+def reprobe_with(learner: ContinualLearner, task: int, cfg: SelectionConfig):
+    """Stage 1's tensors again for a candidate whose snapshot moved to ``version`` (or later): its K/V
+    and, where it answered one, its DDV, both from the snapshot it serves now."""
+    def reprobe(client, cand: Candidate, version: int) -> None:
+        expected = kv_shapes(learner.cfg)
+        same = {n: tuple(t.shape) for n, t in cand.kv.items()} == expected
+        kv, now = client.fetch_kv(expected=expected if same else None, min_version=version)
+        cand.kv, cand.snapshot_version = (kv if same else foreign_kv(kv, cand.peer)), now
+        cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
+        if cand.cos is not None:
+            (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None, cfg.probe,
+                                                             cfg.euc_weight, now)
+            cand.bytes += reply_bytes
+    return reprobe
 
 
 def _failed(cand: Candidate, exc: Exception) -> None:
@@ -312,7 +338,8 @@ def fetch_all(learner: ContinualLearner, task: int, cands: list[Candidate], clie
               want: Want | str) -> None:
     """Stage 2 for every candidate in ``cands``, in parallel under ``cfg.deadline``."""
     want = _want(want)
-    _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, want),
+    reprobe = reprobe_with(learner, task, cfg)
+    _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, want, reprobe),
               [c for c in cands if c.parts is None], cfg.deadline, want.borrow)
 
 

@@ -29,6 +29,7 @@ from crossback.orchestrator_free.selection import (
     fetch_parts,
     probe_candidates,
     ranked,
+    reprobe_with,
 )
 
 from .candidates import ProbeHistory
@@ -89,7 +90,8 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
         shortlist += more
     if mode == CHEAP:  # the cheap score alone: the payload of its best candidate that can hand it over
         next((c for c in ranked(answered)
-              if fetch_parts(clients.get(c.address, c.peer), c, learner, task, want)), None)
+              if fetch_parts(clients.get(c.address, c.peer), c, learner, task, want,
+                             reprobe_with(learner, task, cfg))), None)
     else:
         name = cfg.score if mode == PAYLOAD else cfg.confirm
         apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,

@@ -287,3 +287,44 @@ def test_combine_average_is_refused_for_a_strategy_without_parts_to_average():
 
     with pytest.raises(ConfigError, match="selection.combine"):
         from_mapping(SelectionConfig, {"combine": "median"}, "selection")
+
+
+def test_a_peer_that_publishes_between_the_stages_is_probed_once_more_and_kept(tmp_path, digits_tasks):
+    import threading
+
+    from crossback.config.node import PAYLOAD_KINDS
+    from crossback.models.perceiver import kv_shapes
+    from crossback.node.events import EventLog
+    from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
+    from crossback.orchestrator_free.membership import Membership
+
+    learner = _learned(30, digits_tasks[0])
+    first = published(tmp_path / "v1", 1, lambda: learner)
+    learn_task(learner, digits_tasks[1], PACKNET, OPTS)
+    second = published(tmp_path / "v2", 2, lambda: learner)
+    moved, calls = threading.Event(), []
+
+    class Mover(PeerServicer):  # publishes snapshot 2 the moment stage 2 asks for its backbone
+        def FetchKV(self, request, context):
+            calls.append("kv")
+            yield from super().FetchKV(request, context)
+
+        def FetchPayload(self, request, context):
+            moved.set()
+            yield from super().FetchPayload(request, context)
+
+    server, port = bind("127.0.0.1:0", workers=4)
+    address = f"127.0.0.1:{port}"
+    identity = NodeIdentity("mover", address, "image", "packnet", learner.cfg.token_dim, kv_shapes(learner.cfg),
+                            PAYLOAD_KINDS, genesis_id(GENESIS, learner.cfg))
+    log = EventLog("mover", tmp_path / "mover.jsonl", console=None)
+    serve(server, Mover(identity, lambda: second if moved.is_set() else first, Membership("mover", address, [], 60.0),
+                        log))
+    try:
+        sel = _select(SelectionConfig(score="kv_motion", shortlist="all"), {"mover": address}, digits_tasks)
+    finally:
+        server.stop(grace=None)
+        log.close()
+    (cand,) = sel.candidates
+    assert cand.error is None and cand.reprobed and cand.snapshot_version == 2 and calls == ["kv", "kv"]
+    assert sel.chosen is cand and cand.parts is not None and cand.cos is not None
