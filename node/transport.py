@@ -25,6 +25,10 @@ if TYPE_CHECKING:  # the DDV and tensor modules need torch; `crossback peers/sta
 
 MAX_MESSAGE_BYTES = 4 << 20
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# gRPC waits 1 s, then 1.6x longer after each failed connect, up to 120 s, and fails calls at once
+# meanwhile: a peer back after a minute away went unreached for up to 33 s. Capped, a returning peer is
+# reached within about 2 s of coming back, for at most one connect attempt per dead peer per 2 s.
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def channel_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -83,7 +87,7 @@ class PeerClient:
         self.address, self.caller_id, self.policy = address, caller_id, policy
         self.tls, self.expected_id = tls, expected_id
         self.on_payload = on_payload or (lambda kind, peer, nbytes: None)
-        self._channel = open_channel(address, channel_options(), tls, expected_id)
+        self._channel = open_channel(address, [*channel_options(), *RECONNECT], tls, expected_id)
         channel = grpc.intercept_channel(self._channel, FetchedBytes(on_fetched)) if on_fetched else self._channel
         self._stub = pb_grpc.PeerServiceStub(channel)
 

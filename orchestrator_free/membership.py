@@ -12,7 +12,9 @@ peers (``probe_failed``). A suspect answering again is alive (``heard_from``, ``
 that stays unreachable for ``failure_timeout`` seconds of probing is *dead*. Gossip that names a peer
 dead (``rumour``) moves it to the front of this node's own probe queue; only if this node's own probe
 and its helpers' then fail too does it die at once. Hearsay alone never kills.
-``fanout=None`` probes every peer every round. Dead peers stay in the rotation (a return is noticed).
+``fanout=None`` probes every peer every round. Dead peers stay in the rotation (a return is noticed),
+and one that calls this node itself (``learn`` with ``direct``) is dialled the next round, however long
+it was gone: dead, or forgotten and then a fresh direct candidate.
 
 Bounds: at most ``max_peers`` proven peers and as many candidates, of which at most
 CANDIDATES_PER_ROUND are dialled per round; a candidate that never answers is dropped after
@@ -91,6 +93,7 @@ class Membership:
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
         self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed every round until contact
+        self._returning: set[str] = set()  # dead peers that called us: probed next round
         self._lock = threading.Lock()
 
     def _admits(self, node_id: str, address: str) -> bool:
@@ -116,6 +119,7 @@ class Membership:
             peer.suspect_since = None
             self._dead_since.pop(node_id, None)
             self._rumoured.discard(node_id)
+            self._returning.discard(node_id)
         if not ever:
             self.on_event("peer_joined", peer=node_id, address=address)
         elif not was_alive:
@@ -129,13 +133,16 @@ class Membership:
         with self._lock:
             if node_id == self.node_id or address in self._own:
                 return
-            if any(p.address == address for p in self._peers.values()):
+            at = next((p for p in self._peers.values() if p.address == address), None)
+            if at is not None:
+                if direct and not at.alive:  # a dead or suspect peer calling again: dial it next round
+                    self._returning.add(at.node_id)
                 return
             known = self._candidates.get(address)
             if known is not None:
-                if direct and not known.direct:  # heard of it, and now it called us itself: promote it
-                    self._admit_direct(address, Candidate(node_id, known.named, source, True, known.dialled,
-                                                          known.dials))
+                if direct and not known.direct:  # heard of it, and now it called us itself: a fresh contact,
+                    # with fresh dials and time to live (the hearsay's may be spent: it would be dropped)
+                    self._admit_direct(address, Candidate(node_id, self.clock(), source, True))
                 return
             candidate = Candidate(node_id, self.clock(), source, direct)
             if direct:
@@ -226,6 +233,7 @@ class Membership:
             return False
         oldest = min(self._dead_since, key=lambda n: (self._dead_since[n], n))
         del self._peers[oldest], self._dead_since[oldest]
+        self._returning.discard(oldest)
         return True
 
     def check_failures(self) -> list[str]:
@@ -236,6 +244,7 @@ class Membership:
             for node_id, since in list(self._dead_since.items()):
                 if now - since > self.dead_ttl:
                     del self._peers[node_id], self._dead_since[node_id]
+                    self._returning.discard(node_id)
                     evicted.append(node_id)
             self._candidates = {a: c for a, c in self._candidates.items()
                                 if now - c.named <= self.candidate_ttl and c.dials < CANDIDATE_ATTEMPTS}
@@ -254,7 +263,9 @@ class Membership:
             # swarm together do not all probe the same peer in the same round and skip the same others
             peers = sorted(self._peers.values(),
                            key=lambda p: (p.last_probed, zlib.crc32(f"{self.node_id}/{p.node_id}".encode())))
-            urgent = [p for p in peers if p.suspect_since is not None or p.node_id in self._rumoured]
+            urgent = [p for p in peers if p.suspect_since is not None or p.node_id in self._rumoured
+                      or p.node_id in self._returning]
+            self._returning.clear()  # dialled once now; a later call of theirs asks again
             urgent_ids = {p.node_id for p in urgent}
             rest = [p for p in peers if p.node_id not in urgent_ids]
             chosen = urgent + (rest if self.fanout is None else rest[: max(0, self.fanout)])

@@ -82,7 +82,7 @@ def stop_nodes(procs: dict) -> None:
 
 
 def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interval=None, fanout=None,
-                         client_factory=None, failure_timeout: float = 30.0, metrics=None):
+                         client_factory=None, failure_timeout: float = 30.0, metrics=None, listen="127.0.0.1:0"):
     """A node without a model in this process: a real gRPC server (TLS with ``tls``), its membership and,
     with ``interval``, its gossip loop. ``client_factory(address, expected_id)`` replaces how it dials;
     ``metrics``: a NodeMetrics its server, log and payloads feed. Returns (address, membership, stop)."""
@@ -94,7 +94,7 @@ def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interva
 
     events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None,
                       listeners=(metrics.observe,) if metrics else ())
-    server, port = bind("127.0.0.1:0", workers=4, events=events, tls=tls, metrics=metrics)
+    server, port = bind(listen, workers=4, events=events, tls=tls, metrics=metrics)
     address = f"127.0.0.1:{port}"
     membership = Membership(node_id, address, list(seeds), failure_timeout, on_event=events.emit,
                             allow=tls.allow if tls else frozenset(), fanout=fanout)

@@ -179,3 +179,29 @@ def test_a_source_keeps_only_its_newest_direct_contacts_and_a_full_table_makes_r
     assert len(m.candidates()) == 4  # full
     m.learn("b", "b:1", source="id:b", direct=True)
     assert "b:1" in m.direct_candidates() and len(m.candidates()) == 4  # hearsay made room
+
+
+@pytest.mark.parametrize("gone", [5.0, 60.0, 600.0])
+def test_a_peer_that_calls_after_any_absence_is_dialled_the_next_round(gone):
+    """Dead for a while (still remembered, last in a rotation of 40 peers at fanout 2) or forgotten:
+    the announce of a returning peer gets it dialled in the very next round."""
+    m, clock, events = make(fanout=2, dead_ttl=30.0)
+    for i in range(40):
+        m.heard_from(f"p{i:02d}", f"h:{100 + i}")
+    m.heard_from("b", "h:2")
+    assert not m.probe_failed("b")
+    clock.now += 3.1
+    assert m.probe_failed("b")
+    m.targets()  # the round that noticed it
+    clock.now += gone
+    m.check_failures()
+    forgotten = gone > 30.0
+    assert ("b" in [p.node_id for p in m.peers()]) is not forgotten
+    m.learn("x", "h:2", source="ip:h")  # hearsay of its address first (it spends no dial of the announce)
+    for _ in range(3):
+        m.targets()
+    m.learn("b", "h:2", source="ip:h", direct=True)  # its own announce: ExchangePeers with itself as sender
+    assert "h:2" in m.targets()
+    m.heard_from("b", "h:2")
+    assert "b" in [p.node_id for p in m.alive()]
+    assert events[-1] == (("peer_joined" if forgotten else "peer_returned"), "b")

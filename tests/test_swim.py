@@ -90,3 +90,27 @@ def test_probe_peer_answers_only_for_peers_it_holds(tmp_path):
     finally:
         for stop in stops:
             stop()
+
+
+@pytest.mark.slow
+def test_a_peer_back_after_a_minute_away_is_readmitted_within_seconds_of_its_announce(tmp_path):
+    """Devices leave and come back: a peer dead for 60 s (evicted from the view by then) that starts
+    again at its address and announces itself is a peer again within two gossip rounds and a reconnect
+    (before: up to 36 s, gRPC's reconnect backoff to a long-dead address)."""
+    stops = {}
+    try:
+        a_addr, a_view, stops["a"] = start_inprocess_node(tmp_path, "a", interval=0.5, failure_timeout=1.5, fanout=3)
+        b_addr, _, stops["b"] = start_inprocess_node(tmp_path, "b", seeds=[a_addr], interval=0.5,
+                                                     failure_timeout=1.5, fanout=3)
+        wait_for(lambda: "b" in {p.node_id for p in a_view.alive()}, 20, "a admits b")
+        stops.pop("b")()
+        wait_for(lambda: "b" not in {p.node_id for p in a_view.alive()}, 20, "a calls b dead")
+        time.sleep(60.0)
+        started = time.monotonic()
+        _, _, stops["b"] = start_inprocess_node(tmp_path, "b", seeds=[a_addr], interval=0.5, failure_timeout=1.5,
+                                                fanout=3, listen=b_addr)
+        wait_for(lambda: "b" in {p.node_id for p in a_view.alive()}, 20, "a admits b again")
+        assert time.monotonic() - started < 3.0
+    finally:
+        for stop in stops.values():
+            stop()
