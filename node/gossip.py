@@ -11,6 +11,7 @@ which the next round dials expecting that id. An entry that says a peer is dead 
 makes this node probe that peer itself next round."""
 from __future__ import annotations
 
+import math
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,20 @@ from crossback.orchestrator_free.membership import Membership
 from crossback.proto.v1 import peer_pb2 as pb
 
 MAX_REPLY_ENTRIES = 4 * DEFAULT_MAX_PEERS
+
+
+def detection_bound(peers: int, fanout: int | None, interval: float, call_seconds: float,
+                    failure_timeout: float) -> float:
+    """Seconds within which every node that keeps its rounds going calls a peer that stopped answering
+    dead, with ``peers`` other peers, ``fanout`` probed per round (None: all) and ``call_seconds`` the
+    longest one gossip call can take (attempts x timeout + backoff). A round is at most the interval, its
+    exchanges and its indirect probes (``interval + 2 * call_seconds``: a frozen peer's calls hang to
+    their deadline); the silent peer is probed within ⌈peers / fanout⌉ rounds (the rotation), is a
+    suspect from that probe's sending and dies at the first failed probe ``failure_timeout`` after it.
+    A machine too loaded to keep its rounds going stretches every round by what it lags."""
+    round_max = interval + 2 * call_seconds
+    rotation = math.ceil(peers / fanout) if fanout else 1
+    return rotation * round_max + failure_timeout + round_max
 
 
 def sample_entries(entries: list[pb.PeerEntry], k: int, rng: random.Random) -> list[pb.PeerEntry]:
@@ -67,6 +82,7 @@ class GossipLoop:
         return pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=peers)
 
     def round(self) -> None:
+        sent_at = self.membership.clock()
         message = self.message()
         targets = self.membership.targets()
         answered = list(self._pool.map(lambda address: self._exchange(address, message), targets))
@@ -74,7 +90,7 @@ class GossipLoop:
         failed = [self.membership.peer_at(a) for a, ok in zip(targets, answered) if not ok]
         # in parallel, so that a partition cutting off many peers does not stretch the round; a dead
         # peer's silence needs no second opinion
-        list(self._pool.map(self._indirect_or_failed, [n for n in failed if n in alive]))
+        list(self._pool.map(lambda n: self._indirect_or_failed(n, sent_at), [n for n in failed if n in alive]))
         self.membership.check_failures()
 
     def _exchange(self, address: str, message: pb.PeerList) -> bool:
@@ -97,7 +113,7 @@ class GossipLoop:
                 self.membership.rumour(entry.node_id)
         return bool(sender.node_id) and expected in (None, sender.node_id)
 
-    def _indirect_or_failed(self, node_id: str) -> None:
+    def _indirect_or_failed(self, node_id: str, sent_at: float) -> None:
         """SWIM's indirect probe: helpers dial ``node_id`` at their own address for it; any answer keeps it."""
         with self._rng_lock:
             helpers = self.membership.helpers(node_id, self.indirect, self._rng)
@@ -114,7 +130,7 @@ class GossipLoop:
         if versions:
             self.membership.heard_indirectly(node_id, max(versions))
         else:
-            self.membership.probe_failed(node_id)
+            self.membership.probe_failed(node_id, sent_at)
 
     def probe_for(self, node_id: str) -> tuple[bool, int]:
         """Probe a proven peer on a caller's behalf (the ProbePeer RPC): at the address *we* hold for it,

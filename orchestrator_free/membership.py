@@ -186,18 +186,19 @@ class Membership:
         if address is not None:
             self.heard_from(node_id, address, snapshot_version)
 
-    def probe_failed(self, node_id: str) -> bool:
-        """A proven peer did not answer our probe, nor any helper's. It is a suspect, probed every round
-        from now on, and dead once it has been one for ``failure_timeout`` seconds — or at once if a
-        peer's gossip already called it dead (the rumour and our own failed probes agree). True when it
-        dies now."""
+    def probe_failed(self, node_id: str, sent_at: float | None = None) -> bool:
+        """A proven peer did not answer our probe (sent at ``sent_at``; None: now), nor any helper's. It
+        is a suspect from when that probe was sent, probed every round from now on, and dead at the
+        first failed probe once it has been one for ``failure_timeout`` seconds — or at once if a peer's
+        gossip already called it dead (the rumour and our own failed probes agree). True when it dies
+        now."""
         now = self.clock()
         with self._lock:
             peer = self._peers.get(node_id)
             if peer is None or not peer.alive:
                 return False
             if peer.suspect_since is None:
-                peer.suspect_since = now
+                peer.suspect_since = now if sent_at is None else min(now, sent_at)
             corroborated = node_id in self._rumoured
             if now - peer.suspect_since < self.failure_timeout and not corroborated:
                 return False

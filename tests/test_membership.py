@@ -205,3 +205,15 @@ def test_a_peer_that_calls_after_any_absence_is_dialled_the_next_round(gone):
     m.heard_from("b", "h:2")
     assert "b" in [p.node_id for p in m.alive()]
     assert events[-1] == (("peer_joined" if forgotten else "peer_returned"), "b")
+
+
+def test_suspicion_counts_from_when_the_failed_probe_was_sent():
+    """A probe to a frozen peer hangs until its deadline: the failure_timeout runs from the moment the
+    probe went out, not from when its deadline (and the helpers' probes) ran out."""
+    m, clock, events = make()
+    m.heard_from("b", "h:2")
+    sent = clock.now
+    clock.now += 2.5  # the call and the indirect probes hung this long
+    assert not m.probe_failed("b", sent_at=sent)
+    clock.now += 0.6  # 3.1 s since the first failed probe went out: past failure_timeout
+    assert m.probe_failed("b", sent_at=clock.now - 2.5) and events[-1] == ("peer_dead", "b")
