@@ -6,7 +6,10 @@ its answer within ``TIMEOUT`` seconds, and only ``GET /metrics`` does any work. 
 ``MAX_CONNECTIONS`` are open at once and ``MAX_PER_ADDRESS`` from one address: a new connection beyond
 either bound takes the place of the oldest one still waiting for its request (from its own address
 first), so a scraper, which sends its request the moment it connects, always gets in, however many
-idle connections are held open against it. A minimal one-request-per-connection exchange is all
+idle connections are held open against it. A client that re-opens every dropped connection at once
+would keep this thread accepting and evicting flat out: evicting a connection younger than
+``MIN_AGE`` pauses accepting for the rest of that age (new connections wait in the kernel's backlog),
+so each connection slot turns over at most once per ``MIN_AGE``. A minimal one-request-per-connection exchange is all
 Prometheus needs; http.server's machinery cost half a millisecond per scrape on 2 cores, and a handful
 of idle connections could hold every thread of a pool.
 """
@@ -24,6 +27,7 @@ from .prom import CONTENT_TYPE, Registry
 
 MAX_CONNECTIONS = 256
 MAX_PER_ADDRESS = 32
+MIN_AGE = 0.1  # evicting a connection younger than this pauses accepting for the rest of it
 TIMEOUT = 5.0
 MAX_REQUEST = 8192
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
@@ -44,6 +48,7 @@ class MetricsServer:
         self._wake, self._waker = socket.socketpair()
         self._open: dict[socket.socket, _Exchange] = {}  # oldest first
         self._per_address: dict[str, int] = {}
+        self._paused_until: float | None = None  # accepting paused (connections churn) until then
         for s in (sock, self._wake):
             s.setblocking(False)
             self._selector.register(s, selectors.EVENT_READ)
@@ -52,12 +57,20 @@ class MetricsServer:
 
     def _serve(self) -> None:
         while True:
-            soonest = min((x.deadline for x in self._open.values()), default=time.monotonic() + 1.0)
+            now = time.monotonic()
+            if self._paused_until is not None and now >= self._paused_until:
+                self._paused_until = None
+                self._selector.register(self._sock, selectors.EVENT_READ)
+            soonest = min((x.deadline for x in self._open.values()), default=now + 1.0)
+            if self._paused_until is not None:
+                soonest = min(soonest, self._paused_until)
             for key, events in self._selector.select(max(0.0, soonest - time.monotonic())):
                 if key.fileobj is self._wake:
                     return
                 if key.fileobj is self._sock:
                     self._accept()
+                elif key.fileobj not in self._open:  # evicted by an accept in this same batch
+                    continue
                 elif events & selectors.EVENT_WRITE:
                     self._send(key.fileobj)
                 else:
@@ -72,28 +85,35 @@ class MetricsServer:
         except OSError:
             return
         address = str(peer[0]) if isinstance(peer, tuple) else "?"
-        if self._per_address.get(address, 0) >= MAX_PER_ADDRESS:
-            room = self._evict_oldest_waiting(address)
-        elif len(self._open) >= MAX_CONNECTIONS:
-            room = self._evict_oldest_waiting(None)
-        else:
-            room = True
-        if not room:  # every one of them is being answered: the newcomer waits for nothing
-            conn.close()
-            return
+        crowded = self._per_address.get(address, 0) >= MAX_PER_ADDRESS
+        if crowded or len(self._open) >= MAX_CONNECTIONS:
+            age = self._evict_oldest_waiting(address if crowded else None)
+            if age is None:  # every one of them is being answered: the newcomer waits for nothing
+                conn.close()
+                return
+            if age < MIN_AGE:  # evicting young connections: someone re-opens them as fast as they drop
+                self._pause_accepting(MIN_AGE - age)
         conn.setblocking(False)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._open[conn] = _Exchange(time.monotonic() + TIMEOUT, address)
         self._per_address[address] = self._per_address.get(address, 0) + 1
         self._selector.register(conn, selectors.EVENT_READ)
 
-    def _evict_oldest_waiting(self, address: str | None) -> bool:
-        """Close the oldest connection still waiting for its request (from ``address``, or any)."""
+    def _evict_oldest_waiting(self, address: str | None) -> float | None:
+        """Close the oldest connection still waiting for its request (from ``address``, or any); its age
+        in seconds, or None when there is none."""
         for conn, exchange in self._open.items():
             if exchange.reply is None and (address is None or exchange.address == address):
                 self._drop(conn)
-                return True
-        return False
+                return time.monotonic() - (exchange.deadline - TIMEOUT)
+        return None
+
+    def _pause_accepting(self, seconds: float) -> None:
+        """Leave new connections in the kernel's backlog for ``seconds``: a client that re-opens each
+        dropped connection at once would otherwise keep this thread accepting and evicting flat out."""
+        if self._paused_until is None:
+            self._selector.unregister(self._sock)
+        self._paused_until = time.monotonic() + seconds
 
     def open_connections(self) -> int:
         return len(self._open)

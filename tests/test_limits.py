@@ -27,7 +27,8 @@ from crossback.orchestrator_free.membership import Membership
 from crossback.node.transport import PROTOCOL, CallPolicy, PeerClient
 from crossback.proto.v1 import peer_pb2 as pb
 
-from conftest import FromAddress, tiny_config
+from conftest import tiny_config
+from crossback.sim.source_address import FromAddress
 
 LIMITS = CallLimits(slots=2, waiting=4, per_caller=2, wait=20.0)
 # the most expensive spec the default budget admits at C = 32

@@ -12,13 +12,30 @@ Phases, each against the serving node on loopback:
   32 tokens x C = 64) at once; the node's peak resident memory (VmHWM) before and after, its resident
   memory once idle, and every probe's status.
 
+- ``classify``: one Classify request of 256 copies of a 2 KB PNG that decodes to 4096 x 4096 (the
+  node's CPU-seconds for it); six of them at once under six claimed ids with 10 s deadlines; then six
+  callers at six claimed ids each sending the heaviest request the decode budget admits with a 0.3 s
+  deadline, for 5 s; meanwhile a legitimate one-image Classify and a peer's FetchKV every 0.5 s. The
+  node's CPU use from 1 s after the last deadline, its resident memory before and after;
+- ``metrics``: 300 idle connections to /metrics from one address, then from 100 addresses, each held
+  open; then 300 re-opened as fast as the node drops them; scrape latency meanwhile, and the node's CPU.
+
 Goals (issue 26): Health p99 < 20 ms in the first two phases, peak RSS <= 600 MiB in the third.
+Goals (issue 37): the bomb request refused or answered in <= 1 CPU-second; the node idle within 1 s of
+the deadlines; the legitimate Classify and FetchKV never fail; RSS back within 50 MB; a scrape within
+1 s with 300 idle connections held.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import select
+import socket
 import subprocess
+import threading
+import urllib.request
 import sys
 import tempfile
 import time
@@ -165,16 +182,195 @@ def phase_probes(address: str, pid: int) -> dict:
             "peak_rss_mib": round(mib(pid, "VmHWM"), 1), "idle_rss_mib": round(mib(pid, "VmRSS"), 1)}
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _png(size: tuple[int, int], mode: str) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, size, 0).save(out, "PNG")
+    return out.getvalue()
+
+
+def _outcome(call) -> str:
+    try:
+        call()
+        return "OK"
+    except grpc.RpcError as exc:
+        return exc.code().name
+
+
+class Legitimate:
+    """A one-image Classify and a peer's FetchKV every 0.5 s, each under its 5 s deadline, in a thread;
+    each caller at an address of its own (127.0.0.2 and .3), as an app and a peer are."""
+
+    def __init__(self, address: str, task: str, image: bytes):
+        from crossback.node.transport import CallPolicy, PeerClient
+        from crossback.sim.source_address import FromAddress
+
+        self.hosts = [FromAddress(address, "127.0.0.2"), FromAddress(address, "127.0.0.3")]
+        self.client = PeerClient(self.hosts[0].address, "legit", CallPolicy(timeout=5.0, attempts=1))
+        self.peer = PeerClient(self.hosts[1].address, "peer", CallPolicy(timeout=5.0, attempts=1))
+        self.statuses: dict[str, Counter] = {"Classify": Counter(), "FetchKV": Counter()}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(task, image))
+        self._thread.start()
+
+    def _run(self, task: str, image: bytes) -> None:
+        while not self._stop.wait(0.5):
+            self.statuses["Classify"][_outcome(lambda: self.client.classify(task, images=[image]))] += 1
+            self.statuses["FetchKV"][_outcome(self.peer.fetch_kv)] += 1
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(30)
+        self.client.close()
+        self.peer.close()
+        for host in self.hosts:
+            host.close()
+        return {k: dict(v) for k, v in self.statuses.items()}
+
+
+def _idle_after(pid: int, seconds: float = 2.0) -> float:
+    """The node's CPU use (cores) over ``seconds``, from now."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return round((cpu_seconds(pid) - before) / seconds, 3)
+
+
+def finished_task(address: str) -> str:
+    from crossback.node.transport import PeerClient
+
+    client = PeerClient(address, "asker")
+    try:
+        return client.get_info().finished_tasks[0]
+    finally:
+        client.close()
+
+
+def phase_classify(address: str, pid: int, task: str) -> dict:
+    from crossback.node.transport import CallPolicy, PeerClient
+
+    time.sleep(2.0)
+    rss_before = round(mib(pid, "VmRSS"), 1)
+    bomb = _png((4096, 4096), "1")
+    legit = Legitimate(address, task, _png((64, 64), "RGB"))
+    report = {"bomb_png_bytes": len(bomb), "rss_before_mib": rss_before}
+    client = PeerClient(address, "bomber", CallPolicy(timeout=120.0, attempts=1))
+    cpu, started = cpu_seconds(pid), time.perf_counter()
+    report["one_request"] = {"status": _outcome(lambda: client.classify(task, images=[bomb] * 256)),
+                             "node_cpu_s": round(cpu_seconds(pid) - cpu, 3),
+                             "wall_s": round(time.perf_counter() - started, 3)}
+    client.close()
+    bombers = [PeerClient(address, f"bomber-{i}", CallPolicy(timeout=10.0, attempts=1)) for i in range(6)]
+    cpu = cpu_seconds(pid)
+    with ThreadPoolExecutor(6) as pool:
+        statuses = Counter(pool.map(lambda c: _outcome(lambda: c.classify(task, images=[bomb] * 256)), bombers))
+    report["six_at_once"] = {"statuses": dict(statuses), "node_cpu_s": round(cpu_seconds(pid) - cpu, 3),
+                             "node_cores_from_1s_after": _idle_after(pid)}
+    heaviest = [_png((4096, 4096), "1")] * 2 + [_png((32, 32), "RGB")] * 254  # just within the decode budget
+    for c in bombers:
+        c.close()
+    bombers = [PeerClient(address, f"heavy-{i}", CallPolicy(timeout=0.3, attempts=1)) for i in range(6)]
+    stop_at = time.monotonic() + 5.0
+
+    def send_until(c):
+        seen = Counter()
+        while time.monotonic() < stop_at:
+            seen[_outcome(lambda: c.classify(task, images=heaviest))] += 1
+        return seen
+
+    cpu = cpu_seconds(pid)
+    with ThreadPoolExecutor(6) as pool:
+        statuses = sum(pool.map(send_until, bombers), Counter())
+    last_deadline = time.monotonic()
+    time.sleep(1.0)
+    report["heaviest_with_short_deadlines"] = {
+        "statuses": dict(statuses), "node_cpu_s_while_sent": round(cpu_seconds(pid) - cpu, 3),
+        "node_cores_from_1s_after_the_last_deadline": _idle_after(pid),
+        "measured_from_s_after_deadline": round(time.monotonic() - last_deadline - 2.0, 2)}
+    for c in bombers:
+        c.close()
+    report["legitimate"] = legit.stop()
+    time.sleep(2.0)  # the heap is handed back a quiet second after the expensive work drains
+    report["rss_after_mib"] = round(mib(pid, "VmRSS"), 1)
+    report["rss_growth_mib"] = round(report["rss_after_mib"] - rss_before, 1)
+    return report
+
+
+def _scrape_seconds(url: str) -> float | str:
+    started = time.perf_counter()
+    try:
+        urllib.request.urlopen(url, timeout=5).read()
+    except OSError as exc:
+        return type(exc).__name__
+    return round(time.perf_counter() - started, 4)
+
+
+def _idle(host: str, port: int, count: int, sources: list[str]) -> list[socket.socket]:
+    return [socket.create_connection((host, port), timeout=5, source_address=(sources[i % len(sources)], 0))
+            for i in range(count)]
+
+
+def phase_metrics(metrics_url: str, pid: int) -> dict:
+    host, port = metrics_url.split("//")[1].split("/")[0].rsplit(":", 1)
+    port, report = int(port), {}
+    for name, sources in (("one_address", ["127.0.0.1"]), ("100_addresses", [f"127.0.3.{i + 1}" for i in range(100)])):
+        held = _idle(host, port, 300, sources)
+        time.sleep(0.3)
+        report[f"300_idle_from_{name}"] = {"scrapes_s": [_scrape_seconds(metrics_url) for _ in range(5)]}
+        for s_ in held:
+            s_.close()
+    stop, reopened = threading.Event(), [0]
+
+    def churn():
+        sources = [f"127.0.4.{i + 1}" for i in range(50)]
+        conns = _idle(host, port, 300, sources)
+        while not stop.is_set():
+            for s_ in select.select(conns, [], [], 0.05)[0]:
+                conns.remove(s_)
+                s_.close()
+                conns += _idle(host, port, 1, sources)
+                reopened[0] += 1
+        for s_ in conns:
+            s_.close()
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    time.sleep(0.5)
+    cpu, started = cpu_seconds(pid), time.monotonic()
+    scrapes = []
+    while time.monotonic() - started < 5.0:
+        scrapes.append(_scrape_seconds(metrics_url))
+        time.sleep(0.25)
+    cores = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    stop.set()
+    worker.join(30)
+    ok = [x for x in scrapes if isinstance(x, float)]
+    report["300_reopened_as_dropped"] = {"scrapes": len(scrapes), "failed": len(scrapes) - len(ok),
+                                         "slowest_s": max(ok) if ok else None, "reopened": reopened[0],
+                                         "node_cores": round(cores, 3)}
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config(Path(tmp), "target", epochs=2, tasks=1, serve=["kv", "ddv", "backbone"])
+        cfg = compose_config(Path(tmp), "target", epochs=2, tasks=1, serve=["kv", "ddv", "backbone", "classify"])
+        cfg["node"]["metrics"] = {"listen": "127.0.0.1:0"}
         proc, address = start_node(Path(tmp), cfg, until="serving", timeout=600)
+        started = json.loads(next(x for x in (Path(tmp) / "logs" / "target.jsonl").read_text().splitlines()
+                                  if '"node_started"' in x))
         try:
             report = {"watch": phase_watch(address), "burst": phase_burst(address),
                       "probes": phase_probes(address, proc.pid),
+                      "classify": phase_classify(address, proc.pid, finished_task(address)),
+                      "metrics": phase_metrics(started["metrics"], proc.pid),
                       "node_alive": proc.poll() is None}
         finally:
             proc.terminate()
