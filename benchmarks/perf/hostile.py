@@ -6,10 +6,10 @@
 Phases, each against the serving node on loopback:
 - ``watch``: 100 open grpc.health.v1.Health/Watch streams; Health/Check latency (2 s of checks) and
   whether GetInfo / ExchangePeers still answer;
-- ``burst``: 200 concurrent GetInfo calls, then 200 concurrent FetchKV calls; Health/Check latency
-  meanwhile and every call's status;
-- ``probes``: 6 callers each sending 40 of the largest probes the default budget admits (512 pairs x
-  32 tokens x C = 64) at once; the node's peak resident memory (VmHWM) before and after, its resident
+- ``burst``: 200 concurrent GetInfo calls, then 200 concurrent FetchKV calls, from 20 callers at 20
+  addresses; Health/Check latency meanwhile and every call's status;
+- ``probes``: 6 callers at 6 addresses each sending 40 of the largest probes the default budget admits
+  (512 pairs x 32 tokens x C = 64) at once; the node's peak resident memory (VmHWM) before and after, its resident
   memory once idle, and every probe's status.
 
 - ``classify``: one Classify request of 256 copies of a 2 KB PNG that decodes to 4096 x 4096 (the
@@ -48,6 +48,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compose_node import compose_config, print_report, start_node  # noqa: E402
+
+from crossback.sim.source_address import FromAddress  # noqa: E402
 
 
 def mib(pid: int, key: str) -> float:
@@ -132,7 +134,8 @@ def phase_burst(address: str) -> dict:
     from crossback.node.transport import CallPolicy, PeerClient
 
     channel = grpc.insecure_channel(address)
-    clients = [PeerClient(address, f"burst{i}", CallPolicy(timeout=20.0, attempts=1)) for i in range(20)]
+    hosts = [FromAddress(address, f"127.0.1.{i + 1}") for i in range(20)]  # 20 callers, 20 addresses
+    clients = [PeerClient(h.address, f"burst{i}", CallPolicy(timeout=20.0, attempts=1)) for i, h in enumerate(hosts)]
     result = {}
 
     def outcome(call):
@@ -149,6 +152,8 @@ def phase_burst(address: str) -> dict:
     times, failed = checker.result()
     for c in clients:
         c.close()
+    for h in hosts:
+        h.close()
     channel.close()
     return {**result, "health": percentiles(times), "health_failed": failed}
 
@@ -159,7 +164,8 @@ def phase_probes(address: str, pid: int) -> dict:
 
     spec = ProbeSpec(seed=1, pair_count=512, token_count=32)  # 512 x 32 x 64 = the default budget
     before = {"rss_mib": round(mib(pid, "VmRSS"), 1), "hwm_mib": round(mib(pid, "VmHWM"), 1)}
-    clients = [PeerClient(address, f"prober{i}", CallPolicy(timeout=60.0, attempts=1)) for i in range(6)]
+    hosts = [FromAddress(address, f"127.0.2.{i + 1}") for i in range(6)]  # 6 callers, 6 addresses
+    clients = [PeerClient(h.address, f"prober{i}", CallPolicy(timeout=60.0, attempts=1)) for i, h in enumerate(hosts)]
 
     def outcome(i):
         try:
@@ -177,6 +183,8 @@ def phase_probes(address: str, pid: int) -> dict:
     time.sleep(2.0)
     for c in clients:
         c.close()
+    for h in hosts:
+        h.close()
     return {"statuses": dict(statuses), "seconds": round(seconds, 2), "before": before,
             "health": percentiles(times), "health_failed": failed,
             "peak_rss_mib": round(mib(pid, "VmHWM"), 1), "idle_rss_mib": round(mib(pid, "VmRSS"), 1)}
@@ -209,7 +217,6 @@ class Legitimate:
 
     def __init__(self, address: str, task: str, image: bytes):
         from crossback.node.transport import CallPolicy, PeerClient
-        from crossback.sim.source_address import FromAddress
 
         self.hosts = [FromAddress(address, "127.0.0.2"), FromAddress(address, "127.0.0.3")]
         self.client = PeerClient(self.hosts[0].address, "legit", CallPolicy(timeout=5.0, attempts=1))
