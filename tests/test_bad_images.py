@@ -2,10 +2,8 @@
 `train` and `evaluate` with exit status 2 and one line that names the file and says why: no traceback."""
 import io
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +11,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from test_predict import TINY_MODEL, cli
+from test_predict import TINY_MODEL, bomb_png, cli
 
 CLASSES = ["c0", "c1", "c2"]
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG of a few hundred bytes whose header declares width x height grey pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
 
 
 def good_png(seed: int) -> bytes:
@@ -35,8 +24,8 @@ def good_png(seed: int) -> bytes:
 
 
 BAD = {  # name: (file bytes, or None for a folder; words the error must carry)
-    "bomb": (png_declaring(12_000, 12_000), "declares 12000 x 12000 pixels"),
-    "pillow_bomb": (png_declaring(30_000, 30_000), "decompression bomb"),
+    "bomb": (bomb_png(12_000, 12_000), "declares 12000 x 12000 pixels"),
+    "pillow_bomb": (bomb_png(30_000, 30_000), "decompression bomb"),
     "truncated": (good_png(0)[:60], "cannot be decoded"),
     "not_an_image": (b"hello, I am a text file\n", "not an image file"),
     "a_folder": (None, "is a directory"),
