@@ -46,9 +46,10 @@ BENCH_PAIR_SECRET = b"crossback benchmark pair secret"
 
 @contextmanager
 def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: dict[str, str] | None = None,
-                    pair_secret: bytes = BENCH_PAIR_SECRET):
+                    pair_secret: bytes = BENCH_PAIR_SECRET, servicers: dict[str, type] | None = None):
     """Serve each ``name -> snapshot`` on its own loopback port; yields ``name -> address``.
-    ``public_sets``: the public paired set each one holds out (by name; default none)."""
+    ``public_sets``: the public paired set each one holds out (by name; default none). ``servicers``: a
+    PeerServicer subclass to serve some of them with (by name: a peer that misbehaves, in tests)."""
     servers, logs, addresses = [], [], {}
     try:
         for name, snap in snapshots.items():
@@ -60,8 +61,9 @@ def serve_snapshots(snapshots: dict[str, Snapshot], log_dir: Path, public_sets: 
                                     (public_sets or {}).get(name, ""))
             events = EventLog(name, log_dir / f"{name}.jsonl", console=None)
             logs.append(events)
-            serve(server, PeerServicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events,
-                                       pair_secret=pair_secret))
+            servicer = (servicers or {}).get(name, PeerServicer)
+            serve(server, servicer(identity, lambda s=snap: s, Membership(name, address, [], 60.0), events,
+                                   pair_secret=pair_secret))
             servers.append(server)
             addresses[name] = address
         yield addresses

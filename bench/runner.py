@@ -29,13 +29,13 @@ from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import write_json_atomic
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.backbone import arm_seed, decide_keep, run_arm
+from crossback.orchestrator_free.backbone import arm_seed, averaged_members, candidate_arms, decide_keep, run_arm
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, ddv_score, probe_candidates
-from crossback.orchestrator_free.shortlist import decide, shortlist_of
-from crossback.transfer.base import AdaptOptions, InjectionError
+from crossback.orchestrator_free.selection import Candidate, Want, can_average, ddv_score, fetch_all, probe_candidates
+from crossback.orchestrator_free.shortlist import select
+from crossback.transfer.base import AdaptOptions
 from crossback.transfer.registry import make_strategy
 
 from .peers import BENCH_PAIR_SECRET, published, serve_snapshots, untrained_learner
@@ -151,6 +151,8 @@ class ReceiverUnits:
         self.control = f"{CONTROL}-{node.modality}"
         self.peers = [(name, addr) for name, addr in addresses.items()
                       if name != node.name and (not name.startswith(CONTROL + "-") or name == self.control)]
+        self.donors = [p for p in self.peers if p[0] != self.control]  # what a node of the swarm would see
+        self.control_peers = [p for p in self.peers if p[0] == self.control]
         self.clients = ClientPool(lambda a, _expected: PeerClient(a, node.name, CallPolicy(timeout=60.0, attempts=2)))
 
     def task(self, i: int, data, info) -> dict:
@@ -170,34 +172,40 @@ class ReceiverUnits:
         return self._borrow(i, data, info, same, strategy.fallback if strategy.matches_tasks else strategy)
 
     def _borrow(self, i: int, data, info, same, unit_strategy) -> dict:
-        """Every candidate's arm, the averages, and what a node's selection would have chosen and kept."""
+        """What a node's selection chooses and keeps (its own code, on the donors), then the experiment
+        around it: every answered candidate's payload, score and arm, the control's, and the averages."""
         cfg, learner, opts = self.cfg, self.learner, self.opts
-        probed = probe_candidates(learner, i, self.peers, self.clients, cfg.selection, kv_shapes(learner.cfg),
-                                  Want.of(unit_strategy, data), self.genesis)
+        want = Want.of(unit_strategy, data)
+        sel = select(learner, i, data, self.donors, self.clients, cfg.selection, unit_strategy, self.genesis)
+        chosen = sel.chosen
+        control = probe_candidates(learner, i, self.control_peers, self.clients, cfg.selection,
+                                   kv_shapes(learner.cfg), want, self.genesis)
+        fetch_all(learner, i, sel.pool, self.clients, cfg.selection, want)  # what stage 2 did not fetch
+        probed = sorted(sel.candidates + sel.skipped + control, key=lambda c: c.peer)
         usable = [c for c in probed if c.error is None and c.parts is not None]
         apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
         _stability_scores(cfg, learner, i, usable, self.clients)
         base, s = learner.task_state(i), arm_seed(self.seed, i)
         none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
-        arms = _arms(learner, i, data, unit_strategy, base, usable, opts, s, self.clients)
+        arms = candidate_arms(learner, i, data, unit_strategy, base, usable, opts, s, self.clients)
         trained = [c for c in usable if c.peer != self.control and c.peer in arms]
-        shortlist, mode = shortlist_of(trained, cfg.selection)
-        chosen, _, _ = decide(trained, shortlist, mode, cfg.selection)  # as a node decides
         extra = {"path": "fallback"} if unit_strategy is not self.strategy else {}
         averages = can_average(unit_strategy)
         if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
             extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
                 "peers": len(trained), "tensors": len(avg)}
-        # the soup of what a node's selection fetched anyway: its shortlist's payloads, averaged
+        # the soup of what the node's selection fetched anyway: its shortlist's payloads, averaged
+        shortlist = [c for c in sel.pool if c.shortlisted and c.parts is not None]
         soup = None
         soup_wanted = cfg.average or cfg.selection.combine == "average"
         if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
             soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
             extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
                                                               "tensors": len(avg)}
-        # the arm a node would keep or drop: the chosen candidate's, or with combine: average the soup's
-        preferred = soup if soup is not None and cfg.selection.combine == "average" else (
-            arms[chosen.peer] if chosen else None)
+        # the arm the node keeps or drops: the average of what it fetched where it averages
+        # (averaged_members, the node's own rule), else the chosen candidate's
+        averaged = averaged_members(sel, cfg.selection, unit_strategy)
+        preferred = soup if averaged and soup is not None else (arms.get(chosen.peer) if chosen else None)
         decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
         kept, why = decide_keep(decision, "selected")
         learner.set_task_state(i, decision[kept]["state"])
@@ -205,44 +213,39 @@ class ReceiverUnits:
                             kept, why, same, decision[kept]) | extra
 
 
-def _arms(learner, i: int, data, strategy, base: dict, cands: list[Candidate], opts, s: int, clients) -> dict[str, dict]:
-    """Every candidate's arm, from the same state, seed and budget."""
-    arms: dict[str, dict] = {}
-    for c in cands:
-        payload = arm_payload(clients, c, strategy, learner.part_shapes(i))
-        if payload is None:
-            continue
-        try:
-            arms[c.peer] = run_arm(learner, i, data, strategy, base, payload, opts, s)
-        except InjectionError as exc:
-            c.error = f"injection failed: {exc}"
-    return arms
-
-
 def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, peers, control: str, clients, strategy,
                     opts, seed: int):
-    """A task some peer learned (``borrow: task``): every matched task's arm (MatchTask + FetchTask, each
-    confirmed as a node confirms), the untrained control's arm borrowed the fallback way, and the limit:
+    """A task some peer learned (``borrow: task``): the match a node's selection chooses (its own code),
+    every matched task's arm (MatchTask + FetchTask, each confirmed as a node confirms), the untrained
+    control's arm borrowed the fallback way, and the limit:
     the best same-view donor's own model on this receiver's test split (its task as borrowed, unadapted,
     adapter included). None when no peer matched (the unit borrows the fallback way)."""
-    every = dataclasses.replace(cfg.selection, shortlist="all")
-    sel = find_same_task(learner, i, data, [p for p in peers if p[0] != control], clients, every,
-                         lambda parts: strategy.as_borrowed(learner, i, data, parts, opts))
-    if sel.chosen is None:
+    donors = [p for p in peers if p[0] != control]
+
+    def as_borrowed(parts):
+        return strategy.as_borrowed(learner, i, data, parts, opts)
+
+    decided = find_same_task(learner, i, data, donors, clients, cfg.selection, as_borrowed)  # a node's choice
+    if decided.chosen is None:
         return None
+    every = dataclasses.replace(cfg.selection, shortlist="all")  # and every matched task, for its arm
+    sel = decided if cfg.selection.shortlist == "all" else find_same_task(learner, i, data, donors, clients, every,
+                                                                            as_borrowed)
+    chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
     base, s = learner.task_state(i), arm_seed(seed, i)
     none = run_arm(learner, i, data, strategy, base, None, opts, s)
     fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
-    arms = _arms(learner, i, data, strategy, base, fetched, opts, s, clients)
+    arms = candidate_arms(learner, i, data, strategy, base, fetched, opts, s, clients)
     learner.set_task_state(i, base)
     limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
               if any(n.startswith("adapter.") for n in c.parts)]
     fallback = strategy.fallback
     ctrl = probe_candidates(learner, i, [p for p in peers if p[0] == control], clients, cfg.selection,
                             kv_shapes(learner.cfg), Want.of(fallback), genesis_id(_genesis(cfg, seed), node.model))
-    arms |= _arms(learner, i, data, fallback, base, [c for c in ctrl if c.error is None and c.parts], opts, s, clients)
+    arms |= candidate_arms(learner, i, data, fallback, base, [c for c in ctrl if c.error is None and c.parts], opts, s,
+                           clients)
     limit = max(limits) if limits else None
-    return (sel.candidates + ctrl, arms, none, sel.chosen,
+    return (sel.candidates + ctrl, arms, none, chosen,
             {"accuracy": limit[0], "donor": limit[1]} if limit else None)
 
 

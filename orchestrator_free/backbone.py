@@ -63,6 +63,19 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
             "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
 
 
+def candidate_arms(learner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
+                   cands: list[Candidate], opts: AdaptOptions, seed: int, clients) -> dict[str, dict]:
+    """Each candidate's arm (peer id -> arm) from the same state, seed and budget: the oracle's tries, and
+    every arm the benchmark reports. A candidate whose payload cannot be had or injected is left out (its
+    ``error`` says why)."""
+    arms = {}
+    for cand in cands:
+        arm = _arm(learner, task, data, strategy, base, cand, opts, seed, clients)
+        if arm is not None:
+            arms[cand.peer] = arm
+    return arms
+
+
 def _average_arm(learner, task, data, strategy, base, members: list[Candidate], opts, seed) -> dict | None:
     """The ``selected`` arm of ``selection.combine: average``: adapted on the members' averaged payload."""
     try:
@@ -238,7 +251,8 @@ def _run_arms(learner, task: int, data: TaskData, access: PeerAccess, sel, strat
         if arms.get("selected") is None:
             arms["selected"] = arm(chosen)
         if experiment.oracle:
-            tried = [a for c in pool if _fetched(clients, c, learner, task, want, sel) and (a := arm(c))]
+            fetched = [c for c in pool if _fetched(clients, c, learner, task, want, sel)]
+            tried = list(candidate_arms(learner, task, data, strategy, base, fetched, opts, seed_, clients).values())
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]

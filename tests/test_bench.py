@@ -352,3 +352,48 @@ def test_the_average_arm_adapts_on_the_mean_of_every_trained_candidates_payload(
         # combine: average — the node keeps the soup or its own arm, as the keep rule says
         assert rec["kept_test"] == (rec["shortlist_average"] if rec["kept"] == "selected" else rec["none"])["test"]
     assert "vs_average" in analyse(records, cfg.bootstrap)["groups"]["all"]["arms"]["kept"]
+
+
+def test_the_benchmark_chooses_what_a_node_chooses_when_a_shortlisted_payload_fails(tmp_path):
+    """One selection pipeline: the benchmark's unit and a node's transfer step, on the same served
+    snapshots and the same local model, choose the same peer when a shortlisted candidate's payload
+    fails (a peer that serves a donor's K/V, so it ranks as that donor, and a backbone of other shapes)."""
+    import torch
+
+    from crossback.bench.peers import serve_snapshots
+    from crossback.bench.runner import ReceiverUnits, _donors, _learner, _tasks, _train_opts
+    from crossback.config.selection import ExperimentConfig
+    from crossback.models.methods import learn_task
+    from crossback.node.server import PeerServicer
+    from crossback.node.wire import encode_all
+    from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
+
+    class Liar(PeerServicer):
+        def FetchPayload(self, request, context):
+            yield from encode_all({"core.latents": torch.zeros(3, 3)}, self.snapshot().version)
+
+    cfg = parse_bench_config(bench_dict(genesis=True, selection={
+        "score": "kv_motion", "shortlist": 2, "probe": {"pair_count": 8, "token_count": 4}}))
+    catalogs, seed, index = {}, 0, 3
+    snaps = _donors(cfg, seed, tmp_path, catalogs)
+    snaps["a-liar"] = snaps["low"]  # ranks as low in stage 1, sorts before it on a tie
+    rx = cfg.nodes[index]
+    data, info = _tasks(cfg, rx, seed, 3, catalogs)[0]
+    with serve_snapshots(snaps, tmp_path / "logs", servicers={"a-liar": Liar}) as addresses:
+        unit = ReceiverUnits(cfg, rx, _learner(cfg, rx, seed, index), 3, seed, addresses)
+        try:
+            record = unit.task(0, data, info)
+            learner = _learner(cfg, rx, seed, index)
+            learn_task(learner, data, cfg.method, _train_opts(cfg, rx, receiving=True))
+            events = []
+            transfer_step(learner, 0, data, PeerAccess(rx.name, unit.donors, unit.clients, unit.genesis),
+                          cfg.selection, unit.strategy, unit.opts, seed,
+                          lambda event, **fields: events.append({"event": event, **fields}),
+                          ExperimentConfig(random=False))
+        finally:
+            unit.clients.close()
+    selected = next(e for e in events if e["event"] == "backbone_selected")
+    liar = next(c for c in selected["candidates"] if c["peer"] == "a-liar")
+    assert liar["shortlisted"] and "lacks" in liar["error"]  # the case: a shortlisted payload failed
+    assert record["chosen"] is not None and record["chosen"] == selected["chosen"]
+    assert "lacks" in next(c for c in record["candidates"] if c["peer"] == "a-liar")["error"]
