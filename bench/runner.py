@@ -269,7 +269,7 @@ def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate],
         "none": _arm_record(none),
         "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == control,
                         "same_task": c.peer in same,
-                        "error": c.error, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
+                        "error": c.error, "error_kind": c.failure.kind if c.failure else None, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
                         "bytes": c.bytes, "kv_bytes": c.kv_bytes, "payload_bytes": c.payload_bytes,
                         "payload_seconds": c.payload_seconds, "score_seconds": c.score_seconds,
                         **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}

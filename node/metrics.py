@@ -14,7 +14,7 @@ import re
 from typing import Callable, Iterable
 
 from crossback.config.node import PAYLOAD_KINDS
-from crossback.orchestrator_free.skip_reasons import skip_kind
+from crossback.orchestrator_free.reasons import KINDS
 
 from .prom import Family, Registry, gauge, process_families
 from .rpc_metrics import OTHER
@@ -169,7 +169,7 @@ def _backbone_selected(m: NodeMetrics, rec: dict) -> None:
     m.probed.inc(len(candidates) + len(skipped))
     m.scored.inc(len(candidates))
     for entry in skipped:
-        m.skipped.labels(skip_kind(entry.get("reason") if isinstance(entry, dict) else None)).inc()
+        m.skipped.labels(label(entry.get("kind") if isinstance(entry, dict) else None, KINDS)).inc()
     if isinstance(rec.get("seconds"), (int, float)):
         m.selection_seconds.observe(rec["seconds"])
     m.selection_bytes.inc(max(0, _int(rec.get("bytes"), 0)))

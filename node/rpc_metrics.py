@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from crossback.orchestrator_free.skip_reasons import STATUS_CODES
+from crossback.orchestrator_free.reasons import STATUS_CODES
 from crossback.proto.v1 import peer_pb2 as pb
 
 if TYPE_CHECKING:

@@ -27,7 +27,8 @@ from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, 
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .candidates import ProbeHistory
-from .same_task import NO_MATCH, find_same_task
+from .reasons import injection_failed
+from .same_task import find_same_task
 from .shortlist import select
 
 
@@ -57,7 +58,7 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
     try:
         arm = run_arm(learner, task, data, strategy, base, payload, opts, seed)
     except InjectionError as exc:
-        cand.error = f"injection failed: {exc}"
+        cand.failure = injection_failed(exc)
         return None
     return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None,
             "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
@@ -202,8 +203,9 @@ def _select(learner, task: int, data: TaskData, access: PeerAccess, cfg: Selecti
                          lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), access.history)
     emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
          reason=sel.reason, matched=[c.public() for c in sel.candidates],
-         unmatched=len([c for c in sel.skipped if NO_MATCH in (c.error or "")]),
-         skipped=[{"peer": c.peer, "reason": c.error} for c in sel.skipped if NO_MATCH not in (c.error or "")],
+         unmatched=len([c for c in sel.skipped if c.failure.kind == "no_match"]),
+         skipped=[{"peer": c.peer, "reason": c.error, "kind": c.failure.kind} for c in sel.skipped
+                  if c.failure.kind != "no_match"],
          stages=sel.stages, fallback=None if sel.chosen else strategy.fallback.borrow)
     if sel.chosen is not None:
         return sel, strategy
@@ -218,7 +220,8 @@ def _log_selection(emit, data: TaskData, task: int, sel, cfg: SelectionConfig, s
                     default=None)
     value = chosen.scores.get(sel.score_name) if chosen else None
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
-         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error} for c in sel.skipped],
+         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error, "kind": c.failure.kind}
+                  for c in sel.skipped],
          chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
          chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow, strategy=strategy.name,
          score=value, score_name=sel.score_name, rank_score=cfg.score,

@@ -36,13 +36,13 @@ class ProbeHistory:
                                              self._draw(task, p[0])))
         return order[:limit] if limit else order
 
-    def record(self, probed, skipped_prefix: str, chosen: str | None) -> None:
-        """Remember one selection: who was probed, who was unfit (error starting with ``skipped_prefix``),
-        whom it chose."""
+    def record(self, probed, chosen: str | None) -> None:
+        """Remember one selection: who was probed, who was unfit (skipped by an eligibility rule), whom
+        it chose."""
         self._round += 1
         for cand in probed:
             self._last[cand.peer] = self._round
-            if cand.error and cand.error.startswith(skipped_prefix):
+            if cand.failure is not None and cand.failure.skipped:
                 self._unfit.add(cand.peer)
             else:
                 self._unfit.discard(cand.peer)

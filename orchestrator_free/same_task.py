@@ -21,7 +21,8 @@ from crossback.config.selection import SelectionConfig
 from crossback.models.borrowed import accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
-from crossback.orchestrator_free.selection import SKIPPED, Candidate, _parallel, choose
+from crossback.orchestrator_free.reasons import bad_payload, call_failed, injection_failed, skip
+from crossback.orchestrator_free.selection import Candidate, _parallel, choose
 from crossback.transfer.base import InjectionError
 from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
 
@@ -110,14 +111,15 @@ def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
         reply, nbytes = client.match_task(labels.salt, labels.hashes)
     except PeerCallError as exc:
         denied = exc.status == "PERMISSION_DENIED"
-        cand.error = f"{SKIPPED} does not serve task" if denied else f"match failed: {exc.status}: {exc.detail}"
+        cand.failure = skip("not_served", "does not serve task") if denied else call_failed(exc.status, exc.detail,
+                                                                                             "match")
         return
     cand.latency = round(time.perf_counter() - started, 4)
     cand.kv_bytes = cand.bytes = nbytes
     cand.snapshot_version = int(reply.snapshot_version)
     matches = [m for m in reply.matches if m.task >= 0 and m.classes == len(labels.hashes)]
     if not matches:
-        cand.error = f"{SKIPPED} {NO_MATCH}"
+        cand.failure = skip("no_match", NO_MATCH)
         return
     claimed = [m.val_accuracy if math.isfinite(m.val_accuracy) and 0.0 <= m.val_accuracy <= 1.0 else 0.0
                for m in matches]
@@ -144,9 +146,9 @@ def fetch_task(client, cand: Candidate, learner: ContinualLearner, task: int, la
         cand.origin = cand.peer
         cand.origins = {n: cand.peer for n in cand.parts}
     except PeerCallError as exc:
-        cand.error = f"task fetch failed: {exc.status}: {exc.detail}"
+        cand.failure = call_failed(exc.status, exc.detail, "task fetch")
     except (WireError, ValueError) as exc:
-        cand.error = f"task fetch failed: bad payload: {exc}"
+        cand.failure = bad_payload(exc, "task fetch")
     cand.payload_seconds = round(time.perf_counter() - started, 4)
     return cand.parts is not None
 
@@ -165,7 +167,7 @@ def confirm(cands: list[Candidate], learner: ContinualLearner, task: int, data: 
             try:
                 val, loss = evaluate_as_borrowed(c.parts)
             except InjectionError as exc:
-                c.error = f"injection failed: {exc}"
+                c.failure = injection_failed(exc)
                 continue
             c.scores[CONFIRM_SCORE] = val
             c.scores["task_val_loss"] = loss
@@ -211,8 +213,8 @@ def find_same_task(learner: ContinualLearner, task: int, data: TaskData, peers: 
     confirm(fetched, learner, task, data, evaluate_as_borrowed)
     chosen, reason = decide_match(matched, fetched)
     stages["task"] = _stage([c for c in fetched if c.parts is not None], second, sum(c.payload_bytes for c in fetched))
-    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]
+    skipped = [c for c in probed if c.failure is not None and c.failure.skipped]
     if history is not None:
-        history.record(probed, SKIPPED, chosen.peer if chosen else None)
+        history.record(probed, chosen.peer if chosen else None)
     return Selection(chosen, reason, [c for c in probed if c not in skipped], skipped, CONFIRM_SCORE, stages,
                      fetch=lambda c: fetch_task(clients.get(c.address, c.peer), c, learner, task, labels))

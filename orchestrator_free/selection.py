@@ -30,9 +30,9 @@ from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.perceiver import KV_NAMES, kv_shapes
 from crossback.orchestrator_free.ddv import ddv
+from crossback.orchestrator_free.reasons import Reason, bad_payload, call_failed, late, skip
 from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
 
-SKIPPED = "skipped:"  # prefix of the reason an alive peer is not a candidate
 MAX_ORIGINS, MAX_NAME = 4096, 256  # bounds on a peer's advertised provenance
 MAX_KV_DIM = 4096  # a foreign K/V (any-shape strategies) is at most this many rows and columns
 
@@ -82,7 +82,7 @@ class Candidate:
     latency: float | None = None
     bytes: int = 0
     snapshot_version: int = 0
-    error: str | None = None
+    failure: Reason | None = None  # why it was skipped or failed (None: it answered)
     scores: dict[str, float] = field(default_factory=dict)  # every scoring function's value
     genesis: str = ""
     origin: str | None = None  # the node that learned most of what would be borrowed (provenance)
@@ -101,8 +101,15 @@ class Candidate:
     advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
     reprobed: bool = False  # its snapshot moved between the stages: stage 1 ran again on the new one
 
+    @property
+    def error(self) -> str | None:
+        """What the log shows of ``failure``."""
+        return self.failure.text if self.failure is not None else None
+
     def public(self) -> dict:
-        return {k: v for k, v in vars(self).items() if k not in ("kv", "parts", "origins", "payload", "advertised")}
+        out = {k: v for k, v in vars(self).items()
+               if k not in ("kv", "parts", "origins", "payload", "advertised", "failure")}
+        return out | {"error": self.error, "error_kind": self.failure.kind if self.failure else None}
 
 
 def zscore(v: Tensor) -> Tensor:
@@ -180,20 +187,20 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
 
 
 def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig, needs: set[str], genesis: str,
-                 any_shape: bool) -> str | None:
+                 any_shape: bool) -> Reason | None:
     """Why a peer (its ``PeerInfo``) is not a candidate (None: it is)."""
     shapes = info.kv_shapes
     served = set(info.payload_kinds)
     if genesis and info.genesis != genesis:
-        return f"{SKIPPED} genesis {info.genesis or '(none)'} is not ours ({genesis})"
+        return skip("other_genesis", f"genesis {info.genesis or '(none)'} is not ours ({genesis})")
     if shapes != expected and not any_shape:
-        return f"{SKIPPED} KV shapes {shapes} do not fit {expected}"
+        return skip("kv_shapes", f"KV shapes {shapes} do not fit {expected}")
     if info.snapshot_version < 1:
-        return f"{SKIPPED} no finished task yet"
+        return skip("no_task_yet", "no finished task yet")
     if cfg.scope == "intra" and info.modality != learner.modality:
-        return f"{SKIPPED} modality {info.modality} outside scope intra"
+        return skip("out_of_scope", f"modality {info.modality} outside scope intra")
     if not needs <= served:
-        return f"{SKIPPED} does not serve {sorted(needs - served)} (serves {sorted(served)})"
+        return skip("not_served", f"does not serve {sorted(needs - served)} (serves {sorted(served)})")
     return None
 
 
@@ -207,8 +214,8 @@ def _probe_one(client, cand: Candidate, learner: ContinualLearner, task: int,
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         served = set(info.payload_kinds)
         required = {want.borrow} | set(want.needs) | cfg.kinds_needed()
-        cand.error = _eligibility(info, learner, expected, cfg, required, genesis, want.any_shape)
-        if cand.error is None:
+        cand.failure = _eligibility(info, learner, expected, cfg, required, genesis, want.any_shape)
+        if cand.failure is None:
             cand.advertised = _origins(info, cand.peer)
             if "kv" in served:
                 same = info.kv_shapes == expected
@@ -295,25 +302,25 @@ def _failed(cand: Candidate, exc: Exception) -> None:
     if cand.late:
         return
     if isinstance(exc, PeerCallError):
-        cand.error = f"{exc.status}: {exc.detail}"
+        cand.failure = call_failed(exc.status, exc.detail)
     elif isinstance(exc, NoPairs):
-        cand.error = f"{SKIPPED} {exc}"
+        cand.failure = skip("no_pairs", str(exc))
     else:
-        cand.error = f"bad payload: {exc}"
+        cand.failure = bad_payload(exc)
 
 
 def _parallel(fn, items: list, deadline: float, what: str) -> None:
-    """``fn(item)`` for every item on at most 8 threads under one deadline; a late item's ``error``
+    """``fn(item)`` for every item on at most 8 threads under one deadline; a late item's ``failure``
     says so. A hung peer must not hold the task loop."""
     if not items:
         return
     pool = ThreadPoolExecutor(max_workers=min(8, len(items)), thread_name_prefix="select")
     futures = {pool.submit(fn, item): item for item in items}
-    _, late = wait(futures, timeout=deadline)
-    for f in late:
+    _, unfinished = wait(futures, timeout=deadline)
+    for f in unfinished:
         f.cancel()
         futures[f].late = True
-        futures[f].error = f"no answer within the {deadline}s deadline ({what})"
+        futures[f].failure = late(deadline, what)
         futures[f].score = None
     pool.shutdown(wait=False, cancel_futures=True)
 
@@ -385,7 +392,7 @@ def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[
     try:
         return fetch_extra(clients.get(cand.address, cand.peer), cand, strategy, own)
     except PeerCallError as exc:
-        cand.error = f"{strategy.extra} failed: {exc.status}: {exc.detail}"
+        cand.failure = call_failed(exc.status, exc.detail, strategy.extra)
     except (WireError, ValueError) as exc:
-        cand.error = f"{strategy.extra} failed: bad payload: {exc}"
+        cand.failure = bad_payload(exc, strategy.extra)
     return None

@@ -21,7 +21,6 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import kv_shapes
 from crossback.orchestrator_free.selection import (
-    SKIPPED,
     Candidate,
     Want,
     choose,
@@ -99,14 +98,14 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
         rank = cfg.score if mode == CONFIRM else name  # what each candidate is listed as ranked by
         for c in shortlist:
             c.score = c.scores.get(rank) if c.error is None else None
-    skipped = [c for c in probed if c.error and c.error.startswith(SKIPPED)]  # stage 2 can skip too (freqkd)
+    skipped = [c for c in probed if c.failure is not None and c.failure.skipped]  # stage 2 can skip too (freqkd)
     cands = [c for c in probed if c not in skipped]
     chosen, reason, name = decide(cands, shortlist, mode, cfg)
     fetched = [c for c in cands if c.payload_bytes or c.parts is not None]
     stages["payload"] = _stage(fetched, second, sum(c.payload_bytes for c in cands))
     if chosen is not None and chosen.parts is None:
         chosen, reason = None, f"{chosen.peer}: {chosen.error}"
-    history.record(probed, SKIPPED, chosen.peer if chosen else None)
+    history.record(probed, chosen.peer if chosen else None)
     return Selection(chosen, reason, cands, skipped, name, stages)
 
 

@@ -23,7 +23,7 @@ from crossback.orchestrator_free.backbone import record_provenance
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.scores import logme_evidence
-from crossback.orchestrator_free.selection import SKIPPED, probe_candidates
+from crossback.orchestrator_free.selection import probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -184,8 +184,8 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
                                                      "backbone", mine)}
         assert cands["full"].error is None and set(cands["full"].parts) == set(part_names("backbone", local.part_shapes(1)))
         assert cands["full"].origin == "full" and cands["full"].cos is not None
-        assert cands["kvonly"].error.startswith(SKIPPED) and "does not serve ['backbone']" in cands["kvonly"].error
-        assert cands["alien"].error.startswith(SKIPPED) and "genesis" in cands["alien"].error
+        assert cands["kvonly"].failure.kind == "not_served" and "does not serve ['backbone']" in cands["kvonly"].error
+        assert cands["alien"].failure.kind == "other_genesis" and "genesis" in cands["alien"].error
     finally:
         clients.close()
         for server, _, events in served:

@@ -30,7 +30,7 @@ from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
 from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.transfer.pairs import Pairs, item_hash
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, Want, probe_candidates
+from crossback.orchestrator_free.selection import Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -175,7 +175,7 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
         strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
         (cand,) = probe_candidates(student, 0, [("private", address)], pool, SelectionConfig(score="logme"),
                                    kv_shapes(student.cfg), Want.of(strategy, tasks["image", "A"]))
-        assert cand.error.startswith(SKIPPED) and "features" in cand.error
+        assert cand.failure.skipped and "features" in cand.error
     finally:
         pool.close()
         server.stop(grace=None)
@@ -247,7 +247,7 @@ def test_shared_ids_teach_only_the_items_the_teacher_holds(tasks, teacher, tmp_p
     facts = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(0))
     assert facts["taught_samples"] == len(data.train) and "loss_pair_task" not in facts
     student_b, data_b, cand_b = _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B")
-    assert cand_b.error.startswith(SKIPPED) and "holds none" in cand_b.error  # the teacher never saw B's items
+    assert cand_b.failure.kind == "no_pairs" and "holds none" in cand_b.error  # the teacher never saw B's items
 
 
 def test_the_ablation_without_band_split_distils_the_whole_feature(tasks, teacher, tmp_path):

@@ -14,7 +14,7 @@ from crossback.models.training import predict
 from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.scores import apply_score
-from crossback.orchestrator_free.selection import SKIPPED, Want, probe_candidates
+from crossback.orchestrator_free.selection import Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -145,7 +145,7 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
                                         Want("kv", any_shape=True))
         finally:
             clients.close()
-    assert plain.error.startswith(SKIPPED) and "KV shapes" in plain.error
+    assert plain.failure.kind == "kv_shapes" and "KV shapes" in plain.error
     assert merge.error is None and merge.parts[ENCODER_KV].shape == (48, 48) and merge.cos is not None
     apply_score("ddv", [merge], local, 1, digits_tasks[1], SELECT.euc_weight)
     assert set(merge.scores) == {"ddv", "ddv_cos"}  # scores that run our task through its parts need our shapes

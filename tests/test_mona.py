@@ -20,7 +20,7 @@ from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import SKIPPED, Candidate, Want, fetch_extra, probe_candidates
+from crossback.orchestrator_free.selection import Candidate, Want, fetch_extra, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.alignment import alignment_uniformity, body_names, outer_gradient, outer_loss
@@ -238,7 +238,7 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
         strategy = MonaTransfer()
         (cand,) = probe_candidates(receiver, 0, [("private", address)], pool,
                                    SelectionConfig(score="logme"), kv_shapes(receiver.cfg), Want.of(strategy))
-        assert cand.error.startswith(SKIPPED) and "outer_grad" in cand.error  # a mona node skips it, saying why
+        assert cand.failure.kind == "not_served" and "outer_grad" in cand.error  # a mona node skips it, saying why
     finally:
         client.close()
         pool.close()

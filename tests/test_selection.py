@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from crossback.orchestrator_free.reasons import call_failed
 from crossback.orchestrator_free.selection import Candidate, choose, score_ddvs, zscore
 
 
@@ -31,14 +32,14 @@ def test_zscore_of_a_constant_is_zero():
 
 def test_choose_is_argmax_of_score_with_deterministic_ties():
     cands = [Candidate("c", "h:3", score=0.4), Candidate("b", "h:2", score=0.9), Candidate("a", "h:1", score=0.9),
-             Candidate("d", "h:4", score=2.0, error="UNAVAILABLE: gone")]
+             Candidate("d", "h:4", score=2.0, failure=call_failed("UNAVAILABLE", "gone"))]
     chosen, reason = choose(cands)
     assert chosen.peer == "a" and "margin 0.0000" in reason  # tie broken by peer id; failed peer ignored
 
 
 def test_choose_without_candidates():
     assert choose([]) == (None, "no eligible peer")
-    assert choose([Candidate("a", "h:1", error="DEADLINE_EXCEEDED")])[0] is None
+    assert choose([Candidate("a", "h:1", failure=call_failed("DEADLINE_EXCEEDED", "late"))])[0] is None
 
 
 def test_ddvs_computed_from_many_threads_equal_sequential_ones(digits_tasks):
@@ -84,7 +85,7 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     g = torch.Generator().manual_seed(3)
     other_kv = {n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()}
     other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv=other_kv, parts=kv_parts(other_kv))
-    failed = Candidate("gone", "h:3", error="UNAVAILABLE: down")
+    failed = Candidate("gone", "h:3", failure=call_failed("UNAVAILABLE", "down"))
     apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5)
     assert set(own.scores) == {"local_loss", "ddv", "ddv_cos"}  # logme costs a forward pass: only when asked
     apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5, every=True)

@@ -13,6 +13,7 @@ from crossback.config.model import TrainOptions
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.scores import genesis_kv, kv_motion
+from crossback.orchestrator_free.reasons import call_failed, skip
 from crossback.orchestrator_free.selection import Candidate
 from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
@@ -128,8 +129,8 @@ def test_the_probe_order_is_the_documented_rule():
     first = history.pick(peers, 3, task=0)
     assert first == history.pick(list(reversed(peers)), 3, task=0)  # a seeded draw, not the input order
     probed = [Candidate(p, a) for p, a in first]
-    probed[1].error = "skipped: genesis 1:x is not ours"
-    history.record(probed, "skipped:", chosen=first[0][0])
+    probed[1].failure = skip("other_genesis", "genesis 1:x is not ours")
+    history.record(probed, chosen=first[0][0])
     second = history.pick(peers, 6, task=1)
     assert second[0] == first[0]  # last winner first
     assert {p for p, _ in second[1:4]} == {p for p, _ in peers} - {p for p, _ in first}  # never probed next
@@ -165,7 +166,7 @@ def test_the_decision_rule_in_each_mode():
     # nobody there, or nobody answered: the reason says so, not that anyone was confirmed
     short, mode = shortlist_of([], cfg)
     assert decide([], short, mode, cfg)[:2] == (None, "no eligible peer")
-    down = Candidate("z", "h:z", error="UNAVAILABLE: connection refused")
+    down = Candidate("z", "h:z", failure=call_failed("UNAVAILABLE", "connection refused"))
     short, mode = shortlist_of([], cfg)
     assert decide([down], short, mode, cfg)[:2] == (None, "no candidate answered")
 

@@ -40,7 +40,7 @@ from crossback.node.metrics_http import serve_metrics  # noqa: E402
 from crossback.node.rpc_metrics import METHODS  # noqa: E402
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve  # noqa: E402
 from crossback.orchestrator_free.membership import Membership  # noqa: E402
-from crossback.orchestrator_free.skip_reasons import KINDS, STATUS_CODES  # noqa: E402
+from crossback.orchestrator_free.reasons import KINDS, STATUS_CODES  # noqa: E402
 from crossback.proto.v1 import peer_pb2 as pb  # noqa: E402
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -139,7 +139,7 @@ def fill(metrics: NodeMetrics, every: bool) -> None:
         metrics.fetched(kind, 100)
     for reason in KINDS if every else ("no_task_yet", "refused"):
         metrics.observe({"event": "backbone_selected", "chosen": "x", "seconds": 0.5, "bytes": 10,
-                         "candidates": [{}], "skipped": [{"reason": reason}]})
+                         "candidates": [{}], "skipped": [{"reason": reason, "kind": reason}]})
     for arm in ARMS if every else ("none", "selected"):
         metrics.observe({"event": "transfer_done", "kept": arm})
     for event in ("node_started", "task_started", "task_finished", "snapshot_published", "peer_joined", "serving",
