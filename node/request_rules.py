@@ -40,6 +40,16 @@ class RequestRules:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"{self.node_id} does not serve payload kind {kind!r} (serves {list(self.serve)})")
 
+    def published(self, request, context, *kinds: str) -> Snapshot:
+        """The preamble of a request for the published snapshot: this node serves every one of ``kinds``,
+        it has a snapshot, and (for a request that names one) it is at least ``min_snapshot_version``."""
+        for kind in kinds:
+            self.serving(kind, context)
+        snap = self.snapshot(context)
+        if "min_snapshot_version" in request.DESCRIPTOR.fields_by_name:
+            self.version(snap, request.min_snapshot_version, context)
+        return snap
+
     def version(self, snap: Snapshot, minimum: int, context) -> None:
         if snap.version < minimum:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,

@@ -188,10 +188,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchKV(self, request, context):
-        self.rules.check(request, context)
-        self.rules.serving("kv", context)
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
+        snap = self.rules.published(request, context, "kv")
         with self.work.memory(tensor_bytes({n: tuple(t.shape) for n, t in snap.kv.items()}), "K/V", context):
             chunks = encode_all(snap.kv, snap.version)
             self.payloads("kv", request.caller_id, sum(len(c.data) for c in chunks))
@@ -199,31 +196,27 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchPayload(self, request, context):
-        self.rules.check(request, context)
         if request.kind not in TENSOR_KINDS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"unknown payload kind {request.kind[:64]!r}; tensor kinds: {', '.join(TENSOR_KINDS)}")
-        self.rules.serving(request.kind, context)
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
+        snap = self.rules.published(request, context, request.kind)
         with self.work.memory(tensor_bytes(snap.part_shapes(request.kind)), f"payload {request.kind}", context):
             chunks = encode_all(snap.parts(request.kind), snap.version)
             self.payloads(request.kind, request.caller_id, sum(len(c.data) for c in chunks))
             yield from chunks
 
     def _label_set(self, request, context) -> tuple[Snapshot, bytes, list[bytes]]:
-        self.rules.check(request, context)
         self.rules.serving("task", context)
         salt, hashes = bytes(request.salt), list(request.class_hashes)
         problem = request_problem(salt, hashes)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label set: {problem}")
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
-        return snap, salt, hashes
+        return self.rules.published(request, context), salt, hashes
 
     def MatchTask(self, request, context):
+        self.rules.check(request, context)  # not an expensive call: no decorator checked it
         snap, salt, hashes = self._label_set(request, context)
+
         reply = pb.TaskMatchReply(snapshot_version=snap.version,
                                   matches=[pb.TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes)])
         self.payloads("task_match", request.caller_id, reply.ByteSize())
@@ -243,11 +236,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchOuterGrad(self, request, context):
-        self.rules.check(request, context)
-        for kind in OUTER_GRAD_KINDS:
-            self.rules.serving(kind, context)
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
+        snap = self.rules.published(request, context, *OUTER_GRAD_KINDS)
         if snap.data is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no labelled items for its published task")
@@ -274,7 +263,6 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchPublicFeatures(self, request, context):
-        self.rules.check(request, context)
         self.rules.serving("public_features", context)
         ids = list(request.item_ids)
         if len(ids) > MAX_PAIR_ITEMS or any(not 0 < len(i) <= MAX_ITEM_ID for i in ids):
@@ -285,8 +273,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds out public set {mine or '(none)'!r}, not "
                           f"{request.public_set[:MAX_SET_NAME]!r}")
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
+        snap = self.rules.published(request, context)
         if snap.public is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} holds no public items")
         yield from self._features_stream("public_features", request.caller_id, snap, len(ids),
@@ -294,7 +281,6 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def FetchSharedFeatures(self, request, context):
-        self.rules.check(request, context)
         self.rules.serving("features", context)
         hashes = list(request.item_hashes)
         if len(request.salt) != SALT_BYTES or len(hashes) > MAX_PAIR_ITEMS or any(len(h) != HASH_BYTES for h in hashes):
@@ -304,8 +290,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         if not self.features.pair_secret:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no swarm pair secret to hash item ids under")
-        snap = self.rules.snapshot(context)
-        self.rules.version(snap, request.min_snapshot_version, context)
+        snap = self.rules.published(request, context)
         if snap.data is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"{self.identity.node_id} holds no items for its published task")
@@ -323,9 +308,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
 
     @expensive
     def ProbeDDV(self, request, context):
-        self.rules.check(request, context)
-        self.rules.serving("ddv", context)
-        snap = self.rules.snapshot(context)
+        snap = self.rules.published(request, context, "ddv")
         try:
             spec = serde.probe_spec_from_pb(request.spec)
         except ValueError as exc:
@@ -368,7 +351,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.rules.serving("classify", context)
         if self.classifier is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{self.identity.node_id} runs no classifier")
-        snap = self.rules.snapshot(context)
+        snap = self.rules.published(request, context)
         names = snap.finished_tasks
         if request.task not in names:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} has no finished task "
