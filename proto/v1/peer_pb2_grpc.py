@@ -114,14 +114,21 @@ class PeerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchKV(self, request, context):
-        """The published snapshot's encoder cross-attention key and value projections, in chunks.
+        """The published snapshot's encoder cross-attention key and value projections, in chunks: two float32
+        tensors named "cross_attn.key" and "cross_attn.value", each [cross_heads * cross_dim_head, C] (the
+        shapes NodeInfo.kv_shapes lists). They are the two halves of the model's fused parameter
+        "core.cross_attend_block.cross_attn.fn.to_kv.weight" (key rows first): concatenated along the first
+        dimension, key then value, they are that tensor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ProbeDDV(self, request, context):
-        """The DDV this node computes on its published snapshot for a probe spec.
+        """The DDV this node computes on its published snapshot for a probe spec (computed as described above
+        ProbeSpec). INVALID_ARGUMENT for a request without a spec (an unset spec reads as all zeros, which no
+        bound admits), a field out of its bounds or an inline K/V of other names or shapes;
+        RESOURCE_EXHAUSTED when pair_count x token_count x C exceeds the node's probe budget.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
