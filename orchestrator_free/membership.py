@@ -55,7 +55,7 @@ MAX_DIRECT = 64
 
 
 @dataclass
-class Candidate:
+class CandidateAddress:
     node_id: str  # the id it was named with
     named: float  # when first named
     source: str | None = None  # who named it (None: this node's own config or code)
@@ -89,7 +89,7 @@ class Membership:
         self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
-        self._candidates: dict[str, Candidate] = {}  # address -> what we know of it
+        self._candidates: dict[str, CandidateAddress] = {}  # address -> what we know of it
         self._own: set[str] = {address}  # addresses that turned out to be this node
         self._dead_since: dict[str, float] = {}
         self._rumoured: set[str] = set()  # peers someone's gossip calls dead: probed every round until contact
@@ -142,9 +142,9 @@ class Membership:
             if known is not None:
                 if direct and not known.direct:  # heard of it, and now it called us itself: a fresh contact,
                     # with fresh dials and time to live (the hearsay's may be spent: it would be dropped)
-                    self._admit_direct(address, Candidate(node_id, self.clock(), source, True))
+                    self._admit_direct(address, CandidateAddress(node_id, self.clock(), source, True))
                 return
-            candidate = Candidate(node_id, self.clock(), source, direct)
+            candidate = CandidateAddress(node_id, self.clock(), source, direct)
             if direct:
                 self._admit_direct(address, candidate)
                 return
@@ -155,7 +155,7 @@ class Membership:
                 return
             self._candidates[address] = candidate
 
-    def _admit_direct(self, address: str, candidate: Candidate) -> None:
+    def _admit_direct(self, address: str, candidate: CandidateAddress) -> None:
         """Keep a direct contact, making room among its source's own (lock held)."""
         mine = sorted((c.named, a) for a, c in self._candidates.items()
                       if c.direct and c.source == candidate.source and a != address)
