@@ -32,7 +32,7 @@ from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.orchestrator_free.backbone import arm_seed, averaged_members, candidate_arms, decide_keep, run_arm
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.same_task import find_same_task
-from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.orchestrator_free.selection import Candidate, Want, can_average, ddv_score, fetch_all, probe_candidates
 from crossback.orchestrator_free.shortlist import select
 from crossback.transfer.base import AdaptOptions
@@ -183,7 +183,7 @@ class ReceiverUnits:
         fetch_all(learner, i, sel.pool, self.clients, cfg.selection, want)  # what stage 2 did not fetch
         probed = sorted(sel.candidates + sel.skipped + control, key=lambda c: c.peer)
         usable = [c for c in probed if c.error is None and c.parts is not None]
-        apply_score(cfg.selection.score, usable, learner, i, data, cfg.selection.euc_weight, every=True)
+        apply_score(cfg.selection.score, usable, Receiver(learner, i, data, cfg.selection.euc_weight), every=True)
         _stability_scores(cfg, learner, i, usable, self.clients)
         base, s = learner.task_state(i), arm_seed(self.seed, i)
         none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)

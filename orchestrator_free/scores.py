@@ -203,13 +203,11 @@ def check_score(name: str) -> None:
         raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
 
 
-def apply_score(name: str, cands: list, learner: ContinualLearner, task: int, data: TaskData, euc_weight: float,
-                every: bool = False, receiver: Receiver | None = None) -> None:
+def apply_score(name: str, cands: list, receiver: Receiver, every: bool = False) -> None:
     """Fill every answered candidate's ``scores`` (score ``name`` and the DDV ones; with ``every``, all
     that its fetched payloads allow) and rank by ``name`` (``cand.score``; None where it has none)."""
     check_score(name)
     wanted = frozenset(SCORES) if every else frozenset({name})
-    receiver = receiver or Receiver(learner, task, data, euc_weight)
     for cand in cands:
         if cand.error is None and (cand.parts is not None or cand.kv is not None or cand.cos is not None):
             cand.scores |= _finite(receiver.cheap(cand, wanted) | receiver.payload(cand, wanted))

@@ -72,7 +72,7 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
     receiver = Receiver(learner, task, data, cfg.euc_weight)
     answered = [c for c in probed if c.error is None]
     if cfg.cheap:
-        apply_score(cfg.score, answered, learner, task, data, cfg.euc_weight, cfg.log_scores, receiver)
+        apply_score(cfg.score, answered, receiver, cfg.log_scores)
     stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in probed))}
     second = time.perf_counter()
     shortlist, mode = shortlist_of(answered, cfg)
@@ -93,8 +93,7 @@ def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tup
                              reprobe_with(learner, task, cfg))), None)
     else:
         name = cfg.score if mode == PAYLOAD else cfg.confirm
-        apply_score(name, [c for c in shortlist if c.error is None], learner, task, data, cfg.euc_weight,
-                    cfg.log_scores, receiver)
+        apply_score(name, [c for c in shortlist if c.error is None], receiver, cfg.log_scores)
         rank = cfg.score if mode == CONFIRM else name  # what each candidate is listed as ranked by
         for c in shortlist:
             c.score = c.scores.get(rank) if c.error is None else None

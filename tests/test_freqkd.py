@@ -29,7 +29,7 @@ from crossback.orchestrator_free.membership import Membership
 from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
 from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.transfer.pairs import Pairs, item_hash
-from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.orchestrator_free.selection import Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
@@ -191,7 +191,7 @@ def _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B"):
         try:
             (cand,) = probe_candidates(student, 1, [("teacher", addresses["teacher"])], pool,
                                        SelectionConfig(score="logme"), kv_shapes(student.cfg), Want.of(strategy, data))
-            apply_score("logme", [cand], student, 1, data, 0.5)
+            apply_score("logme", [cand], Receiver(student, 1, data, 0.5))
         finally:
             pool.close()
     return student, data, cand

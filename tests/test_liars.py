@@ -18,7 +18,7 @@ from crossback.node.events import EventLog
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.selection import choose, probe_candidates
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
@@ -101,7 +101,7 @@ def test_every_lie_is_refused_with_its_reason_and_the_honest_peer_is_chosen(swar
     started = time.monotonic()
     try:
         cands = probe_candidates(receiver, 0, sorted(swarm.items()), pool, cfg, kv_shapes(receiver.cfg), "kv")
-        apply_score("ddv", [c for c in cands if c.error is None], receiver, 0, digits_tasks[1], cfg.euc_weight)
+        apply_score("ddv", [c for c in cands if c.error is None], Receiver(receiver, 0, digits_tasks[1], cfg.euc_weight))
     finally:
         pool.close()
     assert time.monotonic() - started < cfg.deadline

@@ -13,7 +13,7 @@ from crossback.config.model import TrainOptions
 from crossback.models.training import predict
 from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.snapshot import Snapshot
-from crossback.orchestrator_free.scores import apply_score
+from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.orchestrator_free.selection import Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
@@ -147,7 +147,7 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
             clients.close()
     assert plain.failure.kind == "kv_shapes" and "KV shapes" in plain.error
     assert merge.error is None and merge.parts[ENCODER_KV].shape == (48, 48) and merge.cos is not None
-    apply_score("ddv", [merge], local, 1, digits_tasks[1], SELECT.euc_weight)
+    apply_score("ddv", [merge], Receiver(local, 1, digits_tasks[1], SELECT.euc_weight))
     assert set(merge.scores) == {"ddv", "ddv_cos"}  # scores that run our task through its parts need our shapes
     facts = MergeNetTransfer(MergeNetConfig(rank=4, dim=16, heads=4)).adapt(
         local, 1, digits_tasks[1], merge.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator().manual_seed(0))

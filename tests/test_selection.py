@@ -75,7 +75,7 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     from crossback.config.model import TrainOptions
     from crossback.models.training import predict
     from crossback.models.borrowed import kv_parts
-    from crossback.orchestrator_free.scores import apply_score
+    from crossback.orchestrator_free.scores import Receiver, apply_score
 
     learner = ContinualLearner(tiny_config(), "image", "packnet", seed=0)
     data = digits_tasks[0]
@@ -86,9 +86,9 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     other_kv = {n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()}
     other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv=other_kv, parts=kv_parts(other_kv))
     failed = Candidate("gone", "h:3", failure=call_failed("UNAVAILABLE", "down"))
-    apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5)
+    apply_score("local_loss", [own, other, failed], Receiver(learner, 0, data, euc_weight=0.5))
     assert set(own.scores) == {"local_loss", "ddv", "ddv_cos"}  # logme costs a forward pass: only when asked
-    apply_score("local_loss", [own, other, failed], learner, 0, data, euc_weight=0.5, every=True)
+    apply_score("local_loss", [own, other, failed], Receiver(learner, 0, data, euc_weight=0.5), every=True)
     assert set(own.scores) == {"local_loss", "logme", "logme_kv", "ddv", "ddv_cos"}  # no genesis: no kv_motion
     expected = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
     assert own.scores["local_loss"] == pytest.approx(expected, rel=1e-5) and own.score == own.scores["local_loss"]
@@ -99,4 +99,4 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     assert other.score == pytest.approx(expected_other, rel=1e-5) and other.score != own.score
     assert failed.scores == {} and failed.score is None
     with pytest.raises(ValueError, match="unknown selection score"):
-        apply_score("vibes", [own], learner, 0, data, 0.5)
+        apply_score("vibes", [own], Receiver(learner, 0, data, 0.5))
