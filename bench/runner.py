@@ -29,11 +29,26 @@ from crossback.models.methods import learn_task
 from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import write_json_atomic
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.backbone import arm_seed, averaged_members, candidate_arms, decide_keep, run_arm
+from crossback.orchestrator_free.backbone import (
+    ArmPlan,
+    arm_seed,
+    averaged_members,
+    candidate_arms,
+    decide_keep,
+    run_arm,
+)
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.scores import Receiver, apply_score
-from crossback.orchestrator_free.selection import Candidate, Want, can_average, ddv_score, fetch_all, probe_candidates
+from crossback.orchestrator_free.selection import (
+    Candidate,
+    TaskAtHand,
+    Want,
+    can_average,
+    ddv_score,
+    fetch_all,
+    probe_candidates,
+)
 from crossback.orchestrator_free.shortlist import select
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.registry import make_strategy
@@ -185,21 +200,21 @@ class ReceiverUnits:
         usable = [c for c in probed if c.error is None and c.parts is not None]
         apply_score(cfg.selection.score, usable, Receiver(learner, i, data, cfg.selection.euc_weight), every=True)
         _stability_scores(cfg, learner, i, usable, self.clients)
-        base, s = learner.task_state(i), arm_seed(self.seed, i)
-        none = run_arm(learner, i, data, unit_strategy, base, None, opts, s)
-        arms = candidate_arms(learner, i, data, unit_strategy, base, usable, opts, s, self.clients)
+        at, plan = TaskAtHand(learner, i, data), ArmPlan(unit_strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
+        none = run_arm(at, plan, None)
+        arms = candidate_arms(at, plan, usable, self.clients)
         trained = [c for c in usable if c.peer != self.control and c.peer in arms]
         extra = {"path": "fallback"} if unit_strategy is not self.strategy else {}
         averages = can_average(unit_strategy)
         if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
-            extra["average"] = _arm_record(run_arm(learner, i, data, unit_strategy, base, avg, opts, s)) | {
+            extra["average"] = _arm_record(run_arm(at, plan, avg)) | {
                 "peers": len(trained), "tensors": len(avg)}
         # the soup of what the node's selection fetched anyway: its shortlist's payloads, averaged
         shortlist = [c for c in sel.pool if c.shortlisted and c.parts is not None]
         soup = None
         soup_wanted = cfg.average or cfg.selection.combine == "average"
         if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
-            soup = run_arm(learner, i, data, unit_strategy, base, avg, opts, s)
+            soup = run_arm(at, plan, avg)
             extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
                                                               "tensors": len(avg)}
         # the arm the node keeps or drops: the average of what it fetched where it averages
@@ -232,18 +247,18 @@ def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, pe
     sel = decided if cfg.selection.shortlist == "all" else find_same_task(learner, i, data, donors, clients, every,
                                                                             as_borrowed)
     chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
-    base, s = learner.task_state(i), arm_seed(seed, i)
-    none = run_arm(learner, i, data, strategy, base, None, opts, s)
+    at, plan = TaskAtHand(learner, i, data), ArmPlan(strategy, opts, arm_seed(seed, i), learner.task_state(i))
+    none = run_arm(at, plan, None)
     fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
-    arms = candidate_arms(learner, i, data, strategy, base, fetched, opts, s, clients)
-    learner.set_task_state(i, base)
+    arms = candidate_arms(at, plan, fetched, clients)
+    learner.set_task_state(i, plan.base)
     limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
               if any(n.startswith("adapter.") for n in c.parts)]
     fallback = strategy.fallback
     ctrl = probe_candidates(learner, i, [p for p in peers if p[0] == control], clients, cfg.selection,
                             kv_shapes(learner.cfg), Want.of(fallback), genesis_id(_genesis(cfg, seed), node.model))
-    arms |= candidate_arms(learner, i, data, fallback, base, [c for c in ctrl if c.error is None and c.parts], opts, s,
-                           clients)
+    arms |= candidate_arms(at, dataclasses.replace(plan, strategy=fallback),
+                           [c for c in ctrl if c.error is None and c.parts], clients)
     limit = max(limits) if limits else None
     return (sel.candidates + ctrl, arms, none, chosen,
             {"accuracy": limit[0], "donor": limit[1]} if limit else None)

@@ -43,7 +43,8 @@ from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve, software_version
 from crossback.node.tls import load_tls
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
+from crossback.orchestrator_free.backbone import ArmPlan, PeerAccess, transfer_step
+from crossback.orchestrator_free.selection import TaskAtHand
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
@@ -361,10 +362,10 @@ class Node:
         if self.cfg.selection.enabled:
             peers = [(p.node_id, p.address) for p in self._membership.alive()]
             access = PeerAccess(self.settings.node_id, peers, self._peer_clients, self.genesis, self._probe_history)
-            transfer_step(learner, i, data, access, self.cfg.selection,
-                          make_strategy(self.cfg.transfer, self.public_set, self.cfg.pair_secret),
-                          AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed,
-                          self.events.emit, self.cfg.experiment)
+            plan = ArmPlan(make_strategy(self.cfg.transfer, self.public_set, self.cfg.pair_secret),
+                           AdaptOptions.from_config(self.cfg.adaptation, self.run_cfg.train), self.run_cfg.seed)
+            transfer_step(TaskAtHand(learner, i, data), access, self.cfg.selection, plan, self.events.emit,
+                          self.cfg.experiment)
         if parallel is not None:
             broadcast_learner(parallel, learner, self.device)
             ranks["synced"] = ranks_agree(parallel, learner)

@@ -9,10 +9,11 @@ are logged. Test accuracy comes from a split the selection never saw.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,9 +22,8 @@ import torch.nn.functional as F
 from crossback.config.selection import ExperimentConfig, SelectionConfig
 from crossback.models.borrowed import BORROWED_EVENT, average_parts
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
 from crossback.models.training import accuracy, evaluate, predict
-from crossback.orchestrator_free.selection import Candidate, Want, arm_payload, can_average, fetch_parts
+from crossback.orchestrator_free.selection import Candidate, TaskAtHand, Want, arm_payload, can_average, fetch_parts
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
 from .candidates import ProbeHistory
@@ -32,16 +32,26 @@ from .same_task import find_same_task
 from .shortlist import select
 
 
-def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
-            payload: dict | None, opts: AdaptOptions, seed: int) -> dict:
-    """Finish the task one way from ``base``: {val, val_loss, test, facts, state}. Raises InjectionError
-    (with the task's state restored) when the borrowed weights could not be injected."""
-    learner.set_task_state(task, base)
+@dataclass(frozen=True)
+class ArmPlan:
+    """How the arms of one task run: the strategy that borrows, its adaptation budget, the seed, and the
+    task state every arm starts from (M_loc)."""
+    strategy: TransferStrategy
+    opts: AdaptOptions
+    seed: int
+    base: dict = field(default_factory=dict, repr=False)
+
+
+def run_arm(at: TaskAtHand, plan: ArmPlan, payload: dict | None) -> dict:
+    """Finish the task one way from ``plan.base``: {val, val_loss, test, facts, state}. Raises
+    InjectionError (with the task's state restored) when the borrowed weights could not be injected."""
+    learner, task, data = at.learner, at.task, at.data
+    learner.set_task_state(task, plan.base)
     started = time.perf_counter()
     try:
-        facts = strategy.adapt(learner, task, data, payload, opts, torch.Generator().manual_seed(seed))
+        facts = plan.strategy.adapt(learner, task, data, payload, plan.opts, torch.Generator().manual_seed(plan.seed))
     except InjectionError:
-        learner.set_task_state(task, base)
+        learner.set_task_state(task, plan.base)
         raise
     seconds = round(time.perf_counter() - started, 4)
     logits = predict(learner, task, data.val.inputs)
@@ -51,12 +61,12 @@ def run_arm(learner: ContinualLearner, task: int, data: TaskData, strategy: Tran
             "state": learner.task_state(task)}
 
 
-def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed, clients) -> dict | None:
-    payload = arm_payload(clients, cand, strategy, learner.part_shapes(task))
+def _arm(at: TaskAtHand, plan: ArmPlan, cand: Candidate | None, clients) -> dict | None:
+    payload = arm_payload(clients, cand, plan.strategy, at.learner.part_shapes(at.task))
     if cand is not None and payload is None:
         return None
     try:
-        arm = run_arm(learner, task, data, strategy, base, payload, opts, seed)
+        arm = run_arm(at, plan, payload)
     except InjectionError as exc:
         cand.failure = injection_failed(exc)
         return None
@@ -64,23 +74,22 @@ def _arm(learner, task, data, strategy, base, cand: Candidate | None, opts, seed
             "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
 
 
-def candidate_arms(learner, task: int, data: TaskData, strategy: TransferStrategy, base: dict,
-                   cands: list[Candidate], opts: AdaptOptions, seed: int, clients) -> dict[str, dict]:
+def candidate_arms(at: TaskAtHand, plan: ArmPlan, cands: list[Candidate], clients) -> dict[str, dict]:
     """Each candidate's arm (peer id -> arm) from the same state, seed and budget: the oracle's tries, and
     every arm the benchmark reports. A candidate whose payload cannot be had or injected is left out (its
     ``error`` says why)."""
     arms = {}
     for cand in cands:
-        arm = _arm(learner, task, data, strategy, base, cand, opts, seed, clients)
+        arm = _arm(at, plan, cand, clients)
         if arm is not None:
             arms[cand.peer] = arm
     return arms
 
 
-def _average_arm(learner, task, data, strategy, base, members: list[Candidate], opts, seed) -> dict | None:
+def _average_arm(at: TaskAtHand, plan: ArmPlan, members: list[Candidate]) -> dict | None:
     """The ``selected`` arm of ``selection.combine: average``: adapted on the members' averaged payload."""
     try:
-        arm = run_arm(learner, task, data, strategy, base, average_parts([c.parts for c in members]), opts, seed)
+        arm = run_arm(at, plan, average_parts([c.parts for c in members]))
     except InjectionError:
         return None
     return {"peer": None, "modality": None, "origin": None, "averaged": sorted(c.peer for c in members), **arm}
@@ -148,11 +157,11 @@ def averaged_members(sel, cfg: SelectionConfig, strategy: TransferStrategy) -> l
     return members if len(members) > 1 else []
 
 
-def _fetched(clients, cand: Candidate, learner: ContinualLearner, task: int, want: Want, sel) -> bool:
+def _fetched(clients, cand: Candidate, at: TaskAtHand, want: Want, sel) -> bool:
     """Make sure an experiment arm's candidate has its payload (the random draw, the oracle's others)."""
     if sel.fetch is not None:
         return sel.fetch(cand)
-    return fetch_parts(clients.get(cand.address, cand.peer), cand, learner, task, want)
+    return fetch_parts(clients.get(cand.address, cand.peer), cand, at.learner, at.task, want)
 
 
 @dataclass(frozen=True)
@@ -167,17 +176,19 @@ class PeerAccess:
     history: ProbeHistory | None = None
 
 
-def transfer_step(learner: ContinualLearner, task: int, data: TaskData, access: PeerAccess, cfg: SelectionConfig,
-                  strategy: TransferStrategy, opts: AdaptOptions, seed: int, emit,
+def transfer_step(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmPlan, emit,
                   experiment: ExperimentConfig = ExperimentConfig()) -> dict:
     """Algorithm 1 for one task learned locally: select a peer, run every arm from the same state, keep
-    one (logged as ``backbone_selected`` and ``transfer_done``)."""
+    one (logged as ``backbone_selected`` and ``transfer_done``). ``plan``: the strategy, its budget and
+    the run's seed (each arm's seed and base state are derived here)."""
+    learner, task, data = at.learner, at.task, at.data
     started = time.perf_counter()
-    sel, strategy = _select(learner, task, data, access, cfg, strategy, opts, emit)
+    sel, strategy = _select(at, access, cfg, plan, emit)
     averaged = averaged_members(sel, cfg, strategy)
-    _log_selection(emit, data, task, sel, cfg, strategy, averaged, len(access.peers), started)
+    _log_selection(emit, at, sel, cfg, strategy, {"averaged": averaged, "alive": len(access.peers),
+                                                  "seconds": round(time.perf_counter() - started, 4)})
     spent = sum(c.bytes for c in sel.candidates)
-    arms, oracle_tried = _run_arms(learner, task, data, access, sel, strategy, averaged, opts, seed, experiment)
+    arms, oracle_tried = _run_arms(at, access, sel, dataclasses.replace(plan, strategy=strategy), averaged, experiment)
     kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
     learner.set_task_state(task, arms[kept]["state"])
     if kept != "none" and strategy.borrows_parts:
@@ -193,9 +204,10 @@ def transfer_step(learner: ContinualLearner, task: int, data: TaskData, access: 
     return {"chosen": sel.chosen, "candidates": sel.candidates, "arms": summary, "kept": kept, "stages": sel.stages}
 
 
-def _select(learner, task: int, data: TaskData, access: PeerAccess, cfg: SelectionConfig, strategy, opts, emit):
+def _select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmPlan, emit):
     """(the selection, the strategy that borrows): a same-task strategy first looks for a peer that learned
     this label set and falls back to its usual borrowing when none did."""
+    learner, task, data, strategy, opts = at.learner, at.task, at.data, plan.strategy, plan.opts
     peers, clients = access.peers, access.clients
     if not strategy.matches_tasks:
         return select(learner, task, data, peers, clients, cfg, strategy, access.genesis, access.history), strategy
@@ -213,8 +225,9 @@ def _select(learner, task: int, data: TaskData, access: PeerAccess, cfg: Selecti
     return select(learner, task, data, peers, clients, cfg, fallback, access.genesis, access.history), fallback
 
 
-def _log_selection(emit, data: TaskData, task: int, sel, cfg: SelectionConfig, strategy, averaged, alive: int,
-                   started: float) -> None:
+def _log_selection(emit, at: TaskAtHand, sel, cfg: SelectionConfig, strategy, facts: dict) -> None:
+    """``backbone_selected``; ``facts``: the members averaged, the peers alive, the seconds it took."""
+    data, task, averaged = at.data, at.task, facts["averaged"]
     chosen, cands = sel.chosen, sel.candidates
     runner_up = max((c.scores[sel.score_name] for c in sel.pool if sel.score_name in c.scores and c is not chosen),
                     default=None)
@@ -227,35 +240,36 @@ def _log_selection(emit, data: TaskData, task: int, sel, cfg: SelectionConfig, s
          score=value, score_name=sel.score_name, rank_score=cfg.score,
          shortlist=cfg.shortlist if cfg.cheap else "all",
          margin=(value - runner_up) if value is not None and runner_up is not None else None, reason=sel.reason,
-         scope=cfg.scope, seconds=round(time.perf_counter() - started, 4), stages=sel.stages,
-         alive=alive, probed=len(cands) + len(sel.skipped),
+         scope=cfg.scope, seconds=facts["seconds"], stages=sel.stages,
+         alive=facts["alive"], probed=len(cands) + len(sel.skipped),
          bytes=sum(c.bytes for c in cands), combine=cfg.combine, averaged=sorted(c.peer for c in averaged))
 
 
-def _run_arms(learner, task: int, data: TaskData, access: PeerAccess, sel, strategy, averaged, opts: AdaptOptions,
-              seed: int, experiment: ExperimentConfig) -> tuple[dict, list | None]:
+def _run_arms(at: TaskAtHand, access: PeerAccess, sel, plan: ArmPlan, averaged,
+              experiment: ExperimentConfig) -> tuple[dict, list | None]:
     """Every arm from the same state and seed: none, selected (or the average), and the experiment's
     random and oracle arms; (arms that ran, the oracle's tries or None)."""
-    chosen, pool, clients = sel.chosen, sel.pool, access.clients
-    seed_, base, want = arm_seed(seed, task), learner.task_state(task), Want.of(strategy, data)
+    chosen, pool, clients, task, seed = sel.chosen, sel.pool, access.clients, at.task, plan.seed
+    arms_plan = dataclasses.replace(plan, seed=arm_seed(seed, task), base=at.learner.task_state(task))
+    want = Want.of(plan.strategy, at.data)
 
     def arm(cand):
-        return _arm(learner, task, data, strategy, base, cand, opts, seed_, clients)
+        return _arm(at, arms_plan, cand, clients)
 
     arms, oracle_tried = {"none": arm(None)}, None
     if chosen is not None:
         if experiment.random:
             rng = random.Random(seed * 1_000_003 + task * 101 + zlib.crc32(access.node_id.encode()))
             draw = rng.choice(pool)
-            if _fetched(clients, draw, learner, task, want, sel):
+            if _fetched(clients, draw, at, want, sel):
                 arms["random"] = arm(draw)
         if averaged:  # the chosen candidate's own arm only if the averaged payload cannot run
-            arms["selected"] = _average_arm(learner, task, data, strategy, base, averaged, opts, seed_)
+            arms["selected"] = _average_arm(at, arms_plan, averaged)
         if arms.get("selected") is None:
             arms["selected"] = arm(chosen)
         if experiment.oracle:
-            fetched = [c for c in pool if _fetched(clients, c, learner, task, want, sel)]
-            tried = list(candidate_arms(learner, task, data, strategy, base, fetched, opts, seed_, clients).values())
+            fetched = [c for c in pool if _fetched(clients, c, at, want, sel)]
+            tried = list(candidate_arms(at, arms_plan, fetched, clients).values())
             arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
             oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
                              "val": a["val"], "test": a["test"]} for a in tried]

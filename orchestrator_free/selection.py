@@ -28,6 +28,7 @@ from crossback.config.errors import PeerCallError, WireError
 from crossback.config.selection import ProbeSpec, SelectionConfig
 from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.learner import ContinualLearner
+from crossback.models.methods import TaskData
 from crossback.models.perceiver import KV_NAMES, kv_shapes
 from crossback.orchestrator_free.ddv import ddv
 from crossback.orchestrator_free.reasons import Reason, bad_payload, call_failed, late, skip
@@ -69,6 +70,14 @@ def check_combine(cfg: SelectionConfig, strategy) -> None:
     if cfg.combine == "average" and not can_average(strategy):
         raise ValueError(f"selection.combine: average averages borrowed payloads; transfer.strategy {strategy.name!r} "
                          "borrows none it could average (use crossback, or combine: best)")
+
+
+@dataclass(frozen=True)
+class TaskAtHand:
+    """The task a receiver is deciding for: its learner, the task's index and its data (train, val, test)."""
+    learner: ContinualLearner
+    task: int
+    data: TaskData | None = None
 
 
 @dataclass

@@ -366,7 +366,8 @@ def test_the_benchmark_chooses_what_a_node_chooses_when_a_shortlisted_payload_fa
     from crossback.models.methods import learn_task
     from crossback.node.server import PeerServicer
     from crossback.node.wire import encode_all
-    from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
+    from crossback.orchestrator_free.backbone import ArmPlan, PeerAccess, transfer_step
+    from crossback.orchestrator_free.selection import TaskAtHand
 
     class Liar(PeerServicer):
         def FetchPayload(self, request, context):
@@ -386,8 +387,8 @@ def test_the_benchmark_chooses_what_a_node_chooses_when_a_shortlisted_payload_fa
             learner = _learner(cfg, rx, seed, index)
             learn_task(learner, data, cfg.method, _train_opts(cfg, rx, receiving=True))
             events = []
-            transfer_step(learner, 0, data, PeerAccess(rx.name, unit.donors, unit.clients, unit.genesis),
-                          cfg.selection, unit.strategy, unit.opts, seed,
+            transfer_step(TaskAtHand(learner, 0, data), PeerAccess(rx.name, unit.donors, unit.clients, unit.genesis),
+                          cfg.selection, ArmPlan(unit.strategy, unit.opts, seed),
                           lambda event, **fields: events.append({"event": event, **fields}),
                           ExperimentConfig(random=False))
         finally:

@@ -245,7 +245,8 @@ def test_a_peer_that_wins_stage_one_and_lies_in_stage_two_does_not_deny_the_sele
 def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no_origin(k, donors, digits_tasks):
     from crossback.models.borrowed import BORROWED_EVENT, average_parts
     from crossback.config.selection import ExperimentConfig
-    from crossback.orchestrator_free.backbone import PeerAccess, arm_seed, run_arm, transfer_step
+    from crossback.orchestrator_free.backbone import ArmPlan, PeerAccess, arm_seed, run_arm, transfer_step
+    from crossback.orchestrator_free.selection import TaskAtHand
     from crossback.transfer.base import AdaptOptions
 
     cfg = SelectionConfig(score="kv_motion", shortlist=k, combine="average")
@@ -258,7 +259,7 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
     try:
         access = PeerAccess("rx", sorted(donors.items()), clients, genesis_id(GENESIS, rx.cfg))
-        out = transfer_step(rx, 0, digits_tasks[0], access, cfg, strategy, opts, 5,
+        out = transfer_step(TaskAtHand(rx, 0, digits_tasks[0]), access, cfg, ArmPlan(strategy, opts, 5),
                             lambda event, **f: events.append({"event": event, **f}), ExperimentConfig(random=False))
     finally:
         clients.close()
@@ -270,7 +271,8 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     assert arm["averaged"] == fetched and arm["peer"] is None
     # exactly the arm of the uniform mean of those payloads, from the same state, seed and budget
     members = [c for c in out["candidates"] if c.peer in fetched]
-    direct = run_arm(rx, 0, digits_tasks[0], strategy, base, average_parts([c.parts for c in members]), opts, arm_seed(5, 0))
+    direct = run_arm(TaskAtHand(rx, 0, digits_tasks[0]), ArmPlan(strategy, opts, arm_seed(5, 0), base),
+                     average_parts([c.parts for c in members]))
     assert (direct["val"], direct["test"]) == (arm["val"], arm["test"])
     if out["kept"] == "selected":  # an averaged model is no peer's: it names no origin when re-served
         (borrowed,) = [e for e in rx.tasks[0].events if e["event"] == BORROWED_EVENT]

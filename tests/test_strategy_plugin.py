@@ -17,7 +17,8 @@ from crossback.models.methods import learn_task
 from crossback.models.training import predict
 from crossback.node.node_config import load_node_config
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
-from crossback.orchestrator_free.backbone import PeerAccess, transfer_step
+from crossback.orchestrator_free.backbone import ArmPlan, PeerAccess, transfer_step
+from crossback.orchestrator_free.selection import TaskAtHand
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.transfer.base import AdaptOptions, Strategy
 from crossback.transfer.crossback import adapt_on_parts
@@ -95,8 +96,8 @@ def test_a_fifth_strategy_runs_through_a_real_selection(donors, digits_tasks):
         with registered("latents-only", lambda cfg, ctx: toy):
             strategy = make_strategy(TransferConfig(strategy="latents-only"))
             access = PeerAccess("rx", sorted(donors.items()), clients, genesis_id(GENESIS, rx.cfg))
-            out = transfer_step(rx, 1, digits_tasks[1], access, SelectionConfig(score="logme"), strategy,
-                                AdaptOptions(epochs=1, train=OPTS), 5,
+            out = transfer_step(TaskAtHand(rx, 1, digits_tasks[1]), access, SelectionConfig(score="logme"),
+                                ArmPlan(strategy, AdaptOptions(epochs=1, train=OPTS), 5),
                                 lambda event, **f: events.append({"event": event, **f}), ExperimentConfig(random=False))
     finally:
         clients.close()
