@@ -26,7 +26,6 @@ from crossback.data.tasks import build_task, data_warnings, public_items, resolv
 from crossback.models.borrowed import average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import learn_task
-from crossback.models.perceiver import kv_shapes
 from crossback.models.persistence import write_json_atomic
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.orchestrator_free.backbone import (
@@ -42,6 +41,7 @@ from crossback.orchestrator_free.same_task import find_same_task
 from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.orchestrator_free.selection import (
     Candidate,
+    PeerAccess,
     TaskAtHand,
     Want,
     can_average,
@@ -191,16 +191,18 @@ class ReceiverUnits:
         around it: every answered candidate's payload, score and arm, the control's, and the averages."""
         cfg, learner, opts = self.cfg, self.learner, self.opts
         want = Want.of(unit_strategy, data)
-        sel = select(learner, i, data, self.donors, self.clients, cfg.selection, unit_strategy, self.genesis)
+        at = TaskAtHand(learner, i, data)
+        sel = select(at, PeerAccess(self.node.name, self.donors, self.clients, self.genesis), cfg.selection,
+                     unit_strategy)
         chosen = sel.chosen
-        control = probe_candidates(learner, i, self.control_peers, self.clients, cfg.selection,
-                                   kv_shapes(learner.cfg), want, self.genesis)
+        control = probe_candidates(at, PeerAccess(self.node.name, self.control_peers, self.clients, self.genesis),
+                                   cfg.selection, want)
         fetch_all(learner, i, sel.pool, self.clients, cfg.selection, want)  # what stage 2 did not fetch
         probed = sorted(sel.candidates + sel.skipped + control, key=lambda c: c.peer)
         usable = [c for c in probed if c.error is None and c.parts is not None]
         apply_score(cfg.selection.score, usable, Receiver(learner, i, data, cfg.selection.euc_weight), every=True)
         _stability_scores(cfg, learner, i, usable, self.clients)
-        at, plan = TaskAtHand(learner, i, data), ArmPlan(unit_strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
+        plan = ArmPlan(unit_strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
         none = run_arm(at, plan, None)
         arms = candidate_arms(at, plan, usable, self.clients)
         trained = [c for c in usable if c.peer != self.control and c.peer in arms]
@@ -240,14 +242,14 @@ def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, pe
     def as_borrowed(parts):
         return strategy.as_borrowed(learner, i, data, parts, opts)
 
-    decided = find_same_task(learner, i, data, donors, clients, cfg.selection, as_borrowed)  # a node's choice
+    at, access = TaskAtHand(learner, i, data), PeerAccess(node.name, donors, clients)
+    decided = find_same_task(at, access, cfg.selection, as_borrowed)  # a node's choice
     if decided.chosen is None:
         return None
     every = dataclasses.replace(cfg.selection, shortlist="all")  # and every matched task, for its arm
-    sel = decided if cfg.selection.shortlist == "all" else find_same_task(learner, i, data, donors, clients, every,
-                                                                            as_borrowed)
+    sel = decided if cfg.selection.shortlist == "all" else find_same_task(at, access, every, as_borrowed)
     chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
-    at, plan = TaskAtHand(learner, i, data), ArmPlan(strategy, opts, arm_seed(seed, i), learner.task_state(i))
+    plan = ArmPlan(strategy, opts, arm_seed(seed, i), learner.task_state(i))
     none = run_arm(at, plan, None)
     fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
     arms = candidate_arms(at, plan, fetched, clients)
@@ -255,8 +257,8 @@ def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, pe
     limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
               if any(n.startswith("adapter.") for n in c.parts)]
     fallback = strategy.fallback
-    ctrl = probe_candidates(learner, i, [p for p in peers if p[0] == control], clients, cfg.selection,
-                            kv_shapes(learner.cfg), Want.of(fallback), genesis_id(_genesis(cfg, seed), node.model))
+    ctrl = probe_candidates(at, PeerAccess(node.name, [p for p in peers if p[0] == control], clients,
+                                           genesis_id(_genesis(cfg, seed), node.model)), cfg.selection, Want.of(fallback))
     arms |= candidate_arms(at, dataclasses.replace(plan, strategy=fallback),
                            [c for c in ctrl if c.error is None and c.parts], clients)
     limit = max(limits) if limits else None
@@ -270,7 +272,8 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
         spec = dataclasses.replace(cfg.selection.probe, seed=seed)
         for c in cands:
             if c.kv is not None and "ddv" in c.scores:
-                (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), learner, task, c.kv, spec, cfg.selection.euc_weight)
+                (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), TaskAtHand(learner, task), c.kv, spec,
+                                             cfg.selection.euc_weight)
                 c.scores[f"ddv@{seed}"] = score
 
 

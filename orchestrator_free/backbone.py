@@ -14,7 +14,6 @@ import random
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +22,17 @@ from crossback.config.selection import ExperimentConfig, SelectionConfig
 from crossback.models.borrowed import BORROWED_EVENT, average_parts
 from crossback.models.learner import ContinualLearner
 from crossback.models.training import accuracy, evaluate, predict
-from crossback.orchestrator_free.selection import Candidate, TaskAtHand, Want, arm_payload, can_average, fetch_parts
+from crossback.orchestrator_free.selection import (
+    Candidate,
+    PeerAccess,
+    TaskAtHand,
+    Want,
+    arm_payload,
+    can_average,
+    fetch_parts,
+)
 from crossback.transfer.base import AdaptOptions, InjectionError, TransferStrategy
 
-from .candidates import ProbeHistory
 from .reasons import injection_failed
 from .same_task import find_same_task
 from .shortlist import select
@@ -164,18 +170,6 @@ def _fetched(clients, cand: Candidate, at: TaskAtHand, want: Want, sel) -> bool:
     return fetch_parts(clients.get(cand.address, cand.peer), cand, at.learner, at.task, want)
 
 
-@dataclass(frozen=True)
-class PeerAccess:
-    """Whom a selecting node can ask, and how: its id, the alive peers ``(node_id, address)``, a client
-    pool (``clients.get(address, node_id)``), its swarm genesis id and its memory of earlier probes."""
-
-    node_id: str
-    peers: list[tuple[str, str]]
-    clients: Any
-    genesis: str = ""
-    history: ProbeHistory | None = None
-
-
 def transfer_step(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmPlan, emit,
                   experiment: ExperimentConfig = ExperimentConfig()) -> dict:
     """Algorithm 1 for one task learned locally: select a peer, run every arm from the same state, keep
@@ -208,11 +202,9 @@ def _select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmP
     """(the selection, the strategy that borrows): a same-task strategy first looks for a peer that learned
     this label set and falls back to its usual borrowing when none did."""
     learner, task, data, strategy, opts = at.learner, at.task, at.data, plan.strategy, plan.opts
-    peers, clients = access.peers, access.clients
     if not strategy.matches_tasks:
-        return select(learner, task, data, peers, clients, cfg, strategy, access.genesis, access.history), strategy
-    sel = find_same_task(learner, task, data, peers, clients, cfg,
-                         lambda parts: strategy.as_borrowed(learner, task, data, parts, opts), access.history)
+        return select(at, access, cfg, strategy), strategy
+    sel = find_same_task(at, access, cfg, lambda parts: strategy.as_borrowed(learner, task, data, parts, opts))
     emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
          reason=sel.reason, matched=[c.public() for c in sel.candidates],
          unmatched=len([c for c in sel.skipped if c.failure.kind == "no_match"]),
@@ -222,7 +214,7 @@ def _select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmP
     if sel.chosen is not None:
         return sel, strategy
     fallback = strategy.fallback  # no peer learned this label set: borrow the usual way
-    return select(learner, task, data, peers, clients, cfg, fallback, access.genesis, access.history), fallback
+    return select(at, access, cfg, fallback), fallback
 
 
 def _log_selection(emit, at: TaskAtHand, sel, cfg: SelectionConfig, strategy, facts: dict) -> None:

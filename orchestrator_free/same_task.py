@@ -22,7 +22,7 @@ from crossback.models.borrowed import accept_parts, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.orchestrator_free.reasons import bad_payload, call_failed, injection_failed, skip
-from crossback.orchestrator_free.selection import Candidate, _parallel, choose
+from crossback.orchestrator_free.selection import Candidate, PeerAccess, TaskAtHand, _parallel, choose
 from crossback.transfer.base import InjectionError
 from crossback.transfer.pairs import HASH_BYTES, SALT_BYTES, new_salt
 
@@ -187,11 +187,12 @@ def decide_match(matched: list[Candidate], fetched: list[Candidate]) -> tuple[Ca
     return chosen, f"{reason} ({CONFIRM_SCORE} as borrowed, among {len(fetched)} fetched of {len(matched)} matched)"
 
 
-def find_same_task(learner: ContinualLearner, task: int, data: TaskData, peers: list[tuple[str, str]], clients,
-                   cfg: SelectionConfig, evaluate_as_borrowed, history=None) -> Selection:
+def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, evaluate_as_borrowed) -> Selection:
     """Stage 1: which peers learned this label set (MatchTask, every probed peer). Stage 2: the top
     ``cfg.shortlist`` matches by claimed accuracy are fetched and confirmed on this receiver's validation
     items; if every one of them fails, the next ones (twice as many each round)."""
+    learner, task, data = at.learner, at.task, at.data
+    peers, clients, history = access.peers, access.clients, access.history
     started = time.perf_counter()
     if cfg.max_candidates and history is not None:
         history.forget({p for p, _ in peers})

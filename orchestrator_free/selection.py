@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -80,6 +80,18 @@ class TaskAtHand:
     data: TaskData | None = None
 
 
+@dataclass(frozen=True)
+class PeerAccess:
+    """Whom a selecting node can ask, and how: its id, the alive peers ``(node_id, address)``, a client
+    pool (``clients.get(address, node_id)``), its swarm genesis id and its memory of earlier probes."""
+
+    node_id: str
+    peers: list[tuple[str, str]]
+    clients: Any
+    genesis: str = ""
+    history: Any = None  # candidates.ProbeHistory, or None
+
+
 @dataclass
 class Candidate:
     peer: str
@@ -136,14 +148,15 @@ def score_ddvs(a: Tensor, b: Tensor, euc_weight: float) -> tuple[float, float, f
     return cos, euc, cos - euc_weight * euc
 
 
-def ddv_score(client, learner: ContinualLearner, task: int, kv: dict[str, Tensor] | None,
-              spec: ProbeSpec, euc_weight: float, version: int | None = None) -> tuple[tuple[float, float, float], int]:
+def ddv_score(client, at: TaskAtHand, kv: dict[str, Tensor] | None, spec: ProbeSpec, euc_weight: float,
+              version: int | None = None) -> tuple[tuple[float, float, float], int]:
     """((cos, euc, score), reply bytes): the local DDV through the peer's K/V (``kv``; None: through
     our own, for a peer whose K/V cannot run in our model) against the peer's own. ``version``: the
     snapshot the K/V came from; the peer's DDV must come from the same one."""
     reply = client.probe_ddv(spec)
     if version is not None and reply.snapshot_version != version:
         raise WireError(f"peer answered the probe from snapshot {reply.snapshot_version}, its K/V came from {version}")
+    learner, task = at.learner, at.task
     local = ddv(learner, task, learner.extract_kv(task) if kv is None else kv, spec)
     remote = torch.tensor(list(reply.ddv), dtype=torch.float32)
     if remote.shape != local.shape or not bool(torch.isfinite(remote).all()):
@@ -195,9 +208,10 @@ def foreign_parts(kind: str, received: dict[str, Tensor], own: dict[str, tuple[i
     return parts
 
 
-def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig, needs: set[str], genesis: str,
+def _eligibility(info, learner: ContinualLearner, cfg: SelectionConfig, needs: set[str], genesis: str,
                  any_shape: bool) -> Reason | None:
     """Why a peer (its ``PeerInfo``) is not a candidate (None: it is)."""
+    expected = kv_shapes(learner.cfg)
     shapes = info.kv_shapes
     served = set(info.payload_kinds)
     if genesis and info.genesis != genesis:
@@ -213,17 +227,17 @@ def _eligibility(info, learner: ContinualLearner, expected, cfg: SelectionConfig
     return None
 
 
-def _probe_one(client, cand: Candidate, learner: ContinualLearner, task: int,
-               expected: dict[str, tuple[int, int]], cfg: SelectionConfig, want: Want, genesis: str) -> Candidate:
+def _probe_one(client, cand: Candidate, at: TaskAtHand, cfg: SelectionConfig, want: Want, genesis: str) -> Candidate:
     """Stage 1 of a selection: the candidate's info, eligibility, published K/V and DDV answer (where it
     serves them) — what every cheap score needs, a few % of the model."""
     started = time.perf_counter()
+    expected = kv_shapes(at.learner.cfg)
     try:
         info = client.get_info()
         cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
         served = set(info.payload_kinds)
         required = {want.borrow} | set(want.needs) | cfg.kinds_needed()
-        cand.failure = _eligibility(info, learner, expected, cfg, required, genesis, want.any_shape)
+        cand.failure = _eligibility(info, at.learner, cfg, required, genesis, want.any_shape)
         if cand.failure is None:
             cand.advertised = _origins(info, cand.peer)
             if "kv" in served:
@@ -233,8 +247,8 @@ def _probe_one(client, cand: Candidate, learner: ContinualLearner, task: int,
                 cand.snapshot_version = version
                 cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
                 if "ddv" in served:
-                    (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None,
-                                                                     cfg.probe, cfg.euc_weight, version)
+                    (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, at, kv if same else None, cfg.probe,
+                                                                     cfg.euc_weight, version)
                     cand.bytes += reply_bytes
     except (PeerCallError, WireError, ValueError) as exc:
         _failed(cand, exc)
@@ -299,8 +313,8 @@ def reprobe_with(learner: ContinualLearner, task: int, cfg: SelectionConfig):
         cand.kv, cand.snapshot_version = (kv if same else foreign_kv(kv, cand.peer)), now
         cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
         if cand.cos is not None:
-            (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, learner, task, kv if same else None, cfg.probe,
-                                                             cfg.euc_weight, now)
+            (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, TaskAtHand(learner, task), kv if same else None,
+                                                             cfg.probe, cfg.euc_weight, now)
             cand.bytes += reply_bytes
     return reprobe
 
@@ -334,19 +348,18 @@ def _parallel(fn, items: list, deadline: float, what: str) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def probe_candidates(learner: ContinualLearner, task: int, peers: list[tuple[str, str]], clients,
-                     cfg: SelectionConfig, expected: dict[str, tuple[int, int]], want: Want | str = "kv",
-                     genesis: str = "", parts: bool = True) -> list[Candidate]:
-    """Probe every peer ``(node_id, address)`` given, in parallel under ``cfg.deadline``: its info, its
-    K/V and DDV answer (stage 1, when it serves them), and with ``parts`` the payload ``want`` names
-    (stage 2; a plain string: that payload kind). With a ``genesis`` id, peers of another genesis are
-    skipped; see ``Want`` for what the strategy's declarations admit and fetch."""
-    want = _want(want)
-    cands = [Candidate(p, a) for p, a in peers]
-    _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, learner, task, expected, cfg, want, genesis),
+def probe_candidates(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, want: Want | str = "kv",
+                     parts: bool = True) -> list[Candidate]:
+    """Probe every peer of ``access`` in parallel under ``cfg.deadline``: its info, its K/V and DDV answer
+    (stage 1, when it serves them), and with ``parts`` the payload ``want`` names (stage 2; a plain
+    string: that payload kind). With a genesis id in ``access``, peers of another genesis are skipped;
+    see ``Want`` for what the strategy's declarations admit and fetch."""
+    want, clients = _want(want), access.clients
+    cands = [Candidate(p, a) for p, a in access.peers]
+    _parallel(lambda c: _probe_one(clients.get(c.address, c.peer), c, at, cfg, want, access.genesis),
               cands, cfg.deadline, "info, K/V and DDV")
     if parts:
-        fetch_all(learner, task, [c for c in cands if c.error is None], clients, cfg, want)
+        fetch_all(at.learner, at.task, [c for c in cands if c.error is None], clients, cfg, want)
     return sorted(cands, key=lambda c: c.peer)
 
 

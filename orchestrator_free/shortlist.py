@@ -12,16 +12,16 @@ that fails); ``shortlist: all`` fetches every candidate's; when no candidate has
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from crossback.config.selection import SelectionConfig
-from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
-from crossback.models.perceiver import kv_shapes
 from crossback.orchestrator_free.selection import (
     Candidate,
+    PeerAccess,
+    TaskAtHand,
     Want,
     choose,
     fetch_all,
@@ -58,17 +58,18 @@ def _stage(cands: list[Candidate], started: float, nbytes: int) -> dict:
     return {"candidates": len(cands), "bytes": nbytes, "seconds": round(time.perf_counter() - started, 4)}
 
 
-def select(learner: ContinualLearner, task: int, data: TaskData, peers: list[tuple[str, str]], clients,
-           cfg: SelectionConfig, strategy, genesis: str = "", history: ProbeHistory | None = None) -> Selection:
-    """``history``: the node's memory of earlier selections, which orders the peers when at most
-    ``cfg.max_candidates`` are probed (see .candidates)."""
+def select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, strategy) -> Selection:
+    """A selection among ``access.peers`` for the task at hand. ``access.history``: the node's memory of
+    earlier selections, which orders the peers when at most ``cfg.max_candidates`` are probed (see
+    .candidates)."""
+    learner, task, data, clients = at.learner, at.task, at.data, access.clients
     started = time.perf_counter()
-    history = history if history is not None else ProbeHistory()
+    history = access.history if access.history is not None else ProbeHistory()
     if cfg.max_candidates:
-        history.forget({p for p, _ in peers})
-        peers = history.pick(peers, cfg.max_candidates, task)
+        history.forget({p for p, _ in access.peers})
+        access = dataclasses.replace(access, peers=history.pick(access.peers, cfg.max_candidates, task))
     want = Want.of(strategy, data)
-    probed = probe_candidates(learner, task, peers, clients, cfg, kv_shapes(learner.cfg), want, genesis, parts=False)
+    probed = probe_candidates(at, access, cfg, want, parts=False)
     receiver = Receiver(learner, task, data, cfg.euc_weight)
     answered = [c for c in probed if c.error is None]
     if cfg.cheap:

@@ -23,7 +23,7 @@ from crossback.orchestrator_free.backbone import record_provenance
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.scores import logme_evidence
-from crossback.orchestrator_free.selection import probe_candidates
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -180,8 +180,8 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
     clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
     try:
         peers = [(name, address) for name, (_, address, _) in zip(("full", "kvonly", "alien"), served)]
-        cands = {c.peer: c for c in probe_candidates(local, 1, peers, clients, SELECT, kv_shapes(local.cfg),
-                                                     "backbone", mine)}
+        cands = {c.peer: c for c in probe_candidates(TaskAtHand(local, 1), PeerAccess("rx", peers, clients, mine), SELECT,
+                                                     "backbone")}
         assert cands["full"].error is None and set(cands["full"].parts) == set(part_names("backbone", local.part_shapes(1)))
         assert cands["full"].origin == "full" and cands["full"].cos is not None
         assert cands["kvonly"].failure.kind == "not_served" and "does not serve ['backbone']" in cands["kvonly"].error
@@ -200,7 +200,8 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
     mine = genesis_id(11, tiny_config())
     with serve_snapshots({"A": _snapshot(a, tmp_path, "A")}, tmp_path / "logs-a") as addresses:
         clients = ClientPool(lambda x, _expected: PeerClient(x, "B"))
-        (cand,) = probe_candidates(b, 1, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "backbone", mine)
+        (cand,) = probe_candidates(TaskAtHand(b, 1), PeerAccess("b", list(addresses.items()), clients, mine), SELECT,
+                                   "backbone")
         clients.close()
     CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator())
     record_provenance(b, 1, cand, "backbone")
@@ -208,8 +209,9 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
     assert set(snap_b.origins().values()) == {"A"}
     with serve_snapshots({"B": snap_b}, tmp_path / "logs-b") as addresses:
         clients = ClientPool(lambda x, _expected: PeerClient(x, "C"))
-        (via_b,) = probe_candidates(b, 0, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "backbone", mine)
-        (kv_b,) = probe_candidates(b, 0, list(addresses.items()), clients, SELECT, kv_shapes(b.cfg), "kv", mine)
+        access = PeerAccess("b", list(addresses.items()), clients, mine)
+        (via_b,) = probe_candidates(TaskAtHand(b, 0), access, SELECT, "backbone")
+        (kv_b,) = probe_candidates(TaskAtHand(b, 0), access, SELECT, "kv")
         clients.close()
     assert via_b.error is None and via_b.origin == "A"  # the body B serves is A's
     assert kv_b.origin == "A"  # same input layout: B borrowed A's K/V with the rest

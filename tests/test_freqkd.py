@@ -30,7 +30,7 @@ from crossback.bench.peers import BENCH_PAIR_SECRET as SECRET
 from crossback.config.transfer import MAX_PAIR_ITEMS
 from crossback.transfer.pairs import Pairs, item_hash
 from crossback.orchestrator_free.scores import Receiver, apply_score
-from crossback.orchestrator_free.selection import Want, probe_candidates
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -173,8 +173,8 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and kind in err.value.details()
         student = learner_for("image", [tasks["image", "A"]], seed=6)
         strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
-        (cand,) = probe_candidates(student, 0, [("private", address)], pool, SelectionConfig(score="logme"),
-                                   kv_shapes(student.cfg), Want.of(strategy, tasks["image", "A"]))
+        (cand,) = probe_candidates(TaskAtHand(student, 0), PeerAccess("rx", [("private", address)], pool),
+                                   SelectionConfig(score="logme"), Want.of(strategy, tasks["image", "A"]))
         assert cand.failure.skipped and "features" in cand.error
     finally:
         pool.close()
@@ -189,8 +189,8 @@ def _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B"):
     pool = ClientPool(lambda a, _expected: PeerClient(a, "student"))
     with serve_snapshots({"teacher": teacher}, tmp_path / "logs", {"teacher": PUBLIC}) as addresses:
         try:
-            (cand,) = probe_candidates(student, 1, [("teacher", addresses["teacher"])], pool,
-                                       SelectionConfig(score="logme"), kv_shapes(student.cfg), Want.of(strategy, data))
+            (cand,) = probe_candidates(TaskAtHand(student, 1), PeerAccess("rx", [("teacher", addresses["teacher"])], pool),
+                                       SelectionConfig(score="logme"), Want.of(strategy, data))
             apply_score("logme", [cand], Receiver(student, 1, data, 0.5))
         finally:
             pool.close()

@@ -20,7 +20,7 @@ from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
 from crossback.orchestrator_free.scores import Receiver, apply_score
 from crossback.config.selection import SelectionConfig
-from crossback.orchestrator_free.selection import choose, probe_candidates
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, choose, probe_candidates
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.node.wire import encode, encode_all
 from crossback.proto.v1 import peer_pb2 as pb
@@ -100,7 +100,7 @@ def test_every_lie_is_refused_with_its_reason_and_the_honest_peer_is_chosen(swar
     cfg = SelectionConfig(score="ddv", deadline=10.0)
     started = time.monotonic()
     try:
-        cands = probe_candidates(receiver, 0, sorted(swarm.items()), pool, cfg, kv_shapes(receiver.cfg), "kv")
+        cands = probe_candidates(TaskAtHand(receiver, 0), PeerAccess("rx", sorted(swarm.items()), pool), cfg, "kv")
         apply_score("ddv", [c for c in cands if c.error is None], Receiver(receiver, 0, digits_tasks[1], cfg.euc_weight))
     finally:
         pool.close()

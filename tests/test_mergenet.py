@@ -8,13 +8,13 @@ from crossback.bench.peers import serve_snapshots
 from crossback.models.learner import ContinualLearner
 from crossback.config.model import MethodConfig, PackNetOptions
 from crossback.models.methods import learn_task
-from crossback.models.perceiver import ENCODER_KV, kv_shapes
+from crossback.models.perceiver import ENCODER_KV
 from crossback.config.model import TrainOptions
 from crossback.models.training import predict
 from crossback.models.persistence import load_checkpoint, save_checkpoint
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.scores import Receiver, apply_score
-from crossback.orchestrator_free.selection import Want, probe_candidates
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Want, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.base import AdaptOptions
@@ -140,8 +140,8 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
     with serve_snapshots({"wide": snap}, tmp_path / "logs") as addresses:
         clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
-            (plain,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg), "kv")
-            (merge,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
+            (plain,) = probe_candidates(TaskAtHand(local, 1), PeerAccess("rx", list(addresses.items()), clients), SELECT, "kv")
+            (merge,) = probe_candidates(TaskAtHand(local, 1), PeerAccess("rx", list(addresses.items()), clients), SELECT,
                                         Want("kv", any_shape=True))
         finally:
             clients.close()
@@ -164,7 +164,7 @@ def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks,
     with serve_snapshots({"big": snap}, tmp_path / "logs") as addresses:
         clients = ClientPool(lambda a, _expected: PeerClient(a, "local"))
         try:
-            (cand,) = probe_candidates(local, 1, list(addresses.items()), clients, SELECT, kv_shapes(local.cfg),
+            (cand,) = probe_candidates(TaskAtHand(local, 1), PeerAccess("rx", list(addresses.items()), clients), SELECT,
                                        Want("latents", any_shape=True))
         finally:
             clients.close()

@@ -20,7 +20,7 @@ from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import Candidate, Want, fetch_extra, probe_candidates
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Want, fetch_extra, probe_candidates
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.alignment import alignment_uniformity, body_names, outer_gradient, outer_loss
@@ -236,8 +236,8 @@ def test_a_node_that_does_not_serve_outer_grad_refuses_it(digits_tasks, tmp_path
         assert set(tensors) == set(snap.parts("encoder"))
         receiver = learned(digits_tasks[1:2], seed=4)
         strategy = MonaTransfer()
-        (cand,) = probe_candidates(receiver, 0, [("private", address)], pool,
-                                   SelectionConfig(score="logme"), kv_shapes(receiver.cfg), Want.of(strategy))
+        (cand,) = probe_candidates(TaskAtHand(receiver, 0), PeerAccess("rx", [("private", address)], pool),
+                                   SelectionConfig(score="logme"), Want.of(strategy))
         assert cand.failure.kind == "not_served" and "outer_grad" in cand.error  # a mona node skips it, saying why
     finally:
         client.close()

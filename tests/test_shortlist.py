@@ -14,7 +14,7 @@ from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.scores import genesis_kv, kv_motion
 from crossback.orchestrator_free.reasons import call_failed, skip
-from crossback.orchestrator_free.selection import Candidate
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate
 from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
@@ -81,8 +81,9 @@ def _select(cfg: SelectionConfig, addresses, digits_tasks, history=None):
     strategy = make_strategy(TransferConfig(borrow="backbone"))
     clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
     try:
-        return select(rx, 0, digits_tasks[0], sorted(addresses.items()), clients, cfg, strategy,
-                      genesis_id(GENESIS, rx.cfg), history)
+        return select(TaskAtHand(rx, 0, digits_tasks[0]),
+                      PeerAccess("rx", sorted(addresses.items()), clients, genesis_id(GENESIS, rx.cfg), history), cfg,
+                      strategy)
     finally:
         clients.close()
 
