@@ -47,7 +47,7 @@ from crossback.orchestrator_free.backbone import ArmPlan, PeerAccess, transfer_s
 from crossback.orchestrator_free.selection import TaskAtHand
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
-from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.membership import Membership, ViewSettings
 from crossback.transfer.base import AdaptOptions
 from crossback.transfer.registry import make_strategy
 
@@ -210,10 +210,9 @@ class Node:
         address, advertised_from = advertise_address(s.listen, port, s.advertise, s.seed_peers)
         identity = NodeIdentity(s.node_id, address, run.data.modality, run.method.name, run.model.token_dim,
                                 kv_shapes(run.model), tuple(s.serve), self.genesis, self.public_set)
-        self._membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout,
-                                      on_event=self.events.emit, max_peers=s.max_peers,
-                                      dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
-                                      allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
+        view = ViewSettings(max_peers=s.max_peers, dead_ttl=max(s.dead_peer_ttl, 2 * s.failure_timeout),
+                            allow=tls.allow if tls else frozenset(), fanout=s.gossip_fanout or None)
+        self._membership = Membership(s.node_id, address, list(s.seed_peers), s.failure_timeout, self.events.emit, view)
         servicer = PeerServicer(identity, self.snapshot, self._membership, self.events,
                                 OuterGradService(s.outer_grad_batches, s.outer_grad_batch_size),
                                 CallLimiter(s.expensive), s.probe_budget, gossip_entries=s.gossip_entries,

@@ -64,6 +64,20 @@ class CandidateAddress:
     dials: int = 0
 
 
+@dataclass(frozen=True)
+class ViewSettings:
+    """How a view is bounded and timed (see the module's text): its peer and candidate table sizes, how
+    long a candidate and a dead peer are kept (None: 3 and 10 failure timeouts), the probe fan-out (None:
+    every peer), hearsay per source, the ids admitted (empty: any) and its clock."""
+    max_peers: int = DEFAULT_MAX_PEERS
+    candidate_ttl: float | None = None
+    dead_ttl: float | None = None
+    fanout: int | None = None
+    per_source: int = PER_SOURCE
+    allow: frozenset[str] = frozenset()
+    clock: Callable[[], float] = time.monotonic
+
+
 @dataclass
 class Peer:
     node_id: str
@@ -78,15 +92,13 @@ class Peer:
 
 class Membership:
     def __init__(self, node_id: str, address: str, seeds: list[str], failure_timeout: float,
-                 on_event: Callable[..., None] = lambda *a, **k: None, clock: Callable[[], float] = time.monotonic,
-                 max_peers: int = DEFAULT_MAX_PEERS, candidate_ttl: float | None = None, dead_ttl: float | None = None,
-                 allow: frozenset[str] = frozenset(), fanout: int | None = None, per_source: int = PER_SOURCE):
+                 on_event: Callable[..., None] = lambda *a, **k: None, view: ViewSettings = ViewSettings()):
         self.node_id, self.address = node_id, address
-        self.per_source = per_source
-        self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, clock
-        self.max_peers, self.allow, self.fanout = max_peers, frozenset(allow), fanout
-        self.candidate_ttl = 3 * failure_timeout if candidate_ttl is None else candidate_ttl
-        self.dead_ttl = max(60.0, 10 * failure_timeout) if dead_ttl is None else dead_ttl
+        self.per_source = view.per_source
+        self.failure_timeout, self.on_event, self.clock = failure_timeout, on_event, view.clock
+        self.max_peers, self.allow, self.fanout = view.max_peers, frozenset(view.allow), view.fanout
+        self.candidate_ttl = 3 * failure_timeout if view.candidate_ttl is None else view.candidate_ttl
+        self.dead_ttl = max(60.0, 10 * failure_timeout) if view.dead_ttl is None else view.dead_ttl
         self.seeds = [s for s in seeds if s != address]
         self._peers: dict[str, Peer] = {}
         self._candidates: dict[str, CandidateAddress] = {}  # address -> what we know of it

@@ -89,7 +89,7 @@ def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interva
     from crossback.node.events import EventLog
     from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve
     from crossback.node.gossip import GossipLoop
-    from crossback.orchestrator_free.membership import Membership
+    from crossback.orchestrator_free.membership import Membership, ViewSettings
     from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
     events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None,
@@ -97,7 +97,7 @@ def start_inprocess_node(folder: Path, node_id: str, tls=None, seeds=(), interva
     server, port = bind(listen, workers=4, events=events, tls=tls, metrics=metrics)
     address = f"127.0.0.1:{port}"
     membership = Membership(node_id, address, list(seeds), failure_timeout, on_event=events.emit,
-                            allow=tls.allow if tls else frozenset(), fanout=fanout)
+                            view=ViewSettings(allow=tls.allow if tls else frozenset(), fanout=fanout))
     servicer = PeerServicer(NodeIdentity(node_id, address, "image", "packnet", 32, {}), lambda: None, membership,
                             events, metrics=metrics)
     if metrics:

@@ -1,7 +1,7 @@
 import pytest
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
-from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.membership import Membership, ViewSettings
 
 
 class Clock:
@@ -15,7 +15,7 @@ class Clock:
 def make(**kw):
     clock, events = Clock(), []
     m = Membership("a", "h:1", ["h:2", "h:1"], failure_timeout=3.0,
-                   on_event=lambda name, **f: events.append((name, f.get("peer"))), clock=clock, **kw)
+                   on_event=lambda name, **f: events.append((name, f.get("peer"))), view=ViewSettings(clock=clock, **kw))
     return m, clock, events
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
-from crossback.orchestrator_free.membership import Membership
+from crossback.orchestrator_free.membership import Membership, ViewSettings
 from crossback.node.wire import DTYPES, decode, encode_all
 from crossback.config.errors import WireError
 from crossback.proto.v1 import peer_pb2 as pb
@@ -54,7 +54,7 @@ actions = st.lists(st.tuples(st.sampled_from(["learn", "heard", "tick"]), ids, a
 @given(actions)
 def test_the_membership_view_stays_bounded_and_valid_whatever_peers_say(steps):
     now = [0.0]
-    m = Membership("self", "h:1", ["h:2"], failure_timeout=3.0, clock=lambda: now[0], max_peers=5)
+    m = Membership("self", "h:1", ["h:2"], failure_timeout=3.0, view=ViewSettings(clock=lambda: now[0], max_peers=5))
     for kind, node_id, address, dt in steps:
         if kind == "learn":
             m.learn(node_id, address)

@@ -38,7 +38,7 @@ from masked_step import cpu_name  # noqa: E402
 from crossback.node.events import EventLog  # noqa: E402
 from crossback.node.server import NodeIdentity, PeerServicer, bind, peer_entries, serve  # noqa: E402
 from crossback.node.gossip import GossipLoop, detection_bound  # noqa: E402
-from crossback.orchestrator_free.membership import Membership  # noqa: E402
+from crossback.orchestrator_free.membership import Membership, ViewSettings  # noqa: E402
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 
 
@@ -68,7 +68,8 @@ class SwarmNode:
         self.server, port = bind("127.0.0.1:0", workers=8)
         self.address = f"127.0.0.1:{port}"
         self.events = EventLog(node_id, folder / f"{node_id}.jsonl", console=None)
-        self.membership = Membership(node_id, self.address, seeds, timeout, on_event=self.tally.event, fanout=fanout)
+        self.membership = Membership(node_id, self.address, seeds, timeout, on_event=self.tally.event,
+                                     view=ViewSettings(fanout=fanout))
         self.servicer = PeerServicer(NodeIdentity(node_id, self.address, "image", "packnet", 64, {}), lambda: None,
                                      self.membership, self.events, payloads=self.tally)
         serve(self.server, self.servicer)
