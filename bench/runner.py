@@ -11,6 +11,7 @@ receiver, shots) makes the run resumable.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 import sys
 from pathlib import Path
@@ -154,6 +155,19 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
         unit.clients.close()
 
 
+@dataclass
+class UnitOutcome:
+    """What one unit measured: the ``none`` arm, every candidate probed and its arm, the node's choice and
+    what the task kept (and why)."""
+    none: dict
+    probed: list[Candidate]
+    arms: dict[str, dict]
+    chosen: Candidate | None
+    kept: str = "none"
+    why: str = ""
+    kept_arm: dict | None = None
+
+
 class ReceiverUnits:
     """One receiver of one seed and shot count: learns each task, then runs every arm of it (one unit)."""
 
@@ -175,15 +189,14 @@ class ReceiverUnits:
         learn_task(learner, data, cfg.method, self.train)
         same = same_task_donors(cfg, node, node.tasks[i])
         if strategy.matches_tasks:
-            done = _same_task_unit(cfg, node, learner, i, data, self.peers, self.control, self.clients, strategy,
-                                   self.opts, self.seed)
+            done = self._same_task(i, data)
             if done is not None:
-                probed, arms, none, chosen, limit = done
-                decision = {"none": none} | ({"selected": arms[chosen.peer]} if chosen else {})
-                kept, why = decide_keep(decision, "selected", strategy.keep_rule)
-                learner.set_task_state(i, decision[kept]["state"])
-                return _task_record(cfg, node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
-                                    kept, why, same) | {"path": "task", "limit": limit}
+                outcome, limit = done
+                decision = {"none": outcome.none} | ({"selected": outcome.arms[outcome.chosen.peer]}
+                                                     if outcome.chosen else {})
+                outcome.kept, outcome.why = decide_keep(decision, "selected", strategy.keep_rule)
+                learner.set_task_state(i, decision[outcome.kept]["state"])
+                return self._record(i, info, outcome, same) | {"path": "task", "limit": limit}
         return self._borrow(i, data, info, same, strategy.fallback if strategy.matches_tasks else strategy)
 
     def _borrow(self, i: int, data, info, same, unit_strategy) -> dict:
@@ -226,45 +239,64 @@ class ReceiverUnits:
         decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
         kept, why = decide_keep(decision, "selected")
         learner.set_task_state(i, decision[kept]["state"])
-        return _task_record(cfg, self.node, self.shots, self.seed, i, info, none, probed, arms, self.control, chosen,
-                            kept, why, same, decision[kept]) | extra
+        outcome = UnitOutcome(none, probed, arms, chosen, kept, why, decision[kept])
+        return self._record(i, info, outcome, same) | extra
 
+    def _same_task(self, i: int, data) -> tuple[UnitOutcome, dict | None] | None:
+        """A task some peer learned (``borrow: task``): the match a node's selection chooses (its own code),
+        every matched task's arm (MatchTask + FetchTask, each confirmed as a node confirms), the untrained
+        control's arm borrowed the fallback way, and the limit:
+        the best same-view donor's own model on this receiver's test split (its task as borrowed, unadapted,
+        adapter included). None when no peer matched (the unit borrows the fallback way)."""
+        cfg, node, learner, clients, strategy, opts = (self.cfg, self.node, self.learner, self.clients, self.strategy,
+                                                       self.opts)
+        donors = self.donors
 
-def _same_task_unit(cfg: BenchConfig, node: BenchNode, learner, i: int, data, peers, control: str, clients, strategy,
-                    opts, seed: int):
-    """A task some peer learned (``borrow: task``): the match a node's selection chooses (its own code),
-    every matched task's arm (MatchTask + FetchTask, each confirmed as a node confirms), the untrained
-    control's arm borrowed the fallback way, and the limit:
-    the best same-view donor's own model on this receiver's test split (its task as borrowed, unadapted,
-    adapter included). None when no peer matched (the unit borrows the fallback way)."""
-    donors = [p for p in peers if p[0] != control]
+        def as_borrowed(parts):
+            return strategy.as_borrowed(learner, i, data, parts, opts)
 
-    def as_borrowed(parts):
-        return strategy.as_borrowed(learner, i, data, parts, opts)
+        at, access = TaskAtHand(learner, i, data), PeerAccess(node.name, donors, clients)
+        decided = find_same_task(at, access, cfg.selection, as_borrowed)  # a node's choice
+        if decided.chosen is None:
+            return None
+        every = dataclasses.replace(cfg.selection, shortlist="all")  # and every matched task, for its arm
+        sel = decided if cfg.selection.shortlist == "all" else find_same_task(at, access, every, as_borrowed)
+        chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
+        plan = ArmPlan(strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
+        none = run_arm(at, plan, None)
+        fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
+        arms = candidate_arms(at, plan, fetched, clients)
+        learner.set_task_state(i, plan.base)
+        limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
+                  if any(n.startswith("adapter.") for n in c.parts)]
+        fallback = strategy.fallback
+        ctrl = probe_candidates(at, PeerAccess(node.name, self.control_peers, clients, self.genesis), cfg.selection,
+                                Want.of(fallback))
+        arms |= candidate_arms(at, dataclasses.replace(plan, strategy=fallback),
+                               [c for c in ctrl if c.error is None and c.parts], clients)
+        limit = max(limits) if limits else None
+        return (UnitOutcome(none, sel.candidates + ctrl, arms, chosen),
+                {"accuracy": limit[0], "donor": limit[1]} if limit else None)
 
-    at, access = TaskAtHand(learner, i, data), PeerAccess(node.name, donors, clients)
-    decided = find_same_task(at, access, cfg.selection, as_borrowed)  # a node's choice
-    if decided.chosen is None:
-        return None
-    every = dataclasses.replace(cfg.selection, shortlist="all")  # and every matched task, for its arm
-    sel = decided if cfg.selection.shortlist == "all" else find_same_task(at, access, every, as_borrowed)
-    chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
-    plan = ArmPlan(strategy, opts, arm_seed(seed, i), learner.task_state(i))
-    none = run_arm(at, plan, None)
-    fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
-    arms = candidate_arms(at, plan, fetched, clients)
-    learner.set_task_state(i, plan.base)
-    limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
-              if any(n.startswith("adapter.") for n in c.parts)]
-    fallback = strategy.fallback
-    ctrl = probe_candidates(at, PeerAccess(node.name, [p for p in peers if p[0] == control], clients,
-                                           genesis_id(_genesis(cfg, seed), node.model)), cfg.selection, Want.of(fallback))
-    arms |= candidate_arms(at, dataclasses.replace(plan, strategy=fallback),
-                           [c for c in ctrl if c.error is None and c.parts], clients)
-    limit = max(limits) if limits else None
-    return (sel.candidates + ctrl, arms, none, chosen,
-            {"accuracy": limit[0], "donor": limit[1]} if limit else None)
-
+    def _record(self, i: int, info, outcome: UnitOutcome, same: set[str]) -> dict:
+        cfg, o = self.cfg, outcome
+        warnings = data_warnings([info], cfg.min_test_items)
+        return {
+            "seed": self.seed, "receiver": self.node.name, "modality": self.node.modality, "shots": self.shots,
+            "task": info["name"], "index": i, "classes": len(info["classes"]), "samples": info["samples"],
+            "warnings": warnings, "kind": "same-task" if same else "new-task",
+            "none": _arm_record(o.none),
+            "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == self.control,
+                            "same_task": c.peer in same,
+                            "error": c.error, "error_kind": c.failure.kind if c.failure else None, "scores": c.scores,
+                            "cos": c.cos, "euc": c.euc, "latency": c.latency,
+                            "bytes": c.bytes, "kv_bytes": c.kv_bytes, "payload_bytes": c.payload_bytes,
+                            "payload_seconds": c.payload_seconds, "score_seconds": c.score_seconds,
+                            **({"extra": c.extra} if c.extra else {}), **_arm_record(o.arms.get(c.peer))}
+                           for c in o.probed],
+            "chosen": o.chosen.peer if o.chosen else None, "kept": o.kept, "keep_reason": o.why,
+            "kept_test": (o.kept_arm or (o.arms[o.chosen.peer] if o.kept == "selected" else o.none))["test"],
+        }
 
 def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidate], clients) -> None:
     """``ddv@<seed>``: the DDV score under another probe seed, to measure how stable its ranking is."""
@@ -275,26 +307,6 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
                 (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), TaskAtHand(learner, task), c.kv, spec,
                                              cfg.selection.euc_weight)
                 c.scores[f"ddv@{seed}"] = score
-
-
-def _task_record(cfg, node, shots, seed, i, info, none, probed: list[Candidate], arms, control, chosen, kept, why,
-                 same: set[str], kept_arm: dict | None = None):
-    warnings = data_warnings([info], cfg.min_test_items)
-    return {
-        "seed": seed, "receiver": node.name, "modality": node.modality, "shots": shots, "task": info["name"],
-        "index": i, "classes": len(info["classes"]), "samples": info["samples"], "warnings": warnings,
-        "kind": "same-task" if same else "new-task",
-        "none": _arm_record(none),
-        "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == control,
-                        "same_task": c.peer in same,
-                        "error": c.error, "error_kind": c.failure.kind if c.failure else None, "scores": c.scores, "cos": c.cos, "euc": c.euc, "latency": c.latency,
-                        "bytes": c.bytes, "kv_bytes": c.kv_bytes, "payload_bytes": c.payload_bytes,
-                        "payload_seconds": c.payload_seconds, "score_seconds": c.score_seconds,
-                        **({"extra": c.extra} if c.extra else {}), **_arm_record(arms.get(c.peer))}
-                       for c in probed],
-        "chosen": chosen.peer if chosen else None, "kept": kept, "keep_reason": why,
-        "kept_test": (kept_arm or (arms[chosen.peer] if kept == "selected" else none))["test"],
-    }
 
 
 def unit_path(out: Path, seed: int, node: BenchNode, shots: int | None) -> Path:
