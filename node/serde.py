@@ -73,3 +73,62 @@ def members_from_pb(msg: pb.PeerList) -> list[Member]:
 
 def predictions_from_pb(msg: pb.ClassifyReply) -> list[Prediction]:
     return [Prediction(p.label, list(zip(p.top_classes, p.top_probabilities))) for p in msg.predictions]
+
+
+# ---------------------------------------------------------------- what the server sends
+
+def member_to_pb(member: Member) -> pb.PeerEntry:
+    return pb.PeerEntry(node_id=member.node_id, address=member.address, alive=member.alive,
+                        snapshot_version=member.snapshot_version)
+
+
+def peer_list_to_pb(sender: Member, members: list[Member]) -> pb.PeerList:
+    return pb.PeerList(protocol=PROTOCOL, sender=member_to_pb(sender), peers=[member_to_pb(m) for m in members])
+
+
+def probe_reply_to_pb(reachable: bool, snapshot_version: int) -> pb.PeerProbeReply:
+    return pb.PeerProbeReply(reachable=reachable, snapshot_version=snapshot_version)
+
+
+def task_matches_to_pb(matches: TaskMatches) -> pb.TaskMatchReply:
+    return pb.TaskMatchReply(snapshot_version=matches.snapshot_version, matches=[
+        pb.TaskMatch(task=m.task, classes=m.classes, val_accuracy=m.val_accuracy, train_samples=m.train_samples)
+        for m in matches.matches])
+
+
+def outer_grad_summary_to_pb(summary: OuterGradSummary) -> pb.OuterGradSummary:
+    return pb.OuterGradSummary(
+        snapshot_version=summary.snapshot_version, sample_count=summary.sample_count,
+        batch_count=summary.batch_count, batch_size=summary.batch_size, outer_loss=summary.outer_loss,
+        align_loss=summary.align_loss, uniform_loss=summary.uniform_loss)
+
+
+def outer_grad_stream(summary: pb.OuterGradSummary, body: list, grad: list):
+    """The FetchOuterGrad stream: the summary, then the body's chunks, then the gradient's."""
+    yield pb.OuterGradChunk(summary=summary)
+    for c in body:
+        yield pb.OuterGradChunk(encoder=c)
+    for c in grad:
+        yield pb.OuterGradChunk(outer_grad=c)
+
+
+def features_summary_to_pb(snapshot_version: int, requested: int, matched: list[int], width: int) -> pb.FeaturesSummary:
+    return pb.FeaturesSummary(snapshot_version=snapshot_version, requested=requested, matched=matched, width=width)
+
+
+def features_stream(summary: pb.FeaturesSummary, chunks: list):
+    """A features stream: the summary, then the features tensor's chunks."""
+    yield pb.FeaturesChunk(summary=summary)
+    for c in chunks:
+        yield pb.FeaturesChunk(tensor=c)
+
+
+def ddv_answer_to_pb(answer: DdvAnswer) -> pb.ProbeResponse:
+    return pb.ProbeResponse(node_id=answer.node_id, snapshot_version=answer.snapshot_version, ddv=list(answer.ddv),
+                            token_dim=answer.token_dim)
+
+
+def predictions_to_pb(snapshot_version: int, task: str, predictions: list[Prediction]) -> pb.ClassifyReply:
+    return pb.ClassifyReply(snapshot_version=snapshot_version, task=task, predictions=[
+        pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top], top_probabilities=[q for _, q in p.top])
+        for p in predictions])

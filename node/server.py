@@ -32,7 +32,15 @@ from crossback.node.wire import decode, encode_all
 from crossback.orchestrator_free.ddv import ddv, probe_bytes
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.messages import PeerInfo, TensorOrigin
+from crossback.orchestrator_free.messages import (
+    DdvAnswer,
+    Member,
+    OuterGradSummary,
+    PeerInfo,
+    TaskMatch,
+    TaskMatches,
+    TensorOrigin,
+)
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
@@ -124,10 +132,12 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.features = FeatureService(pair_secret)
         self.classifier = classifier  # None: Classify answers FAILED_PRECONDITION
 
-    def self_entry(self) -> pb.PeerEntry:
+    def self_member(self) -> Member:
         snap = self.snapshot()
-        return pb.PeerEntry(node_id=self.identity.node_id, address=self.identity.address, alive=True,
-                            snapshot_version=snap.version if snap else 0)
+        return Member(self.identity.node_id, self.identity.address, True, snap.version if snap else 0)
+
+    def self_entry(self) -> pb.PeerEntry:
+        return serde.member_to_pb(self.self_member())
 
     # -------------------------------------------------------------- rpcs
 
@@ -161,10 +171,10 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             self.membership.learn(entry.node_id, entry.address, source, direct=i == 0 and bool(sender.node_id))
             if not entry.alive:
                 self.membership.rumour(entry.node_id)
-        view = peer_entries(self.membership)
+        view = members_of(self.membership)
         if sender.node_id:  # gossip gets a bounded sample; a bare request (crossback peers) the whole view
             view = sample_entries(view, self.gossip_entries, self._rng)
-        reply = pb.PeerList(protocol=PROTOCOL, sender=self.self_entry(), peers=view)
+        reply = serde.peer_list_to_pb(self.self_member(), view)
         self.payloads("membership", sender.node_id, reply.ByteSize())
         return reply
 
@@ -182,7 +192,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             self.work.refuse(exc, context)
         except KeyError:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{self.identity.node_id} holds no address for {request.node_id!r}")
-        reply = pb.PeerProbeReply(reachable=reachable, snapshot_version=version)
+        reply = serde.probe_reply_to_pb(reachable, version)
         self.payloads("membership", request.caller_id, reply.ByteSize())
         return reply
 
@@ -217,8 +227,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.rules.check(request, context)  # not an expensive call: no decorator checked it
         snap, salt, hashes = self._label_set(request, context)
 
-        reply = pb.TaskMatchReply(snapshot_version=snap.version,
-                                  matches=[pb.TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes)])
+        reply = serde.task_matches_to_pb(TaskMatches(snap.version, tuple(
+            TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes))))
         self.payloads("task_match", request.caller_id, reply.ByteSize())
         return reply
 
@@ -245,21 +255,16 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                 result = self.outer_grad.get(snap, request.max_batches)
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        summary = pb.OuterGradSummary(
-            snapshot_version=snap.version, sample_count=result.sample_count, batch_count=result.batch_count,
-            batch_size=result.batch_size, outer_loss=result.outer_loss, align_loss=result.align_loss,
-            uniform_loss=result.uniform_loss)
+        summary = serde.outer_grad_summary_to_pb(OuterGradSummary(
+            snap.version, result.sample_count, result.batch_count, result.batch_size, result.outer_loss,
+            result.align_loss, result.uniform_loss))
         held = request.have_body_version == snap.version  # the caller has this body already
         body = [] if held else encode_all(result.body, snap.version)
         grad = encode_all(result.grad, snap.version)
         if body:
             self.payloads("encoder", request.caller_id, sum(len(c.data) for c in body))
         self.payloads("outer_grad", request.caller_id, sum(len(c.data) for c in grad) + summary.ByteSize())
-        yield pb.OuterGradChunk(summary=summary)
-        for c in body:
-            yield pb.OuterGradChunk(encoder=c)
-        for c in grad:
-            yield pb.OuterGradChunk(outer_grad=c)
+        yield from serde.outer_grad_stream(summary, body, grad)
 
     @expensive
     def FetchPublicFeatures(self, request, context):
@@ -298,13 +303,11 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                                          *self.features.shared(snap, bytes(request.salt), hashes))
 
     def _features_stream(self, kind: str, caller: str, snap: Snapshot, requested: int, matched: list[int], feats):
-        summary = pb.FeaturesSummary(snapshot_version=snap.version, requested=requested, matched=matched,
-                                     width=int(feats.shape[1]) if feats is not None else 0)
+        summary = serde.features_summary_to_pb(snap.version, requested, matched,
+                                               int(feats.shape[1]) if feats is not None else 0)
         chunks = encode_all({"features": feats.float()}, snap.version) if feats is not None else []
         self.payloads(kind, caller, summary.ByteSize() + sum(len(c.data) for c in chunks))
-        yield pb.FeaturesChunk(summary=summary)
-        for c in chunks:
-            yield pb.FeaturesChunk(tensor=c)
+        yield from serde.features_stream(summary, chunks)
 
     @expensive
     def ProbeDDV(self, request, context):
@@ -340,8 +343,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             vector = ddv(snap.learner, snap.task, kv, spec)
         if not bool(torch.isfinite(vector).all()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "probe kv: the DDV it gives is not finite")
-        reply = pb.ProbeResponse(node_id=self.identity.node_id, snapshot_version=snap.version,
-                                 ddv=vector.tolist(), token_dim=self.identity.token_dim)
+        reply = serde.ddv_answer_to_pb(DdvAnswer(self.identity.node_id, snap.version, tuple(vector.tolist()),
+                                                 self.identity.token_dim))
         self.payloads("ddv", request.caller_id, reply.ByteSize())
         return reply
 
@@ -374,16 +377,18 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                 predictions = self.classifier.run(snap, index, inputs, max(1, request.top), check)
         finally:
             plan.close()
-        reply = pb.ClassifyReply(snapshot_version=snap.version, task=request.task, predictions=[
-            pb.ClassPrediction(label=p.label, top_classes=[c for c, _ in p.top],
-                               top_probabilities=[q for _, q in p.top]) for p in predictions])
+        reply = serde.predictions_to_pb(snap.version, request.task, predictions)
         self.payloads("classify", request.caller_id, reply.ByteSize())
         return reply
 
 
+def members_of(membership: Membership) -> list[Member]:
+    return [Member(p.node_id, p.address, p.alive, p.snapshot_version) for p in membership.peers()]
+
+
 def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
-    return [pb.PeerEntry(node_id=p.node_id, address=p.address, alive=p.alive, snapshot_version=p.snapshot_version)
-            for p in membership.peers()]
+    """The view as the gossip loop sends it."""
+    return [serde.member_to_pb(m) for m in members_of(membership)]
 
 
 def bind(listen: str, workers: int = CallLimits().threads, max_message_bytes: int = MAX_MESSAGE_BYTES,
