@@ -30,6 +30,7 @@ from crossback.models.methods import learn_task
 from crossback.models.persistence import write_json_atomic
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.orchestrator_free.backbone import (
+    Arm,
     ArmPlan,
     arm_seed,
     averaged_members,
@@ -140,8 +141,9 @@ def same_task_donors(cfg: BenchConfig, receiver: BenchNode, spec) -> set[str]:
             and any(_label_set(n, t) == want for t in n.tasks)}
 
 
-def _arm_record(arm: dict | None) -> dict:
-    return {k: arm[k] for k in ("val", "val_loss", "test", "facts", "seconds") if k in arm} if arm else {}
+def _arm_record(arm: Arm | None) -> dict:
+    return {"val": arm.val, "val_loss": arm.val_loss, "test": arm.test, "facts": arm.facts,
+            "seconds": arm.seconds} if arm else {}
 
 
 def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, addresses: dict[str, str],
@@ -159,13 +161,13 @@ def run_receiver(cfg: BenchConfig, index: int, shots: int | None, seed: int, add
 class UnitOutcome:
     """What one unit measured: the ``none`` arm, every candidate probed and its arm, the node's choice and
     what the task kept (and why)."""
-    none: dict
+    none: Arm
     probed: list[Candidate]
-    arms: dict[str, dict]
+    arms: dict[str, Arm]
     chosen: Candidate | None
     kept: str = "none"
     why: str = ""
-    kept_arm: dict | None = None
+    kept_arm: Arm | None = None
 
 
 class ReceiverUnits:
@@ -195,7 +197,7 @@ class ReceiverUnits:
                 decision = {"none": outcome.none} | ({"selected": outcome.arms[outcome.chosen.peer]}
                                                      if outcome.chosen else {})
                 outcome.kept, outcome.why = decide_keep(decision, "selected", strategy.keep_rule)
-                learner.set_task_state(i, decision[outcome.kept]["state"])
+                learner.set_task_state(i, decision[outcome.kept].state)
                 return self._record(i, info, outcome, same) | {"path": "task", "limit": limit}
         return self._borrow(i, data, info, same, strategy.fallback if strategy.matches_tasks else strategy)
 
@@ -238,7 +240,7 @@ class ReceiverUnits:
         preferred = soup if averaged and soup is not None else (arms.get(chosen.peer) if chosen else None)
         decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
         kept, why = decide_keep(decision, "selected")
-        learner.set_task_state(i, decision[kept]["state"])
+        learner.set_task_state(i, decision[kept].state)
         outcome = UnitOutcome(none, probed, arms, chosen, kept, why, decision[kept])
         return self._record(i, info, outcome, same) | extra
 
@@ -295,7 +297,7 @@ class ReceiverUnits:
                             **({"extra": c.extra} if c.extra else {}), **_arm_record(o.arms.get(c.peer))}
                            for c in o.probed],
             "chosen": o.chosen.peer if o.chosen else None, "kept": o.kept, "keep_reason": o.why,
-            "kept_test": (o.kept_arm or (o.arms[o.chosen.peer] if o.kept == "selected" else o.none))["test"],
+            "kept_test": (o.kept_arm or (o.arms[o.chosen.peer] if o.kept == "selected" else o.none)).test,
         }
 
 def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidate], clients) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from crossback.config.selection import ExperimentConfig, SelectionConfig
 from crossback.models.borrowed import BORROWED_EVENT, average_parts
@@ -48,9 +49,35 @@ class ArmPlan:
     base: dict = field(default_factory=dict, repr=False)
 
 
-def run_arm(at: TaskAtHand, plan: ArmPlan, payload: dict | None) -> dict:
-    """Finish the task one way from ``plan.base``: {val, val_loss, test, facts, state}. Raises
-    InjectionError (with the task's state restored) when the borrowed weights could not be injected."""
+@dataclass
+class Arm:
+    """One way the task was finished from M_loc: what it scored on the validation and test splits, what
+    the strategy reported, and the task state it left (whose it is: ``peer``, or the ``averaged`` peers)."""
+    val: float
+    val_loss: float
+    test: float
+    facts: dict
+    seconds: float
+    state: dict = field(repr=False)
+    val_correct: Tensor | None = field(default=None, repr=False)  # per validation item, for a paired keep rule
+    peer: str | None = None
+    modality: str | None = None
+    origin: str | None = None
+    extra: dict | None = None
+    averaged: list[str] | None = None
+
+    def summary(self) -> dict:
+        """What the log and the reports show of it."""
+        return {"peer": self.peer, "modality": self.modality, "origin": self.origin,
+                **({"extra": self.extra} if self.extra else {}),
+                **({"averaged": self.averaged} if self.averaged is not None else {}),
+                "val": self.val, "val_loss": self.val_loss, "test": self.test, "facts": self.facts,
+                "seconds": self.seconds}
+
+
+def run_arm(at: TaskAtHand, plan: ArmPlan, payload: dict | None) -> Arm:
+    """Finish the task one way from ``plan.base``. Raises InjectionError (with the task's state restored)
+    when the borrowed weights could not be injected."""
     learner, task, data = at.learner, at.task, at.data
     learner.set_task_state(task, plan.base)
     started = time.perf_counter()
@@ -61,13 +88,12 @@ def run_arm(at: TaskAtHand, plan: ArmPlan, payload: dict | None) -> dict:
         raise
     seconds = round(time.perf_counter() - started, 4)
     logits = predict(learner, task, data.val.inputs)
-    return {"val": accuracy(logits, data.val.labels), "val_loss": float(F.cross_entropy(logits, data.val.labels)),
-            "val_correct": logits.argmax(dim=1) == data.val.labels,  # per item, for a paired keep rule
-            "test": evaluate(learner, task, data.test), "facts": facts, "seconds": seconds,
-            "state": learner.task_state(task)}
+    return Arm(val=accuracy(logits, data.val.labels), val_loss=float(F.cross_entropy(logits, data.val.labels)),
+               test=evaluate(learner, task, data.test), facts=facts, seconds=seconds, state=learner.task_state(task),
+               val_correct=logits.argmax(dim=1) == data.val.labels)
 
 
-def _arm(at: TaskAtHand, plan: ArmPlan, cand: Candidate | None, clients) -> dict | None:
+def _arm(at: TaskAtHand, plan: ArmPlan, cand: Candidate | None, clients) -> Arm | None:
     payload = arm_payload(clients, cand, plan.strategy, at.learner.part_shapes(at.task))
     if cand is not None and payload is None:
         return None
@@ -76,11 +102,12 @@ def _arm(at: TaskAtHand, plan: ArmPlan, cand: Candidate | None, clients) -> dict
     except InjectionError as exc:
         cand.failure = injection_failed(exc)
         return None
-    return {"peer": cand.peer if cand else None, "modality": cand.modality if cand else None,
-            "origin": cand.origin if cand else None, **({"extra": cand.extra} if cand and cand.extra else {}), **arm}
+    if cand is not None:
+        arm.peer, arm.modality, arm.origin, arm.extra = cand.peer, cand.modality, cand.origin, cand.extra or None
+    return arm
 
 
-def candidate_arms(at: TaskAtHand, plan: ArmPlan, cands: list[Candidate], clients) -> dict[str, dict]:
+def candidate_arms(at: TaskAtHand, plan: ArmPlan, cands: list[Candidate], clients) -> dict[str, Arm]:
     """Each candidate's arm (peer id -> arm) from the same state, seed and budget: the oracle's tries, and
     every arm the benchmark reports. A candidate whose payload cannot be had or injected is left out (its
     ``error`` says why)."""
@@ -92,19 +119,20 @@ def candidate_arms(at: TaskAtHand, plan: ArmPlan, cands: list[Candidate], client
     return arms
 
 
-def _average_arm(at: TaskAtHand, plan: ArmPlan, members: list[Candidate]) -> dict | None:
+def _average_arm(at: TaskAtHand, plan: ArmPlan, members: list[Candidate]) -> Arm | None:
     """The ``selected`` arm of ``selection.combine: average``: adapted on the members' averaged payload."""
     try:
         arm = run_arm(at, plan, average_parts([c.parts for c in members]))
     except InjectionError:
         return None
-    return {"peer": None, "modality": None, "origin": None, "averaged": sorted(c.peer for c in members), **arm}
+    arm.averaged = sorted(c.peer for c in members)
+    return arm
 
 
 SIGN_TEST_Z = 1.645  # one-sided 5 %
 
 
-def decide_keep(arms: dict[str, dict], preferred: str, rule: str = "accuracy") -> tuple[str, str]:
+def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") -> tuple[str, str]:
     """The arm the task keeps, and why. ``accuracy``: a borrowed arm must reach ``none``'s validation
     accuracy; on a tie (common with a few validation items) it must also not raise the validation loss.
     ``sign``: the borrowed arm is kept unless ``none`` is right on significantly more validation items
@@ -116,20 +144,20 @@ def decide_keep(arms: dict[str, dict], preferred: str, rule: str = "accuracy") -
     if preferred == "none":
         return "none", "configured to keep none"
     arm, base = arms[preferred], arms["none"]
-    if rule == "sign" and "val_correct" in arm and "val_correct" in base:
-        worse = int((base["val_correct"] & ~arm["val_correct"]).sum())  # none right, borrowed wrong
-        better = int((arm["val_correct"] & ~base["val_correct"]).sum())
+    if rule == "sign" and arm.val_correct is not None and base.val_correct is not None:
+        worse = int((base.val_correct & ~arm.val_correct).sum())  # none right, borrowed wrong
+        better = int((arm.val_correct & ~base.val_correct).sum())
         if worse - better > SIGN_TEST_Z * (worse + better) ** 0.5:
             return "none", (f"none is right on {worse} validation items {preferred} gets wrong, {preferred} on {better}: "
                             "significantly worse (one-sided sign test, 5 %)")
         return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
                            "not significantly worse (one-sided sign test, 5 %)")
-    got, ref = arm["val"], base["val"]
+    got, ref = arm.val, base.val
     if got > ref:
         return preferred, f"{preferred} validation accuracy {got:.4f} > none's {ref:.4f}"
     if got < ref:
         return "none", f"{preferred} validation accuracy {got:.4f} < none's {ref:.4f}: borrowing would degrade the task"
-    loss, ref_loss = arm.get("val_loss", 0.0), base.get("val_loss", 0.0)
+    loss, ref_loss = arm.val_loss, base.val_loss
     if loss <= ref_loss:
         return preferred, f"{preferred} ties none's validation accuracy {got:.4f} at a validation loss {loss:.4f} <= {ref_loss:.4f}"
     return "none", (f"{preferred} ties none's validation accuracy {got:.4f} but its validation loss {loss:.4f} > "
@@ -184,15 +212,15 @@ def transfer_step(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan
     spent = sum(c.bytes for c in sel.candidates)
     arms, oracle_tried = _run_arms(at, access, sel, dataclasses.replace(plan, strategy=strategy), averaged, experiment)
     kept, why = decide_keep(arms, experiment.keep, strategy.keep_rule if experiment.keep == "selected" else "accuracy")
-    learner.set_task_state(task, arms[kept]["state"])
+    learner.set_task_state(task, arms[kept].state)
     if kept != "none" and strategy.borrows_parts:
-        if "averaged" in arms[kept]:
-            record_average(learner, task, arms[kept]["averaged"], strategy.borrow)
+        if arms[kept].averaged is not None:
+            record_average(learner, task, arms[kept].averaged, strategy.borrow)
         else:
-            record_provenance(learner, task, next(c for c in sel.pool if c.peer == arms[kept]["peer"]), strategy.borrow)
-    summary = {name: {k: v for k, v in arm.items() if k not in ("state", "val_correct")} for name, arm in arms.items()}
+            record_provenance(learner, task, next(c for c in sel.pool if c.peer == arms[kept].peer), strategy.borrow)
+    summary = {name: arm.summary() for name, arm in arms.items()}
     emit("transfer_done", task=data.name, index=task, strategy=strategy.name, kept=kept, keep_reason=why,
-         arms=summary, accuracy={name: arm["test"] for name, arm in arms.items()},
+         arms=summary, accuracy={name: arm.test for name, arm in arms.items()},
          experiment_bytes=sum(c.bytes for c in sel.candidates) - spent,
          **({"oracle_tried": oracle_tried} if oracle_tried is not None else {}))
     return {"chosen": sel.chosen, "candidates": sel.candidates, "arms": summary, "kept": kept, "stages": sel.stages}
@@ -262,7 +290,7 @@ def _run_arms(at: TaskAtHand, access: PeerAccess, sel, plan: ArmPlan, averaged,
         if experiment.oracle:
             fetched = [c for c in pool if _fetched(clients, c, at, want, sel)]
             tried = list(candidate_arms(at, arms_plan, fetched, clients).values())
-            arms["oracle"] = min(tried, key=lambda a: (-a["val"], a["peer"])) if tried else None
-            oracle_tried = [{"peer": a["peer"], "score": next(c.score for c in pool if c.peer == a["peer"]),
-                             "val": a["val"], "test": a["test"]} for a in tried]
+            arms["oracle"] = min(tried, key=lambda a: (-a.val, a.peer)) if tried else None
+            oracle_tried = [{"peer": a.peer, "score": next(c.score for c in pool if c.peer == a.peer),
+                             "val": a.val, "test": a.test} for a in tried]
     return {name: a for name, a in arms.items() if a is not None}, oracle_tried

@@ -171,17 +171,23 @@ def test_bootstrap_ci_and_spearman():
     assert spearman([1, 2], [0.1, 0.2]) is None and spearman([1, 1, 1], [0.1, 0.2, 0.3]) is None
 
 
+def _arm(val: float, val_loss: float, val_correct=None):
+    from crossback.orchestrator_free.backbone import Arm
+
+    return Arm(val=val, val_loss=val_loss, test=0.0, facts={}, seconds=0.0, state={}, val_correct=val_correct)
+
+
 def test_a_borrowed_arm_is_kept_only_if_it_matches_none_on_validation():
-    none = {"val": 0.6, "val_loss": 1.0}
-    kept, why = decide_keep({"none": none, "selected": {"val": 0.55, "val_loss": 0.5}}, "selected")
+    none = _arm(0.6, 1.0)
+    kept, why = decide_keep({"none": none, "selected": _arm(0.55, 0.5)}, "selected")
     assert kept == "none" and "would degrade" in why
-    assert decide_keep({"none": none, "selected": {"val": 0.7, "val_loss": 2.0}}, "selected")[0] == "selected"
+    assert decide_keep({"none": none, "selected": _arm(0.7, 2.0)}, "selected")[0] == "selected"
     # a tie in accuracy (a handful of validation items) is decided by the validation loss
-    assert decide_keep({"none": none, "selected": {"val": 0.6, "val_loss": 0.9}}, "selected")[0] == "selected"
-    kept, why = decide_keep({"none": none, "selected": {"val": 0.6, "val_loss": 1.1}}, "selected")
+    assert decide_keep({"none": none, "selected": _arm(0.6, 0.9)}, "selected")[0] == "selected"
+    kept, why = decide_keep({"none": none, "selected": _arm(0.6, 1.1)}, "selected")
     assert kept == "none" and "no evidence" in why
     assert decide_keep({"none": none}, "selected") == ("none", "no selected arm (no usable candidate)")
-    assert decide_keep({"none": none, "selected": {"val": 0.9, "val_loss": 0.1}}, "none")[0] == "none"
+    assert decide_keep({"none": none, "selected": _arm(0.9, 0.1)}, "none")[0] == "none"
 
 
 def test_the_node_keeps_none_when_the_borrowed_arm_loses_on_validation(bench_run):
@@ -268,8 +274,8 @@ def test_compare_pairs_the_same_donors_arm_across_two_runs(bench_run, tmp_path):
 def test_the_same_task_keep_rule_needs_none_to_be_significantly_better():
     import torch
 
-    def arm(right: list[int]) -> dict:
-        return {"val": sum(right) / len(right), "val_loss": 1.0, "val_correct": torch.tensor(right, dtype=torch.bool)}
+    def arm(right: list[int]):
+        return _arm(sum(right) / len(right), 1.0, torch.tensor(right, dtype=torch.bool))
 
     # none right on 2 items the borrowed task misses, borrowed on 0: a sign test cannot tell that from noise
     kept, why = decide_keep({"none": arm([1, 1, 1, 0]), "selected": arm([0, 0, 1, 0])}, "selected", "sign")

@@ -274,7 +274,7 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     members = [c for c in out["candidates"] if c.peer in fetched]
     direct = run_arm(TaskAtHand(rx, 0, digits_tasks[0]), ArmPlan(strategy, opts, arm_seed(5, 0), base),
                      average_parts([c.parts for c in members]))
-    assert (direct["val"], direct["test"]) == (arm["val"], arm["test"])
+    assert (direct.val, direct.test) == (arm["val"], arm["test"])
     if out["kept"] == "selected":  # an averaged model is no peer's: it names no origin when re-served
         (borrowed,) = [e for e in rx.tasks[0].events if e["event"] == BORROWED_EVENT]
         assert borrowed["combine"] == "average" and borrowed["averaged"] == fetched and borrowed["origins"] == {}
