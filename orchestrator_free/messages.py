@@ -3,6 +3,14 @@ protobuf messages into these, so membership and selection never see the wire for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # the typed messages stay importable without torch (crossback peers / status)
+    from torch import Tensor
+
+    from crossback.config.selection import ProbeSpec
+
+Shapes = dict[str, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -77,3 +85,38 @@ class Member:
     address: str
     alive: bool
     snapshot_version: int = 0
+
+
+@runtime_checkable
+class PeerApi(Protocol):
+    """What a selecting node asks of one peer: the calls selection and the strategies make, in the typed
+    values above (``crossback.node.transport.PeerClient`` is the gRPC one). Every tensor it returns has
+    been verified (names, dtypes, shapes, digests); a failed call raises ``config.errors.PeerCallError``,
+    a malformed answer ``WireError``."""
+
+    def get_info(self) -> PeerInfo: ...
+
+    def fetch_kv(self, expected: Shapes | None = None, min_version: int = 0) -> tuple[dict[str, Tensor], int]: ...
+
+    def probe_ddv(self, spec: ProbeSpec, inline_kv: dict | None = None) -> DdvAnswer: ...
+
+    def fetch_payload(self, kind: str, expected: Shapes | None = None, min_version: int = 0,
+                      max_total_bytes: int = 64 << 20) -> tuple[dict[str, Tensor], int]: ...
+
+    def match_task(self, salt: bytes, hashes: list[bytes], min_version: int = 0) -> tuple[TaskMatches, int]: ...
+
+    def fetch_task(self, salt: bytes, hashes: list[bytes], task: int, min_version: int = 0,
+                   max_total_bytes: int = 64 << 20) -> tuple[dict[str, Tensor], int]: ...
+
+    def fetch_outer_grad(self, expected: Shapes | None = None, min_version: int = 0, max_batches: int = 0,
+                         held: tuple[int, Shapes] | None = None, max_total_bytes: int = 128 << 20): ...
+
+    def fetch_features(self, kind: str, keys: list[str] | None = None, hashes: list[bytes] | None = None,
+                       salt: bytes = b"", public_set: str = "", min_version: int = 0,
+                       max_total_bytes: int = 64 << 20): ...
+
+
+class PeerClients(Protocol):
+    """Where a selecting node gets its client for a peer: ``get(address, expected node id)``."""
+
+    def get(self, address: str, expected_id: str | None = None) -> PeerApi: ...

@@ -31,6 +31,7 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import KV_NAMES, kv_shapes
 from crossback.orchestrator_free.ddv import ddv
+from crossback.orchestrator_free.messages import PeerClients
 from crossback.orchestrator_free.reasons import Reason, bad_payload, call_failed, late, skip
 from crossback.transfer.pairs import NoPairs, Pairs, fetch_pairs
 
@@ -87,7 +88,7 @@ class PeerAccess:
 
     node_id: str
     peers: list[tuple[str, str]]
-    clients: Any
+    clients: PeerClients
     genesis: str = ""
     history: Any = None  # candidates.ProbeHistory, or None
 
