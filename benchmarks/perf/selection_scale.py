@@ -38,6 +38,7 @@ from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.config.selection import ProbeSpec
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.config.selection import SelectionConfig
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand
 from crossback.orchestrator_free.shortlist import select
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.config.transfer import TransferConfig
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
                     clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=60.0, attempts=1)),
                                          max_clients=4096)
                     started = time.perf_counter()
-                    sel = select(rx, 0, data, view, clients, cfg, strategy, genesis_id(GENESIS, MODEL), history)
+                    sel = select(TaskAtHand(rx, 0, data), PeerAccess("rx", view, clients, genesis_id(GENESIS, MODEL), history),
+                                 cfg, strategy)
                     runs.append((time.perf_counter() - started, sum(c.bytes for c in sel.candidates),
                                  len(sel.candidates) + len(sel.skipped)))
                     clients.close()
