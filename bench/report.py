@@ -10,11 +10,17 @@ Arms per unit (test accuracy; every one adapted from the same M_loc, same seed, 
 - ``selected:<score>``: the trained candidate ranked first by that scoring function (ties by peer id);
 - ``kept``: what the node ends with (``selected`` by the configured score, only if its validation
   accuracy reaches ``none``'s);
-- ``oracle``: the best trained candidate on test, in hindsight (evaluation only).
+- ``oracle``: the trained candidate whose arm reached the best *validation* accuracy (ties: lower
+  validation loss, then peer id), in hindsight of every arm (evaluation only); its test accuracy;
+- ``oracle_test``: the best trained candidate *on test*: an upper bound, biased upward (the maximum of
+  k noisy arms), kept only beside
+- ``oracle_null``: what ``oracle_test`` reads when no donor has any effect: the expected maximum of k
+  arms at ``none``'s accuracy, each an independent binomial draw over the unit's test items (test
+  sampling noise alone, so the real null is larger still).
 
 Score quality, per scoring function: the within-unit Spearman between score and realised gain over
-all adapted candidates (the control included), regret = oracle - selected, and how often the score
-ranks the untrained control above every trained donor.
+all adapted candidates (the control included), regret = oracle - selected (the validation-picked
+oracle), and how often the score ranks the untrained control above every trained donor.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ import json
 import math
 import os
 from pathlib import Path
+
+from scipy.stats import binom
 
 from crossback.config.selection import CHEAP_SCORES, SCORES
 
@@ -32,7 +40,8 @@ SHORTLISTS = (1, 2, 3)
 # a two-stage selection: "<cheap score>>k" = the top k by the cheap score, confirmed by CONFIRM
 POLICIES = tuple(f"{c}>{k}" for c in CHEAP_SCORES if not c.startswith("ddv_") for k in SHORTLISTS)
 ARM_ORDER = ("none", "untrained", "average", "shortlist_average", "random", "selected:task_val", *(f"selected:{s}" for s in SCORES + POLICIES), "kept",
-             "oracle", "limit")
+             "oracle", "oracle_test", "oracle_null", "limit")
+NULLS = ("oracle_null",)  # rows that are a reference value, not an arm a node could run
 
 
 def _adapted(rec: dict) -> list[dict]:
@@ -91,6 +100,24 @@ def _stage2_seconds(c: dict, score: str | None) -> float:
     return (c.get("payload_seconds") or 0) + (c["score_seconds"].get(score, 0) if score else 0)
 
 
+def best_on_validation(trained: list[dict]) -> dict | None:
+    """The trained candidate whose arm validated best (ties: lower validation loss, then peer id); None
+    when an arm has no validation accuracy (records written before it was kept)."""
+    if any(c.get("val") is None for c in trained):
+        return None
+    return min(trained, key=lambda c: (-c["val"], c.get("val_loss") or 0.0, c["peer"]))
+
+
+def expected_max_excess(accuracy: float, items: int, k: int) -> float:
+    """E[max of k accuracies] - accuracy, each accuracy an independent Binomial(items, accuracy) / items:
+    how far the best of k arms of zero effect reads above them from test sampling alone."""
+    if k < 1 or items < 1:
+        return 0.0
+    counts = range(items)  # P(max > j) = 1 - F(j)^k, summed over j = 0 .. items-1 gives E[max count]
+    expected = sum(1.0 - float(binom.cdf(j, items, accuracy)) ** k for j in counts)
+    return expected / items - accuracy
+
+
 def unit_arms(rec: dict) -> dict[str, float]:
     adapted = _adapted(rec)
     trained = [c for c in adapted if not c["control"]]
@@ -106,7 +133,10 @@ def unit_arms(rec: dict) -> dict[str, float]:
         arms["limit"] = rec["limit"]["accuracy"]
     if trained:
         arms["random"] = sum(c["test"] for c in trained) / len(trained)
-        arms["oracle"] = max(c["test"] for c in trained)
+        if (best := best_on_validation(trained)) is not None:
+            arms["oracle"] = best["test"]
+        arms["oracle_test"] = max(c["test"] for c in trained)
+        arms["oracle_null"] = arms["none"] + expected_max_excess(arms["none"], rec["samples"]["test"], len(trained))
         if rec.get("path") == "task":  # matched tasks, confirmed as borrowed: no cheap scores to pick by
             arms["selected:task_val"] = next(c["test"] for c in trained if c["peer"] == rec["chosen"])
             return arms
@@ -137,18 +167,19 @@ def arm_table(records: list[dict], boot: dict) -> dict[str, dict]:
         pairs = [(u[arm], u["none"], s) for u, s in per_unit if arm in u]
         if not pairs:
             continue
-        control = [(u[arm] - u["untrained"], s) for u, s in per_unit if arm in u and "untrained" in u]
-        versus_random = [u[arm] > u["random"] for u, _ in per_unit if arm in u and "random" in u]
+        reference = arm in NULLS
+        control = [(u[arm] - u["untrained"], s) for u, s in per_unit if arm in u and "untrained" in u and not reference]
+        versus_random = [u[arm] > u["random"] for u, _ in per_unit if arm in u and "random" in u and not reference]
         table[arm] = {"accuracy": sum(a for a, _, _ in pairs) / len(pairs),
                       "beats_random": sum(versus_random) / len(versus_random) if versus_random else None,
                       "vs_none": summary([a - b for a, b, _ in pairs], **boot, strata=[s for _, _, s in pairs]),
                       "vs_untrained": summary([d for d, _ in control], **boot, strata=[s for _, s in control])
-                      if arm not in ("none", "untrained") else None}
+                      if arm not in ("none", "untrained", *NULLS) else None}
         averaged = [(u[arm] - u["average"], s) for u, s in per_unit if arm in u and "average" in u]
-        if averaged and arm not in ("none", "average"):
+        if averaged and arm not in ("none", "average", *NULLS):
             table[arm]["vs_average"] = summary([d for d, _ in averaged], **boot, strata=[s for _, s in averaged])
         limited = [(u[arm], u["limit"], s) for u, s in per_unit if arm in u and "limit" in u and u["limit"] > 0]
-        if limited and arm != "limit":
+        if limited and arm not in ("limit", *NULLS):
             table[arm]["vs_limit"] = summary([a - b for a, b, _ in limited], **boot, strata=[s for _, _, s in limited])
             table[arm]["of_limit"] = sum(a / b for a, b, _ in limited) / len(limited)
     return table
@@ -179,7 +210,8 @@ def score_table(records: list[dict], boot: dict) -> dict[str, dict]:
             if (cost := selection_cost(rec, score)) is not None:
                 costs.append(cost)
             chosen = _pick(trained, score)
-            best = max(c["test"] for c in trained)
+            oracle = best_on_validation(trained)
+            best = (oracle or max(trained, key=lambda c: c["test"]))["test"]
             regrets.append(best - chosen["test"])
             random_regrets.append(best - sum(c["test"] for c in trained) / len(trained))
             for key in sorted({k for c in adapted for k in c["scores"] if k.startswith(score + "@")}):
@@ -340,6 +372,10 @@ def _group_lines(name: str, group: dict) -> list[str]:
         lines.append(f"| {arm} | {row['accuracy']:.3f} | {_ci(d) if arm != 'none' else '-'} | "
                      f"{d['wins']} / {d['losses']} / {d['ties'] if arm != 'none' else '-'} | {_ci(row['vs_untrained'])} | "
                      f"{'-' if beats is None or arm == 'random' else format(beats, '.0%')} |")
+    if "oracle_test" in group["arms"]:
+        lines += ["", "oracle: the trained donor whose arm validated best (its test accuracy); oracle_test: the best on "
+                      "test, an upper bound biased upward; oracle_null: what oracle_test reads if no donor had any "
+                      "effect (the best of k binomial test draws at none's accuracy)."]
     versus = {arm: row["vs_average"] for arm, row in group["arms"].items() if "vs_average" in row}
     if versus:
         lines += ["", "Against the average of every trained candidate's payload: "
@@ -359,7 +395,7 @@ def _score_lines(group: dict) -> list[str]:
     if not group["scores"]:
         return []
     lines = ["", "| score (cheap>k: its top k confirmed by logme) | Spearman(score, gain) [CI] | regret vs oracle [CI] | "
-                 "random's regret [CI] | picked the best | ranked the untrained control first | KiB per selection | "
+                 "random's regret [CI] | reached the oracle | ranked the untrained control first | KiB per selection | "
                  "s per selection |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for score, row in group["scores"].items():
         lines.append(f"| {score} | {_rho(row['spearman'])} | {_ci(row['regret'])} | "
@@ -446,8 +482,15 @@ def _rank(cand: dict, rec: dict, score: str) -> int:
     return next(i for i, c in enumerate(ordered) if c["peer"] == cand["peer"])
 
 
+def candidate_accuracies(rec: dict) -> list[dict]:
+    """Every adapted candidate's validation and test accuracy (what any oracle or pick can be rechecked from)."""
+    return [{"peer": c["peer"], "control": c["control"], "val": c.get("val"), "val_loss": c.get("val_loss"),
+             "test": c["test"]} for c in _adapted(rec)]
+
+
 def write_report(result: dict, records: list[dict], out: Path, title: str, command: str) -> None:
-    per_unit = [{k: r[k] for k in ("seed", "receiver", "shots", "task", "chosen", "kept")} | {"arms": unit_arms(r)}
+    per_unit = [{k: r[k] for k in ("seed", "receiver", "shots", "task", "chosen", "kept")}
+                | {"test_items": r["samples"]["test"], "arms": unit_arms(r), "candidates": candidate_accuracies(r)}
                 for r in records]
     (out / "results.json").write_text(json.dumps({"command": command, **result, "per_unit": per_unit}, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result, title, command))

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from crossback.config.bench import BenchConfig, BenchNode
@@ -141,6 +143,20 @@ def same_task_donors(cfg: BenchConfig, receiver: BenchNode, spec) -> set[str]:
             and any(_label_set(n, t) == want for t in n.tasks)}
 
 
+RECORDED = ("cos", "euc", "latency", "bytes", "kv_bytes", "payload_bytes", "payload_seconds", "score_seconds")
+
+
+def _parts(cands: list[Candidate]) -> list[dict[str, Tensor]]:
+    return [c.payload.parts for c in cands if c.payload.parts is not None]
+
+
+def _candidate_record(public: dict, control: bool, same_task: bool) -> dict:
+    """What a unit record keeps of a probed candidate (its log entry, ``Candidate.public``)."""
+    return ({"peer": public["peer"], "modality": public["modality"], "control": control, "same_task": same_task,
+             "error": public["error"], "error_kind": public["error_kind"], "scores": public["scores"]}
+            | {k: public[k] for k in RECORDED} | ({"extra": public["extra"]} if public["extra"] else {}))
+
+
 def _arm_record(arm: Arm | None) -> dict:
     return {"val": arm.val, "val_loss": arm.val_loss, "test": arm.test, "facts": arm.facts,
             "seconds": arm.seconds} if arm else {}
@@ -214,23 +230,23 @@ class ReceiverUnits:
                                    cfg.selection, want)
         fetch_all(learner, i, sel.pool, self.clients, cfg.selection, want)  # what stage 2 did not fetch
         probed = sorted(sel.candidates + sel.skipped + control, key=lambda c: c.peer)
-        usable = [c for c in probed if c.error is None and c.parts is not None]
+        usable = [c for c in probed if c.error is None and c.payload.parts is not None]
         apply_score(cfg.selection.score, usable, Receiver(learner, i, data, cfg.selection.euc_weight), every=True)
         _stability_scores(cfg, learner, i, usable, self.clients)
         plan = ArmPlan(unit_strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
         none = run_arm(at, plan, None)
         arms = candidate_arms(at, plan, usable, self.clients)
         trained = [c for c in usable if c.peer != self.control and c.peer in arms]
-        extra = {"path": "fallback"} if unit_strategy is not self.strategy else {}
+        extra: dict[str, Any] = {"path": "fallback"} if unit_strategy is not self.strategy else {}
         averages = can_average(unit_strategy)
-        if averages and cfg.average and (avg := average_parts([c.parts for c in trained])):
+        if averages and cfg.average and (avg := average_parts(_parts(trained))):
             extra["average"] = _arm_record(run_arm(at, plan, avg)) | {
                 "peers": len(trained), "tensors": len(avg)}
         # the soup of what the node's selection fetched anyway: its shortlist's payloads, averaged
-        shortlist = [c for c in sel.pool if c.shortlisted and c.parts is not None]
+        shortlist = [c for c in sel.pool if c.scores.shortlisted and c.payload.parts is not None]
         soup = None
         soup_wanted = cfg.average or cfg.selection.combine == "average"
-        if averages and soup_wanted and (avg := average_parts([c.parts for c in shortlist])):
+        if averages and soup_wanted and (avg := average_parts(_parts(shortlist))):
             soup = run_arm(at, plan, avg)
             extra["shortlist_average"] = _arm_record(soup) | {"peers": sorted(c.peer for c in shortlist),
                                                               "tensors": len(avg)}
@@ -266,16 +282,17 @@ class ReceiverUnits:
         chosen = next((c for c in sel.candidates if c.peer == decided.chosen.peer), decided.chosen)
         plan = ArmPlan(strategy, opts, arm_seed(self.seed, i), learner.task_state(i))
         none = run_arm(at, plan, None)
-        fetched = [c for c in sel.candidates if c.error is None and c.parts is not None]
+        fetched = [c for c in sel.candidates if c.error is None and c.payload.parts is not None]
         arms = candidate_arms(at, plan, fetched, clients)
         learner.set_task_state(i, plan.base)
-        limits = [(strategy.as_borrowed(learner, i, data, c.parts, opts, data.test)[0], c.peer) for c in fetched
-                  if any(n.startswith("adapter.") for n in c.parts)]
+        limits = [(strategy.as_borrowed(learner, i, data, parts, opts, data.test)[0], c.peer)
+                  for c in fetched if (parts := c.payload.parts) and any(n.startswith("adapter.") for n in parts)]
         fallback = strategy.fallback
+        assert fallback is not None  # a same-task strategy declares how to borrow where no task matches
         ctrl = probe_candidates(at, PeerAccess(node.name, self.control_peers, clients, self.genesis), cfg.selection,
                                 Want.of(fallback))
         arms |= candidate_arms(at, dataclasses.replace(plan, strategy=fallback),
-                               [c for c in ctrl if c.error is None and c.parts], clients)
+                               [c for c in ctrl if c.error is None and c.payload.parts], clients)
         limit = max(limits) if limits else None
         return (UnitOutcome(none, sel.candidates + ctrl, arms, chosen),
                 {"accuracy": limit[0], "donor": limit[1]} if limit else None)
@@ -288,14 +305,8 @@ class ReceiverUnits:
             "task": info["name"], "index": i, "classes": len(info["classes"]), "samples": info["samples"],
             "warnings": warnings, "kind": "same-task" if same else "new-task",
             "none": _arm_record(o.none),
-            "candidates": [{"peer": c.peer, "modality": c.modality, "control": c.peer == self.control,
-                            "same_task": c.peer in same,
-                            "error": c.error, "error_kind": c.failure.kind if c.failure else None, "scores": c.scores,
-                            "cos": c.cos, "euc": c.euc, "latency": c.latency,
-                            "bytes": c.bytes, "kv_bytes": c.kv_bytes, "payload_bytes": c.payload_bytes,
-                            "payload_seconds": c.payload_seconds, "score_seconds": c.score_seconds,
-                            **({"extra": c.extra} if c.extra else {}), **_arm_record(o.arms.get(c.peer))}
-                           for c in o.probed],
+            "candidates": [_candidate_record(c.public(), control=c.peer == self.control, same_task=c.peer in same)
+                           | _arm_record(o.arms.get(c.peer)) for c in o.probed],
             "chosen": o.chosen.peer if o.chosen else None, "kept": o.kept, "keep_reason": o.why,
             "kept_test": (o.kept_arm or (o.arms[o.chosen.peer] if o.kept == "selected" else o.none)).test,
         }
@@ -305,10 +316,10 @@ def _stability_scores(cfg: BenchConfig, learner, task: int, cands: list[Candidat
     for seed in cfg.stability_seeds:
         spec = dataclasses.replace(cfg.selection.probe, seed=seed)
         for c in cands:
-            if c.kv is not None and "ddv" in c.scores:
-                (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), TaskAtHand(learner, task), c.kv, spec,
-                                             cfg.selection.euc_weight)
-                c.scores[f"ddv@{seed}"] = score
+            if c.probe.kv is not None and "ddv" in c.scores.by_name:
+                (_, _, score), _ = ddv_score(clients.get(c.address, c.peer), TaskAtHand(learner, task), c.probe.kv,
+                                             spec, cfg.selection.euc_weight)
+                c.scores.by_name[f"ddv@{seed}"] = score
 
 
 def unit_path(out: Path, seed: int, node: BenchNode, shots: int | None) -> Path:

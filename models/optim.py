@@ -10,13 +10,17 @@ non-differentiable optimizer), so their updates are bit-identical to torch's (te
 from __future__ import annotations
 
 import inspect
+from typing import TypeVar
 
 import torch
 
 _UNWRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
-def _without_dynamo(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+O = TypeVar("O", bound=torch.optim.Optimizer)
+
+
+def _without_dynamo(cls: type[O]) -> type[O]:
     step = inspect.unwrap(cls.step)
 
     def plain_step(self, closure=None):

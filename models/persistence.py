@@ -74,7 +74,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict | list) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _write(tmp, (json.dumps(payload, indent=2) + "\n").encode())
     os.replace(tmp, path)

@@ -78,7 +78,7 @@ class Arm:
 def run_arm(at: TaskAtHand, plan: ArmPlan, payload: dict | None) -> Arm:
     """Finish the task one way from ``plan.base``. Raises InjectionError (with the task's state restored)
     when the borrowed weights could not be injected."""
-    learner, task, data = at.learner, at.task, at.data
+    learner, task, data = at.learner, at.task, at.require_data()
     learner.set_task_state(task, plan.base)
     started = time.perf_counter()
     try:
@@ -100,10 +100,12 @@ def _arm(at: TaskAtHand, plan: ArmPlan, cand: Candidate | None, clients) -> Arm 
     try:
         arm = run_arm(at, plan, payload)
     except InjectionError as exc:
-        cand.failure = injection_failed(exc)
+        if cand is not None:
+            cand.failure = injection_failed(exc)
         return None
     if cand is not None:
-        arm.peer, arm.modality, arm.origin, arm.extra = cand.peer, cand.modality, cand.origin, cand.extra or None
+        arm.peer, arm.modality = cand.peer, cand.probe.modality
+        arm.origin, arm.extra = cand.payload.origin, cand.payload.extra or None
     return arm
 
 
@@ -122,7 +124,7 @@ def candidate_arms(at: TaskAtHand, plan: ArmPlan, cands: list[Candidate], client
 def _average_arm(at: TaskAtHand, plan: ArmPlan, members: list[Candidate]) -> Arm | None:
     """The ``selected`` arm of ``selection.combine: average``: adapted on the members' averaged payload."""
     try:
-        arm = run_arm(at, plan, average_parts([c.parts for c in members]))
+        arm = run_arm(at, plan, average_parts([c.payload.parts for c in members if c.payload.parts is not None]))
     except InjectionError:
         return None
     arm.averaged = sorted(c.peer for c in members)
@@ -164,6 +166,16 @@ def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") ->
                     f"{ref_loss:.4f}: no evidence that borrowing helps")
 
 
+def best_on_validation(arms: list[Arm]) -> Arm | None:
+    """The arm that validated best (ties: the lower validation loss, then the peer id): the oracle's
+    pick, which sees every arm's validation split and never the test split."""
+    return min(arms, key=lambda a: (-a.val, a.val_loss, a.peer or "")) if arms else None
+
+
+def _kind(cand: Candidate) -> str | None:
+    return cand.failure.kind if cand.failure is not None else None
+
+
 def arm_seed(seed: int, task: int) -> int:
     return seed * 7919 + task
 
@@ -171,7 +183,7 @@ def arm_seed(seed: int, task: int) -> int:
 def record_provenance(learner: ContinualLearner, task: int, cand: Candidate, kind: str) -> None:
     """Remember whose parts ``task`` now runs on, so re-serving them names the original learner."""
     learner.tasks[task].events.append({"event": BORROWED_EVENT, "peer": cand.peer, "kind": kind,
-                                       "origin": cand.origin, "origins": dict(cand.origins)})
+                                       "origin": cand.payload.origin, "origins": dict(cand.payload.origins)})
 
 
 def record_average(learner: ContinualLearner, task: int, peers: list[str], kind: str) -> None:
@@ -187,7 +199,7 @@ def averaged_members(sel, cfg: SelectionConfig, strategy: TransferStrategy) -> l
     one) or on the same-task path, which borrows a matched task whole (its fallback may average)."""
     if cfg.combine != "average" or not can_average(strategy) or strategy.matches_tasks:
         return []
-    members = [c for c in sel.pool if c.shortlisted and c.parts is not None]
+    members = [c for c in sel.pool if c.scores.shortlisted and c.payload.parts is not None]
     return members if len(members) > 1 else []
 
 
@@ -203,7 +215,7 @@ def transfer_step(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan
     """Algorithm 1 for one task learned locally: select a peer, run every arm from the same state, keep
     one (logged as ``backbone_selected`` and ``transfer_done``). ``plan``: the strategy, its budget and
     the run's seed (each arm's seed and base state are derived here)."""
-    learner, task, data = at.learner, at.task, at.data
+    learner, task, data = at.learner, at.task, at.require_data()
     started = time.perf_counter()
     sel, strategy = _select(at, access, cfg, plan, emit)
     averaged = averaged_members(sel, cfg, strategy)
@@ -229,34 +241,35 @@ def transfer_step(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan
 def _select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, plan: ArmPlan, emit):
     """(the selection, the strategy that borrows): a same-task strategy first looks for a peer that learned
     this label set and falls back to its usual borrowing when none did."""
-    learner, task, data, strategy, opts = at.learner, at.task, at.data, plan.strategy, plan.opts
-    if not strategy.matches_tasks:
+    learner, task, data, strategy, opts = at.learner, at.task, at.require_data(), plan.strategy, plan.opts
+    fallback = strategy.fallback
+    if not strategy.matches_tasks or fallback is None:
         return select(at, access, cfg, strategy), strategy
     sel = find_same_task(at, access, cfg, lambda parts: strategy.as_borrowed(learner, task, data, parts, opts))
     emit("task_matched", task=data.name, index=task, chosen=sel.chosen.peer if sel.chosen else None,
          reason=sel.reason, matched=[c.public() for c in sel.candidates],
-         unmatched=len([c for c in sel.skipped if c.failure.kind == "no_match"]),
-         skipped=[{"peer": c.peer, "reason": c.error, "kind": c.failure.kind} for c in sel.skipped
-                  if c.failure.kind != "no_match"],
-         stages=sel.stages, fallback=None if sel.chosen else strategy.fallback.borrow)
+         unmatched=len([c for c in sel.skipped if _kind(c) == "no_match"]),
+         skipped=[{"peer": c.peer, "reason": c.error, "kind": _kind(c)} for c in sel.skipped
+                  if _kind(c) != "no_match"],
+         stages=sel.stages, fallback=None if sel.chosen else fallback.borrow)
     if sel.chosen is not None:
         return sel, strategy
-    fallback = strategy.fallback  # no peer learned this label set: borrow the usual way
+    # no peer learned this label set: borrow the usual way
     return select(at, access, cfg, fallback), fallback
 
 
 def _log_selection(emit, at: TaskAtHand, sel, cfg: SelectionConfig, strategy, facts: dict) -> None:
     """``backbone_selected``; ``facts``: the members averaged, the peers alive, the seconds it took."""
-    data, task, averaged = at.data, at.task, facts["averaged"]
+    data, task, averaged = at.require_data(), at.task, facts["averaged"]
     chosen, cands = sel.chosen, sel.candidates
-    runner_up = max((c.scores[sel.score_name] for c in sel.pool if sel.score_name in c.scores and c is not chosen),
-                    default=None)
-    value = chosen.scores.get(sel.score_name) if chosen else None
+    runner_up = max((c.scores.by_name[sel.score_name] for c in sel.pool
+                     if sel.score_name in c.scores.by_name and c is not chosen), default=None)
+    value = chosen.scores.by_name.get(sel.score_name) if chosen else None
     emit("backbone_selected", task=data.name, index=task, candidates=[c.public() for c in cands],
-         skipped=[{"peer": c.peer, "modality": c.modality, "reason": c.error, "kind": c.failure.kind}
+         skipped=[{"peer": c.peer, "modality": c.probe.modality, "reason": c.error, "kind": _kind(c)}
                   for c in sel.skipped],
-         chosen=chosen.peer if chosen else None, chosen_modality=chosen.modality if chosen else None,
-         chosen_origin=chosen.origin if chosen else None, borrow=strategy.borrow, strategy=strategy.name,
+         chosen=chosen.peer if chosen else None, chosen_modality=chosen.probe.modality if chosen else None,
+         chosen_origin=chosen.payload.origin if chosen else None, borrow=strategy.borrow, strategy=strategy.name,
          score=value, score_name=sel.score_name, rank_score=cfg.score,
          shortlist=cfg.shortlist if cfg.cheap else "all",
          margin=(value - runner_up) if value is not None and runner_up is not None else None, reason=sel.reason,
@@ -290,7 +303,7 @@ def _run_arms(at: TaskAtHand, access: PeerAccess, sel, plan: ArmPlan, averaged,
         if experiment.oracle:
             fetched = [c for c in pool if _fetched(clients, c, at, want, sel)]
             tried = list(candidate_arms(at, arms_plan, fetched, clients).values())
-            arms["oracle"] = min(tried, key=lambda a: (-a.val, a.peer)) if tried else None
-            oracle_tried = [{"peer": a.peer, "score": next(c.score for c in pool if c.peer == a.peer),
+            arms["oracle"] = best_on_validation(tried)
+            oracle_tried = [{"peer": a.peer, "score": next(c.scores.rank for c in pool if c.peer == a.peer),
                              "val": a.val, "test": a.test} for a in tried]
     return {name: a for name, a in arms.items() if a is not None}, oracle_tried

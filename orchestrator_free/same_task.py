@@ -63,7 +63,7 @@ def label_order(classes: list[str] | None, salt: bytes, hashes: list[bytes]) -> 
         return None
     position = {h: i for i, h in enumerate(hashes)}
     order = [position.get(class_hash(salt, c)) for c in classes]
-    return None if any(o is None for o in order) else order
+    return [o for o in order if o is not None] if all(o is not None for o in order) else None
 
 
 def _claimed_val(record) -> float:
@@ -114,8 +114,8 @@ def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
         cand.failure = skip("not_served", "does not serve task") if denied else call_failed(exc.status, exc.detail,
                                                                                              "match")
         return
-    cand.latency = round(time.perf_counter() - started, 4)
-    cand.kv_bytes = cand.bytes = nbytes
+    cand.probe.latency = round(time.perf_counter() - started, 4)
+    cand.probe.bytes = cand.bytes = nbytes
     cand.snapshot_version = int(reply.snapshot_version)
     matches = [m for m in reply.matches if m.task >= 0 and m.classes == len(labels.hashes)]
     if not matches:
@@ -124,33 +124,35 @@ def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
     claimed = [m.val_accuracy if math.isfinite(m.val_accuracy) and 0.0 <= m.val_accuracy <= 1.0 else 0.0
                for m in matches]
     best = max(range(len(matches)), key=lambda i: (claimed[i], -matches[i].task))
-    cand.extra = {"task": int(matches[best].task), "matches": len(matches),
-                  "train_samples": max(0, int(matches[best].train_samples))}
-    cand.scores[CLAIM_SCORE] = cand.score = float(claimed[best])
+    cand.payload.extra = {"task": int(matches[best].task), "matches": len(matches),
+                          "train_samples": max(0, int(matches[best].train_samples))}
+    cand.scores.by_name[CLAIM_SCORE] = cand.scores.rank = float(claimed[best])
 
 
 def fetch_task(client, cand: Candidate, learner: ContinualLearner, task: int, labels: LabelSet) -> bool:
-    """The matched task's parts (``cand.parts``), checked against this receiver's shapes; False (with
-    ``cand.error``) when they could not be had."""
-    if cand.parts is not None:
+    """The matched task's parts (``cand.payload.parts``), checked against this receiver's shapes; False
+    (with ``cand.error``) when they could not be had."""
+    got = cand.payload
+    if got.parts is not None:
         return True
     started = time.perf_counter()
     try:
-        received, version = client.fetch_task(labels.salt, labels.hashes, cand.extra["task"],
+        matched = (got.extra or {})["task"]
+        received, version = client.fetch_task(labels.salt, labels.hashes, matched,
                                               min_version=max(cand.snapshot_version, 1))
         if version != cand.snapshot_version:
             raise WireError(f"peer sent a task of snapshot {version}, it matched in snapshot {cand.snapshot_version}")
-        cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
-        cand.bytes += cand.payload_bytes
-        cand.parts = accept_parts("task", received, learner.part_shapes(task))
-        cand.origin = cand.peer
-        cand.origins = {n: cand.peer for n in cand.parts}
+        got.bytes = sum(t.numel() * t.element_size() for t in received.values())
+        cand.bytes += got.bytes
+        got.parts = accept_parts("task", received, learner.part_shapes(task))
+        got.origin = cand.peer
+        got.origins = {n: cand.peer for n in got.parts}
     except PeerCallError as exc:
         cand.failure = call_failed(exc.status, exc.detail, "task fetch")
     except (WireError, ValueError) as exc:
         cand.failure = bad_payload(exc, "task fetch")
-    cand.payload_seconds = round(time.perf_counter() - started, 4)
-    return cand.parts is not None
+    got.seconds = round(time.perf_counter() - started, 4)
+    return got.parts is not None
 
 
 def match_stage(peers: list[tuple[str, str]], clients, labels: LabelSet, deadline: float) -> list[Candidate]:
@@ -163,15 +165,15 @@ def match_stage(peers: list[tuple[str, str]], clients, labels: LabelSet, deadlin
 def confirm(cands: list[Candidate], learner: ContinualLearner, task: int, data: TaskData, evaluate_as_borrowed) -> None:
     """``task_val`` of every fetched candidate: ``evaluate_as_borrowed(parts) -> (val, val_loss)``."""
     for c in cands:
-        if c.error is None and c.parts is not None:
+        if c.error is None and c.payload.parts is not None:
             try:
-                val, loss = evaluate_as_borrowed(c.parts)
+                val, loss = evaluate_as_borrowed(c.payload.parts)
             except InjectionError as exc:
                 c.failure = injection_failed(exc)
                 continue
-            c.scores[CONFIRM_SCORE] = val
-            c.scores["task_val_loss"] = loss
-            c.score = val - 1e-6 * loss  # ties (a few validation items) go to the lower loss
+            c.scores.by_name[CONFIRM_SCORE] = val
+            c.scores.by_name["task_val_loss"] = loss
+            c.scores.rank = val - 1e-6 * loss  # ties (a few validation items) go to the lower loss
 
 
 def shortlist_size(cfg: SelectionConfig, matched: int) -> int:
@@ -181,7 +183,7 @@ def shortlist_size(cfg: SelectionConfig, matched: int) -> int:
 
 
 def decide_match(matched: list[Candidate], fetched: list[Candidate]) -> tuple[Candidate | None, str]:
-    chosen, reason = choose([c for c in fetched if CONFIRM_SCORE in c.scores])
+    chosen, reason = choose([c for c in fetched if CONFIRM_SCORE in c.scores.by_name])
     if chosen is None:
         return None, "no matched task could be fetched" if matched else "no peer learned this label set"
     return chosen, f"{reason} ({CONFIRM_SCORE} as borrowed, among {len(fetched)} fetched of {len(matched)} matched)"
@@ -191,7 +193,7 @@ def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, eva
     """Stage 1: which peers learned this label set (MatchTask, every probed peer). Stage 2: the top
     ``cfg.shortlist`` matches by claimed accuracy are fetched and confirmed on this receiver's validation
     items; if every one of them fails, the next ones (twice as many each round)."""
-    learner, task, data = at.learner, at.task, at.data
+    learner, task, data = at.learner, at.task, at.require_data()
     peers, clients, history = access.peers, access.clients, access.history
     started = time.perf_counter()
     if cfg.max_candidates and history is not None:
@@ -199,21 +201,23 @@ def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, eva
         peers = history.pick(peers, cfg.max_candidates, task)
     labels = LabelSet(list(data.classes))
     probed = match_stage(peers, clients, labels, cfg.deadline)
-    stages = {"match": _stage(probed, started, sum(c.kv_bytes for c in probed))}
+    stages = {"match": _stage(probed, started, sum(c.probe.bytes for c in probed))}
     matched = [c for c in probed if c.error is None]
-    order = sorted(matched, key=lambda c: (-c.scores[CLAIM_SCORE], c.peer))
-    second, fetched, size = time.perf_counter(), [], shortlist_size(cfg, len(order))
+    order = sorted(matched, key=lambda c: (-c.scores.by_name[CLAIM_SCORE], c.peer))
+    second, size = time.perf_counter(), shortlist_size(cfg, len(order))
+    fetched: list[Candidate] = []
     while order and not any(c.error is None for c in fetched):
         batch, order = order[:size], order[size:]
         for c in batch:
-            c.shortlisted = True
+            c.scores.shortlisted = True
         _parallel(lambda c: fetch_task(clients.get(c.address, c.peer), c, learner, task, labels), batch,
                   cfg.deadline, "task fetch")
         fetched += batch
         size *= 2
     confirm(fetched, learner, task, data, evaluate_as_borrowed)
     chosen, reason = decide_match(matched, fetched)
-    stages["task"] = _stage([c for c in fetched if c.parts is not None], second, sum(c.payload_bytes for c in fetched))
+    stages["task"] = _stage([c for c in fetched if c.payload.parts is not None], second,
+                            sum(c.payload.bytes for c in fetched))
     skipped = [c for c in probed if c.failure is not None and c.failure.skipped]
     if history is not None:
         history.record(probed, chosen.peer if chosen else None)

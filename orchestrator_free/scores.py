@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 from functools import cached_property
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,9 @@ from crossback.models.learner import ContinualLearner
 from crossback.models.methods import TaskData
 from crossback.models.perceiver import ENCODER_KV, join_kv
 from crossback.models.training import Split, features
+
+if TYPE_CHECKING:
+    from crossback.orchestrator_free.selection import Candidate
 
 
 
@@ -147,50 +151,55 @@ class Receiver:
     def own_motion(self) -> tuple[Tensor, Tensor]:
         """How our task's K/V moved while it was learned (from the genesis K/V when its start is unknown,
         e.g. after a resume), and which weights it both moved and runs."""
-        start = self.learner.kv_starts.get(self.task)
-        start = self.origin if start is None else start.double()
+        recorded = self.learner.kv_starts.get(self.task)
+        start = self.origin if recorded is None else recorded.double()
+        if start is None:
+            raise ValueError("kv_motion needs the swarm genesis K/V or the task's recorded start")
         now = join_kv(self.learner.extract_kv(self.task)).double()
         return now - start, (now != start) & (now != 0)
 
-    def cheap(self, cand, wanted) -> dict[str, float]:
+    def cheap(self, cand: Candidate, wanted: frozenset[str]) -> dict[str, float]:
         """The K/V + DDV scores in ``wanted`` that ``cand`` (K/V fetched) can have, plus its DDV scores."""
-        out = {}
-        if cand.cos is not None:
-            out |= {"ddv": cand.cos - self.euc_weight * cand.euc, "ddv_cos": cand.cos}
-        kv = cand.kv
+        out: dict[str, float] = {}
+        probe = cand.probe
+        if probe.cos is not None and probe.euc is not None:
+            out |= {"ddv": probe.cos - self.euc_weight * probe.euc, "ddv_cos": probe.cos}
+        kv = probe.kv
         if kv is None or tuple(join_kv(kv).shape) != self.shapes[ENCODER_KV]:
             return out  # another K/V shape (any-shape strategies): the DDV scores only
-        if "kv_motion" in wanted and self.origin is not None:
-            out["kv_motion"] = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, self.origin))
-        if "kv_drift" in wanted and self.origin is not None:
-            out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, self.origin))
+        origin = self.origin
+        if "kv_motion" in wanted and origin is not None:
+            out["kv_motion"] = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, origin))
+        if "kv_drift" in wanted and origin is not None:
+            out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, origin))
         if "logme_kv" in wanted:
             out["logme_kv"] = _timed(cand, "logme_kv", lambda: logme(self.learner, self.task, self.data, kv_parts(kv)))
         return out
 
-    def payload(self, cand, wanted) -> dict[str, float]:
+    def payload(self, cand: Candidate, wanted: frozenset[str]) -> dict[str, float]:
         """The scores in ``wanted`` on ``cand``'s borrowed parts (fetched). They run our task through the
         parts, so they need parts of our shapes; a feature payload (freqkd) gets LogME of its features."""
-        if cand.parts is None:
+        parts = cand.payload.parts
+        if parts is None:
             return {}
-        if "features" in cand.parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
+        if "features" in parts:  # a teacher's features on our paired items (freqkd): how well they give our labels
             if "logme" in wanted:
-                return {"logme": logme_evidence(cand.parts["features"], cand.parts["labels"], self.data.num_classes)}
+                return {"logme": logme_evidence(parts["features"], parts["labels"], self.data.num_classes)}
             return {}
         out = {}
-        if all(tuple(t.shape) == self.shapes.get(n) for n, t in cand.parts.items()):
+        if all(tuple(t.shape) == self.shapes.get(n) for n, t in parts.items()):
             if "local_loss" in wanted:
                 out["local_loss"] = _timed(cand, "local_loss", lambda: local_loss(self.learner, self.task, self.data,
-                                                                                  cand.parts))
+                                                                                  parts))
             if "logme" in wanted:
-                out["logme"] = _timed(cand, "logme", lambda: logme(self.learner, self.task, self.data, cand.parts))
+                out["logme"] = _timed(cand, "logme", lambda: logme(self.learner, self.task, self.data, parts))
         return out
 
 
-def _timed(cand, name: str, compute) -> float:
+def _timed(cand: Candidate, name: str, compute: Callable[[], float]) -> float:
     started = time.perf_counter()
     value = compute()
-    cand.score_seconds[name] = round(time.perf_counter() - started, 5)
+    cand.scores.seconds[name] = round(time.perf_counter() - started, 5)
     return value
 
 
@@ -203,12 +212,13 @@ def check_score(name: str) -> None:
         raise ValueError(f"unknown selection score {name!r}; choose one of {list(SCORES)}")
 
 
-def apply_score(name: str, cands: list, receiver: Receiver, every: bool = False) -> None:
-    """Fill every answered candidate's ``scores`` (score ``name`` and the DDV ones; with ``every``, all
-    that its fetched payloads allow) and rank by ``name`` (``cand.score``; None where it has none)."""
+def apply_score(name: str, cands: list[Candidate], receiver: Receiver, every: bool = False) -> None:
+    """Fill every answered candidate's scores (score ``name`` and the DDV ones; with ``every``, all
+    that its fetched payloads allow) and rank by ``name`` (``cand.scores.rank``; None where it has none)."""
     check_score(name)
     wanted = frozenset(SCORES) if every else frozenset({name})
     for cand in cands:
-        if cand.error is None and (cand.parts is not None or cand.kv is not None or cand.cos is not None):
-            cand.scores |= _finite(receiver.cheap(cand, wanted) | receiver.payload(cand, wanted))
-            cand.score = cand.scores.get(name)
+        if cand.error is None and (cand.payload.parts is not None or cand.probe.kv is not None
+                                   or cand.probe.cos is not None):
+            cand.scores.by_name |= _finite(receiver.cheap(cand, wanted) | receiver.payload(cand, wanted))
+            cand.scores.rank = cand.scores.by_name.get(name)

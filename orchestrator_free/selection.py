@@ -78,7 +78,13 @@ class TaskAtHand:
     """The task a receiver is deciding for: its learner, the task's index and its data (train, val, test)."""
     learner: ContinualLearner
     task: int
-    data: TaskData | None = None
+    data: TaskData | None = None  # None: a probe only (stage 1 needs the learner and the task alone)
+
+    def require_data(self) -> TaskData:
+        """The task's data, for a step that scores, adapts or evaluates on it."""
+        if self.data is None:
+            raise ValueError(f"task {self.task}: this step needs the task's data (TaskAtHand.data)")
+        return self.data
 
 
 @dataclass(frozen=True)
@@ -94,34 +100,55 @@ class PeerAccess:
 
 
 @dataclass
-class Candidate:
-    peer: str
-    address: str
+class Probe:
+    """What stage 1 brought back from a candidate: its info, its published K/V and its DDV answer."""
     modality: str = "?"
+    genesis: str = ""
+    advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
+    kv: dict[str, Tensor] | None = field(default=None, repr=False)
     cos: float | None = None
     euc: float | None = None
-    score: float | None = None
     latency: float | None = None
-    bytes: int = 0
-    snapshot_version: int = 0
-    failure: Reason | None = None  # why it was skipped or failed (None: it answered)
-    scores: dict[str, float] = field(default_factory=dict)  # every scoring function's value
-    genesis: str = ""
-    origin: str | None = None  # the node that learned most of what would be borrowed (provenance)
-    kv: dict[str, Tensor] | None = field(default=None, repr=False)
-    parts: dict[str, Tensor] | None = field(default=None, repr=False)  # what the strategy borrows
-    origins: dict[str, str] = field(default_factory=dict, repr=False)  # part name -> its learner
-    # the parts plus what a strategy's extra kind fetched for an arm (see fetch_extra)
-    payload: dict[str, Tensor] | None = field(default=None, repr=False)
-    extra: dict | None = None  # the extra payload's summary (mona: the peer's outer-loss figures)
-    kv_bytes: int = 0  # stage 1: K/V + DDV reply
-    payload_bytes: int = 0  # stage 2: what the strategy borrows (0 unless shortlisted, chosen or an arm)
-    payload_seconds: float | None = None
-    shortlisted: bool = False
-    late: bool = False  # missed a stage's deadline (its call may still finish; its result is ignored)
-    score_seconds: dict[str, float] = field(default_factory=dict)  # compute time of each score
-    advertised: dict[str, str] = field(default_factory=dict, repr=False)  # the peer's provenance list
+    bytes: int = 0  # the K/V and DDV replies of stage 1
     reprobed: bool = False  # its snapshot moved between the stages: stage 1 ran again on the new one
+
+
+@dataclass
+class Payload:
+    """What stage 2 brought (for a shortlisted, chosen or experiment candidate): the parts the strategy
+    borrows with their provenance, and what a strategy's extra kind fetched for an arm (``fetch_extra``)."""
+    parts: dict[str, Tensor] | None = field(default=None, repr=False)
+    origins: dict[str, str] = field(default_factory=dict, repr=False)  # part name -> the node that learned it
+    origin: str | None = None  # the node that learned most of what would be borrowed (provenance)
+    arm_input: dict[str, Tensor] | None = field(default=None, repr=False)  # the parts plus the extra payload
+    extra: dict | None = None  # the extra payload's summary (mona: the peer's outer-loss figures)
+    bytes: int = 0
+    seconds: float | None = None
+
+
+@dataclass
+class Scores:
+    """How a candidate was ranked: every scoring function's value and compute time, the ranking score."""
+    by_name: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    rank: float | None = None  # what the selection ranks by (None: not ranked)
+    shortlisted: bool = False
+
+
+@dataclass
+class Candidate:
+    """One peer in one selection: what each stage brought and how it scored. ``failure`` (None: it
+    answered) says why it was skipped or failed; ``late``: it missed a stage's deadline (its call may
+    still finish; its result is ignored)."""
+    peer: str
+    address: str
+    probe: Probe = field(default_factory=Probe)
+    payload: Payload = field(default_factory=Payload)
+    scores: Scores = field(default_factory=Scores)
+    snapshot_version: int = 0  # the snapshot everything it brought came from
+    bytes: int = 0  # everything received from it in this selection (re-probes and extra payloads included)
+    failure: Reason | None = None
+    late: bool = False
 
     @property
     def error(self) -> str | None:
@@ -129,9 +156,15 @@ class Candidate:
         return self.failure.text if self.failure is not None else None
 
     def public(self) -> dict:
-        out = {k: v for k, v in vars(self).items()
-               if k not in ("kv", "parts", "origins", "payload", "advertised", "failure")}
-        return out | {"error": self.error, "error_kind": self.failure.kind if self.failure else None}
+        """What the log shows of it (one flat record)."""
+        probe, payload, scores = self.probe, self.payload, self.scores
+        return {"peer": self.peer, "address": self.address, "modality": probe.modality, "cos": probe.cos,
+                "euc": probe.euc, "score": scores.rank, "latency": probe.latency, "bytes": self.bytes,
+                "snapshot_version": self.snapshot_version, "scores": scores.by_name, "genesis": probe.genesis,
+                "origin": payload.origin, "extra": payload.extra, "kv_bytes": probe.bytes,
+                "payload_bytes": payload.bytes, "payload_seconds": payload.seconds, "shortlisted": scores.shortlisted,
+                "late": self.late, "score_seconds": scores.seconds, "reprobed": probe.reprobed, "error": self.error,
+                "error_kind": self.failure.kind if self.failure else None}
 
 
 def zscore(v: Tensor) -> Tensor:
@@ -233,89 +266,99 @@ def _probe_one(client, cand: Candidate, at: TaskAtHand, cfg: SelectionConfig, wa
     serves them) — what every cheap score needs, a few % of the model."""
     started = time.perf_counter()
     expected = kv_shapes(at.learner.cfg)
+    probe = cand.probe
     try:
         info = client.get_info()
-        cand.modality, cand.snapshot_version, cand.genesis = info.modality, info.snapshot_version, info.genesis
+        probe.modality, cand.snapshot_version, probe.genesis = info.modality, info.snapshot_version, info.genesis
         served = set(info.payload_kinds)
         required = {want.borrow} | set(want.needs) | cfg.kinds_needed()
         cand.failure = _eligibility(info, at.learner, cfg, required, genesis, want.any_shape)
         if cand.failure is None:
-            cand.advertised = _origins(info, cand.peer)
+            probe.advertised = _origins(info, cand.peer)
             if "kv" in served:
                 same = info.kv_shapes == expected
                 kv, version = client.fetch_kv(expected=expected if same else None, min_version=1)
-                cand.kv = kv if same else foreign_kv(kv, cand.peer)
+                probe.kv = kv if same else foreign_kv(kv, cand.peer)
                 cand.snapshot_version = version
-                cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
+                probe.bytes += _nbytes(kv)
                 if "ddv" in served:
-                    (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, at, kv if same else None, cfg.probe,
-                                                                     cfg.euc_weight, version)
-                    cand.bytes += reply_bytes
+                    (probe.cos, probe.euc, _), reply_bytes = ddv_score(client, at, kv if same else None, cfg.probe,
+                                                                       cfg.euc_weight, version)
+                    probe.bytes += reply_bytes
     except (PeerCallError, WireError, ValueError) as exc:
         _failed(cand, exc)
-    cand.latency = round(time.perf_counter() - started, 4)
-    cand.kv_bytes = cand.bytes
+    probe.latency = round(time.perf_counter() - started, 4)
+    cand.bytes += probe.bytes
     return cand
+
+
+def _nbytes(tensors: dict[str, Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def fetch_parts(client, cand: Candidate, learner: ContinualLearner, task: int, want: Want | str,
                 reprobe: Callable[[object, Candidate, int], None] | None = None) -> bool:
-    """Stage 2, for a shortlisted or chosen candidate: what the strategy borrows (``cand.parts``, with
-    its provenance), from the snapshot its K/V came from. A peer that published a new snapshot since
+    """Stage 2, for a shortlisted or chosen candidate: what the strategy borrows (``cand.payload.parts``,
+    with its provenance), from the snapshot its K/V came from. A peer that published a new snapshot since
     stage 1 is probed once more on it (``reprobe(client, cand, version)``, see ``reprobe_with``) and
     kept when its K/V and payload then agree. False (``cand.error`` says why) when it could not be had."""
-    if cand.parts is not None:
+    got = cand.payload
+    if got.parts is not None:
         return True
     want = _want(want)
-    borrow = want.borrow
     started = time.perf_counter()
     try:
-        if want.features:  # a teacher's features on our paired items (freqkd)
-            if want.pairs is None:
-                raise ValueError(f"borrowing {borrow} needs items to pair")
-            cand.parts, cand.snapshot_version, received = fetch_pairs(client, want.pairs, cand.peer)
-            cand.payload_bytes = received
-        elif borrow == "kv" and cand.kv is not None:
-            cand.parts = kv_parts(cand.kv)
-        else:
-            received, version = client.fetch_payload(borrow, min_version=max(cand.snapshot_version, 1))
-            if cand.kv is not None and version != cand.snapshot_version:
-                moved = f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}"
-                if reprobe is None or cand.reprobed:
-                    raise WireError(moved)
-                cand.reprobed = True  # it published between the stages (it learns too): once more, on the new one
-                reprobe(client, cand, version)
-                if version != cand.snapshot_version:
-                    raise WireError(f"{moved}; probed again, its K/V came from {cand.snapshot_version}")
-            cand.snapshot_version = version
-            cand.payload_bytes = sum(t.numel() * t.element_size() for t in received.values())
-            own = learner.part_shapes(task)
-            fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
-            cand.parts = (foreign_parts(borrow, received, own, cand.peer) if want.any_shape and not fits
-                          else accept_parts(borrow, received, own))
-        cand.origins = {n: cand.advertised.get(n, cand.peer) for n in cand.parts}
-        cand.origin = _dominant(cand.origins, cand.parts)
+        got.parts = _fetch_parts(client, cand, learner.part_shapes(task), want, reprobe)
+        got.origins = {n: cand.probe.advertised.get(n, cand.peer) for n in got.parts}
+        got.origin = _dominant(got.origins, got.parts)
     except (PeerCallError, NoPairs, WireError, ValueError) as exc:
         _failed(cand, exc)
-    cand.bytes += cand.payload_bytes
-    cand.payload_seconds = round(time.perf_counter() - started, 4)
+    cand.bytes += got.bytes
+    got.seconds = round(time.perf_counter() - started, 4)
     if cand.error is not None:
-        cand.parts = None
+        got.parts = None
     return cand.error is None
+
+
+def _fetch_parts(client, cand: Candidate, own: dict[str, tuple[int, ...]], want: Want,
+                 reprobe: Callable[[object, Candidate, int], None] | None) -> dict[str, Tensor]:
+    """The parts ``want`` borrows from ``cand`` (``cand.payload.bytes``: what they took to receive)."""
+    borrow, kv = want.borrow, cand.probe.kv
+    if want.features:  # a teacher's features on our paired items (freqkd)
+        if want.pairs is None:
+            raise ValueError(f"borrowing {borrow} needs items to pair")
+        parts, cand.snapshot_version, cand.payload.bytes = fetch_pairs(client, want.pairs, cand.peer)
+        return parts
+    if borrow == "kv" and kv is not None:
+        return kv_parts(kv)
+    received, version = client.fetch_payload(borrow, min_version=max(cand.snapshot_version, 1))
+    if kv is not None and version != cand.snapshot_version:
+        moved = f"peer sent {borrow} of snapshot {version}, its K/V came from {cand.snapshot_version}"
+        if reprobe is None or cand.probe.reprobed:
+            raise WireError(moved)
+        cand.probe.reprobed = True  # it published between the stages (it learns too): once more, on the new one
+        reprobe(client, cand, version)
+        if version != cand.snapshot_version:
+            raise WireError(f"{moved}; probed again, its K/V came from {cand.snapshot_version}")
+    cand.snapshot_version = version
+    cand.payload.bytes = _nbytes(received)
+    fits = all(n in received and tuple(received[n].shape) == own[n] for n in part_names(borrow, own))
+    return (foreign_parts(borrow, received, own, cand.peer) if want.any_shape and not fits
+            else accept_parts(borrow, received, own))
 
 
 def reprobe_with(learner: ContinualLearner, task: int, cfg: SelectionConfig):
     """Stage 1's tensors again for a candidate whose snapshot moved to ``version`` (or later): its K/V
     and, where it answered one, its DDV, both from the snapshot it serves now."""
     def reprobe(client, cand: Candidate, version: int) -> None:
-        expected = kv_shapes(learner.cfg)
-        same = {n: tuple(t.shape) for n, t in cand.kv.items()} == expected
+        expected, probe = kv_shapes(learner.cfg), cand.probe
+        same = probe.kv is not None and {n: tuple(t.shape) for n, t in probe.kv.items()} == expected
         kv, now = client.fetch_kv(expected=expected if same else None, min_version=version)
-        cand.kv, cand.snapshot_version = (kv if same else foreign_kv(kv, cand.peer)), now
-        cand.bytes += sum(t.numel() * t.element_size() for t in kv.values())
-        if cand.cos is not None:
-            (cand.cos, cand.euc, _), reply_bytes = ddv_score(client, TaskAtHand(learner, task), kv if same else None,
-                                                             cfg.probe, cfg.euc_weight, now)
+        probe.kv, cand.snapshot_version = (kv if same else foreign_kv(kv, cand.peer)), now
+        cand.bytes += _nbytes(kv)
+        if probe.cos is not None:
+            (probe.cos, probe.euc, _), reply_bytes = ddv_score(client, TaskAtHand(learner, task), kv if same else None,
+                                                               cfg.probe, cfg.euc_weight, now)
             cand.bytes += reply_bytes
     return reprobe
 
@@ -345,7 +388,7 @@ def _parallel(fn, items: list, deadline: float, what: str) -> None:
         f.cancel()
         futures[f].late = True
         futures[f].failure = late(deadline, what)
-        futures[f].score = None
+        futures[f].scores.rank = None
     pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -370,12 +413,12 @@ def fetch_all(learner: ContinualLearner, task: int, cands: list[Candidate], clie
     want = _want(want)
     reprobe = reprobe_with(learner, task, cfg)
     _parallel(lambda c: fetch_parts(clients.get(c.address, c.peer), c, learner, task, want, reprobe),
-              [c for c in cands if c.parts is None], cfg.deadline, want.borrow)
+              [c for c in cands if c.payload.parts is None], cfg.deadline, want.borrow)
 
 
 def _value(name: str | None):
-    """A candidate's score ``name`` (None: its ranking ``score``), None where it has none."""
-    return (lambda c: c.score) if name is None else (lambda c: c.scores.get(name))
+    """A candidate's score ``name`` (None: its ranking score), None where it has none."""
+    return (lambda c: c.scores.rank) if name is None else (lambda c: c.scores.by_name.get(name))
 
 
 def ranked(cands: list[Candidate], name: str | None = None) -> list[Candidate]:
@@ -398,20 +441,21 @@ def choose(cands: list[Candidate], name: str | None = None) -> tuple[Candidate |
 
 def fetch_extra(client, cand: Candidate, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor]:
     """The payload an arm of a strategy with an ``extra`` kind runs on (``strategy.fetch_extra``, once
-    per candidate, kept in ``cand.payload``). Raises WireError / PeerCallError."""
-    if cand.payload is not None:
-        return cand.payload
-    got = strategy.fetch_extra(client, cand.peer, cand.parts, cand.snapshot_version, own)
-    cand.extra, cand.snapshot_version, cand.parts, cand.payload = got.summary, got.snapshot_version, got.parts, got.payload
+    per candidate, kept in ``cand.payload.arm_input``). Raises WireError / PeerCallError."""
+    mine = cand.payload
+    if mine.arm_input is not None:
+        return mine.arm_input
+    got = strategy.fetch_extra(client, cand.peer, mine.parts, cand.snapshot_version, own)
+    mine.extra, cand.snapshot_version, mine.parts, mine.arm_input = got.summary, got.snapshot_version, got.parts, got.payload
     cand.bytes += got.nbytes
-    return cand.payload
+    return got.payload
 
 
 def arm_payload(clients, cand: Candidate | None, strategy, own: dict[str, tuple[int, ...]]) -> dict[str, Tensor] | None:
     """What ``strategy`` adapts on for ``cand`` (None: no peer, or the extra payload could not be had,
     in which case ``cand.error`` says why and the candidate gets no arm)."""
     if cand is None or strategy.extra is None:
-        return cand.parts if cand else None
+        return cand.payload.parts if cand else None
     try:
         return fetch_extra(clients.get(cand.address, cand.peer), cand, strategy, own)
     except PeerCallError as exc:

@@ -70,22 +70,22 @@ def select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, strategy) -
         access = dataclasses.replace(access, peers=history.pick(access.peers, cfg.max_candidates, task))
     want = Want.of(strategy, data)
     probed = probe_candidates(at, access, cfg, want, parts=False)
-    receiver = Receiver(learner, task, data, cfg.euc_weight)
+    receiver = Receiver(learner, task, at.require_data(), cfg.euc_weight)
     answered = [c for c in probed if c.error is None]
     if cfg.cheap:
         apply_score(cfg.score, answered, receiver, cfg.log_scores)
-    stages = {"probe": _stage(answered, started, sum(c.kv_bytes for c in probed))}
+    stages = {"probe": _stage(answered, started, sum(c.probe.bytes for c in probed))}
     second = time.perf_counter()
     shortlist, mode = shortlist_of(answered, cfg)
     fetch_all(learner, task, shortlist, clients, cfg, want)
     while mode == CONFIRM and not any(c.error is None for c in shortlist):
         # peers that win stage 1 and fail stage 2 must not deny the selection: the next ones, twice as
         # many each round (a few rounds, each under the deadline, even against many such peers)
-        more = [c for c in ranked(answered) if not c.shortlisted][: 2 * len(shortlist)]
+        more = [c for c in ranked(answered) if not c.scores.shortlisted][: 2 * len(shortlist)]
         if not more:
             break
         for c in more:
-            c.shortlisted = True
+            c.scores.shortlisted = True
         fetch_all(learner, task, more, clients, cfg, want)
         shortlist += more
     if mode == CHEAP:  # the cheap score alone: the payload of its best candidate that can hand it over
@@ -97,14 +97,15 @@ def select(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, strategy) -
         apply_score(name, [c for c in shortlist if c.error is None], receiver, cfg.log_scores)
         rank = cfg.score if mode == CONFIRM else name  # what each candidate is listed as ranked by
         for c in shortlist:
-            c.score = c.scores.get(rank) if c.error is None else None
+            c.scores.rank = c.scores.by_name.get(rank) if c.error is None else None
     skipped = [c for c in probed if c.failure is not None and c.failure.skipped]  # stage 2 can skip too (freqkd)
     cands = [c for c in probed if c not in skipped]
     chosen, reason, name = decide(cands, shortlist, mode, cfg)
-    fetched = [c for c in cands if c.payload_bytes or c.parts is not None]
-    stages["payload"] = _stage(fetched, second, sum(c.payload_bytes for c in cands))
-    if chosen is not None and chosen.parts is None:
-        chosen, reason = None, f"{chosen.peer}: {chosen.error}"
+    fetched = [c for c in cands if c.payload.bytes or c.payload.parts is not None]
+    stages["payload"] = _stage(fetched, second, sum(c.payload.bytes for c in cands))
+    if chosen is not None and chosen.payload.parts is None:
+        reason = f"{chosen.peer}: {chosen.error}"
+        chosen = None
     history.record(probed, chosen.peer if chosen else None)
     return Selection(chosen, reason, cands, skipped, name, stages)
 
@@ -128,9 +129,10 @@ def shortlist_of(answered: list[Candidate], cfg: SelectionConfig) -> tuple[list[
     elif cfg.shortlist == 0:
         shortlist, mode = [], CHEAP
     else:
-        shortlist, mode = ranked(answered)[: None if cfg.shortlist == "all" else cfg.shortlist], CONFIRM
+        top = None if cfg.shortlist == "all" else int(cfg.shortlist)
+        shortlist, mode = ranked(answered)[:top], CONFIRM
     for c in shortlist:
-        c.shortlisted = True
+        c.scores.shortlisted = True
     return shortlist, mode
 
 

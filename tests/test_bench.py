@@ -61,9 +61,12 @@ def test_every_arm_starts_from_the_same_local_model_with_the_control_beside_the_
             assert set(c["scores"]) == SCORED  # no genesis: no kv_motion / kv_drift
             assert c["facts"]["changed_fraction"] > 0.5 and c["facts"]["borrowed_tensors"] > 10  # the backbone ran
         arms = unit_arms(rec)
-        assert set(arms) == {"none", "untrained", "random", "kept", "oracle"} | {f"selected:{s}" for s in SCORED} | {
-            f"selected:{s}>{k}" for s in ("ddv", "logme_kv") for k in (1, 2, 3)}
-        assert arms["oracle"] == max(peers[n]["test"] for n in ("low", "high"))
+        assert set(arms) == {"none", "untrained", "random", "kept", "oracle", "oracle_test", "oracle_null"} | {
+            f"selected:{s}" for s in SCORED} | {f"selected:{s}>{k}" for s in ("ddv", "logme_kv") for k in (1, 2, 3)}
+        by_val = max(("low", "high"), key=lambda n: (peers[n]["val"], -peers[n]["val_loss"]))
+        assert arms["oracle"] == peers[by_val]["test"]  # picked on validation, reported on test
+        assert arms["oracle_test"] == max(peers[n]["test"] for n in ("low", "high"))
+        assert arms["oracle_null"] > arms["none"]  # the best of 2 zero-effect arms still reads above none
         assert arms["random"] == pytest.approx((peers["low"]["test"] + peers["high"]["test"]) / 2)
         assert rec["kept"] in ("selected", "none") and rec["keep_reason"]
 
@@ -80,6 +83,36 @@ def test_report_pairs_each_arm_with_none_and_the_control(bench_run):
     assert set(result["groups"]) == {"all"} and set(result["groups"]["all"]["scores"]) == SCORED | {
         f"{s}>{k}" for s in ("ddv", "logme_kv") for k in (1, 2, 3)}
     assert any("wide" in s and "KV shapes" in s for s in result["skipped"])
+
+
+def _unit(none: float, cands: list[tuple[str, float, float]], test_items: int = 200) -> dict:
+    """A unit record: ``none``'s test accuracy and trained candidates (peer, val, test)."""
+    return {"none": {"test": none}, "kept_test": none, "samples": {"test": test_items}, "seed": 0, "receiver": "rx",
+            "shots": 2, "task": "t", "path": "backbone",
+            "candidates": [{"peer": p, "control": False, "error": None, "val": v, "val_loss": 1.0, "test": t,
+                            "scores": {"logme": -i}} for i, (p, v, t) in enumerate(cands)]}
+
+
+def test_the_oracle_picks_on_validation_and_the_test_picked_maximum_is_only_an_upper_bound():
+    rec = _unit(0.50, [("a", 0.9, 0.52), ("b", 0.4, 0.61), ("c", 0.7, 0.49)])
+    arms = unit_arms(rec)
+    assert arms["oracle"] == 0.52  # a validated best; b's 0.61 on test is what hindsight on test would claim
+    assert arms["oracle_test"] == 0.61
+    assert arms["selected:logme"] == 0.52  # logme ranks a first: no regret against the honest oracle
+    from crossback.bench.report import score_table
+    table = score_table([rec], {"resamples": 200, "confidence": 0.95, "seed": 0})
+    assert table["logme"]["regret"]["mean"] == 0.0 and table["logme"]["picked_best"] == 1.0
+
+
+def test_the_no_effect_null_is_the_expected_best_of_k_binomial_draws():
+    import numpy as np
+    from crossback.bench.report import expected_max_excess
+    draws = np.random.default_rng(0).binomial(150, 0.6, size=(100_000, 4)).max(axis=1) / 150
+    assert expected_max_excess(0.6, 150, 4) == pytest.approx(draws.mean() - 0.6, abs=5e-4)
+    assert expected_max_excess(0.6, 150, 1) == pytest.approx(0.0, abs=1e-12)  # one arm: no selection, no bias
+    assert expected_max_excess(0.6, 600, 4) < expected_max_excess(0.6, 150, 4)  # more test items, less noise
+    rec = _unit(0.6, [(p, 0.5, 0.6) for p in "abcd"], test_items=150)
+    assert unit_arms(rec)["oracle_null"] - 0.6 == pytest.approx(expected_max_excess(0.6, 150, 4))
 
 
 def test_rerun_resumes_and_a_fresh_run_reproduces_the_numbers(bench_run, tmp_path):

@@ -182,8 +182,8 @@ def test_selection_skips_peers_of_another_genesis_and_peers_that_do_not_serve_th
         peers = [(name, address) for name, (_, address, _) in zip(("full", "kvonly", "alien"), served)]
         cands = {c.peer: c for c in probe_candidates(TaskAtHand(local, 1), PeerAccess("rx", peers, clients, mine), SELECT,
                                                      "backbone")}
-        assert cands["full"].error is None and set(cands["full"].parts) == set(part_names("backbone", local.part_shapes(1)))
-        assert cands["full"].origin == "full" and cands["full"].cos is not None
+        assert cands["full"].error is None and set(cands["full"].payload.parts) == set(part_names("backbone", local.part_shapes(1)))
+        assert cands["full"].payload.origin == "full" and cands["full"].probe.cos is not None
         assert cands["kvonly"].failure.kind == "not_served" and "does not serve ['backbone']" in cands["kvonly"].error
         assert cands["alien"].failure.kind == "other_genesis" and "genesis" in cands["alien"].error
     finally:
@@ -203,7 +203,7 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
         (cand,) = probe_candidates(TaskAtHand(b, 1), PeerAccess("b", list(addresses.items()), clients, mine), SELECT,
                                    "backbone")
         clients.close()
-    CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator())
+    CrossBackTransfer("backbone").adapt(b, 1, digits_tasks[1], cand.payload.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator())
     record_provenance(b, 1, cand, "backbone")
     snap_b = _snapshot(b, tmp_path, "B")
     assert set(snap_b.origins().values()) == {"A"}
@@ -213,8 +213,8 @@ def test_re_served_parts_name_the_node_that_learned_them(learned, digits_tasks, 
         (via_b,) = probe_candidates(TaskAtHand(b, 0), access, SELECT, "backbone")
         (kv_b,) = probe_candidates(TaskAtHand(b, 0), access, SELECT, "kv")
         clients.close()
-    assert via_b.error is None and via_b.origin == "A"  # the body B serves is A's
-    assert kv_b.origin == "A"  # same input layout: B borrowed A's K/V with the rest
+    assert via_b.error is None and via_b.payload.origin == "A"  # the body B serves is A's
+    assert kv_b.payload.origin == "A"  # same input layout: B borrowed A's K/V with the rest
 
 
 def test_logme_prefers_features_that_separate_the_classes():

@@ -200,15 +200,15 @@ def _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B"):
 def test_freqkd_distils_on_public_pairs_and_leaves_every_earlier_task_bit_identical(tasks, teacher, tmp_path):
     strategy = FreqKDTransfer(FreqKDConfig(), PUBLIC)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy)
-    assert cand.error is None and cand.modality == "text" and "logme" in cand.scores and cand.score is not None
+    assert cand.error is None and cand.probe.modality == "text" and "logme" in cand.scores.by_name and cand.scores.rank is not None
     asked = strategy.pairs_for(data)
-    assert cand.parts["features"].shape == (len(asked.keys), 32)  # the teacher holds every public item
-    assert cand.bytes >= cand.parts["features"].numel() * 4
+    assert cand.payload.parts["features"].shape == (len(asked.keys), 32)  # the teacher holds every public item
+    assert cand.bytes >= cand.payload.parts["features"].numel() * 4
     probe = tasks["image", "A"].test.inputs
     before = predict(student, 0, probe)
     earlier = {n: t.clone() for n, t in student.task_params[0].items()}
     own_b = {n: t.clone() for n, t in student.task_params[1].items()}
-    facts = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(0))
+    facts = strategy.adapt(student, 1, data, cand.payload.parts, ADAPT, torch.Generator().manual_seed(0))
     assert torch.equal(predict(student, 0, probe), before)
     assert all(torch.equal(student.task_params[0][n], t) for n, t in earlier.items())
     assert any(not torch.equal(student.task_params[1][n], t) for n, t in own_b.items())
@@ -230,7 +230,7 @@ def test_the_none_arm_has_no_teacher_terms_and_the_same_seed_gives_the_same_task
     runs = []
     for _ in range(2):
         student.set_task_state(1, base)
-        taught = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(3))
+        taught = strategy.adapt(student, 1, data, cand.payload.parts, ADAPT, torch.Generator().manual_seed(3))
         runs.append(predict(student, 1, data.test.inputs))
     assert torch.equal(runs[0], runs[1])
     losses = lambda facts: {k for k in facts if k.startswith("loss_")}  # noqa: E731
@@ -243,8 +243,8 @@ def test_the_none_arm_has_no_teacher_terms_and_the_same_seed_gives_the_same_task
 def test_shared_ids_teach_only_the_items_the_teacher_holds(tasks, teacher, tmp_path):
     strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="A")
-    assert cand.error is None and len(cand.parts["matched"]) == len(set(data.train.items))
-    facts = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(0))
+    assert cand.error is None and len(cand.payload.parts["matched"]) == len(set(data.train.items))
+    facts = strategy.adapt(student, 1, data, cand.payload.parts, ADAPT, torch.Generator().manual_seed(0))
     assert facts["taught_samples"] == len(data.train) and "loss_pair_task" not in facts
     student_b, data_b, cand_b = _student_and_candidate(tasks, teacher, tmp_path, strategy, task_name="B")
     assert cand_b.failure.kind == "no_pairs" and "holds none" in cand_b.error  # the teacher never saw B's items
@@ -253,14 +253,14 @@ def test_shared_ids_teach_only_the_items_the_teacher_holds(tasks, teacher, tmp_p
 def test_the_ablation_without_band_split_distils_the_whole_feature(tasks, teacher, tmp_path):
     strategy = FreqKDTransfer(FreqKDConfig(decouple=False), PUBLIC)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy)
-    facts = strategy.adapt(student, 1, data, cand.parts, ADAPT, torch.Generator().manual_seed(0))
+    facts = strategy.adapt(student, 1, data, cand.payload.parts, ADAPT, torch.Generator().manual_seed(0))
     assert facts["loss_mse"] > 0 and "loss_low" not in facts and "loss_align_teacher1" not in facts
 
 
 def test_a_teacher_of_another_width_is_bridged_by_a_projection(tasks, teacher, tmp_path):
     strategy = FreqKDTransfer(FreqKDConfig(), PUBLIC)
     student, data, cand = _student_and_candidate(tasks, teacher, tmp_path, strategy)
-    wide = dict(cand.parts, features=torch.randn(len(cand.parts["matched"]), 48, generator=torch.Generator().manual_seed(1)))
+    wide = dict(cand.payload.parts, features=torch.randn(len(cand.payload.parts["matched"]), 48, generator=torch.Generator().manual_seed(1)))
     facts = strategy.adapt(student, 1, data, wide, ADAPT, torch.Generator().manual_seed(0))
     assert facts["projection"] is True and facts["loss_low"] > 0
 

@@ -106,7 +106,7 @@ def test_every_lie_is_refused_with_its_reason_and_the_honest_peer_is_chosen(swar
         pool.close()
     assert time.monotonic() - started < cfg.deadline
     by_peer = {c.peer: c for c in cands}
-    assert by_peer["honest"].error is None and by_peer["honest"].score is not None
+    assert by_peer["honest"].error is None and by_peer["honest"].scores.rank is not None
     for lie, reason in LIES.items():
         cand = by_peer[f"liar-{lie}"]
         assert cand.error is not None and reason in cand.error, (lie, cand.error)

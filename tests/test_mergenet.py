@@ -146,11 +146,11 @@ def test_peers_of_another_model_size_are_candidates_for_mergenet_only(two_sizes,
         finally:
             clients.close()
     assert plain.failure.kind == "kv_shapes" and "KV shapes" in plain.error
-    assert merge.error is None and merge.parts[ENCODER_KV].shape == (48, 48) and merge.cos is not None
+    assert merge.error is None and merge.payload.parts[ENCODER_KV].shape == (48, 48) and merge.probe.cos is not None
     apply_score("ddv", [merge], Receiver(local, 1, digits_tasks[1], SELECT.euc_weight))
-    assert set(merge.scores) == {"ddv", "ddv_cos"}  # scores that run our task through its parts need our shapes
+    assert set(merge.scores.by_name) == {"ddv", "ddv_cos"}  # scores that run our task through its parts need our shapes
     facts = MergeNetTransfer(MergeNetConfig(rank=4, dim=16, heads=4)).adapt(
-        local, 1, digits_tasks[1], merge.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator().manual_seed(0))
+        local, 1, digits_tasks[1], merge.payload.parts, AdaptOptions(epochs=1, train=OPTS), torch.Generator().manual_seed(0))
     assert facts["source_shape"] == [48, 48]
 
 
@@ -168,12 +168,12 @@ def test_mergenet_can_transfer_into_the_latent_array_across_shapes(digits_tasks,
                                        Want("latents", any_shape=True))
         finally:
             clients.close()
-    assert cand.error is None and cand.parts["core.latents"].shape == (12, 48)
+    assert cand.error is None and cand.payload.parts["core.latents"].shape == (12, 48)
     task0 = predict(local, 0, digits_tasks[0].test.inputs)
     latents0 = local.task_params[0]["core.latents"].clone()
     strategy = MergeNetTransfer(MergeNetConfig(matrix="latents", rank=4, dim=16, heads=4))
     assert strategy.needs == {"latents"}
-    facts = strategy.adapt(local, 1, digits_tasks[1], cand.parts, AdaptOptions(epochs=2, train=OPTS), torch.Generator().manual_seed(0))
+    facts = strategy.adapt(local, 1, digits_tasks[1], cand.payload.parts, AdaptOptions(epochs=2, train=OPTS), torch.Generator().manual_seed(0))
     assert facts["matrix"] == "core.latents" and facts["source_shape"] == [12, 48] and facts["generations"] > 0
     assert local.own_copies(1) == []  # the latents were the task's own already: no copy of a shared matrix
     assert torch.equal(predict(local, 0, digits_tasks[0].test.inputs), task0)

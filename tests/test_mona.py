@@ -20,7 +20,8 @@ from crossback.node.outer_grad import OuterGradService
 from crossback.node.server import NodeIdentity, PeerServicer, bind, serve
 from crossback.node.snapshot import Snapshot
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Want, fetch_extra, probe_candidates
+from crossback.orchestrator_free.selection import (PeerAccess, TaskAtHand, Candidate, Payload, Want, fetch_extra,
+                                                  probe_candidates)
 from crossback.config.selection import SelectionConfig
 from crossback.node.transport import ClientPool, PeerClient
 from crossback.transfer.alignment import alignment_uniformity, body_names, outer_gradient, outer_loss
@@ -198,14 +199,14 @@ def test_fetch_outer_grad_serves_the_body_and_its_gradient_never_the_items(digit
             resent, _, _, _ = client.fetch_outer_grad(held=(2, shapes))  # another version: the body comes along
             assert set(resent) == set(body)
             own = learned(digits_tasks[1:2], seed=4)
-            cand = Candidate("donor", addresses["donor"], snapshot_version=1, parts=dict(body))
+            cand = Candidate("donor", addresses["donor"], snapshot_version=1, payload=Payload(parts=dict(body)))
             payload = fetch_extra(client, cand, MonaTransfer(MonaConfig(outer_batches=2)), own.part_shapes(0))
-            assert cand.extra["batch_count"] == 2 and cand.parts == body  # the body selection fetched is used
+            assert cand.payload.extra["batch_count"] == 2 and cand.payload.parts == body  # the body selection fetched is used
             assert cand.bytes == sum(t.numel() * t.element_size() for t in grad.values())  # only the gradient moved
             assert {n for n in payload if n.startswith(OUTER_GRAD)} == {OUTER_GRAD + n for n in body}
             fresh = Candidate("donor", addresses["donor"], snapshot_version=1)  # nothing held: body and gradient
             fetch_extra(client, fresh, MonaTransfer(), own.part_shapes(0))
-            assert set(fresh.parts) == set(body) and fresh.bytes == 2 * cand.bytes
+            assert set(fresh.payload.parts) == set(body) and fresh.bytes == 2 * cand.bytes
         finally:
             client.close()
         bare_client = PeerClient(addresses["bare"], "rx")

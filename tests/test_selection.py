@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from crossback.orchestrator_free.reasons import call_failed
-from crossback.orchestrator_free.selection import Candidate, choose, score_ddvs, zscore
+from crossback.orchestrator_free.selection import Candidate, Payload, Probe, Scores, choose, score_ddvs, zscore
 
 
 def test_identical_ddvs_score_highest():
@@ -31,8 +31,9 @@ def test_zscore_of_a_constant_is_zero():
 
 
 def test_choose_is_argmax_of_score_with_deterministic_ties():
-    cands = [Candidate("c", "h:3", score=0.4), Candidate("b", "h:2", score=0.9), Candidate("a", "h:1", score=0.9),
-             Candidate("d", "h:4", score=2.0, failure=call_failed("UNAVAILABLE", "gone"))]
+    cands = [Candidate("c", "h:3", scores=Scores(rank=0.4)), Candidate("b", "h:2", scores=Scores(rank=0.9)),
+             Candidate("a", "h:1", scores=Scores(rank=0.9)),
+             Candidate("d", "h:4", scores=Scores(rank=2.0), failure=call_failed("UNAVAILABLE", "gone"))]
     chosen, reason = choose(cands)
     assert chosen.peer == "a" and "margin 0.0000" in reason  # tie broken by peer id; failed peer ignored
 
@@ -81,22 +82,22 @@ def test_local_loss_is_the_validation_loss_through_the_candidates_kv(digits_task
     data = digits_tasks[0]
     learn_task(learner, data, MethodConfig(), TrainOptions(epochs=1, batch_size=64))
     kv = learner.extract_kv(0)
-    own = Candidate("own", "h:1", cos=0.5, euc=0.2, kv=kv, parts=kv_parts(kv))
+    own = Candidate("own", "h:1", Probe(cos=0.5, euc=0.2, kv=kv), Payload(parts=kv_parts(kv)))
     g = torch.Generator().manual_seed(3)
-    other_kv = {n: torch.randn(t.shape, generator=g) for n, t in own.kv.items()}
-    other = Candidate("other", "h:2", cos=0.1, euc=0.4, kv=other_kv, parts=kv_parts(other_kv))
+    other_kv = {n: torch.randn(t.shape, generator=g) for n, t in own.probe.kv.items()}
+    other = Candidate("other", "h:2", Probe(cos=0.1, euc=0.4, kv=other_kv), Payload(parts=kv_parts(other_kv)))
     failed = Candidate("gone", "h:3", failure=call_failed("UNAVAILABLE", "down"))
     apply_score("local_loss", [own, other, failed], Receiver(learner, 0, data, euc_weight=0.5))
-    assert set(own.scores) == {"local_loss", "ddv", "ddv_cos"}  # logme costs a forward pass: only when asked
+    assert set(own.scores.by_name) == {"local_loss", "ddv", "ddv_cos"}  # logme costs a forward pass: only when asked
     apply_score("local_loss", [own, other, failed], Receiver(learner, 0, data, euc_weight=0.5), every=True)
-    assert set(own.scores) == {"local_loss", "logme", "logme_kv", "ddv", "ddv_cos"}  # no genesis: no kv_motion
+    assert set(own.scores.by_name) == {"local_loss", "logme", "logme_kv", "ddv", "ddv_cos"}  # no genesis: no kv_motion
     expected = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
-    assert own.scores["local_loss"] == pytest.approx(expected, rel=1e-5) and own.score == own.scores["local_loss"]
-    assert own.scores["ddv"] == pytest.approx(0.5 - 0.5 * 0.2) and own.scores["ddv_cos"] == 0.5
-    learner.load_kv(0, other.kv)  # the same task, run on the other K/V
+    assert own.scores.by_name["local_loss"] == pytest.approx(expected, rel=1e-5) and own.scores.rank == own.scores.by_name["local_loss"]
+    assert own.scores.by_name["ddv"] == pytest.approx(0.5 - 0.5 * 0.2) and own.scores.by_name["ddv_cos"] == 0.5
+    learner.load_kv(0, other.probe.kv)  # the same task, run on the other K/V
     expected_other = -float(F.cross_entropy(predict(learner, 0, data.val.inputs), data.val.labels))
     learner.borrowed.pop(0)
-    assert other.score == pytest.approx(expected_other, rel=1e-5) and other.score != own.score
-    assert failed.scores == {} and failed.score is None
+    assert other.scores.rank == pytest.approx(expected_other, rel=1e-5) and other.scores.rank != own.scores.rank
+    assert failed.scores.by_name == {} and failed.scores.rank is None
     with pytest.raises(ValueError, match="unknown selection score"):
         apply_score("vibes", [own], Receiver(learner, 0, data, 0.5))

@@ -14,7 +14,7 @@ from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
 from crossback.orchestrator_free.scores import genesis_kv, kv_motion
 from crossback.orchestrator_free.reasons import call_failed, skip
-from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Scores
 from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
@@ -91,25 +91,25 @@ def _select(cfg: SelectionConfig, addresses, digits_tasks, history=None):
 @pytest.mark.parametrize("k", [0, 1, 2, "all"])
 def test_a_shortlist_moves_only_its_backbones_and_the_winner_is_among_them(k, donors, digits_tasks):
     sel = _select(SelectionConfig(score="kv_motion", shortlist=k), donors, digits_tasks)
-    fetched = [c for c in sel.candidates if c.payload_bytes]
-    assert len(sel.candidates) == 4 and all(c.kv_bytes > 0 for c in sel.candidates)
+    fetched = [c for c in sel.candidates if c.payload.bytes]
+    assert len(sel.candidates) == 4 and all(c.probe.bytes > 0 for c in sel.candidates)
     assert len(fetched) == (len(sel.candidates) if k == "all" else max(k, 1))
-    assert sel.chosen in fetched and sel.chosen.parts is not None
+    assert sel.chosen in fetched and sel.chosen.payload.parts is not None
     assert sel.chosen.peer != "untrained"  # kv_motion puts a node that learned nothing last
-    assert sel.stages["payload"]["bytes"] == sum(c.payload_bytes for c in fetched)
-    backbone = fetched[0].payload_bytes
-    assert all(c.kv_bytes < 0.2 * backbone for c in sel.candidates)
+    assert sel.stages["payload"]["bytes"] == sum(c.payload.bytes for c in fetched)
+    backbone = fetched[0].payload.bytes
+    assert all(c.probe.bytes < 0.2 * backbone for c in sel.candidates)
     if k == 0:
         assert sel.score_name == "kv_motion"
     else:
-        assert sel.score_name == "logme" and all("logme" in c.scores for c in fetched)
-        best = max(fetched, key=lambda c: (c.scores["logme"], c.peer))
+        assert sel.score_name == "logme" and all("logme" in c.scores.by_name for c in fetched)
+        best = max(fetched, key=lambda c: (c.scores.by_name["logme"], c.peer))
         assert sel.chosen is best
 
 
 def test_a_payload_score_alone_fetches_every_backbone(donors, digits_tasks):
     sel = _select(SelectionConfig(score="logme"), donors, digits_tasks)
-    assert all(c.payload_bytes > 0 for c in sel.candidates) and sel.score_name == "logme"
+    assert all(c.payload.bytes > 0 for c in sel.candidates) and sel.score_name == "logme"
 
 
 def test_max_candidates_bounds_the_peers_probed_and_rotates_through_the_swarm(donors, digits_tasks):
@@ -140,7 +140,7 @@ def test_the_probe_order_is_the_documented_rule():
 
 
 def _cand(peer: str, **scores) -> Candidate:
-    return Candidate(peer, f"h:{peer}", scores=dict(scores), score=scores.get("kv_motion"))
+    return Candidate(peer, f"h:{peer}", scores=Scores(by_name=dict(scores), rank=scores.get("kv_motion")))
 
 
 def test_the_decision_rule_in_each_mode():
@@ -156,7 +156,7 @@ def test_the_decision_rule_in_each_mode():
     short, mode = shortlist_of([a, b, c], dataclasses.replace(cfg, shortlist="all"))
     assert len(short) == 3 and decide([a, b, c], short, mode, cfg)[0] is c
     # no genesis: nobody has kv_motion, so every candidate is confirmed
-    x, y = Candidate("x", "h:x", scores={"logme": 0.1}), Candidate("y", "h:y", scores={"logme": 0.2})
+    x, y = Candidate("x", "h:x", scores=Scores({"logme": 0.1})), Candidate("y", "h:y", scores=Scores({"logme": 0.2}))
     short, mode = shortlist_of([x, y], cfg)
     assert mode == "unranked" and decide([x, y], short, mode, cfg)[:1] == (y,)
     # a shortlist the confirming score cannot judge (another model size): the cheap score decides
@@ -265,7 +265,7 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     finally:
         clients.close()
     selected = next(e for e in events if e["event"] == "backbone_selected")
-    fetched = sorted(c.peer for c in out["candidates"] if c.parts is not None)
+    fetched = sorted(c.peer for c in out["candidates"] if c.payload.parts is not None)
     assert selected["combine"] == "average" and selected["averaged"] == fetched
     assert len(fetched) == (2 if k == 2 else len(donors))  # what stage 2 fetched, no more
     arm = out["arms"]["selected"]
@@ -273,7 +273,7 @@ def test_combine_average_adapts_on_the_mean_of_the_fetched_payloads_and_names_no
     # exactly the arm of the uniform mean of those payloads, from the same state, seed and budget
     members = [c for c in out["candidates"] if c.peer in fetched]
     direct = run_arm(TaskAtHand(rx, 0, digits_tasks[0]), ArmPlan(strategy, opts, arm_seed(5, 0), base),
-                     average_parts([c.parts for c in members]))
+                     average_parts([c.payload.parts for c in members]))
     assert (direct.val, direct.test) == (arm["val"], arm["test"])
     if out["kept"] == "selected":  # an averaged model is no peer's: it names no origin when re-served
         (borrowed,) = [e for e in rx.tasks[0].events if e["event"] == BORROWED_EVENT]
@@ -330,5 +330,5 @@ def test_a_peer_that_publishes_between_the_stages_is_probed_once_more_and_kept(t
         server.stop(grace=None)
         log.close()
     (cand,) = sel.candidates
-    assert cand.error is None and cand.reprobed and cand.snapshot_version == 2 and calls == ["kv", "kv"]
-    assert sel.chosen is cand and cand.parts is not None and cand.cos is not None
+    assert cand.error is None and cand.probe.reprobed and cand.snapshot_version == 2 and calls == ["kv", "kv"]
+    assert sel.chosen is cand and cand.payload.parts is not None and cand.probe.cos is not None

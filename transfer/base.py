@@ -85,6 +85,7 @@ class TransferStrategy(Protocol):
 class Strategy:
     """The interface's defaults: a strategy that borrows tensors of our shapes, whole, at selection."""
 
+    name: str
     needs: frozenset[str] = frozenset()
     any_shape = False
     borrows_parts = True
@@ -92,10 +93,14 @@ class Strategy:
     extra: str | None = None
     keep_rule = "accuracy"
     matches_tasks = False
-    fallback = None
+    fallback: TransferStrategy | None = None
 
     def pairs_for(self, data: TaskData) -> Pairs | None:
         return None
+
+    def as_borrowed(self, learner: ContinualLearner, task: int, data: TaskData, parts: dict, opts: AdaptOptions,
+                    split=None) -> tuple[float, float]:
+        raise ValueError(f"transfer strategy {self.name!r} does not borrow whole tasks (matches_tasks is false)")
 
     def fetch_extra(self, client, peer, parts, snapshot_version, own) -> Extra:
         raise ValueError(f"transfer strategy {self.name!r} has no extra payload kind")

@@ -21,7 +21,7 @@ class CrossBackTransfer(Strategy):
     name = "crossback"
     any_shape = False  # the task runs the peer's parts, so they must have its shapes
     borrows_parts = True
-    extra = None
+    extra: str | None = None
     keep_rule = "accuracy"  # how the task decides between this arm and none (orchestrator_free.backbone.decide_keep)
 
     def __init__(self, borrow: str = "backbone"):

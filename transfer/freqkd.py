@@ -29,7 +29,9 @@ classifier on the whole standardised feature and a plain MSE on it (weight ``low
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +62,7 @@ class FreqKDTransfer(Strategy):
     borrows_parts = False  # the task keeps only its own tensors: nothing to record as borrowed
     borrows_features = True  # a teacher's features on the items pairs_for names
     keep_rule = "accuracy"
-    extra = None
+    extra: str | None = None
 
     def __init__(self, cfg: FreqKDConfig = FreqKDConfig(), public_set: str = "", pair_secret: bytes = b""):
         if cfg.pairs == "public" and not public_set:
@@ -119,7 +121,7 @@ class FreqKDTransfer(Strategy):
                     if pool is not None:
                         pick = torch.randint(len(pool.labels), (min(cfg.pair_batch, len(pool.labels)),), generator=generator)
                         terms |= self._pair_terms(learner, task, extra, pool, pick, teacher)
-                    loss = sum(self._weighted(terms).values())
+                    loss = reduce(operator.add, self._weighted(terms).values())
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -191,7 +193,7 @@ class FreqKDTransfer(Strategy):
         for b, (tb, phi) in enumerate(zip(t_bands, extra.classifiers)):  # Eq. 10, the teacher's half
             terms[f"align_teacher{b}"] = F.cross_entropy(phi(_unit_rms(tb)), ty)
         if self.cfg.decouple:  # Eq. 8 and 9
-            terms["low"], terms["high"] = decoupled_losses(tuple(s_bands), tuple(t_bands))
+            terms["low"], terms["high"] = decoupled_losses((s_bands[0], s_bands[1]), (t_bands[0], t_bands[1]))
         else:
             terms["mse"] = (standardise(s_bands[0]) - standardise(t_bands[0])).pow(2).mean()
         return terms

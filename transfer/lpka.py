@@ -93,4 +93,5 @@ class LPKA(nn.Module):
         return w_t.detach() + b_t @ (merged - a_t)
 
     def mixing_weights(self) -> list[list[float]]:
-        return [[round(float(w), 6) for w in layer.weights.detach()] for layer in self.layers]
+        return [[round(float(w), 6) for w in layer.weights.detach()] for layer in self.layers
+                if isinstance(layer, TransferLayer)]

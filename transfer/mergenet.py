@@ -38,7 +38,7 @@ class MergeNetTransfer(Strategy):
     any_shape = True  # the adapter reads matrices of any shape: peers with other K/V shapes are candidates
     borrows_parts = False  # the task runs its own (generated) weights, not the peer's
     keep_rule = "accuracy"
-    extra = None
+    extra: str | None = None
 
     def __init__(self, cfg: MergeNetConfig = MergeNetConfig()):
         self.cfg = cfg
@@ -68,7 +68,8 @@ class MergeNetTransfer(Strategy):
         source = source.detach().to(copy.device, copy.dtype)
         with torch.random.fork_rng(devices=[]):  # the adapter's init follows the arm's seed alone
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            adapter = LPKA(tuple(copy.shape), tuple(source.shape), cfg.rank, cfg.dim, cfg.heads, cfg.layers)
+            adapter = LPKA((copy.shape[0], copy.shape[1]), (source.shape[0], source.shape[1]), cfg.rank, cfg.dim,
+                           cfg.heads, cfg.layers)
         adapter.to(copy.device)
         optimizer = AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         pending: dict[str, torch.Tensor] = {}

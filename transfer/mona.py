@@ -26,6 +26,8 @@ term (embedder warm-up, then adaptation): arms differ only in the peer's body an
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -73,16 +75,16 @@ def first_order_objective(logits_fn, theta: dict[str, Tensor], labels: Tensor, g
     if g_outer is None:
         return inner, inner, None, None
     names = sorted(theta)
-    g_in = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True, allow_unused=True)
-    g_in = {n: g for n, g in zip(names, g_in) if g is not None}
-    dot = sum((g * g_outer[n].to(g.dtype)).sum() for n, g in g_in.items())
+    grads = torch.autograd.grad(inner, [theta[n] for n in names], create_graph=True, allow_unused=True)
+    g_in = {n: g for n, g in zip(names, grads) if g is not None}
+    dot = reduce(operator.add, [(g * g_outer[n].to(g.dtype)).sum() for n, g in g_in.items()], inner.new_zeros(()))
     return inner - weight * dot, inner, dot, g_in
 
 
 class MonaTransfer(Strategy):
     name = "mona"
     borrow = "encoder"  # selection fetches every candidate's body and scores it
-    extra = "outer_grad"  # fetched only for the candidates whose arms run, once each
+    extra: str | None = "outer_grad"  # fetched only for the candidates whose arms run, once each
     needs = frozenset({"encoder", "outer_grad"})
     any_shape = False  # the task runs the peer's body, so it must have our core shapes
     borrows_parts = True
@@ -147,7 +149,7 @@ class MonaTransfer(Strategy):
                 objective, inner, dot, g_in = first_order_objective(logits_fn, theta, y, g_out, weight)
                 grads_phi = torch.autograd.grad(objective, phi, retain_graph=True, allow_unused=True)
                 grads_head = torch.autograd.grad(inner, head, retain_graph=dot is not None, allow_unused=True)
-                if dot is not None:
+                if dot is not None and g_out is not None and g_in is not None:
                     cosines.append(_cosine(g_out, g_in))
                     norms.append(float(torch.cat([g.detach().reshape(-1) for g in g_in.values()]).norm()))
                     dots.append(float(dot.detach()))
@@ -156,10 +158,10 @@ class MonaTransfer(Strategy):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 inner_losses.append(float(inner.detach()))
-        facts = {"stage1_steps": len(inner_losses)}
+        facts: dict[str, object] = {"stage1_steps": len(inner_losses)}
         if inner_losses:
             facts["stage1_inner_loss"] = [round(inner_losses[0], 4), round(inner_losses[-1], 4)]
-        if cosines:  # does our task's gradient on the body come to point along the peer's?
+        if cosines and g_out is not None:  # does our task's gradient on the body come to point along the peer's?
             facts |= {"grad_cosine": [round(cosines[0], 4), round(cosines[-1], 4)],
                       "alignment_term": [round(weight * dots[0], 5), round(weight * dots[-1], 5)],
                       "inner_grad_norm": [round(norms[0], 5), round(norms[-1], 5)],
