@@ -13,10 +13,10 @@ from crossback.config.errors import ConfigError
 from crossback.config.run import RunConfig, config_to_dict, parse_config
 from crossback.data.prepare import prepare_tasks
 from crossback.data.tasks import data_warnings
+from crossback.models.cl_metrics import summarize
 from crossback.models.learner import ContinualLearner, new_learner
-from crossback.models.methods import TaskData, learn_task
+from crossback.models.methods import learn_task
 from crossback.models.metric_log import MetricLog
-from crossback.models.metrics import summarize
 from crossback.models.persistence import (
     clean_leftovers,
     latest_checkpoint,
@@ -25,6 +25,7 @@ from crossback.models.persistence import (
     save_checkpoint,
     write_json_atomic,
 )
+from crossback.models.task_data import TaskData
 from crossback.models.training import evaluate
 from crossback.node.devices import resolve_device
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crossback.models.methods import TaskData
+from crossback.models.task_data import TaskData
 
 from .sources import load_catalog
 from .tasks import build_task, public_items

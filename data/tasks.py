@@ -13,9 +13,8 @@ from PIL import Image
 from crossback.config.data import ItemPartition, SplitSpec, TaskSpec, View
 from crossback.config.errors import DataError
 from crossback.data.catalog import Catalog, ImageRef, Item
-from crossback.models.methods import TaskData
+from crossback.models.task_data import Split, TaskData
 from crossback.models.text_encoders import encode_texts
-from crossback.models.training import Split
 
 from .images import ImageProblem, open_image, to_array
 from .partition import take_part

@@ -17,8 +17,7 @@ from torch.func import functional_call
 from crossback.config.model import ImageAdapterConfig, PerceiverConfig, PickOptions, TextAdapterConfig
 from crossback.models.perceiver import ENCODER_KV, KEY, PerceiverClassifier, split_kv
 
-from .borrowed import check_parts, kv_parts
-from .borrowing import BorrowedParts
+from .borrowed import BorrowedParts, check_parts, kv_parts
 from .masks import MaskedLayer, TrainingMasks, binarize, effective_weight, init_uniform_
 
 METHODS = ("packnet", "piggyback", "cpg")
@@ -95,7 +94,7 @@ class ContinualLearner:
 
     @property
     def borrowed(self) -> dict[int, dict[str, Tensor]]:
-        """task -> {shared-weight name -> a peer's weight it runs with (frozen)}; see ``.borrowing``."""
+        """task -> {shared-weight name -> a peer's weight it runs with (frozen)}; see ``.borrowed.BorrowedParts``."""
         return self.borrowing.weights
 
     @property

@@ -12,31 +12,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from crossback.config.model import CPGOptions, MethodConfig, PackNetOptions, TrainOptions
 from crossback.models.learner import ContinualLearner, TaskRecord
-from crossback.models.training import Progress, Split, evaluate, fit
+from crossback.models.task_data import TaskData
+from crossback.models.training import Progress, evaluate, fit
 
 from .masks import magnitude_prune
 from .parallel import DataParallel
-
-
-@dataclass
-class TaskData:
-    name: str
-    classes: list[str]
-    train: Split
-    val: Split
-    test: Split
-    # the held-out public items of the task's classes in this node's view (SplitSpec.public_fraction)
-    public: Split | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 def learn_task(learner: ContinualLearner, data: TaskData, method: MethodConfig, opts: TrainOptions,

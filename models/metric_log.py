@@ -8,7 +8,7 @@ Names, as Avalanche's loggers write them (a task is one experience, its task lab
 - after each task (step: the experience just trained): ``Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000``
   for every task learned so far (a column of the accuracy matrix), ``Top1_Acc_Stream/eval_phase/test_stream``
   (their mean), ``StreamForgetting``, ``StreamBWT``, ``StreamForwardTransfer`` (with from-scratch
-  accuracies) and their ``Experience*`` values per earlier task (models.metrics);
+  accuracies) and their ``Experience*`` values per earlier task (models.cl_metrics);
 - a selection: ``Selection/<score>/<peer>`` per candidate and ``Transfer/Top1_Acc/<arm>`` per arm.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from crossback.config.errors import ConfigError
 
-from .metrics import summarize
+from .cl_metrics import summarize
 
 HEADER = ("metric", "training_exp", "epoch", "value")
 Row = tuple[str, int, "int | None", float]

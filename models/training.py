@@ -1,7 +1,6 @@
 """Plain supervised loops over in-memory tensors: fit one task, predict, score."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -13,17 +12,7 @@ from crossback.config.model import TrainOptions
 from .learner import ContinualLearner
 from .optim import Adam
 from .parallel import DataParallel, as_parameters, distributed_forward
-
-
-@dataclass
-class Split:
-    inputs: Tensor  # images (N, C, H, W) uint8 (or float in [0, 1]), or byte ids (N, L) long
-    labels: Tensor  # (N,) long, 0..num_classes-1
-    items: tuple[str, ...] | None = None  # the item id of every sample, where the data has them
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
+from .task_data import Split
 
 # progress(phase, epoch, epochs, loss, accuracy): called once per epoch, with the epoch's mean training
 # loss and its accuracy on the training batches as they were trained (Avalanche's Top1_Acc_Epoch)

@@ -7,7 +7,8 @@ import threading
 import torch
 from torch import Tensor
 
-from crossback.models.training import Split, features
+from crossback.models.task_data import Split
+from crossback.models.training import features
 from crossback.transfer.pairs import item_hash
 
 from .snapshot import Snapshot

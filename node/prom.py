@@ -3,7 +3,7 @@
 
 Why not prometheus_client's registry: rendering is what every scrape pays, and its ``generate_latest``
 took 3.7 ms (p50) for a busy node's 250 series on a 2-core machine, over the 1 ms a scrape may cost
-(benchmarks/perf/metrics.py). Here each series keeps its rendered name and labels, so a scrape only
+(benchmarks/perf/metrics_cost.py). Here each series keeps its rendered name and labels, so a scrape only
 formats numbers. The format is checked with prometheus_client's parser and a real Prometheus in the tests.
 """
 from __future__ import annotations

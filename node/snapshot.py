@@ -10,7 +10,7 @@ from torch import Tensor
 from crossback.models.borrowed import BORROWED_EVENT, part_names
 from crossback.models.learner import ContinualLearner
 from crossback.models.persistence import load_checkpoint
-from crossback.models.training import Split
+from crossback.models.task_data import Split
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from crossback.config.errors import PeerCallError, WireError
 from crossback.config.selection import SelectionConfig
 from crossback.models.borrowed import accept_parts, part_names
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
+from crossback.models.task_data import TaskData
 from crossback.orchestrator_free.reasons import bad_payload, call_failed, injection_failed, skip
 from crossback.orchestrator_free.selection import Candidate, PeerAccess, TaskAtHand, _parallel, choose
 from crossback.transfer.base import InjectionError

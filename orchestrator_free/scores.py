@@ -48,13 +48,12 @@ from torch import Tensor
 from crossback.config.selection import SCORES
 from crossback.models.borrowed import kv_parts
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
 from crossback.models.perceiver import ENCODER_KV, join_kv
-from crossback.models.training import Split, features
+from crossback.models.task_data import Split, TaskData
+from crossback.models.training import features
 
 if TYPE_CHECKING:
     from crossback.orchestrator_free.selection import Candidate
-
 
 
 def _with_parts(learner: ContinualLearner, task: int, parts: dict) -> dict:

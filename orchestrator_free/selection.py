@@ -28,8 +28,8 @@ from crossback.config.errors import PeerCallError, WireError
 from crossback.config.selection import ProbeSpec, SelectionConfig
 from crossback.models.borrowed import accept_parts, kv_parts, part_names
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
 from crossback.models.perceiver import KV_NAMES, kv_shapes
+from crossback.models.task_data import TaskData
 from crossback.orchestrator_free.ddv import ddv
 from crossback.orchestrator_free.messages import PeerClients
 from crossback.orchestrator_free.reasons import Reason, bad_payload, call_failed, late, skip

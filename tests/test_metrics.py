@@ -1,6 +1,6 @@
 import pytest
 
-from crossback.models.metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summarize
+from crossback.models.cl_metrics import average_accuracy, backward_transfer, forgetting, forward_transfer, summarize
 
 # Hand-worked example, 3 tasks.
 R = [

@@ -70,7 +70,7 @@ def test_selection_scale_benchmark_probes_at_most_m_peers_of_a_large_view(tmp_pa
 
 def test_metrics_benchmark_measures_training_rpcs_a_flood_and_scrapes(tmp_path, monkeypatch):
     out = tmp_path / "metrics.json"
-    _run_script("metrics.py", ["--repeats", "1", "--calls", "20", "--flood", "50", "--scrapes", "20",
+    _run_script("metrics_cost.py", ["--repeats", "1", "--calls", "20", "--flood", "50", "--scrapes", "20",
                                "--json", str(out)], monkeypatch)
     figures = json.loads(out.read_text())
     assert figures["training"]["ratio"] > 0 and 0 < figures["training"]["metrics_share_of_a_step"] < 0.02

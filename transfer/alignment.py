@@ -22,7 +22,7 @@ from torch import Tensor
 
 from crossback.models.borrowed import part_names
 from crossback.models.learner import ContinualLearner
-from crossback.models.training import Split
+from crossback.models.task_data import Split
 
 UNIFORM_T = 2.0
 

@@ -9,7 +9,7 @@ import torch
 from crossback.config.model import TrainOptions
 from crossback.config.transfer import AdaptationConfig
 from crossback.models.learner import ContinualLearner
-from crossback.models.methods import TaskData
+from crossback.models.task_data import TaskData
 
 from .pairs import Pairs
 

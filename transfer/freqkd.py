@@ -39,7 +39,8 @@ from torch import Tensor
 
 from crossback.config.transfer import PAIR_KINDS, FreqKDConfig
 from crossback.models.optim import Adam
-from crossback.models.training import Split, epoch_batches, features, fit_linear
+from crossback.models.task_data import Split
+from crossback.models.training import epoch_batches, features, fit_linear
 from crossback.transfer.pairs import MIN_SECRET_BYTES, Pairs
 
 from .base import AdaptOptions, Strategy

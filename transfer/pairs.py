@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from crossback.config.transfer import MAX_PAIR_ITEMS
-from crossback.models.training import Split
+from crossback.models.task_data import Split
 
 FEATURE_KINDS = ("public_features", "features")
 MAX_ITEM_ID = 128  # characters of a public item id

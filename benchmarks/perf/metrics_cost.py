@@ -1,8 +1,8 @@
 """What a node's Prometheus metrics cost: training with them on vs off, an RPC answered with the
 counting interceptor vs without, a scrape of a busy node, and the series a flood of hostile ids adds.
 
-    python benchmarks/perf/metrics.py --json benchmarks/results/perf-metrics.json
-    python benchmarks/perf/metrics.py --flood 200 --scrapes 50 --repeats 3      (a quick look)
+    python benchmarks/perf/metrics_cost.py --json benchmarks/results/perf-metrics.json
+    python benchmarks/perf/metrics_cost.py --flood 200 --scrapes 50 --repeats 3      (a quick look)
 
 Training: the same task learned from the same seed with the node's per-epoch metrics update and event
 listener, and without, alternating, ratio of medians; also the metrics' own work per training step,
