@@ -226,24 +226,27 @@ class PeerClient:
 
         return self._call(fetch)
 
-    def fetch_features(self, kind: str, keys: list[str] | None = None, hashes: list[bytes] | None = None,
-                       salt: bytes = b"", public_set: str = "", min_version: int = 0, max_total_bytes: int = 64 << 20):
-        """(features or None, matched positions, snapshot_version) from FetchPublicFeatures (``kind``
-        public_features: ``keys`` of ``public_set``) or FetchSharedFeatures (features: ``hashes`` under
-        ``salt``). The features tensor is verified and bounded; its rows are checked by the caller."""
+    def fetch_public_features(self, keys: list[str], public_set: str, min_version: int = 0,
+                              max_total_bytes: int = 64 << 20):
+        """(features or None, matched positions, snapshot_version) from FetchPublicFeatures: the teacher's
+        features of ``keys`` of ``public_set``. The features tensor is verified and bounded; its rows are
+        checked by the caller."""
+        req = pb.PublicFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                       public_set=public_set, item_ids=keys)
+        return self._features("public_features", req, self._stub.FetchPublicFeatures, max_total_bytes)
+
+    def fetch_shared_features(self, hashes: list[bytes], salt: bytes, min_version: int = 0,
+                              max_total_bytes: int = 64 << 20):
+        """(features or None, matched positions, snapshot_version) from FetchSharedFeatures: the teacher's
+        features of the items whose keyed ``hashes`` under ``salt`` it holds (as ``fetch_public_features``)."""
+        req = pb.SharedFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
+                                       salt=salt, item_hashes=hashes)
+        return self._features("features", req, self._stub.FetchSharedFeatures, max_total_bytes)
+
+    def _features(self, kind: str, req, call, max_total_bytes: int):
         from crossback.config.errors import WireError
         from crossback.node.wire import decode
 
-        if kind == "public_features":
-            req = pb.PublicFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
-                                           public_set=public_set, item_ids=keys or [])
-            call = self._stub.FetchPublicFeatures
-        elif kind == "features":
-            req = pb.SharedFeaturesRequest(protocol=PROTOCOL, caller_id=self.caller_id, min_snapshot_version=min_version,
-                                           salt=salt, item_hashes=hashes or [])
-            call = self._stub.FetchSharedFeatures
-        else:
-            raise ValueError(f"unknown feature kind {kind!r}")
         self.on_payload(f"{kind}_request", self.address, req.ByteSize())
 
         def fetch():

@@ -111,9 +111,11 @@ class PeerApi(Protocol):
     def fetch_outer_grad(self, expected: Shapes | None = None, min_version: int = 0, max_batches: int = 0,
                          held: tuple[int, Shapes] | None = None, max_total_bytes: int = 128 << 20): ...
 
-    def fetch_features(self, kind: str, keys: list[str] | None = None, hashes: list[bytes] | None = None,
-                       salt: bytes = b"", public_set: str = "", min_version: int = 0,
-                       max_total_bytes: int = 64 << 20): ...
+    def fetch_public_features(self, keys: list[str], public_set: str, min_version: int = 0,
+                              max_total_bytes: int = 64 << 20): ...
+
+    def fetch_shared_features(self, hashes: list[bytes], salt: bytes, min_version: int = 0,
+                              max_total_bytes: int = 64 << 20): ...
 
 
 class PeerClients(Protocol):

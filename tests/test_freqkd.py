@@ -112,15 +112,15 @@ def test_public_features_answer_only_public_ids_of_the_same_set(tasks, teacher, 
         client = PeerClient(addresses["teacher"], "student")
         try:
             asked = list(tasks["image", "A"].public.items[:3]) + ["emoji-9999", tasks["image", "A"].train.items[0]]
-            feats, matched, version = client.fetch_features("public_features", keys=asked, public_set=PUBLIC)
+            feats, matched, version = client.fetch_public_features(keys=asked, public_set=PUBLIC)
             expected = item_features(teacher, teacher.public)
             assert version == 1 and matched == [0, 1, 2]  # not an unknown id, not a private item
             assert feats.shape == (3, 32) and all(torch.allclose(feats[r], expected[asked[r]]) for r in range(3))
             with pytest.raises(grpc.RpcError) as err:
-                client.fetch_features("public_features", keys=asked, public_set="emoji/0.5/other")
+                client.fetch_public_features(keys=asked, public_set="emoji/0.5/other")
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and PUBLIC in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
-                client.fetch_features("public_features", keys=["x"] * (MAX_PAIR_ITEMS + 1), public_set=PUBLIC)
+                client.fetch_public_features(keys=["x"] * (MAX_PAIR_ITEMS + 1), public_set=PUBLIC)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             client.close()
@@ -133,20 +133,20 @@ def test_shared_features_answer_only_items_both_sides_hold(tasks, teacher, tmp_p
             mine = Pairs.from_split("features", tasks["image", "B"].train, secret=SECRET)  # never seen by the teacher
             both = Pairs.from_split("features", tasks["image", "A"].train, secret=SECRET)
             salt = b"s" * 16
-            feats, matched, _ = client.fetch_features("features", hashes=mine.hashes(salt) + both.hashes(salt), salt=salt)
+            feats, matched, _ = client.fetch_shared_features(hashes=mine.hashes(salt) + both.hashes(salt), salt=salt)
             assert matched == [len(mine.keys) + i for i in range(len(both.keys))]  # the shared ones, all of them
             expected = item_features(teacher, teacher.data)
             assert all(torch.allclose(feats[r], expected[both.keys[r]]) for r in range(len(both.keys)))
             assert item_hash(SECRET, salt, both.keys[0]) != item_hash(SECRET, b"t" * 16, both.keys[0])
             # an outsider hashing every guessable id without the secret: not one item revealed
             guessed = Pairs.from_split("features", tasks["image", "A"].train, secret=b"x" * 32)
-            nothing_here, no_match, _ = client.fetch_features("features", hashes=guessed.hashes(salt), salt=salt)
+            nothing_here, no_match, _ = client.fetch_shared_features(hashes=guessed.hashes(salt), salt=salt)
             assert nothing_here is None and no_match == []
-            none, nothing, _ = client.fetch_features("features", hashes=mine.hashes(salt), salt=salt)
+            none, nothing, _ = client.fetch_shared_features(hashes=mine.hashes(salt), salt=salt)
             assert none is None and nothing == []
             for bad in ({"hashes": [b"x" * 31], "salt": salt}, {"hashes": [], "salt": b"short"}):
                 with pytest.raises(grpc.RpcError) as err:
-                    client.fetch_features("features", **bad)
+                    client.fetch_shared_features(**bad)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             client.close()
@@ -169,7 +169,9 @@ def test_a_node_that_does_not_serve_features_refuses_them_and_freqkd_skips_it(ta
         for kind, kw in (("public_features", {"keys": ["emoji-0001"], "public_set": PUBLIC}),
                          ("features", {"hashes": [], "salt": b"s" * 16})):
             with pytest.raises(grpc.RpcError) as err:
-                pool.get(address).fetch_features(kind, **kw)
+                fetch = pool.get(address).fetch_public_features if kind == "public_features" else \
+                    pool.get(address).fetch_shared_features
+                fetch(**kw)
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and kind in err.value.details()
         student = learner_for("image", [tasks["image", "A"]], seed=6)
         strategy = FreqKDTransfer(FreqKDConfig(pairs="shared_ids"), pair_secret=SECRET)

@@ -93,12 +93,11 @@ def fetch_pairs(client, pairs: Pairs, peer: str, min_version: int = 1) -> tuple[
     """({features, matched, labels}, snapshot_version, bytes received) of a teacher's answer to
     ``pairs``. NoPairs when it matched nothing, WireError when it answered out of form."""
     if pairs.kind == "public_features":
-        feats, matched, version = client.fetch_features(pairs.kind, keys=list(pairs.keys), public_set=pairs.public_set,
-                                                        min_version=min_version)
+        feats, matched, version = client.fetch_public_features(list(pairs.keys), pairs.public_set,
+                                                               min_version=min_version)
     else:
         salt = new_salt()
-        feats, matched, version = client.fetch_features(pairs.kind, hashes=pairs.hashes(salt), salt=salt,
-                                                        min_version=min_version)
+        feats, matched, version = client.fetch_shared_features(pairs.hashes(salt), salt, min_version=min_version)
     feats = check_answer(feats, matched, len(pairs.keys), peer)
     if not matched:
         raise NoPairs(f"holds none of the {len(pairs.keys)} items asked about ({pairs.kind})")
