@@ -29,18 +29,10 @@ from crossback.node.limits import Busy, CallLimiter
 from crossback.node.tls_material import TlsMaterial
 from crossback.node.transport import MAX_MESSAGE_BYTES, channel_options
 from crossback.node.wire import decode, encode_all
+from crossback.orchestrator_free import messages as msg
 from crossback.orchestrator_free.ddv import ddv, probe_bytes
 from crossback.orchestrator_free.identity import address_problem, node_id_problem
 from crossback.orchestrator_free.membership import Membership
-from crossback.orchestrator_free.messages import (
-    DdvAnswer,
-    Member,
-    OuterGradSummary,
-    PeerInfo,
-    TaskMatch,
-    TaskMatches,
-    TensorOrigin,
-)
 from crossback.orchestrator_free.same_task import matching_tasks, request_problem, task_parts
 from crossback.proto.v1 import peer_pb2 as pb
 from crossback.proto.v1 import peer_pb2_grpc as pb_grpc
@@ -132,9 +124,9 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.features = FeatureService(pair_secret)
         self.classifier = classifier  # None: Classify answers FAILED_PRECONDITION
 
-    def self_member(self) -> Member:
+    def self_member(self) -> msg.Member:
         snap = self.snapshot()
-        return Member(self.identity.node_id, self.identity.address, True, snap.version if snap else 0)
+        return msg.Member(self.identity.node_id, self.identity.address, True, snap.version if snap else 0)
 
     def self_entry(self) -> pb.PeerEntry:
         return serde.member_to_pb(self.self_member())
@@ -145,12 +137,12 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.rules.check(request, context)
         snap = self.snapshot()
         ident = self.identity
-        info = serde.info_to_pb(PeerInfo(
+        info = serde.info_to_pb(msg.PeerInfo(
             node_id=ident.node_id, address=ident.address, modality=ident.modality, token_dim=ident.token_dim,
             kv_shapes=dict(ident.kv_shapes), finished_tasks=tuple(snap.finished_tasks if snap else ()),
             snapshot_version=snap.version if snap else 0, software_version=software_version(), protocol=PROTOCOL,
             payload_kinds=tuple(ident.serve), method=ident.method, genesis=ident.genesis,
-            origins=tuple(TensorOrigin(n, o) for n, o in sorted((snap.origins() if snap else {}).items()))))
+            origins=tuple(msg.TensorOrigin(n, o) for n, o in sorted((snap.origins() if snap else {}).items()))))
         self.payloads("info", request.caller_id, info.ByteSize())
         return info
 
@@ -227,8 +219,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         self.rules.check(request, context)  # not an expensive call: no decorator checked it
         snap, salt, hashes = self._label_set(request, context)
 
-        reply = serde.task_matches_to_pb(TaskMatches(snap.version, tuple(
-            TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes))))
+        reply = serde.task_matches_to_pb(msg.TaskMatches(snap.version, tuple(
+            msg.TaskMatch(**m) for m in matching_tasks(snap.learner, salt, hashes))))
         self.payloads("task_match", request.caller_id, reply.ByteSize())
         return reply
 
@@ -255,7 +247,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
                 result = self.outer_grad.get(snap, request.max_batches)
         except ValueError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        summary = serde.outer_grad_summary_to_pb(OuterGradSummary(
+        summary = serde.outer_grad_summary_to_pb(msg.OuterGradSummary(
             snap.version, result.sample_count, result.batch_count, result.batch_size, result.outer_loss,
             result.align_loss, result.uniform_loss))
         held = request.have_body_version == snap.version  # the caller has this body already
@@ -343,7 +335,7 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
             vector = ddv(snap.learner, snap.task, kv, spec)
         if not bool(torch.isfinite(vector).all()):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "probe kv: the DDV it gives is not finite")
-        reply = serde.ddv_answer_to_pb(DdvAnswer(self.identity.node_id, snap.version, tuple(vector.tolist()),
+        reply = serde.ddv_answer_to_pb(msg.DdvAnswer(self.identity.node_id, snap.version, tuple(vector.tolist()),
                                                  self.identity.token_dim))
         self.payloads("ddv", request.caller_id, reply.ByteSize())
         return reply
@@ -382,8 +374,8 @@ class PeerServicer(pb_grpc.PeerServiceServicer):
         return reply
 
 
-def members_of(membership: Membership) -> list[Member]:
-    return [Member(p.node_id, p.address, p.alive, p.snapshot_version) for p in membership.peers()]
+def members_of(membership: Membership) -> list[msg.Member]:
+    return [msg.Member(p.node_id, p.address, p.alive, p.snapshot_version) for p in membership.peers()]
 
 
 def peer_entries(membership: Membership) -> list[pb.PeerEntry]:
