@@ -132,7 +132,7 @@ def _control_items(cfg: BenchConfig, node: BenchNode, items: dict):
 
 
 def _label_set(node: BenchNode, spec) -> tuple:
-    return (node.source, tuple(sorted(spec.classes)) if spec.classes else ("superclass", spec.superclass))
+    return (node.source, tuple(sorted(spec.classes)) if spec.classes else ("superclass", spec.group))
 
 
 def same_task_donors(cfg: BenchConfig, receiver: BenchNode, spec) -> set[str]:

@@ -18,6 +18,12 @@ class TaskSpec:
     superclass: str | None = None
     classes: tuple[str, ...] | None = None
 
+    @property
+    def group(self) -> str:
+        """The superclass a task without a class list stands for: its ``superclass``, else its name
+        (``tasks: [animals]`` is the superclass ``animals``)."""
+        return self.superclass if self.superclass is not None else self.name
+
 
 @dataclass(frozen=True)
 class SplitSpec:

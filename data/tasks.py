@@ -47,7 +47,7 @@ def resolve_classes(catalog: Catalog, spec: TaskSpec, split: SplitSpec, view: Vi
         classes, dropped = list(spec.classes), []
     else:
         supers = catalog.superclasses()
-        sup = spec.superclass if spec.superclass is not None else spec.name
+        sup = spec.group
         if sup not in supers:
             raise DataError(f"task {spec.name!r} names unknown superclass {sup!r} in {catalog.name}{_suggest(sup, list(supers))}")
         classes = [c for c in supers[sup] if counts[c] >= split.min_items_per_class]

@@ -115,6 +115,26 @@ def test_the_no_effect_null_is_the_expected_best_of_k_binomial_draws():
     assert unit_arms(rec)["oracle_null"] - 0.6 == pytest.approx(expected_max_excess(0.6, 150, 4))
 
 
+def test_a_bare_task_name_and_its_superclass_spelled_out_give_the_same_task_split():
+    """``tasks: [animal-mammal]`` is the superclass animal-mammal (docs/data.md): a donor that learned it is
+    a same-task donor whichever way either side wrote it, and one that learned another group is not."""
+    from crossback.bench.runner import same_task_donors
+
+    def config(bare: bool):
+        def task(group):
+            return group if bare else {"name": f"task-{group}", "superclass": group}
+        emoji = {"source": "emoji", "modality": "text"}
+        return parse_bench_config(bench_dict(nodes=[
+            {"name": "mammals", "role": "donor", **emoji, "tasks": [task("animal-mammal")]},
+            {"name": "food", "role": "donor", **emoji, "tasks": [task("food-fruit")]},
+            {"name": "rx", "role": "receiver", **emoji, "shots": [3], "tasks": [task("animal-mammal"), task("food-fruit")]}]))
+
+    for bare in (True, False):
+        cfg = config(bare)
+        rx = cfg.nodes[-1]
+        assert [same_task_donors(cfg, rx, t) for t in rx.tasks] == [{"mammals"}, {"food"}], bare
+
+
 def test_rerun_resumes_and_a_fresh_run_reproduces_the_numbers(bench_run, tmp_path):
     cfg, out, records = bench_run
     units = sorted(out.glob("seed-*/units/*.json"))
