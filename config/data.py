@@ -7,7 +7,7 @@ from .bounds import bounded, check_bounds
 from .errors import DataError
 
 # the data sources by name (crossback.data.sources implements each; a test keeps the two lists equal)
-SOURCES = ("emoji", "digits", "fashion", "folder", "cifar100", "cub200", "oxford102")
+SOURCES = ("emoji", "digits", "fashion", "glyphs", "folder", "cifar100", "cub200", "oxford102")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The data sources that ship with crossback: paired emoji (image + text), sklearn digits and a fixed
-Fashion-MNIST subset (image)."""
+"""The data sources that ship with crossback: paired emoji (image + text), paired glyphs (image + text,
+the held-out set no default is tuned on), sklearn digits and a fixed Fashion-MNIST subset (image)."""
 from __future__ import annotations
 
 import gzip
@@ -14,6 +14,7 @@ from crossback.data.catalog import Catalog, Item
 
 EMOJI_FILE = Path(__file__).parent / "bundled" / "emoji.npz"
 FASHION_FILE = Path(__file__).parent / "bundled" / "fashion.npz"
+GLYPHS_FILE = Path(__file__).parent / "bundled" / "glyphs.npz"
 
 
 def load_emoji(path: Path = EMOJI_FILE) -> Catalog:
@@ -34,6 +35,25 @@ def load_emoji(path: Path = EMOJI_FILE) -> Catalog:
         for i in range(len(groups))
     ]
     return Catalog("emoji", items, {"meta": meta, "item_names": [str(n) for n in names]})
+
+
+def load_glyphs(path: Path = GLYPHS_FILE) -> Catalog:
+    """Unicode glyphs, labelled scripts / symbols -> Unicode block; image view = the glyph in up to eight
+    DejaVu faces, text view = its character name without the words naming its block. Held out: no
+    default or threshold is chosen on it (docs/benchmarks.md). See GLYPHS_PROVENANCE.md."""
+    if not path.exists():
+        raise DataError(f"bundled glyph data {path} is missing; rebuild it with python -m crossback.data.build_glyphs")
+    with np.load(path, allow_pickle=False) as z:
+        images, sample_item = z["images"], z["sample_item"]
+        chars, captions = z["item_char"], z["item_caption"]
+        superclasses, labels = z["item_superclass"], z["item_label"]
+        meta = json.loads(str(z["meta_json"]))
+    per_item: list[list[np.ndarray]] = [[] for _ in range(len(chars))]
+    for img, idx in zip(images, sample_item):
+        per_item[idx].append(img)
+    items = [Item(f"glyph-{ord(str(c)):05x}", str(s), str(label), tuple(per_item[i]), (str(captions[i]),))
+             for i, (c, s, label) in enumerate(zip(chars, superclasses, labels))]
+    return Catalog("glyphs", items, {"meta": meta})
 
 
 def digits_file() -> Path:

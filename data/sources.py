@@ -6,11 +6,11 @@ from pathlib import Path
 from crossback.config.errors import DataError
 from crossback.data.catalog import Catalog
 
-from .bundled_sources import load_digits, load_emoji, load_fashion
+from .bundled_sources import load_digits, load_emoji, load_fashion, load_glyphs
 from .folder import load_folder
 from .papers import load_cifar100, load_cub200, load_oxford102
 
-BUNDLED = {"emoji": load_emoji, "digits": load_digits, "fashion": load_fashion}
+BUNDLED = {"emoji": load_emoji, "digits": load_digits, "fashion": load_fashion, "glyphs": load_glyphs}
 ON_DISK = {"folder": load_folder, "cifar100": load_cifar100, "cub200": load_cub200, "oxford102": load_oxford102}
 SOURCES = tuple(BUNDLED) + tuple(ON_DISK)
 

@@ -276,3 +276,39 @@ def test_the_bundled_fashion_subset_is_the_first_300_items_of_each_class_and_bui
     data, info = build_task(catalog, TaskSpec("wear", classes=("Trouser", "Dress", "Coat")), SplitSpec(),
                             View("image", image_size=14, channels=1), seed=0)
     assert info["classes"] == ["Trouser", "Dress", "Coat"] and data.train.inputs.shape[-1] == 14
+
+
+# ------------------------------------------------------------------ bundled glyphs (the held-out set)
+
+
+def test_the_bundled_glyphs_pair_each_code_point_with_a_caption_that_does_not_name_its_class():
+    from crossback.data.build_glyphs import BLOCKS
+
+    catalog = load_catalog("glyphs")
+    assert len(catalog.items) == catalog.notes["meta"]["items"] > 3000
+    assert set(catalog.superclasses()) == {"scripts", "symbols"}
+    assert {b.label for b in BLOCKS} == set(catalog.by_class())
+    assert len({i.item_id for i in catalog.items}) == len(catalog.items)  # one item per code point
+    leaks = {b.label: set(b.leaks) for b in BLOCKS}
+    for item in catalog.items:
+        (text,) = item.texts
+        assert text and text == text.lower() and not set(text.split()) & leaks[item.label], (item.item_id, text)
+        assert 1 <= len(item.images) <= 8 and all(img.shape == (32, 32) and img.dtype == np.uint8 for img in item.images)
+    alpha = next(i for i in catalog.items if i.item_id == f"glyph-{0x3B1:05x}")
+    assert alpha.label == "greek" and alpha.texts == ("small letter alpha",)
+    for view in (IMAGE, TEXT):  # both views of a superclass are tasks
+        data, info = build_task(catalog, TaskSpec("scripts"), SplitSpec(), view, seed=0)
+        assert len(info["classes"]) == 12 and len(data.test) > 100
+
+
+def test_the_glyph_set_rebuilds_bit_identically_from_the_fonts(tmp_path):
+    from crossback.data.build_glyphs import FONT_DIR, REFERENCE_FACE, build
+    from crossback.data.bundled_sources import GLYPHS_FILE
+
+    if not (FONT_DIR / f"{REFERENCE_FACE}.ttf").exists():
+        pytest.skip("the DejaVu fonts are not installed (apt-get install fonts-dejavu-core fonts-dejavu-extra)")
+    build(tmp_path / "glyphs.npz", 32)
+    with np.load(GLYPHS_FILE) as bundled, np.load(tmp_path / "glyphs.npz") as rebuilt:
+        if str(bundled["meta_json"]) != str(rebuilt["meta_json"]):
+            pytest.skip("another version of the fonts or of Python's Unicode tables is installed")
+        assert all(np.array_equal(bundled[k], rebuilt[k]) for k in bundled.files)
