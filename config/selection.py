@@ -65,6 +65,9 @@ class SelectionConfig:
     # also compute every other score each candidate's fetched payloads allow, for the log
     log_scores: bool = False
     scope: str = bounded("cross", choices=("cross", "intra"))  # intra: same modality only
+    # the same-task path (transfer.borrow: task) takes a match of the receiver's own view unless a match of
+    # another view confirms better on the receiver's validation items (task_val) by more than this
+    same_view_margin: float = bounded(0.0, ge=0.0, le=1.0)
     deadline: float = bounded(30.0, gt=0.0, le=3600.0)  # seconds for each stage of probing candidates
     euc_weight: float = bounded(0.5, ge=-100.0, le=100.0)
     probe: ProbeSpec = field(default_factory=ProbeSpec)

@@ -114,13 +114,22 @@ def _match_one(client, cand: Candidate, labels: LabelSet) -> None:
         cand.failure = skip("not_served", "does not serve task") if denied else call_failed(exc.status, exc.detail,
                                                                                              "match")
         return
-    cand.probe.latency = round(time.perf_counter() - started, 4)
     cand.probe.bytes = cand.bytes = nbytes
     cand.snapshot_version = int(reply.snapshot_version)
     matches = [m for m in reply.matches if m.task >= 0 and m.classes == len(labels.hashes)]
     if not matches:
+        cand.probe.latency = round(time.perf_counter() - started, 4)
         cand.failure = skip("no_match", NO_MATCH)
         return
+    try:  # which view its match was learned in (the same-view preference reads it)
+        info = client.get_info()
+    except PeerCallError as exc:
+        cand.failure = call_failed(exc.status, exc.detail, "info")
+        return
+    cand.probe.modality = info.modality
+    cand.probe.bytes += info.nbytes
+    cand.bytes = cand.probe.bytes
+    cand.probe.latency = round(time.perf_counter() - started, 4)
     claimed = [m.val_accuracy if math.isfinite(m.val_accuracy) and 0.0 <= m.val_accuracy <= 1.0 else 0.0
                for m in matches]
     best = max(range(len(matches)), key=lambda i: (claimed[i], -matches[i].task))
@@ -182,11 +191,28 @@ def shortlist_size(cfg: SelectionConfig, matched: int) -> int:
     return max(1, int(cfg.shortlist))
 
 
-def decide_match(matched: list[Candidate], fetched: list[Candidate]) -> tuple[Candidate | None, str]:
-    chosen, reason = choose([c for c in fetched if CONFIRM_SCORE in c.scores.by_name])
+def decide_match(matched: list[Candidate], fetched: list[Candidate], view: str,
+                 margin: float) -> tuple[Candidate | None, str]:
+    """The confirmed match to borrow: the best of the receiver's own ``view`` unless the best of another
+    view confirms better by more than ``margin`` (task_val, a fraction of the validation items)."""
+    confirmed = [c for c in fetched if CONFIRM_SCORE in c.scores.by_name]
+    chosen, reason = choose(confirmed)
     if chosen is None:
         return None, "no matched task could be fetched" if matched else "no peer learned this label set"
+    own, _ = choose([c for c in confirmed if c.probe.modality == view])
+    if own is not None and own is not chosen:
+        lead = chosen.scores.by_name[CONFIRM_SCORE] - own.scores.by_name[CONFIRM_SCORE]
+        if lead <= margin:
+            return own, (f"{own.peer}: the best {view} match; {chosen.peer} ({chosen.probe.modality}) confirms only "
+                         f"{lead:.4f} better, within same_view_margin {margin}")
+        reason += f" ({chosen.probe.modality}: {lead:.4f} over the best {view} match, beyond same_view_margin {margin})"
     return chosen, f"{reason} ({CONFIRM_SCORE} as borrowed, among {len(fetched)} fetched of {len(matched)} matched)"
+
+
+def _own_view_first(order: list[Candidate], view: str) -> list[Candidate]:
+    """``order`` with its best match of ``view`` moved to the front, so the first fetched batch holds it."""
+    own = next((c for c in order if c.probe.modality == view), None)
+    return order if own is None else [own] + [c for c in order if c is not own]
 
 
 def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, evaluate_as_borrowed) -> Selection:
@@ -203,7 +229,8 @@ def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, eva
     probed = match_stage(peers, clients, labels, cfg.deadline)
     stages = {"match": _stage(probed, started, sum(c.probe.bytes for c in probed))}
     matched = [c for c in probed if c.error is None]
-    order = sorted(matched, key=lambda c: (-c.scores.by_name[CLAIM_SCORE], c.peer))
+    order = _own_view_first(sorted(matched, key=lambda c: (-c.scores.by_name[CLAIM_SCORE], c.peer)),
+                            learner.modality)
     second, size = time.perf_counter(), shortlist_size(cfg, len(order))
     fetched: list[Candidate] = []
     while order and not any(c.error is None for c in fetched):
@@ -215,7 +242,7 @@ def find_same_task(at: TaskAtHand, access: PeerAccess, cfg: SelectionConfig, eva
         fetched += batch
         size *= 2
     confirm(fetched, learner, task, data, evaluate_as_borrowed)
-    chosen, reason = decide_match(matched, fetched)
+    chosen, reason = decide_match(matched, fetched, learner.modality, cfg.same_view_margin)
     stages["task"] = _stage([c for c in fetched if c.payload.parts is not None], second,
                             sum(c.payload.bytes for c in fetched))
     skipped = [c for c in probed if c.failure is not None and c.failure.skipped]

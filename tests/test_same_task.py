@@ -136,3 +136,28 @@ def test_a_peer_answers_a_label_set_only_with_what_matches_it(swarm):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "salt" in err.value.details()
     finally:
         client.close()
+
+
+def _confirmed(peer: str, view: str, task_val: float):
+    from crossback.orchestrator_free.same_task import CONFIRM_SCORE
+    from crossback.orchestrator_free.selection import Candidate, Probe, Scores
+
+    return Candidate(peer, f"h:{peer}", Probe(modality=view),
+                     scores=Scores({CONFIRM_SCORE: task_val, "task_val_loss": 1.0}, rank=task_val - 1e-6))
+
+
+@pytest.mark.parametrize("other_val, margin, expected", [
+    (0.60, 0.10, "own"),    # another view leads by 0.05, within the margin: the receiver's own view
+    (0.60, 0.00, "other"),  # no margin: the best confirmation wins, whatever its view
+    (0.80, 0.10, "other"),  # another view leads by 0.25, beyond the margin
+    (0.50, 0.10, "own"),    # a tie goes to the own view
+])
+def test_a_match_of_the_receivers_own_view_wins_unless_another_confirms_better_by_the_margin(other_val, margin, expected):
+    from crossback.orchestrator_free.same_task import decide_match
+
+    own, other = _confirmed("own", "text", 0.55), _confirmed("other", "image", other_val)
+    if other_val == 0.50:
+        own = _confirmed("own", "text", 0.50)
+    chosen, reason = decide_match([own, other], [own, other], "text", margin)
+    assert chosen.peer == expected, reason
+    assert ("same_view_margin" in reason) == (chosen.peer == "own" or other_val - 0.55 > margin)
