@@ -70,7 +70,7 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "method": {"name": "packnet", "packnet": {"prune_ratio": 0.5, "retrain_epochs": 3}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 0.002},
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
-                 "serve": ["kv", "ddv", "backbone"] + EXTRA_SERVE.get(strategy, [])},
+                 "serve": ["kv", "ddv", "backbone", "task"] + EXTRA_SERVE.get(strategy, [])},
         "swarm": {"genesis": genesis},
         "selection": {"scope": "cross", "score": "kv_motion", "shortlist": 2, "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
         "transfer": {"strategy": strategy, "borrow": "backbone"},

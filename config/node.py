@@ -25,14 +25,15 @@ from .transfer import AdaptationConfig, TransferConfig
 # and frequency-decoupled KD's teacher features (FetchPublicFeatures, FetchSharedFeatures)
 PAYLOAD_KINDS = ("kv", "ddv", "latents", "block", "backbone", "encoder", "outer_grad", "public_features", "features",
                  "task", "classify")
-# a node lends its backbone by default: it is what borrowing needs to pay (model weights, never data);
-# a node that keeps its body to itself sets node.serve: [kv, ddv] and its peers skip it with that reason.
+# a node lends its backbone and its finished tasks by default: they are what borrowing needs to pay (model
+# weights, never data). task (MatchTask, FetchTask: a whole task, head included, only to a peer that sends
+# the salted hashes of the very same label set) says which classes a node learned, to a peer that can
+# guess their names, and how it separates them: a node that keeps that to itself serves [kv, ddv,
+# backbone]; one that keeps its body too, [kv, ddv]. Its peers skip it with that reason.
 # outer_grad is opt-in: it is computed on the node's own items, and a gradient says something about them
-DEFAULT_SERVE = ("kv", "ddv", "backbone")
+DEFAULT_SERVE = ("kv", "ddv", "backbone", "task")
 # features (on items both nodes hold) is opt-in too: it answers about the node's own items.
 # public_features answers about public items only, but costs a forward pass over them: opt-in as well.
-# task (MatchTask, FetchTask: a whole task, head included, to a peer with the same label set) is opt-in:
-# a head says which classes a node learned and how it separates them.
 # classify (the Classify RPC: inference on the caller's raw items) is opt-in: it does work for anyone
 # who reaches the port; bind it to a trusted network or run with TLS
 OUTER_GRAD_KINDS = ("encoder", "outer_grad")

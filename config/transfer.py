@@ -85,10 +85,11 @@ class TransferConfig:
     # a name crossback.transfer.registry knows (crossback, mergenet, mona, freqkd, or one registered there);
     # checked when the strategy is made, so a strategy can be added without touching this package
     strategy: str = "crossback"
-    # crossback: which of the peer's parts the task runs on (see crossback.models.borrowed); backbone is
-    # the level at which borrowing paid in the transfer benchmark, kv (the paper's unit) did not; task:
-    # a peer's model of the same label set, head included (falls back to backbone where none matches)
-    borrow: str = bounded("backbone", choices=PART_KINDS)
+    # crossback: which of the peer's parts the task runs on (see crossback.models.borrowed). task (the
+    # default): a peer's model of the same label set, head included, found by salted class hashes, and
+    # where no peer learned the label set the backbone the selection picks; backbone: always the
+    # selection's pick; kv (the paper's unit) did not pay in the transfer benchmark
+    borrow: str = bounded("task", choices=PART_KINDS)
     mergenet: MergeNetConfig = field(default_factory=MergeNetConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
     freqkd: FreqKDConfig = field(default_factory=FreqKDConfig)
