@@ -27,6 +27,7 @@ def bench_dict(**over) -> dict:
     cfg = {"regime": "test", "seeds": 1, "split": {"train": 0.5, "val": 0.1, "test": 0.4},
            "model": TINY, "train": {"epochs": 2, "batch_size": 64, "lr": 0.003}, "receiver_epochs": 3,
            "adaptation": {"epochs": 1}, "selection": {"probe": {"pair_count": 8, "token_count": 4}},
+           "transfer": {"borrow": "backbone"},  # the selection path (the default, task, matches these label sets)
            "bootstrap": {"resamples": 500},
            "nodes": [{"name": "low", "role": "donor", **DIGITS, "tasks": [LOW]},
                      {"name": "high", "role": "donor", **DIGITS, "tasks": [HIGH]},
