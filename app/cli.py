@@ -250,7 +250,7 @@ def _bench_transfer(args: argparse.Namespace) -> int:
 
     from crossback.bench.curves import write_curves
     from crossback.bench.report import analyse, environment, write_report
-    from crossback.bench.runner import run_bench
+    from crossback.bench.runner import load_records, run_bench
     from crossback.config.bench import load_bench_config
     from crossback.transfer.registry import check_name
 
@@ -274,7 +274,12 @@ def _bench_transfer(args: argparse.Namespace) -> int:
             raise ConfigError(f"--run-seeds: {args.run_seeds!r} is not a comma-separated list of integers") from None
         if not only or not all(0 <= x < seeds for x in only):
             raise ConfigError(f"--run-seeds: every seed must lie in 0..{seeds - 1}, got {args.run_seeds!r}")
-    records = run_bench(cfg, args.out, seeds, progress=not args.no_progress, only=only)
+    if args.report_only:
+        records = load_records(Path(args.out), seeds, cfg)
+        if not records:
+            raise ConfigError(f"--report-only: {args.out} holds no unit records of this config's receivers")
+    else:
+        records = run_bench(cfg, args.out, seeds, progress=not args.no_progress, only=only)
     result = {**analyse(records, cfg.bootstrap), "environment": environment(cfg.threads)}
     command = "crossback bench transfer " + " ".join(
         shlex.quote(a) for a in ["--config", str(args.config), "--seeds", str(seeds), "--out", str(args.out)]
@@ -513,6 +518,9 @@ def _add_bench_commands(sub) -> None:
                     "run per receiver, shots and seed (arm accuracies and selection scores by task)")
     bt.add_argument("--run-seeds", help="run only these of the seeds (e.g. 0,2,4; another process may run the "
                     "others into the same --out); the report covers every seed found there")
+    bt.add_argument("--report-only", action="store_true", help="run nothing: rewrite the report from the unit "
+                    "records already in --out (a newer analysis of an older run, even one made under a config "
+                    "that has since gained settings)")
     bt.add_argument("--no-progress", action="store_true")
     bt.set_defaults(func=_bench_transfer)
     bc = bench.add_parser("compare", help="two runs of one regime: each donor's arm in A minus the same arm in B")

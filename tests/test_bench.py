@@ -186,6 +186,21 @@ def test_cli_writes_results_table_and_plot(tmp_path):
     index = next(int(r["index"]) for r in rows if r["task"] == unit["task"])
     none = [e.value for e in board.Scalars("Top1_Acc_Exp/eval_phase/test_stream/none") if e.step == index]
     assert none == [pytest.approx(unit["arms"]["none"], rel=1e-6)]
+    # --report-only rewrites the report from the unit records, running nothing (even where the saved
+    # config no longer matches: an older run, a newer analysis)
+    (tmp_path / "out" / "config.json").write_text("{}")
+    (tmp_path / "out" / "results.md").unlink()
+    again = subprocess.run([sys.executable, "-m", "crossback.app.cli", "bench", "transfer", "--config", str(cfg),
+                            "--seeds", "1", "--out", str(tmp_path / "out"), "--quick", "--report-only"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rewritten = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rewritten["per_unit"] == result["per_unit"] and rewritten["command"] == result["command"]
+    assert (tmp_path / "out" / "results.md").read_text() == md
+    empty = subprocess.run([sys.executable, "-m", "crossback.app.cli", "bench", "transfer", "--config", str(cfg),
+                            "--seeds", "1", "--out", str(tmp_path / "nothing"), "--report-only"],
+                           capture_output=True, text=True, timeout=600)
+    assert empty.returncode != 0 and "holds no unit records" in empty.stderr
 
 
 @pytest.mark.parametrize("over, needle", [
