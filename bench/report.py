@@ -155,6 +155,11 @@ def unit_kind(rec: dict) -> str:
     return rec.get("kind", "kind unknown")
 
 
+def kind_and_view(rec: dict) -> str:
+    """same-task / new-task crossed with the receiver's view (image, text): the split a held-out claim needs."""
+    return f"{unit_kind(rec)}, {rec['modality']} receivers"
+
+
 def stratum(rec: dict) -> str:
     """What stays fixed across seeds: the receiver, its k and the task."""
     return f"{rec['receiver']}/k={rec['shots']}/{rec['task']}"
@@ -270,7 +275,7 @@ def environment(threads: int) -> dict:
 def analyse(records: list[dict], cfg_boot) -> dict:
     boot = {"resamples": cfg_boot.resamples, "confidence": cfg_boot.confidence, "seed": cfg_boot.seed}
     groups = {"all": records}
-    for key in (unit_kind, unit_group, lambda r: f"receiver {r['receiver']}"):
+    for key in (unit_kind, unit_group, lambda r: f"receiver {r['receiver']}", kind_and_view):
         if len({key(r) for r in records}) > 1:  # a breakdown with one value would repeat "all"
             for rec in records:
                 groups.setdefault(key(rec), []).append(rec)
