@@ -100,7 +100,8 @@ def render_levels(results: dict[str, dict], score: str = "logme") -> list[str]:
     return lines + [""]
 
 
-KINDS = (("starved_genesis-backbone", "backbone"), ("starved_genesis-task", "task, else backbone"))
+KINDS = (("starved_genesis-backbone", "backbone"), ("starved_genesis-task", "task, else backbone"),
+         ("heldout_glyphs-backbone", "held out: backbone"), ("heldout_glyphs-task", "held out: task, else backbone"))
 SELECTED = ("selected:task_val", "selected:kv_motion>2")  # what a node with the default selection picks
 
 
@@ -111,9 +112,10 @@ def render_kinds(results: dict[str, dict]) -> list[str]:
             for kind in ("same-task", "new-task") if kind in results[n]["groups"]]
     if not rows:
         return []
-    lines = ["Where borrowing pays (starved regime, one genesis; selected = what a node with the default selection "
-             "picks, `kv_motion>2` or, on the same-task path, `task_val`; the limit is the best same-view donor's own "
-             "model on the receiver's test split):", "",
+    lines = ["Where borrowing pays (starved regime, one genesis; *held out*: the same protocol on the glyph set no "
+             "default was tuned on, `benchmarks/transfer/heldout_glyphs.yaml`, 2 and 5 shots; selected = what a node "
+             "with the default selection picks, `kv_motion>2` or, on the same-task path, `task_val`; the limit is the "
+             "best same-view donor's own model on the receiver's test split):", "",
              "| units | borrow | n | none | selected Δ vs none [CI] | kept Δ vs none [CI] | untrained Δ vs none | "
              "selected Δ vs untrained [CI] | average Δ vs none | selected Δ vs average [CI] | kept / limit | "
              "oracle Δ vs none [CI]; best on test (no-effect null) |",
