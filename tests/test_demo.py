@@ -9,10 +9,11 @@ import pytest
 
 from crossback.node.events import read_events
 
-# What may leave a node: the declared payload kinds it serves (K/V, DDV answers, its backbone), membership
-# and info, and the small requests for them.
+# What may leave a node: the declared payload kinds it serves (K/V, DDV answers, its backbone, its finished
+# tasks to a peer of the same label set: the match answer and the task), membership and info, and the small
+# requests for them.
 ALLOWED_PAYLOADS = {"kv", "ddv", "backbone", "membership", "info", "info_request", "kv_request", "probe_spec",
-                    "backbone_request"}
+                    "backbone_request", "task_request", "task_match", "task"}
 
 
 @pytest.fixture(scope="module")
