@@ -358,7 +358,9 @@ def test_expensive_work_stops_once_the_deadline_passes_or_the_caller_cancels():
     def deadline(stub):
         with pytest.raises(grpc.RpcError) as err:
             stub(b"", timeout=0.3)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the caller's own timer, or (on a busy host, where the handler's check wins the race) the server's
+        # abort for a call whose deadline has passed: either way the call ended at its deadline
+        assert err.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         return time.monotonic()
 
     def cancel(stub):
