@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from .bounds import bounded, check_bounds
 
 # the selection scores (crossback.orchestrator_free.scores implements each)
-CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_cover", "kv_drift", "logme_kv")  # K/V + DDV only
+CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_drift", "logme_kv")  # K/V + DDV only
 PAYLOAD_SCORES = ("local_loss", "logme")  # the borrowed payload (a backbone)
 SCORES = CHEAP_SCORES + PAYLOAD_SCORES
 DDV_SCORES = ("ddv", "ddv_cos")

@@ -13,11 +13,6 @@ answer (a few % of the model); nothing of the receiver leaves it:
   later one, older tasks' weights and the fresh ones it claimed). Two nodes that learned the same thing
   from one start moved the same way. A candidate that has not moved at all (an untrained node: it
   learned nothing) scores -1, the minimum. Needs a swarm genesis.
-- ``kv_cover``: ``kv_motion`` without renormalising on the overlap: ``<m_k, m_r> / (|m_k| |m_r|)``
-  over the weights our task moved and runs, the candidate's motion ``m_k`` counted as zero where it
-  does not run a weight (pruned). A candidate that runs few of the weights our task moved can carry
-  little of what it learned; ``kv_motion`` renormalises on that small overlap, where a cosine reads
-  high by chance (issue 39: it ranked the donor of the receiver's *earlier* task first).
 - ``kv_drift``: ``||KV_k - KV_0|| / ||KV_0||``, how far the candidate moved at all (how much it learned,
   whatever it learned): a control for ``kv_motion``.
 - ``logme_kv``: ``logme`` (below) with only the candidate's K/V swapped into our own task model.
@@ -138,18 +133,6 @@ def kv_motion(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor)
     return float((moved * ours).sum()) / norm if norm > 0 else -1.0
 
 
-def kv_cover(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor) -> float:
-    """``kv_motion`` over all the weights our task moved and runs (``kept``), the candidate's motion
-    zero where it runs none: coverage counts (-1 for a K/V that never left the origin)."""
-    theirs = join_kv(kv).double()
-    if not bool((theirs != origin).any()):
-        return -1.0
-    moved = torch.where(theirs != 0, theirs - origin, torch.zeros_like(theirs))[kept]
-    ours = ours[kept]
-    norm = float(moved.norm() * ours.norm())
-    return float((moved * ours).sum()) / norm if norm > 0 else -1.0
-
-
 def kv_drift(kv: dict[str, Tensor], origin: Tensor) -> float:
     return float((join_kv(kv).double() - origin).norm() / origin.norm())
 
@@ -186,8 +169,6 @@ class Receiver:
         origin = self.origin
         if "kv_motion" in wanted and origin is not None:
             out["kv_motion"] = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, origin))
-        if "kv_cover" in wanted and origin is not None:
-            out["kv_cover"] = _timed(cand, "kv_cover", lambda: kv_cover(kv, *self.own_motion, origin))
         if "kv_drift" in wanted and origin is not None:
             out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, origin))
         if "logme_kv" in wanted:

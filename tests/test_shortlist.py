@@ -12,7 +12,7 @@ from crossback.models.perceiver import ENCODER_KV, split_kv
 from crossback.config.model import TrainOptions
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
-from crossback.orchestrator_free.scores import genesis_kv, kv_cover, kv_motion
+from crossback.orchestrator_free.scores import genesis_kv, kv_motion
 from crossback.orchestrator_free.reasons import call_failed, skip
 from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Scores
 from crossback.config.selection import SelectionConfig
@@ -45,24 +45,6 @@ def test_kv_motion_ranks_a_node_that_never_moved_last_and_a_like_mover_first():
     pruned = like.clone()
     pruned[0] = 0.0  # a weight the candidate pruned is not a move it learned
     assert kv_motion(split_kv(pruned), ours, kept, origin) == pytest.approx(1.0)
-
-
-def test_kv_cover_counts_the_weights_a_candidate_does_not_run_where_kv_motion_renormalises():
-    rx = _learner(1)
-    origin = genesis_kv(rx)
-    g = torch.Generator().manual_seed(0)
-    ours = torch.randn(origin.shape, generator=g, dtype=torch.float64)
-    kept = torch.ones(origin.shape, dtype=torch.bool)
-    like = origin + 0.1 * ours
-    assert kv_cover(split_kv(origin.float()), ours, kept, origin) == -1.0  # learned nothing
-    assert kv_cover(split_kv(like), ours, kept, origin) == pytest.approx(1.0)
-    sliver = like.clone()
-    sliver[2:] = 0.0  # runs a few rows of what our task moved, and moved those our way
-    assert kv_motion(split_kv(sliver), ours, kept, origin) == pytest.approx(1.0)  # a cosine on the sliver
-    share = float(ours[:2].norm() / ours.norm())
-    assert kv_cover(split_kv(sliver), ours, kept, origin) == pytest.approx(share, rel=1e-4) and share < 0.5
-    broad = origin + 0.1 * ours + 0.1 * torch.randn(origin.shape, generator=g, dtype=torch.float64)
-    assert kv_cover(split_kv(broad), ours, kept, origin) > kv_cover(split_kv(sliver), ours, kept, origin)
 
 
 def test_every_task_starts_from_the_genesis_values_of_its_free_weights(digits_tasks):
