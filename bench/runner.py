@@ -255,7 +255,7 @@ class ReceiverUnits:
         averaged = averaged_members(sel, cfg.selection, unit_strategy)
         preferred = soup if averaged and soup is not None else (arms.get(chosen.peer) if chosen else None)
         decision = {"none": none} | ({"selected": preferred} if preferred is not None else {})
-        kept, why = decide_keep(decision, "selected")
+        kept, why = decide_keep(decision, "selected", unit_strategy.keep_rule)
         learner.set_task_state(i, decision[kept].state)
         outcome = UnitOutcome(none, probed, arms, chosen, kept, why, decision[kept])
         return self._record(i, info, outcome, same) | extra

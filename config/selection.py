@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from .bounds import bounded, check_bounds
 
 # the selection scores (crossback.orchestrator_free.scores implements each)
-CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_drift", "logme_kv")  # K/V + DDV only
+CHEAP_SCORES = ("ddv", "ddv_cos", "kv_motion", "kv_motion_view", "kv_drift", "logme_kv")  # K/V + DDV only
 PAYLOAD_SCORES = ("local_loss", "logme")  # the borrowed payload (a backbone)
 SCORES = CHEAP_SCORES + PAYLOAD_SCORES
 DDV_SCORES = ("ddv", "ddv_cos")
@@ -47,11 +47,13 @@ MAX_SHORTLIST = 4096
 class SelectionConfig:
     enabled: bool = True
     # the score that ranks every candidate (see .scores). A cheap one (K/V + DDV) ranks on what every
-    # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload
-    # (kv_motion + a shortlist of 2 confirmed by logme: the transfer benchmark's best trade of regret
-    # against bytes, benchmarks/results/starved_genesis-backbone.md; without a swarm genesis no
-    # candidate has kv_motion and every one is confirmed)
-    score: str = bounded("kv_motion", choices=SCORES)
+    # candidate sends for selection; a payload score (logme, local_loss) fetches every candidate's payload.
+    # Default: kv_motion_view (candidates of the receiver's view first, by kv_motion within) + a shortlist
+    # of 2 confirmed by logme. kv_motion + shortlist 2 was chosen on the project's sets
+    # (benchmarks/results/starved_genesis-backbone.md) and fell to 73 % of LogME-on-every-backbone on the
+    # held-out set; own view first holds on both (issue 39). Without a swarm genesis no candidate has
+    # kv_motion and every one is confirmed.
+    score: str = bounded("kv_motion_view", choices=SCORES)
     # with a cheap score: its top k candidates are fetched whole and ranked by `confirm`; 0: the cheap
     # score alone (only the winner's payload moves); all: every candidate is fetched and confirmed
     shortlist: int | str = 2

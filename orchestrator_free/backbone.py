@@ -132,6 +132,8 @@ def _average_arm(at: TaskAtHand, plan: ArmPlan, members: list[Candidate]) -> Arm
 
 
 SIGN_TEST_Z = 1.645  # one-sided 5 %
+# ``margin``: how many more validation items the borrowed arm must get right than ``none`` (see decide_keep)
+KEEP_MARGIN_ITEMS = 2
 
 
 def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") -> tuple[str, str]:
@@ -140,7 +142,10 @@ def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") ->
     ``sign``: the borrowed arm is kept unless ``none`` is right on significantly more validation items
     (a one-sided sign test on the items the two disagree on) — for a borrowed model of the very same
     task, whose evidence (the peer learned from all its items) a few validation items cannot outweigh
-    unless they clearly disagree."""
+    unless they clearly disagree. ``margin``: the borrowed arm is kept only if it is right on at least
+    ``KEEP_MARGIN_ITEMS`` more validation items than ``none`` — for a backbone of a peer that did not learn
+    this task, whose help is small on average, so that a one-item win on 10-25 items (luck as often as
+    not) does not keep it."""
     if preferred not in arms:
         return "none", f"no {preferred} arm (no usable candidate)"
     if preferred == "none":
@@ -154,6 +159,14 @@ def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") ->
                             "significantly worse (one-sided sign test, 5 %)")
         return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
                            "not significantly worse (one-sided sign test, 5 %)")
+    if rule == "margin" and arm.val_correct is not None and base.val_correct is not None:
+        worse = int((base.val_correct & ~arm.val_correct).sum())
+        better = int((arm.val_correct & ~base.val_correct).sum())
+        if better - worse >= KEEP_MARGIN_ITEMS:
+            return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
+                               f"at least {KEEP_MARGIN_ITEMS} more")
+        return "none", (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: fewer "
+                        f"than {KEEP_MARGIN_ITEMS} more, no evidence that a backbone of another task helps")
     got, ref = arm.val, base.val
     if got > ref:
         return preferred, f"{preferred} validation accuracy {got:.4f} > none's {ref:.4f}"

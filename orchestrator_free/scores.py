@@ -13,6 +13,12 @@ answer (a few % of the model); nothing of the receiver leaves it:
   later one, older tasks' weights and the fresh ones it claimed). Two nodes that learned the same thing
   from one start moved the same way. A candidate that has not moved at all (an untrained node: it
   learned nothing) scores -1, the minimum. Needs a swarm genesis.
+- ``kv_motion_view``: ``kv_motion + 2`` for a candidate of the receiver's own view (modality), ``kv_motion``
+  for another: candidates of our view first, by ``kv_motion`` within each view (``kv_motion`` lies in
+  [-1, 1], so the 2 orders the views and nothing else). Across views ``kv_motion`` compares K/V that
+  project different token distributions (the other view's adapter), and there it follows whichever
+  donor moved like our *earlier* tasks rather than the one that learned this task (issue 39: on
+  held-out data its same-task Spearman was +0.09; the default since).
 - ``kv_drift``: ``||KV_k - KV_0|| / ||KV_0||``, how far the candidate moved at all (how much it learned,
   whatever it learned): a control for ``kv_motion``.
 - ``logme_kv``: ``logme`` (below) with only the candidate's K/V swapped into our own task model.
@@ -112,6 +118,9 @@ def logme(learner: ContinualLearner, task: int, data: TaskData, parts: dict | No
                           data.num_classes)
 
 
+OWN_VIEW_BONUS = 2.0  # larger than kv_motion's range: orders the views, kv_motion orders within each
+
+
 def genesis_kv(learner: ContinualLearner) -> Tensor | None:
     """The fused (2d, C) encoder K/V every node of the learner's swarm genesis started from (None: no
     genesis): the learner's network structure keeps its initial values."""
@@ -167,8 +176,11 @@ class Receiver:
         if kv is None or tuple(join_kv(kv).shape) != self.shapes[ENCODER_KV]:
             return out  # another K/V shape (any-shape strategies): the DDV scores only
         origin = self.origin
-        if "kv_motion" in wanted and origin is not None:
-            out["kv_motion"] = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, origin))
+        if origin is not None and wanted & {"kv_motion", "kv_motion_view"}:
+            motion = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, origin))
+            out["kv_motion"] = motion
+            if "kv_motion_view" in wanted:
+                out["kv_motion_view"] = motion + (OWN_VIEW_BONUS if probe.modality == self.learner.modality else 0.0)
         if "kv_drift" in wanted and origin is not None:
             out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, origin))
         if "logme_kv" in wanted:

@@ -53,7 +53,7 @@ class TransferStrategy(Protocol):
     # a payload kind fetched after selection, only for the candidates whose arms run (``fetch_extra``);
     # None: what selection fetched is the whole payload
     extra: str | None
-    keep_rule: str  # how the task decides between the borrowed arm and none: "accuracy" or "sign" (decide_keep)
+    keep_rule: str  # how the task decides between the borrowed arm and none: "accuracy", "sign" or "margin" (decide_keep)
     # first look for a peer that learned this very label set (salted class hashes) and borrow its whole task,
     # judged by ``as_borrowed``; where none did, borrow the way ``fallback`` does
     matches_tasks: bool

@@ -24,11 +24,13 @@ class CrossBackTransfer(Strategy):
     extra: str | None = None
     keep_rule = "accuracy"  # how the task decides between this arm and none (orchestrator_free.backbone.decide_keep)
 
-    def __init__(self, borrow: str = "backbone"):
+    def __init__(self, borrow: str = "backbone", keep_rule: str | None = None):
         if borrow not in PART_KINDS or (borrow == "task" and type(self) is CrossBackTransfer):
             raise ValueError(f"unknown borrow level {borrow!r}; choose one of {list(PART_KINDS)}")
         self.borrow = borrow
         self.needs = frozenset({borrow})
+        if keep_rule is not None:
+            self.keep_rule = keep_rule
 
     def adapt(self, learner, task, data, payload, opts: AdaptOptions, generator: torch.Generator) -> dict:
         return adapt_on_parts(learner, task, data, payload, opts, generator)
@@ -83,7 +85,9 @@ class TaskTransfer(CrossBackTransfer):
     on the task's own items. The head is the peer's, so there is no head probe. Adaptation on a few
     items can undo what the peer learned from many: the adapted state is kept only if its validation
     accuracy beats the task as borrowed, otherwise the task keeps the peer's model unchanged (under
-    all-ones masks). Where no peer learned the label set, the node borrows ``fallback``'s way instead.
+    all-ones masks). Where no peer learned the label set, the node borrows ``fallback``'s way instead,
+    and keeps that backbone only on a margin of validation items (``keep_rule: margin``): no peer learned
+    this task, and a one-item win kept backbones that cost points on held-out data (issue 39).
     The task then keeps the borrowed arm unless ``none`` is significantly better on validation items
     (``keep_rule: sign``): a handful of items must not overrule a model of the very same classes."""
 
@@ -92,7 +96,7 @@ class TaskTransfer(CrossBackTransfer):
 
     def __init__(self):
         super().__init__("task")
-        self.fallback = CrossBackTransfer("backbone")
+        self.fallback = CrossBackTransfer("backbone", keep_rule="margin")
 
     def as_borrowed(self, learner, task: int, data, parts: dict, opts: AdaptOptions, split=None) -> tuple[float, float]:
         """(accuracy, loss) on ``split`` (default: the validation split) of ``task`` run on ``parts``
