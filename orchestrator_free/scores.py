@@ -15,7 +15,7 @@ answer (a few % of the model); nothing of the receiver leaves it:
   learned nothing) scores -1, the minimum. Needs a swarm genesis.
 - ``kv_motion_view``: ``kv_motion + 2`` for a candidate of the receiver's own view (modality), ``kv_motion``
   for another: candidates of our view first, by ``kv_motion`` within each view (``kv_motion`` lies in
-  [-1, 1], so the 2 orders the views and nothing else). Across views ``kv_motion`` compares K/V that
+  [-1, 1], so the 2 orders the views and nothing else; a node that never moved stays last at -1). Across views ``kv_motion`` compares K/V that
   project different token distributions (the other view's adapter), and there it follows whichever
   donor moved like our *earlier* tasks rather than the one that learned this task (issue 39: on
   held-out data its same-task Spearman was +0.09; the default since).
@@ -142,6 +142,13 @@ def kv_motion(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor)
     return float((moved * ours).sum()) / norm if norm > 0 else -1.0
 
 
+def kv_motion_view(motion: float, own_view: bool, kv: dict[str, Tensor], origin: Tensor) -> float:
+    """``motion`` (kv_motion) + OWN_VIEW_BONUS for a candidate of our view that moved at all; a node that
+    learned nothing stays last whatever its view."""
+    moved = bool((join_kv(kv).double() != origin).any())
+    return motion + OWN_VIEW_BONUS if own_view and moved else motion
+
+
 def kv_drift(kv: dict[str, Tensor], origin: Tensor) -> float:
     return float((join_kv(kv).double() - origin).norm() / origin.norm())
 
@@ -180,7 +187,7 @@ class Receiver:
             motion = _timed(cand, "kv_motion", lambda: kv_motion(kv, *self.own_motion, origin))
             out["kv_motion"] = motion
             if "kv_motion_view" in wanted:
-                out["kv_motion_view"] = motion + (OWN_VIEW_BONUS if probe.modality == self.learner.modality else 0.0)
+                out["kv_motion_view"] = kv_motion_view(motion, probe.modality == self.learner.modality, kv, origin)
         if "kv_drift" in wanted and origin is not None:
             out["kv_drift"] = _timed(cand, "kv_drift", lambda: kv_drift(kv, origin))
         if "logme_kv" in wanted:

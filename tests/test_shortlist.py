@@ -12,9 +12,9 @@ from crossback.models.perceiver import ENCODER_KV, split_kv
 from crossback.config.model import TrainOptions
 from crossback.orchestrator_free.candidates import ProbeHistory
 from crossback.orchestrator_free.genesis import genesis_id
-from crossback.orchestrator_free.scores import genesis_kv, kv_motion
+from crossback.orchestrator_free.scores import OWN_VIEW_BONUS, Receiver, apply_score, genesis_kv, kv_motion
 from crossback.orchestrator_free.reasons import call_failed, skip
-from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Scores
+from crossback.orchestrator_free.selection import PeerAccess, TaskAtHand, Candidate, Probe, Scores
 from crossback.config.selection import SelectionConfig
 from crossback.orchestrator_free.shortlist import select
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
@@ -45,6 +45,35 @@ def test_kv_motion_ranks_a_node_that_never_moved_last_and_a_like_mover_first():
     pruned = like.clone()
     pruned[0] = 0.0  # a weight the candidate pruned is not a move it learned
     assert kv_motion(split_kv(pruned), ours, kept, origin) == pytest.approx(1.0)
+
+
+def test_kv_motion_view_ranks_our_view_first_and_by_kv_motion_within_each_view(digits_tasks):
+    rx = _learner(1)
+    learn_task(rx, digits_tasks[0], PACKNET, OPTS)
+    receiver = Receiver(rx, 0, digits_tasks[0], 0.5)
+    ours, _ = receiver.own_motion
+    origin = receiver.origin
+    noise = torch.randn(origin.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = float(ours.norm() / noise.norm())
+
+    def cand(peer: str, modality: str, moved: torch.Tensor) -> Candidate:
+        return Candidate(peer, f"h:{peer}", probe=Probe(modality=modality, kv=split_kv((origin + moved).float())))
+
+    cands = [cand("text-like-us", "text", ours),  # moved exactly as we did, but in another view
+             cand("image-near", "image", ours + 0.5 * scale * noise),
+             cand("image-far", "image", ours + 3.0 * scale * noise),
+             cand("image-still", "image", torch.zeros_like(ours))]  # learned nothing
+    apply_score("kv_motion_view", cands, receiver)
+    motion = {c.peer: c.scores.by_name["kv_motion"] for c in cands}
+    view = {c.peer: c.scores.by_name["kv_motion_view"] for c in cands}
+    assert motion["text-like-us"] == pytest.approx(1.0) and motion["image-still"] == -1.0
+    assert max(motion, key=motion.get) == "text-like-us"  # kv_motion alone: the other view first
+    # our view first, by kv_motion within; a node that learned nothing stays last whatever its view
+    assert sorted(view, key=view.get, reverse=True) == ["image-near", "image-far", "text-like-us", "image-still"]
+    assert view["image-still"] == -1.0
+    assert view["image-near"] == pytest.approx(motion["image-near"] + OWN_VIEW_BONUS)
+    assert view["text-like-us"] == motion["text-like-us"]
+    assert all(c.scores.rank == view[c.peer] for c in cands)
 
 
 def test_every_task_starts_from_the_genesis_values_of_its_free_weights(digits_tasks):
