@@ -21,6 +21,9 @@ from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.config.transfer import TransferConfig
 from crossback.transfer.registry import make_strategy
 
+from crossback.config.data import SplitSpec, TaskSpec, View
+from crossback.data.tasks import build_task
+
 from conftest import tiny_config
 
 OPTS = TrainOptions(epochs=2, batch_size=64)
@@ -361,3 +364,47 @@ def test_a_peer_that_publishes_between_the_stages_is_probed_once_more_and_kept(t
     (cand,) = sel.candidates
     assert cand.error is None and cand.probe.reprobed and cand.snapshot_version == 2 and calls == ["kv", "kv"]
     assert sel.chosen is cand and cand.payload.parts is not None and cand.probe.cos is not None
+
+
+EMOJI_A = ("event", "sport", "animal-mammal", "drink", "clothing")
+EMOJI_B = ("game", "animal-bird", "country-flag", "food-prepared", "household")
+
+
+def test_a_receiver_whose_earlier_task_another_view_learned_ranks_its_own_view_donor_of_this_task_first(
+        tmp_path, emoji_catalog):
+    """Issue 39's failure, end to end: the receiver (images) learned A, then B; a text donor learned A, an
+    image donor learned B. The default cheap score ranks the image donor of B first, read from what the
+    peers answer (their view from GetInfo, their K/V), and only its backbone moves."""
+    image, text = View("image", image_size=16, channels=3), View("text", text_max_length=40)
+    task = lambda view, name, classes: build_task(emoji_catalog, TaskSpec(name, classes=classes), SplitSpec(), view,
+                                                  seed=0)[0]
+    learner = lambda modality, seed: ContinualLearner(tiny_config(3, 4), modality, "packnet", seed, genesis=GENESIS)
+    rx = learner("image", 1)
+    rx_tasks = [task(image, "a", EMOJI_A), task(image, "b", EMOJI_B)]
+    for data in rx_tasks:
+        learn_task(rx, data, PACKNET, OPTS)
+
+    def donor(modality, seed, data):
+        d = learner(modality, seed)
+        learn_task(d, data, PACKNET, OPTS)
+        return d
+
+    snaps = {"txt-a": published(tmp_path / "txt-a", 1, lambda: donor("text", 11, task(text, "a", EMOJI_A))),
+             "img-b": published(tmp_path / "img-b", 1, lambda: donor("image", 12, task(image, "b", EMOJI_B)))}
+    strategy = make_strategy(TransferConfig(borrow="backbone"))
+    cfg = SelectionConfig(shortlist=0)
+    assert cfg.score == "kv_motion_view"
+    with serve_snapshots(snaps, tmp_path / "logs") as addresses:
+        clients = ClientPool(lambda a, _e: PeerClient(a, "rx", CallPolicy(timeout=30.0, attempts=1)))
+        try:
+            sel = select(TaskAtHand(rx, 1, rx_tasks[1]),
+                         PeerAccess("rx", sorted(addresses.items()), clients, genesis_id(GENESIS, rx.cfg)), cfg, strategy)
+        finally:
+            clients.close()
+    by_peer = {c.peer: c for c in sel.candidates}
+    assert {p: c.probe.modality for p, c in by_peer.items()} == {"txt-a": "text", "img-b": "image"}
+    scores = {p: c.scores.by_name for p, c in by_peer.items()}
+    assert scores["img-b"]["kv_motion_view"] == pytest.approx(scores["img-b"]["kv_motion"] + OWN_VIEW_BONUS)
+    assert scores["txt-a"]["kv_motion_view"] == scores["txt-a"]["kv_motion"]
+    assert sel.chosen is not None and sel.chosen.peer == "img-b"
+    assert by_peer["img-b"].payload.bytes > 0 and by_peer["txt-a"].payload.bytes == 0  # one backbone moved
