@@ -73,7 +73,7 @@ def node_config(entry: dict, seed: int, epochs: int, adapt_epochs: int, keep: st
         "node": {"node_id": entry["node_id"], "heartbeat_interval": 0.5, "failure_timeout": 5.0, "threads": 1,
                  "serve": ["kv", "ddv", "backbone", "task"] + EXTRA_SERVE.get(strategy, [])},
         "swarm": {"genesis": genesis},
-        "selection": {"scope": "cross", "score": "kv_motion", "shortlist": 2, "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
+        "selection": {"scope": "cross", "score": "kv_motion_view", "shortlist": 2, "probe": {"seed": 0, "pair_count": 256, "token_count": 16}},
         "transfer": {"strategy": strategy, "borrow": "backbone"},
         "adaptation": {"epochs": adapt_epochs, "own_weights": adapt_own_weights},
         "experiment": {"keep": keep, "oracle": oracle or keep == "oracle"},

@@ -385,7 +385,7 @@ def _group_lines(name: str, group: dict) -> list[str]:
     if versus:
         lines += ["", "Against the average of every trained candidate's payload: "
                   + "; ".join(f"{arm} Δ {_ci(d)}" for arm, d in versus.items()
-                              if not arm.startswith("selected:") or arm in ("selected:logme", "selected:kv_motion>2"))]
+                              if not arm.startswith("selected:") or arm in ("selected:logme", "selected:kv_motion>2", "selected:kv_motion_view>2"))]
     limited = {arm: row for arm, row in group["arms"].items() if "of_limit" in row}
     if limited:
         lines += ["", "Against the limit (the best same-view donor's own model on the receiver's test split, "

@@ -56,7 +56,7 @@ def test_selections_list_candidates_with_finite_scores_and_cross_modal_picks(dem
         assert all(math.isfinite(c["score"]) for c in s["candidates"] if c["error"] is None)
         chosen = next(c for c in s["candidates"] if c["peer"] == s["chosen"])["score"]
         above = [c for c in s["candidates"] if c["error"] is None and c["score"] > chosen]
-        assert len(above) < 2  # the demo's shortlist: the top 2 by kv_motion, confirmed by LogME
+        assert len(above) < 2  # the demo's shortlist: the top 2 by kv_motion_view, confirmed by LogME
     roles = {n["node_id"]: n["role"] for n in summary["nodes"]}
     receivers = {n for n, role in roles.items() if role == "receiver"}
     for s in (s for s in summary["selections"] if s["node"] in receivers):  # donors of both modalities compete

@@ -112,10 +112,11 @@ def test_documented_laptop_command_joins_a_running_local_swarm(tmp_path):
         assert all(math.isfinite(c["score"]) for c in answered)
         # the documented two-stage rule: the top `shortlist` by the cheap score, the winner by the confirming one
         # (a shortlisted candidate whose backbone then failed to arrive keeps its cheap score and its mark)
-        ranked = [c for c in sel["candidates"] if math.isfinite((c.get("scores") or {}).get("kv_motion", math.nan))]
-        by_cheap = sorted(ranked, key=lambda c: (-c["scores"]["kv_motion"], c["peer"]))
+        rank = "kv_motion_view"  # examples/swarm/laptop.yaml
+        ranked = [c for c in sel["candidates"] if math.isfinite((c.get("scores") or {}).get(rank, math.nan))]
+        by_cheap = sorted(ranked, key=lambda c: (-c["scores"][rank], c["peer"]))
         shortlisted = [c for c in ranked if c["shortlisted"]]
-        assert sel["rank_score"] == "kv_motion" and sel["shortlist"] == 2
+        assert sel["rank_score"] == rank and sel["shortlist"] == 2
         assert {c["peer"] for c in shortlisted} == {c["peer"] for c in by_cheap[:2]}
         decided = sel["score_name"]
         best = sorted((c for c in shortlisted if decided in c["scores"] and c["error"] is None),
