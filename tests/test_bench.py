@@ -355,6 +355,27 @@ def test_the_same_task_keep_rule_needs_none_to_be_significantly_better():
     assert kept == "none" and "none is right on 12" in why and "significantly worse" in why
 
 
+def test_the_fallback_keeps_a_backbone_of_another_task_only_on_a_margin_of_validation_items():
+    import torch
+
+    from crossback.transfer.crossback import TaskTransfer
+
+    def arm(right: list[int]):
+        return _arm(sum(right) / len(right), 1.0, torch.tensor(right, dtype=torch.bool))
+
+    none = arm([1, 0, 0, 0, 1, 0])
+    one_up = {"none": none, "selected": arm([1, 1, 0, 0, 1, 0])}  # right on one more item: luck as often as not
+    assert decide_keep(one_up, "selected")[0] == "selected"  # the accuracy rule keeps it
+    kept, why = decide_keep(one_up, "selected", "margin")
+    assert kept == "none" and "fewer than 2 more" in why
+    kept, why = decide_keep({"none": none, "selected": arm([1, 1, 1, 0, 1, 0])}, "selected", "margin")
+    assert kept == "selected" and "right on 2 validation items none gets wrong, none on 0" in why
+    # a win on 3 items and a loss on 1 is a net 2
+    assert decide_keep({"none": none, "selected": arm([0, 1, 1, 1, 1, 0])}, "selected", "margin")[0] == "selected"
+    task = TaskTransfer()
+    assert (task.keep_rule, task.fallback.keep_rule) == ("sign", "margin")
+
+
 def test_a_task_bench_borrows_matched_tasks_reports_the_limit_and_falls_back_elsewhere(tmp_path):
     cfg = parse_bench_config(bench_dict(
         transfer={"borrow": "task"},
