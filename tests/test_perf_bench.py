@@ -5,6 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -81,3 +83,19 @@ def test_metrics_benchmark_measures_training_rpcs_a_flood_and_scrapes(tmp_path, 
         assert scrape["count"] == 60 and scrape["series"] > 100 and scrape["node_p50_ms"] > 0
         assert len(scrape["node_p99_ms_by_round"]) == 3
     assert figures["scrape"]["every_label"]["series"] > figures["scrape"]["busy_node"]["series"]
+
+
+def test_node_memory_benchmark_starts_served_nodes_both_ways_and_reads_their_pss(tmp_path):
+    import subprocess
+
+    out = tmp_path / "memory.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/perf/node_memory.py"), "--nodes", "2", "--timeout", "240",
+                    "--json", str(out)], check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    assert [r["mode"] for r in result["rows"]] == ["fork", "spawn"] and result["nodes"] == 2
+    for row in result["rows"]:  # every node served (the script fails otherwise) and was measured
+        assert row["seconds_to_all_serving"] > 0
+        assert 0 < row["per_node_mib"]["Pss"] <= row["per_node_mib"]["Rss"]
+    fork, spawn = result["rows"]
+    assert fork["parent_pss_mib"] > 0 and spawn["parent_pss_mib"] is None
+    assert fork["pss_per_node_mib"] == pytest.approx(fork["per_node_mib"]["Pss"] + fork["parent_pss_mib"] / 2, abs=0.2)
