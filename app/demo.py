@@ -5,8 +5,9 @@ Half the nodes are data-rich *donors* (every item of three Unicode groups), half
 *receivers* (the same groups from ``shots`` items per class), images and the same emoji's names
 alternating. All start from one swarm genesis, serve K/V, DDV answers, their backbone and their finished
 tasks, and borrow a backbone (``borrow: backbone``: the demo shows the selection; the default would take
-the donor's very task, since a receiver learns the donors' groups) ranked by LogME. Donors start first (devices that joined the swarm earlier); receivers join
-once the donors serve. Every node reports none / random / selected accuracies per task, and the
+the donor's very task, since a receiver learns the donors' groups), ranked by ``kv_motion_view`` and
+confirmed by LogME. Donors start first (devices that joined the swarm earlier); receivers join once the
+donors serve. Every node reports none / random / selected accuracies per task, and the
 summary the paired gain of the receivers' selected arm over none with its bootstrap CI. Writes
 DIR/summary.json, DIR/summary.png, DIR/logs/, DIR/state/, DIR/configs/.
 """

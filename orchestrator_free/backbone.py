@@ -151,22 +151,21 @@ def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") ->
     if preferred == "none":
         return "none", "configured to keep none"
     arm, base = arms[preferred], arms["none"]
-    if rule == "sign" and arm.val_correct is not None and base.val_correct is not None:
-        worse = int((base.val_correct & ~arm.val_correct).sum())  # none right, borrowed wrong
-        better = int((arm.val_correct & ~base.val_correct).sum())
+    items = _disagreements(arm, base) if rule in ("sign", "margin") else None
+    if items is not None and rule == "sign":
+        better, worse = items
         if worse - better > SIGN_TEST_Z * (worse + better) ** 0.5:
             return "none", (f"none is right on {worse} validation items {preferred} gets wrong, {preferred} on {better}: "
                             "significantly worse (one-sided sign test, 5 %)")
         return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
                            "not significantly worse (one-sided sign test, 5 %)")
-    if rule == "margin" and arm.val_correct is not None and base.val_correct is not None:
-        worse = int((base.val_correct & ~arm.val_correct).sum())
-        better = int((arm.val_correct & ~base.val_correct).sum())
+    if items is not None:  # margin
+        better, worse = items
+        said = f"{preferred} is right on {better} validation items none gets wrong, none on {worse}"
         if better - worse >= KEEP_MARGIN_ITEMS:
-            return preferred, (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: "
-                               f"at least {KEEP_MARGIN_ITEMS} more")
-        return "none", (f"{preferred} is right on {better} validation items none gets wrong, none on {worse}: fewer "
-                        f"than {KEEP_MARGIN_ITEMS} more, no evidence that a backbone of another task helps")
+            return preferred, f"{said}: at least {KEEP_MARGIN_ITEMS} more"
+        return "none", (f"{said}: fewer than {KEEP_MARGIN_ITEMS} more, no evidence that a backbone of another "
+                        "task helps")
     got, ref = arm.val, base.val
     if got > ref:
         return preferred, f"{preferred} validation accuracy {got:.4f} > none's {ref:.4f}"
@@ -177,6 +176,14 @@ def decide_keep(arms: dict[str, Arm], preferred: str, rule: str = "accuracy") ->
         return preferred, f"{preferred} ties none's validation accuracy {got:.4f} at a validation loss {loss:.4f} <= {ref_loss:.4f}"
     return "none", (f"{preferred} ties none's validation accuracy {got:.4f} but its validation loss {loss:.4f} > "
                     f"{ref_loss:.4f}: no evidence that borrowing helps")
+
+
+def _disagreements(arm: Arm, base: Arm) -> tuple[int, int] | None:
+    """(validation items ``arm`` gets right and ``base`` wrong, and the reverse); None without per-item
+    results."""
+    if arm.val_correct is None or base.val_correct is None:
+        return None
+    return int((arm.val_correct & ~base.val_correct).sum()), int((base.val_correct & ~arm.val_correct).sum())
 
 
 def best_on_validation(arms: list[Arm]) -> Arm | None:

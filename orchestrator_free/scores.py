@@ -13,12 +13,13 @@ answer (a few % of the model); nothing of the receiver leaves it:
   later one, older tasks' weights and the fresh ones it claimed). Two nodes that learned the same thing
   from one start moved the same way. A candidate that has not moved at all (an untrained node: it
   learned nothing) scores -1, the minimum. Needs a swarm genesis.
-- ``kv_motion_view``: ``kv_motion + 2`` for a candidate of the receiver's own view (modality), ``kv_motion``
-  for another: candidates of our view first, by ``kv_motion`` within each view (``kv_motion`` lies in
-  [-1, 1], so the 2 orders the views and nothing else; a node that never moved stays last at -1). Across views ``kv_motion`` compares K/V that
-  project different token distributions (the other view's adapter), and there it follows whichever
-  donor moved like our *earlier* tasks rather than the one that learned this task (issue 39: on
-  held-out data its same-task Spearman was +0.09; the default since).
+- ``kv_motion_view``: ``kv_motion + 2`` for a candidate of the receiver's own view (modality) that moved
+  at all, ``kv_motion`` otherwise: candidates of our view first, by ``kv_motion`` within each view
+  (``kv_motion`` lies in [-1, 1], so the 2 orders the views and nothing else; a node that never moved
+  stays last at -1). Across views ``kv_motion`` compares K/V that project different token distributions
+  (the other view's adapter), and there it followed the donor that moved like our *earlier* tasks rather
+  than the one that learned this task (issue 39: its same-task Spearman on held-out data was +0.09). The
+  default since.
 - ``kv_drift``: ``||KV_k - KV_0|| / ||KV_0||``, how far the candidate moved at all (how much it learned,
   whatever it learned): a control for ``kv_motion``.
 - ``logme_kv``: ``logme`` (below) with only the candidate's K/V swapped into our own task model.

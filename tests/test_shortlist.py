@@ -20,7 +20,6 @@ from crossback.orchestrator_free.shortlist import select
 from crossback.node.transport import CallPolicy, ClientPool, PeerClient
 from crossback.config.transfer import TransferConfig
 from crossback.transfer.registry import make_strategy
-
 from crossback.config.data import SplitSpec, TaskSpec, View
 from crossback.data.tasks import build_task
 
