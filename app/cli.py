@@ -321,7 +321,7 @@ def _simulate(args: argparse.Namespace) -> int:
               f"digest {plan.digest}")
         return 0
     report = simulate(args.scenario, args.out, args.seed, args.backend, log=lambda m: print(m, file=sys.stderr),
-                      fidelity=not args.no_fidelity, network=args.network)
+                      fidelity=not args.no_fidelity, network=args.network, start=args.start)
     print(report["text"])
     return 0
 
@@ -494,6 +494,8 @@ def _add_swarm_commands(sub) -> None:
     sim.add_argument("--no-fidelity", action="store_true", help="skip measuring the links before and during the run")
     sim.add_argument("--network", default="auto", help="namespaces (each device in its own network namespace, "
                      "rates by tc; root), loopback (the relay shapes everything) or auto (namespaces where possible)")
+    sim.add_argument("--start", default="fork", help="fork (every device forked from one parent that has "
+                     "imported torch and crossback: their pages are shared) or spawn (a fresh interpreter each)")
     sim.set_defaults(func=_simulate)
     rep = sub.add_parser("report", help="re-render a simulation's report from its run folder")
     rep.add_argument("run_dir", type=Path)

@@ -73,6 +73,7 @@ class Driver:
         self._resources = open(self.out / "resources.jsonl", "a", encoding="utf-8", buffering=1)
         self._cpu: dict[int, float] = {}  # pid -> its last CPU seconds
         self._peak: dict[str, dict] = {}
+        self._zygote: dict | None = None  # the preloaded parent's own share, sampled while devices run
 
     def now(self) -> float:
         return time.time() - self.origin
@@ -128,7 +129,7 @@ class Driver:
         summary = {"origin": self.origin, "ended": ended, "seconds": round(self.now(), 3),
                    "relay_overhead_ms": round(self.backend.relay.overhead * 1e3, 4),
                    "mechanisms": self.backend.mechanisms(), "links": self.backend.relay.counters(),
-                   "peak": self._peak, "fidelity": fidelity}
+                   "peak": self._peak, "fidelity": fidelity, **({"zygote": self._zygote} if self._zygote else {})}
         (self.out / "run.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
@@ -153,6 +154,12 @@ class Driver:
                     self.finished[device] = self.finished.get(device, 0) + 1
 
     def _sample(self, now: float) -> None:
+        zygote = getattr(self.backend, "zygote", None)
+        running = sum(dev.running for dev in self.backend.devices.values())
+        if zygote is not None and running:
+            pss = zygote.pss_bytes()
+            if pss is not None:  # spread over the devices it serves, it is part of what each costs
+                self._zygote = {"pid": zygote.proc.pid, "pss_bytes": pss, "devices_running": running}
         for name, dev in self.backend.devices.items():
             if not dev.running:
                 continue

@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from crossback.config.node import write_node_config
+from crossback.config.scenario import Profile
 from crossback.node.launch import die_with_parent
 from crossback.node.metrics_http import scrape_config
 
@@ -26,6 +27,7 @@ from .netns import METRICS_PORT, NODE_PORT, Namespaces
 from .plan import DevicePlan, Plan, merge
 from .relay import DeviceFaces, Relay
 from .resources import Controllers, DeviceCgroup
+from .zygote import ForkedProcess, Zygote
 
 STOP_GRACE = 15.0  # seconds a SIGTERMed node has to stop before it is killed
 
@@ -58,7 +60,7 @@ class Device:
     config: Path
     log: Path
     cgroup: DeviceCgroup | None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | ForkedProcess | None = None
     state: str = "planned"  # planned | running | paused | left | crashed | exited | oom_killed
     starts: int = 0
     pids: list = field(default_factory=list)
@@ -73,11 +75,13 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, plan: Plan, out: Path, origin: float, relay: Relay | None = None,
-                 nets: Namespaces | None = None):
+                 nets: Namespaces | None = None, zygote: Zygote | None = None):
         """``origin``: the Unix time the run started (task arrivals count from it plus a device's join).
         ``nets``: every device in a network namespace of its own, its rates by tc (``.netns``); the relay
-        then listens on the bridge and adds latency, jitter and loss. None: every device on loopback."""
-        self.plan, self.out, self.origin, self.nets = plan, Path(out), origin, nets
+        then listens on the bridge and adds latency, jitter and loss. None: every device on loopback.
+        ``zygote``: devices are forked from it (``.zygote``; the backend closes it); None: each device is
+        a fresh interpreter."""
+        self.plan, self.out, self.origin, self.nets, self.zygote = plan, Path(out), origin, nets, zygote
         self.relay = relay or Relay(seed=plan.seed)
         self.shaped: dict[str, dict] = {}  # device -> what tc set on its veth ends
         self.controllers = Controllers.detect(f"{plan.name}-{os.getpid()}")
@@ -91,7 +95,7 @@ class LocalBackend:
             if nets is not None:
                 nets.add(d.device)
                 self.shaped[d.device] = nets.shape(d.device, d.link)
-            cgroup = self.controllers.device_group(d.device, d.profile) if self.controllers.version else None
+            cgroup = self.controllers.device_group(d.device, self._charged(d.profile)) if self.controllers.version else None
             self.devices[d.device] = Device(d, faces, self.out / "configs" / f"{d.device}.yaml",
                                             self.out / "logs" / f"{d.device}.jsonl", cgroup)
         # metrics are scraped out of band: from the host, not through the device's link
@@ -113,9 +117,25 @@ class LocalBackend:
                 "latency": "relay", "jitter": "relay (uniform, order kept)",
                 "loss": "relay (a chunk that would lose a packet arrives one RTO late)",
                 "partition": "relay (blackhole: no answer across until the heal)",
-                "cpus": f"{cg} CFS quota" if c.cpu else None, "memory": f"{cg} limit" if c.memory else None,
+                "cpus": f"{cg} CFS quota" if c.cpu else None,
+                "memory": self._memory_mechanism(cg) if c.memory else None,
                 "threads": "node.threads and OMP_NUM_THREADS",
+                "start": "forked from one preloaded parent (a zygote)" if self.zygote else "a fresh interpreter each",
                 "not_applied": {d: m for d, m in missing.items() if m}}
+
+    def _memory_mechanism(self, cg: str) -> str:
+        if self.zygote is None:
+            return f"{cg} limit"
+        return (f"{cg} limit, less the {self.zygote.shared_mib} MiB of the zygote's memory that every forked "
+                "device shares (charged to the simulator's cgroup, not the device's)")
+
+    def _charged(self, profile: Profile) -> Profile:
+        """The limits the device's cgroup gets. A forked device's pages shared with the zygote stay charged
+        to the zygote's cgroup, where a spawned node would hold them in its own: its memory limit is
+        lowered by that much, so the kernel kills it where it would kill a spawned one."""
+        if self.zygote is None or profile.memory_mib is None:
+            return profile
+        return replace(profile, memory_mib=max(64, profile.memory_mib - self.zygote.shared_mib))
 
     def _config(self, dev: Device) -> dict:
         seeds = [self.devices[s].faces.inbound for s in dev.plan.seeds]
@@ -138,18 +158,23 @@ class LocalBackend:
         if dev.running:
             return "already running"
         self.stopping.pop(device, None)
-        prefix = self.nets.devices[device].exec_prefix() if self.nets else []
-        args = [*prefix, sys.executable, "-m", "crossback.app.cli", "node", "--config", str(dev.config),
-                "--state-dir", str(self.out / "state" / device), "--log-dir", str(self.out / "logs")]
+        argv = ["node", "--config", str(dev.config), "--state-dir", str(self.out / "state" / device),
+                "--log-dir", str(self.out / "logs")]
         threads = str(dev.plan.profile.threads)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "grpc_proxy": f"http://{dev.faces.proxy}", "PYTHONUNBUFFERED": "1"}
         for var in ("no_grpc_proxy", "no_proxy", "NO_PROXY", "http_proxy", "https_proxy"):
             env.pop(var, None)
-        console = open(self.out / "logs" / f"{device}.console", "a", encoding="utf-8")
-        dev.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=console,
-                                    start_new_session=True, preexec_fn=_child_setup(dev.cgroup, os.getpid()))
-        console.close()
+        console = self.out / "logs" / f"{device}.console"
+        if self.zygote is not None:
+            dev.proc = self.zygote.fork(argv, env, console, cgroups=dev.cgroup.folders if dev.cgroup else (),
+                                        netns=self.nets.devices[device].path() if self.nets else None)
+        else:
+            prefix = self.nets.devices[device].exec_prefix() if self.nets else []
+            with open(console, "a", encoding="utf-8") as err:
+                dev.proc = subprocess.Popen([*prefix, sys.executable, "-m", "crossback.app.cli", *argv], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                            preexec_fn=_child_setup(dev.cgroup, os.getpid()))
         dev.state, dev.starts = "running", dev.starts + 1
         dev.pids.append(dev.proc.pid)
         return ("started" if dev.starts == 1 else "restarted") + note
@@ -242,6 +267,8 @@ class LocalBackend:
 
     def close(self) -> None:
         self.stop_all()
+        if self.zygote is not None:
+            self.zygote.close()
         self.relay.close()
         if self.nets is not None:
             self.nets.close()

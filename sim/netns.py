@@ -50,6 +50,10 @@ class DeviceNet:
     def exec_prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns]
 
+    def path(self) -> str:
+        """The namespace's file, for setns(2)."""
+        return f"/run/netns/{self.netns}"
+
 
 def forget_dead_runs() -> list[str]:
     """Remove the namespaces and bridges of earlier runs whose simulator died without cleaning up (their

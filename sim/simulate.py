@@ -24,9 +24,11 @@ from .local import LocalBackend
 from .plan import Plan, make_plan
 from .relay import Relay
 from .report import write_report
+from .zygote import Zygote
 
 BACKENDS = ("local",)
 NETWORKS = ("auto", "namespaces", "loopback")
+STARTS = ("fork", "spawn")
 
 
 def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
@@ -41,9 +43,9 @@ def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
 
 
 def simulate(scenario: Path, out: Path, seed: int | None = None, backend: str = "local", log=print,
-             fidelity: bool = True, network: str = "auto") -> dict:
+             fidelity: bool = True, network: str = "auto", start: str = "fork") -> dict:
     with _sigterm_as_interrupt():  # a SIGTERMed simulator still stops its devices and removes what it made
-        return _simulate(scenario, out, seed, backend, log, fidelity, network)
+        return _simulate(scenario, out, seed, backend, log, fidelity, network, start)
 
 
 @contextlib.contextmanager
@@ -61,11 +63,16 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fidelity: bool, network: str) -> dict:
+def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fidelity: bool, network: str,
+              start: str) -> dict:
     """``network``: ``namespaces`` (every device in a network namespace, rates by tc; root), ``loopback``
-    (every device on loopback, everything by the relay) or ``auto`` (namespaces where possible)."""
+    (every device on loopback, everything by the relay) or ``auto`` (namespaces where possible).
+    ``start``: ``fork`` (every device forked from one preloaded parent: shared libraries and code are
+    shared) or ``spawn`` (a fresh interpreter each, as a user starts a node)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend: {backend!r} is not one of {list(BACKENDS)}")
+    if start not in STARTS:
+        raise ConfigError(f"--start: {start!r} is not one of {list(STARTS)}")
     if network not in NETWORKS:
         raise ConfigError(f"--network: {network!r} is not one of {list(NETWORKS)}")
     why = netns.unavailable()
@@ -79,12 +86,20 @@ def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fi
     if network == "auto" and why:
         log(f"devices share loopback and the relay shapes their rates too: no network namespaces ({why})")
     relay = Relay(host=nets.gateway if nets else "127.0.0.1", seed=plan.seed)
+    zygote = None
     try:  # the links measured idle before any device starts; the run's clock starts after
+        if start == "fork":
+            (out / "logs").mkdir(exist_ok=True)
+            zygote = Zygote.start(out / "logs" / "zygote.console",
+                                  env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+            log(f"devices are forked from a preloaded parent (pid {zygote.proc.pid})")
         overhead = calibrate(relay, nets)
         log(f"the relay's own path: {2e3 * overhead:.2f} ms round trip, left out of every link's latency")
         idle = measure_links(relay, plan, "idle", log, nets) if fidelity else None
-        runner = LocalBackend(plan, out, origin=time.time(), relay=relay, nets=nets)
+        runner = LocalBackend(plan, out, origin=time.time(), relay=relay, nets=nets, zygote=zygote)
     except BaseException:
+        if zygote is not None:
+            zygote.close()
         relay.close()
         if nets is not None:
             nets.close()
