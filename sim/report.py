@@ -99,7 +99,8 @@ def _header(r: dict) -> list[str]:
     if mech:
         lines += [f"Backend {mech.get('backend')}: rate by {mech.get('rate')}; latency, jitter, loss by the relay; "
                   f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; "
-                  f"memory by {mech.get('memory') or 'nothing (not applied)'}."]
+                  f"memory by {mech.get('memory') or 'nothing (not applied)'}"
+                  + (f"; every device {mech['start']}." if mech.get("start") else ".")]
         lines += [f"- not applied on {device}: {', '.join(missing)}"
                   for device, missing in (mech.get("not_applied") or {}).items()]
         lines.append("")

@@ -164,8 +164,9 @@ class Usage:
     pss_bytes: int | None
 
 
-def usage(pid: int) -> Usage | None:
-    """CPU seconds (user + system), resident and proportional set size of ``pid``; None if it is gone."""
+def usage(pid: int, pss: bool = True) -> Usage | None:
+    """CPU seconds (user + system), resident and (with ``pss``) proportional set size of ``pid``; None if
+    it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
@@ -173,12 +174,14 @@ def usage(pid: int) -> Usage | None:
         rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
-    pss = None
+    if not pss:
+        return Usage(cpu, rss, None)
+    proportional = None
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
+                proportional = int(line.split()[1]) * 1024
                 break
     except OSError:
         pass
-    return Usage(cpu, rss, pss)
+    return Usage(cpu, rss, proportional)

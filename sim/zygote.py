@@ -209,6 +209,7 @@ def _become_device(request: dict, zygote: int) -> int:
     try:
         from crossback.node.launch import die_with_parent
 
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # a device runs at the normal priority, not the zygote's
         os.setsid()
         for folder in request["cgroups"]:
             Path(folder, "cgroup.procs").write_text(str(os.getpid()))
@@ -254,6 +255,9 @@ def serve(parent: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the simulator decides when its devices stop
     for module in PRELOAD:
         __import__(module)
+    from .relay import raise_priority
+
+    raise_priority()  # it starts devices on the timeline's schedule: it must not queue behind them
     live: set[int] = set()
     buffer = b""
 

@@ -152,6 +152,51 @@ def test_docker_compose_up_with_mutual_tls(image, tmp_path):
     assert leftovers(label) == {"containers": [], "volumes": [], "networks": []}
 
 
+SCENARIO = {
+    "name": "compose-e2e", "seed": 0, "duration": 300, "settle": 10,
+    "defaults": {"train": {"epochs": 4}, "adaptation": {"epochs": 2},
+                 "node": {"failure_timeout": 5.0, "heartbeat_interval": 0.5}},
+    "devices": [
+        {"name": "cams", "count": 3, "source": "digits", "shots": 20, "profile": "jetson-orin-nano", "link": "lte",
+         "partition": {"kind": "fixed", "classes_per_task": 2, "tasks": 2, "shared": 0.67},
+         "arrivals": {"kind": "scheduled", "at": [0, 45]}},
+        {"name": "phones", "count": 1, "source": "digits", "shots": 20, "profile": "phone", "link": "wifi",
+         "partition": {"kind": "fixed", "classes_per_task": 2, "tasks": 1}, "join": 5}],
+    "timeline": [{"at": 25, "do": "crash", "target": "cams-1", "duration": 10},
+                 {"at": 50, "do": "pause", "target": "phones-0", "duration": 10},
+                 {"at": 70, "do": "partition", "sides": [["cams"], ["phones"]], "duration": 10}]}
+
+
+def test_a_scenario_runs_on_the_compose_backend_its_timeline_through_the_engine_api(image, tmp_path):
+    import yaml
+
+    from crossback.sim.compose import LABEL
+    from crossback.sim.simulate import simulate
+
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(SCENARIO), encoding="utf-8")
+    out = tmp_path / "run"
+    report = simulate(path, out, backend="compose", image=image["CROSSBACK_IMAGE"], log=print)
+    mechanisms = report["run"]["mechanisms"]
+    assert mechanisms["backend"] == "compose" and mechanisms["cpus"].startswith("container CPU quota")
+    tasks = report["tasks"]
+    assert len(tasks) == 7 and all(t["accuracy"] is not None for t in tasks), tasks
+    assert sum(t["relearned"] for t in tasks) == 0  # the crashed container resumed from its checkpoint
+    results = {(e["do"], tuple(e["devices"])): e.get("result") for e in report["timeline"]}
+    assert results[("restart", ("cams-1",))] == {"cams-1": "restarted"}
+    assert results[("pause", ("phones-0",))] == {"phones-0": "ok"}
+    assert results[("resume", ("phones-0",))] == {"phones-0": "ok"}
+    causes = {d["cause"] for d in report["failure_detection"]["detections"] if d["peer"] == "cams-1"}
+    assert "crash" in causes, report["failure_detection"]  # the killed container was noticed by its peers
+    assert report["traffic"]["sent_by_kind"]["lte"]["membership"] > 0  # every byte went through the relay
+    assert all(r["peak_rss_mib"] and r["peak_rss_mib"] > 50 for r in report["resources"])  # read via /proc
+    assert (out / "logs" / "cams-1.jsonl").exists() and any((out / "state" / "cams-1").iterdir())
+    done = run(COMPOSE, "-f", str(out / "compose.yaml"), "config", "-q")
+    assert done.returncode == 0
+    tag = yaml.safe_load((out / "compose.yaml").read_text())["name"]
+    assert leftovers(f"{LABEL}={tag}") == {"containers": [], "volumes": [], "networks": []}
+
+
 def test_docker_stack_deploy_on_one_node_swarm(image):
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state != "inactive":

@@ -18,8 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import yaml
@@ -60,24 +58,27 @@ def memory(run: Path, zygote_share_mib: float) -> dict:
     for log in (run / "logs").glob("*.jsonl"):
         for e in read_events(log):
             if e.get("event") == "tasks_done":
-                done_at[log.stem] = e["t"]
+                done_at[log.stem] = e["ts"]
     origin = json.loads((run / "run.json").read_text())["origin"]
-    peak, idle, total = {}, {}, defaultdict(float)
-    for s in samples:
-        device = s["device"]
-        pss, rss = (s.get("pss_bytes") or 0) / MIB, s["rss_bytes"] / MIB
+    peak, idle = {}, {}
+    for s in samples:  # PSS is read at most 8 devices a second (the driver's PSS_PER_SECOND): None between
+        device, rss = s["device"], s["rss_bytes"] / MIB
+        pss = s["pss_bytes"] / MIB if s.get("pss_bytes") else None
         p = peak.setdefault(device, {"pss": 0.0, "rss": 0.0})
-        p["pss"], p["rss"] = max(p["pss"], pss), max(p["rss"], rss)
+        p["rss"] = max(p["rss"], rss)
+        if pss is None:
+            continue
+        p["pss"] = max(p["pss"], pss)
         if device in done_at and origin + s["t"] > done_at[device] and s["state"] == "running":
             idle[device] = {"pss": pss, "rss": rss}
-        total[round(s["t"])] += pss
     return {"learning_pss_mib": _mean(p["pss"] + zygote_share_mib for p in peak.values()),
             "learning_rss_mib": _mean(p["rss"] for p in peak.values()),
             "idle_pss_mib": _mean(i["pss"] + zygote_share_mib for i in idle.values()),
             "idle_rss_mib": _mean(i["rss"] for i in idle.values()),
             "idle_devices_sampled": len(idle),
             "zygote_share_mib": round(zygote_share_mib, 1),
-            "machine_peak_pss_gib": round((max(total.values(), default=0.0) + zygote_share_mib * len(peak)) / 1024, 2)}
+            # an upper bound on what the devices took at once: each at its own peak
+            "sum_of_peak_pss_gib": round(sum(p["pss"] + zygote_share_mib for p in peak.values()) / 1024, 2)}
 
 
 def started(run: Path, plan: dict) -> float | None:
@@ -88,15 +89,17 @@ def started(run: Path, plan: dict) -> float | None:
         first = [e for e in read_events(run / "logs" / f"{device['device']}.jsonl") if e.get("event") == "node_started"]
         if not first:
             return None
-        waits.append(first[0]["t"] - origin - device["join"])
+        waits.append(first[0]["ts"] - origin - device["join"])
     return round(max(waits), 1)
 
 
-def one_run(devices: int, start: str, out: Path, log) -> dict:
-    scenario = scaled(devices, out.parent / "scenarios")
-    began = time.monotonic()
-    report = simulate(scenario, out, log=log, start=start)
-    wall = time.monotonic() - began
+def one_run(devices: int, start: str, out: Path, log, reuse: bool = False) -> dict:
+    if reuse and (out / "report.json").exists():
+        report = json.loads((out / "report.json").read_text())
+    else:
+        report = simulate(scaled(devices, out.parent / "scenarios"), out, log=log, start=start)
+    # from the run folder's first file (the scenario, copied at once) to its report, written last
+    wall = (out / "report.json").stat().st_mtime - (out / "scenario.yaml").stat().st_mtime
     run = json.loads((out / "run.json").read_text())
     plan = json.loads((out / "plan.json").read_text())
     zygote = run.get("zygote")
@@ -121,13 +124,13 @@ def one_run(devices: int, start: str, out: Path, log) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["| devices | start | report s | slowest start s | tasks learned | selections (with candidates) | "
-             "false positives | PSS idle / learning MiB | RSS idle / learning MiB | machine PSS peak GiB |",
+             "false positives | PSS idle / learning MiB | RSS idle / learning MiB | sum of peak PSS GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['devices']} | {r['start']} | {r['report_seconds']:.0f} | {r['slowest_start_seconds']} | "
                      f"{r['tasks_learned']} / {r['tasks_planned']} | {r['selections']} ({r['selections_with_candidates']}) | "
                      f"{r['false_positives']} | {r['idle_pss_mib']} / {r['learning_pss_mib']} | "
-                     f"{r['idle_rss_mib']} / {r['learning_rss_mib']} | {r['machine_peak_pss_gib']} |")
+                     f"{r['idle_rss_mib']} / {r['learning_rss_mib']} | {r['sum_of_peak_pss_gib']} |")
     lines += ["", "| devices | link | selections | seconds (mean) | max s | KB moved (mean) |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         for s in r["selections_by_link"]:
@@ -143,10 +146,11 @@ def main() -> int:
                    "(0: not)")
     p.add_argument("--out", type=Path, required=True, help="a new folder for the runs")
     p.add_argument("--json", type=Path)
+    p.add_argument("--reuse", action="store_true", help="take the runs already in OUT as they are")
     args = p.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     runs = [(int(n), "fork") for n in args.sizes.split(",")] + ([(args.spawn, "spawn")] if args.spawn else [])
-    rows = [one_run(n, start, args.out / f"{start}-{n}", log) for n, start in runs]
+    rows = [one_run(n, start, args.out / f"{start}-{n}", log, args.reuse) for n, start in runs]
     result = {"scenario": str(SCENARIO.relative_to(ROOT)), "machine": machine(), "rows": rows}
     fork = {r["devices"]: r for r in rows if r["start"] == "fork"}
     spawn = next((r for r in rows if r["start"] == "spawn"), None)
