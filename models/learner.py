@@ -174,7 +174,7 @@ class ContinualLearner:
         """Initial values for the free weights a new task claims. In a swarm genesis they are the genesis
         values again, so every task of every node starts in the basis the swarm shares (a borrowed part,
         and how K/V moved, mean the same on both sides); otherwise a fresh draw."""
-        origin = self.net.get_parameter(layer.name) if self.genesis is not None else None
+        origin = self.initial_weight(layer.name) if self.genesis is not None else None
         if origin is not None and origin.shape == layer.weight.shape:
             return origin.detach().to(self.device)
         return init_uniform_(torch.empty(layer.weight.shape), layer.weight.shape[1], gen).to(self.device)
@@ -258,6 +258,12 @@ class ContinualLearner:
             scores = self.scores[name]
             return binarize(scores, self.pick.threshold) if train else scores.detach() > self.pick.threshold
         return self.pick_masks[task].get(name)
+
+    def initial_weight(self, name: str) -> Tensor:
+        """A weight of the network as it was initialised (the swarm genesis's values), read while no other
+        thread's ``call`` has swapped a task's tensor in its place."""
+        with self._call_lock:
+            return self.net.get_parameter(name).detach()
 
     def call(self, module: nn.Module, params: dict[str, Tensor], args: tuple, kwargs: dict | None = None):
         """``functional_call`` on one of this learner's modules, serialised across threads."""

@@ -127,7 +127,7 @@ def genesis_kv(learner: ContinualLearner) -> Tensor | None:
     genesis): the learner's network structure keeps its initial values."""
     if learner.genesis is None:
         return None
-    return learner.net.get_parameter(ENCODER_KV).detach().cpu().double()
+    return learner.initial_weight(ENCODER_KV).cpu().double()
 
 
 def kv_motion(kv: dict[str, Tensor], ours: Tensor, kept: Tensor, origin: Tensor) -> float:

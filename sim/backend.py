@@ -3,6 +3,7 @@ timeline, and the stop / kill / pause logic over a process-like handle. A backen
 ``.compose``) says where a device's node runs, how it is started and frozen, and what limits it."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -93,6 +94,14 @@ class Backend:
 
     def pressure(self, device: str, mib: int, seconds: float) -> str:
         return f"not applied ({self.name} backend)"
+
+    def cpu_demand(self) -> dict:
+        """The cores the devices' profiles ask for (a profile without ``cpus``: one) against the cores
+        of this machine. Past 1, busy devices get less than their profile and their time runs slower
+        than the wall clock that timeouts and arrivals keep."""
+        asked = sum(d.plan.profile.cpus or 1.0 for d in self.devices.values())
+        cores = os.cpu_count() or 1
+        return {"profile_cores": round(asked, 2), "machine_cores": cores, "oversubscription": round(asked / cores, 2)}
 
     # ------------------------------------------------------------ configs
 

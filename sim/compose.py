@@ -228,7 +228,7 @@ class ComposeBackend(Backend):
                 "partition": "relay (blackhole: no answer across until the heal)",
                 "cpus": "container CPU quota (NanoCpus)", "memory": "container memory limit, no swap",
                 "threads": "node.threads and OMP_NUM_THREADS", "start": f"a container of {self.image} each",
-                "pause": "docker pause (cgroup freezer)", "not_applied": {}}
+                "pause": "docker pause (cgroup freezer)", "cpu_demand": self.cpu_demand(), "not_applied": {}}
 
     # ------------------------------------------------------------ actions
 

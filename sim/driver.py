@@ -13,13 +13,9 @@ from .fidelity import measure_link
 from .backend import Backend
 from .plan import Plan, PlannedEvent
 from .relay import raise_priority
-from .resources import usage
+from .sampler import Sampler
 
 TICK = 0.1  # seconds between looks at the timeline, the logs and the processes
-SAMPLE_EVERY = 1.0  # seconds between resource samples
-# reading a node's PSS (smaps_rollup) costs about 7 ms of CPU: at most this many devices' a second, the
-# rest of each sample reads CPU and RSS only (/proc/PID/stat)
-PSS_PER_SECOND = 8
 LOADED_FIDELITY_AFTER = 20.0  # seconds into the run the links are measured again, under the devices' load
 
 
@@ -75,11 +71,7 @@ class Driver:
         self.done: set[str] = set()
         self.finished: dict[str, int] = {}
         self._timeline = open(self.out / "timeline.jsonl", "a", encoding="utf-8", buffering=1)
-        self._resources = open(self.out / "resources.jsonl", "a", encoding="utf-8", buffering=1)
-        self._cpu: dict[int, float] = {}  # pid -> its last CPU seconds
-        self._peak: dict[str, dict] = {}
-        self._pss_next: dict[str, float] = {}  # device -> when its PSS is read next
-        self._zygote: dict | None = None  # the preloaded parent's own share, sampled while devices run
+        self.sampler = Sampler(backend, self.out / "resources.jsonl", self.now)
 
     def now(self) -> float:
         return time.time() - self.origin
@@ -100,7 +92,8 @@ class Driver:
     def _run(self) -> dict:
         fidelity = {"idle": self.idle_fidelity} if self.idle_fidelity is not None else {}
         events, i = list(self.plan.events), 0
-        next_sample, loaded_at = 0.0, LOADED_FIDELITY_AFTER
+        loaded_at = LOADED_FIDELITY_AFTER
+        self.sampler.start()
         ended, loaded, settled = "duration", None, None
         try:
             while True:
@@ -112,9 +105,6 @@ class Driver:
                 for device, state, code in self.backend.poll():
                     self.record({"do": state, "devices": [device], "code": code, "source": "process"})
                     self.log(f"{now:7.1f}s {device} {state} (exit code {code})")
-                if now >= next_sample:
-                    self._sample(now)
-                    next_sample = now + SAMPLE_EVERY
                 if self.fidelity and loaded_at is not None and now >= loaded_at:  # beside the timeline
                     loaded = threading.Thread(target=lambda: fidelity.update(
                         loaded=measure_links(self.backend.relay, self.plan, "loaded", self.log, self.backend.nets)),
@@ -137,13 +127,13 @@ class Driver:
             self.record({"do": "end", "reason": ended})
             self.backend.stop_all()
             self._follow_logs()
-            self._sample(self.now())
+            self.sampler.stop()
             self._timeline.close()
-            self._resources.close()
         summary = {"origin": self.origin, "ended": ended, "seconds": round(self.now(), 3),
                    "relay_overhead_ms": round(self.backend.relay.overhead * 1e3, 4),
                    "mechanisms": self.backend.mechanisms(), "links": self.backend.relay.counters(),
-                   "peak": self._peak, "fidelity": fidelity, **({"zygote": self._zygote} if self._zygote else {})}
+                   "peak": self.sampler.peak, "fidelity": fidelity,
+                   **({"zygote": self.sampler.zygote} if self.sampler.zygote else {})}
         (self.out / "run.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
 
@@ -166,33 +156,6 @@ class Driver:
                     self.done.add(device)
                 elif event == "task_finished":
                     self.finished[device] = self.finished.get(device, 0) + 1
-
-    def _sample(self, now: float) -> None:
-        zygote = self.backend.zygote
-        running = sum(dev.running for dev in self.backend.devices.values())
-        if zygote is not None and running:
-            pss = zygote.pss_bytes()
-            if pss is not None:  # spread over the devices it serves, it is part of what each costs
-                self._zygote = {"pid": zygote.proc.pid, "pss_bytes": pss, "devices_running": running}
-        every = max(SAMPLE_EVERY, len(self.backend.devices) / PSS_PER_SECOND)
-        for i, (name, dev) in enumerate(self.backend.devices.items()):
-            if not dev.running:
-                continue
-            due = now >= self._pss_next.setdefault(name, i / PSS_PER_SECOND)  # staggered over the devices
-            u = usage(dev.proc.pid, pss=due)
-            if u is None:
-                continue
-            if due:
-                self._pss_next[name] = now + every
-            self._cpu[dev.proc.pid] = u.cpu_seconds
-            cpu = sum(self._cpu.get(pid, 0.0) for pid in dev.pids)
-            row = {"t": round(now, 3), "device": name, "pid": dev.proc.pid, "cpu_seconds": round(cpu, 3),
-                   "rss_bytes": u.rss_bytes, "pss_bytes": u.pss_bytes, "state": dev.state}
-            self._resources.write(json.dumps(row) + "\n")
-            peak = self._peak.setdefault(name, {"rss_bytes": 0, "pss_bytes": 0, "cpu_seconds": 0.0})
-            peak["rss_bytes"] = max(peak["rss_bytes"], u.rss_bytes)
-            peak["pss_bytes"] = max(peak["pss_bytes"], u.pss_bytes or 0)
-            peak["cpu_seconds"] = round(cpu, 3)
 
     # ------------------------------------------------------------ one event
 

@@ -93,7 +93,7 @@ class LocalBackend(Backend):
                 "memory": self._memory_mechanism(cg) if c.memory else None,
                 "threads": "node.threads and OMP_NUM_THREADS",
                 "start": "forked from one preloaded parent (a zygote)" if self.zygote else "a fresh interpreter each",
-                "not_applied": {d: m for d, m in missing.items() if m}}
+                "cpu_demand": self.cpu_demand(), "not_applied": {d: m for d, m in missing.items() if m}}
 
     def _memory_mechanism(self, cg: str) -> str:
         if self.zygote is None:

@@ -101,6 +101,12 @@ def _header(r: dict) -> list[str]:
                   f"CPU by {mech.get('cpus') or 'nothing (not applied)'}; "
                   f"memory by {mech.get('memory') or 'nothing (not applied)'}"
                   + (f"; every device {mech['start']}." if mech.get("start") else ".")]
+        demand = mech.get("cpu_demand") or {}
+        if demand.get("oversubscription", 0) > 1:
+            lines += [f"- the profiles ask for {demand['profile_cores']:g} cores of this machine's "
+                      f"{demand['machine_cores']}: while many devices are busy, each gets less than its profile, "
+                      "its work runs slower than the clock its timeouts keep, and timeouts fire that would not "
+                      "on the devices themselves"]
         lines += [f"- not applied on {device}: {', '.join(missing)}"
                   for device, missing in (mech.get("not_applied") or {}).items()]
         lines.append("")

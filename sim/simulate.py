@@ -94,6 +94,10 @@ def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fi
         runner, idle = _local_runner(plan, out, network, why, start, log, fidelity)
     for device, parts in runner.mechanisms()["not_applied"].items():
         log(f"{device}: not applied: {', '.join(parts)}")
+    demand = runner.cpu_demand()
+    if demand["oversubscription"] > 1:
+        log(f"the profiles ask for {demand['profile_cores']:g} cores, this machine has {demand['machine_cores']}: "
+            "while many devices are busy, each runs slower than its profile says")
     try:
         Driver(plan, runner, out, log=log, fidelity=fidelity, idle_fidelity=idle).run()
     finally:

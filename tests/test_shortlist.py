@@ -34,6 +34,36 @@ def _learner(seed: int) -> ContinualLearner:
     return ContinualLearner(tiny_config(), "image", "packnet", seed, genesis=GENESIS)
 
 
+def test_the_genesis_kv_reads_whole_while_a_server_thread_runs_the_same_network():
+    """A node's server answers peers through the learner's network while the node selects for its next
+    task: reading the genesis K/V must not catch a task's tensor swapped in (seen at 64 devices)."""
+    import threading
+
+    learner = _learner(1)
+    task = learner.begin_task("t", 3)
+    learner.end_task()
+    expected = genesis_kv(learner)
+    stop, failures = threading.Event(), []
+
+    def serve():
+        x = torch.zeros(2, 1, 8, 8)
+        while not stop.is_set():
+            learner.logits(x, task)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        for _ in range(300):
+            try:
+                assert torch.equal(genesis_kv(learner), expected)
+            except (AttributeError, AssertionError) as exc:
+                failures.append(repr(exc))
+    finally:
+        stop.set()
+        server.join(10)
+    assert not failures, failures[:3]
+
+
 def test_kv_motion_ranks_a_node_that_never_moved_last_and_a_like_mover_first():
     rx = _learner(1)
     origin = genesis_kv(rx)

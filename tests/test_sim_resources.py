@@ -58,3 +58,33 @@ def test_the_kernel_kills_a_process_over_its_devices_memory_and_it_is_counted(co
     done = subprocess.run([sys.executable, "-c", hog], preexec_fn=_child_setup(group, os.getpid()), timeout=120)
     assert done.returncode == -9
     assert group.oom_kills() >= 1
+
+
+def test_the_sampler_reads_every_devices_cpu_and_rss_each_second_and_pss_of_at_most_eight(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from crossback.sim.sampler import PSS_PER_SECOND, Sampler
+
+    procs = [subprocess.Popen(["sleep", "60"]) for _ in range(20)]
+    try:
+        devices = {f"d{i}": SimpleNamespace(proc=p, pids=[p.pid], state="running") for i, p in enumerate(procs)}
+        devices["d19"].state = "crashed"  # not sampled: it is not running
+        sampler = Sampler(SimpleNamespace(devices=devices, zygote=None), tmp_path / "r.jsonl", lambda: 4.0)
+        for second in range(4):
+            sampler.sample(float(second))
+        sampler.stop()
+        rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    by_t = {}
+    for r in rows:
+        by_t.setdefault(r["t"], []).append(r)
+    assert all(len(by_t[float(t)]) == 19 for t in range(4))  # every live device, every second
+    assert all(r["rss_bytes"] > 0 and r["device"] != "d19" for r in rows)
+    with_pss = {t: sorted(r["device"] for r in rs if r["pss_bytes"]) for t, rs in by_t.items()}
+    assert all(len(v) <= PSS_PER_SECOND for t, v in with_pss.items() if t < 4)  # the last sample: stop's own
+    assert {d for t in (0.0, 1.0, 2.0, 3.0) for d in with_pss[t]} == {f"d{i}" for i in range(19)}  # each, staggered
+    assert sampler.peak["d0"]["pss_bytes"] > 0

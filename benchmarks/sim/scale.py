@@ -61,7 +61,7 @@ def memory(run: Path, zygote_share_mib: float) -> dict:
                 done_at[log.stem] = e["ts"]
     origin = json.loads((run / "run.json").read_text())["origin"]
     peak, idle = {}, {}
-    for s in samples:  # PSS is read at most 8 devices a second (the driver's PSS_PER_SECOND): None between
+    for s in samples:  # PSS is read at most 8 devices a second (sim.sampler): None between
         device, rss = s["device"], s["rss_bytes"] / MIB
         pss = s["pss_bytes"] / MIB if s.get("pss_bytes") else None
         p = peak.setdefault(device, {"pss": 0.0, "rss": 0.0})
