@@ -152,15 +152,16 @@ class ContainerProcess:
 class ComposeBackend(Backend):
     name = "compose"
 
-    def __init__(self, plan: Plan, out: Path, origin: float, relay: Relay, network: BridgeNetwork, client,
-                 image: str = DEFAULT_IMAGE):
-        super().__init__(plan, out, origin, relay)
+    def __init__(self, plan: Plan, out: Path, relay: Relay, network: BridgeNetwork, client, image: str = DEFAULT_IMAGE):
+        """Every device's container is created here (on a copying storage driver, seconds each); the run's
+        clock (``origin``) starts once they all exist, and the node configs that count from it are written."""
+        super().__init__(plan, out, time.time(), relay)
         self.client, self.network, self.image = client, network, image
         self.addresses = {d: network.address() for d in self.devices}
+        self.metrics = {d: self.metrics_address(d) for d in self.devices}
         self.containers = {}
         self._states: dict[str, tuple[str, int]] = {}
         self._refreshed = 0.0
-        self.write_configs()
         for device in self.devices:
             self.relay.set_target(device, self.addresses[device], NODE_PORT)  # fixed: the container's address
         services = {d: self.service(d) for d in self.devices}
@@ -172,6 +173,8 @@ class ComposeBackend(Backend):
         except BaseException:
             self._remove()
             raise
+        self.origin = time.time()
+        self.write_configs()
 
     def listen(self, device: str) -> str:
         return f"{self.addresses[device]}:{NODE_PORT}"
@@ -227,7 +230,7 @@ class ComposeBackend(Backend):
                 "loss": "relay (a chunk that would lose a packet arrives one RTO late)",
                 "partition": "relay (blackhole: no answer across until the heal)",
                 "cpus": "container CPU quota (NanoCpus)", "memory": "container memory limit, no swap",
-                "threads": "node.threads and OMP_NUM_THREADS", "start": f"a container of {self.image} each",
+                "threads": "node.threads and OMP_NUM_THREADS", "start": f"a container of {self.image}",
                 "pause": "docker pause (cgroup freezer)", "cpu_demand": self.cpu_demand(), "not_applied": {}}
 
     # ------------------------------------------------------------ actions

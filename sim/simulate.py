@@ -146,7 +146,7 @@ def _compose_runner(plan: Plan, out: Path, client, image: str, log, fidelity: bo
     try:
         log(f"devices are containers of {image} on network {network.tag} ({network.subnet})")
         idle = _measured(relay, plan, log, fidelity)
-        return ComposeBackend(plan, out, time.time(), relay, network, client, image), idle
+        return ComposeBackend(plan, out, relay, network, client, image), idle
     except BaseException:
         relay.close()
         network.remove()

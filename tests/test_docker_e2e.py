@@ -182,7 +182,7 @@ def test_a_scenario_runs_on_the_compose_backend_its_timeline_through_the_engine_
     tasks = report["tasks"]
     assert len(tasks) == 7 and all(t["accuracy"] is not None for t in tasks), tasks
     assert sum(t["relearned"] for t in tasks) == 0  # the crashed container resumed from its checkpoint
-    results = {(e["do"], tuple(e["devices"])): e.get("result") for e in report["timeline"]}
+    results = {(e["do"], tuple(e.get("devices", ()))): e.get("result") for e in report["timeline"]}
     assert results[("restart", ("cams-1",))] == {"cams-1": "restarted"}
     assert results[("pause", ("phones-0",))] == {"phones-0": "ok"}
     assert results[("resume", ("phones-0",))] == {"phones-0": "ok"}

@@ -131,7 +131,7 @@ def markdown(result: dict) -> str:
                      f"{r['tasks_learned']} / {r['tasks_planned']} | {r['selections']} ({r['selections_with_candidates']}) | "
                      f"{r['false_positives']} | {r['idle_pss_mib']} / {r['learning_pss_mib']} | "
                      f"{r['idle_rss_mib']} / {r['learning_rss_mib']} | {r['sum_of_peak_pss_gib']} |")
-    lines += ["", "| devices | link | selections | seconds (mean) | max s | KB moved (mean) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| devices | link | selections with candidates | seconds (median) | max s | KB moved (median) |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         for s in r["selections_by_link"]:
             lines.append(f"| {r['devices']} ({r['start']}) | {s['link']} | {s['selections']} | {s['seconds']:.2f} | "
