@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from bench_io import emit, log
+
 from crossback.sim.simulate import simulate
 
 SCENARIO = Path(__file__).with_name("backends.yaml")
@@ -74,14 +76,9 @@ def main() -> int:
         if args.reuse and (out / "report.json").exists():
             report = json.loads((out / "report.json").read_text())
         else:
-            report = simulate(SCENARIO, out, backend=backend, start=start or "fork", image=args.image,
-                              log=lambda m: print(m, file=sys.stderr, flush=True))
+            report = simulate(SCENARIO, out, backend=backend, start=start or "fork", image=args.image, log=log)
         rows.append({"label": label, **summary(report)})
-    result = {"scenario": "benchmarks/sim/backends.yaml", "rows": rows, "markdown": markdown(rows)}
-    print(result["markdown"])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return emit({"scenario": "benchmarks/sim/backends.yaml", "rows": rows, "markdown": markdown(rows)}, args.json)
 
 
 if __name__ == "__main__":

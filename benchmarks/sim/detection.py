@@ -8,14 +8,13 @@ and pools the reports' failure-detection judgements (every peer_dead against wha
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from crossback.sim.simulate import simulate
+from bench_io import emit, seeded_reports
 
 SCENARIO = Path(__file__).with_name("detection.yaml")
 LINKS = ("wifi", "lte", "3g", "lossy")
@@ -71,23 +70,15 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--reuse", action="store_true", help="pool the reports already in OUT/seed-*/ (no new runs)")
     args = p.parse_args()
-    reports, started = [], time.monotonic()
-    for seed in range(args.seeds):
-        out = args.out / f"seed-{seed}"
-        if args.reuse:
-            reports.append(json.loads((out / "report.json").read_text()))
-            continue
-        reports.append(simulate(SCENARIO, out, seed=seed, log=lambda m: print(m, file=sys.stderr, flush=True)))
+    started = time.monotonic()
+    reports = seeded_reports(SCENARIO, args.out, args.seeds, args.reuse)
     first = reports[0]
     result = {"scenario": "benchmarks/sim/detection.yaml", "seeds": args.seeds,
               "failure_timeout": first["failure_detection"]["failure_timeout"], **pool(reports),
               "fidelity": [f for r in reports for f in r["fidelity"].get("idle", [])],
               "wall_seconds": round(time.monotonic() - started, 1)}
     result["markdown"] = markdown(result)
-    print(result["markdown"])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

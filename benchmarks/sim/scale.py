@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+from bench_io import emit, log  # noqa: E402
 from masked_step import machine  # noqa: E402
 
 from crossback.node.events import read_events  # noqa: E402
@@ -55,10 +56,10 @@ def memory(run: Path, zygote_share_mib: float) -> dict:
     """PSS and RSS per learning (peak) and idle (last sample after its tasks were done) device, MiB."""
     samples = [json.loads(line) for line in (run / "resources.jsonl").read_text().splitlines() if line]
     done_at = {}
-    for log in (run / "logs").glob("*.jsonl"):
-        for e in read_events(log):
+    for events in (run / "logs").glob("*.jsonl"):
+        for e in read_events(events):
             if e.get("event") == "tasks_done":
-                done_at[log.stem] = e["ts"]
+                done_at[events.stem] = e["ts"]
     origin = json.loads((run / "run.json").read_text())["origin"]
     peak, idle = {}, {}
     for s in samples:  # PSS is read at most 8 devices a second (sim.sampler): None between
@@ -148,7 +149,6 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--reuse", action="store_true", help="take the runs already in OUT as they are")
     args = p.parse_args()
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     runs = [(int(n), "fork") for n in args.sizes.split(",")] + ([(args.spawn, "spawn")] if args.spawn else [])
     rows = [one_run(n, start, args.out / f"{start}-{n}", log, args.reuse) for n, start in runs]
     result = {"scenario": str(SCENARIO.relative_to(ROOT)), "machine": machine(), "rows": rows}
@@ -160,10 +160,7 @@ def main() -> int:
                                                                           "report_seconds", "cpu_seconds")
                                    if f[k] and spawn[k]}
     result["markdown"] = markdown(result)
-    print(result["markdown"])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ local backend and pools the receivers' selections.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -17,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from crossback.bench.stats import summary
-from crossback.sim.simulate import simulate
+from bench_io import emit, seeded_reports
 
 SCENARIO = Path(__file__).with_name("selection_cost.yaml")
 LINKS = ("loopback", "wifi", "lte")
@@ -100,22 +99,14 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--reuse", action="store_true", help="pool the reports already in OUT/seed-*/ (no new runs)")
     args = p.parse_args()
-    reports, started = [], time.monotonic()
-    for seed in range(args.seeds):
-        out = args.out / f"seed-{seed}"
-        if args.reuse:
-            reports.append(json.loads((out / "report.json").read_text()))
-            continue
-        reports.append(simulate(SCENARIO, out, seed=seed, log=lambda m: print(m, file=sys.stderr, flush=True)))
+    started = time.monotonic()
+    reports = seeded_reports(SCENARIO, args.out, args.seeds, args.reuse)
     result = {"scenario": str(SCENARIO.relative_to(Path.cwd()) if SCENARIO.is_relative_to(Path.cwd()) else SCENARIO),
               "seeds": args.seeds, "selections": SELECTIONS, **pool(reports),
               "fidelity": [f for r in reports for f in r["fidelity"].get("idle", [])],
               "wall_seconds": round(time.monotonic() - started, 1)}
     result["markdown"] = markdown(result)
-    print(result["markdown"])
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":
