@@ -23,7 +23,7 @@ from .netns import METRICS_PORT, NODE_PORT, Namespaces
 from .plan import Plan
 from .relay import Relay
 from .resources import Controllers, DeviceCgroup
-from .zygote import Zygote
+from .zygote import NODE_MODULE, Zygote
 
 
 def _free_port() -> int:
@@ -128,7 +128,7 @@ class LocalBackend(Backend):
         else:
             prefix = self.nets.devices[device].exec_prefix() if self.nets else []
             with open(console, "a", encoding="utf-8") as err:
-                dev.proc = subprocess.Popen([*prefix, sys.executable, "-m", "crossback.app.cli", *self.node_args(device)],
+                dev.proc = subprocess.Popen([*prefix, sys.executable, "-m", NODE_MODULE, *self.node_args(device)],
                                             env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
                                             preexec_fn=_child_setup(cgroup, os.getpid()))
         return self.started(device, note)

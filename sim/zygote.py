@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import select
 import signal
 import subprocess
@@ -28,7 +29,9 @@ import time
 import traceback
 from pathlib import Path
 
-PRELOAD = ("crossback.node.process", "crossback.app.cli")  # everything `crossback node` imports
+# the module `python -m` runs for a spawned node; named, not imported here (the CLI sits above the simulator)
+NODE_MODULE = "crossback.app.cli"
+PRELOAD = ("crossback.node.process", NODE_MODULE)  # everything `crossback node` imports
 REPLY_SECONDS = 30.0  # a fork takes milliseconds; a zygote silent this long is stuck
 REAP_EVERY = 0.05  # seconds between the zygote's looks for ended children
 CLONE_NEWNET = 0x40000000
@@ -221,10 +224,9 @@ def _become_device(request: dict, zygote: int) -> int:
         os.environ.clear()
         os.environ.update(request["env"])
         signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a fresh interpreter
-        from crossback.app.cli import main
-
         sys.argv = ["crossback", *request["argv"]]
-        return int(main(request["argv"]) or 0)
+        runpy.run_module(NODE_MODULE, run_name="__main__")  # as `python -m`: it ends in SystemExit
+        return 0
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     except BaseException:  # what an uncaught exception would print, where a spawned node's would go
