@@ -37,6 +37,17 @@ class DeviceProcess(Protocol):
     def kill(self) -> None: ...
 
 
+def wait_for_end(handle: DeviceProcess, timeout: float | None, pause, what: str) -> int:
+    """``Popen.wait`` for a handle that is only polled: ``pause()`` between polls (it may read news of
+    ended processes itself); TimeoutExpired naming ``what`` past ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while (code := handle.poll()) is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(what, timeout)
+        pause()
+    return code
+
+
 @dataclass
 class Device:
     plan: DevicePlan

@@ -26,7 +26,7 @@ import yaml
 
 from crossback.config.scenario import Profile
 
-from .backend import STOP_GRACE, Backend
+from .backend import STOP_GRACE, Backend, wait_for_end
 from .netns import METRICS_PORT, NODE_PORT
 from .plan import Plan
 from .relay import Relay
@@ -126,14 +126,7 @@ class ContainerProcess:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        import subprocess
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"container {self.container.name}", timeout)
-            time.sleep(REFRESH)
-        return self.returncode
+        return wait_for_end(self, timeout, lambda: time.sleep(REFRESH), f"container {self.container.name}")
 
     def send_signal(self, sig: int) -> None:
         from docker.errors import APIError
@@ -158,7 +151,6 @@ class ComposeBackend(Backend):
         super().__init__(plan, out, time.time(), relay)
         self.client, self.network, self.image = client, network, image
         self.addresses = {d: network.address() for d in self.devices}
-        self.metrics = {d: self.metrics_address(d) for d in self.devices}
         self.containers = {}
         self._states: dict[str, tuple[str, int]] = {}
         self._refreshed = 0.0

@@ -29,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+from .backend import wait_for_end
+
 # the module `python -m` runs for a spawned node; named, not imported here (the CLI sits above the simulator)
 NODE_MODULE = "crossback.app.cli"
 PRELOAD = ("crossback.node.process", NODE_MODULE)  # everything `crossback node` imports
@@ -59,12 +61,7 @@ class ForkedProcess:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"device process {self.pid}", timeout)
-            self.zygote.pump(REAP_EVERY)
-        return self.returncode
+        return wait_for_end(self, timeout, lambda: self.zygote.pump(REAP_EVERY), f"device process {self.pid}")
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
