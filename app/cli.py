@@ -321,7 +321,8 @@ def _simulate(args: argparse.Namespace) -> int:
               f"digest {plan.digest}")
         return 0
     report = simulate(args.scenario, args.out, args.seed, args.backend, log=lambda m: print(m, file=sys.stderr),
-                      fidelity=not args.no_fidelity, network=args.network, start=args.start, image=args.image)
+                      fidelity=not args.no_fidelity, network=args.network, start=args.start, image=args.image,
+                      place=args.place)
     print(report["text"])
     return 0
 
@@ -489,9 +490,12 @@ def _add_swarm_commands(sub) -> None:
     sim.add_argument("scenario", type=Path, help="the scenario YAML")
     sim.add_argument("--out", required=True, type=Path, help="a new folder for the run and its report")
     sim.add_argument("--seed", type=int, help="the plan's seed (default: the scenario's seed)")
-    sim.add_argument("--backend", default="local", help="local (processes on this machine) or compose (a container "
-                     "each on this machine's Docker engine; RUN/compose.yaml is the population as a compose file)")
-    sim.add_argument("--image", help="compose: crossback's image on the engine (default crossback:latest)")
+    sim.add_argument("--backend", default="local", help="local (processes on this machine), compose (a container "
+                     "each on this machine's Docker engine; RUN/compose.yaml is the population as a compose file) "
+                     "or swarm (a service each on the Swarm whose manager is at DOCKER_HOST; RUN/stack.yaml)")
+    sim.add_argument("--image", help="compose, swarm: crossback's image on the engines (default crossback:latest)")
+    sim.add_argument("--place", action="append", metavar="GROUP=CONSTRAINT", help="swarm: run a device group's "
+                     "services only on Swarm nodes that match, e.g. cams=node.labels.class==jetson (repeatable)")
     sim.add_argument("--plan-only", action="store_true", help="write plan.json and every device's config; run nothing")
     sim.add_argument("--no-fidelity", action="store_true", help="skip measuring the links before and during the run")
     sim.add_argument("--network", default="auto", help="namespaces (each device in its own network namespace, "

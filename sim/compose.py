@@ -37,17 +37,18 @@ REFRESH = 0.25  # seconds between looks at every container's state (one Engine A
 DEFAULT_IMAGE = "crossback:latest"
 
 
-def engine():
-    """A client of the Docker engine at DOCKER_HOST (or the default socket), or a clear error."""
+def engine(backend: str = "compose"):
+    """A client of the Docker engine at DOCKER_HOST (or the default socket), or a clear error naming the
+    ``backend`` that needs it."""
     try:
         import docker
     except ImportError:
-        raise RuntimeError("the compose backend needs the docker SDK for Python: pip install 'crossback[docker]'") from None
+        raise RuntimeError(f"the {backend} backend needs the docker SDK for Python: pip install 'crossback[docker]'") from None
     try:
         client = docker.from_env(timeout=120)
         client.ping()
     except Exception as exc:  # the SDK raises several kinds; all mean the same to a user
-        raise RuntimeError(f"--backend compose: no Docker engine answers at "
+        raise RuntimeError(f"--backend {backend}: no Docker engine answers at "
                            f"{os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}: {exc}") from None
     return client
 

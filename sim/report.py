@@ -107,6 +107,8 @@ def _header(r: dict) -> list[str]:
                       f"{demand['machine_cores']}: while many devices are busy, each gets less than its profile, "
                       "its work runs slower than the clock its timeouts keep, and timeouts fire that would not "
                       "on the devices themselves"]
+        lines += [f"- {group} placed on Swarm nodes where {' and '.join(constraints)}"
+                  for group, constraints in (mech.get("placement") or {}).items()]
         lines += [f"- not applied on {device}: {', '.join(missing)}"
                   for device, missing in (mech.get("not_applied") or {}).items()]
         lines.append("")
@@ -192,9 +194,15 @@ def _detection(r: dict) -> list[str]:
 
 
 def _devices(r: dict) -> list[str]:
-    return _table("Devices", ["device", "profile", "starts", "CPU s", "peak RSS MiB", "peak PSS MiB", "OOM kills"],
-                  ([d["device"], d["profile"], d["starts"], _s(d["cpu_seconds"]), _s(d["peak_rss_mib"]),
-                    _s(d["peak_pss_mib"]), d["oom_killed"]] for d in r["resources"]))
+    ran_on = (r["run"].get("mechanisms") or {}).get("ran_on")  # the swarm backend: the node of each start
+    columns = ["device", "profile", "starts", "CPU s", "peak RSS MiB", "peak PSS MiB", "OOM kills"]
+    rows = [[d["device"], d["profile"], d["starts"], _s(d["cpu_seconds"]), _s(d["peak_rss_mib"]),
+             _s(d["peak_pss_mib"]), d["oom_killed"]] for d in r["resources"]]
+    if ran_on is not None:
+        columns.append("ran on")
+        for row in rows:
+            row.append(", ".join(ran_on.get(row[0], [])) or "-")
+    return _table("Devices", columns, rows)
 
 
 def _timeline(r: dict) -> list[str]:

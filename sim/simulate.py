@@ -25,9 +25,10 @@ from .local import LocalBackend
 from .plan import Plan, make_plan
 from .relay import Relay
 from .report import write_report
+from .swarm import Swarm, SwarmBackend, parse_placement
 from .zygote import Zygote
 
-BACKENDS = ("local", "compose")
+BACKENDS = ("local", "compose", "swarm")
 NETWORKS = ("auto", "namespaces", "loopback")
 STARTS = ("fork", "spawn")
 
@@ -44,9 +45,10 @@ def prepare(scenario: Path, out: Path, seed: int | None = None) -> Plan:
 
 
 def simulate(scenario: Path, out: Path, seed: int | None = None, backend: str = "local", log=print,
-             fidelity: bool = True, network: str = "auto", start: str = "fork", image: str | None = None) -> dict:
+             fidelity: bool = True, network: str = "auto", start: str = "fork", image: str | None = None,
+             place: list[str] | None = None) -> dict:
     with _sigterm_as_interrupt():  # a SIGTERMed simulator still stops its devices and removes what it made
-        return _simulate(scenario, out, seed, backend, log, fidelity, network, start, image)
+        return _simulate(scenario, out, seed, backend, log, fidelity, network, start, image, place)
 
 
 @contextlib.contextmanager
@@ -65,9 +67,10 @@ def _sigterm_as_interrupt():
 
 
 def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fidelity: bool, network: str,
-              start: str, image: str | None) -> dict:
-    """``backend``: ``local`` (processes on this machine) or ``compose`` (a container each on the Docker
-    engine of this machine; ``image``: crossback's image there). Local only: ``network``: ``namespaces``
+              start: str, image: str | None, place: list[str] | None = None) -> dict:
+    """``backend``: ``local`` (processes on this machine), ``compose`` (a container each on the Docker
+    engine of this machine; ``image``: crossback's image there) or ``swarm`` (a one-replica service each on
+    the Swarm whose manager is at DOCKER_HOST; ``place``: GROUP=CONSTRAINT items). Local only: ``network``: ``namespaces``
     (every device in a network namespace, rates by tc; root), ``loopback`` (every device on loopback,
     everything by the relay) or ``auto`` (namespaces where possible); ``start``: ``fork`` (every device
     forked from one preloaded parent: shared libraries and code are shared) or ``spawn`` (a fresh
@@ -83,13 +86,21 @@ def _simulate(scenario: Path, out: Path, seed: int | None, backend: str, log, fi
     why = netns.unavailable()
     if backend == "local" and network == "namespaces" and why:
         raise ConfigError(f"--network namespaces: not possible here ({why})")
-    client = engine() if backend == "compose" else None  # before the plan: no run folder for a missing engine
+    if place and backend != "swarm":
+        raise ConfigError("--place: only the swarm backend places devices")
+    client = engine(backend) if backend != "local" else None  # before the plan: no run folder for a missing engine
+    swarm = Swarm(client) if backend == "swarm" else None
+    if swarm is not None:
+        groups = list(dict.fromkeys(g.name for g in load_scenario(Path(scenario)).devices))
+        placement = parse_placement(place, groups)
     out = Path(out)
     plan = prepare(Path(scenario), out, seed)
     log(f"plan {plan.digest[:12]}: {len(plan.devices)} devices, {len(plan.events)} events, "
         f"seed {plan.seed}, up to {plan.duration:g} s")
     if backend == "compose":
         runner, idle = _compose_runner(plan, out, client, image or DEFAULT_IMAGE, log, fidelity)
+    elif backend == "swarm":
+        runner, idle = _swarm_runner(plan, out, swarm, image or DEFAULT_IMAGE, placement, log, fidelity)
     else:
         runner, idle = _local_runner(plan, out, network, why, start, log, fidelity)
     for device, parts in runner.mechanisms()["not_applied"].items():
@@ -150,4 +161,19 @@ def _compose_runner(plan: Plan, out: Path, client, image: str, log, fidelity: bo
     except BaseException:
         relay.close()
         network.remove()
+        raise
+
+
+def _swarm_runner(plan: Plan, out: Path, swarm: Swarm, image: str, placement: dict, log, fidelity: bool):
+    relay = Relay(host=swarm.relay_host(), seed=plan.seed)
+    try:
+        nodes = ", ".join(sorted(swarm.hostname(n) for n in swarm.nodes))
+        log(f"devices are services of {image} on a Swarm of {len(swarm.nodes)} nodes ({nodes}); "
+            f"the relay listens on {relay.host}")
+        for group, constraints in placement.items():
+            log(f"{group} placed where {' and '.join(constraints)}")
+        idle = _measured(relay, plan, log, fidelity)
+        return SwarmBackend(plan, out, relay, swarm, image, placement), idle
+    except BaseException:
+        relay.close()
         raise
