@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from crossback.config.errors import ConfigError
+from crossback.config.scenario import Profile
 from crossback.node.metrics_http import scrape_config
 
 from .backend import STOP_GRACE, Backend, wait_for_end
@@ -293,28 +294,11 @@ class SwarmBackend(Backend):
     def service(self, device: str) -> dict:
         """The device's service as a stack service (what ``_create`` gives the Engine API)."""
         dev = self.devices[device]
-        base = compose_service(device, dev.plan.profile, self.node_args(device), dev.faces.proxy, "", self.tag,
-                               self.image_id, self.out)
-        node_port, metrics_port = self.ports[device]
-        limits = {}
-        if "cpus" in base:
-            limits["cpus"] = str(base["cpus"])
-        if "mem_limit" in base:
-            limits["memory"] = base["mem_limit"]
-        deploy = {"mode": "replicated", "replicas": 1, "endpoint_mode": "dnsrr",
-                  "restart_policy": {"condition": "none"}, "labels": dict(base["labels"]),
-                  "placement": {"constraints": list(self.placement.get(dev.plan.group, []))},
-                  **({"resources": {"limits": limits}} if limits else {})}
-        return {"image": self.image, "command": base["command"], "environment": base["environment"],
-                "volumes": base["volumes"], "networks": [self.tag], "labels": base["labels"],
-                "stop_grace_period": base["stop_grace_period"],
-                "ports": [{"target": NODE_PORT, "published": node_port, "protocol": "tcp", "mode": "host"},
-                          {"target": METRICS_PORT, "published": metrics_port, "protocol": "tcp", "mode": "host"}],
-                "deploy": deploy}
+        return stack_service(device, dev.plan.profile, self.node_args(device), dev.faces.proxy, self.tag, self.image,
+                             self.out, self.ports[device], self.placement.get(dev.plan.group, []))
 
     def stack_file(self, services: dict) -> dict:
-        return {"version": "3.8", "services": {d: s for d, s in services.items()},
-                "networks": {self.tag: {"name": self.tag, "external": True}}}
+        return stack_file(self.tag, services)
 
     def _create(self, device: str, spec: dict):
         from docker.types import EndpointSpec, Mount, Resources, RestartPolicy, ServiceMode
@@ -453,3 +437,28 @@ class SwarmBackend(Backend):
                 return
             except Exception:
                 time.sleep(0.5)
+
+
+def stack_service(device: str, profile: Profile, args: list[str], proxy: str, network: str, image: str, out: Path,
+                  ports: tuple[int, int], constraints: list[str]) -> dict:
+    """One device's service in a stack file: crossback's image running its node (``args``), calling out
+    through the relay's ``proxy`` face, its node and metrics ports published in host mode at ``ports``,
+    on the Swarm nodes that match ``constraints``, with its profile's limits and the run folder ``out``
+    mounted at its own path."""
+    base = compose_service(device, profile, args, proxy, "", network, image, out)
+    limits = {**({"cpus": str(base["cpus"])} if "cpus" in base else {}),
+              **({"memory": base["mem_limit"]} if "mem_limit" in base else {})}
+    deploy = {"mode": "replicated", "replicas": 1, "endpoint_mode": "dnsrr", "restart_policy": {"condition": "none"},
+              "labels": dict(base["labels"]), "placement": {"constraints": list(constraints)},
+              **({"resources": {"limits": limits}} if limits else {})}
+    return {"image": image, "command": base["command"], "environment": base["environment"],
+            "volumes": base["volumes"], "networks": [network], "labels": base["labels"],
+            "stop_grace_period": base["stop_grace_period"],
+            "ports": [{"target": target, "published": published, "protocol": "tcp", "mode": "host"}
+                      for target, published in zip((NODE_PORT, METRICS_PORT), ports)],
+            "deploy": deploy}
+
+
+def stack_file(network: str, services: dict) -> dict:
+    """The population as a stack on the run's (already created) overlay network."""
+    return {"version": "3.8", "services": services, "networks": {network: {"name": network, "external": True}}}

@@ -285,3 +285,60 @@ def test_docker_compose_metrics_override_is_scraped_and_agrees_with_the_logs(ima
         compose("down", "-v", "--timeout", "20", timeout=300, check=False)
         docker("rmi", prometheus_image, check=False)
     assert leftovers(label) == {"containers": [], "volumes": [], "networks": []}
+
+
+@pytest.mark.skipif(os.environ.get("CROSSBACK_SWARM_E2E") != "1" or os.geteuid() != 0,
+                    reason="opt-in (CROSSBACK_SWARM_E2E=1, as root): starts two more engines and copies the image "
+                           "into both (about 5 minutes)")
+def test_a_scenario_runs_across_a_two_engine_swarm_each_group_placed_by_label(image, tmp_path):
+    """docker/two-engine-swarm.sh: two engines in their own network namespaces, one Swarm; the compose
+    scenario runs unchanged on it, the cameras on the engine labelled class=camera, the phone on the other."""
+    import yaml
+
+    from crossback.sim.simulate import simulate
+
+    script = ROOT / "docker" / "two-engine-swarm.sh"
+    env = {"CROSSBACK_SWARM_ROOT": str(tmp_path / "engines"), "CROSSBACK_SWARM_LABELS_A": "class=phone",
+           "CROSSBACK_SWARM_LABELS_B": "class=camera"}
+    up = run(str(script), "up", image["CROSSBACK_IMAGE"], env=env, timeout=900)
+    manager = up.stdout.strip().rpartition("DOCKER_HOST=")[2]
+    try:
+        path = tmp_path / "scenario.yaml"
+        path.write_text(yaml.safe_dump(SCENARIO), encoding="utf-8")
+        out = tmp_path / "run"
+        os.environ["DOCKER_HOST"], previous = manager, os.environ.get("DOCKER_HOST")
+        try:
+            report = simulate(path, out, backend="swarm", image=image["CROSSBACK_IMAGE"], log=print,
+                              place=["cams=node.labels.class==camera", "phones=node.labels.class==phone"])
+            services = docker("service", "ls", "-q", "--filter", "label=crossback.sim").stdout.split()
+            stack = docker("stack", "deploy", "--resolve-image", "never", "-c", str(out / "stack.yaml"), "reuse",
+                           check=False)
+            deployed = docker("service", "ls", "--filter", "label=com.docker.stack.namespace=reuse",
+                              "--format", "{{.Name}}").stdout.split()
+            docker("stack", "rm", "reuse", check=False)
+        finally:
+            if previous is None:
+                del os.environ["DOCKER_HOST"]
+            else:
+                os.environ["DOCKER_HOST"] = previous
+    finally:
+        run(str(script), "down", env=env, timeout=300, check=False)
+    mechanisms = report["run"]["mechanisms"]
+    assert mechanisms["backend"] == "swarm" and "engine-a" in mechanisms["network"] and "engine-b" in mechanisms["network"]
+    ran_on = mechanisms["ran_on"]
+    assert ran_on == {"cams-0": ["engine-b"], "cams-1": ["engine-b", "engine-b"], "cams-2": ["engine-b"],
+                      "phones-0": ["engine-a"]}, ran_on
+    assert "| cams-1 | jetson-orin-nano | 2 |" in report["text"] and "engine-b, engine-b |" in report["text"]
+    tasks = report["tasks"]
+    assert len(tasks) == 7 and all(t["accuracy"] is not None for t in tasks), tasks
+    assert sum(t["relearned"] for t in tasks) == 0  # the crashed service's new task resumed from its checkpoint
+    results = {(e["do"], tuple(e.get("devices", ()))): e.get("result") for e in report["timeline"]}
+    assert results[("restart", ("cams-1",))] == {"cams-1": "restarted"}
+    assert results[("pause", ("phones-0",))] == {"phones-0": "ok"}
+    causes = {d["cause"] for d in report["failure_detection"]["detections"] if d["peer"] == "cams-1"}
+    assert "crash" in causes, report["failure_detection"]
+    assert report["traffic"]["sent_by_kind"]["lte"]["membership"] > 0  # across engines, through the relay
+    assert all(r["peak_rss_mib"] and r["peak_rss_mib"] > 50 for r in report["resources"])  # read via /proc
+    assert services == []  # the run removed its services
+    assert stack.returncode == 0, stack.stderr  # the stack file is the population, reusable by hand
+    assert sorted(deployed) == [f"reuse_{d}" for d in ("cams-0", "cams-1", "cams-2", "phones-0")]

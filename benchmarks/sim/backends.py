@@ -1,19 +1,24 @@
 """The same small scenario on each backend, side by side: benchmarks/sim/backends.yaml (four digits devices
 on LTE and Wi-Fi, a crash and restart, a pause, a partition) run by `crossback simulate` with the local
-backend (devices forked, then spawned) and the compose backend (a container each), the same seed.
+backend (devices forked, then spawned), the compose backend (a container each) and, given a Swarm's
+manager, the swarm backend (a service each, the cameras on one engine and the phone on another), the same
+seed.
 
 For each run: tasks learned and their accuracy, what each selection chose and what it cost, failure
 detection delays, CPU seconds and peak memory per device. Same plan, same seed: the differences are
 timing (when a node's first task ends relative to its peers' decides which peers have learned something
 when it selects) and what each backend measures (a container's memory on vfs shares nothing).
 
+    eval "$(docker/two-engine-swarm.sh up crossback:latest)"   # from the engine that holds the image
     python benchmarks/sim/backends.py --out runs/backends --image crossback:latest \
+        --compose-host unix:///tmp/local-docker/docker.sock --swarm-host "$DOCKER_HOST" \
         --json benchmarks/results/sim-backends.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -23,7 +28,9 @@ from bench_io import emit, log
 from crossback.sim.simulate import simulate
 
 SCENARIO = Path(__file__).with_name("backends.yaml")
-RUNS = (("local", "fork"), ("local", "spawn"), ("compose", None))
+RUNS = (("local", "fork"), ("local", "spawn"), ("compose", None), ("swarm", None))
+# docker/two-engine-swarm.sh labels its engines engine=a (the manager) and engine=b
+PLACE = ["cams=node.labels.engine==b", "phones=node.labels.engine==a"]
 
 
 def summary(report: dict) -> dict:
@@ -65,18 +72,26 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--image", default="crossback:latest", help="the compose backend's image")
+    p.add_argument("--image", default="crossback:latest", help="the compose and swarm backends' image")
+    p.add_argument("--compose-host", help="the compose backend's engine (default: DOCKER_HOST)")
+    p.add_argument("--swarm-host", help="a Swarm manager made by docker/two-engine-swarm.sh (default: no swarm run)")
     p.add_argument("--json", type=Path)
     p.add_argument("--reuse", action="store_true", help="take the runs already in OUT as they are")
     args = p.parse_args()
     rows = []
+    hosts = {"compose": args.compose_host or os.environ.get("DOCKER_HOST"), "swarm": args.swarm_host}
     for backend, start in RUNS:
+        if backend == "swarm" and not args.swarm_host:
+            continue
+        if backend in hosts and hosts[backend]:
+            os.environ["DOCKER_HOST"] = hosts[backend]
         label = backend if start is None else f"{backend} ({start})"
         out = args.out / label.replace(" (", "-").rstrip(")")
         if args.reuse and (out / "report.json").exists():
             report = json.loads((out / "report.json").read_text())
         else:
-            report = simulate(SCENARIO, out, backend=backend, start=start or "fork", image=args.image, log=log)
+            report = simulate(SCENARIO, out, backend=backend, start=start or "fork", image=args.image, log=log,
+                              place=PLACE if backend == "swarm" else None)
         rows.append({"label": label, **summary(report)})
     return emit({"scenario": "benchmarks/sim/backends.yaml", "rows": rows, "markdown": markdown(rows)}, args.json)
 
