@@ -77,6 +77,13 @@ class Swarm:
         self.manager_addr = info.get("NodeAddr") or "127.0.0.1"
         self._engines = {self.manager_node: manager}
         self.refresh_nodes()
+        unreachable = [f"{self.hostname(n)} ({n[:12]})" for n, a in self.nodes.items()
+                       if n != self.manager_node and (a.get("Spec") or {}).get("Availability") == "active"
+                       and not ((a.get("Spec") or {}).get("Labels") or {}).get(ENGINE_LABEL)]
+        if unreachable:
+            raise ConfigError(f"--backend swarm: Swarm nodes {', '.join(unreachable)} have no {ENGINE_LABEL} label "
+                              "naming their engine's API, so the containers they run could not be killed or paused: "
+                              f"docker node update --label-add {ENGINE_LABEL}=tcp://ADDRESS:2375 NODE (or drain them)")
 
     def refresh_nodes(self) -> None:
         self.nodes = {n.id: n.attrs for n in self.manager.nodes.list()}
@@ -89,9 +96,7 @@ class Swarm:
         if node_id not in self.nodes:
             self.refresh_nodes()
         addr = ((self.nodes.get(node_id) or {}).get("Status") or {}).get("Addr", "")
-        if node_id == self.manager_node or addr in ("", "0.0.0.0"):
-            addr = addr if addr not in ("", "0.0.0.0") else self.manager_addr
-        return addr
+        return self.manager_addr if addr in ("", "0.0.0.0") else addr  # a manager may report no address of its own
 
     def engine(self, node_id: str):
         """A client of the engine that runs ``node_id``'s tasks."""
@@ -195,9 +200,10 @@ class SwarmTask:
         if self.container is None and state == "running":
             self._running(task)
         elif state in ENDED:
-            if self.container is None and state != "complete":
-                self._not_started(f"{state}: {status.get('Err') or status.get('Message', '')}")
-            else:
+            err = status.get("Err") or ""
+            if self.container is None and (state not in ("complete", "failed") or (err and "non-zero exit" not in err)):
+                self._not_started(f"{state}: {err or status.get('Message', '')}")  # e.g. it could not be created
+            else:  # it ran, however briefly
                 code = int((status.get("ContainerStatus") or {}).get("ExitCode", 0) or 0)
                 self.returncode = -(code - 128) if code > 128 else code  # as Popen's: -N for signal N
         elif self.container is None and time.monotonic() - self.ordered > START_TIMEOUT:
@@ -460,5 +466,5 @@ def stack_service(device: str, profile: Profile, args: list[str], proxy: str, ne
 
 
 def stack_file(network: str, services: dict) -> dict:
-    """The population as a stack on the run's (already created) overlay network."""
-    return {"version": "3.8", "services": services, "networks": {network: {"name": network, "external": True}}}
+    """The population as a stack on an overlay network of its own (the run's is gone once it ends)."""
+    return {"version": "3.8", "services": services, "networks": {network: {"driver": "overlay", "attachable": True}}}

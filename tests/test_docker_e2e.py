@@ -295,10 +295,14 @@ def test_a_scenario_runs_across_a_two_engine_swarm_each_group_placed_by_label(im
     scenario runs unchanged on it, the cameras on the engine labelled class=camera, the phone on the other."""
     import yaml
 
+    from crossback.config.errors import ConfigError
+    from crossback.sim.compose import engine
     from crossback.sim.simulate import simulate
+    from crossback.sim.swarm import Swarm
 
     script = ROOT / "docker" / "two-engine-swarm.sh"
-    env = {"CROSSBACK_SWARM_ROOT": str(tmp_path / "engines"), "CROSSBACK_SWARM_LABELS_A": "class=phone",
+    # a short root: the engines' sockets live under it, and a unix socket's path holds 107 bytes at most
+    env = {"CROSSBACK_SWARM_ROOT": f"/tmp/cbsw-e2e-{RUN_ID}", "CROSSBACK_SWARM_LABELS_A": "class=phone",
            "CROSSBACK_SWARM_LABELS_B": "class=camera"}
     up = run(str(script), "up", image["CROSSBACK_IMAGE"], env=env, timeout=900)
     manager = up.stdout.strip().rpartition("DOCKER_HOST=")[2]
@@ -308,6 +312,11 @@ def test_a_scenario_runs_across_a_two_engine_swarm_each_group_placed_by_label(im
         out = tmp_path / "run"
         os.environ["DOCKER_HOST"], previous = manager, os.environ.get("DOCKER_HOST")
         try:
+            docker("node", "update", "--label-rm", "crossback.engine", "engine-b")
+            with pytest.raises(ConfigError, match=r"Swarm nodes engine-b \(\w+\) have no crossback.engine label"):
+                Swarm(engine("swarm"))  # its containers could not be killed or paused
+            engine_b = f"unix:///tmp/cbsw-e2e-{RUN_ID}/b/docker.sock"
+            docker("node", "update", "--label-add", f"crossback.engine={engine_b}", "engine-b")
             report = simulate(path, out, backend="swarm", image=image["CROSSBACK_IMAGE"], log=print,
                               place=["cams=node.labels.class==camera", "phones=node.labels.class==phone"])
             services = docker("service", "ls", "-q", "--filter", "label=crossback.sim").stdout.split()
