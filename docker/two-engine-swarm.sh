@@ -66,6 +66,10 @@ up() {
   command -v dockerd >/dev/null || { log "no dockerd: apt-get install docker.io"; exit 1; }
   local source=${DOCKER_HOST:-}
   if [ -e "$ROOT" ]; then down; fi
+  if ip link show cbsw0 >/dev/null 2>&1; then
+    log "another two-engine Swarm is up (the bridge cbsw0 exists): take it down first with its CROSSBACK_SWARM_ROOT"
+    exit 1
+  fi
   mkdir -p "$ROOT"
   local driver=vfs
   grep -qw overlay /proc/filesystems && driver=overlay2
