@@ -74,3 +74,18 @@ def test_placement_is_only_for_the_swarm_and_a_missing_engine_is_named(tmp_path,
     with pytest.raises(RuntimeError, match="--backend swarm: no Docker engine answers"):
         simulate(SMALL, tmp_path / "b", backend="swarm")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_report_says_where_each_device_ran_when_the_backend_placed_it():
+    from crossback.sim.report import _devices
+
+    row = {"profile": "rpi4", "starts": 2, "cpu_seconds": 3.0, "peak_rss_mib": 300.0, "peak_pss_mib": 200.0,
+           "oom_killed": 0}
+    resources = [{"device": "cams-0", **row}, {"device": "phones-0", **row}]
+    placed = {"run": {"mechanisms": {"ran_on": {"cams-0": ["engine-b", "engine-a"]}}}, "resources": resources}
+    lines = _devices(placed)
+    assert lines[2].endswith("| ran on |")
+    assert lines[4].startswith("| cams-0 |") and lines[4].endswith("| engine-b, engine-a |")
+    assert lines[5].startswith("| phones-0 |") and lines[5].endswith("| - |")  # never started
+    local = _devices({"run": {"mechanisms": {"backend": "local"}}, "resources": resources})
+    assert "ran on" not in local[2]  # a backend that places nothing adds no column
