@@ -138,6 +138,24 @@ class Backend:
         return ["node", "--config", str(dev.config), "--state-dir", str(self.out / "state" / device),
                 "--log-dir", str(self.out / "logs")]
 
+    def create_devices(self, population: Path, document: dict, specs: dict, create, into: dict) -> None:
+        """For a backend whose devices are engine objects made before the run (containers, services):
+        ``document`` written to ``population`` for reading and reuse; ``into[device] = create(device, spec)``
+        for every device (all removed again if one fails); then the run's clock starts, and the node configs
+        that count from it are written."""
+        population.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        try:
+            for device, spec in specs.items():
+                into[device] = create(device, spec)
+        except BaseException:
+            self.remove_devices()
+            raise
+        self.origin = time.time()
+        self.write_configs()
+
+    def remove_devices(self) -> None:
+        """Remove what ``create_devices`` made."""
+
     # ------------------------------------------------------------ actions
 
     def begin_start(self, device: str) -> str | None:
@@ -233,5 +251,8 @@ class Backend:
                 dev.proc.wait()
 
     def close(self) -> None:
-        self.stop_all()
-        self.relay.close()
+        try:
+            self.stop_all()
+        finally:
+            self.remove_devices()
+            self.relay.close()

@@ -22,7 +22,6 @@ import signal
 import time
 from pathlib import Path
 
-import yaml
 
 from crossback.config.scenario import Profile
 
@@ -158,16 +157,8 @@ class ComposeBackend(Backend):
         for device in self.devices:
             self.relay.set_target(device, self.addresses[device], NODE_PORT)  # fixed: the container's address
         services = {d: self.service(d) for d in self.devices}
-        (self.out / "compose.yaml").write_text(yaml.safe_dump(self.compose_file(services), sort_keys=False),
-                                               encoding="utf-8")
-        try:
-            for device, service in services.items():
-                self.containers[device] = self._create(device, service)
-        except BaseException:
-            self._remove()
-            raise
-        self.origin = time.time()
-        self.write_configs()
+        self.create_devices(self.out / "compose.yaml", self.compose_file(services), services, self._create,
+                            self.containers)
 
     def listen(self, device: str) -> str:
         return f"{self.addresses[device]}:{NODE_PORT}"
@@ -246,28 +237,31 @@ class ComposeBackend(Backend):
         return "ok"
 
     def thaw(self, device: str) -> None:
-        from docker.errors import APIError
-
-        try:
-            self.containers[device].unpause()
-        except APIError as exc:  # not paused after all
-            if exc.status_code != 409:
-                raise
+        unpause(self.containers[device])
 
     def close(self) -> None:
         try:
-            self.stop_all()
+            super().close()
         finally:
-            self._remove()
-            self.relay.close()
             self.network.remove()
 
-    def _remove(self) -> None:
+    def remove_devices(self) -> None:
         for container in self.containers.values():
             try:
                 container.remove(force=True)
             except Exception:  # already gone
                 pass
+
+
+def unpause(container) -> None:
+    """``docker unpause``, where the container is not paused already."""
+    from docker.errors import APIError
+
+    try:
+        container.unpause()
+    except APIError as exc:  # not paused after all
+        if exc.status_code != 409:
+            raise
 
 
 def compose_service(device: str, profile: Profile, args: list[str], proxy: str, address: str, network: str,

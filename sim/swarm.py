@@ -36,7 +36,7 @@ from crossback.config.scenario import Profile
 from crossback.node.metrics_http import scrape_config
 
 from .backend import STOP_GRACE, Backend, wait_for_end
-from .compose import LABEL, PID_LABEL, REFRESH, compose_service
+from .compose import LABEL, PID_LABEL, REFRESH, compose_service, unpause
 from .netns import METRICS_PORT, NODE_PORT
 from .plan import Plan
 from .relay import Relay
@@ -271,15 +271,7 @@ class SwarmBackend(Backend):
         labels = {LABEL: self.tag, PID_LABEL: str(os.getpid())}
         self.network = swarm.manager.networks.create(self.tag, driver="overlay", attachable=True, labels=labels)
         specs = {d: self.service(d) for d in self.devices}
-        (self.out / "stack.yaml").write_text(yaml.safe_dump(self.stack_file(specs), sort_keys=False), encoding="utf-8")
-        try:
-            for device, spec in specs.items():
-                self.services[device] = self._create(device, spec)
-        except BaseException:
-            self._remove()
-            raise
-        self.origin = time.time()
-        self.write_configs()
+        self.create_devices(self.out / "stack.yaml", self.stack_file(specs), specs, self._create, self.services)
 
     def listen(self, device: str) -> str:
         return f"0.0.0.0:{NODE_PORT}"
@@ -413,25 +405,11 @@ class SwarmBackend(Backend):
         return "ok"
 
     def thaw(self, device: str) -> None:
-        from docker.errors import APIError
-
         container = self.devices[device].proc.container
-        if container is None:
-            return
-        try:
-            container.unpause()
-        except APIError as exc:  # not paused after all
-            if exc.status_code != 409:
-                raise
+        if container is not None:
+            unpause(container)
 
-    def close(self) -> None:
-        try:
-            self.stop_all()
-        finally:
-            self._remove()
-            self.relay.close()
-
-    def _remove(self) -> None:
+    def remove_devices(self) -> None:
         for service in self.services.values():
             try:
                 service.remove()
