@@ -27,6 +27,18 @@ def compose_binary() -> str | None:
     return str(binary) if binary.exists() else None
 
 
+def compose_config(document: dict, path: Path) -> dict:
+    """``document`` written to ``path`` and read back by the real Compose binary: its services, as Compose
+    understood them (an AssertionError with Compose's complaint when it refuses the file)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    done = subprocess.run([compose_binary(), "-f", str(path), "config", "--format", "json"], capture_output=True,
+                          text=True, timeout=60, cwd=path.parent)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["services"]
+
+
 def engine_unreachable() -> str | None:
     """Why no engine can be used (None when one answers at DOCKER_HOST or the default socket)."""
     if DOCKER is None:

@@ -3,12 +3,9 @@ Compose binary accepts, with its profile's limits, its own address, the relay as
 folder mounted at its own path. (The backend itself runs on a real engine in tests/test_docker_e2e.py.)"""
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from crossback.config.errors import ConfigError
 from crossback.config.scenario import load_scenario
@@ -16,7 +13,7 @@ from crossback.sim.compose import _exit_code, compose_file, compose_service
 from crossback.sim.plan import make_plan
 from crossback.sim.simulate import simulate
 
-from docker_engine import compose_binary
+from docker_engine import compose_binary, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = compose_binary()
@@ -30,12 +27,7 @@ def test_a_scenario_renders_as_a_compose_project_the_compose_binary_accepts(tmp_
         args = ["node", "--config", str(tmp_path / "configs" / f"{d.device}.yaml")]
         services[d.device] = compose_service(d.device, d.profile, args, f"10.210.0.1:{40000 + i}", f"10.210.0.{i + 2}",
                                              "cbsim00001", "crossback:latest", tmp_path)
-    path = tmp_path / "compose.yaml"
-    path.write_text(yaml.safe_dump(compose_file("cbsim00001", services), sort_keys=False))
-    done = subprocess.run([COMPOSE, "-f", str(path), "config", "--format", "json"], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    project = json.loads(done.stdout)["services"]
+    project = compose_config(compose_file("cbsim00001", services), tmp_path / "compose.yaml")
     assert sorted(project) == sorted(d.device for d in plan.devices)
     cam, phone = project["cams-0"], project["phones-0"]
     assert cam["cpus"] == 0.5 and phone["cpus"] == 0.5  # jetson-orin-nano and phone: half a core each

@@ -3,12 +3,9 @@ that the real Compose binary reads as a stack (host-mode ports, its profile's li
 and bad placements are named. (The backend itself runs on a two-engine Swarm in tests/test_docker_e2e.py.)"""
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from crossback.config.errors import ConfigError
 from crossback.config.scenario import load_scenario
@@ -16,7 +13,7 @@ from crossback.sim.plan import make_plan
 from crossback.sim.simulate import simulate
 from crossback.sim.swarm import parse_placement, stack_file, stack_service
 
-from docker_engine import compose_binary
+from docker_engine import compose_binary, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = compose_binary()
@@ -34,12 +31,7 @@ def test_a_scenario_renders_as_a_stack_each_group_on_its_placement(tmp_path):
         services[d.device] = stack_service(d.device, d.profile, args, f"10.251.0.1:{40000 + i}", "cbsw00001",
                                            "crossback:latest", tmp_path, (30000 + 2 * i, 30001 + 2 * i),
                                            placement.get(d.group, []))
-    path = tmp_path / "stack.yaml"
-    path.write_text(yaml.safe_dump(stack_file("cbsw00001", services), sort_keys=False))
-    done = subprocess.run([COMPOSE, "-f", str(path), "config", "--format", "json"], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    project = json.loads(done.stdout)["services"]
+    project = compose_config(stack_file("cbsw00001", services), tmp_path / "stack.yaml")
     assert sorted(project) == sorted(d.device for d in plan.devices)
     cam, phone = project["cams-0"], project["phones-0"]
     assert cam["deploy"]["placement"]["constraints"] == ["node.labels.class==jetson", "node.platform.arch==aarch64"]
