@@ -183,18 +183,13 @@ class SwarmTask:
         self.ordered = time.monotonic()
         self.pid = 0
         self.returncode: int | None = None
-        self.task: dict | None = None
         self.container = None
         self.node = ""
 
     def poll(self) -> int | None:
         if self.returncode is not None:
             return self.returncode
-        task = self.backend.task(self.device, self.before)
-        if task is None:
-            if time.monotonic() - self.ordered > START_TIMEOUT:
-                self._not_started("the Swarm made no task")
-            return self.returncode
+        task = self.backend.task(self.device, self.before) or {}
         status = task.get("Status") or {}
         state = status.get("State", "")
         if self.container is None and state == "running":
@@ -207,12 +202,13 @@ class SwarmTask:
                 code = int((status.get("ContainerStatus") or {}).get("ExitCode", 0) or 0)
                 self.returncode = -(code - 128) if code > 128 else code  # as Popen's: -N for signal N
         elif self.container is None and time.monotonic() - self.ordered > START_TIMEOUT:
-            self._not_started(f"still {state} after {START_TIMEOUT:g} s: {status.get('Err') or status.get('Message', '')}")
+            self._not_started(f"still {state or 'without a task'} after {START_TIMEOUT:g} s: "
+                              f"{status.get('Err') or status.get('Message', '')}")
         return self.returncode
 
     def _running(self, task: dict) -> None:
         container_id = task["Status"]["ContainerStatus"]["ContainerID"]
-        self.task, self.node = task, task["NodeID"]
+        self.node = task["NodeID"]
         self.container = self.backend.swarm.engine(self.node).containers.get(container_id)
         self.pid = int(self.container.attrs["State"]["Pid"])
         self.backend.placed(self.device, self)
